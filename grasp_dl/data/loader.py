@@ -1,0 +1,96 @@
+"""Batches as slices of a tensor that already holds the whole catalogue.
+
+A per-row ``Dataset.__getitem__`` plus default collate tops out near 2e5 stars/s on two CPU
+cores whatever the model, and on a GPU it would be the whole cost of an epoch. Here an epoch
+is one gather by a shuffled permutation followed by contiguous slices (views).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class EpochPermutation:
+    """Seeded shuffling whose order depends on (seed, epoch) only, so resumed runs repeat it.
+
+    Lightning calls ``set_epoch`` on a loader's ``sampler`` at the start of every epoch.
+    """
+
+    def __init__(self, seed: int = 0, shuffle: bool = True) -> None:
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of this epoch."""
+        self.epoch = epoch
+
+    def order(self, n: int, device: torch.device | None = None) -> Tensor:
+        """Row order of the current epoch (identity when not shuffling)."""
+        if not self.shuffle:
+            return torch.arange(n, device=device)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(n, generator=generator).to(device)
+
+
+class TensorBatchLoader:
+    """Iterate over ``(features, row_index)`` batches of a catalogue tensor.
+
+    Under DDP each rank takes every ``world_size``-th row of the permutation (padded by
+    wrapping around, as ``DistributedSampler`` does) so all ranks run the same number of steps.
+    A trailing batch of a single star is merged away in training (batch norm needs two).
+    """
+
+    def __init__(
+        self,
+        features: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_singleton: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.features = features
+        self.batch_size = int(batch_size)
+        self.sampler = EpochPermutation(seed, shuffle)
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_singleton = drop_singleton
+
+    @property
+    def rows_per_rank(self) -> int:
+        """Rows this rank sees per epoch (the catalogue split evenly, rounded up)."""
+        return -(-len(self.features) // self.world_size)
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        n = self.rows_per_rank
+        bounds = [(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+        if self.drop_singleton and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+            start, _ = bounds.pop(-2)
+            bounds[-1] = (start, n)
+        return bounds
+
+    def __len__(self) -> int:
+        return len(self._bounds())
+
+    def _rank_rows(self) -> Tensor:
+        order = self.sampler.order(len(self.features), device=self.features.device)
+        if self.world_size > 1:
+            total = self.rows_per_rank * self.world_size
+            if total > len(order):
+                order = torch.cat([order, order[: total - len(order)]])
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        rows = self._rank_rows()
+        features = self.features[rows]
+        for start, stop in self._bounds():
+            yield features[start:stop], rows[start:stop]
