@@ -60,6 +60,8 @@ class TensorBatchLoader:
         self.features = features
         self.batch_size = int(batch_size)
         self.sampler = EpochPermutation(seed, shuffle)
+        # Lightning probes loaders for these DataLoader attributes (epoch setting, shuffle checks).
+        self.batch_sampler = None
         self.rank = rank
         self.world_size = world_size
         self.drop_singleton = drop_singleton

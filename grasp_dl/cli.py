@@ -1,0 +1,107 @@
+"""The command-line face: ``grasp-dl train|predict|evaluate`` as Hydra applications."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import hydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from grasp_dl.config import conf_dir
+from grasp_dl.errors import GraspDLError
+
+log = logging.getLogger("grasp_dl")
+
+USAGE = """usage: grasp-dl COMMAND [HYDRA OVERRIDES...]
+
+commands:
+  train      train on a catalogue (default: autoencoder + DEC on the bundled simulated M4-like field)
+             e.g. grasp-dl train data=catalog data.path=my_cone.csv trainer.max_epochs=20
+  predict    per-star groups and membership probabilities from a trained checkpoint
+             e.g. grasp-dl predict ckpt_path=RUN/checkpoints/last.ckpt data.path=my_cone.csv output=members.parquet
+  evaluate   clustering and membership metrics of predictions against a known truth
+             e.g. grasp-dl evaluate predictions=members.parquet truth=simulated_cone.csv
+
+Each command is a Hydra application: 'grasp-dl train --help' lists its config groups,
+'grasp-dl train --cfg job' prints the composed config, '-m' runs a multirun sweep.
+"""
+
+
+def _report_errors(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """Turn expected failures (bad input, bad config values) into one readable line and exit 2."""
+
+    def wrapped(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except (GraspDLError, HydraException, OmegaConfBaseException) as exc:
+            log.error("error: %s", exc)
+            print(f"grasp-dl: error: {exc}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+            sys.exit(2)
+
+    wrapped.__name__ = task.__name__
+    wrapped.__module__ = task.__module__
+    return wrapped
+
+
+def train_task(cfg: DictConfig) -> None:
+    """grasp-dl train: run the phases of the configured model and print where the outputs are."""
+    from grasp_dl import pipeline
+
+    result = pipeline.train(cfg)
+    print(pipeline.summarise(result, cfg))
+
+
+def predict_task(cfg: DictConfig) -> None:
+    """grasp-dl predict: write the per-star table and the cluster summary, and say where."""
+    from grasp_dl import pipeline
+
+    table, summary, output, summary_path = pipeline.predict(cfg)
+    print(
+        f"scored {summary['n_scored']} of {summary['n_rows']} stars; cluster (group {summary['member_group']}): "
+        f"{summary['n_members']} members with member_prob > 0.5, sum of member_prob {summary['sum_member_prob']:.1f}"
+    )
+    unscored = table.loc[table["label"] < 0, "flag"].value_counts()
+    if len(unscored):
+        print("not scored: " + "; ".join(f"{n} {flag}" for flag, n in unscored.items()))
+    print(f"predictions: {output}\nsummary: {summary_path}")
+
+
+def evaluate_task(cfg: DictConfig) -> None:
+    """grasp-dl evaluate: print the metrics table and where it was saved."""
+    from grasp_dl import pipeline
+    from grasp_dl.metrics import format_metrics
+
+    metrics, output = pipeline.evaluate(cfg)
+    print(format_metrics(metrics))
+    print(f"metrics: {output}")
+
+
+COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
+    "train": ("train", train_task),
+    "predict": ("predict", predict_task),
+    "evaluate": ("evaluate", evaluate_task),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``grasp-dl`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, overrides = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"grasp-dl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    config_name, task = COMMANDS[command]
+    sys.argv = [f"grasp-dl-{command}", *overrides]
+    app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
+    app(_report_errors(task))()
+
+
+if __name__ == "__main__":
+    main()

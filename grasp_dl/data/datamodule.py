@@ -1,0 +1,209 @@
+"""StellarCatalogDataModule: one catalogue, prepared once, held as one tensor, batched by slices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from grasp_dl.data.catalog import read_catalog
+from grasp_dl.data.loader import TensorBatchLoader
+from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog, prepare_stellar_data
+from grasp_dl.data.scaling import FeatureScaler
+from grasp_dl.data.simulate import simulate_catalog
+from grasp_dl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Below this many usable stars a run still finishes but warns that it learnt nothing useful.
+MIN_USEFUL_STARS = 500
+QUALITY_KEYS = ("ruwe_max", "parallax_over_error_min", "mag_min", "mag_max")
+
+
+def _plain(value: Any) -> Any:
+    """Hydra hands DictConfig/ListConfig; keep plain Python containers in hparams and state."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class StellarCatalogDataModule(L.LightningDataModule):
+    """A stellar catalogue (file, DataFrame or simulation) as training and validation batches.
+
+    Give exactly one of ``path`` (any format :func:`read_catalog` reads), ``catalog`` (an
+    in-memory table) or ``simulate`` (keyword arguments of :func:`simulate_catalog`). The
+    catalogue is prepared once (:func:`prepare_stellar_data`), standardised by a scaler fitted
+    on all usable stars, and split into training and validation rows by ``seed``.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        catalog: Any = None,
+        simulate: Mapping[str, Any] | None = None,
+        columns: Mapping[str, str] | None = None,
+        features: Sequence[str] = DEFAULT_FEATURES,
+        center: Sequence[float] | None = None,
+        quality: Mapping[str, float | None] | None = None,
+        outlier_removal: bool = True,
+        outlier_sigma: float = 10.0,
+        scaling: str = "robust",
+        val_fraction: float = 0.1,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        sources = [s for s in (path, catalog, simulate) if s is not None]
+        if len(sources) != 1:
+            raise ConfigError(
+                "give exactly one catalogue source: data.path=FILE, a catalog table in Python, "
+                f"or data.simulate (got {len(sources)})"
+            )
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if int(batch_size) < 1:
+            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}")
+        quality = dict(_plain(quality) or {})
+        unknown = set(quality) - set(QUALITY_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"unknown quality cut(s) {sorted(unknown)}: choose from {', '.join(QUALITY_KEYS)}"
+            )
+        self.path = path
+        self.catalog = catalog
+        self.simulate = _plain(simulate)
+        self.columns = _plain(columns)
+        self.features = list(_plain(features))
+        self.center = _plain(center)
+        self.quality = quality
+        self.outlier_removal = outlier_removal
+        self.outlier_sigma = float(outlier_sigma)
+        self.scaling = scaling
+        self.val_fraction = float(val_fraction)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.table: pd.DataFrame | None = None
+        self.prepared: PreparedCatalog | None = None
+        self.scaler: FeatureScaler | None = None
+        self.data: torch.Tensor | None = None
+        self.train_index: torch.Tensor | None = None
+        self.val_index: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ loading
+    def load_table(self) -> pd.DataFrame:
+        """Read (or simulate) the catalogue once and keep it for prediction output."""
+        if self.table is None:
+            if self.simulate is not None:
+                self.table = simulate_catalog(**self.simulate)
+            else:
+                self.table = read_catalog(self.path if self.path is not None else self.catalog, self.columns)
+        return self.table
+
+    def prepare_options(self) -> dict[str, Any]:
+        """Keyword arguments of prepare_stellar_data() this module uses (stored in checkpoints)."""
+        q = self.quality
+        mag_range = None
+        if q.get("mag_min") is not None or q.get("mag_max") is not None:
+            mag_range = [q.get("mag_min"), q.get("mag_max")]
+        return {
+            "features": list(self.features),
+            "outlier_removal": bool(self.outlier_removal),
+            "outlier_sigma": self.outlier_sigma,
+            "ruwe_max": q.get("ruwe_max"),
+            "parallax_over_error_min": q.get("parallax_over_error_min"),
+            "mag_range": mag_range,
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        """Prepare, standardise and split the catalogue; idempotent, so callers may run it early."""
+        if self.data is not None:
+            return
+        table = self.load_table()
+        self.prepared = prepare_stellar_data(table, center=self.center, **self.prepare_options())
+        n = self.prepared.n_usable
+        if n < MIN_USEFUL_STARS:
+            log.warning(
+                "only %d usable stars (of %d rows): too few to learn anything meaningful; "
+                "the run will finish but its groups are not to be trusted",
+                n,
+                self.prepared.n_rows,
+            )
+        self.scaler = FeatureScaler(self.scaling).fit(self.prepared.features)
+        self.data = torch.from_numpy(self.scaler.transform(self.prepared.features))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        n_val = int(round(self.val_fraction * n)) if n >= 4 else 0
+        self.val_index = order[:n_val].sort().values
+        self.train_index = order[n_val:].sort().values
+
+    # ------------------------------------------------------------------ views
+    @property
+    def input_dim(self) -> int:
+        """Number of features per star."""
+        return len(self.features)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the prepared features (xi/eta in place of ra/dec)."""
+        self._require_setup()
+        return list(self.prepared.feature_names)
+
+    def preprocessing_state(self) -> dict[str, Any]:
+        """Everything prediction needs to prepare a new catalogue the same way (plain types)."""
+        self._require_setup()
+        return {
+            "feature_names": self.feature_names,
+            "center": list(self.prepared.center) if self.prepared.center is not None else None,
+            "columns": self.columns,
+            "scaler": self.scaler.state_dict(),
+            **self.prepare_options(),
+        }
+
+    def _require_setup(self) -> None:
+        if self.data is None:
+            raise RuntimeError("call setup() before using the prepared catalogue")
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(self, index: torch.Tensor, shuffle: bool) -> TensorBatchLoader:
+        rank, world = self._rank_and_world()
+        return TensorBatchLoader(
+            self.data[index],
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            drop_singleton=shuffle,
+        )
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        """Shuffled batches of the training rows; the batch's second item indexes train_index."""
+        self._require_setup()
+        return self._loader(self.train_index, shuffle=True)
+
+    def val_dataloader(self) -> TensorBatchLoader | list:
+        """Validation rows in order (no validation when val_fraction is 0)."""
+        self._require_setup()
+        if len(self.val_index) == 0:
+            return []
+        return self._loader(self.val_index, shuffle=False)
+
+    def predict_dataloader(self) -> TensorBatchLoader:
+        """Every usable star in catalogue order."""
+        self._require_setup()
+        return self._loader(torch.arange(len(self.data)), shuffle=False)
+
+    def usable_rows(self) -> np.ndarray:
+        """Positions in the input table of the rows in ``data`` (the mask as indices)."""
+        self._require_setup()
+        return np.flatnonzero(self.prepared.mask)

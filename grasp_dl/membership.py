@@ -1,0 +1,113 @@
+"""Which group is the globular cluster, member probabilities, and the cluster's summary.
+
+The rule (documented in the README): a globular cluster is the group most concentrated on
+the sky around the centre and tightest in proper motion. For each group with enough stars,
+
+    score = log(median radius of the group / median radius of all stars)
+          + 0.5 * log(det cov(pmra, pmdec) of the group / det of all stars)
+
+and the lowest score wins. A background galaxy is tight in proper motion but spread over the
+cone; the field is neither; tidal tails are neither as concentrated nor as tight. When the
+features hold no position (or no proper motion) that term is left out; with neither, the
+group of smallest feature-space volume wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: A group needs at least this many stars (and this share of the catalogue) to be named the cluster.
+MIN_GROUP_STARS = 5
+MIN_GROUP_SHARE = 0.002
+MEMBER_THRESHOLD = 0.5
+
+
+def _log_det_cov(values: np.ndarray) -> float:
+    cov = np.atleast_2d(np.cov(values, rowvar=False))
+    sign, logdet = np.linalg.slogdet(cov + 1e-12 * np.eye(len(cov)))
+    return float(logdet) if sign > 0 else -np.inf
+
+
+def cluster_scores(
+    labels: np.ndarray, features: np.ndarray, feature_names: Sequence[str], n_groups: int
+) -> np.ndarray:
+    """Score of every group (lower = more cluster-like); groups too small to judge get +inf."""
+    names = list(feature_names)
+    labels = np.asarray(labels)
+    features = np.asarray(features, dtype=np.float64)
+    has_sky = "xi" in names and "eta" in names
+    has_pm = "pmra" in names and "pmdec" in names
+    radius = np.hypot(features[:, names.index("xi")], features[:, names.index("eta")]) if has_sky else None
+    pm = features[:, [names.index("pmra"), names.index("pmdec")]] if has_pm else None
+    min_size = max(MIN_GROUP_STARS, int(MIN_GROUP_SHARE * len(labels)))
+    scores = np.full(n_groups, np.inf)
+    for j in range(n_groups):
+        members = labels == j
+        if members.sum() < min_size:
+            continue
+        score = 0.0
+        if has_sky:
+            score += np.log(np.median(radius[members]) + 1e-9) - np.log(np.median(radius) + 1e-9)
+        if has_pm:
+            score += 0.5 * (_log_det_cov(pm[members]) - _log_det_cov(pm))
+        if not (has_sky or has_pm):
+            score = _log_det_cov(features[members]) - _log_det_cov(features)
+        scores[j] = score
+    return scores
+
+
+def choose_cluster_group(
+    prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]
+) -> int:
+    """Index of the group that is the globular cluster, by :func:`cluster_scores`."""
+    prob = np.asarray(prob)
+    scores = cluster_scores(prob.argmax(axis=1), features, feature_names, prob.shape[1])
+    if not np.isfinite(scores).any():
+        # Every group is too small to judge (a tiny catalogue): take the smallest non-empty one.
+        sizes = np.bincount(prob.argmax(axis=1), minlength=prob.shape[1]).astype(float)
+        sizes[sizes == 0] = np.inf
+        return int(np.argmin(sizes))
+    return int(np.argmin(scores))
+
+
+def entropy(prob: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row of group probabilities: 0 certain, log(k) undecided."""
+    prob = np.clip(np.asarray(prob, dtype=np.float64), 1e-12, 1.0)
+    return -(prob * np.log(prob)).sum(axis=1)
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """Weighted mean and its standard error (spread of the weighted sample / sqrt(n_eff))."""
+    ok = np.isfinite(values) & (weights > 0)
+    if not ok.any():
+        return float("nan"), float("nan")
+    v, w = values[ok], weights[ok]
+    mean = float(np.sum(w * v) / np.sum(w))
+    error = float(np.sqrt(np.sum(w**2 * (v - mean) ** 2)) / np.sum(w))
+    return mean, error
+
+
+def cluster_summary(
+    predictions: pd.DataFrame, catalog: pd.DataFrame, center: Sequence[float] | None, member_group: int
+) -> dict[str, Any]:
+    """Members and mean astrometry of the cluster, weighted by member_prob (plain types, for JSON)."""
+    member_prob = predictions["member_prob"].to_numpy(dtype=float)
+    weights = np.nan_to_num(member_prob, nan=0.0)
+    summary: dict[str, Any] = {
+        "member_group": int(member_group),
+        "n_rows": int(len(predictions)),
+        "n_scored": int((predictions["label"] >= 0).sum()),
+        "n_members": int((weights > MEMBER_THRESHOLD).sum()),
+        "sum_member_prob": float(weights.sum()),
+        "center": [float(c) for c in center] if center is not None else None,
+    }
+    for column in ("pmra", "pmdec", "parallax"):
+        if column in catalog.columns:
+            mean, error = _weighted_mean(catalog[column].to_numpy(dtype=float, na_value=np.nan), weights)
+            summary[f"mean_{column}"] = mean
+            summary[f"mean_{column}_error"] = error
+    return summary

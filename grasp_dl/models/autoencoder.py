@@ -1,0 +1,89 @@
+"""AutoencoderModule: the pretraining phase (reconstruction loss) that later phases start from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from grasp_dl.models.networks import StellarAutoencoder
+from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
+
+
+class AutoencoderModule(L.LightningModule):
+    """Train a :class:`StellarAutoencoder` to reconstruct standardised star features (MSE).
+
+    ``preprocessing`` is the data module's ``preprocessing_state()``: feature names, centre
+    and fitted scaler, stored with the weights so a checkpoint alone can prepare a new
+    catalogue. ``optimizer``/``scheduler`` are ``_partial_`` configs, kept as plain dicts.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int] = (64, 32, 16),
+        latent_dim: int = 8,
+        dropout: float = 0.1,
+        batch_norm: bool = True,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "input_dim": int(input_dim),
+                "hidden_dims": [int(h) for h in hidden_dims],
+                "latent_dim": int(latent_dim),
+                "dropout": float(dropout),
+                "batch_norm": bool(batch_norm),
+                "optimizer": plain_config(optimizer) or dict(DEFAULT_OPTIMIZER),
+                "scheduler": plain_config(scheduler),
+                "preprocessing": plain_config(preprocessing),
+            }
+        )
+        self.net = StellarAutoencoder(
+            self.hparams.input_dim,
+            self.hparams.hidden_dims,
+            self.hparams.latent_dim,
+            self.hparams.dropout,
+            self.hparams.batch_norm,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Latent representation of standardised features."""
+        return self.net.encode(x)
+
+    def _reconstruction_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, _ = batch
+        reconstruction, _ = self.net(x)
+        return F.mse_loss(reconstruction, x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._reconstruction_loss(batch)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss = self._reconstruction_loss(batch)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.net.encode(batch[0])
+
+    def configure_optimizers(self) -> Any:
+        return build_optimizers(self.parameters(), self.hparams.optimizer, self.hparams.scheduler)
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        """Latent points of standardised features, in eval mode (no dropout)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.net.encode(x.to(self.device))
+        finally:
+            self.train(was_training)

@@ -1,0 +1,229 @@
+"""DECModule: Deep Embedded Clustering (Xie et al. 2016) and IDEC (Guo et al. 2017).
+
+The encoder of a pretrained autoencoder maps stars to a latent space where trainable centres
+define soft assignments q (Student-t kernel). Every ``update_interval`` steps a sharpened
+target p is computed over the whole training catalogue; the loss is KL(P || Q) per star
+(IDEC adds the reconstruction loss, with ``gamma`` weighting the clustering term).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from grasp_dl.data.scaling import FeatureScaler
+from grasp_dl.membership import choose_cluster_group
+from grasp_dl.models.clustering import initial_centers, soft_assign, target_distribution
+from grasp_dl.models.networks import StellarAutoencoder, encode_in_chunks
+from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
+
+VARIANTS = ("dec", "idec")
+
+
+class DECModule(L.LightningModule):
+    """Cluster the latent space of a pretrained autoencoder with DEC or IDEC.
+
+    Centres are an ``nn.Parameter`` created here, before the optimiser exists, and filled
+    in place at the start of training (so they do train). ``cluster_index`` (which group
+    is the globular cluster) is decided after training and stored with the checkpoint.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        n_clusters: int = 3,
+        variant: str = "dec",
+        alpha: float = 1.0,
+        gamma: float = 0.1,
+        update_interval: int = 100,
+        tol: float = 0.001,
+        init: str = "gmm",
+        n_init: int = 20,
+        hidden_dims: Sequence[int] = (64, 32, 16),
+        latent_dim: int = 8,
+        dropout: float = 0.1,
+        batch_norm: bool = True,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        cluster_index: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown DEC variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+        if n_clusters < 2:
+            raise ValueError(f"n_clusters must be at least 2, got {n_clusters}")
+        self.save_hyperparameters(
+            {
+                "input_dim": int(input_dim),
+                "n_clusters": int(n_clusters),
+                "variant": variant,
+                "alpha": float(alpha),
+                "gamma": float(gamma),
+                "update_interval": int(update_interval),
+                "tol": float(tol),
+                "init": init,
+                "n_init": int(n_init),
+                "hidden_dims": [int(h) for h in hidden_dims],
+                "latent_dim": int(latent_dim),
+                "dropout": float(dropout),
+                "batch_norm": bool(batch_norm),
+                "optimizer": plain_config(optimizer) or dict(DEFAULT_OPTIMIZER),
+                "scheduler": plain_config(scheduler),
+                "preprocessing": plain_config(preprocessing),
+                "cluster_index": cluster_index,
+                "seed": int(seed),
+            }
+        )
+        self.net = StellarAutoencoder(input_dim, hidden_dims, latent_dim, dropout, batch_norm)
+        self.centers = nn.Parameter(torch.zeros(n_clusters, latent_dim))
+        self.register_buffer("initialized", torch.tensor(False))
+        # The group decided to be the globular cluster (-1 until decided); saved with the weights.
+        self.register_buffer("cluster_group", torch.tensor(-1))
+        self.register_buffer("target", torch.empty(0, n_clusters), persistent=False)
+        self.register_buffer("previous_labels", torch.empty(0, dtype=torch.long), persistent=False)
+        self.catalog: Tensor | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_autoencoder(cls, autoencoder: L.LightningModule, **kwargs: Any) -> DECModule:
+        """A DEC module whose network starts from a trained AutoencoderModule's weights."""
+        hp = autoencoder.hparams
+        net_args = {k: hp[k] for k in ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")}
+        module = cls(**net_args, preprocessing=hp.get("preprocessing"), **kwargs)
+        module.net.load_state_dict(autoencoder.net.state_dict())
+        return module
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def member_group(self) -> int:
+        """The group that is the cluster: the user's ``cluster_index`` if set, else the decided one."""
+        if self.hparams.cluster_index is not None:
+            return int(self.hparams.cluster_index)
+        return int(self.cluster_group)
+
+    def physical_features(self, x: Tensor) -> tuple[np.ndarray, list[str]]:
+        """Standardised features back in physical units, with their names (for the cluster rule)."""
+        prep = self.hparams.preprocessing
+        values = x.detach().cpu().numpy()
+        if not prep:
+            return values, [f"feature_{i}" for i in range(values.shape[1])]
+        return FeatureScaler.from_state(prep["scaler"]).inverse_transform(values), list(prep["feature_names"])
+
+    @torch.no_grad()
+    def decide_member_group(self, x: Tensor, q: Tensor | None = None) -> int:
+        """Apply the cluster rule of :mod:`grasp_dl.membership` to ``x`` and remember the answer."""
+        q = self.predict_proba(x) if q is None else q
+        group = choose_cluster_group(q.cpu().numpy(), *self.physical_features(x))
+        self.cluster_group.fill_(group)
+        return group
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Soft assignments q of standardised features to the groups."""
+        return soft_assign(self.net.encode(x), self.centers, self.hparams.alpha)
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        """Latent points in eval mode (batch norm running statistics, no dropout)."""
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            return encode_in_chunks(self.net.encoder, x.to(self.centers.device))
+        finally:
+            self.net.train(was_training)
+
+    @torch.no_grad()
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """Group probabilities of standardised features (rows sum to 1)."""
+        return soft_assign(self.embed(x), self.centers, self.hparams.alpha)
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.catalog = datamodule.data[datamodule.train_index]
+        if not bool(self.initialized):
+            self.initialize_centers(self.catalog)
+
+    @torch.no_grad()
+    def initialize_centers(self, catalog: Tensor) -> None:
+        """Fill the centres from a k-means or mixture fit to the whole catalogue's latent points.
+
+        Every DDP rank holds the whole catalogue and fits with the same seed, so all ranks
+        start from the same centres.
+        """
+        z = self.embed(catalog).cpu().numpy()
+        centers = initial_centers(
+            z, self.hparams.n_clusters, self.hparams.init, self.hparams.n_init, self.hparams.seed
+        )
+        self.centers.data.copy_(torch.as_tensor(centers, dtype=self.centers.dtype))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def update_target(self) -> float:
+        """Recompute P over the whole training catalogue; return the fraction of changed labels."""
+        q = self.predict_proba(self.catalog)
+        # Each rank holds the whole catalogue, so these frequencies are already global sums.
+        self.target = target_distribution(q)
+        labels = q.argmax(dim=1)
+        changed = 1.0
+        if len(self.previous_labels) == len(labels):
+            changed = (labels != self.previous_labels).float().mean().item()
+        self.previous_labels = labels
+        self.decide_member_group(self.catalog, q)
+        sizes = torch.bincount(labels, minlength=self.hparams.n_clusters)
+        for j, size in enumerate(sizes.tolist()):
+            self.log(f"dec/size_{j}", float(size), on_step=True, on_epoch=False)
+        self.log("dec/label_change", changed, on_step=True, on_epoch=False)
+        return changed
+
+    def on_train_epoch_start(self) -> None:
+        # The clustering phase fine-tunes the encoder as a fixed map: running batch-norm
+        # statistics and no dropout, as in DEC's fine-tuning, so q in training equals q at
+        # prediction.
+        self.net.eval()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        if self.global_step % self.hparams.update_interval == 0 or len(self.target) == 0:
+            changed = self.update_target()
+            if self.global_step > 0 and changed < self.hparams.tol:
+                self.trainer.should_stop = True
+                return -1
+        return None
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, index = batch
+        z = self.net.encode(x)
+        q = soft_assign(z, self.centers, self.hparams.alpha)
+        p = self.target[index]
+        kl = F.kl_div(q.clamp_min(1e-12).log(), p, reduction="batchmean")
+        self.log("train/kl", kl, on_step=False, on_epoch=True, prog_bar=True)
+        loss = kl
+        if self.hparams.variant == "idec":
+            reconstruction = F.mse_loss(self.net.decode(z), x)
+            self.log("train/reconstruction", reconstruction, on_step=False, on_epoch=True)
+            loss = reconstruction + self.hparams.gamma * kl
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, _ = batch
+        z = self.net.encode(x)
+        q = soft_assign(z, self.centers, self.hparams.alpha)
+        reconstruction = F.mse_loss(self.net.decode(z), x)
+        self.log("val/reconstruction", reconstruction, on_step=False, on_epoch=True, sync_dist=True)
+        # Mean entropy of the assignments: lower means crisper groups.
+        entropy = -(q * q.clamp_min(1e-12).log()).sum(dim=1).mean()
+        self.log("val/entropy", entropy, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("val/loss", entropy, on_step=False, on_epoch=True, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        return build_optimizers(
+            self.parameters(), self.hparams.optimizer, self.hparams.scheduler, monitor="train/loss"
+        )

@@ -1,0 +1,72 @@
+"""Plain ``nn.Module`` networks shared by every training phase and usable bare in notebooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def mlp(
+    sizes: Sequence[int], *, dropout: float = 0.0, batch_norm: bool = False, last_activation: bool = False
+) -> nn.Sequential:
+    """Linear layers through ``sizes`` with ReLU (plus optional batch norm and dropout) between."""
+    layers: list[nn.Module] = []
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    for i, (n_in, n_out) in enumerate(pairs):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(pairs) - 1 or last_activation:
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(n_out))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class StellarAutoencoder(nn.Module):
+    """MLP encoder to a latent space and a mirrored decoder back to the features (the seed's shape).
+
+    The latent layer and the output layer are linear: the latent space is what DEC clusters,
+    and the reconstruction targets are standardised features of either sign.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int] = (64, 32, 16),
+        latent_dim: int = 8,
+        dropout: float = 0.1,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if input_dim < 1 or latent_dim < 1 or any(h < 1 for h in hidden_dims):
+            raise ValueError(
+                f"layer sizes must be positive: input_dim={input_dim}, "
+                f"hidden_dims={list(hidden_dims)}, latent_dim={latent_dim}"
+            )
+        self.input_dim = input_dim
+        self.latent_dim = latent_dim
+        sizes = [input_dim, *hidden_dims, latent_dim]
+        self.encoder = mlp(sizes, dropout=dropout, batch_norm=batch_norm)
+        self.decoder = mlp(sizes[::-1], dropout=dropout, batch_norm=batch_norm)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent representation of a batch of standardised features."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Reconstructed standardised features from latent points."""
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return (reconstruction, latent)."""
+        z = self.encode(x)
+        return self.decode(z), z
+
+
+@torch.no_grad()
+def encode_in_chunks(encoder: nn.Module, x: Tensor, chunk_size: int = 65536) -> Tensor:
+    """Encode a large tensor without holding every activation at once (eval mode by caller)."""
+    return torch.cat([encoder(x[i : i + chunk_size]) for i in range(0, len(x), chunk_size)])

@@ -1,0 +1,241 @@
+"""The one place where training phases chain; the CLI and the notebook facade both call it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+import lightning as L
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from grasp_dl.data.datamodule import StellarCatalogDataModule
+from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
+from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.models.autoencoder import AutoencoderModule
+from grasp_dl.predict import load_clustering_module, predict_catalog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the trained module, where its outputs are, final metrics."""
+
+    module: L.LightningModule
+    datamodule: StellarCatalogDataModule
+    output_dir: Path
+    checkpoint: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a callbacks/logger mapping that has a ``_target_``."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+
+
+def build_datamodule(cfg: DictConfig) -> StellarCatalogDataModule:
+    """Instantiate and set up the data module of ``cfg.data`` (prepares the catalogue once)."""
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    return datamodule
+
+
+#: Keys of a clustering model config that describe its autoencoder phase, not the module.
+PHASE_KEYS = ("pretrain", "pretrain_epochs", "pretrained_ckpt")
+
+
+def build_module(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.LightningModule:
+    """Instantiate a single-phase module, sized to the data and carrying its preprocessing state."""
+    return hydra.utils.instantiate(
+        model_cfg,
+        input_dim=datamodule.input_dim,
+        preprocessing=datamodule.preprocessing_state(),
+        _recursive_=False,
+    )
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers."""
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def _phase_config(cfg: DictConfig, phase: str, max_epochs: int) -> DictConfig:
+    """A copy of ``cfg`` for an earlier phase: its own epochs, log version and checkpoint folder."""
+    phase_cfg = copy.deepcopy(cfg)
+    with open_dict(phase_cfg):
+        phase_cfg.trainer.max_epochs = max_epochs
+        for logger in (phase_cfg.get("logger") or {}).values():
+            if logger and "version" in logger:
+                logger.version = phase
+        checkpoint = (phase_cfg.get("callbacks") or {}).get("model_checkpoint")
+        if checkpoint and checkpoint.get("dirpath"):
+            checkpoint.dirpath = f"{checkpoint.dirpath}/{phase}"
+    return phase_cfg
+
+
+def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """'last' means this run directory's checkpoints/last.ckpt."""
+    if ckpt_path == "last":
+        return str(output_dir / "checkpoints" / "last.ckpt")
+    return ckpt_path
+
+
+def pretrain_autoencoder(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> AutoencoderModule:
+    """The autoencoder phase of a clustering model: trained now, or loaded from ``pretrained_ckpt``."""
+    model_cfg = cfg.model
+    if model_cfg.get("pretrained_ckpt"):
+        autoencoder = AutoencoderModule.load_from_checkpoint(model_cfg.pretrained_ckpt, map_location="cpu")
+        stored = (autoencoder.hparams.get("preprocessing") or {}).get("feature_names")
+        if stored != datamodule.feature_names:
+            raise ConfigError(
+                f"pretrained_ckpt {model_cfg.pretrained_ckpt} was trained on features {stored}, "
+                f"the data gives {datamodule.feature_names}: use the same data.features"
+            )
+        return autoencoder
+    autoencoder = build_module(model_cfg.pretrain, datamodule)
+    phase_cfg = _phase_config(cfg, "autoencoder", int(model_cfg.pretrain_epochs))
+    build_trainer(phase_cfg).fit(autoencoder, datamodule=datamodule)
+    return autoencoder
+
+
+def build_clustering_module(
+    model_cfg: DictConfig, autoencoder: AutoencoderModule, datamodule: StellarCatalogDataModule
+) -> L.LightningModule:
+    """The clustering module of ``model_cfg``, its network starting from the autoencoder."""
+    options = OmegaConf.to_container(model_cfg, resolve=True)
+    module_class = hydra.utils.get_class(options.pop("_target_"))
+    for key in PHASE_KEYS:
+        options.pop(key, None)
+    module = module_class.from_autoencoder(autoencoder, **options)
+    # The data module's preprocessing is the one the clustering phase saw; keep it current.
+    module.hparams.preprocessing = datamodule.preprocessing_state()
+    return module
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Run the training phases of ``cfg`` and return the trained module and its outputs.
+
+    A model config with a ``pretrain`` entry is a clustering model: its autoencoder phase runs
+    first (``pretrain_epochs``), then the clustering phase (``trainer.max_epochs``).
+    """
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = build_datamodule(cfg)
+    if "pretrain" in cfg.model:
+        module = build_clustering_module(cfg.model, pretrain_autoencoder(cfg, datamodule), datamodule)
+    else:
+        module = build_module(cfg.model, datamodule)
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    return TrainResult(
+        module=module,
+        datamodule=datamodule,
+        output_dir=output_dir,
+        checkpoint=checkpoint if checkpoint.is_file() else None,
+        metrics=metrics,
+    )
+
+
+def summarise(result: TrainResult, cfg: DictConfig) -> str:
+    """The lines printed at the end of ``grasp-dl train``: what was trained and where it went."""
+    prepared = result.datamodule.prepared
+    lines = [
+        f"trained on {prepared.n_usable} of {prepared.n_rows} stars "
+        f"(features: {', '.join(prepared.feature_names)})",
+    ]
+    left_out = {flag: n for flag, n in prepared.cuts.items() if n}
+    if left_out:
+        lines.append("left out: " + "; ".join(f"{n} {flag}" for flag, n in left_out.items()))
+    for key in ("train/loss", "val/loss"):
+        if key in result.metrics:
+            lines.append(f"{key}: {result.metrics[key]:.4f}")
+    lines.append(f"run directory: {result.output_dir}")
+    if result.checkpoint is not None:
+        lines.append(f"final model: {result.checkpoint}")
+    if cfg.get("logger") and "tensorboard" in cfg.logger:
+        lines.append(f"TensorBoard: tensorboard --logdir {result.output_dir / 'tensorboard'}")
+    return "\n".join(lines)
+
+
+
+def write_predictions(table: pd.DataFrame, summary: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
+    """Write the per-star table (atomically) and its JSON summary beside it; return both paths."""
+    output = Path(output)
+    if output.suffix.lower() not in (".parquet", ".csv"):
+        raise ConfigError(f"output {output} must end in .parquet or .csv")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_catalog(table, output)
+    summary_path = output.with_name(output.stem + ".summary.json")
+    tmp = summary_path.with_name(summary_path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, summary_path)
+    return output, summary_path
+
+
+def predict(cfg: DictConfig) -> tuple[pd.DataFrame, dict[str, Any], Path, Path]:
+    """grasp-dl predict: score ``cfg.data.path`` with ``cfg.ckpt_path`` and write the outputs."""
+    module = load_clustering_module(cfg.ckpt_path)
+    table, summary = predict_catalog(
+        module, cfg.data.path, member_group=cfg.get("member_group"), chunk_size=int(cfg.chunk_size)
+    )
+    summary["checkpoint"] = str(cfg.ckpt_path)
+    summary["catalog"] = str(cfg.data.path)
+    output, summary_path = write_predictions(table, summary, cfg.output)
+    return table, summary, output, summary_path
+
+
+def align_truth(predictions: pd.DataFrame, truth: pd.DataFrame, truth_column: str) -> np.ndarray:
+    """The truth labels in the order of the predictions: by source_id when both have it, else by row."""
+    require_columns(truth, [truth_column], source="the truth table")
+    if "source_id" in predictions.columns and "source_id" in truth.columns:
+        lookup = truth.drop_duplicates("source_id").set_index("source_id")[truth_column]
+        missing = ~predictions["source_id"].isin(lookup.index)
+        if missing.any():
+            raise CatalogError(
+                f"{int(missing.sum())} predicted source_id(s) are not in the truth table "
+                f"(e.g. {predictions.loc[missing, 'source_id'].iloc[0]}): evaluate against the same catalogue"
+            )
+        return lookup.loc[predictions["source_id"]].to_numpy()
+    if len(truth) != len(predictions):
+        raise CatalogError(
+            f"the truth table has {len(truth)} rows and the predictions {len(predictions)}, and no "
+            "source_id to match them: evaluate against the catalogue that was predicted"
+        )
+    return truth[truth_column].to_numpy()
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
+    """grasp-dl evaluate: metrics of a predictions table against the truth, printed and saved."""
+    from grasp_dl.metrics import evaluate_clustering
+
+    predictions = read_catalog(cfg.predictions, required=["label"])
+    truth = read_catalog(cfg.truth)
+    true_labels = align_truth(predictions, truth, cfg.truth_column)
+    member_prob = predictions["member_prob"].to_numpy(float) if "member_prob" in predictions else None
+    if member_prob is not None:
+        member_prob = np.nan_to_num(member_prob, nan=0.0)
+    metrics = evaluate_clustering(
+        true_labels,
+        predictions["label"].to_numpy(),
+        member_label=cfg.member_label,
+        member_prob=member_prob,
+    )
+    output = Path(cfg.output) if cfg.get("output") else Path(cfg.predictions).with_suffix(".metrics.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics, output

@@ -1,0 +1,100 @@
+"""Score a catalogue with a trained clustering checkpoint: one output row per input row, in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from grasp_dl.data.catalog import read_catalog
+from grasp_dl.data.prepare import prepare_stellar_data
+from grasp_dl.data.scaling import FeatureScaler
+from grasp_dl.errors import ConfigError
+from grasp_dl.membership import cluster_summary, entropy
+from grasp_dl.models.dec import DECModule
+
+#: Stars scored per forward pass; bounds memory on large catalogues.
+DEFAULT_CHUNK_SIZE = 262_144
+
+
+def load_clustering_module(ckpt_path: str | Path) -> DECModule:
+    """Load a clustering checkpoint (written by ``grasp-dl train``) on the CPU, in eval mode."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} not found: give ckpt_path=<run dir>/checkpoints/last.ckpt")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    if "centers" not in raw.get("state_dict", {}):
+        raise ConfigError(
+            f"{path} holds no cluster centres (an autoencoder-only checkpoint?): train a clustering "
+            "model first, e.g. grasp-dl train model=dec"
+        )
+    module = DECModule.load_from_checkpoint(path, map_location="cpu")
+    module.eval()
+    return module
+
+
+def _check_features(prepared_names: list[str], stored_names: list[str], source: str) -> None:
+    if prepared_names != stored_names:
+        raise ConfigError(
+            f"{source} gives features {prepared_names} but the model was trained on {stored_names}: "
+            "use a checkpoint trained on these features"
+        )
+
+
+def predict_catalog(
+    module: DECModule,
+    catalog: Any,
+    *,
+    member_group: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary).
+
+    The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where
+    the star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy``, and
+    ``flag`` (why a row was not scored, '' otherwise).
+    """
+    prep = module.hparams.preprocessing
+    if not prep:
+        raise ConfigError("the checkpoint carries no preprocessing state: it cannot prepare a catalogue")
+    group = module.member_group if member_group is None else int(member_group)
+    k = module.hparams.n_clusters
+    if not 0 <= group < k:
+        raise ConfigError(f"member_group={group} is not a group of this model: choose 0..{k - 1}")
+    table = read_catalog(catalog, prep.get("columns"))
+    prepared = prepare_stellar_data(
+        table,
+        features=prep["features"],
+        outlier_removal=False,
+        center=prep["center"],
+        ruwe_max=prep.get("ruwe_max"),
+        parallax_over_error_min=prep.get("parallax_over_error_min"),
+        mag_range=prep.get("mag_range"),
+    )
+    _check_features(prepared.feature_names, list(prep["feature_names"]), "the catalogue")
+    scaled = FeatureScaler.from_state(prep["scaler"]).transform(prepared.features)
+    prob = np.concatenate(
+        [
+            module.predict_proba(torch.from_numpy(scaled[i : i + chunk_size])).cpu().numpy()
+            for i in range(0, len(scaled), chunk_size)
+        ]
+    )
+    out = pd.DataFrame(index=range(len(table)))
+    out["source_id"] = table["source_id"].to_numpy() if "source_id" in table.columns else np.arange(len(table))
+    labels = np.full(len(table), -1, dtype=np.int64)
+    labels[prepared.mask] = prob.argmax(axis=1)
+    out["label"] = labels
+    full = np.full((len(table), k), np.nan)
+    full[prepared.mask] = prob
+    for j in range(k):
+        out[f"prob_{j}"] = full[:, j]
+    out["member_prob"] = full[:, group]
+    ent = np.full(len(table), np.nan)
+    ent[prepared.mask] = entropy(prob)
+    out["entropy"] = ent
+    out["flag"] = prepared.flags.astype(str)
+    summary = cluster_summary(out, table, prep["center"], group)
+    return out, summary

@@ -1,0 +1,28 @@
+"""Compose the real configs with Hydra's compose API and shrink them for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from grasp_dl.config import conf_dir
+
+#: Overrides that make any training config a few-second run on a small simulated field.
+TINY = [
+    "data.simulate.n_stars=3000",
+    "trainer.max_epochs=2",
+    "model.pretrain_epochs=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose conf/<name>.yaml with overrides, writing outputs under ``output_dir``."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
