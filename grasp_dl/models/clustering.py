@@ -2,44 +2,97 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
-INIT_METHODS = ("kmeans", "gmm")
+#: kmeans: DEC's k-means in latent space; gmm: a Gaussian mixture in latent space;
+#: gmm_features: a Gaussian mixture on the standardised input features, carried into latent space.
+INIT_METHODS = ("kmeans", "gmm", "gmm_features")
+#: dec: one Student-t kernel of unit scale for every group, equal weights (Xie et al. 2016);
+#: mixture: a Student-t mixture, each group with its own learnt scale and weight.
+KERNELS = ("dec", "mixture")
 
 
-def soft_assign(z: Tensor, centers: Tensor, alpha: float = 1.0) -> Tensor:
-    """DEC's q_ij: a Student-t kernel of ``alpha`` degrees of freedom between points and centres.
+def soft_assign(
+    z: Tensor,
+    centers: Tensor,
+    alpha: float = 1.0,
+    log_scales: Tensor | None = None,
+    log_weights: Tensor | None = None,
+) -> Tensor:
+    """Soft assignments q_ij of latent points to groups.
 
-    q_ij = (1 + |z_i - mu_j|^2 / alpha)^(-(alpha + 1) / 2), normalised over j.
+    Without scales this is DEC's kernel, q_ij proportional to (1 + |z_i - mu_j|^2 / alpha)^(-(alpha+1)/2).
+    With per-group ``log_scales`` s_j and ``log_weights`` pi_j it is the posterior of a Student-t
+    mixture: pi_j s_j^-d (1 + |z_i - mu_j|^2 / (alpha s_j^2))^(-(alpha+d)/2), so a tight, small
+    group (a cluster) and a broad, dominant one (the field) can both be described.
     """
     dist2 = torch.cdist(z.float(), centers.float()).pow(2)
-    logits = -(alpha + 1.0) / 2.0 * torch.log1p(dist2 / alpha)
+    if log_scales is None:
+        logits = -(alpha + 1.0) / 2.0 * torch.log1p(dist2 / alpha)
+    else:
+        d = z.shape[1]
+        scale2 = torch.exp(2.0 * log_scales.float())
+        logits = -d * log_scales.float() - (alpha + d) / 2.0 * torch.log1p(dist2 / (alpha * scale2))
+        if log_weights is not None:
+            logits = logits + torch.log_softmax(log_weights.float(), dim=0)
     return torch.softmax(logits, dim=1)
 
 
-def target_distribution(q: Tensor, frequencies: Tensor | None = None) -> Tensor:
-    """DEC's auxiliary target p_ij = (q_ij^2 / f_j) / sum_j'(q_ij'^2 / f_j').
+def target_distribution(q: Tensor, frequencies: Tensor | None = None, balance: float = 1.0) -> Tensor:
+    """DEC's auxiliary target p_ij = (q_ij^2 / f_j^balance), normalised over j.
 
-    ``frequencies`` f_j = sum_i q_ij must be summed over the whole catalogue (all ranks); by
-    default they are taken from ``q`` itself, which is right when ``q`` is the whole catalogue.
+    ``frequencies`` f_j = sum_i q_ij must be summed over the whole catalogue; by default they are
+    taken from ``q`` itself, right when ``q`` is the whole catalogue. ``balance`` = 1 is DEC's
+    division by group size, which favours equal groups; 0 only sharpens.
     """
     if frequencies is None:
         frequencies = q.sum(dim=0)
-    weight = q.pow(2) / frequencies.clamp_min(torch.finfo(q.dtype).tiny)
+    weight = q.pow(2) / frequencies.clamp_min(torch.finfo(q.dtype).tiny).pow(balance)
     return weight / weight.sum(dim=1, keepdim=True)
 
 
-def initial_centers(
-    z: np.ndarray, n_clusters: int, method: str = "gmm", n_init: int = 20, seed: int = 0
-) -> np.ndarray:
-    """Cluster centres in latent space: k-means (DEC's choice) or a full-covariance Gaussian mixture.
+@dataclass
+class InitialGroups:
+    """Starting centres, scales and weights of the groups in latent space."""
 
-    k-means favours groups of equal size and splits a dominant field rather than isolate a
-    small, tight cluster; a mixture with free covariances and weights does not.
+    centers: np.ndarray
+    log_scales: np.ndarray
+    log_weights: np.ndarray
+
+
+def groups_from_responsibilities(z: np.ndarray, resp: np.ndarray) -> InitialGroups:
+    """Weighted mean, isotropic scale and share of each group from soft memberships ``resp``."""
+    mass = resp.sum(axis=0) + 1e-9
+    centers = (resp.T @ z) / mass[:, None]
+    dist2 = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+    scale2 = (resp * dist2).sum(axis=0) / (mass * z.shape[1])
+    return InitialGroups(
+        centers=centers,
+        log_scales=0.5 * np.log(np.maximum(scale2, 1e-6)),
+        log_weights=np.log(mass / mass.sum()),
+    )
+
+
+def initial_groups(
+    z: np.ndarray,
+    n_clusters: int,
+    method: str = "gmm_features",
+    n_init: int = 20,
+    seed: int = 0,
+    features: np.ndarray | None = None,
+) -> InitialGroups:
+    """Initial groups in latent space ``z`` by k-means, a mixture on ``z``, or a mixture on ``features``.
+
+    k-means favours groups of equal size and splits a dominant field rather than isolate a small,
+    tight cluster; a full-covariance mixture does not. A mixture fits the standardised input
+    features better than the autoencoder's latent points, which lie on a curved low-dimensional
+    sheet; its memberships then place the groups in latent space.
     """
     if method not in INIT_METHODS:
         raise ValueError(f"unknown initialisation {method!r}: choose one of {', '.join(INIT_METHODS)}")
@@ -47,8 +100,12 @@ def initial_centers(
         raise ValueError(f"{len(z)} stars cannot make {n_clusters} groups: lower n_clusters")
     z = np.asarray(z, dtype=np.float64)
     if method == "kmeans":
-        return KMeans(n_clusters, n_init=n_init, random_state=seed).fit(z).cluster_centers_
-    gmm = GaussianMixture(
-        n_clusters, covariance_type="full", n_init=max(1, n_init // 4), random_state=seed, reg_covar=1e-4
-    )
-    return gmm.fit(z).means_
+        labels = KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(z)
+        resp = np.eye(n_clusters)[labels]
+    else:
+        data = z if method == "gmm" else np.asarray(features, dtype=np.float64)
+        gmm = GaussianMixture(
+            n_clusters, covariance_type="full", n_init=max(1, n_init // 4), random_state=seed, reg_covar=1e-4
+        )
+        resp = gmm.fit(data).predict_proba(data)
+    return groups_from_responsibilities(z, resp)

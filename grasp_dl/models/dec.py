@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.membership import choose_cluster_group
-from grasp_dl.models.clustering import initial_centers, soft_assign, target_distribution
+from grasp_dl.models.clustering import KERNELS, initial_groups, soft_assign, target_distribution
 from grasp_dl.models.networks import StellarAutoencoder, encode_in_chunks
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 
@@ -43,8 +43,10 @@ class DECModule(L.LightningModule):
         gamma: float = 0.1,
         update_interval: int = 100,
         tol: float = 0.001,
-        init: str = "gmm",
+        init: str = "gmm_features",
         n_init: int = 20,
+        kernel: str = "mixture",
+        balance: float = 0.0,
         hidden_dims: Sequence[int] = (64, 32, 16),
         latent_dim: int = 8,
         dropout: float = 0.1,
@@ -58,6 +60,8 @@ class DECModule(L.LightningModule):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown DEC variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
         if n_clusters < 2:
             raise ValueError(f"n_clusters must be at least 2, got {n_clusters}")
         self.save_hyperparameters(
@@ -71,6 +75,8 @@ class DECModule(L.LightningModule):
                 "tol": float(tol),
                 "init": init,
                 "n_init": int(n_init),
+                "kernel": kernel,
+                "balance": float(balance),
                 "hidden_dims": [int(h) for h in hidden_dims],
                 "latent_dim": int(latent_dim),
                 "dropout": float(dropout),
@@ -84,6 +90,9 @@ class DECModule(L.LightningModule):
         )
         self.net = StellarAutoencoder(input_dim, hidden_dims, latent_dim, dropout, batch_norm)
         self.centers = nn.Parameter(torch.zeros(n_clusters, latent_dim))
+        # Used by the 'mixture' kernel only; DEC's kernel is unit scale and equal weights.
+        self.log_scales = nn.Parameter(torch.zeros(n_clusters), requires_grad=kernel == "mixture")
+        self.log_weights = nn.Parameter(torch.zeros(n_clusters), requires_grad=kernel == "mixture")
         self.register_buffer("initialized", torch.tensor(False))
         # The group decided to be the globular cluster (-1 until decided); saved with the weights.
         self.register_buffer("cluster_group", torch.tensor(-1))
@@ -125,9 +134,15 @@ class DECModule(L.LightningModule):
         self.cluster_group.fill_(group)
         return group
 
+    def assign(self, z: Tensor) -> Tensor:
+        """Soft assignments q of latent points to the groups, with this module's kernel."""
+        if self.hparams.kernel == "dec":
+            return soft_assign(z, self.centers, self.hparams.alpha)
+        return soft_assign(z, self.centers, self.hparams.alpha, self.log_scales, self.log_weights)
+
     def forward(self, x: Tensor) -> Tensor:
         """Soft assignments q of standardised features to the groups."""
-        return soft_assign(self.net.encode(x), self.centers, self.hparams.alpha)
+        return self.assign(self.net.encode(x))
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
@@ -142,7 +157,7 @@ class DECModule(L.LightningModule):
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
         """Group probabilities of standardised features (rows sum to 1)."""
-        return soft_assign(self.embed(x), self.centers, self.hparams.alpha)
+        return self.assign(self.embed(x))
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
@@ -159,10 +174,18 @@ class DECModule(L.LightningModule):
         start from the same centres.
         """
         z = self.embed(catalog).cpu().numpy()
-        centers = initial_centers(
-            z, self.hparams.n_clusters, self.hparams.init, self.hparams.n_init, self.hparams.seed
+        groups = initial_groups(
+            z,
+            self.hparams.n_clusters,
+            self.hparams.init,
+            self.hparams.n_init,
+            self.hparams.seed,
+            features=catalog.cpu().numpy(),
         )
-        self.centers.data.copy_(torch.as_tensor(centers, dtype=self.centers.dtype))
+        self.centers.data.copy_(torch.as_tensor(groups.centers))
+        if self.hparams.kernel == "mixture":
+            self.log_scales.data.copy_(torch.as_tensor(groups.log_scales))
+            self.log_weights.data.copy_(torch.as_tensor(groups.log_weights))
         self.initialized.fill_(True)
 
     @torch.no_grad()
@@ -170,7 +193,7 @@ class DECModule(L.LightningModule):
         """Recompute P over the whole training catalogue; return the fraction of changed labels."""
         q = self.predict_proba(self.catalog)
         # Each rank holds the whole catalogue, so these frequencies are already global sums.
-        self.target = target_distribution(q)
+        self.target = target_distribution(q, balance=self.hparams.balance)
         labels = q.argmax(dim=1)
         changed = 1.0
         if len(self.previous_labels) == len(labels):
@@ -200,7 +223,7 @@ class DECModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, index = batch
         z = self.net.encode(x)
-        q = soft_assign(z, self.centers, self.hparams.alpha)
+        q = self.assign(z)
         p = self.target[index]
         kl = F.kl_div(q.clamp_min(1e-12).log(), p, reduction="batchmean")
         self.log("train/kl", kl, on_step=False, on_epoch=True, prog_bar=True)
@@ -215,7 +238,7 @@ class DECModule(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
         z = self.net.encode(x)
-        q = soft_assign(z, self.centers, self.hparams.alpha)
+        q = self.assign(z)
         reconstruction = F.mse_loss(self.net.decode(z), x)
         self.log("val/reconstruction", reconstruction, on_step=False, on_epoch=True, sync_dist=True)
         # Mean entropy of the assignments: lower means crisper groups.
