@@ -94,9 +94,14 @@ def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> tuple[float, floa
 def cluster_summary(
     predictions: pd.DataFrame, catalog: pd.DataFrame, center: Sequence[float] | None, member_group: int
 ) -> dict[str, Any]:
-    """Members and mean astrometry of the cluster, weighted by member_prob (plain types, for JSON)."""
+    """Members and mean astrometry of the cluster (plain types, for JSON).
+
+    The means are over the stars with member_prob > 0.5, weighted by member_prob: summing the small
+    probabilities of thousands of field stars would pull the means towards the field.
+    """
     member_prob = predictions["member_prob"].to_numpy(dtype=float)
     weights = np.nan_to_num(member_prob, nan=0.0)
+    member_weights = np.where(weights > MEMBER_THRESHOLD, weights, 0.0)
     summary: dict[str, Any] = {
         "member_group": int(member_group),
         "n_rows": int(len(predictions)),
@@ -107,7 +112,8 @@ def cluster_summary(
     }
     for column in ("pmra", "pmdec", "parallax"):
         if column in catalog.columns:
-            mean, error = _weighted_mean(catalog[column].to_numpy(dtype=float, na_value=np.nan), weights)
+            values = catalog[column].to_numpy(dtype=float, na_value=np.nan)
+            mean, error = _weighted_mean(values, member_weights)
             summary[f"mean_{column}"] = mean
             summary[f"mean_{column}_error"] = error
     return summary

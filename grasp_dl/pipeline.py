@@ -191,7 +191,11 @@ def predict(cfg: DictConfig) -> tuple[pd.DataFrame, dict[str, Any], Path, Path]:
     """grasp-dl predict: score ``cfg.data.path`` with ``cfg.ckpt_path`` and write the outputs."""
     module = load_clustering_module(cfg.ckpt_path)
     table, summary = predict_catalog(
-        module, cfg.data.path, member_group=cfg.get("member_group"), chunk_size=int(cfg.chunk_size)
+        module,
+        cfg.data.path,
+        member_group=cfg.get("member_group"),
+        center=cfg.data.get("center"),
+        chunk_size=int(cfg.chunk_size),
     )
     summary["checkpoint"] = str(cfg.ckpt_path)
     summary["catalog"] = str(cfg.data.path)

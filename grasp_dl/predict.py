@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,15 +11,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from grasp_dl.data.catalog import read_catalog
-from grasp_dl.data.prepare import prepare_stellar_data
+from grasp_dl.data.catalog import read_catalog, require_columns
+from grasp_dl.data.prepare import estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
+from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import ConfigError
 from grasp_dl.membership import cluster_summary, entropy
 from grasp_dl.models.dec import DECModule
 
+log = logging.getLogger(__name__)
+
 #: Stars scored per forward pass; bounds memory on large catalogues.
 DEFAULT_CHUNK_SIZE = 262_144
+#: A catalogue whose own centre is further than this from the model's is probably another field.
+FAR_FROM_CENTER_DEG = 1.0
 
 
 def load_clustering_module(ckpt_path: str | Path) -> DECModule:
@@ -44,18 +51,47 @@ def _check_features(prepared_names: list[str], stored_names: list[str], source: 
         )
 
 
+def resolve_center(
+    stored: Sequence[float] | None, center: str | Sequence[float] | None, table: pd.DataFrame
+) -> tuple[float, float] | None:
+    """The centre to project around: the checkpoint's (None), the catalogue's own ('auto'), or given.
+
+    Warns when the catalogue lies far from the stored centre (another cluster's cone).
+    """
+    if isinstance(center, str):
+        if center != "auto":
+            raise ConfigError(f"center={center!r}: give 'auto', [ra, dec] in degrees, or leave it unset")
+        require_columns(table, ["ra", "dec"], source="the catalogue")
+        return estimate_center(table["ra"].to_numpy(float), table["dec"].to_numpy(float))
+    if center is not None:
+        return float(center[0]), float(center[1])
+    if stored is None:
+        return None
+    if {"ra", "dec"} <= set(table.columns):
+        own = estimate_center(table["ra"].to_numpy(float), table["dec"].to_numpy(float))
+        distance = float(angular_separation(own[0], own[1], stored[0], stored[1]))
+        if distance > FAR_FROM_CENTER_DEG:
+            log.warning(
+                "the catalogue is centred %.1f deg from the model's centre (%.4f, %.4f): is it another "
+                "cluster? pass center='auto' (data.center=auto) to use the catalogue's own centre",
+                distance, stored[0], stored[1],
+            )
+    return float(stored[0]), float(stored[1])
+
+
 def predict_catalog(
     module: DECModule,
     catalog: Any,
     *,
     member_group: int | None = None,
+    center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary).
 
     The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where
     the star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy``, and
-    ``flag`` (why a row was not scored, '' otherwise).
+    ``flag`` (why a row was not scored, '' otherwise). ``center`` as in :func:`resolve_center`.
     """
     prep = module.hparams.preprocessing
     if not prep:
@@ -65,11 +101,12 @@ def predict_catalog(
     if not 0 <= group < k:
         raise ConfigError(f"member_group={group} is not a group of this model: choose 0..{k - 1}")
     table = read_catalog(catalog, prep.get("columns"))
+    used_center = resolve_center(prep["center"], center, table)
     prepared = prepare_stellar_data(
         table,
         features=prep["features"],
         outlier_removal=False,
-        center=prep["center"],
+        center=used_center,
         ruwe_max=prep.get("ruwe_max"),
         parallax_over_error_min=prep.get("parallax_over_error_min"),
         mag_range=prep.get("mag_range"),
@@ -96,5 +133,5 @@ def predict_catalog(
     ent[prepared.mask] = entropy(prob)
     out["entropy"] = ent
     out["flag"] = prepared.flags.astype(str)
-    summary = cluster_summary(out, table, prep["center"], group)
+    summary = cluster_summary(out, table, used_center, group)
     return out, summary

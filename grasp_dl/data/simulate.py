@@ -247,11 +247,25 @@ def _distance_spec(section: str, given: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- geometry
 def _uniform_cone(rng: np.random.Generator, m: int, radius_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """Tangent-plane (xi, eta) in degrees of m points uniform in area on the sphere within the cone."""
-    cos_r = np.cos(np.radians(radius_deg))
-    rho = np.arccos(1.0 - rng.random(m) * (1.0 - cos_r))  # angular distance, radians
+    cos_rho = 1.0 - rng.random(m) * (1.0 - np.cos(np.radians(radius_deg)))  # uniform in cos(distance)
+    r = np.degrees(np.sqrt(1.0 - cos_rho * cos_rho) / cos_rho)  # tan(distance), in degrees
     theta = rng.random(m) * 2.0 * np.pi  # position angle east of north
-    r = np.degrees(np.tan(rho))
     return r * np.sin(theta), r * np.cos(theta)
+
+
+def _separation_from(
+    xi: np.ndarray, eta: np.ndarray, center: tuple[float, float], target: tuple[float, float]
+) -> np.ndarray:
+    """Angular distance (degrees) from `target` of tangent-plane points around `center` (exact, fast)."""
+    a0, d0 = np.radians(center[0]), np.radians(center[1])
+    a1, d1 = np.radians(target[0]), np.radians(target[1])
+    t = np.array([np.cos(d1) * np.cos(a1), np.cos(d1) * np.sin(a1), np.sin(d1)])
+    p0 = np.array([np.cos(d0) * np.cos(a0), np.cos(d0) * np.sin(a0), np.sin(d0)])
+    east = np.array([-np.sin(a0), np.cos(a0), 0.0])
+    north = np.cross(p0, east)
+    x, y = np.radians(xi), np.radians(eta)
+    cos_sep = (p0 @ t + x * (east @ t) + y * (north @ t)) / np.sqrt(1.0 + x * x + y * y)
+    return np.degrees(np.arccos(np.clip(cos_sep, -1.0, 1.0)))
 
 
 def _radius_deg(xi: np.ndarray, eta: np.ndarray) -> np.ndarray:
@@ -295,15 +309,20 @@ _MS_TEMPLATE = np.array(
         [3.9, 0.59, 0.10, 1.0],
     ]
 )
-_SGB_TEMPLATE = np.array([[3.9, 0.59, 0.10], [3.72, 0.62, 0.11], [3.55, 0.70, 0.12], [3.40, 0.81, 0.14], [3.25, 0.92, 0.16]])
+_SGB_TEMPLATE = np.array(
+    [[3.9, 0.59, 0.10], [3.72, 0.62, 0.11], [3.55, 0.70, 0.12], [3.40, 0.81, 0.14], [3.25, 0.92, 0.16]]
+)
 _SGB_WEIGHT = 0.12  # stars on the subgiant branch, in units of the turn-off LF
 _RGB_TEMPLATE = np.array(
-    [[3.25, 0.92, 0.16], [2.5, 1.00, 0.18], [1.5, 1.07, 0.22], [0.5, 1.16, 0.26], [-0.5, 1.29, 0.32], [-1.5, 1.48, 0.40], [-2.3, 1.72, 0.50], [-3.0, 2.00, 0.65]]
+    [[3.25, 0.92, 0.16], [2.5, 1.00, 0.18], [1.5, 1.07, 0.22], [0.5, 1.16, 0.26],
+     [-0.5, 1.29, 0.32], [-1.5, 1.48, 0.40], [-2.3, 1.72, 0.50], [-3.0, 2.00, 0.65]]
 )
 _RGB_LF0, _RGB_LF_SLOPE = 0.35, 0.28  # RGB stars per mag at its base, and dex per mag
 _HB_MAG = 0.55
-_ZAMS = np.array([[-2.5, -0.24], [-1.0, -0.16], [0.0, -0.10], [1.0, -0.02], [2.0, 0.12], [3.0, 0.30], [4.0, 0.50], [4.5, 0.58]])
-_DISK_MS = np.array(
+_ZAMS = np.array(  # young main sequence: M_G, (BP-RP)0
+    [[-2.5, -0.24], [-1.0, -0.16], [0.0, -0.10], [1.0, -0.02], [2.0, 0.12], [3.0, 0.30], [4.0, 0.50], [4.5, 0.58]]
+)
+_DISK_MS = np.array(  # solar-metallicity dwarfs: M_G, (BP-RP)0 (Gaia HRD of the solar neighbourhood)
     [[0.5, 0.05], [1.5, 0.25], [2.5, 0.45], [3.5, 0.62], [4.5, 0.78], [5.5, 0.98], [6.5, 1.20], [7.5, 1.48],
      [8.5, 1.90], [9.5, 2.30], [10.5, 2.65], [11.5, 3.00], [12.5, 3.25], [14.0, 3.60]]
 )
@@ -620,24 +639,26 @@ def _make_galaxy(
         sep_min = max(sep_c - radius_deg, 0.0)
 
     def make(rng: np.random.Generator, m: int) -> Sample:
-        xi, eta = _uniform_cone(rng, m, radius_deg)
-        if gc is not None:
-            ra, dec = gnomonic_deproject(xi, eta, center[0], center[1])
-            sep = angular_separation(ra, dec, gc[0], gc[1])
-            keep = rng.random(m) < np.exp(-(sep - sep_min) / scale)
-            xi, eta = xi[keep], eta[keep]
-        k = xi.size
-        d = d0 * np.exp(float(gal["distance_sigma_ln"]) * rng.standard_normal(k))
-        mag, col = _sample_cmd(rng, k, gal["cmd"], max_mag)
-        ebr = np.clip(float(gal["ebr"]) + float(gal["ebr_scatter"]) * rng.standard_normal(k), 0.0, None)
+        d = d0 * np.exp(float(gal["distance_sigma_ln"]) * rng.standard_normal(m))
+        mag, col = _sample_cmd(rng, m, gal["cmd"], max_mag)
+        ebr = np.clip(float(gal["ebr"]) + float(gal["ebr_scatter"]) * rng.standard_normal(m), 0.0, None)
+        g = mag + _distance_modulus(d) + AG_PER_EBR * ebr
+        keep = g <= mag_limit + 0.5  # photometry first: skip the rest for stars too faint anyway
+        d, g, c = d[keep], g[keep], (col + ebr)[keep]
+        xi, eta = _uniform_cone(rng, d.size, radius_deg)
+        if gc is not None:  # exponential density gradient: thin by the distance from the galaxy centre
+            sep = _separation_from(xi, eta, center, gc)
+            near = rng.random(d.size) < np.exp(-(sep - sep_min) / scale)
+            xi, eta, d, g, c = xi[near], eta[near], d[near], g[near], c[near]
+        k = d.size
         return {
             "xi": xi,
             "eta": eta,
             "pmra": mu[0] + disp * rng.standard_normal(k),
             "pmdec": mu[1] + disp * rng.standard_normal(k),
             "parallax": 1.0 / d,
-            "g": mag + _distance_modulus(d) + AG_PER_EBR * ebr,
-            "c": col + ebr,
+            "g": g,
+            "c": c,
         }
 
     return make
@@ -822,13 +843,15 @@ def simulate_catalog(
     r_crowd = float(cl["crowding_radius_arcmin"] or 2.0 * float(cl["core_radius_arcmin"]))
 
     def crowding(r_arcmin: np.ndarray) -> np.ndarray:
+        """Crowding level at a distance from the cluster centre (0 far out, `strength` at it)."""
         return strength / (1.0 + (r_arcmin / r_crowd) ** 2)
 
     rng = np.random.default_rng(seed)
     # one stream per component, so that changing one component leaves the others' stars alone
     streams = [np.random.default_rng(int(s)) for s in rng.integers(0, 2**63 - 1, size=4 + len(pops))]
     components: list[tuple[str, Sample]] = []
-    components.append(("cluster", _draw_observed(streams[0], n_cl, _make_cluster(cl, radius_deg, mag_limit), crowding, mag_limit, "cluster")))
+    make = _make_cluster(cl, radius_deg, mag_limit)
+    components.append(("cluster", _draw_observed(streams[0], n_cl, make, crowding, mag_limit, "cluster")))
     if gal is not None:
         make = _make_galaxy(gal, (ra0, dec0), radius_deg, mag_limit)
         components.append(("galaxy", _draw_observed(streams[1], n_gal, make, crowding, mag_limit, "galaxy")))
@@ -885,7 +908,8 @@ def _observe(
     pm_base = base * _pm_error_factor(g)
     pmra_err = pm_base * np.exp(0.06 * rng.standard_normal(n))
     pmdec_err = pm_base * np.exp(0.06 * rng.standard_normal(n))
-    corr = rng.uniform(-0.3, 0.3, n)
+    # pmra/pmdec correlation: set by the local scanning law, so a shared offset plus scatter
+    corr = np.clip(rng.uniform(-0.15, 0.15) + rng.uniform(-0.25, 0.25, n), -0.4, 0.4)
 
     # observed = true + noise; high-RUWE sources scatter more than their formal errors admit
     under = 1.0 + np.clip(ruwe - 1.4, 0.0, None)
@@ -898,7 +922,9 @@ def _observe(
         arr[two] = np.nan
     ra, dec = gnomonic_deproject(cat["xi"], cat["eta"], ra0, dec0)
 
-    source_id = np.int64(rng.integers(2**40, 2**42)) * np.int64(2**20) + np.cumsum(rng.integers(1, 4096, n, dtype=np.int64))
+    # Gaia-like: large, unique, increasing along the table (an offset plus random gaps)
+    offset = np.int64(rng.integers(2**40, 2**42)) * np.int64(2**20)
+    source_id = offset + np.cumsum(rng.integers(1, 4096, n, dtype=np.int64))
     df = pd.DataFrame(
         {
             "source_id": source_id.astype(np.int64),
@@ -941,14 +967,18 @@ def load_simulation_config(name: str) -> dict[str, Any]:
     path = _conf_dir() / "simulation" / f"{name}.yaml"
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        raise ConfigError(f"no simulation config {name!r} at {path}; available: {', '.join(available) or 'none'}")
+        raise ConfigError(
+            f"no simulation config {name!r} at {path}; available: {', '.join(available) or 'none'}"
+        )
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path} must hold a mapping of simulate_catalog() arguments")
     allowed = set(inspect.signature(simulate_catalog).parameters)
     unknown = sorted(set(cfg) - allowed)
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in {path}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {path}; allowed: {', '.join(sorted(allowed))}"
+        )
     return cfg
 
 
@@ -973,6 +1003,8 @@ def simulate_field(name: str, **overrides: Any) -> pd.DataFrame:
     allowed = set(inspect.signature(simulate_catalog).parameters)
     unknown = sorted(set(cfg) - allowed)
     if unknown:
-        raise ConfigError(f"unknown simulation setting(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown simulation setting(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
     cfg.setdefault("name", name)
     return simulate_catalog(**cfg)

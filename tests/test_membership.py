@@ -1,0 +1,61 @@
+"""Which group is the cluster, entropy, and the cluster summary."""
+
+import numpy as np
+import pandas as pd
+
+from grasp_dl.membership import choose_cluster_group, cluster_scores, cluster_summary, entropy
+
+NAMES = ["xi", "eta", "pmra", "pmdec", "parallax"]
+
+
+def _field_cluster_galaxy(seed=0):
+    rng = np.random.default_rng(seed)
+    field = np.column_stack([rng.uniform(-0.5, 0.5, (3000, 2)), rng.normal(-2, 4, (3000, 2)), rng.normal(0.5, 0.5, 3000)])
+    cluster = np.column_stack([rng.normal(0, 0.03, (300, 2)), rng.normal(5, 0.5, (300, 2)), rng.normal(0.2, 0.05, 300)])
+    galaxy = np.column_stack([rng.uniform(-0.5, 0.5, (2000, 2)), rng.normal(0.7, 0.2, (2000, 2)), rng.normal(0.0, 0.05, 2000)])
+    features = np.vstack([field, cluster, galaxy])
+    labels = np.repeat([2, 0, 1], [3000, 300, 2000])  # group ids deliberately not in order
+    return features, labels
+
+
+def test_the_concentrated_tight_group_is_the_cluster_not_the_galaxy():
+    features, labels = _field_cluster_galaxy()
+    scores = cluster_scores(labels, features, NAMES, 3)
+    assert np.argmin(scores) == 0
+    assert scores[1] < scores[2]  # the galaxy is tight in proper motion, the field is not
+    prob = np.eye(3)[labels]
+    assert choose_cluster_group(prob, features, NAMES) == 0
+
+
+def test_rule_without_positions_uses_proper_motion_and_without_both_the_volume():
+    features, labels = _field_cluster_galaxy()
+    pm_only = features[:, 2:4]
+    assert choose_cluster_group(np.eye(3)[labels], pm_only, ["pmra", "pmdec"]) in (0, 1)
+    other = features[:, [4]]
+    assert np.isfinite(cluster_scores(labels, other, ["parallax"], 3)).all()
+
+
+def test_tiny_groups_are_not_named_the_cluster():
+    features, labels = _field_cluster_galaxy()
+    labels = labels.copy()
+    labels[:3] = 3  # three stray stars form a fourth group
+    scores = cluster_scores(labels, features, NAMES, 4)
+    assert np.isinf(scores[3]) and np.argmin(scores) == 0
+
+
+def test_entropy_bounds():
+    np.testing.assert_allclose(entropy(np.array([[1.0, 0.0], [0.5, 0.5]])), [0.0, np.log(2)], atol=1e-9)
+
+
+def test_cluster_summary_weights_by_member_prob():
+    predictions = pd.DataFrame({"label": [0, 0, 1, 1, -1], "member_prob": [1.0, 1.0, 0.0, 0.4, np.nan]})
+    catalog = pd.DataFrame(
+        {"pmra": [1.0, 3.0, 50.0, 90.0, 7.0], "pmdec": [0.0, 0.0, 9.0, 9.0, np.nan], "parallax": [0.1, 0.3, 2.0, 2.0, 1.0]}
+    )
+    summary = cluster_summary(predictions, catalog, (10.0, -5.0), member_group=0)
+    assert summary["n_members"] == 2 and summary["sum_member_prob"] == 2.4
+    assert summary["n_scored"] == 4 and summary["n_rows"] == 5
+    # the 0.4 star is no member: it counts in the sum of probabilities, not in the means
+    assert summary["mean_pmra"] == 2.0 and summary["mean_pmdec"] == 0.0
+    np.testing.assert_allclose(summary["mean_pmra_error"], np.sqrt(2) / 2)
+    assert summary["center"] == [10.0, -5.0] and summary["member_group"] == 0

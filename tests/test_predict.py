@@ -1,0 +1,150 @@
+"""grasp-dl predict and evaluate: one row per input row, flags, summary, metrics, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from grasp_dl import pipeline
+from grasp_dl.data.catalog import read_catalog, write_catalog
+from grasp_dl.data.simulate import simulate_field
+from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.predict import load_clustering_module, predict_catalog
+
+from hydra_configs import TINY, compose_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A DEC checkpoint trained by the real pipeline on a small simulated M4-like field."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_config("train", TINY + ["data.simulate.seed=5"], out)
+    result = pipeline.train(cfg)
+    return result.checkpoint, result
+
+
+@pytest.fixture(scope="module")
+def catalogue_with_gaps(tmp_path_factory):
+    """A new simulated cone of the same field, with NaNs, a bad row and 2-parameter stars."""
+    df = simulate_field("m4", n_stars=2500, seed=11)
+    df.loc[[0, 10, 20], "pmra"] = np.nan
+    df.loc[30, "parallax"] = np.nan
+    path = tmp_path_factory.mktemp("cat") / "cone.csv"
+    write_catalog(df, path)
+    return df, path
+
+
+def test_one_row_per_input_row_in_order_with_flags(trained, catalogue_with_gaps):
+    ckpt, _ = trained
+    df, _ = catalogue_with_gaps
+    module = load_clustering_module(ckpt)
+    out, summary = predict_catalog(module, df)
+    k = module.hparams.n_clusters
+    assert len(out) == len(df)
+    assert (out["source_id"].to_numpy() == df["source_id"].to_numpy()).all()
+    assert list(out.columns) == ["source_id", "label", *[f"prob_{j}" for j in range(k)], "member_prob", "entropy", "flag"]
+    unscored = out["label"] == -1
+    assert unscored[[0, 10, 20, 30]].all()
+    assert out.loc[0, "flag"] == "missing:pmra" and out.loc[30, "flag"] == "missing:parallax"
+    two_param = df["pmra"].isna() & df["parallax"].isna()
+    assert (out.loc[two_param, "flag"] == "missing:pmra+pmdec+parallax").all()
+    assert out.loc[unscored, "member_prob"].isna().all()
+    probs = out.loc[~unscored, [f"prob_{j}" for j in range(k)]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (out.loc[~unscored, "flag"] == "").all()
+    group = module.member_group
+    np.testing.assert_array_equal(out["member_prob"], out[f"prob_{group}"])
+    # the simulated truth: the named group is the cluster
+    truth = (df["truth"] == "cluster").to_numpy()
+    members = out["member_prob"].fillna(0).to_numpy() > 0.5
+    f1 = 2 * (members & truth).sum() / (members.sum() + truth.sum())
+    assert f1 > 0.8, f1
+    assert summary["n_rows"] == len(df) and summary["n_scored"] == int((~unscored).sum())
+    w = np.where(members, out["member_prob"].fillna(0), 0.0)
+    np.testing.assert_allclose(summary["mean_pmra"], np.nansum(w * df["pmra"]) / w[df["pmra"].notna()].sum())
+    # a two-epoch model still lands near the simulated cluster motion (-12.51, -19.02) mas/yr
+    assert abs(summary["mean_pmra"] - (-12.51)) < 1.5 and abs(summary["mean_pmdec"] - (-19.02)) < 1.5
+
+
+def test_reload_predicts_identically(trained, catalogue_with_gaps):
+    ckpt, result = trained
+    df, _ = catalogue_with_gaps
+    again, _ = predict_catalog(load_clustering_module(ckpt), df)
+    first, _ = predict_catalog(result.module.cpu(), df)
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_member_group_override_and_bad_inputs(trained, catalogue_with_gaps, tmp_path):
+    ckpt, _ = trained
+    df, _ = catalogue_with_gaps
+    module = load_clustering_module(ckpt)
+    other = (module.member_group + 1) % module.hparams.n_clusters
+    out, summary = predict_catalog(module, df, member_group=other)
+    np.testing.assert_array_equal(out["member_prob"], out[f"prob_{other}"])
+    assert summary["member_group"] == other
+    with pytest.raises(ConfigError, match="member_group=7 is not a group"):
+        predict_catalog(module, df, member_group=7)
+    with pytest.raises(CatalogError, match="pmdec"):
+        predict_catalog(module, df.drop(columns=["pmdec"]))
+    with pytest.raises(ConfigError, match="not found"):
+        load_clustering_module(tmp_path / "missing.ckpt")
+    autoencoder_ckpt = ckpt.parent / "autoencoder" / "last.ckpt"
+    with pytest.raises(ConfigError, match="no cluster centres"):
+        load_clustering_module(autoencoder_ckpt)
+
+
+def test_another_fields_catalogue_with_auto_centre(trained, pal13_path):
+    ckpt, _ = trained
+    module = load_clustering_module(ckpt)
+    out, summary = predict_catalog(module, pal13_path, center="auto")
+    assert len(out) == 123
+    assert abs(summary["center"][0] - 346.685) < 0.05
+    assert (out.loc[out["flag"] != "", "label"] == -1).all()
+    assert (out["label"] >= 0).sum() > 50
+
+
+def _cli(args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "grasp_dl.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
+    ckpt, _ = trained
+    df, path = catalogue_with_gaps
+    output = tmp_path / "members.parquet"
+    proc = _cli(["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={output}", f"hydra.run.dir={tmp_path}/p"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = read_catalog(output)
+    assert len(table) == len(df) and (table["source_id"].to_numpy() == df["source_id"].to_numpy()).all()
+    summary = json.loads((tmp_path / "members.summary.json").read_text())
+    assert summary["n_rows"] == len(df) and summary["checkpoint"] == str(ckpt)
+    assert "not scored:" in proc.stdout and f"predictions: {output}" in proc.stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+    csv_output = tmp_path / "members.csv"
+    proc = _cli(["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={csv_output}", f"hydra.run.dir={tmp_path}/p2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pd.testing.assert_frame_equal(read_catalog(csv_output)[["source_id", "label"]], table[["source_id", "label"]])
+
+    proc = _cli(["evaluate", f"predictions={output}", f"truth={path}", f"hydra.run.dir={tmp_path}/e"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "members.metrics.json").read_text())
+    assert metrics["member_f1"] > 0.8 and metrics["ari"] > 0.5 and 0 <= metrics["brier"] < 0.1
+    assert "member_f1" in proc.stdout
+
+
+def test_predict_command_errors_are_readable(trained, tmp_path):
+    ckpt, _ = trained
+    proc = _cli(["predict", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert proc.returncode != 0 and "data.path" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli(["predict", f"ckpt_path={tmp_path}/nope.ckpt", "data.path=x.csv", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert proc.returncode == 2 and "nope.ckpt not found" in proc.stderr
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"ra": [1.0], "dec": [2.0]}).to_csv(bad, index=False)
+    proc = _cli(["predict", f"ckpt_path={ckpt}", f"data.path={bad}", f"output={tmp_path}/o.txt", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
