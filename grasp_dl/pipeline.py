@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from grasp_dl.data.datamodule import StellarCatalogDataModule
+from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
@@ -161,6 +161,19 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
     left_out = {flag: n for flag, n in prepared.cuts.items() if n}
     if left_out:
         lines.append("left out: " + "; ".join(f"{n} {flag}" for flag, n in left_out.items()))
+    if prepared.n_usable < MIN_USEFUL_STARS:
+        lines.append(
+            f"warning: only {prepared.n_usable} usable stars, too few to learn anything meaningful "
+            f"(at least {MIN_USEFUL_STARS} are advised): do not trust these groups"
+        )
+    if hasattr(result.module, "member_group"):
+        data = result.datamodule.data
+        labels = result.module.predict_proba(data).argmax(dim=1)
+        group = result.module.member_group
+        lines.append(
+            f"cluster: group {group} of {result.module.hparams.n_clusters}, "
+            f"{int((labels == group).sum())} of {len(data)} training stars"
+        )
     for key in ("train/loss", "val/loss"):
         if key in result.metrics:
             lines.append(f"{key}: {result.metrics[key]:.4f}")

@@ -79,3 +79,14 @@ def test_usage_and_unknown_command(tmp_path):
     assert proc.returncode == 0 and "grasp-dl COMMAND" in proc.stdout
     proc = _cli(["fly"], tmp_path)
     assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr
+
+
+def test_tiny_real_catalogue_finishes_and_says_so(tmp_path, pal13_path):
+    overrides = ["data=catalog", f"data.path={pal13_path}", "trainer.max_epochs=2", "model.pretrain_epochs=2",
+                 "trainer.enable_progress_bar=false"]
+    cfg = compose_config("train", overrides, tmp_path)
+    result = pipeline.train(cfg)
+    assert result.checkpoint.is_file()
+    text = pipeline.summarise(result, cfg)
+    assert "of 123 stars" in text and "too few to learn anything meaningful" in text
+    assert "29 missing:pmra+pmdec+parallax" in text
