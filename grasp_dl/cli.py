@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import hydra
 from hydra.errors import HydraException
@@ -12,7 +13,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from grasp_dl.config import conf_dir
-from grasp_dl.errors import GraspDLError
+from grasp_dl.errors import ConfigError, GraspDLError
 
 log = logging.getLogger("grasp_dl")
 
@@ -31,12 +32,12 @@ Each command is a Hydra application: 'grasp-dl train --help' lists its config gr
 """
 
 
-def _report_errors(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+def _report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Turn expected failures (bad input, bad config values) into one readable line and exit 2."""
 
-    def wrapped(cfg: DictConfig) -> None:
+    def wrapped(cfg: DictConfig) -> Any:
         try:
-            task(cfg)
+            return task(cfg)
         except (GraspDLError, HydraException, OmegaConfBaseException) as exc:
             log.error("error: %s", exc)
             print(f"grasp-dl: error: {exc}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
@@ -47,12 +48,21 @@ def _report_errors(task: Callable[[DictConfig], None]) -> Callable[[DictConfig],
     return wrapped
 
 
-def train_task(cfg: DictConfig) -> None:
-    """grasp-dl train: run the phases of the configured model and print where the outputs are."""
+def train_task(cfg: DictConfig) -> float | None:
+    """grasp-dl train: run the phases of the configured model and print where the outputs are.
+
+    Returns ``cfg.optimized_metric`` (a sweeper maximises or minimises it) when one is set.
+    """
     from grasp_dl import pipeline
 
     result = pipeline.train(cfg)
     print(pipeline.summarise(result, cfg))
+    metric = cfg.get("optimized_metric")
+    if not metric:
+        return None
+    if metric not in result.metrics:
+        raise ConfigError(f"optimized_metric={metric!r} was not computed; available: {sorted(result.metrics)}")
+    return result.metrics[metric]
 
 
 def predict_task(cfg: DictConfig) -> None:
@@ -80,7 +90,7 @@ def evaluate_task(cfg: DictConfig) -> None:
     print(f"metrics: {output}")
 
 
-COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
+COMMANDS: dict[str, tuple[str, Callable[[DictConfig], Any]]] = {
     "train": ("train", train_task),
     "predict": ("predict", predict_task),
     "evaluate": ("evaluate", evaluate_task),

@@ -14,6 +14,8 @@ import hydra.utils
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
@@ -65,9 +67,17 @@ def build_module(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) ->
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers."""
+    """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers.
+
+    A progress bar is dropped when ``trainer.enable_progress_bar`` is false and a learning-rate
+    monitor when there is no logger, instead of letting Lightning refuse the combination.
+    """
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
@@ -85,15 +95,43 @@ def _phase_config(cfg: DictConfig, phase: str, max_epochs: int) -> DictConfig:
     return phase_cfg
 
 
-def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """'last' means this run directory's checkpoints/last.ckpt."""
+@dataclass
+class ResumePoint:
+    """Where an interrupted run continues: in the autoencoder phase or in the final phase."""
+
+    autoencoder: str | None = None
+    final: str | None = None
+
+
+def resume_point(ckpt_path: str | None, output_dir: Path, two_phase: bool) -> ResumePoint:
+    """Resolve ``ckpt_path``: 'last' finds the newest last.ckpt of this run directory's phases."""
+    if not ckpt_path:
+        return ResumePoint()
     if ckpt_path == "last":
-        return str(output_dir / "checkpoints" / "last.ckpt")
-    return ckpt_path
+        final = output_dir / "checkpoints" / "last.ckpt"
+        pretrain = output_dir / "checkpoints" / "autoencoder" / "last.ckpt"
+        if final.is_file():
+            return ResumePoint(final=str(final))
+        if two_phase and pretrain.is_file():
+            return ResumePoint(autoencoder=str(pretrain))
+        raise ConfigError(
+            f"ckpt_path=last: no last.ckpt under {output_dir / 'checkpoints'}: give the run's "
+            "directory with hydra.run.dir=DIR, or a checkpoint path"
+        )
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+    if two_phase and "centers" not in state:
+        return ResumePoint(autoencoder=str(path))
+    return ResumePoint(final=str(path))
 
 
-def pretrain_autoencoder(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> AutoencoderModule:
-    """The autoencoder phase of a clustering model: trained now, or loaded from ``pretrained_ckpt``."""
+def pretrain_autoencoder(
+    cfg: DictConfig, datamodule: StellarCatalogDataModule, ckpt_path: str | None = None
+) -> AutoencoderModule:
+    """The autoencoder phase of a clustering model: trained now (resumed from ``ckpt_path``), or
+    loaded from ``model.pretrained_ckpt``."""
     model_cfg = cfg.model
     if model_cfg.get("pretrained_ckpt"):
         autoencoder = AutoencoderModule.load_from_checkpoint(model_cfg.pretrained_ckpt, map_location="cpu")
@@ -106,7 +144,7 @@ def pretrain_autoencoder(cfg: DictConfig, datamodule: StellarCatalogDataModule) 
         return autoencoder
     autoencoder = build_module(model_cfg.pretrain, datamodule)
     phase_cfg = _phase_config(cfg, "autoencoder", int(model_cfg.pretrain_epochs))
-    build_trainer(phase_cfg).fit(autoencoder, datamodule=datamodule)
+    build_trainer(phase_cfg).fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path)
     return autoencoder
 
 
@@ -124,24 +162,37 @@ def build_clustering_module(
     return module
 
 
-def train(cfg: DictConfig) -> TrainResult:
+def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -> TrainResult:
     """Run the training phases of ``cfg`` and return the trained module and its outputs.
 
     A model config with a ``pretrain`` entry is a clustering model: its autoencoder phase runs
-    first (``pretrain_epochs``), then the clustering phase (``trainer.max_epochs``).
+    first (``pretrain_epochs``), then the clustering phase (``trainer.max_epochs``). A prepared
+    ``datamodule`` (an in-memory catalogue, or one shared by the trials of a search) replaces
+    ``cfg.data``.
     """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = build_datamodule(cfg)
-    if "pretrain" in cfg.model:
-        module = build_clustering_module(cfg.model, pretrain_autoencoder(cfg, datamodule), datamodule)
+    two_phase = "pretrain" in cfg.model
+    resume = resume_point(cfg.get("ckpt_path"), output_dir, two_phase)
+    if datamodule is None:
+        datamodule = build_datamodule(cfg)
     else:
+        datamodule.setup("fit")
+    if not two_phase:
         module = build_module(cfg.model, datamodule)
+    elif resume.final:
+        # The clustering checkpoint restores every weight: no autoencoder phase to rerun.
+        module = build_clustering_module(cfg.model, build_module(cfg.model.pretrain, datamodule), datamodule)
+    else:
+        autoencoder = pretrain_autoencoder(cfg, datamodule, ckpt_path=resume.autoencoder)
+        module = build_clustering_module(cfg.model, autoencoder, datamodule)
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final)
     checkpoint = output_dir / "checkpoints" / "last.ckpt"
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if hasattr(module, "predict_proba"):
+        metrics.update(clustering_scores(module, datamodule))
     return TrainResult(
         module=module,
         datamodule=datamodule,
@@ -149,6 +200,18 @@ def train(cfg: DictConfig) -> TrainResult:
         checkpoint=checkpoint if checkpoint.is_file() else None,
         metrics=metrics,
     )
+
+
+def clustering_scores(module: L.LightningModule, datamodule: StellarCatalogDataModule) -> dict[str, float]:
+    """Scores that need no truth, on the standardised features (comparable across latent spaces).
+
+    ``clustering/silhouette`` is what hyper-parameter searches maximise by default.
+    """
+    from grasp_dl.metrics import internal_scores
+
+    labels = module.predict_proba(datamodule.data).argmax(dim=1).cpu().numpy()
+    scores = internal_scores(datamodule.data.numpy(), labels, random_state=datamodule.seed)
+    return {f"clustering/{name}": float(value) for name, value in scores.items()}
 
 
 def summarise(result: TrainResult, cfg: DictConfig) -> str:
@@ -255,4 +318,17 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.predictions).with_suffix(".metrics.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(metrics, indent=2) + "\n")
+    if "brier" in metrics:
+        scored = predictions["label"].to_numpy() >= 0
+        is_member = np.asarray(true_labels).astype(str) == str(cfg.member_label)
+        write_reliability_diagram(member_prob[scored], is_member[scored], output.with_suffix(".reliability.png"))
     return metrics, output
+
+
+def write_reliability_diagram(member_prob: np.ndarray, is_member: np.ndarray, path: Path) -> Path:
+    """Save the reliability diagram of member probabilities (beside the metrics JSON) and say where."""
+    from grasp_dl.plotting import reliability_diagram
+
+    reliability_diagram(member_prob, is_member).savefig(path, dpi=120)
+    log.info("reliability diagram: %s", path)
+    return path

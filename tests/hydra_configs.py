@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -26,3 +27,14 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+class CrashAfterEpoch(L.Callback):
+    """Simulate a killed run: raise once the autoencoder phase has checkpointed ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if type(pl_module).__name__ == "AutoencoderModule" and trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")

@@ -89,6 +89,8 @@ class DECModule(L.LightningModule):
             }
         )
         self.net = StellarAutoencoder(input_dim, hidden_dims, latent_dim, dropout, batch_norm)
+        # DEC discards the decoder; freezing it keeps DDP from waiting for its gradients.
+        self.net.decoder.requires_grad_(variant == "idec")
         self.centers = nn.Parameter(torch.zeros(n_clusters, latent_dim))
         # Used by the 'mixture' kernel only; DEC's kernel is unit scale and equal weights.
         self.log_scales = nn.Parameter(torch.zeros(n_clusters), requires_grad=kernel == "mixture")
@@ -206,6 +208,17 @@ class DECModule(L.LightningModule):
         self.log("dec/label_change", changed, on_step=True, on_epoch=False)
         return changed
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The target and last labels are state of the self-training: a resumed run must carry on
+        # with them rather than recompute them at an arbitrary step.
+        checkpoint["dec_state"] = {"target": self.target.cpu(), "previous_labels": self.previous_labels.cpu()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("dec_state")
+        if state:
+            self.target = state["target"].to(self.centers.device)
+            self.previous_labels = state["previous_labels"].to(self.centers.device)
+
     def on_train_epoch_start(self) -> None:
         # The clustering phase fine-tunes the encoder as a fixed map: running batch-norm
         # statistics and no dropout, as in DEC's fine-tuning, so q in training equals q at
@@ -247,6 +260,5 @@ class DECModule(L.LightningModule):
         self.log("val/loss", entropy, on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        return build_optimizers(
-            self.parameters(), self.hparams.optimizer, self.hparams.scheduler, monitor="train/loss"
-        )
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return build_optimizers(trainable, self.hparams.optimizer, self.hparams.scheduler, monitor="train/loss")

@@ -1,0 +1,89 @@
+"""Lightning callbacks of grasp-dl: a progress bar with throughput, and RNG state in checkpoints."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+
+class StarsPerSecondProgressBar(TQDMProgressBar):
+    """TQDM progress bar that shows 'Epoch i/n' and the training throughput in stars per second."""
+
+    def __init__(self, refresh_rate: int = 1, leave: bool = False) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=leave)
+        self._epoch_start = 0.0
+        self._stars = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        self._epoch_start = time.perf_counter()
+        self._stars = 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._stars += len(batch[0])
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    @property
+    def stars_per_second(self) -> float:
+        """Stars trained per second so far in this epoch (this process)."""
+        elapsed = time.perf_counter() - self._epoch_start
+        return self._stars / elapsed if elapsed > 0 and self._stars else 0.0
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float]:
+        metrics = super().get_metrics(trainer, pl_module)
+        if self._stars:
+            metrics["stars/s"] = f"{self.stars_per_second:,.0f}"
+        return metrics
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Save the Python, NumPy and torch random states in checkpoints and restore them on resume.
+
+    Dropout masks come from torch's global generator; without this a resumed run draws other
+    masks than the run it continues, and does not end where an uninterrupted run would.
+    """
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": _python_state_to_plain(random.getstate()),
+        }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        np.random.set_state(_numpy_state_from_plain(states["numpy"]))
+        random.setstate(_python_state_from_plain(states["python"]))
+
+
+# Plain containers (lists, ints, tensors) so checkpoints still load with torch.load(weights_only=True).
+def _numpy_state_to_plain(state: tuple) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from_plain(state: list) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached
+
+
+def _python_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_plain(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

@@ -1,0 +1,123 @@
+"""One code path for CPU, DDP and mixed precision; multirun sweeps; reproducibility; resume."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+from sklearn.metrics import adjusted_rand_score
+
+from grasp_dl import optimize_hyperparameters, pipeline
+
+from hydra_configs import TINY, compose_config
+
+SMALL = [o for o in TINY if not o.startswith("data.simulate.n_stars")] + ["data.simulate.n_stars=2500"]
+
+
+def _labels(result):
+    return result.module.predict_proba(result.datamodule.data).argmax(dim=1).numpy()
+
+
+def test_trainer_logger_and_callback_groups_compose(tmp_path):
+    for trainer in ("default", "cpu", "gpu", "ddp", "ddp_cpu"):
+        cfg = compose_config("train", [f"trainer={trainer}"], tmp_path)
+        assert cfg.trainer._target_.endswith("Trainer")
+    assert compose_config("train", ["trainer=ddp_cpu"], tmp_path).trainer.strategy == "ddp_spawn"
+    assert set(compose_config("train", ["logger=many"], tmp_path).logger) == {"tensorboard", "csv"}
+    callbacks = compose_config("train", [], tmp_path).callbacks
+    assert {"model_checkpoint", "early_stopping", "lr_monitor", "progress_bar", "rng_state"} <= set(callbacks)
+    for experiment in ("m4_autoencoder", "m4_dec", "m4_idec"):
+        assert compose_config("train", [f"experiment={experiment}"], tmp_path).model._target_
+    sweep = compose_config("train", ["hparams_search=optuna"], tmp_path)
+    assert sweep.optimized_metric == "clustering/silhouette"
+
+
+def test_ddp_on_cpu_agrees_with_a_single_process(tmp_path):
+    # two groups (cluster and field): a partition both runs must find, whatever the batch split
+    overrides = SMALL + ["model.n_clusters=2"]
+    single = pipeline.train(compose_config("train", overrides, tmp_path / "single"))
+    ddp = pipeline.train(compose_config("train", overrides + ["trainer=ddp_cpu"], tmp_path / "ddp"))
+    assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
+    assert adjusted_rand_score(_labels(single), _labels(ddp)) > 0.9
+
+
+def test_bf16_mixed_precision_runs_end_to_end_with_finite_losses(tmp_path):
+    result = pipeline.train(compose_config("train", SMALL + ["trainer.precision=bf16-mixed"], tmp_path))
+    assert np.isfinite(result.metrics["train/loss"]) and np.isfinite(result.metrics["val/loss"])
+    q = result.module.predict_proba(result.datamodule.data)
+    assert torch.isfinite(q).all() and len(np.unique(_labels(result))) >= 2
+
+
+def test_same_seed_same_results_on_cpu(tmp_path):
+    first = pipeline.train(compose_config("train", SMALL, tmp_path / "a"))
+    second = pipeline.train(compose_config("train", SMALL, tmp_path / "b"))
+    data = first.datamodule.data
+    torch.testing.assert_close(first.module.predict_proba(data), second.module.predict_proba(data), rtol=0, atol=0)
+
+
+def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(tmp_path):
+    overrides = SMALL + ["model.pretrain_epochs=4", "trainer.max_epochs=3"]
+    uninterrupted = pipeline.train(compose_config("train", overrides, tmp_path / "whole"))
+    crashed = compose_config("train", overrides, tmp_path / "crash")
+    with open_dict(crashed):
+        crashed.callbacks.crash = {"_target_": "hydra_configs.CrashAfterEpoch", "epoch": 1}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline.train(crashed)
+    assert (tmp_path / "crash" / "checkpoints" / "autoencoder" / "last.ckpt").is_file()
+    assert not (tmp_path / "crash" / "checkpoints" / "last.ckpt").exists()
+    resumed = pipeline.train(compose_config("train", overrides + ["ckpt_path=last"], tmp_path / "crash"))
+    data = uninterrupted.datamodule.data
+    torch.testing.assert_close(resumed.module.predict_proba(data), uninterrupted.module.predict_proba(data))
+    # a finished clustering phase resumes from its own checkpoint and trains on
+    more = pipeline.train(compose_config("train", SMALL + ["trainer.max_epochs=5", "ckpt_path=last"], tmp_path / "crash"))
+    assert torch.load(tmp_path / "crash" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
+    assert more.module.member_group >= 0
+
+
+def _cli(args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "grasp_dl.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
+def test_multirun_gives_each_job_its_own_directory(tmp_path, trainer):
+    sweep_dir = tmp_path / "sweep"
+    args = ["train", "-m", "model.n_clusters=2,3", "trainer.max_epochs=1", "model.pretrain_epochs=1",
+            "data.simulate.n_stars=2000", "trainer.enable_progress_bar=false", f"trainer={trainer}",
+            f"hydra.sweep.dir={sweep_dir}"]
+    proc = _cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, k in (("0", 2), ("1", 3)):
+        ckpt = sweep_dir / job / "checkpoints" / "last.ckpt"
+        assert ckpt.is_file(), sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.ckpt"))
+        assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["n_clusters"] == k
+        assert list((sweep_dir / job / "tensorboard").glob("events.out.tfevents.*"))
+    # nothing scattered outside the jobs' directories
+    assert {p.name for p in tmp_path.iterdir()} == {"sweep"}
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_optuna_sweep_from_the_command_line(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["train", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+            "trainer.max_epochs=1", "model.pretrain_epochs=1", "data.simulate.n_stars=2000",
+            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}"]
+    proc = _cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (sweep_dir / "optimization_results.yaml").is_file()
+    assert "best_value" in (sweep_dir / "optimization_results.yaml").read_text()
+
+
+def test_optimize_hyperparameters_in_process(tmp_path):
+    result = optimize_hyperparameters(
+        "m4", n_clusters_range=[2, 3], latent_dims=[4], hidden_dims_options=[[32, 16]],
+        overrides=["trainer.max_epochs=1", "model.pretrain_epochs=1", "trainer.enable_progress_bar=false",
+                   "data.simulate.n_stars=2000"],
+        output_dir=tmp_path,
+    )
+    assert len(result.trials) == 2 and set(result.trials["n_clusters"]) == {2, 3}
+    assert result.best_value == result.trials["clustering/silhouette"].max()
+    assert result.best_params["hidden_dims"] == [32, 16] and result.best_params["n_clusters"] in (2, 3)
