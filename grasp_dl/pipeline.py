@@ -66,11 +66,13 @@ def build_module(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) ->
     )
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, has_validation: bool = True) -> L.Trainer:
     """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers.
 
     A progress bar is dropped when ``trainer.enable_progress_bar`` is false and a learning-rate
-    monitor when there is no logger, instead of letting Lightning refuse the combination.
+    monitor when there is no logger, instead of letting Lightning refuse the combination; with
+    no validation rows (``data.val_fraction=0``) checkpoints and early stopping watch the
+    training loss.
     """
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
@@ -78,6 +80,11 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not has_validation:
+        for callback in callbacks:
+            if str(getattr(callback, "monitor", "") or "").startswith("val/"):
+                log.info("no validation rows: %s monitors train/loss", type(callback).__name__)
+                callback.monitor = "train/loss"
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
@@ -144,7 +151,8 @@ def pretrain_autoencoder(
         return autoencoder
     autoencoder = build_module(model_cfg.pretrain, datamodule)
     phase_cfg = _phase_config(cfg, "autoencoder", int(model_cfg.pretrain_epochs))
-    build_trainer(phase_cfg).fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer = build_trainer(phase_cfg, has_validation=datamodule.has_validation)
+    trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path)
     return autoencoder
 
 
@@ -187,7 +195,7 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
     else:
         autoencoder = pretrain_autoencoder(cfg, datamodule, ckpt_path=resume.autoencoder)
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, has_validation=datamodule.has_validation)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final)
     checkpoint = output_dir / "checkpoints" / "last.ckpt"
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -90,3 +90,9 @@ def test_tiny_real_catalogue_finishes_and_says_so(tmp_path, pal13_path):
     text = pipeline.summarise(result, cfg)
     assert "of 123 stars" in text and "too few to learn anything meaningful" in text
     assert "29 missing:pmra+pmdec+parallax" in text
+
+
+def test_no_validation_rows_monitor_the_training_loss(tmp_path):
+    result = pipeline.train(compose_config("train", TINY + ["data.val_fraction=0"], tmp_path))
+    assert not result.datamodule.has_validation and len(result.datamodule.train_index) > 2000
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()

@@ -153,6 +153,12 @@ class StellarCatalogDataModule(L.LightningDataModule):
         self._require_setup()
         return list(self.prepared.feature_names)
 
+    @property
+    def has_validation(self) -> bool:
+        """Whether any rows were set aside for validation."""
+        self._require_setup()
+        return len(self.val_index) > 0
+
     def preprocessing_state(self) -> dict[str, Any]:
         """Everything prediction needs to prepare a new catalogue the same way (plain types)."""
         self._require_setup()
@@ -193,8 +199,7 @@ class StellarCatalogDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> TensorBatchLoader | list:
         """Validation rows in order (no validation when val_fraction is 0)."""
-        self._require_setup()
-        if len(self.val_index) == 0:
+        if not self.has_validation:
             return []
         return self._loader(self.val_index, shuffle=False)
 
