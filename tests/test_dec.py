@@ -141,6 +141,21 @@ def test_checkpoint_reload_gives_identical_predictions(small_field, tmp_path):
     assert again.member_group == module.member_group
 
 
+def test_python_defaults_match_the_yaml_defaults():
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from grasp_dl.config import conf_dir
+
+    yaml = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / "dec.yaml"))
+    signature = inspect.signature(DECModule.__init__).parameters
+    for key, value in yaml.items():
+        if key in signature and key not in ("optimizer", "seed"):
+            assert signature[key].default == value, key
+    assert DECModule(5).hparams.optimizer == {**yaml["optimizer"]}
+
+
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="unknown DEC variant 'vae'"):
         DECModule(5, variant="vae")

@@ -24,6 +24,8 @@ from grasp_dl.models.networks import StellarAutoencoder, encode_in_chunks
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 
 VARIANTS = ("dec", "idec")
+#: Fine-tuning a pretrained encoder wants a smaller step than pretraining (as conf/model/dec.yaml).
+DEC_OPTIMIZER: dict[str, Any] = {**DEFAULT_OPTIMIZER, "lr": 1e-4}
 
 
 class DECModule(L.LightningModule):
@@ -81,7 +83,7 @@ class DECModule(L.LightningModule):
                 "latent_dim": int(latent_dim),
                 "dropout": float(dropout),
                 "batch_norm": bool(batch_norm),
-                "optimizer": plain_config(optimizer) or dict(DEFAULT_OPTIMIZER),
+                "optimizer": plain_config(optimizer) or dict(DEC_OPTIMIZER),
                 "scheduler": plain_config(scheduler),
                 "preprocessing": plain_config(preprocessing),
                 "cluster_index": cluster_index,
