@@ -94,6 +94,8 @@ class StellarCatalogDataModule(L.LightningDataModule):
         self.data: torch.Tensor | None = None
         self.train_index: torch.Tensor | None = None
         self.val_index: torch.Tensor | None = None
+        # Copies of the split tensors on the training device, made once (not per batch).
+        self._device_copies: dict[tuple[str, str], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ loading
     def load_table(self) -> pd.DataFrame:
@@ -180,10 +182,33 @@ class StellarCatalogDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _loader(self, index: torch.Tensor, shuffle: bool) -> TensorBatchLoader:
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def split_tensor(self, split: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """The standardised rows of a split ('train', 'val', 'all') on ``device``, copied there once.
+
+        On a GPU the whole catalogue then sits in device memory and batches are slices of it:
+        no host-to-device copy per batch.
+        """
+        self._require_setup()
+        device = torch.device(device) if device is not None else self._device()
+        key = (split, str(device))
+        if key not in self._device_copies:
+            index = {"train": self.train_index, "val": self.val_index, "all": None}[split]
+            rows = self.data if index is None else self.data[index]
+            self._device_copies[key] = rows.to(device)
+        return self._device_copies[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Device copies stay with the process that made them (ddp_spawn pickles the module).
+        return {**self.__dict__, "_device_copies": {}}
+
+    def _loader(self, split: str, shuffle: bool) -> TensorBatchLoader:
         rank, world = self._rank_and_world()
         return TensorBatchLoader(
-            self.data[index],
+            self.split_tensor(split),
             self.batch_size,
             shuffle=shuffle,
             seed=self.seed,
@@ -195,18 +220,18 @@ class StellarCatalogDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatchLoader:
         """Shuffled batches of the training rows; the batch's second item indexes train_index."""
         self._require_setup()
-        return self._loader(self.train_index, shuffle=True)
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> TensorBatchLoader | list:
         """Validation rows in order (no validation when val_fraction is 0)."""
         if not self.has_validation:
             return []
-        return self._loader(self.val_index, shuffle=False)
+        return self._loader("val", shuffle=False)
 
     def predict_dataloader(self) -> TensorBatchLoader:
         """Every usable star in catalogue order."""
         self._require_setup()
-        return self._loader(torch.arange(len(self.data)), shuffle=False)
+        return self._loader("all", shuffle=False)
 
     def usable_rows(self) -> np.ndarray:
         """Positions in the input table of the rows in ``data`` (the mask as indices)."""

@@ -165,8 +165,7 @@ class DECModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
-        datamodule = self.trainer.datamodule
-        self.catalog = datamodule.data[datamodule.train_index]
+        self.catalog = self.trainer.datamodule.split_tensor("train", self.device)
         if not bool(self.initialized):
             self.initialize_centers(self.catalog)
 
