@@ -22,7 +22,7 @@ from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
-from grasp_dl.predict import load_clustering_module, predict_catalog
+from grasp_dl.predict import CLUSTERING_MODULES, load_clustering_module, predict_catalog
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def resume_point(ckpt_path: str | None, output_dir: Path, two_phase: bool) -> Re
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
-    if two_phase and "centers" not in state:
+    if two_phase and not any(key in state for key in CLUSTERING_MODULES):
         return ResumePoint(autoencoder=str(path))
     return ResumePoint(final=str(path))
 

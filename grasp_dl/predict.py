@@ -18,6 +18,7 @@ from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import ConfigError
 from grasp_dl.membership import cluster_summary, entropy
 from grasp_dl.models.dec import DECModule
+from grasp_dl.models.vade import VaDEModule
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +28,26 @@ DEFAULT_CHUNK_SIZE = 262_144
 FAR_FROM_CENTER_DEG = 1.0
 
 
-def load_clustering_module(ckpt_path: str | Path) -> DECModule:
-    """Load a clustering checkpoint (written by ``grasp-dl train``) on the CPU, in eval mode."""
+#: A parameter only each clustering module has, and the class that loads its checkpoints.
+CLUSTERING_MODULES: dict[str, type[DECModule] | type[VaDEModule]] = {
+    "centers": DECModule,
+    "mixture_means": VaDEModule,
+}
+
+
+def load_clustering_module(ckpt_path: str | Path) -> DECModule | VaDEModule:
+    """Load a DEC or VaDE checkpoint (written by ``grasp-dl train``) on the CPU, in eval mode."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} not found: give ckpt_path=<run dir>/checkpoints/last.ckpt")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    if "centers" not in raw.get("state_dict", {}):
+    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+    module_class = next((cls for key, cls in CLUSTERING_MODULES.items() if key in state), None)
+    if module_class is None:
         raise ConfigError(
             f"{path} holds no cluster centres (an autoencoder-only checkpoint?): train a clustering "
             "model first, e.g. grasp-dl train model=dec"
         )
-    module = DECModule.load_from_checkpoint(path, map_location="cpu")
+    module = module_class.load_from_checkpoint(path, map_location="cpu")
     module.eval()
     return module
 
@@ -79,8 +88,17 @@ def resolve_center(
     return float(stored[0]), float(stored[1])
 
 
+def _member_prob_std(module: VaDEModule, scaled: np.ndarray, group: int, chunk_size: int) -> np.ndarray:
+    """Spread of the member probability over draws of z, scored ``chunk_size`` stars at a time."""
+    parts = [
+        module.predict_proba_samples(torch.from_numpy(scaled[i : i + chunk_size]))[1][:, group].cpu().numpy()
+        for i in range(0, len(scaled), chunk_size)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
 def predict_catalog(
-    module: DECModule,
+    module: DECModule | VaDEModule,
     catalog: Any,
     *,
     member_group: int | None = None,
@@ -92,6 +110,9 @@ def predict_catalog(
     The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where
     the star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy``, and
     ``flag`` (why a row was not scored, '' otherwise). ``center`` as in :func:`resolve_center`.
+    A model that draws latent points (VaDE) adds ``member_prob_std`` after ``entropy``: the spread
+    of the member probability over draws z ~ q(z|x). DEC has no such spread, so its table has no
+    such column (rather than a 0 that would read as certainty).
     """
     prep = module.hparams.preprocessing
     if not prep:
@@ -132,6 +153,10 @@ def predict_catalog(
     ent = np.full(len(table), np.nan)
     ent[prepared.mask] = entropy(prob)
     out["entropy"] = ent
+    if hasattr(module, "predict_proba_samples"):
+        std = np.full(len(table), np.nan)
+        std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size)
+        out["member_prob_std"] = std
     out["flag"] = prepared.flags.astype(str)
     summary = cluster_summary(out, table, used_center, group)
     return out, summary

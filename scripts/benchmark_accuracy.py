@@ -12,12 +12,16 @@ every method clusters the same usable stars (``dm.data``):
 * ``DEC``  -- our defaults: mixture initialisation on the features, Student-t mixture kernel,
   balance 0.
 * ``IDEC`` -- our defaults with the reconstruction loss kept (gamma = 0.1).
+* ``VaDE`` -- variational deep embedding (Jiang et al. 2017) with the settings and optimiser of
+  ``conf/model/vade.yaml`` (mixture started from a full-covariance GMM on the features, KL
+  warm-up, Adam lr 1e-3); its member probability is p(cluster | mean of q(z|x)).
 * ``GMM-2``, ``GMM-3`` -- scikit-learn GaussianMixture (full covariance, n_init=3).
 * ``HDBSCAN`` -- scikit-learn HDBSCAN (min_cluster_size=50); noise (-1) counts as non-member.
 
-The three deep models start from one autoencoder pretrained per field (AutoencoderModule
+The four deep models start from one autoencoder pretrained per field (AutoencoderModule
 defaults, ``--ae-epochs`` epochs, batch 256) and train ``--dec-epochs`` epochs with the
-optimiser of ``conf/model/dec.yaml`` (the product's; Adam, lr 1e-4).
+optimiser of ``conf/model/dec.yaml`` (the product's; Adam, lr 1e-4), VaDE with its own
+(``conf/model/vade.yaml``).
 
 How to read the table
 ---------------------
@@ -32,6 +36,9 @@ How to read the table
   three or more groups F1 can come out slightly above F1*.
 * ``ARI`` -- adjusted Rand index of the hard labels against every true class (cluster, field,
   galaxy, tails). For HDBSCAN the noise stars form one extra group in the ARI.
+* ``Brier``, ``ECE`` -- calibration of member_prob (the named group's probability) against
+  truth == cluster: mean squared error and 15-bin expected calibration error (lower is better;
+  HDBSCAN gives no probability).
 
 Times are wall-clock seconds on this machine; the deep models' times exclude the shared
 autoencoder pretraining, which has its own column.
@@ -41,7 +48,7 @@ Run
     python scripts/benchmark_accuracy.py                       # all fields, config sizes
     python scripts/benchmark_accuracy.py --fields m4 --n-stars 5000 --output /tmp/acc.json
 
-Takes several minutes per field on a 2-core CPU (mostly the three DEC trainings and HDBSCAN).
+Takes several minutes per field on a 2-core CPU (mostly the three DEC trainings, VaDE and HDBSCAN).
 """
 
 from __future__ import annotations
@@ -68,8 +75,9 @@ from grasp_dl.membership import MEMBER_THRESHOLD, choose_cluster_group
 from grasp_dl.metrics import evaluate_clustering
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
+from grasp_dl.models.vade import VaDEModule
 
-METHODS = ("DEC (seed)", "DEC", "IDEC", "GMM-2", "GMM-3", "HDBSCAN")
+METHODS = ("DEC (seed)", "DEC", "IDEC", "VaDE", "GMM-2", "GMM-3", "HDBSCAN")
 #: DECModule settings of each deep method (on top of n_clusters, seed and the optimiser).
 DEEP_SETTINGS: dict[str, dict[str, Any]] = {
     "DEC (seed)": {"init": "kmeans", "kernel": "dec", "balance": 1.0, "variant": "dec"},
@@ -142,6 +150,17 @@ def product_dec_optimizer() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - a missing or odd file falls back to the copy
         pass
     return dict(FALLBACK_DEC_OPTIMIZER)
+
+
+def product_vade_options() -> dict[str, Any]:
+    """VaDEModule options of conf/model/vade.yaml (the product's VaDE phase, optimiser included)."""
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[1] / "conf" / "model" / "vade.yaml"
+    config = OmegaConf.to_container(OmegaConf.load(path))
+    skip = {"defaults", "_target_", "n_clusters", "seed", "cluster_index", "pretrain", "pretrain_epochs",
+            "pretrained_ckpt"}
+    return {k: v for k, v in config.items() if k not in skip}
 
 
 def load_field(name: str, n_stars: int | None, seed: int) -> StellarCatalogDataModule:
@@ -246,6 +265,32 @@ def run_deep(
     )
 
 
+def run_vade(
+    ae: AutoencoderModule, dm: StellarCatalogDataModule, truth: np.ndarray, n_clusters: int, epochs: int, seed: int
+) -> MethodResult:
+    """Train VaDE from the shared autoencoder and score the group it names (plus its uncertainty)."""
+    L.seed_everything(seed, verbose=False)
+    start = time.perf_counter()
+    module = VaDEModule.from_autoencoder(ae, n_clusters=n_clusters, seed=seed, **product_vade_options())
+    trainer = make_trainer(epochs)
+    trainer.fit(module, datamodule=dm)
+    q = module.predict_proba(dm.data)
+    group = module.decide_member_group(dm.data, q)
+    seconds = time.perf_counter() - start
+    member_prob = q.cpu().numpy()[:, group]
+    member_std = module.predict_proba_samples(dm.data)[1][:, group].cpu().numpy()
+    return score(
+        truth,
+        q.cpu().numpy().argmax(axis=1),
+        member_prob > MEMBER_THRESHOLD,
+        group,
+        seconds,
+        member_prob=member_prob,
+        epochs_run=int(trainer.current_epoch),
+        mean_member_prob_std=float(member_std.mean()),
+    )
+
+
 def run_gmm(dm: StellarCatalogDataModule, truth: np.ndarray, k: int, seed: int) -> MethodResult:
     """A full-covariance Gaussian mixture on the standardised features, named by the same rule."""
     start = time.perf_counter()
@@ -309,6 +354,8 @@ def benchmark_field(
     for method in DEEP_SETTINGS:
         results[method] = run_deep(method, ae, dm, truth, n_clusters, dec_epochs, seed, optimizer)
         log(f"[{name}] {method}: F1 {results[method].f1:.3f} ({results[method].seconds:.0f} s)")
+    results["VaDE"] = run_vade(ae, dm, truth, n_clusters, dec_epochs, seed)
+    log(f"[{name}] VaDE: F1 {results['VaDE'].f1:.3f} ({results['VaDE'].seconds:.0f} s)")
     for k in (2, 3):
         results[f"GMM-{k}"] = run_gmm(dm, truth, k, seed)
     results["HDBSCAN"] = run_hdbscan(dm, truth)
@@ -339,6 +386,20 @@ def accuracy_table(results: Sequence[FieldResult]) -> str:
     return "\n".join(lines)
 
 
+def calibration_table(results: Sequence[FieldResult]) -> str:
+    """Markdown table: one row per field, Brier score and ECE of member_prob per method ('-': none)."""
+    methods = [m for m in METHODS if any("brier" in r.methods[m].extra for r in results)]
+    header = ["field"] + [f"{m} {s}" for m in methods for s in ("Brier", "ECE")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in results:
+        cells = [r.field]
+        for m in methods:
+            extra = r.methods[m].extra
+            cells += [f"{extra[k]:.4f}" if extra.get(k) is not None else "-" for k in ("brier", "ece")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def time_table(results: Sequence[FieldResult]) -> str:
     """Markdown table of wall-clock seconds per method (deep methods exclude the autoencoder)."""
     header = ["field", "AE pretrain", *METHODS]
@@ -355,6 +416,7 @@ def write_json(results: Sequence[FieldResult], args: argparse.Namespace, path: s
         "settings": {
             **vars(args),
             "dec_optimizer": product_dec_optimizer(),
+            "vade_options": product_vade_options(),
             "hdbscan": {"min_cluster_size": HDBSCAN_MIN_CLUSTER_SIZE, "min_samples": HDBSCAN_MIN_SAMPLES},
             "gmm_n_init": GMM_N_INIT,
             "torch_threads": torch.get_num_threads(),
@@ -389,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print("Member F1 of the named group (F1), oracle F1 of the best group (F1*), ARI:\n")
     print(accuracy_table(results))
+    print("\nCalibration of member_prob: Brier score and expected calibration error (lower is better):\n")
+    print(calibration_table(results))
     print("\nWall-clock seconds (deep methods: clustering phase only; AE pretrain shared):\n")
     print(time_table(results))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from grasp_dl import pipeline
 from grasp_dl.data.catalog import read_catalog, write_catalog

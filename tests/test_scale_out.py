@@ -28,7 +28,7 @@ def test_trainer_logger_and_callback_groups_compose(tmp_path):
     assert set(compose_config("train", ["logger=many"], tmp_path).logger) == {"tensorboard", "csv"}
     callbacks = compose_config("train", [], tmp_path).callbacks
     assert {"model_checkpoint", "early_stopping", "lr_monitor", "progress_bar", "rng_state"} <= set(callbacks)
-    for experiment in ("m4_autoencoder", "m4_dec", "m4_idec"):
+    for experiment in ("m4_autoencoder", "m4_dec", "m4_idec", "m4_vade"):
         assert compose_config("train", [f"experiment={experiment}"], tmp_path).model._target_
     sweep = compose_config("train", ["hparams_search=optuna"], tmp_path)
     assert sweep.optimized_metric == "clustering/silhouette"
@@ -43,8 +43,10 @@ def test_ddp_on_cpu_agrees_with_a_single_process(tmp_path):
     assert adjusted_rand_score(_labels(single), _labels(ddp)) > 0.9
 
 
-def test_bf16_mixed_precision_runs_end_to_end_with_finite_losses(tmp_path):
-    result = pipeline.train(compose_config("train", SMALL + ["trainer.precision=bf16-mixed"], tmp_path))
+@pytest.mark.parametrize("model", ["dec", "vade"])
+def test_bf16_mixed_precision_runs_end_to_end_with_finite_losses(tmp_path, model):
+    overrides = SMALL + ["trainer.precision=bf16-mixed", f"model={model}"]
+    result = pipeline.train(compose_config("train", overrides, tmp_path))
     assert np.isfinite(result.metrics["train/loss"]) and np.isfinite(result.metrics["val/loss"])
     q = result.module.predict_proba(result.datamodule.data)
     assert torch.isfinite(q).all() and len(np.unique(_labels(result))) >= 2
@@ -70,6 +72,11 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(tmp_path):
     resumed = pipeline.train(compose_config("train", overrides + ["ckpt_path=last"], tmp_path / "crash"))
     data = uninterrupted.datamodule.data
     torch.testing.assert_close(resumed.module.predict_proba(data), uninterrupted.module.predict_proba(data))
+    # an explicit clustering checkpoint resumes the clustering phase, not the autoencoder phase
+    from grasp_dl.pipeline import resume_point
+
+    final = tmp_path / "crash" / "checkpoints" / "last.ckpt"
+    assert resume_point(str(final), tmp_path, two_phase=True).final == str(final)
     # a finished clustering phase resumes from its own checkpoint and trains on
     more = pipeline.train(compose_config("train", SMALL + ["trainer.max_epochs=5", "ckpt_path=last"], tmp_path / "crash"))
     assert torch.load(tmp_path / "crash" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4

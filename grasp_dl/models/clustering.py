@@ -79,15 +79,16 @@ def groups_from_responsibilities(z: np.ndarray, resp: np.ndarray) -> InitialGrou
     )
 
 
-def initial_groups(
+def initial_responsibilities(
     z: np.ndarray,
     n_clusters: int,
     method: str = "gmm_features",
     n_init: int = 20,
     seed: int = 0,
     features: np.ndarray | None = None,
-) -> InitialGroups:
-    """Initial groups in latent space ``z`` by k-means, a mixture on ``z``, or a mixture on ``features``.
+    latent_covariance: str = "full",
+) -> np.ndarray:
+    """Soft memberships to start the groups from: k-means or a mixture on ``z``, or a mixture on ``features``.
 
     k-means favours groups of equal size and splits a dominant field rather than isolate a small,
     tight cluster; a full-covariance mixture does not. A mixture fits the standardised input
@@ -101,11 +102,12 @@ def initial_groups(
     z = np.asarray(z, dtype=np.float64)
     if method == "kmeans":
         labels = KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(z)
-        resp = np.eye(n_clusters)[labels]
+        return np.eye(n_clusters)[labels]
+    if method == "gmm_features":
+        data, covariance = np.asarray(features, dtype=np.float64), "full"
     else:
-        data = z if method == "gmm" else np.asarray(features, dtype=np.float64)
-        gmm = GaussianMixture(
-            n_clusters, covariance_type="full", n_init=max(1, n_init // 4), random_state=seed, reg_covar=1e-4
-        )
-        resp = gmm.fit(data).predict_proba(data)
-    return groups_from_responsibilities(z, resp)
+        data, covariance = z, latent_covariance
+    gmm = GaussianMixture(
+        n_clusters, covariance_type=covariance, n_init=max(1, n_init // 4), random_state=seed, reg_covar=1e-4
+    )
+    return gmm.fit(data).predict_proba(data)

@@ -12,14 +12,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grasp_dl.data.scaling import FeatureScaler
-from grasp_dl.membership import choose_cluster_group
-from grasp_dl.models.clustering import KERNELS, initial_groups, soft_assign, target_distribution
+from grasp_dl.models.clustering import (
+    KERNELS,
+    groups_from_responsibilities,
+    initial_responsibilities,
+    soft_assign,
+    target_distribution,
+)
+from grasp_dl.models.membership_mixin import ClusterMembership
 from grasp_dl.models.networks import StellarAutoencoder, encode_in_chunks
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 
@@ -28,7 +32,7 @@ VARIANTS = ("dec", "idec")
 DEC_OPTIMIZER: dict[str, Any] = {**DEFAULT_OPTIMIZER, "lr": 1e-4}
 
 
-class DECModule(L.LightningModule):
+class DECModule(ClusterMembership, L.LightningModule):
     """Cluster the latent space of a pretrained autoencoder with DEC or IDEC.
 
     Centres are an ``nn.Parameter`` created here, before the optimiser exists, and filled
@@ -115,29 +119,6 @@ class DECModule(L.LightningModule):
         return module
 
     # ------------------------------------------------------------------ inference
-    @property
-    def member_group(self) -> int:
-        """The group that is the cluster: the user's ``cluster_index`` if set, else the decided one."""
-        if self.hparams.cluster_index is not None:
-            return int(self.hparams.cluster_index)
-        return int(self.cluster_group)
-
-    def physical_features(self, x: Tensor) -> tuple[np.ndarray, list[str]]:
-        """Standardised features back in physical units, with their names (for the cluster rule)."""
-        prep = self.hparams.preprocessing
-        values = x.detach().cpu().numpy()
-        if not prep:
-            return values, [f"feature_{i}" for i in range(values.shape[1])]
-        return FeatureScaler.from_state(prep["scaler"]).inverse_transform(values), list(prep["feature_names"])
-
-    @torch.no_grad()
-    def decide_member_group(self, x: Tensor, q: Tensor | None = None) -> int:
-        """Apply the cluster rule of :mod:`grasp_dl.membership` to ``x`` and remember the answer."""
-        q = self.predict_proba(x) if q is None else q
-        group = choose_cluster_group(q.cpu().numpy(), *self.physical_features(x))
-        self.cluster_group.fill_(group)
-        return group
-
     def assign(self, z: Tensor) -> Tensor:
         """Soft assignments q of latent points to the groups, with this module's kernel."""
         if self.hparams.kernel == "dec":
@@ -176,15 +157,12 @@ class DECModule(L.LightningModule):
         Every DDP rank holds the whole catalogue and fits with the same seed, so all ranks
         start from the same centres.
         """
-        z = self.embed(catalog).cpu().numpy()
-        groups = initial_groups(
-            z,
-            self.hparams.n_clusters,
-            self.hparams.init,
-            self.hparams.n_init,
-            self.hparams.seed,
-            features=catalog.cpu().numpy(),
+        z = self.embed(catalog).cpu().double().numpy()
+        hp = self.hparams
+        resp = initial_responsibilities(
+            z, hp.n_clusters, hp.init, hp.n_init, hp.seed, features=catalog.cpu().double().numpy()
         )
+        groups = groups_from_responsibilities(z, resp)
         self.centers.data.copy_(torch.as_tensor(groups.centers))
         if self.hparams.kernel == "mixture":
             self.log_scales.data.copy_(torch.as_tensor(groups.log_scales))
