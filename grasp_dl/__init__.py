@@ -14,7 +14,11 @@ __all__ = [
     "__version__",
 ]
 
-_LAZY = {"optimize_hyperparameters": "grasp_dl.search", "evaluate_clustering": "grasp_dl.metrics"}
+_LAZY = {
+    "optimize_hyperparameters": "grasp_dl.search",
+    "evaluate_clustering": "grasp_dl.metrics",
+    "DeepClusteringModel": "grasp_dl.api",
+}
 
 
 def __getattr__(name: str):

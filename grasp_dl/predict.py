@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 
 from grasp_dl.data.catalog import read_catalog, require_columns
-from grasp_dl.data.prepare import estimate_center, prepare_stellar_data
+from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import ConfigError
@@ -97,6 +98,42 @@ def _member_prob_std(module: VaDEModule, scaled: np.ndarray, group: int, chunk_s
     return np.concatenate(parts) if parts else np.empty(0)
 
 
+@dataclass
+class PreparedForModule:
+    """A catalogue prepared the way a checkpoint says: the table, its features and their scaling."""
+
+    table: pd.DataFrame
+    prepared: PreparedCatalog
+    scaled: np.ndarray
+    center: tuple[float, float] | None
+
+
+def prepare_for_module(
+    module: DECModule | VaDEModule, catalog: Any, center: str | Sequence[float] | None = None
+) -> PreparedForModule:
+    """Read and prepare ``catalog`` with the checkpoint's columns, features, cuts and scaler.
+
+    No outlier removal: every star with the features is scored. ``center`` as in :func:`resolve_center`.
+    """
+    prep = module.hparams.preprocessing
+    if not prep:
+        raise ConfigError("the checkpoint carries no preprocessing state: it cannot prepare a catalogue")
+    table = read_catalog(catalog, prep.get("columns"))
+    used_center = resolve_center(prep["center"], center, table)
+    prepared = prepare_stellar_data(
+        table,
+        features=prep["features"],
+        outlier_removal=False,
+        center=used_center,
+        ruwe_max=prep.get("ruwe_max"),
+        parallax_over_error_min=prep.get("parallax_over_error_min"),
+        mag_range=prep.get("mag_range"),
+    )
+    _check_features(prepared.feature_names, list(prep["feature_names"]), "the catalogue")
+    scaled = FeatureScaler.from_state(prep["scaler"]).transform(prepared.features)
+    return PreparedForModule(table, prepared, scaled, used_center)
+
+
 def predict_catalog(
     module: DECModule | VaDEModule,
     catalog: Any,
@@ -114,26 +151,12 @@ def predict_catalog(
     of the member probability over draws z ~ q(z|x). DEC has no such spread, so its table has no
     such column (rather than a 0 that would read as certainty).
     """
-    prep = module.hparams.preprocessing
-    if not prep:
-        raise ConfigError("the checkpoint carries no preprocessing state: it cannot prepare a catalogue")
     group = module.member_group if member_group is None else int(member_group)
     k = module.hparams.n_clusters
     if not 0 <= group < k:
         raise ConfigError(f"member_group={group} is not a group of this model: choose 0..{k - 1}")
-    table = read_catalog(catalog, prep.get("columns"))
-    used_center = resolve_center(prep["center"], center, table)
-    prepared = prepare_stellar_data(
-        table,
-        features=prep["features"],
-        outlier_removal=False,
-        center=used_center,
-        ruwe_max=prep.get("ruwe_max"),
-        parallax_over_error_min=prep.get("parallax_over_error_min"),
-        mag_range=prep.get("mag_range"),
-    )
-    _check_features(prepared.feature_names, list(prep["feature_names"]), "the catalogue")
-    scaled = FeatureScaler.from_state(prep["scaler"]).transform(prepared.features)
+    ready = prepare_for_module(module, catalog, center)
+    table, prepared, scaled, used_center = ready.table, ready.prepared, ready.scaled, ready.center
     prob = np.concatenate(
         [
             module.predict_proba(torch.from_numpy(scaled[i : i + chunk_size])).cpu().numpy()

@@ -1,0 +1,118 @@
+"""TensorBoard views (figures, projector embedding, soft-assignment histograms), read back from the event files."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from grasp_dl import pipeline
+from grasp_dl.api import run_history
+from grasp_dl.data.datamodule import StellarCatalogDataModule
+from grasp_dl.data.simulate import simulate_field
+from grasp_dl.tensorboard import TensorBoardFigures, read_scalars
+
+from hydra_configs import TINY, compose_config
+
+MAX_STARS = 120
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A CLI training run whose callback draws at the second epoch of each phase (every_n_epochs=2)."""
+    out = tmp_path_factory.mktemp("tb")
+    overrides = TINY + [
+        "callbacks.tensorboard_figures.every_n_epochs=2",
+        f"callbacks.tensorboard_figures.max_stars={MAX_STARS}",
+    ]
+    pipeline.train(compose_config("train", overrides, out))
+    return out
+
+
+def _events(log_dir) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+def test_default_callbacks_draw_every_five_epochs_on_at_most_2000_stars(tmp_path):
+    cfg = compose_config("train", [], tmp_path).callbacks.tensorboard_figures
+    assert cfg._target_ == "grasp_dl.tensorboard.TensorBoardFigures"
+    assert cfg.every_n_epochs == 5 and cfg.max_stars == 2000
+
+
+def test_clustering_phase_writes_figures_histograms_and_embedding(run_dir):
+    events = _events(run_dir / "tensorboard")
+    images = set(events.Tags()["images"])
+    expected = {f"figures/{name}" for name in ("latent_space", "proper_motions", "sky", "cmd", "reliability")}
+    assert expected <= images
+    # drawn once: at the second of two epochs only
+    assert all(len(events.Images(tag)) == 1 for tag in expected)
+    image = events.Images("figures/sky")[0]
+    assert image.width > 100 and image.height > 100 and image.encoded_image_string[:4] == b"\x89PNG"
+    histograms = set(events.Tags()["histograms"])
+    assert {"assignments/prob_0", "assignments/prob_1", "assignments/prob_2", "assignments/max_prob",
+            "assignments/entropy"} <= histograms
+    max_prob = events.Histograms("assignments/max_prob")[0].histogram_value
+    assert max_prob.num == MAX_STARS and 1 / 3 - 1e-6 <= max_prob.min <= max_prob.max <= 1 + 1e-6
+    config = (run_dir / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "latent' in config and "metadata.tsv" in config
+    tensors = list((run_dir / "tensorboard").glob("*/latent/tensors.tsv"))
+    metadata = list((run_dir / "tensorboard").glob("*/latent/metadata.tsv"))
+    assert len(tensors) == len(metadata) == 1
+    rows = tensors[0].read_text().strip().splitlines()
+    assert len(rows) == MAX_STARS and len(rows[0].split("\t")) == 8  # the latent dimension
+    lines = metadata[0].read_text().strip().splitlines()
+    assert lines[0].split("\t") == ["group", "member_prob", "truth"] and len(lines) == MAX_STARS + 1
+    assert {line.split("\t")[2] for line in lines[1:]} <= {"cluster", "field"}
+
+
+def test_autoencoder_phase_has_no_groups_yet(run_dir):
+    events = _events(run_dir / "tensorboard" / "autoencoder")
+    images = set(events.Tags()["images"])
+    assert {"figures/latent_space", "figures/proper_motions", "figures/sky", "figures/cmd"} <= images
+    assert "figures/reliability" not in images and not events.Tags()["histograms"]
+    metadata = next((run_dir / "tensorboard" / "autoencoder").glob("*/latent/metadata.tsv"))
+    lines = metadata.read_text().strip().splitlines()
+    assert len(lines) == MAX_STARS and set(lines) <= {"cluster", "field"}  # truth only: no header
+
+
+def test_scalars_read_back_as_a_history_per_epoch(run_dir):
+    history = read_scalars(run_dir / "tensorboard", "clustering")
+    assert list(history["epoch"]) == [0, 1] and history["val/loss"].notna().all()
+    both = run_history(run_dir)
+    assert list(both["phase"]) == ["autoencoder", "autoencoder", "clustering", "clustering"]
+    assert read_scalars(run_dir / "nowhere", "x").empty
+
+
+def _trainer(epoch: int, step: int, **kwargs):
+    return SimpleNamespace(current_epoch=epoch, global_step=step, is_global_zero=True, sanity_checking=False, **kwargs)
+
+
+def test_every_n_epochs_gates_and_missing_logger_is_a_no_op():
+    callback = TensorBoardFigures(every_n_epochs=3)
+    due = [callback._due(_trainer(epoch, 10 * epoch)) for epoch in range(6)]
+    assert due == [False, False, True, False, False, True]
+    # no TensorBoard logger: nothing to write to, and no error
+    callback.on_validation_epoch_end(_trainer(2, 20, loggers=[], datamodule=None), None)
+    assert callback._last_logged_step is None
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        TensorBoardFigures(every_n_epochs=0)
+    with pytest.raises(ValueError, match="max_stars"):
+        TensorBoardFigures(max_stars=1)
+
+
+def test_sample_uses_training_rows_without_validation_and_stays_fixed():
+    datamodule = StellarCatalogDataModule(catalog=simulate_field("m4", n_stars=600, seed=2), val_fraction=0.0)
+    datamodule.setup("fit")
+    callback = TensorBoardFigures(max_stars=50)
+    first = callback.sample(datamodule, torch.device("cpu"))
+    again = callback.sample(datamodule, torch.device("cpu"))
+    assert first.scaled.shape == (50, 5) and torch.equal(first.scaled, again.scaled)
+    assert len(first.catalog) == 50 and first.truth is not None
+    # the physical features are those of the catalogue rows drawn
+    pmra = first.features[:, first.feature_names.index("pmra")]
+    np.testing.assert_allclose(pmra, first.catalog["pmra"].to_numpy(), rtol=1e-4, atol=1e-4)
