@@ -79,6 +79,9 @@ def test_usage_and_unknown_command(tmp_path):
     assert proc.returncode == 0 and "grasp-dl COMMAND" in proc.stdout
     proc = _cli(["fly"], tmp_path)
     assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr
+    proc = _cli(["train", "--help"], tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("grasp-dl-train is powered by Hydra")
+    assert "model: autoencoder, dec, idec, vade" in proc.stdout
 
 
 def test_tiny_real_catalogue_finishes_and_says_so(tmp_path, pal13_path):
