@@ -54,6 +54,12 @@ class AutoencoderModule(L.LightningModule):
             self.hparams.batch_norm,
         )
 
+    def network_args(self) -> dict[str, Any]:
+        """The network's shape (input, hidden and latent sizes, dropout, batch norm): what a later
+        phase needs to build a network these weights fit."""
+        keys = ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")
+        return {key: self.hparams[key] for key in keys}
+
     def forward(self, x: Tensor) -> Tensor:
         """Latent representation of standardised features."""
         return self.net.encode(x)

@@ -112,9 +112,7 @@ class DECModule(ClusterMembership, L.LightningModule):
     @classmethod
     def from_autoencoder(cls, autoencoder: L.LightningModule, **kwargs: Any) -> DECModule:
         """A DEC module whose network starts from a trained AutoencoderModule's weights."""
-        hp = autoencoder.hparams
-        net_args = {k: hp[k] for k in ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")}
-        module = cls(**net_args, preprocessing=hp.get("preprocessing"), **kwargs)
+        module = cls(**autoencoder.network_args(), preprocessing=autoencoder.hparams.get("preprocessing"), **kwargs)
         module.net.load_state_dict(autoencoder.net.state_dict())
         return module
 
@@ -239,5 +237,6 @@ class DECModule(ClusterMembership, L.LightningModule):
         self.log("val/loss", entropy, on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        return build_optimizers(trainable, self.hparams.optimizer, self.hparams.scheduler, monitor="train/loss")
+        return build_optimizers(
+            self.parameters(), self.hparams.optimizer, self.hparams.scheduler, monitor="train/loss"
+        )

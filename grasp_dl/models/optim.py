@@ -32,8 +32,12 @@ def build_optimizers(
     scheduler: Mapping[str, Any] | None,
     monitor: str = "val/loss",
 ) -> Any:
-    """What ``configure_optimizers`` returns: the optimiser, plus the scheduler when one is set."""
-    opt = _instantiate_partial(optimizer or DEFAULT_OPTIMIZER)(params)
+    """What ``configure_optimizers`` returns: the optimiser, plus the scheduler when one is set.
+
+    Frozen parameters (``requires_grad=False``, such as DEC's unused decoder) are left out.
+    """
+    trainable = [p for p in params if p.requires_grad]
+    opt = _instantiate_partial(optimizer or DEFAULT_OPTIMIZER)(trainable)
     if not scheduler:
         return opt
     sched = _instantiate_partial(scheduler)(opt)

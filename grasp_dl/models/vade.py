@@ -162,9 +162,7 @@ class VaDEModule(ClusterMembership, L.LightningModule):
     @classmethod
     def from_autoencoder(cls, autoencoder: L.LightningModule, **kwargs: Any) -> VaDEModule:
         """A VaDE module whose encoder trunk, mean head and decoder start from a trained autoencoder."""
-        hp = autoencoder.hparams
-        net_args = {k: hp[k] for k in ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")}
-        module = cls(**net_args, preprocessing=hp.get("preprocessing"), **kwargs)
+        module = cls(**autoencoder.network_args(), preprocessing=autoencoder.hparams.get("preprocessing"), **kwargs)
         module.net.encoder_layers().load_state_dict(autoencoder.net.encoder.state_dict())
         module.net.decoder.load_state_dict(autoencoder.net.decoder.state_dict())
         # Start nearly deterministic: small posterior variances, so q(z|x) sits on the AE's points.
@@ -321,6 +319,5 @@ class VaDEModule(ClusterMembership, L.LightningModule):
         self.decide_member_group(self.catalog)
 
     def configure_optimizers(self) -> Any:
-        trainable = [p for p in self.parameters() if p.requires_grad]
         hp = self.hparams
-        return build_optimizers(trainable, hp.optimizer, hp.scheduler, monitor="train/loss")
+        return build_optimizers(self.parameters(), hp.optimizer, hp.scheduler, monitor="train/loss")
