@@ -45,7 +45,9 @@ def test_ddp_on_cpu_agrees_with_a_single_process(tmp_path):
 
 @pytest.mark.parametrize("model", ["dec", "vade"])
 def test_bf16_mixed_precision_runs_end_to_end_with_finite_losses(tmp_path, model):
-    overrides = SMALL + ["trainer.precision=bf16-mixed", f"model={model}"]
+    # five autoencoder epochs: after two, VaDE's mixture can start on a latent space too crude to
+    # hold more than one group, whatever the precision (seen with 32-true as well on some CPUs)
+    overrides = SMALL + ["trainer.precision=bf16-mixed", f"model={model}", "model.pretrain_epochs=5"]
     result = pipeline.train(compose_config("train", overrides, tmp_path))
     assert np.isfinite(result.metrics["train/loss"]) and np.isfinite(result.metrics["val/loss"])
     q = result.module.predict_proba(result.datamodule.data)
