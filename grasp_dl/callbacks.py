@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 class StarsPerSecondProgressBar(TQDMProgressBar):
     """TQDM progress bar that shows 'Epoch i/n' and the training throughput in stars per second."""
 
-    def __init__(self, refresh_rate: int = 1, leave: bool = False) -> None:
+    def __init__(self, refresh_rate: int = 10, leave: bool = False) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=leave)
         self._epoch_start = 0.0
         self._stars = 0

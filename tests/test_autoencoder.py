@@ -57,3 +57,28 @@ def test_reconstruction_loss_falls_on_a_simulated_field(tmp_path):
     trainer.fit(module, datamodule=dm)
     after = val_loss()
     assert after < 0.5 * before, (before, after)
+
+
+def test_training_loss_is_logged_once_per_epoch_as_the_mean_over_stars():
+    """train/loss is the star-weighted mean of the step losses, logged at the epoch's end (not per step)."""
+
+    class StepLosses(L.Callback):
+        def __init__(self):
+            self.losses, self.sizes = [], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+            self.sizes.append(len(batch[0]))
+
+    dm = StellarCatalogDataModule(simulate=load_simulation_config("m4") | {"n_stars": 1500}, batch_size=400)
+    dm.setup()
+    module = AutoencoderModule(dm.input_dim)
+    steps = StepLosses()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[steps], num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    sizes = torch.tensor(steps.sizes, dtype=torch.float64)
+    expected = (torch.tensor(steps.losses, dtype=torch.float64) * sizes).sum() / sizes.sum()
+    assert len(set(steps.sizes)) > 1  # a short last batch: a plain mean of the steps would differ
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert module._epoch_sums == {}  # the sums start afresh every epoch

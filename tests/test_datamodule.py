@@ -62,6 +62,19 @@ def test_batches_are_slices_of_one_tensor_copied_once():
     assert copy._device_copies == {} and torch.equal(copy.data, dm.data)
 
 
+def test_batches_already_on_the_device_are_handed_on_without_a_copy():
+    dm = StellarCatalogDataModule(simulate=SIM, batch_size=500)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert moved is batch
+    # anything else still goes through Lightning's generic transfer
+    other = {"x": batch[0]}
+    assert torch.equal(dm.transfer_batch_to_device(other, torch.device("cpu"), 0)["x"], batch[0])
+    meta = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert meta is not batch and meta[0].device.type == "meta"
+
+
 def test_bad_configuration_is_named():
     with pytest.raises(ConfigError, match="exactly one catalogue source"):
         StellarCatalogDataModule()

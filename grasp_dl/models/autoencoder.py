@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.networks import StellarAutoencoder
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 
 
-class AutoencoderModule(L.LightningModule):
+class AutoencoderModule(EpochMeanLogging, L.LightningModule):
     """Train a :class:`StellarAutoencoder` to reconstruct standardised star features (MSE).
 
     ``preprocessing`` is the data module's ``preprocessing_state()``: feature names, centre
@@ -71,7 +72,7 @@ class AutoencoderModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._reconstruction_loss(batch)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_epoch_mean("train/loss", loss, len(batch[0]), prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -23,6 +23,7 @@ from grasp_dl.models.clustering import (
     soft_assign,
     target_distribution,
 )
+from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.membership_mixin import ClusterMembership
 from grasp_dl.models.networks import StellarAutoencoder, encode_in_chunks
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
@@ -32,7 +33,7 @@ VARIANTS = ("dec", "idec")
 DEC_OPTIMIZER: dict[str, Any] = {**DEFAULT_OPTIMIZER, "lr": 1e-4}
 
 
-class DECModule(ClusterMembership, L.LightningModule):
+class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
     """Cluster the latent space of a pretrained autoencoder with DEC or IDEC.
 
     Centres are an ``nn.Parameter`` created here, before the optimiser exists, and filled
@@ -216,13 +217,13 @@ class DECModule(ClusterMembership, L.LightningModule):
         q = self.assign(z)
         p = self.target[index]
         kl = F.kl_div(q.clamp_min(1e-12).log(), p, reduction="batchmean")
-        self.log("train/kl", kl, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_epoch_mean("train/kl", kl, len(x), prog_bar=True)
         loss = kl
         if self.hparams.variant == "idec":
             reconstruction = F.mse_loss(self.net.decode(z), x)
-            self.log("train/reconstruction", reconstruction, on_step=False, on_epoch=True)
+            self.log_epoch_mean("train/reconstruction", reconstruction, len(x))
             loss = reconstruction + self.hparams.gamma * kl
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self.log_epoch_mean("train/loss", loss, len(x))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

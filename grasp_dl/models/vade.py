@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.membership_mixin import ClusterMembership
 from grasp_dl.models.clustering import INIT_METHODS, initial_responsibilities
 from grasp_dl.models.networks import mlp
@@ -84,7 +85,7 @@ def mixture_moments(z: np.ndarray, resp: np.ndarray, var_floor: float = 1e-4) ->
     return np.log(mass / mass.sum()), means, np.log(np.maximum(var, var_floor))
 
 
-class VaDEModule(ClusterMembership, L.LightningModule):
+class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
     """Cluster stars with a variational autoencoder whose prior is a Gaussian mixture (VaDE).
 
     Starts from a trained autoencoder (:meth:`from_autoencoder`); the mixture is fitted to the
@@ -294,10 +295,10 @@ class VaDEModule(ClusterMembership, L.LightningModule):
         terms = self.elbo_terms(batch[0])
         beta = self.kl_weight()
         loss = terms["reconstruction"] + beta * (terms["kl_z"] + terms["kl_c"])
+        n = len(batch[0])
         for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
-        self.log("train/kl_weight", beta, on_step=False, on_epoch=True)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log_epoch_mean(f"train/{name}", value, n)
+        self.log_epoch_mean("train/loss", loss, n, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -316,6 +317,8 @@ class VaDEModule(ClusterMembership, L.LightningModule):
             self.decide_member_group(self.catalog)
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self.log("train/kl_weight", self.kl_weight())
         self.decide_member_group(self.catalog)
 
     def configure_optimizers(self) -> Any:
