@@ -69,13 +69,13 @@ def predict_task(cfg: DictConfig) -> None:
     """grasp-dl predict: write the per-star table and the cluster summary, and say where."""
     from grasp_dl import pipeline
 
-    table, summary, output, summary_path = pipeline.predict(cfg)
+    summary, output, summary_path = pipeline.predict(cfg)
     print(
         f"scored {summary['n_scored']} of {summary['n_rows']} stars; cluster (group {summary['member_group']}): "
         f"{summary['n_members']} members with member_prob > 0.5, sum of member_prob {summary['sum_member_prob']:.1f}"
     )
-    unscored = table.loc[table["label"] < 0, "flag"].value_counts()
-    if len(unscored):
+    unscored = summary.get("not_scored", {})
+    if unscored:
         print("not scored: " + "; ".join(f"{n} {flag}" for flag, n in unscored.items()))
     print(f"predictions: {output}\nsummary: {summary_path}")
 

@@ -80,40 +80,73 @@ def entropy(prob: np.ndarray) -> np.ndarray:
     return -(prob * np.log(prob)).sum(axis=1)
 
 
-def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
-    """Weighted mean and its standard error (spread of the weighted sample / sqrt(n_eff))."""
-    ok = np.isfinite(values) & (weights > 0)
-    if not ok.any():
-        return float("nan"), float("nan")
-    v, w = values[ok], weights[ok]
-    mean = float(np.sum(w * v) / np.sum(w))
-    error = float(np.sqrt(np.sum(w**2 * (v - mean) ** 2)) / np.sum(w))
-    return mean, error
+class ClusterSummary:
+    """Members and mean astrometry of the cluster, accumulated chunk by chunk (plain types, for JSON).
+
+    The means are over the stars with member_prob > 0.5, weighted by member_prob: summing the small
+    probabilities of thousands of field stars would pull the means towards the field. Each mean
+    comes with its standard error, sqrt(sum w^2 (v - mean)^2) / sum w, kept as running sums so
+    that a catalogue of 10^7 stars is summarised without holding it.
+    """
+
+    COLUMNS = ("pmra", "pmdec", "parallax")
+
+    def __init__(self, center: Sequence[float] | None, member_group: int) -> None:
+        self.center = center
+        self.member_group = int(member_group)
+        self.n_rows = self.n_scored = self.n_members = 0
+        self.sum_member_prob = 0.0
+        self.not_scored: dict[str, int] = {}
+        # per column: sum w, sum w v, sum w^2, sum w^2 v, sum w^2 v^2
+        self._sums: dict[str, np.ndarray] = {}
+
+    def update(self, predictions: pd.DataFrame, catalog: pd.DataFrame) -> None:
+        """Add a chunk: its predictions and the catalogue rows they belong to, in the same order."""
+        weights = np.nan_to_num(predictions["member_prob"].to_numpy(dtype=float), nan=0.0)
+        member_weights = np.where(weights > MEMBER_THRESHOLD, weights, 0.0)
+        scored = predictions["label"].to_numpy() >= 0
+        self.n_rows += len(predictions)
+        self.n_scored += int(scored.sum())
+        self.n_members += int((weights > MEMBER_THRESHOLD).sum())
+        self.sum_member_prob += float(weights.sum())
+        if "flag" in predictions.columns:
+            for flag, count in predictions.loc[~scored, "flag"].value_counts().items():
+                self.not_scored[str(flag)] = self.not_scored.get(str(flag), 0) + int(count)
+        for column in self.COLUMNS:
+            if column not in catalog.columns:
+                continue
+            values = catalog[column].to_numpy(dtype=float, na_value=np.nan)
+            ok = np.isfinite(values) & (member_weights > 0)
+            v, w = values[ok], member_weights[ok]
+            sums = np.array([w.sum(), (w * v).sum(), (w**2).sum(), (w**2 * v).sum(), (w**2 * v**2).sum()])
+            self._sums[column] = self._sums.get(column, 0.0) + sums
+
+    def result(self) -> dict[str, Any]:
+        """The summary as a plain dictionary."""
+        summary: dict[str, Any] = {
+            "member_group": self.member_group,
+            "n_rows": self.n_rows,
+            "n_scored": self.n_scored,
+            "n_members": self.n_members,
+            "sum_member_prob": self.sum_member_prob,
+            "center": [float(c) for c in self.center] if self.center is not None else None,
+        }
+        for column, (s_w, s_wv, s_w2, s_w2v, s_w2v2) in self._sums.items():
+            if s_w > 0:
+                mean = s_wv / s_w
+                spread = max(s_w2v2 - 2.0 * mean * s_w2v + mean**2 * s_w2, 0.0)
+                summary[f"mean_{column}"], summary[f"mean_{column}_error"] = float(mean), float(np.sqrt(spread) / s_w)
+            else:
+                summary[f"mean_{column}"] = summary[f"mean_{column}_error"] = float("nan")
+        if self.not_scored:
+            summary["not_scored"] = dict(self.not_scored)
+        return summary
 
 
 def cluster_summary(
     predictions: pd.DataFrame, catalog: pd.DataFrame, center: Sequence[float] | None, member_group: int
 ) -> dict[str, Any]:
-    """Members and mean astrometry of the cluster (plain types, for JSON).
-
-    The means are over the stars with member_prob > 0.5, weighted by member_prob: summing the small
-    probabilities of thousands of field stars would pull the means towards the field.
-    """
-    member_prob = predictions["member_prob"].to_numpy(dtype=float)
-    weights = np.nan_to_num(member_prob, nan=0.0)
-    member_weights = np.where(weights > MEMBER_THRESHOLD, weights, 0.0)
-    summary: dict[str, Any] = {
-        "member_group": int(member_group),
-        "n_rows": int(len(predictions)),
-        "n_scored": int((predictions["label"] >= 0).sum()),
-        "n_members": int((weights > MEMBER_THRESHOLD).sum()),
-        "sum_member_prob": float(weights.sum()),
-        "center": [float(c) for c in center] if center is not None else None,
-    }
-    for column in ("pmra", "pmdec", "parallax"):
-        if column in catalog.columns:
-            values = catalog[column].to_numpy(dtype=float, na_value=np.nan)
-            mean, error = _weighted_mean(values, member_weights)
-            summary[f"mean_{column}"] = mean
-            summary[f"mean_{column}_error"] = error
-    return summary
+    """Members and mean astrometry of the cluster from a whole predictions table (see :class:`ClusterSummary`)."""
+    summary = ClusterSummary(center, member_group)
+    summary.update(predictions, catalog)
+    return summary.result()

@@ -22,7 +22,7 @@ from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
-from grasp_dl.predict import CLUSTERING_MODULES, load_clustering_module, predict_catalog
+from grasp_dl.predict import CLUSTERING_MODULES, load_clustering_module, predict_to_file
 
 log = logging.getLogger(__name__)
 
@@ -258,33 +258,48 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
 
 
 def write_predictions(table: pd.DataFrame, summary: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
-    """Write the per-star table (atomically) and its JSON summary beside it; return both paths."""
+    """Write an in-memory per-star table (atomically) and its JSON summary beside it; return both paths."""
+    output = _prediction_output(output)
+    write_catalog(table, output)
+    return output, write_summary(summary, output)
+
+
+def _prediction_output(output: str | Path) -> Path:
     output = Path(output)
     if output.suffix.lower() not in (".parquet", ".csv"):
         raise ConfigError(f"output {output} must end in .parquet or .csv")
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_catalog(table, output)
+    return output
+
+
+def write_summary(summary: dict[str, Any], output: Path) -> Path:
+    """Write the cluster summary as <output stem>.summary.json beside the predictions (atomically)."""
     summary_path = output.with_name(output.stem + ".summary.json")
     tmp = summary_path.with_name(summary_path.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, summary_path)
-    return output, summary_path
+    return summary_path
 
 
-def predict(cfg: DictConfig) -> tuple[pd.DataFrame, dict[str, Any], Path, Path]:
-    """grasp-dl predict: score ``cfg.data.path`` with ``cfg.ckpt_path`` and write the outputs."""
+def predict(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
+    """grasp-dl predict: score ``cfg.data.path`` with ``cfg.ckpt_path``, streaming the table to ``cfg.output``.
+
+    The catalogue is read, scored and written ``cfg.chunk_size`` rows at a time, so its size is
+    bounded by the disk, not the memory. Returns the summary and the paths of both outputs.
+    """
     module = load_clustering_module(cfg.ckpt_path)
-    table, summary = predict_catalog(
+    output = _prediction_output(cfg.output)
+    summary = predict_to_file(
         module,
         cfg.data.path,
+        output,
         member_group=cfg.get("member_group"),
         center=cfg.data.get("center"),
         chunk_size=int(cfg.chunk_size),
     )
     summary["checkpoint"] = str(cfg.ckpt_path)
     summary["catalog"] = str(cfg.data.path)
-    output, summary_path = write_predictions(table, summary, cfg.output)
-    return table, summary, output, summary_path
+    return summary, output, write_summary(summary, output)
 
 
 def align_truth(predictions: pd.DataFrame, truth: pd.DataFrame, truth_column: str) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,12 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from grasp_dl.data.catalog import read_catalog, require_columns
+from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
-from grasp_dl.errors import ConfigError
-from grasp_dl.membership import cluster_summary, entropy
+from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.membership import ClusterSummary, entropy
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
 
@@ -108,6 +109,37 @@ class PreparedForModule:
     center: tuple[float, float] | None
 
 
+def _preprocessing(module: DECModule | VaDEModule) -> dict[str, Any]:
+    prep = module.hparams.preprocessing
+    if not prep:
+        raise ConfigError("the checkpoint carries no preprocessing state: it cannot prepare a catalogue")
+    return prep
+
+
+def prepare_table(
+    module: DECModule | VaDEModule, table: pd.DataFrame, center: tuple[float, float] | None, allow_empty: bool = False
+) -> PreparedForModule:
+    """Prepare a catalogue already read (or one chunk of it) with the checkpoint's features, cuts and scaler.
+
+    No outlier removal: every star with the features is scored. ``center`` is the resolved
+    projection centre (:func:`resolve_center`).
+    """
+    prep = _preprocessing(module)
+    prepared = prepare_stellar_data(
+        table,
+        features=prep["features"],
+        outlier_removal=False,
+        center=center,
+        ruwe_max=prep.get("ruwe_max"),
+        parallax_over_error_min=prep.get("parallax_over_error_min"),
+        mag_range=prep.get("mag_range"),
+        allow_empty=allow_empty,
+    )
+    _check_features(prepared.feature_names, list(prep["feature_names"]), "the catalogue")
+    scaled = FeatureScaler.from_state(prep["scaler"]).transform(prepared.features)
+    return PreparedForModule(table, prepared, scaled, center)
+
+
 def prepare_for_module(
     module: DECModule | VaDEModule, catalog: Any, center: str | Sequence[float] | None = None
 ) -> PreparedForModule:
@@ -115,56 +147,45 @@ def prepare_for_module(
 
     No outlier removal: every star with the features is scored. ``center`` as in :func:`resolve_center`.
     """
-    prep = module.hparams.preprocessing
-    if not prep:
-        raise ConfigError("the checkpoint carries no preprocessing state: it cannot prepare a catalogue")
-    table = read_catalog(catalog, prep.get("columns"))
-    used_center = resolve_center(prep["center"], center, table)
-    prepared = prepare_stellar_data(
-        table,
-        features=prep["features"],
-        outlier_removal=False,
-        center=used_center,
-        ruwe_max=prep.get("ruwe_max"),
-        parallax_over_error_min=prep.get("parallax_over_error_min"),
-        mag_range=prep.get("mag_range"),
-    )
-    _check_features(prepared.feature_names, list(prep["feature_names"]), "the catalogue")
-    scaled = FeatureScaler.from_state(prep["scaler"]).transform(prepared.features)
-    return PreparedForModule(table, prepared, scaled, used_center)
+    table = read_catalog(catalog, _preprocessing(module).get("columns"))
+    return prepare_table(module, table, resolve_center(module.hparams.preprocessing["center"], center, table))
 
 
-def predict_catalog(
-    module: DECModule | VaDEModule,
-    catalog: Any,
-    *,
-    member_group: int | None = None,
-    center: str | Sequence[float] | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary).
-
-    The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where
-    the star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy``, and
-    ``flag`` (why a row was not scored, '' otherwise). ``center`` as in :func:`resolve_center`.
-    A model that draws latent points (VaDE) adds ``member_prob_std`` after ``entropy``: the spread
-    of the member probability over draws z ~ q(z|x). DEC has no such spread, so its table has no
-    such column (rather than a 0 that would read as certainty).
-    """
+def _member_group(module: DECModule | VaDEModule, member_group: int | None) -> int:
     group = module.member_group if member_group is None else int(member_group)
     k = module.hparams.n_clusters
     if not 0 <= group < k:
         raise ConfigError(f"member_group={group} is not a group of this model: choose 0..{k - 1}")
-    ready = prepare_for_module(module, catalog, center)
-    table, prepared, scaled, used_center = ready.table, ready.prepared, ready.scaled, ready.center
-    prob = np.concatenate(
-        [
-            module.predict_proba(torch.from_numpy(scaled[i : i + chunk_size])).cpu().numpy()
-            for i in range(0, len(scaled), chunk_size)
-        ]
-    )
+    return group
+
+
+def score_prepared(
+    module: DECModule | VaDEModule,
+    ready: PreparedForModule,
+    group: int,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    first_row: int = 0,
+) -> pd.DataFrame:
+    """The per-star table of a prepared catalogue (or chunk): one row per input row, in input order.
+
+    A catalogue without ``source_id`` gets row numbers instead, counted from ``first_row`` (the
+    position of a streamed chunk in the whole catalogue).
+    """
+    table, prepared, scaled = ready.table, ready.prepared, ready.scaled
+    k = module.hparams.n_clusters
+    prob = np.empty((0, k))
+    if len(scaled):
+        prob = np.concatenate(
+            [
+                module.predict_proba(torch.from_numpy(scaled[i : i + chunk_size])).cpu().numpy()
+                for i in range(0, len(scaled), chunk_size)
+            ]
+        )
     out = pd.DataFrame(index=range(len(table)))
-    out["source_id"] = table["source_id"].to_numpy() if "source_id" in table.columns else np.arange(len(table))
+    if "source_id" in table.columns:
+        out["source_id"] = table["source_id"].to_numpy()
+    else:
+        out["source_id"] = np.arange(first_row, first_row + len(table))
     labels = np.full(len(table), -1, dtype=np.int64)
     labels[prepared.mask] = prob.argmax(axis=1)
     out["label"] = labels
@@ -181,5 +202,83 @@ def predict_catalog(
         std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size)
         out["member_prob_std"] = std
     out["flag"] = prepared.flags.astype(str)
-    summary = cluster_summary(out, table, used_center, group)
-    return out, summary
+    return out
+
+
+def predict_catalog(
+    module: DECModule | VaDEModule,
+    catalog: Any,
+    *,
+    member_group: int | None = None,
+    center: str | Sequence[float] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary), in memory.
+
+    The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where
+    the star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy``, and
+    ``flag`` (why a row was not scored, '' otherwise). ``center`` as in :func:`resolve_center`.
+    A model that draws latent points (VaDE) adds ``member_prob_std`` after ``entropy``: the spread
+    of the member probability over draws z ~ q(z|x). DEC has no such spread, so its table has no
+    such column (rather than a 0 that would read as certainty). For catalogues too large to hold,
+    :func:`predict_to_file` streams.
+    """
+    group = _member_group(module, member_group)
+    ready = prepare_for_module(module, catalog, center)
+    out = score_prepared(module, ready, group, chunk_size)
+    summary = ClusterSummary(ready.center, group)
+    summary.update(out, ready.table)
+    return out, summary.result()
+
+
+#: Catalogue columns a prediction may use besides the model's features (identifier, astrometry and
+#: its errors, quality-cut columns, photometry): a streamed catalogue is read for these only.
+PREDICTION_COLUMNS = (
+    "source_id", "ra", "dec", "pmra", "pmdec", "parallax", "pmra_error", "pmdec_error", "parallax_error",
+    "pmra_pmdec_corr", "parallax_over_error", "ruwe", "astrometric_params_solved",
+    "phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag", "bp_rp", "bp_g", "g_rp",
+)
+
+
+def predict_to_file(
+    module: DECModule | VaDEModule,
+    catalog: Any,
+    output: str | Path,
+    *,
+    member_group: int | None = None,
+    center: str | Sequence[float] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> dict[str, Any]:
+    """Score ``catalog`` ``chunk_size`` rows at a time and write the per-star table (.parquet or .csv) as it goes.
+
+    The same table as :func:`predict_catalog`, but memory stays bounded by the chunk: a file is
+    read chunk by chunk (only the columns prediction uses), each chunk is prepared, scored and
+    appended to a temporary file that replaces ``output`` once complete, and the cluster summary
+    is accumulated on the way. ``center='auto'`` reads the positions once more first.
+    """
+    group = _member_group(module, member_group)
+    prep = _preprocessing(module)
+    columns = prep.get("columns")
+    keep = set(PREDICTION_COLUMNS) | set(prep["features"])
+    chunks = iter_catalog(catalog, columns, chunk_size=chunk_size, keep=keep)
+    first = next(chunks)
+    if isinstance(center, str) and center == "auto":
+        positions = pd.concat(iter_catalog(catalog, columns, chunk_size=chunk_size, keep=["ra", "dec"]))
+        used_center = resolve_center(prep["center"], center, positions)
+    else:
+        used_center = resolve_center(prep["center"], center, first)
+    summary = ClusterSummary(used_center, group)
+    with CatalogChunkWriter(output) as writer:
+        for table in itertools.chain([first], chunks):
+            ready = prepare_table(module, table, used_center, allow_empty=True)
+            out = score_prepared(module, ready, group, chunk_size, first_row=summary.n_rows)
+            writer.write(out)
+            summary.update(out, table)
+        result = summary.result()
+        if result["n_scored"] == 0:
+            reasons = ", ".join(f"{n} {flag}" for flag, n in result.get("not_scored", {}).items())
+            raise CatalogError(
+                f"no usable star in the catalogue of {result['n_rows']} rows ({reasons}): relax the quality "
+                "cuts or score a catalogue with the model's features"
+            )
+    return result

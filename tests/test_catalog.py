@@ -13,7 +13,9 @@ from astropy.table import MaskedColumn, Table
 import grasp_dl.data.catalog as catalog
 from grasp_dl.data.catalog import (
     GAIA_ALIASES,
+    CatalogChunkWriter,
     SUPPORTED_FORMATS,
+    iter_catalog,
     read_catalog,
     require_columns,
     require_numeric,
@@ -392,3 +394,63 @@ def test_source_id_with_gaps_stays_exact(tmp_path: Path) -> None:
     df = read_catalog(path)
     assert str(df["source_id"].dtype) == "Int64"
     assert df["source_id"].iloc[2] == BIG_ID + 1 and pd.isna(df["source_id"].iloc[1])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".fits", ".ecsv"])
+def test_iter_catalog_chunks_add_up_to_read_catalog(tmp_path: Path, pal13_path: Path, suffix: str) -> None:
+    whole = read_catalog(pal13_path)
+    path = tmp_path / f"pal13{suffix}"
+    write_catalog(whole, path)
+    keep = ["source_id", "ra", "dec", "pmra", "pmdec", "parallax", "phot_g_mean_mag"]
+    chunks = list(iter_catalog(path, chunk_size=50, keep=keep))
+    assert [len(c) for c in chunks] == [50, 50, 23]
+    joined = pd.concat(chunks)
+    np.testing.assert_array_equal(joined.index, np.arange(123))
+    if suffix != ".ecsv":  # read whole and sliced: every column comes along
+        assert sorted(joined.columns) == sorted(keep)
+    assert (joined["source_id"].to_numpy() == whole["source_id"].to_numpy()).all()
+    for name in keep[1:]:
+        np.testing.assert_array_equal(joined[name].to_numpy(float), whole[name].to_numpy(float))
+
+
+def test_iter_catalog_maps_names_like_read_catalog_and_keeps_near_misses(tmp_path: Path) -> None:
+    path = tmp_path / "vizier.csv"
+    pd.DataFrame({"RA_ICRS": [1.0, 2.0, 3.0], "DE_ICRS": [4.0, 5.0, 6.0], "pm_RA": [0.1, 0.2, 0.3], "Other": [7, 8, 9]}).to_csv(
+        path, index=False
+    )
+    chunks = list(iter_catalog(path, {"pm_RA": "pmra"}, chunk_size=2, keep=["ra", "dec", "pmra"]))
+    assert [list(c.columns) for c in chunks] == [["ra", "dec", "pmra"]] * 2
+    # a wanted column the file lacks brings its close matches, so the error that follows can name them
+    chunk = next(iter_catalog(path, chunk_size=2, keep=["ra", "pmra"]))
+    assert "pm_ra" in chunk.columns and "other" not in chunk.columns
+    with pytest.raises(CatalogError, match="pm_ra"):
+        require_columns(chunk, ["pmra"])
+
+
+def test_iter_catalog_refuses_empty_files_and_bad_chunk_sizes(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("ra,dec\n")
+    with pytest.raises(CatalogError, match="no rows"):
+        list(iter_catalog(path, chunk_size=10))
+    with pytest.raises(CatalogError, match="chunk_size"):
+        list(iter_catalog(path, chunk_size=0))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
+def test_chunk_writer_appends_and_replaces_the_file_only_when_complete(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"out{suffix}"
+    frames = [pd.DataFrame({"source_id": np.arange(i, i + 3), "x": np.arange(3) * 0.5, "flag": ["", "a", ""]}) for i in (0, 3)]
+    with CatalogChunkWriter(path) as writer:
+        for frame in frames:
+            writer.write(frame)
+        assert not path.exists()  # only the temporary file exists while writing
+    back = read_catalog(path)
+    assert back["source_id"].tolist() == list(range(6)) and back["x"].tolist() == [0.0, 0.5, 1.0] * 2
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with CatalogChunkWriter(path) as writer:
+            writer.write(frames[0])
+            raise RuntimeError("interrupted")
+    assert len(read_catalog(path)) == 6  # the complete file from before is untouched
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    with pytest.raises(CatalogError, match=".csv or .parquet"):
+        CatalogChunkWriter(tmp_path / "out.fits")

@@ -12,7 +12,7 @@ from grasp_dl import pipeline
 from grasp_dl.data.catalog import read_catalog, write_catalog
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.errors import CatalogError, ConfigError
-from grasp_dl.predict import load_clustering_module, predict_catalog
+from grasp_dl.predict import load_clustering_module, predict_catalog, predict_to_file
 
 from hydra_configs import TINY, compose_config
 
@@ -147,3 +147,51 @@ def test_predict_command_errors_are_readable(trained, tmp_path):
     pd.DataFrame({"ra": [1.0], "dec": [2.0]}).to_csv(bad, index=False)
     proc = _cli(["predict", f"ckpt_path={ckpt}", f"data.path={bad}", f"output={tmp_path}/o.txt", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_streamed_prediction_equals_the_in_memory_one(trained, catalogue_with_gaps, tmp_path):
+    ckpt, _ = trained
+    df, _ = catalogue_with_gaps
+    module = load_clustering_module(ckpt)
+    expected, expected_summary = predict_catalog(module, df)
+    # a block of rows none of which can be scored: its chunk is flagged, not an error
+    blocked = df.copy()
+    blocked.loc[1000:1199, "pmra"] = np.nan
+    blocked_expected, _ = predict_catalog(module, blocked)
+    for suffix in ("parquet", "csv"):
+        path = tmp_path / f"cone.{suffix}"
+        write_catalog(blocked, path)
+        output = tmp_path / f"members_{suffix}.{suffix}"
+        summary = predict_to_file(module, path, output, chunk_size=200)
+        table = read_catalog(output)
+        table["flag"] = table["flag"].fillna("")  # CSV reads an empty flag back as missing
+        pd.testing.assert_frame_equal(table, blocked_expected, check_dtype=False)
+        unscored = blocked_expected.loc[blocked_expected["label"] < 0, "flag"].value_counts().to_dict()
+        assert summary["not_scored"] == unscored and unscored["missing:pmra"] >= 100
+    # without a blocked region the summary matches the in-memory one number for number
+    summary = predict_to_file(module, df, tmp_path / "plain.parquet", chunk_size=333)
+    assert summary.keys() == expected_summary.keys()
+    for key, value in expected_summary.items():
+        if isinstance(value, float):
+            np.testing.assert_allclose(summary[key], value, rtol=1e-6, err_msg=key)  # float32 sums
+        else:
+            assert summary[key] == value, key
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_streamed_prediction_numbers_rows_without_source_id_and_fails_cleanly(trained, catalogue_with_gaps, tmp_path):
+    ckpt, _ = trained
+    df, _ = catalogue_with_gaps
+    module = load_clustering_module(ckpt)
+    no_id = df.drop(columns=["source_id"])
+    path = tmp_path / "no_id.csv"
+    write_catalog(no_id, path)
+    output = tmp_path / "out.csv"
+    predict_to_file(module, path, output, chunk_size=300)
+    np.testing.assert_array_equal(read_catalog(output)["source_id"], np.arange(len(df)))
+    # nothing usable: a readable error and no output file, not a half-written one
+    unusable = df.assign(pmra=np.nan)
+    with pytest.raises(CatalogError, match=f"no usable star in the catalogue of {len(df)} rows"):
+        predict_to_file(module, unusable, tmp_path / "none.parquet", chunk_size=500)
+    assert not (tmp_path / "none.parquet").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -9,10 +9,11 @@ naming the file, the column and the fix.
 from __future__ import annotations
 
 import difflib
+import gzip
 import os
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from grasp_dl.errors import CatalogError
 __all__ = [
     "GAIA_ALIASES",
     "SUPPORTED_FORMATS",
+    "CatalogChunkWriter",
+    "iter_catalog",
     "read_catalog",
     "require_columns",
     "require_numeric",
@@ -101,16 +104,60 @@ def read_catalog(
         _check_format_name(format, "read_catalog")
     id_names = _id_names(columns)
     frame, label = _load(source, format, id_names)
-    frame = _normalise_names(frame, label)
-    _check_not_empty(frame, label)
-    if columns:
-        frame = _apply_mapping(frame, columns, label)
-    frame = _apply_aliases(frame)
-    frame = _simplify_dtypes(frame)
-    frame = _fix_source_id(frame)
+    frame = _clean(frame, label, columns)
     if required:
         require_columns(frame, [_norm(name) for name in _names(required)], source=label)
     return frame
+
+
+def iter_catalog(
+    source: Any,
+    columns: Mapping[str, str] | None = None,
+    *,
+    chunk_size: int = 262_144,
+    keep: Iterable[str] | None = None,
+    format: str | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Read a catalogue ``chunk_size`` rows at a time, each chunk cleaned exactly as :func:`read_catalog` does.
+
+    CSV and Parquet files are streamed (only the columns whose Gaia name is in ``keep``, when
+    given), FITS files are memory-mapped and sliced, so a catalogue of 10^7 stars never sits in
+    memory whole; VOTable, ECSV and in-memory tables are read whole and handed out in slices.
+    Every chunk carries its rows' positions in the input as its index.
+    """
+    if int(chunk_size) < 1:
+        raise CatalogError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+    if format is not None:
+        _check_format_name(format, "iter_catalog")
+    if not isinstance(source, (str, os.PathLike)):
+        frame = read_catalog(source, columns)
+        for start in range(0, len(frame), chunk_size):
+            yield frame.iloc[start : start + chunk_size]
+        return
+    path = Path(source)
+    _check_path(path)
+    fmt, _ = _resolve_format(path, format)
+    if fmt not in _CHUNK_READERS:
+        frame = read_catalog(path, columns, format=format)
+        for start in range(0, len(frame), chunk_size):
+            yield frame.iloc[start : start + chunk_size]
+        return
+    header = _CHUNK_HEADERS[fmt](path)
+    raw = _raw_names_to_read(header, columns, keep, str(path))
+    id_names = _id_names(columns)
+    start = 0
+    try:
+        for chunk in _CHUNK_READERS[fmt](path, raw, id_names, int(chunk_size)):
+            chunk.index = pd.RangeIndex(start, start + len(chunk))
+            start += len(chunk)
+            yield _clean(chunk, str(path), columns)
+    except CatalogError:
+        raise
+    except Exception as exc:
+        raise CatalogError(f"cannot read {path} as {fmt} ({type(exc).__name__}: {exc}): check that the file is "
+                           f"a complete {fmt} export.") from exc
+    if start == 0:
+        _check_not_empty(pd.DataFrame(columns=raw), str(path))
 
 
 def require_columns(df: pd.DataFrame, names: Iterable[str], *, source: str = "the catalogue") -> None:
@@ -188,15 +235,20 @@ def _load(source: Any, fmt: str | None, id_names: set[str]) -> tuple[pd.DataFram
     )
 
 
+def _clean(frame: pd.DataFrame, label: str, columns: Mapping[str, str] | None) -> pd.DataFrame:
+    """Normalise names, apply the user's mapping and the aliases, simplify dtypes (read_catalog's steps)."""
+    frame = _normalise_names(frame, label)
+    _check_not_empty(frame, label)
+    if columns:
+        frame = _apply_mapping(frame, columns, label)
+    frame = _apply_aliases(frame)
+    frame = _simplify_dtypes(frame)
+    return _fix_source_id(frame)
+
+
 def _read_file(path: Path, fmt: str | None, id_names: set[str]) -> pd.DataFrame:
     """Read one catalogue file, wrapping any parser failure into a CatalogError naming the file."""
-    if not path.exists():
-        raise CatalogError(
-            f"catalogue file {path} does not exist (current directory: {Path.cwd()}): check the path; "
-            "relative paths are resolved against the current directory."
-        )
-    if path.is_dir():
-        raise CatalogError(f"{path} is a directory, not a catalogue file: give the path of the file itself.")
+    _check_path(path)
     fmt, _ = _resolve_format(path, fmt)
     try:
         return _READERS[fmt](path, id_names)
@@ -209,6 +261,17 @@ def _read_file(path: Path, fmt: str | None, id_names: set[str]) -> pd.DataFrame:
             f"cannot read {path} as {fmt} ({type(exc).__name__}: {exc}): check that the file is a complete "
             f"{fmt} export, or pass format= if the suffix is misleading (one of {', '.join(SUPPORTED_FORMATS)})."
         ) from exc
+
+
+def _check_path(path: Path) -> None:
+    """A catalogue path must name an existing file."""
+    if not path.exists():
+        raise CatalogError(
+            f"catalogue file {path} does not exist (current directory: {Path.cwd()}): check the path; "
+            "relative paths are resolved against the current directory."
+        )
+    if path.is_dir():
+        raise CatalogError(f"{path} is a directory, not a catalogue file: give the path of the file itself.")
 
 
 def _resolve_format(path: Path, fmt: str | None) -> tuple[str, str]:
@@ -275,6 +338,140 @@ _READERS: dict[str, Callable[[Path, set[str]], pd.DataFrame]] = {
     "votable": _read_astropy("votable"),
     "ecsv": _read_astropy("ecsv"),
 }
+
+
+# --------------------------------------------------------------------------- reading in chunks
+
+
+def _raw_names_to_read(
+    header: Sequence[str], columns: Mapping[str, str] | None, keep: Iterable[str] | None, label: str
+) -> list[str]:
+    """The file's own column names whose Gaia names are in ``keep`` (all of them when ``keep`` is None).
+
+    A wanted name the file lacks brings in its close matches too, so that the error which
+    follows can still name them.
+    """
+    probe = pd.DataFrame(columns=list(header))
+    probe = _normalise_names(probe, label)
+    if columns:
+        probe = _apply_mapping(probe, columns, label)
+    names = list(_apply_aliases(probe).columns)
+    if keep is None:
+        return list(header)
+    wanted = {_norm(k) for k in keep}
+    for missing in wanted - set(names):
+        wanted |= set(difflib.get_close_matches(missing, names, n=3, cutoff=0.6))
+    selected = [raw for raw, name in zip(header, names) if name in wanted]
+    return selected or list(header)
+
+
+def _csv_header(path: Path) -> list[str]:
+    return list(pd.read_csv(path, sep=_csv_separator(path), nrows=0).columns)
+
+
+def _csv_chunks(path: Path, raw: list[str], id_names: set[str], chunk_size: int) -> Iterator[pd.DataFrame]:
+    dtype = {name: "str" for name in raw if _norm(name) in id_names}
+    yield from pd.read_csv(path, sep=_csv_separator(path), usecols=raw, dtype=dtype or None, chunksize=chunk_size)
+
+
+def _parquet_header(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.ParquetFile(path).schema_arrow.names)
+
+
+def _parquet_chunks(path: Path, raw: list[str], id_names: set[str], chunk_size: int) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size, columns=raw):
+        yield batch.to_pandas()
+
+
+def _fits_table(path: Path) -> Table:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnitsWarning)
+        return Table.read(path, format="fits", memmap=True)
+
+
+def _fits_chunks(path: Path, raw: list[str], id_names: set[str], chunk_size: int) -> Iterator[pd.DataFrame]:
+    table = _fits_table(path)
+    for start in range(0, len(table), chunk_size):
+        yield _table_to_frame(table[start : start + chunk_size][raw], str(path))
+
+
+_CHUNK_HEADERS: dict[str, Callable[[Path], list[str]]] = {
+    "csv": _csv_header,
+    "parquet": _parquet_header,
+    "fits": lambda path: list(_fits_table(path).colnames),
+}
+_CHUNK_READERS: dict[str, Callable[[Path, list[str], set[str], int], Iterator[pd.DataFrame]]] = {
+    "csv": _csv_chunks,
+    "parquet": _parquet_chunks,
+    "fits": _fits_chunks,
+}
+
+
+class CatalogChunkWriter:
+    """Write a table chunk by chunk (CSV or Parquet) into a temporary file that replaces ``path`` at the end.
+
+    Use as a context manager: the file appears, complete, only when the block ends without an
+    error; otherwise the temporary file is removed and ``path`` is left as it was.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, format: str | None = None) -> None:
+        self.path = Path(path)
+        self.format, suffix = _resolve_format(self.path, format)
+        if self.format not in ("csv", "parquet"):
+            raise CatalogError(f"cannot write {self.path} chunk by chunk: give a .csv or .parquet output")
+        if not self.path.parent.is_dir():
+            raise CatalogError(
+                f"cannot write {self.path}: the directory {self.path.parent} does not exist; create it first."
+            )
+        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp{suffix}")
+        self.rows = 0
+        self._handle: Any = None
+        self._schema: Any = None
+
+    def write(self, df: pd.DataFrame) -> None:
+        """Append ``df``'s rows; the first chunk fixes the columns and their types."""
+        if self.format == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            if self._handle is None:
+                self._schema = pa.Schema.from_pandas(df, preserve_index=False)
+                self._handle = pq.ParquetWriter(self.tmp, self._schema)
+            self._handle.write_table(pa.Table.from_pandas(df, schema=self._schema, preserve_index=False))
+        else:
+            first = self._handle is None
+            if first:
+                gz = self.tmp.name.endswith(".gz")
+                self._handle = gzip.open(self.tmp, "wt", newline="") if gz else open(self.tmp, "w", newline="")
+            df.to_csv(self._handle, sep=_csv_separator(self.path), index=False, header=first)
+        self.rows += len(df)
+
+    def close(self) -> Path:
+        """Finish the file and move it into place."""
+        if self._handle is None:
+            raise CatalogError(f"nothing was written to {self.path}")
+        self._handle.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file."""
+        if self._handle is not None:
+            self._handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> CatalogChunkWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 # --------------------------------------------------------------------------- astropy -> pandas

@@ -220,6 +220,7 @@ def prepare_stellar_data(
     parallax_over_error_min: float | None = None,
     mag_range: Sequence[float | None] | None = None,
     mag_column: str = "G",
+    allow_empty: bool = False,
 ) -> PreparedCatalog:
     """Select, derive and clean the features of a catalogue.
 
@@ -228,7 +229,8 @@ def prepare_stellar_data(
     ``radius`` gives their norm; bp_rp, bp_g, g_rp are derived from magnitudes if absent.
     Rows that lack a feature, fail a quality cut (all off by default) or, with
     ``outlier_removal``, lie more than ``outlier_sigma`` robust sigmas out in any feature are
-    flagged and left out of the matrix; ``cuts`` counts each reason.
+    flagged and left out of the matrix; ``cuts`` counts each reason. A catalogue with no usable
+    star is an error unless ``allow_empty`` (one chunk of a catalogue scored chunk by chunk).
     """
     if not features:
         raise ConfigError("no features selected: give at least one, e.g. [ra, dec, pmra, pmdec]")
@@ -275,7 +277,7 @@ def prepare_stellar_data(
     mask = flags == FLAG_OK
     for flag, count in cuts.items():
         log.info("%d of %d rows left out: %s", count, len(df), flag)
-    if not mask.any():
+    if not mask.any() and not allow_empty:
         reasons = ", ".join(f"{n} {f}" for f, n in cuts.items() if n)
         raise CatalogError(
             f"no usable star left in {source} of {len(df)} rows ({reasons}): "
