@@ -22,6 +22,7 @@ from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
+from grasp_dl.models.networks import compile_network
 from grasp_dl.predict import CLUSTERING_MODULES, load_clustering_module, predict_to_file
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ def pretrain_autoencoder(
             )
         return autoencoder
     autoencoder = build_module(model_cfg.pretrain, datamodule)
+    if cfg.get("compile"):
+        compile_network(autoencoder.net)
     phase_cfg = _phase_config(cfg, "autoencoder", int(model_cfg.pretrain_epochs))
     trainer = build_trainer(phase_cfg, has_validation=datamodule.has_validation)
     trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -180,6 +183,7 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
     """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision") or "highest")
     output_dir = Path(cfg.paths.output_dir)
     two_phase = "pretrain" in cfg.model
     resume = resume_point(cfg.get("ckpt_path"), output_dir, two_phase)
@@ -195,6 +199,8 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
     else:
         autoencoder = pretrain_autoencoder(cfg, datamodule, ckpt_path=resume.autoencoder)
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
+    if cfg.get("compile"):
+        compile_network(module.net)
     trainer = build_trainer(cfg, has_validation=datamodule.has_validation)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final)
     checkpoint = output_dir / "checkpoints" / "last.ckpt"

@@ -99,3 +99,26 @@ def test_no_validation_rows_monitor_the_training_loss(tmp_path):
     result = pipeline.train(compose_config("train", TINY + ["data.val_fraction=0"], tmp_path))
     assert not result.datamodule.has_validation and len(result.datamodule.train_index) > 2000
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_compile_and_matmul_precision_options_reach_the_run(tmp_path):
+    """compile=true trains with torch.compile'd networks (same parameter names, so the checkpoint
+    loads into a plain module), and matmul_precision is applied for the run."""
+    before = torch.get_float32_matmul_precision()
+    try:
+        cfg = compose_config(
+            "train",
+            [o for o in TINY if "pretrain" not in o]
+            + ["model=autoencoder", "trainer.max_epochs=1", "compile=true", "matmul_precision=high"],
+            tmp_path,
+        )
+        result = pipeline.train(cfg)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert all(child._compiled_call_impl is not None for child in result.module.net.children())
+    plain = AutoencoderModule.load_from_checkpoint(result.checkpoint)
+    assert all(child._compiled_call_impl is None for child in plain.net.children())
+    assert plain.net.state_dict().keys() == result.module.net.state_dict().keys()
+    x = result.datamodule.data[:64]
+    torch.testing.assert_close(plain.embed(x), result.module.embed(x), rtol=1e-4, atol=1e-5)

@@ -70,3 +70,14 @@ class StellarAutoencoder(nn.Module):
 def encode_in_chunks(encoder: nn.Module, x: Tensor, chunk_size: int = 65536) -> Tensor:
     """Encode a large tensor without holding every activation at once (eval mode by caller)."""
     return torch.cat([encoder(x[i : i + chunk_size]) for i in range(0, len(x), chunk_size)])
+
+
+def compile_network(net: nn.Module) -> nn.Module:
+    """``torch.compile`` every direct child of ``net`` in place and return ``net``.
+
+    The phases call the encoder, decoder and heads separately, so each is compiled;
+    ``nn.Module.compile`` keeps the parameter names, so checkpoints load with or without it.
+    """
+    for child in net.children():
+        child.compile()
+    return net
