@@ -20,6 +20,7 @@ from grasp_dl.errors import ConfigError
 from grasp_dl.membership import cluster_summary, entropy
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
+from grasp_dl.no_astrometry import score_without_astrometry
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def predict_catalog(
     member_group: int | None = None,
     center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    score_no_astrometry: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary).
 
@@ -149,7 +151,9 @@ def predict_catalog(
     ``flag`` (why a row was not scored, '' otherwise). ``center`` as in :func:`resolve_center`.
     A model that draws latent points (VaDE) adds ``member_prob_std`` after ``entropy``: the spread
     of the member probability over draws z ~ q(z|x). DEC has no such spread, so its table has no
-    such column (rather than a 0 that would read as certainty).
+    such column (rather than a 0 that would read as certainty). With ``score_no_astrometry``,
+    stars without astrometry (2-parameter solutions) are scored from their position alone and
+    flagged ``scored:no_astrometry`` (:mod:`grasp_dl.no_astrometry`).
     """
     group = module.member_group if member_group is None else int(member_group)
     k = module.hparams.n_clusters
@@ -181,5 +185,7 @@ def predict_catalog(
         std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size)
         out["member_prob_std"] = std
     out["flag"] = prepared.flags.astype(str)
+    if score_no_astrometry:
+        score_without_astrometry(out, module, table, prepared, used_center, group)
     summary = cluster_summary(out, table, used_center, group)
     return out, summary
