@@ -53,7 +53,8 @@ profile and error deconvolution, spatial_prior, noise_augmentation), ``full`` mi
 ingredient (errors: no deconvolution and no noise augmentation; spatial: no Plummer profile
 and no radius-dependent weight; noise augmentation alone), ``full`` plus the photometric
 term, ``full`` with ``n_clusters=auto`` (BIC), and ``full`` with ``log_radius`` as an extra
-input feature (its own autoencoder). Per field: member F1 of the named group on the stars with
+input feature, or with the errors (pmra_error, pmdec_error, parallax_error) as input features
+(each with its own autoencoder). Per field: member F1 of the named group on the stars with
 astrometry, and ``dPM`` = |recovered mean proper motion - simulated cluster.pm_mean| (mas/yr,
 the Euclidean norm over pmra and pmdec; the recovered mean is ``cluster_summary``'s: weighted
 by member_prob over the stars with member_prob > 0.5). ``F1 (no astrometry)`` scores the
@@ -463,7 +464,11 @@ XD_ABLATION: dict[str, dict[str, Any]] = {
     "XD - spatial": {"spatial": False},
     "XD + photometry": {"photometry": True},
 }
-LOG_RADIUS_ROW = "full + log_radius feature"
+#: Rows trained on extra input features (each with its own autoencoder): row name -> added features.
+FEATURE_ROWS: dict[str, list[str]] = {
+    "full + log_radius feature": ["log_radius"],
+    "full + errors as inputs": ["pmra_error", "pmdec_error", "parallax_error"],
+}
 
 
 @dataclass
@@ -561,9 +566,9 @@ def ablation_xd(
 
 def ablation_field(
     name: str, n_stars: int | None, seed: int, ae_epochs: int, dec_epochs: int, n_clusters: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, only: Sequence[str] | None = None,
 ) -> dict[str, AblationRow]:
-    """Every ablation row on one field."""
+    """Every ablation row on one field (or the rows named in ``only``)."""
     dm = load_field(name, n_stars, seed)
     truth = truth_of(dm) == "cluster"
     truth_pm = load_simulation_config(name)["cluster"]["pm_mean"]
@@ -573,21 +578,28 @@ def ablation_field(
         rows[key] = row
         log(f"[{name}] {key}: F1 {row.f1:.3f} dPM {row.dpm:.3f} ({row.seconds:.0f} s) {row.extra or ''}")
 
+    wanted = lambda key: not only or key in only  # noqa: E731
     for key, options in XD_ABLATION.items():
-        record(key, ablation_xd(options, dm, truth, truth_pm, n_clusters, seed))
-    ae, _ = pretrain_autoencoder(dm, ae_epochs, seed)
-    for kind in ("VaDE", "DEC"):
-        for key, settings in ABLATION.items():
-            record(f"{kind} {key}", ablation_deep(kind, settings, ae, dm, truth, truth_pm, n_clusters, dec_epochs, seed))
+        if wanted(key):
+            record(key, ablation_xd(options, dm, truth, truth_pm, n_clusters, seed))
+    deep = [(kind, key) for kind in ("VaDE", "DEC") for key in ABLATION if wanted(f"{kind} {key}")]
+    if deep:
+        ae, _ = pretrain_autoencoder(dm, ae_epochs, seed)
+        for kind, key in deep:
+            record(f"{kind} {key}",
+                   ablation_deep(kind, ABLATION[key], ae, dm, truth, truth_pm, n_clusters, dec_epochs, seed))
     overrides: dict[str, Any] = {"seed": seed} | ({"n_stars": n_stars} if n_stars is not None else {})
-    features = ["ra", "dec", "pmra", "pmdec", "parallax", "log_radius"]
-    dm_r = StellarCatalogDataModule(simulate=load_simulation_config(name) | overrides, seed=seed, features=features)
-    dm_r.setup()
-    truth_r = truth_of(dm_r) == "cluster"
-    ae_r, _ = pretrain_autoencoder(dm_r, ae_epochs, seed)
-    for kind in ("VaDE", "DEC"):
-        record(f"{kind} {LOG_RADIUS_ROW}",
-               ablation_deep(kind, FULL, ae_r, dm_r, truth_r, truth_pm, n_clusters, dec_epochs, seed))
+    for row, extra_features in FEATURE_ROWS.items():
+        kinds = [kind for kind in ("VaDE", "DEC") if wanted(f"{kind} {row}")]
+        if not kinds:
+            continue
+        features = ["ra", "dec", "pmra", "pmdec", "parallax", *extra_features]
+        dm_f = StellarCatalogDataModule(simulate=load_simulation_config(name) | overrides, seed=seed, features=features)
+        dm_f.setup()
+        ae_f, _ = pretrain_autoencoder(dm_f, ae_epochs, seed)
+        for kind in kinds:
+            record(f"{kind} {row}", ablation_deep(
+                kind, FULL, ae_f, dm_f, truth_of(dm_f) == "cluster", truth_pm, n_clusters, dec_epochs, seed))
     return rows
 
 
@@ -614,7 +626,8 @@ def run_ablation(args: argparse.Namespace) -> None:
     """The --ablation mode: every ingredient on and off, per field; prints the table."""
     start = time.perf_counter()
     results = {
-        name: ablation_field(name, args.n_stars, args.seed, args.ae_epochs, args.dec_epochs, args.n_clusters)
+        name: ablation_field(name, args.n_stars, args.seed, args.ae_epochs, args.dec_epochs, args.n_clusters,
+                             only=args.rows)
         for name in args.fields
     }
     print()
@@ -639,6 +652,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n-clusters", type=int, default=3, help="groups of the deep models")
     ap.add_argument("--output", default=None, help="write the results as JSON here")
     ap.add_argument("--ablation", action="store_true", help="switch each hard-field ingredient on and off instead")
+    ap.add_argument("--rows", nargs="+", default=None, help="with --ablation: only these rows, e.g. 'VaDE full'")
     return ap.parse_args(argv)
 
 

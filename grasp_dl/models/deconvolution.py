@@ -117,8 +117,9 @@ class SpatialDeconvolvedMixture:
         for j in range(self.n_components):
             h = np.zeros(CMD_BINS)
             np.add.at(h, (i0[ok], i1[ok]), resp[ok, j])
+            # Smoothed, with a floor so a star in an empty bin is unlikely rather than impossible.
             h = gaussian_filter(h, CMD_SMOOTH, mode="constant") + 1e-3 * h.sum() / h.size + 1e-12
-            hists.append(np.log(h / (h * area).sum() / 1.0) - 0.0)
+            hists.append(np.log(h / (h * area).sum()))
         self.cmd_log_density_ = np.stack(hists)
 
     def _cmd_log_density(self, cmd: np.ndarray) -> np.ndarray:
