@@ -53,8 +53,9 @@ def build_datamodule(cfg: DictConfig) -> StellarCatalogDataModule:
     return datamodule
 
 
-#: Keys of a clustering model config that describe its autoencoder phase, not the module.
-PHASE_KEYS = ("pretrain", "pretrain_epochs", "pretrained_ckpt")
+#: Keys of a clustering model config that describe its autoencoder phase (or how to choose
+#: n_clusters), not the module.
+PHASE_KEYS = ("pretrain", "pretrain_epochs", "pretrained_ckpt", "n_clusters_range")
 
 
 def build_module(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.LightningModule:
@@ -165,6 +166,10 @@ def build_clustering_module(
     """The clustering module of ``model_cfg``, its network starting from the autoencoder."""
     options = OmegaConf.to_container(model_cfg, resolve=True)
     module_class = hydra.utils.get_class(options.pop("_target_"))
+    if options.get("n_clusters") == "auto":
+        from grasp_dl.models.model_selection import choose_n_clusters
+
+        options["n_clusters"], options["n_clusters_curve"] = choose_n_clusters(datamodule, options)
     for key in PHASE_KEYS:
         options.pop(key, None)
     module = module_class.from_autoencoder(autoencoder, **options)
@@ -251,6 +256,10 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
             f"cluster: group {group} of {result.module.hparams.n_clusters}, "
             f"{int((labels == group).sum())} of {len(data)} training stars"
         )
+        curve = result.module.hparams.get("n_clusters_curve")
+        if curve:
+            points = ", ".join(f"k={k}: {b:.1f}" for k, b in zip(curve["k"], curve["bic"]))
+            lines.append(f"n_clusters=auto chose {curve['chosen']} by {curve['criterion']} ({points})")
     for key in ("train/loss", "val/loss"):
         if key in result.metrics:
             lines.append(f"{key}: {result.metrics[key]:.4f}")
@@ -302,6 +311,7 @@ def predict(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
         member_group=cfg.get("member_group"),
         center=cfg.data.get("center"),
         chunk_size=int(cfg.chunk_size),
+        score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
     )
     summary["checkpoint"] = str(cfg.ckpt_path)
     summary["catalog"] = str(cfg.data.path)

@@ -21,6 +21,7 @@ from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.membership import ClusterSummary, entropy
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
+from grasp_dl.no_astrometry import score_without_astrometry
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +166,14 @@ def score_prepared(
     group: int,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     first_row: int = 0,
+    score_no_astrometry: bool = False,
 ) -> pd.DataFrame:
     """The per-star table of a prepared catalogue (or chunk): one row per input row, in input order.
 
     A catalogue without ``source_id`` gets row numbers instead, counted from ``first_row`` (the
-    position of a streamed chunk in the whole catalogue).
+    position of a streamed chunk in the whole catalogue). With ``score_no_astrometry``, stars
+    without astrometry (2-parameter solutions) are scored from their position alone and flagged
+    ``scored:no_astrometry`` (:mod:`grasp_dl.no_astrometry`).
     """
     table, prepared, scaled = ready.table, ready.prepared, ready.scaled
     k = module.hparams.n_clusters
@@ -202,6 +206,8 @@ def score_prepared(
         std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size)
         out["member_prob_std"] = std
     out["flag"] = prepared.flags.astype(str)
+    if score_no_astrometry:
+        score_without_astrometry(out, module, table, prepared, ready.center, group)
     return out
 
 
@@ -212,6 +218,7 @@ def predict_catalog(
     member_group: int | None = None,
     center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    score_no_astrometry: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary), in memory.
 
@@ -220,12 +227,12 @@ def predict_catalog(
     ``flag`` (why a row was not scored, '' otherwise). ``center`` as in :func:`resolve_center`.
     A model that draws latent points (VaDE) adds ``member_prob_std`` after ``entropy``: the spread
     of the member probability over draws z ~ q(z|x). DEC has no such spread, so its table has no
-    such column (rather than a 0 that would read as certainty). For catalogues too large to hold,
-    :func:`predict_to_file` streams.
+    such column (rather than a 0 that would read as certainty). ``score_no_astrometry`` as in
+    :func:`score_prepared`. For catalogues too large to hold, :func:`predict_to_file` streams.
     """
     group = _member_group(module, member_group)
     ready = prepare_for_module(module, catalog, center)
-    out = score_prepared(module, ready, group, chunk_size)
+    out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
     summary = ClusterSummary(ready.center, group)
     summary.update(out, ready.table)
     return out, summary.result()
@@ -248,6 +255,7 @@ def predict_to_file(
     member_group: int | None = None,
     center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    score_no_astrometry: bool = False,
 ) -> dict[str, Any]:
     """Score ``catalog`` ``chunk_size`` rows at a time and write the per-star table (.parquet or .csv) as it goes.
 
@@ -271,7 +279,9 @@ def predict_to_file(
     with CatalogChunkWriter(output) as writer:
         for table in itertools.chain([first], chunks):
             ready = prepare_table(module, table, used_center, allow_empty=True)
-            out = score_prepared(module, ready, group, chunk_size, first_row=summary.n_rows)
+            out = score_prepared(
+                module, ready, group, chunk_size, first_row=summary.n_rows, score_no_astrometry=score_no_astrometry
+            )
             writer.write(out)
             summary.update(out, table)
         result = summary.result()

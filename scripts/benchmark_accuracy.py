@@ -43,10 +43,28 @@ How to read the table
 Times are wall-clock seconds on this machine; the deep models' times exclude the shared
 autoencoder pretraining, which has its own column.
 
+Ablation of the hard-field ingredients (``--ablation``)
+-----------------------------------------------------
+Each ingredient of :mod:`grasp_dl.models.ingredients` switched on and off, for DEC and VaDE
+from one shared autoencoder per field, and for the error-deconvolved mixture alone (``XD``,
+:mod:`grasp_dl.models.deconvolution`, which is also what ``init=xd`` starts the deep models
+from). Rows: ``plain`` (init=gmm_features, nothing else), ``full`` (init=xd with its spatial
+profile and error deconvolution, spatial_prior, noise_augmentation), ``full`` minus one
+ingredient (errors: no deconvolution and no noise augmentation; spatial: no Plummer profile
+and no radius-dependent weight; noise augmentation alone), ``full`` plus the photometric
+term, ``full`` with ``n_clusters=auto`` (BIC), and ``full`` with ``log_radius`` as an extra
+input feature, or with the errors (pmra_error, pmdec_error, parallax_error) as input features
+(each with its own autoencoder). Per field: member F1 of the named group on the stars with
+astrometry, and ``dPM`` = |recovered mean proper motion - simulated cluster.pm_mean| (mas/yr,
+the Euclidean norm over pmra and pmdec; the recovered mean is ``cluster_summary``'s: weighted
+by member_prob over the stars with member_prob > 0.5). ``F1 (no astrometry)`` scores the
+2-parameter stars from their position with the trained module's position model.
+
 Run
 ---
     python scripts/benchmark_accuracy.py                       # all fields, config sizes
     python scripts/benchmark_accuracy.py --fields m4 --n-stars 5000 --output /tmp/acc.json
+    python scripts/benchmark_accuracy.py --ablation --ae-epochs 10 --dec-epochs 10
 
 Takes several minutes per field on a 2-core CPU (mostly the three DEC trainings, VaDE and HDBSCAN).
 """
@@ -159,7 +177,7 @@ def product_vade_options() -> dict[str, Any]:
     path = Path(__file__).resolve().parents[1] / "conf" / "model" / "vade.yaml"
     config = OmegaConf.to_container(OmegaConf.load(path))
     skip = {"defaults", "_target_", "n_clusters", "seed", "cluster_index", "pretrain", "pretrain_epochs",
-            "pretrained_ckpt"}
+            "pretrained_ckpt", "n_clusters_range"}
     return {k: v for k, v in config.items() if k not in skip}
 
 
@@ -426,6 +444,203 @@ def write_json(results: Sequence[FieldResult], args: argparse.Namespace, path: s
     Path(path).write_text(json.dumps(payload, indent=2, default=float))
 
 
+# ----------------------------------------------------------------------------- ablation
+
+#: Model settings of each ablation row (on top of n_clusters, seed and the product's optimiser).
+FULL: dict[str, Any] = {"init": "xd", "spatial_prior": True, "noise_augmentation": True}
+ABLATION: dict[str, dict[str, Any]] = {
+    "plain": {"init": "gmm_features"},
+    "full": FULL,
+    "full - errors": {**FULL, "xd": {"use_errors": False}, "noise_augmentation": False},
+    "full - spatial": {**FULL, "xd": {"spatial": False}, "spatial_prior": False},
+    "full - noise augmentation": {**FULL, "noise_augmentation": False},
+    "full + photometry": {**FULL, "xd": {"photometry": True}},
+    "full, n_clusters=auto": {**FULL, "n_clusters": "auto"},
+}
+#: The error-deconvolved mixture alone, with its switches.
+XD_ABLATION: dict[str, dict[str, Any]] = {
+    "XD full": {},
+    "XD - errors": {"use_errors": False},
+    "XD - spatial": {"spatial": False},
+    "XD + photometry": {"photometry": True},
+}
+#: Rows trained on extra input features (each with its own autoencoder): row name -> added features.
+FEATURE_ROWS: dict[str, list[str]] = {
+    "full + log_radius feature": ["log_radius"],
+    "full + errors as inputs": ["pmra_error", "pmdec_error", "parallax_error"],
+}
+
+
+@dataclass
+class AblationRow:
+    """F1 and mean proper-motion error of one setting on one field."""
+
+    f1: float
+    dpm: float
+    n_members: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _pm_error(dm: StellarCatalogDataModule, member_prob: np.ndarray, truth_pm: Sequence[float]) -> float:
+    """|cluster_summary's mean proper motion - truth| over the usable stars (mas/yr)."""
+    import pandas as pd
+
+    from grasp_dl.membership import cluster_summary
+
+    catalog = dm.table.iloc[dm.usable_rows()].reset_index(drop=True)
+    predictions = pd.DataFrame({"label": np.zeros(len(member_prob), int), "member_prob": member_prob})
+    summary = cluster_summary(predictions, catalog, None, 0)
+    return float(np.hypot(summary["mean_pmra"] - truth_pm[0], summary["mean_pmdec"] - truth_pm[1]))
+
+
+def _f1(truth: np.ndarray, member: np.ndarray) -> float:
+    tp = float((member & truth).sum())
+    return 2.0 * tp / max(float(member.sum() + truth.sum()), 1.0)
+
+
+def _no_astrometry_f1(dm: StellarCatalogDataModule, module: Any) -> float | None:
+    """Member F1 of the position-only scores of the 2-parameter stars (None when none)."""
+    from grasp_dl.no_astrometry import no_astrometry_rows
+
+    rows = no_astrometry_rows(dm.prepared.flags, dm.prepared.feature_names)
+    if not rows.any():
+        return None
+    from grasp_dl.data.sky import gnomonic_project
+
+    xi, eta = gnomonic_project(dm.table["ra"].to_numpy(float)[rows], dm.table["dec"].to_numpy(float)[rows],
+                               *dm.prepared.center)
+    p = module.position_member_prob(np.hypot(xi, eta))
+    truth = dm.table["truth"].to_numpy()[rows].astype(str) == "cluster"
+    return _f1(truth, p > MEMBER_THRESHOLD)
+
+
+def ablation_deep(
+    kind: str, settings: dict[str, Any], ae: AutoencoderModule, dm: StellarCatalogDataModule, truth: np.ndarray,
+    truth_pm: Sequence[float], n_clusters: int, epochs: int, seed: int,
+) -> AblationRow:
+    """Train DEC or VaDE with ``settings`` from the shared autoencoder; F1, dPM and no-astrometry F1."""
+    from grasp_dl.models.model_selection import choose_n_clusters
+
+    L.seed_everything(seed, verbose=False)
+    start = time.perf_counter()
+    settings = dict(settings)
+    extra: dict[str, Any] = {}
+    if settings.get("n_clusters") == "auto":
+        settings["n_clusters"], settings["n_clusters_curve"] = choose_n_clusters(dm, {**settings, "seed": seed})
+        extra["n_clusters_curve"] = settings["n_clusters_curve"]
+    settings.setdefault("n_clusters", n_clusters)
+    if kind == "DEC":
+        module = DECModule.from_autoencoder(ae, seed=seed, optimizer=product_dec_optimizer(), **settings)
+    else:
+        module = VaDEModule.from_autoencoder(ae, seed=seed, **{**product_vade_options(), **settings})
+    make_trainer(epochs).fit(module, datamodule=dm)
+    q = module.predict_proba(dm.data)
+    group = module.decide_member_group(dm.data, q)
+    member_prob = q[:, group].cpu().numpy()
+    extra["f1_no_astrometry"] = _no_astrometry_f1(dm, module)
+    extra["n_clusters"] = int(module.hparams.n_clusters)
+    return AblationRow(
+        f1=_f1(truth, member_prob > MEMBER_THRESHOLD), dpm=_pm_error(dm, member_prob, truth_pm),
+        n_members=int((member_prob > MEMBER_THRESHOLD).sum()), seconds=time.perf_counter() - start, extra=extra,
+    )
+
+
+def ablation_xd(
+    options: dict[str, Any], dm: StellarCatalogDataModule, truth: np.ndarray, truth_pm: Sequence[float],
+    n_clusters: int, seed: int,
+) -> AblationRow:
+    """The error-deconvolved spatial mixture alone, on the usable stars; component 0 is the cluster."""
+    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+    from grasp_dl.models.ingredients import xd_options
+
+    start = time.perf_counter()
+    opts = xd_options(options)
+    stars = dm.star_data("all", opts["photometry"])
+    member_prob = SpatialDeconvolvedMixture(n_clusters, seed=seed, **opts).fit(stars).predict_proba(stars)[:, 0]
+    return AblationRow(
+        f1=_f1(truth, member_prob > MEMBER_THRESHOLD), dpm=_pm_error(dm, member_prob, truth_pm),
+        n_members=int((member_prob > MEMBER_THRESHOLD).sum()), seconds=time.perf_counter() - start,
+    )
+
+
+def ablation_field(
+    name: str, n_stars: int | None, seed: int, ae_epochs: int, dec_epochs: int, n_clusters: int,
+    log: Callable[[str], None] = print, only: Sequence[str] | None = None,
+) -> dict[str, AblationRow]:
+    """Every ablation row on one field (or the rows named in ``only``)."""
+    dm = load_field(name, n_stars, seed)
+    truth = truth_of(dm) == "cluster"
+    truth_pm = load_simulation_config(name)["cluster"]["pm_mean"]
+    rows: dict[str, AblationRow] = {}
+
+    def record(key: str, row: AblationRow) -> None:
+        rows[key] = row
+        log(f"[{name}] {key}: F1 {row.f1:.3f} dPM {row.dpm:.3f} ({row.seconds:.0f} s) {row.extra or ''}")
+
+    wanted = lambda key: not only or key in only  # noqa: E731
+    for key, options in XD_ABLATION.items():
+        if wanted(key):
+            record(key, ablation_xd(options, dm, truth, truth_pm, n_clusters, seed))
+    deep = [(kind, key) for kind in ("VaDE", "DEC") for key in ABLATION if wanted(f"{kind} {key}")]
+    if deep:
+        ae, _ = pretrain_autoencoder(dm, ae_epochs, seed)
+        for kind, key in deep:
+            record(f"{kind} {key}",
+                   ablation_deep(kind, ABLATION[key], ae, dm, truth, truth_pm, n_clusters, dec_epochs, seed))
+    overrides: dict[str, Any] = {"seed": seed} | ({"n_stars": n_stars} if n_stars is not None else {})
+    for row, extra_features in FEATURE_ROWS.items():
+        kinds = [kind for kind in ("VaDE", "DEC") if wanted(f"{kind} {row}")]
+        if not kinds:
+            continue
+        features = ["ra", "dec", "pmra", "pmdec", "parallax", *extra_features]
+        dm_f = StellarCatalogDataModule(simulate=load_simulation_config(name) | overrides, seed=seed, features=features)
+        dm_f.setup()
+        ae_f, _ = pretrain_autoencoder(dm_f, ae_epochs, seed)
+        for kind in kinds:
+            record(f"{kind} {row}", ablation_deep(
+                kind, FULL, ae_f, dm_f, truth_of(dm_f) == "cluster", truth_pm, n_clusters, dec_epochs, seed))
+    return rows
+
+
+def ablation_table(results: dict[str, dict[str, AblationRow]]) -> str:
+    """Markdown: one row per setting, F1 / dPM per field (and the no-astrometry F1 where measured)."""
+    fields = list(results)
+    keys = list(next(iter(results.values())))
+    header = ["setting"] + [f"{f} {s}" for f in fields for s in ("F1", "dPM")] + ["F1 no-astrometry (per field)", "k"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for key in keys:
+        cells = [key]
+        for f in fields:
+            row = results[f][key]
+            cells += [f"{row.f1:.3f}", f"{row.dpm:.3f}"]
+        no_astro = [results[f][key].extra.get("f1_no_astrometry") for f in fields]
+        cells.append(" / ".join("-" if v is None else f"{v:.2f}" for v in no_astro))
+        ks = [results[f][key].extra.get("n_clusters") for f in fields]
+        cells.append(" / ".join("-" if v is None else str(v) for v in ks))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_ablation(args: argparse.Namespace) -> None:
+    """The --ablation mode: every ingredient on and off, per field; prints the table."""
+    start = time.perf_counter()
+    results = {
+        name: ablation_field(name, args.n_stars, args.seed, args.ae_epochs, args.dec_epochs, args.n_clusters,
+                             only=args.rows)
+        for name in args.fields
+    }
+    print()
+    print("Member F1 of the named group and dPM = |recovered mean PM - truth| (mas/yr), per field:\n")
+    print(ablation_table(results))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    if args.output:
+        payload = {"settings": vars(args), "ablation": {f: {k: asdict(r) for k, r in rows.items()}
+                                                       for f, rows in results.items()}}
+        Path(args.output).write_text(json.dumps(payload, indent=2, default=float))
+        print(f"results written to {args.output}")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -436,6 +651,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dec-epochs", type=int, default=20)
     ap.add_argument("--n-clusters", type=int, default=3, help="groups of the deep models")
     ap.add_argument("--output", default=None, help="write the results as JSON here")
+    ap.add_argument("--ablation", action="store_true", help="switch each hard-field ingredient on and off instead")
+    ap.add_argument("--rows", nargs="+", default=None, help="with --ablation: only these rows, e.g. 'VaDE full'")
     return ap.parse_args(argv)
 
 
@@ -443,6 +660,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and print the tables."""
     args = parse_args(argv)
     quiet()
+    if args.ablation:
+        run_ablation(args)
+        return
     start = time.perf_counter()
     results = [
         benchmark_field(name, args.n_stars, args.seed, args.ae_epochs, args.dec_epochs, args.n_clusters)

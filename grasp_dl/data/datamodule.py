@@ -12,11 +12,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
 from grasp_dl.data.catalog import read_catalog
 from grasp_dl.data.loader import TensorBatchLoader
 from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.simulate import simulate_catalog
+from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ class StellarCatalogDataModule(L.LightningDataModule):
         self.val_index: torch.Tensor | None = None
         # Copies of the split tensors on the training device, made once (not per batch).
         self._device_copies: dict[tuple[str, str], torch.Tensor] = {}
+        self._star_cache: dict[tuple[str, str, bool], StarData] = {}
 
     # ------------------------------------------------------------------ loading
     def load_table(self) -> pd.DataFrame:
@@ -169,8 +172,66 @@ class StellarCatalogDataModule(L.LightningDataModule):
             "center": list(self.prepared.center) if self.prepared.center is not None else None,
             "columns": self.columns,
             "scaler": self.scaler.state_dict(),
+            # The astrometry whose measurement errors error-aware models use (and whose *_error
+            # columns a catalogue then needs).
+            "astrometry": astrometry_columns(self.features),
             **self.prepare_options(),
         }
+
+    # ------------------------------------------------------------------ measurement errors
+    def star_data(self, split: str = "train", photometry: bool = False, what: str = "the error-aware model") -> StarData:
+        """Astrometry, error covariances, radius (and photometry) of a split's rows, in ``data`` order.
+
+        ``what`` names the setting that asked, for the error message when error columns are missing.
+        """
+        self._require_setup()
+        if self.prepared.center is None:
+            raise ConfigError(
+                f"{what} needs the cluster centre: include ra and dec in data.features or give data.center"
+            )
+        key = ("stars", split, bool(photometry))
+        if key not in self._star_cache:
+            rows = self.usable_rows()
+            stars = star_data(
+                self.table.iloc[rows], self.prepared.center, astrometry_columns(self.features), photometry, what
+            )
+            index = {"train": self.train_index, "val": self.val_index, "all": None}[split]
+            self._star_cache[key] = stars if index is None else stars.subset(index.numpy())
+        return self._star_cache[key]
+
+    def radius(self, split: str = "train") -> np.ndarray:
+        """Distance from the centre (degrees) of a split's rows, in ``data`` order."""
+        self._require_setup()
+        if self.prepared.center is None:
+            raise ConfigError("the radius needs the cluster centre: include ra and dec in data.features or give data.center")
+        rows = self.usable_rows()
+        xi, eta = gnomonic_project(
+            self.table["ra"].to_numpy(float)[rows], self.table["dec"].to_numpy(float)[rows], *self.prepared.center
+        )
+        r = np.hypot(xi, eta)
+        index = {"train": self.train_index, "val": self.val_index, "all": None}[split]
+        return r if index is None else r[index.numpy()]
+
+    def noise_factors(self, split: str = "train") -> torch.Tensor:
+        """Per-star maps from unit normal draws to noise in the standardised features, (n, features, d).
+
+        Row i holds the Cholesky factor of star i's error covariance of (pmra, pmdec[, parallax]),
+        placed at those features' positions and divided by their scaling, so ``x + L_i @ eps``
+        is the star re-observed with its own errors (noise augmentation). Features that are not
+        astrometry get no noise.
+        """
+        stars = self.star_data(split, what="model.noise_augmentation")
+        names = self.feature_names
+        quantities = astrometry_columns(self.features)
+        cov = np.nan_to_num(stars.covariances)
+        chol = np.linalg.cholesky(cov + 1e-12 * np.eye(cov.shape[-1]))
+        factors = np.zeros((len(cov), len(names), len(quantities)), dtype=np.float32)
+        scale = np.asarray(self.scaler.scale_, dtype=float)
+        for row, quantity in enumerate(quantities):
+            if quantity in names:
+                col = names.index(quantity)
+                factors[:, col, :] = chol[:, row, :] / scale[col]
+        return torch.from_numpy(factors)
 
     def _require_setup(self) -> None:
         if self.data is None:
@@ -203,7 +264,7 @@ class StellarCatalogDataModule(L.LightningDataModule):
 
     def __getstate__(self) -> dict[str, Any]:
         # Device copies stay with the process that made them (ddp_spawn pickles the module).
-        return {**self.__dict__, "_device_copies": {}}
+        return {**self.__dict__, "_device_copies": {}, "_star_cache": {}}
 
     def _loader(self, split: str, shuffle: bool) -> TensorBatchLoader:
         rank, world = self._rank_and_world()

@@ -31,6 +31,10 @@ COLOR_FEATURES = {"bp_rp": ("BP", "RP"), "bp_g": ("BP", "G"), "g_rp": ("G", "RP"
 
 FLAG_OK = ""
 FLAG_OUTLIER = "outlier"
+#: Features computed from the distance to the centre: the radius (degrees) and its log10.
+RADIUS_FEATURES = ("radius", "log_radius")
+#: log_radius is log10 of the radius in degrees, floored here (0.036 arcsec) so the centre stays finite.
+LOG_RADIUS_FLOOR_DEG = 1e-5
 
 
 @dataclass
@@ -123,7 +127,7 @@ def _resolve_feature_columns(df: pd.DataFrame, features: Sequence[str]) -> list[
     """Catalogue columns each requested feature needs (ra/dec for xi/eta, magnitudes for colours)."""
     needed: list[str] = []
     for name in features:
-        if name in POSITION_FEATURES or name in POSITION_FEATURES.values() or name == "radius":
+        if name in POSITION_FEATURES or name in POSITION_FEATURES.values() or name in RADIUS_FEATURES:
             needed += ["ra", "dec"]
         elif name in COLOR_FEATURES and name not in df.columns:
             needed += [_magnitude_column(df, band) for band in COLOR_FEATURES[name]]
@@ -142,7 +146,7 @@ def _feature_frame(
 ) -> pd.DataFrame:
     """Compute every requested feature as a float column (NaN where the input lacks it)."""
     needs_sky = any(
-        n in POSITION_FEATURES or n in POSITION_FEATURES.values() or n == "radius" for n in features
+        n in POSITION_FEATURES or n in POSITION_FEATURES.values() or n in RADIUS_FEATURES for n in features
     )
     xi = eta = None
     if needs_sky:
@@ -161,6 +165,10 @@ def _feature_frame(
             columns[out_name] = eta
         elif name == "radius":
             columns[name] = np.hypot(xi, eta)
+        elif name == "log_radius":
+            # The cluster's density falls as a power of the radius: in log radius the core is
+            # resolved instead of squeezed into the first few per cent of the feature's range.
+            columns[name] = np.log10(np.maximum(np.hypot(xi, eta), LOG_RADIUS_FLOOR_DEG))
         else:
             columns[name] = df[name].to_numpy(dtype=float, na_value=np.nan)
     return pd.DataFrame(columns, index=df.index)
@@ -226,7 +234,7 @@ def prepare_stellar_data(
 
     ``catalog`` is anything :func:`read_catalog` takes. ``ra``/``dec`` in ``features`` give the
     gnomonic offsets ``xi``/``eta`` (degrees) around ``center`` (estimated when not given);
-    ``radius`` gives their norm; bp_rp, bp_g, g_rp are derived from magnitudes if absent.
+    ``radius`` gives their norm and ``log_radius`` its log10; bp_rp, bp_g, g_rp are derived from magnitudes if absent.
     Rows that lack a feature, fail a quality cut (all off by default) or, with
     ``outlier_removal``, lie more than ``outlier_sigma`` robust sigmas out in any feature are
     flagged and left out of the matrix; ``cuts`` counts each reason. A catalogue with no usable
@@ -240,7 +248,7 @@ def prepare_stellar_data(
     require_columns(df, needed, source=source)
     require_numeric(df, needed, source=source)
 
-    if any(n in POSITION_FEATURES or n in ("xi", "eta", "radius") for n in features):
+    if any(n in POSITION_FEATURES or n in ("xi", "eta", *RADIUS_FEATURES) for n in features):
         if center is None:
             center = estimate_center(df["ra"].to_numpy(float), df["dec"].to_numpy(float))
             log.info("estimated cluster centre: ra=%.5f dec=%.5f", *center)

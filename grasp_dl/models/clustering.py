@@ -11,8 +11,10 @@ from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 #: kmeans: DEC's k-means in latent space; gmm: a Gaussian mixture in latent space;
-#: gmm_features: a Gaussian mixture on the standardised input features, carried into latent space.
-INIT_METHODS = ("kmeans", "gmm", "gmm_features")
+#: gmm_features: a Gaussian mixture on the standardised input features, carried into latent space;
+#: xd: the error-deconvolved, spatially aware cluster + field mixture of models/deconvolution.py
+#: (fitted on the catalogue's astrometry and errors, see models/ingredients.py), group 0 the cluster.
+INIT_METHODS = ("kmeans", "gmm", "gmm_features", "xd")
 #: dec: one Student-t kernel of unit scale for every group, equal weights (Xie et al. 2016);
 #: mixture: a Student-t mixture, each group with its own learnt scale and weight.
 KERNELS = ("dec", "mixture")
@@ -40,7 +42,7 @@ def soft_assign(
         scale2 = torch.exp(2.0 * log_scales.float())
         logits = -d * log_scales.float() - (alpha + d) / 2.0 * torch.log1p(dist2 / (alpha * scale2))
         if log_weights is not None:
-            logits = logits + torch.log_softmax(log_weights.float(), dim=0)
+            logits = logits + torch.log_softmax(log_weights.float(), dim=-1)
     return torch.softmax(logits, dim=1)
 
 
@@ -97,6 +99,8 @@ def initial_responsibilities(
     """
     if method not in INIT_METHODS:
         raise ValueError(f"unknown initialisation {method!r}: choose one of {', '.join(INIT_METHODS)}")
+    if method == "xd":
+        raise ValueError("init='xd' needs each star's astrometry and errors: use HardFieldIngredients.initial_memberships")
     if len(z) < n_clusters:
         raise ValueError(f"{len(z)} stars cannot make {n_clusters} groups: lower n_clusters")
     z = np.asarray(z, dtype=np.float64)

@@ -19,12 +19,13 @@ from torch import Tensor, nn
 from grasp_dl.models.clustering import (
     KERNELS,
     groups_from_responsibilities,
-    initial_responsibilities,
     soft_assign,
     target_distribution,
 )
+from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
 from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.membership_mixin import ClusterMembership
+from grasp_dl.models.spatial import RadialPrior
 from grasp_dl.models.networks import StellarAutoencoder, encode_in_chunks
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 
@@ -33,12 +34,18 @@ VARIANTS = ("dec", "idec")
 DEC_OPTIMIZER: dict[str, Any] = {**DEFAULT_OPTIMIZER, "lr": 1e-4}
 
 
-class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
+class DECModule(HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.LightningModule):
     """Cluster the latent space of a pretrained autoencoder with DEC or IDEC.
 
     Centres are an ``nn.Parameter`` created here, before the optimiser exists, and filled
     in place at the start of training (so they do train). ``cluster_index`` (which group
     is the globular cluster) is decided after training and stored with the checkpoint.
+
+    Hard-field options (see :mod:`grasp_dl.models.ingredients`): ``init='xd'`` starts from the
+    error-deconvolved spatial mixture (``xd`` its switches), ``noise_augmentation`` trains on
+    stars re-observed with their own errors, ``spatial_prior`` makes the group weights depend on
+    the radius (needs ``kernel='mixture'``). ``xd_fit`` and ``n_clusters_curve`` are written by
+    training (the initial mixture, and the criterion curve of ``n_clusters=auto``).
     """
 
     def __init__(
@@ -63,8 +70,15 @@ class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         preprocessing: Mapping[str, Any] | None = None,
         cluster_index: int | None = None,
         seed: int = 0,
+        xd: Mapping[str, Any] = XD_DEFAULTS,
+        noise_augmentation: bool = False,
+        spatial_prior: bool = False,
+        xd_fit: Mapping[str, Any] | None = None,
+        n_clusters_curve: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if spatial_prior and kernel != "mixture":
+            raise ValueError("model.spatial_prior needs model.kernel=mixture (DEC's own kernel has no group weights)")
         if variant not in VARIANTS:
             raise ValueError(f"unknown DEC variant {variant!r}: choose one of {', '.join(VARIANTS)}")
         if kernel not in KERNELS:
@@ -93,6 +107,11 @@ class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
                 "preprocessing": plain_config(preprocessing),
                 "cluster_index": cluster_index,
                 "seed": int(seed),
+                "xd": xd_options(plain_config(xd)),
+                "noise_augmentation": bool(noise_augmentation),
+                "spatial_prior": bool(spatial_prior),
+                "xd_fit": plain_config(xd_fit),
+                "n_clusters_curve": plain_config(n_clusters_curve),
             }
         )
         self.net = StellarAutoencoder(input_dim, hidden_dims, latent_dim, dropout, batch_norm)
@@ -105,6 +124,12 @@ class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         self.register_buffer("initialized", torch.tensor(False))
         # The group decided to be the globular cluster (-1 until decided); saved with the weights.
         self.register_buffer("cluster_group", torch.tensor(-1))
+        # log Sigma_c(r), the radius-dependent group weight (inactive unless spatial_prior).
+        self.radial_prior = RadialPrior(n_clusters)
+        # Its Plummer scale trains only when used (DDP refuses parameters without gradients).
+        self.radial_prior.log_scale.requires_grad_(bool(spatial_prior))
+        # Cluster share, Plummer log-scale and cone radius that score stars without astrometry.
+        self.register_buffer("position_model", torch.full((3,), float("nan")))
         self.register_buffer("target", torch.empty(0, n_clusters), persistent=False)
         self.register_buffer("previous_labels", torch.empty(0, dtype=torch.long), persistent=False)
         self.catalog: Tensor | None = None
@@ -118,15 +143,22 @@ class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         return module
 
     # ------------------------------------------------------------------ inference
-    def assign(self, z: Tensor) -> Tensor:
-        """Soft assignments q of latent points to the groups, with this module's kernel."""
+    def assign(self, z: Tensor, x: Tensor | None = None) -> Tensor:
+        """Soft assignments q of latent points to the groups, with this module's kernel.
+
+        With the spatial prior, the group weights of each star depend on its radius, read from
+        its standardised features ``x``.
+        """
         if self.hparams.kernel == "dec":
             return soft_assign(z, self.centers, self.hparams.alpha)
-        return soft_assign(z, self.centers, self.hparams.alpha, self.log_scales, self.log_weights)
+        log_weights = self.log_weights
+        if x is not None and self.radial_prior.active:
+            log_weights = log_weights + self.radial_prior(x.to(self.centers.device))
+        return soft_assign(z, self.centers, self.hparams.alpha, self.log_scales, log_weights)
 
     def forward(self, x: Tensor) -> Tensor:
         """Soft assignments q of standardised features to the groups."""
-        return self.assign(self.net.encode(x))
+        return self.assign(self.net.encode(x), x)
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
@@ -141,7 +173,7 @@ class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
         """Group probabilities of standardised features (rows sum to 1)."""
-        return self.assign(self.embed(x))
+        return self.assign(self.embed(x), x)
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
@@ -157,15 +189,13 @@ class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         start from the same centres.
         """
         z = self.embed(catalog).cpu().double().numpy()
-        hp = self.hparams
-        resp = initial_responsibilities(
-            z, hp.n_clusters, hp.init, hp.n_init, hp.seed, features=catalog.cpu().double().numpy()
-        )
+        resp = self.initial_memberships(z, catalog)
         groups = groups_from_responsibilities(z, resp)
         self.centers.data.copy_(torch.as_tensor(groups.centers))
         if self.hparams.kernel == "mixture":
             self.log_scales.data.copy_(torch.as_tensor(groups.log_scales))
             self.log_weights.data.copy_(torch.as_tensor(groups.log_weights))
+        self.setup_ingredients(catalog, resp)
         self.initialized.fill_(True)
 
     @torch.no_grad()
@@ -213,8 +243,9 @@ class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, index = batch
+        x = self.augment(x, index)
         z = self.net.encode(x)
-        q = self.assign(z)
+        q = self.assign(z, x)
         p = self.target[index]
         kl = F.kl_div(q.clamp_min(1e-12).log(), p, reduction="batchmean")
         self.log_epoch_mean("train/kl", kl, len(x), prog_bar=True)
@@ -229,7 +260,7 @@ class DECModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
         z = self.net.encode(x)
-        q = self.assign(z)
+        q = self.assign(z, x)
         reconstruction = F.mse_loss(self.net.decode(z), x)
         self.log("val/reconstruction", reconstruction, on_step=False, on_epoch=True, sync_dist=True)
         # Mean entropy of the assignments: lower means crisper groups.

@@ -35,4 +35,7 @@ class ClusterMembership:
         q = self.predict_proba(x) if q is None else q
         group = choose_cluster_group(q.cpu().numpy(), *self.physical_features(x))
         self.cluster_group.fill_(group)
+        if hasattr(self, "fit_position_model"):
+            # The position model that scores stars without astrometry follows the decision.
+            self.fit_position_model(x, q)
         return group

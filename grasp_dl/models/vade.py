@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from grasp_dl.models.clustering import INIT_METHODS
+from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
 from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.membership_mixin import ClusterMembership
-from grasp_dl.models.clustering import INIT_METHODS, initial_responsibilities
+from grasp_dl.models.spatial import RadialPrior
 from grasp_dl.models.networks import mlp
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 
@@ -85,12 +87,19 @@ def mixture_moments(z: np.ndarray, resp: np.ndarray, var_floor: float = 1e-4) ->
     return np.log(mass / mass.sum()), means, np.log(np.maximum(var, var_floor))
 
 
-class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
+class VaDEModule(HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.LightningModule):
     """Cluster stars with a variational autoencoder whose prior is a Gaussian mixture (VaDE).
 
     Starts from a trained autoencoder (:meth:`from_autoencoder`); the mixture is fitted to the
     whole training catalogue at the start of training. ``cluster_group`` (which group is the
     globular cluster) is decided at the end of every epoch and saved with the weights.
+
+    Hard-field options (see :mod:`grasp_dl.models.ingredients`): ``init='xd'`` starts the prior
+    from the error-deconvolved spatial mixture (``xd`` its switches), ``noise_augmentation``
+    trains on stars re-observed with their own errors, ``spatial_prior`` makes the mixture
+    weights radius-dependent, pi_c(r) proportional to pi_c Sigma_c(r) with a Plummer profile of
+    learnt scale for the cluster and a flat one for the field (in the posterior and in the
+    KL(gamma || pi(r)) term of the ELBO).
     """
 
     def __init__(
@@ -113,6 +122,11 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         preprocessing: Mapping[str, Any] | None = None,
         cluster_index: int | None = None,
         seed: int = 0,
+        xd: Mapping[str, Any] = XD_DEFAULTS,
+        noise_augmentation: bool = False,
+        spatial_prior: bool = False,
+        xd_fit: Mapping[str, Any] | None = None,
+        n_clusters_curve: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if init not in INIT_METHODS:
@@ -143,6 +157,11 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
                 "preprocessing": plain_config(preprocessing),
                 "cluster_index": cluster_index,
                 "seed": int(seed),
+                "xd": xd_options(plain_config(xd)),
+                "noise_augmentation": bool(noise_augmentation),
+                "spatial_prior": bool(spatial_prior),
+                "xd_fit": plain_config(xd_fit),
+                "n_clusters_curve": plain_config(n_clusters_curve),
             }
         )
         self.net = VariationalEncoderDecoder(input_dim, hidden_dims, latent_dim, dropout, batch_norm)
@@ -157,6 +176,12 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         )
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("cluster_group", torch.tensor(-1))
+        # log Sigma_c(r), the radius-dependent mixture weight (inactive unless spatial_prior).
+        self.radial_prior = RadialPrior(n_clusters)
+        # Its Plummer scale trains only when used (DDP refuses parameters without gradients).
+        self.radial_prior.log_scale.requires_grad_(bool(spatial_prior))
+        # Cluster share, Plummer log-scale and cone radius that score stars without astrometry.
+        self.register_buffer("position_model", torch.full((3,), float("nan")))
         self.catalog: Tensor | None = None
 
     # ------------------------------------------------------------------ construction
@@ -175,14 +200,20 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
     def _clamp(self, logvar: Tensor) -> Tensor:
         return logvar.float().clamp(self.hparams.logvar_min, self.hparams.logvar_max)
 
-    def log_joint(self, z: Tensor) -> Tensor:
-        """log pi_c + log p(z | c) for latent points z, shape (..., n_clusters)."""
-        logvars = self._clamp(self.mixture_logvars)
-        return mixture_log_joint(z, self.mixture_logits, self.mixture_means, logvars)
+    def prior_logits(self, x: Tensor | None = None) -> Tensor:
+        """Logits of the mixture weights: (k,), or (n, k) with the radius-dependent spatial prior."""
+        if x is None or not self.radial_prior.active:
+            return self.mixture_logits.float()
+        return self.mixture_logits.float() + self.radial_prior(x.to(self.mixture_logits.device))
 
-    def posterior(self, z: Tensor) -> Tensor:
-        """Group probabilities gamma_c = p(c | z) of latent points (rows sum to 1)."""
-        return torch.softmax(self.log_joint(z), dim=-1)
+    def log_joint(self, z: Tensor, x: Tensor | None = None) -> Tensor:
+        """log pi_c(r) + log p(z | c) for latent points z of stars x, shape (..., n_clusters)."""
+        logvars = self._clamp(self.mixture_logvars)
+        return mixture_log_joint(z, self.prior_logits(x), self.mixture_means, logvars)
+
+    def posterior(self, z: Tensor, x: Tensor | None = None) -> Tensor:
+        """Group probabilities gamma_c = p(c | z[, r]) of latent points (rows sum to 1)."""
+        return torch.softmax(self.log_joint(z, x), dim=-1)
 
     def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Per-batch means of the reconstruction NLL and the two KL terms of the negative ELBO."""
@@ -193,7 +224,7 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         recon_logvar = self.recon_logvar.float().clamp(self.hparams.logvar_min, self.hparams.logvar_max)
         residual2 = (self.net.decode(z).float() - x.float()).pow(2)
         recon = 0.5 * (LOG_2PI + recon_logvar + residual2 * torch.exp(-recon_logvar)).sum(-1)
-        log_gamma = torch.log_softmax(self.log_joint(z), dim=-1)
+        log_gamma = torch.log_softmax(self.log_joint(z, x), dim=-1)
         gamma = log_gamma.exp()
         prior_logvars = self._clamp(self.mixture_logvars)
         # KL(N(mu, var) || N(mu_c, var_c)) for every component, summed over latent dimensions.
@@ -205,7 +236,7 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
             - 1.0
         ).sum(-1)
         kl_z = (gamma * kl_gauss).sum(-1)
-        kl_c = (gamma * (log_gamma - torch.log_softmax(self.mixture_logits.float(), dim=0))).sum(-1)
+        kl_c = (gamma * (log_gamma - torch.log_softmax(self.prior_logits(x), dim=-1))).sum(-1)
         return {"reconstruction": recon.mean(), "kl_z": kl_z.mean(), "kl_c": kl_c.mean()}
 
     def kl_weight(self) -> float:
@@ -235,12 +266,12 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """Group probabilities gamma at the latent mean (differentiable, current mode)."""
-        return self.posterior(self.net.encode(x)[0])
+        return self.posterior(self.net.encode(x)[0], x)
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
         """Group probabilities p(c | mu(x)) of standardised features (rows sum to 1)."""
-        return self.posterior(self.embed(x))
+        return self.posterior(self.embed(x), x)
 
     @torch.no_grad()
     def predict_proba_samples(self, x: Tensor, n_samples: int | None = None) -> tuple[Tensor, Tensor]:
@@ -253,9 +284,10 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         means, stds = [], []
         step = max(1, CHUNK_SIZE // n_samples)
         for i in range(0, len(x), step):
-            mu, logvar = self._encode_eval(x[i : i + step])
+            chunk = x[i : i + step]
+            mu, logvar = self._encode_eval(chunk)
             eps = torch.randn((n_samples, *mu.shape), device=mu.device, generator=generator)
-            gamma = self.posterior(mu + eps * torch.exp(0.5 * logvar))
+            gamma = self.posterior(mu + eps * torch.exp(0.5 * logvar), chunk)
             means.append(gamma.mean(0))
             stds.append(gamma.std(0))
         return torch.cat(means), torch.cat(stds)
@@ -270,11 +302,7 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
     def initialize_mixture(self, catalog: Tensor) -> None:
         """Fit the mixture prior to the whole catalogue's latent means (same seed on every DDP rank)."""
         z = self.embed(catalog).cpu().double().numpy()
-        features = catalog.cpu().double().numpy()
-        hp = self.hparams
-        resp = initial_responsibilities(
-            z, hp.n_clusters, hp.init, hp.n_init, hp.seed, features=features, latent_covariance="diag"
-        )
+        resp = self.initial_memberships(z, catalog, latent_covariance="diag")
         log_weights, means, logvars = mixture_moments(z, resp)
         self.mixture_logits.data.copy_(torch.as_tensor(log_weights))
         self.mixture_means.data.copy_(torch.as_tensor(means))
@@ -284,6 +312,7 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
             self.net.eval()
             residual = (self.net.decode(self.embed(catalog).to(self.device)) - catalog.to(self.device)).pow(2)
             self.recon_logvar.data.copy_(residual.mean(0).clamp_min(1e-4).log())
+        self.setup_ingredients(catalog, resp)
         self.initialized.fill_(True)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -292,7 +321,7 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         self.net.eval()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        terms = self.elbo_terms(batch[0])
+        terms = self.elbo_terms(self.augment(*batch))
         beta = self.kl_weight()
         loss = terms["reconstruction"] + beta * (terms["kl_z"] + terms["kl_c"])
         n = len(batch[0])
@@ -306,7 +335,7 @@ class VaDEModule(ClusterMembership, EpochMeanLogging, L.LightningModule):
         terms = self.elbo_terms(x)
         # The full negative ELBO (beta = 1), comparable between epochs whatever the warm-up.
         loss = terms["reconstruction"] + terms["kl_z"] + terms["kl_c"]
-        gamma = self.posterior(self.net.encode(x)[0])
+        gamma = self.posterior(self.net.encode(x)[0], x)
         entropy = -(gamma * gamma.clamp_min(1e-12).log()).sum(-1).mean()
         self.log("val/entropy", entropy, on_step=False, on_epoch=True, sync_dist=True)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)

@@ -1,0 +1,136 @@
+"""Per-star astrometry with its measurement errors, radius and photometry, for error-aware models.
+
+Gaia gives every star its own error ellipse: faint stars carry proper-motion errors of
+0.5-1.5 mas/yr, larger than a cluster's internal dispersion. :class:`StarData` holds what an
+error-deconvolved mixture (:mod:`grasp_dl.models.deconvolution`) and the noise augmentation of
+the deep models need: the values, their error covariances, the radius from the centre and
+(optionally) magnitude and colour. Stars without astrometry (Gaia 2-parameter solutions) keep
+NaN values and are scored from position and photometry alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from grasp_dl.data.catalog import require_columns
+from grasp_dl.data.sky import gnomonic_project
+from grasp_dl.errors import CatalogError
+
+#: The astrometric quantities, their error columns, and the pmra/pmdec correlation column.
+ASTROMETRY = ("pmra", "pmdec", "parallax")
+ERROR_COLUMNS = {"pmra": "pmra_error", "pmdec": "pmdec_error", "parallax": "parallax_error"}
+CORRELATION_COLUMN = "pmra_pmdec_corr"
+#: Photometry the colour-magnitude terms use: magnitude, colour.
+CMD_COLUMNS = ("phot_g_mean_mag", "bp_rp")
+
+
+@dataclass
+class StarData:
+    """What an error-aware model sees of each star.
+
+    ``values`` (n, d): astrometry (pmra, pmdec[, parallax]), NaN rows where a star has none;
+    ``covariances`` (n, d, d): their error covariances; ``radius`` (n,): degrees from the
+    centre; ``cmd`` (n, 2): magnitude and colour, or None.
+    """
+
+    values: np.ndarray
+    covariances: np.ndarray
+    radius: np.ndarray
+    cmd: np.ndarray | None = None
+
+    @property
+    def has_astrometry(self) -> np.ndarray:
+        """Stars whose astrometry and error covariance are all finite."""
+        return np.isfinite(self.values).all(axis=1) & np.isfinite(self.covariances).all(axis=(1, 2))
+
+    def subset(self, rows: np.ndarray) -> StarData:
+        """The stars at ``rows`` (indices or a boolean mask)."""
+        return StarData(
+            self.values[rows], self.covariances[rows], self.radius[rows], None if self.cmd is None else self.cmd[rows]
+        )
+
+
+def error_covariances(
+    pmra_error: np.ndarray,
+    pmdec_error: np.ndarray,
+    pmra_pmdec_corr: np.ndarray | None = None,
+    parallax_error: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-star error covariance of (pmra, pmdec[, parallax]) from Gaia's errors and correlation.
+
+    A missing correlation counts as 0; the parallax's correlations with the proper motion are
+    not in the usual exports and count as 0 too.
+    """
+    ea, ed = np.asarray(pmra_error, float), np.asarray(pmdec_error, float)
+    rho = np.zeros_like(ea) if pmra_pmdec_corr is None else np.nan_to_num(np.asarray(pmra_pmdec_corr, float))
+    d = 2 if parallax_error is None else 3
+    cov = np.zeros((len(ea), d, d))
+    cov[:, 0, 0], cov[:, 1, 1] = ea**2, ed**2
+    cov[:, 0, 1] = cov[:, 1, 0] = rho * ea * ed
+    if parallax_error is not None:
+        cov[:, 2, 2] = np.asarray(parallax_error, float) ** 2
+    return cov
+
+
+def astrometry_columns(features: Sequence[str]) -> list[str]:
+    """The astrometric quantities among ``features``, in the order (pmra, pmdec, parallax).
+
+    Proper motion is always used; parallax only where it is a feature.
+    """
+    return ["pmra", "pmdec"] + (["parallax"] if "parallax" in features else [])
+
+
+def require_error_columns(table: pd.DataFrame, quantities: Sequence[str], what: str) -> None:
+    """Fail with a message naming the missing error column(s) and how to switch ``what`` off."""
+    needed = [ERROR_COLUMNS[q] for q in quantities]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise CatalogError(
+            f"{what} needs the measurement-error column(s) {', '.join(map(repr, missing))}, which the catalogue "
+            f"lacks: export them from gaia_source (or map your names with data.columns='{{yourname: {missing[0]}}}'), "
+            f"or switch {what} off"
+        )
+    require_columns(table, needed)
+
+
+def star_data(
+    table: pd.DataFrame,
+    center: Sequence[float],
+    quantities: Sequence[str] = ("pmra", "pmdec", "parallax"),
+    photometry: bool = False,
+    what: str = "the error-aware model",
+) -> StarData:
+    """Build :class:`StarData` for every row of ``table`` around ``center`` (ra, dec in degrees).
+
+    ``quantities`` are the astrometric columns (pmra, pmdec first); their ``*_error`` columns
+    are required (``what`` names the setting that needs them in the error message), the
+    pmra/pmdec correlation is used when present.
+    """
+    quantities = list(quantities)
+    if quantities[:2] != ["pmra", "pmdec"] or not set(quantities) <= set(ASTROMETRY):
+        raise ValueError(f"quantities must be pmra, pmdec and optionally parallax, got {quantities}")
+    require_columns(table, ["ra", "dec", *quantities])
+    require_error_columns(table, quantities, what)
+    col = lambda name: table[name].to_numpy(dtype=float, na_value=np.nan)  # noqa: E731
+    corr = col(CORRELATION_COLUMN) if CORRELATION_COLUMN in table.columns else None
+    cov = error_covariances(
+        col("pmra_error"), col("pmdec_error"), corr, col("parallax_error") if "parallax" in quantities else None
+    )
+    values = np.column_stack([col(q) for q in quantities])
+    xi, eta = gnomonic_project(col("ra"), col("dec"), float(center[0]), float(center[1]))
+    cmd = None
+    if photometry:
+        missing = [c for c in CMD_COLUMNS if c not in table.columns]
+        if missing == ["bp_rp"] and {"phot_bp_mean_mag", "phot_rp_mean_mag"} <= set(table.columns):
+            table = table.assign(bp_rp=col("phot_bp_mean_mag") - col("phot_rp_mean_mag"))
+        elif missing:
+            raise CatalogError(
+                f"photometry terms need the column(s) {', '.join(map(repr, missing))}: add them to the catalogue "
+                "or switch the photometry option off"
+            )
+        cmd = np.column_stack([table[c].to_numpy(dtype=float, na_value=np.nan) for c in CMD_COLUMNS])
+    return StarData(values, cov, np.hypot(xi, eta), cmd)

@@ -1,0 +1,60 @@
+"""``model.n_clusters=auto``: choose the number of groups by the BIC of a feature-space mixture.
+
+The criterion is the Bayesian information criterion, -2 log L + p log n (lower is better), of
+the mixture the clustering phase starts from, fitted for every k in ``model.n_clusters_range``:
+
+* with ``model.init=xd`` the error-deconvolved spatial mixture (its likelihood is that of the
+  observed astrometry given each star's errors, and of the positions);
+* otherwise a full-covariance Gaussian mixture on the standardised features.
+
+The chosen k and the whole curve go into the module's ``n_clusters_curve`` hyper-parameter (so
+into every checkpoint) and into the training log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.mixture import GaussianMixture
+
+from grasp_dl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RANGE = (2, 5)
+
+
+def _k_values(k_range: Sequence[int] | None) -> list[int]:
+    lo, hi = (int(v) for v in (k_range or DEFAULT_RANGE))
+    if not 2 <= lo <= hi:
+        raise ConfigError(f"model.n_clusters_range={[lo, hi]} must be [low, high] with 2 <= low <= high")
+    return list(range(lo, hi + 1))
+
+
+def choose_n_clusters(datamodule: Any, options: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The k of lowest BIC over ``options['n_clusters_range']`` and the curve {criterion, k, bic, chosen}."""
+    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+    from grasp_dl.models.ingredients import xd_options
+
+    ks = _k_values(options.get("n_clusters_range"))
+    seed = int(options.get("seed", 0) or 0)
+    bics: list[float] = []
+    if options.get("init") == "xd":
+        xd = xd_options(options.get("xd"))
+        stars = datamodule.star_data("train", xd["photometry"], what="model.n_clusters=auto with model.init=xd")
+        for k in ks:
+            bics.append(SpatialDeconvolvedMixture(k, seed=seed, **xd).fit(stars).bic())
+        criterion = "bic of the error-deconvolved spatial mixture (model.init=xd)"
+    else:
+        x = datamodule.split_tensor("train", "cpu").double().numpy()
+        for k in ks:
+            gmm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-4).fit(x)
+            bics.append(float(gmm.bic(x)))
+        criterion = "bic of a full-covariance Gaussian mixture on the standardised features"
+    chosen = ks[int(np.argmin(bics))]
+    curve = {"criterion": criterion, "k": ks, "bic": [float(b) for b in bics], "chosen": chosen}
+    log.info("n_clusters=auto: %s; k=%s bic=%s -> %d", criterion, ks, [round(b, 1) for b in bics], chosen)
+    return chosen, curve
