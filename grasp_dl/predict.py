@@ -148,8 +148,9 @@ def prepare_for_module(
 
     No outlier removal: every star with the features is scored. ``center`` as in :func:`resolve_center`.
     """
-    table = read_catalog(catalog, _preprocessing(module).get("columns"))
-    return prepare_table(module, table, resolve_center(module.hparams.preprocessing["center"], center, table))
+    prep = _preprocessing(module)
+    table = read_catalog(catalog, prep.get("columns"))
+    return prepare_table(module, table, resolve_center(prep["center"], center, table))
 
 
 def _member_group(module: DECModule | VaDEModule, member_group: int | None) -> int:

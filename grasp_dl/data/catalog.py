@@ -129,25 +129,28 @@ def iter_catalog(
         raise CatalogError(f"chunk_size must be a positive number of rows, got {chunk_size}")
     if format is not None:
         _check_format_name(format, "iter_catalog")
-    if not isinstance(source, (str, os.PathLike)):
-        frame = read_catalog(source, columns)
-        for start in range(0, len(frame), chunk_size):
-            yield frame.iloc[start : start + chunk_size]
-        return
-    path = Path(source)
-    _check_path(path)
-    fmt, _ = _resolve_format(path, format)
-    if fmt not in _CHUNK_READERS:
-        frame = read_catalog(path, columns, format=format)
-        for start in range(0, len(frame), chunk_size):
-            yield frame.iloc[start : start + chunk_size]
-        return
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        _check_path(path)
+        fmt, _ = _resolve_format(path, format)
+        if fmt in _CHUNK_READERS:
+            yield from _read_chunks(path, fmt, columns, keep, int(chunk_size))
+            return
+    frame = read_catalog(source, columns, format=format)
+    for start in range(0, len(frame), chunk_size):
+        yield frame.iloc[start : start + chunk_size]
+
+
+def _read_chunks(
+    path: Path, fmt: str, columns: Mapping[str, str] | None, keep: Iterable[str] | None, chunk_size: int
+) -> Iterator[pd.DataFrame]:
+    """The chunks of a file whose format has a chunked reader, each cleaned as read_catalog does."""
     header = _CHUNK_HEADERS[fmt](path)
     raw = _raw_names_to_read(header, columns, keep, str(path))
     id_names = _id_names(columns)
     start = 0
     try:
-        for chunk in _CHUNK_READERS[fmt](path, raw, id_names, int(chunk_size)):
+        for chunk in _CHUNK_READERS[fmt](path, raw, id_names, chunk_size):
             chunk.index = pd.RangeIndex(start, start + len(chunk))
             start += len(chunk)
             yield _clean(chunk, str(path), columns)
