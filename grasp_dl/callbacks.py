@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from grasp_dl.data.loader import batch_stars
+
 
 class StarsPerSecondProgressBar(TQDMProgressBar):
     """TQDM progress bar that shows 'Epoch i/n' and the training throughput in stars per second."""
@@ -29,7 +31,7 @@ class StarsPerSecondProgressBar(TQDMProgressBar):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._stars += len(batch[0])
+        self._stars += batch_stars(batch)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     @property

@@ -1,8 +1,7 @@
 """Training throughput of grasp-dl against its floor and against the seed's per-row loader; predict at scale.
 
 For each catalogue size N and batch size it trains the default autoencoder (5-64-32-16-8, batch
-norm, dropout, Adam) three ways, each in a fresh subprocess so that its peak resident memory is
-its own:
+norm, dropout, the configured Adam) three ways:
 
   (a) lightning  the product path as a user runs it: conf/train.yaml composed by Hydra with
                  model=autoencoder (and model=dec for --dec), run by grasp_dl.pipeline.train with
@@ -13,11 +12,22 @@ its own:
   (c) dataloader a per-row torch Dataset + DataLoader(shuffle=True) loop with a host-to-device
                  copy per batch, as in the seed
 
-Stars per second are training stars per second of training time (from the first to the last
-training batch of an epoch; validation and end-of-epoch work excluded), the median over the
-epochs after the first (warm-up). All three train on the same rows of the same simulated M4-like
-cone, on the GPU when there is one; each is run ``--repeats`` times and the fastest counts. It prints the ratios a/b and a/c and peak RSS; `--dec` adds
-DEC epochs of (a) (after as many autoencoder epochs).
+Paired timing. This machine's speed drifts by 20-30% within seconds (a shared host), far more
+than the differences measured, so the three are interleaved in one process: after each training
+step of (a) (a block of ``data.batches_per_step`` mini-batches) a callback runs as many steps of
+(b) and of (c), each on its own network and optimiser, alternating which goes first. (a)'s time is
+everything from the end of those steps to the end of its next step (Lightning's loop, hooks,
+callbacks, logging, its loader); (b)'s and (c)'s are their own steps, their per-epoch shuffles
+included. Validation and end-of-epoch work are left out, as is the first epoch (warm-up). So the
+three see the same machine state and the ratios a/b and a/c are steady from run to run; each
+configuration is still run ``--repeats`` times, and the repeat with the lowest a/b is reported.
+
+Peak resident memory comes from separate runs of each method alone (one process each, two
+epochs), since a shared process has one peak.
+
+`--precision bf16-mixed` trains all three in that precision; on a GPU the timing synchronises
+the device at each step boundary. `--dec` adds the DEC phase of (a) (after as many autoencoder
+epochs), as stars per second of its training epochs.
 
 `--predict N` times `grasp-dl predict` on N simulated rows (a Parquet file written chunk by chunk):
 wall time and peak memory of the command.
@@ -34,6 +44,7 @@ Run it alone on the machine: it is a timing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -55,6 +66,13 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class EpochTimes(L.Callback):
     """Training time of every epoch: first training batch start to last training batch end.
 
@@ -72,7 +90,121 @@ class EpochTimes(L.Callback):
             EpochTimes.times.setdefault(type(pl_module).__name__, []).append(time.perf_counter() - self.start)
 
 
-def _config(n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool, out: str):
+class FloorLoop:
+    """(b) or (c): the default autoencoder and the module's optimiser, trained one mini-batch per call."""
+
+    def __init__(self, x, batch_size: int, optimizer_config: dict, precision: str, per_row_loader: bool) -> None:
+        import hydra.utils
+        import torch
+
+        from grasp_dl.models.networks import StellarAutoencoder
+
+        self.device = x.device
+        self.x = x if not per_row_loader else x.cpu()
+        self.batch_size = batch_size
+        self.per_row_loader = per_row_loader
+        self.net = StellarAutoencoder(x.shape[1]).to(self.device)
+        self.optimizer = hydra.utils.instantiate({**optimizer_config, "_partial_": True})(self.net.parameters())
+        self.dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        self.batches = iter(())
+        self.seconds = 0.0
+        self.stars = 0
+
+    def _epoch(self):
+        """One epoch of batches: a shuffled gather and slices (b), or a per-row DataLoader (c)."""
+        import torch
+        from torch.utils.data import DataLoader, Dataset
+
+        if not self.per_row_loader:
+            return iter(self.x[torch.randperm(len(self.x), device=self.device)].split(self.batch_size))
+
+        class Rows(Dataset):
+            def __init__(self, x):
+                self.x = x
+
+            def __len__(self):
+                return len(self.x)
+
+            def __getitem__(self, i):
+                return self.x[i]
+
+        pin = self.device.type == "cuda"
+        return iter(DataLoader(Rows(self.x), batch_size=self.batch_size, shuffle=True, pin_memory=pin))
+
+    def steps(self, n: int) -> None:
+        """Train ``n`` mini-batches, adding their time and stars to the totals."""
+        import torch
+        import torch.nn.functional as F
+
+        start = time.perf_counter()
+        for _ in range(n):
+            batch = next(self.batches, None)
+            if batch is None:
+                self.batches = self._epoch()
+                batch = next(self.batches)
+            batch = batch.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                loss = F.mse_loss(self.net(batch)[0], batch)
+            loss.backward()
+            self.optimizer.step()
+            self.stars += len(batch)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - start
+
+
+class PairedFloors(L.Callback):
+    """Interleave (b) and (c) with the autoencoder phase of (a), step for step (see the module doc).
+
+    Instantiated by ``_target_`` in the composed config; totals are kept at class level.
+    """
+
+    totals: dict[str, list[float]] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from grasp_dl.models.autoencoder import AutoencoderModule
+
+        self.active = isinstance(pl_module, AutoencoderModule)
+        if not self.active:
+            return
+        dm = trainer.datamodule
+        x = dm.split_tensor("train", pl_module.device)
+        precision = str(trainer.precision)
+        optimizer = pl_module.hparams.optimizer
+        self.floors = {
+            "bare": FloorLoop(x, dm.batch_size, optimizer, precision, per_row_loader=False),
+            "dataloader": FloorLoop(x, dm.batch_size, optimizer, precision, per_row_loader=True),
+        }
+        PairedFloors.totals = {m: [0.0, 0] for m in METHODS}
+        self.mark = None
+        self.flip = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.active:
+            _sync(pl_module.device)
+            self.mark = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if not self.active or trainer.current_epoch == 0:
+            return
+        from grasp_dl.data.loader import batch_stars, is_block
+
+        _sync(pl_module.device)
+        total = PairedFloors.totals["lightning"]
+        total[0] += time.perf_counter() - self.mark
+        total[1] += batch_stars(batch)
+        n_steps = len(batch) if is_block(batch) else 1
+        order = ("dataloader", "bare") if self.flip else ("bare", "dataloader")
+        self.flip = not self.flip
+        for method in order:
+            self.floors[method].steps(n_steps)
+        for method in ("bare", "dataloader"):
+            PairedFloors.totals[method] = [self.floors[method].seconds, self.floors[method].stars]
+        self.mark = time.perf_counter()
+
+
+def _config(n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool, out: str,
+            paired: bool = False):
     """conf/train.yaml as `grasp-dl train` composes it, sized for this measurement."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
@@ -94,6 +226,8 @@ def _config(n: int, batch_size: int, epochs: int, dec: bool, precision: str, com
     with open_dict(cfg):
         cfg.paths.output_dir = out
         cfg.callbacks.epoch_times = {"_target_": f"{__name__}.EpochTimes"}
+        if paired:
+            cfg.callbacks.paired_floors = {"_target_": f"{__name__}.PairedFloors"}
     return cfg
 
 
@@ -103,27 +237,33 @@ def _steady_rate(n_rows: int, times: list[float]) -> float:
     return n_rows / statistics.median(steady)
 
 
-def run_lightning(n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool) -> dict:
-    """(a) The product path: pipeline.train on the composed config, default callbacks and logger."""
+def run_paired(n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool) -> dict:
+    """(a), (b) and (c) interleaved step for step in one process; stars per second of each."""
     from grasp_dl import pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _config(n, batch_size, epochs, dec, precision, compile_, tmp)
+        cfg = _config(n, batch_size, epochs, dec, precision, compile_, tmp, paired=True)
         result = pipeline.train(cfg)
         n_train = len(result.datamodule.train_index)
-    rates = {"autoencoder": _steady_rate(n_train, EpochTimes.times["AutoencoderModule"])}
+    rates = {method: stars / seconds for method, (seconds, stars) in PairedFloors.totals.items()}
     if dec:
         rates["dec"] = _steady_rate(n_train, EpochTimes.times["DECModule"])
     return rates
 
 
-def _training_rows(n: int, batch_size: int):
-    """The standardised training rows (a) trains on, from the same composed config."""
+def run_alone(method: str, n: int, batch_size: int, epochs: int, precision: str) -> None:
+    """One method alone, for its peak resident memory: (a) the product path, (b) or (c) a floor loop."""
     from grasp_dl import pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
-        dm = pipeline.build_datamodule(_config(n, batch_size, 1, False, "32-true", False, tmp))
-    return dm.data[dm.train_index]
+        cfg = _config(n, batch_size, epochs, False, precision, False, tmp)
+        if method == "lightning":
+            pipeline.train(cfg)
+            return
+        dm = pipeline.build_datamodule(cfg)
+        x = dm.split_tensor("train", _device())
+        floor = FloorLoop(x, batch_size, dict(cfg.model.optimizer), precision, per_row_loader=method == "dataloader")
+        floor.steps(epochs * -(-len(x) // batch_size))
 
 
 def _device():
@@ -132,63 +272,7 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _plain_loop(n_rows: int, n_features: int, epochs: int, batches, precision: str) -> dict:
-    """Train the default autoencoder with Adam over ``batches()`` (an iterable per epoch); time epochs."""
-    import torch
-    import torch.nn.functional as F
-
-    from grasp_dl.models.networks import StellarAutoencoder
-
-    device = _device()
-    net = StellarAutoencoder(n_features).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    times = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        for batch in batches():
-            batch = batch.to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = F.mse_loss(net(batch)[0], batch)
-            loss.backward()
-            opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {"autoencoder": _steady_rate(n_rows, times)}
-
-
-def run_bare(n: int, batch_size: int, epochs: int, precision: str) -> dict:
-    """(b) The floor: the same network and optimiser over pre-batched tensors on the device, nothing else."""
-    import torch
-
-    x = _training_rows(n, batch_size).to(_device())
-    return _plain_loop(
-        len(x), x.shape[1], epochs, lambda: x[torch.randperm(len(x), device=x.device)].split(batch_size), precision
-    )
-
-
-def run_dataloader(n: int, batch_size: int, epochs: int, precision: str) -> dict:
-    """(c) The seed's way: a per-row Dataset and DataLoader with the default collate, copied per batch."""
-    from torch.utils.data import DataLoader, Dataset
-
-    class Rows(Dataset):
-        def __init__(self, x):
-            self.x = x
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, i):
-            return self.x[i]
-
-    x = _training_rows(n, batch_size)
-    loader = DataLoader(Rows(x), batch_size=batch_size, shuffle=True, pin_memory=_device().type == "cuda")
-    return _plain_loop(len(x), x.shape[1], epochs, lambda: loader, precision)
-
-
-def child(method: str, n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool) -> None:
+def child(kind: str, n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool) -> None:
     """Run one measurement and print it as JSON (called in a subprocess)."""
     import logging
     import warnings
@@ -198,31 +282,30 @@ def child(method: str, n: int, batch_size: int, epochs: int, dec: bool, precisio
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.manual_seed(0)
-    runner = {
-        "lightning": lambda: run_lightning(n, batch_size, epochs, dec, precision, compile_),
-        "bare": lambda: run_bare(n, batch_size, epochs, precision),
-        "dataloader": lambda: run_dataloader(n, batch_size, epochs, precision),
-    }[method]
-    rates = runner()
-    print(json.dumps({"rates": rates, "peak_rss_mib": _peak_rss_mib()}))
+    with contextlib.redirect_stdout(sys.stderr):
+        if kind == "paired":
+            out = {"rates": run_paired(n, batch_size, epochs, dec, precision, compile_)}
+        else:
+            run_alone(kind, n, batch_size, epochs, precision)
+            out = {}
+    print(json.dumps({**out, "peak_rss_mib": _peak_rss_mib()}))
 
 
-def measure(method: str, n: int, batch_size: int, args: argparse.Namespace, dec: bool) -> dict:
-    """The best of ``args.repeats`` measurements, each in a fresh Python process.
-
-    Another process on the machine can only slow a run down, so the fastest repeat is the
-    least disturbed one.
-    """
-    cmd = [sys.executable, __file__, "--child", method, str(n), str(batch_size), str(args.epochs), str(int(dec)),
+def _run_child(args: argparse.Namespace, kind: str, n: int, batch_size: int, epochs: int, dec: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, str(n), str(batch_size), str(epochs), str(int(dec)),
            args.precision, str(int(args.compile))]
-    runs = []
-    for _ in range(args.repeats):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if proc.returncode != 0:
-            raise RuntimeError(f"{method} N={n} batch={batch_size} failed:\n{proc.stderr[-3000:]}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    rates = {phase: max(run["rates"][phase] for run in runs) for phase in runs[0]["rates"]}
-    return {"rates": rates, "peak_rss_mib": max(run["peak_rss_mib"] for run in runs)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} N={n} batch={batch_size} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(n: int, batch_size: int, args: argparse.Namespace) -> dict:
+    """Paired rates (the repeat with the lowest a/b: the conservative one) and each method's peak RSS alone."""
+    runs = [_run_child(args, "paired", n, batch_size, args.epochs, args.dec)["rates"] for _ in range(args.repeats)]
+    worst = min(runs, key=lambda r: r["lightning"] / r["bare"])
+    rss = {m: _run_child(args, m, n, batch_size, 2, False)["peak_rss_mib"] for m in METHODS}
+    return {"rates": worst, "all_ab": [r["lightning"] / r["bare"] for r in runs], "rss": rss}
 
 
 def write_big_catalogue(n: int, path: Path) -> None:
@@ -270,8 +353,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is warm-up")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the fastest counts")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
+    parser.add_argument("--repeats", type=int, default=2, help="paired runs per configuration; the lowest a/b is reported")
     parser.add_argument("--dec", action="store_true", help="also time DEC epochs on the Lightning path")
     parser.add_argument("--precision", default="32-true", help="trainer.precision, e.g. bf16-mixed on a GPU")
     parser.add_argument("--compile", action="store_true", help="(a) with compile=true (torch.compile)")
@@ -279,26 +362,27 @@ def main() -> None:
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        method, n, batch, epochs, dec, precision, compile_ = args.child
-        child(method, int(n), int(batch), int(epochs), bool(int(dec)), precision, bool(int(compile_)))
+        kind, n, batch, epochs, dec, precision, compile_ = args.child
+        child(kind, int(n), int(batch), int(epochs), bool(int(dec)), precision, bool(int(compile_)))
         return
     import torch
 
     device = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, precision {args.precision}"
-          f"{', compile' if args.compile else ''}")
+          f"{', compile' if args.compile else ''}; paired timing, lowest a/b of {args.repeats} runs")
     if args.sizes:
         print("| N | batch | (a) lightning stars/s | (b) bare stars/s | (c) dataloader stars/s | a/b | a/c "
-              "| peak RSS a / b / c (MiB) |" + (" (a) DEC stars/s |" if args.dec else ""))
-        print("|---|---|---|---|---|---|---|---|" + ("---|" if args.dec else ""))
+              "| a/b of each repeat | peak RSS a / b / c (MiB) |" + (" (a) DEC stars/s |" if args.dec else ""))
+        print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.dec else ""))
     for n in args.sizes:
         for batch in args.batch_sizes:
-            res = {m: measure(m, n, batch, args, args.dec and m == "lightning") for m in METHODS}
-            a, b, c = (res[m]["rates"]["autoencoder"] for m in METHODS)
-            rss = " / ".join(f"{res[m]['peak_rss_mib']:.0f}" for m in METHODS)
-            row = f"| {n:,} | {batch} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {a / b:.2f} | {a / c:.2f} | {rss} |"
+            res = measure(n, batch, args)
+            a, b, c = (res["rates"][m] for m in METHODS)
+            rss = " / ".join(f"{res['rss'][m]:.0f}" for m in METHODS)
+            each = ", ".join(f"{r:.2f}" for r in res["all_ab"])
+            row = f"| {n:,} | {batch} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {a / b:.2f} | {a / c:.2f} | {each} | {rss} |"
             if args.dec:
-                row += f" {res['lightning']['rates'].get('dec', float('nan')):,.0f} |"
+                row += f" {res['rates'].get('dec', float('nan')):,.0f} |"
             print(row, flush=True)
     if args.predict:
         predict_benchmark(args.predict)

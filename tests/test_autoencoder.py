@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from grasp_dl.data.datamodule import StellarCatalogDataModule
+from grasp_dl.data.loader import batch_stars
 from grasp_dl.data.simulate import load_simulation_config
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.networks import StellarAutoencoder
@@ -67,10 +68,13 @@ def test_training_loss_is_logged_once_per_epoch_as_the_mean_over_stars():
             self.losses, self.sizes = [], []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.losses.append(float(outputs["loss"]))
-            self.sizes.append(len(batch[0]))
+            self.losses.append(float(outputs["loss"]))  # the star-weighted mean over the block
+            self.sizes.append(batch_stars(batch))
 
-    dm = StellarCatalogDataModule(simulate=load_simulation_config("m4") | {"n_stars": 1500}, batch_size=400)
+    # about 1300 training stars: batches of 400, 400, 400 and the rest, in blocks of three and one
+    dm = StellarCatalogDataModule(
+        simulate=load_simulation_config("m4") | {"n_stars": 1500}, batch_size=400, batches_per_step=3
+    )
     dm.setup()
     module = AutoencoderModule(dm.input_dim)
     steps = StepLosses()
@@ -79,6 +83,56 @@ def test_training_loss_is_logged_once_per_epoch_as_the_mean_over_stars():
     trainer.fit(module, datamodule=dm)
     sizes = torch.tensor(steps.sizes, dtype=torch.float64)
     expected = (torch.tensor(steps.losses, dtype=torch.float64) * sizes).sum() / sizes.sum()
-    assert len(set(steps.sizes)) > 1  # a short last batch: a plain mean of the steps would differ
+    # a short last block: a plain mean of the steps would differ
+    assert steps.sizes == [1200, len(dm.train_index) - 1200] and steps.sizes[1] < 400
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(float(expected), rel=1e-5)
     assert module._epoch_sums == {}  # the sums start afresh every epoch
+
+
+def _fit_autoencoder(batches_per_step, scheduler=None, epochs=2):
+    L.seed_everything(3)
+    dm = StellarCatalogDataModule(
+        simulate=load_simulation_config("m4") | {"n_stars": 3000}, batch_size=128, batches_per_step=batches_per_step
+    )
+    dm.setup()
+    module = AutoencoderModule(dm.input_dim, scheduler=scheduler)
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, datamodule=dm)
+    return module, trainer
+
+
+def test_blocks_of_batches_train_exactly_like_one_batch_per_step():
+    """A block takes one optimiser step per batch: the same weights and step count as the plain loop."""
+    one, trainer_one = _fit_autoencoder(1)
+    eight, trainer_eight = _fit_autoencoder(8)
+    n_batches = trainer_one.num_training_batches
+    assert n_batches > 16 and trainer_eight.num_training_batches == -(-n_batches // 8)
+    assert trainer_one.global_step == trainer_eight.global_step == 2 * n_batches
+    for (name, a), (_, b) in zip(one.state_dict().items(), eight.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "scheduler, expected_lr",
+    [
+        ({"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1, "gamma": 0.5}, 2.5e-4),
+        # a plateau scheduler that cuts every epoch: the monitored val/loss reaches it
+        ({"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "factor": 0.5,
+          "patience": 0, "threshold": 10.0}, 2.5e-4),
+    ],
+)
+def test_epoch_schedulers_step_once_per_epoch_with_blocks(scheduler, expected_lr):
+    module, trainer = _fit_autoencoder(8, scheduler=scheduler)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(expected_lr)
+
+
+def test_a_scheduler_watching_an_unlogged_metric_is_named():
+    scheduler = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True}
+    module = AutoencoderModule(5, scheduler=scheduler)
+    module.hparams.scheduler = scheduler
+    dm = StellarCatalogDataModule(simulate=load_simulation_config("m4") | {"n_stars": 1000}, val_fraction=0.0)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    with pytest.raises(RuntimeError, match="monitors 'val/loss', which was not logged.*val_fraction"):
+        trainer.fit(module, datamodule=dm)

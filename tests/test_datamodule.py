@@ -54,7 +54,10 @@ def test_batches_are_slices_of_one_tensor_copied_once():
     dm.setup()
     loader = dm.train_dataloader()
     assert loader.features is dm.split_tensor("train") is dm.train_dataloader().features
-    x, idx = next(iter(loader))
+    block = next(iter(loader))
+    # training batches come in blocks of up to 8 (this catalogue has fewer batches than that)
+    assert dm.batches_per_step == 8 and len(block) == len(loader._bounds()) < 8
+    x, idx = block[0]
     assert x.shape == (500, 5)
     torch.testing.assert_close(x, dm.split_tensor("train")[idx])
     assert sum(len(b) for b, _ in dm.predict_dataloader()) == len(dm.data)
@@ -65,9 +68,13 @@ def test_batches_are_slices_of_one_tensor_copied_once():
 def test_batches_already_on_the_device_are_handed_on_without_a_copy():
     dm = StellarCatalogDataModule(simulate=SIM, batch_size=500)
     dm.setup()
-    batch = next(iter(dm.train_dataloader()))
+    block = next(iter(dm.train_dataloader()))
+    assert dm.transfer_batch_to_device(block, torch.device("cpu"), 0) is block
+    batch = block[0]
     moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
     assert moved is batch
+    moved_block = dm.transfer_batch_to_device(block, torch.device("meta"), 0)
+    assert moved_block is not block and moved_block[0][0].device.type == "meta"
     # anything else still goes through Lightning's generic transfer
     other = {"x": batch[0]}
     assert torch.equal(dm.transfer_batch_to_device(other, torch.device("cpu"), 0)["x"], batch[0])
@@ -82,6 +89,8 @@ def test_bad_configuration_is_named():
         StellarCatalogDataModule(path="a.csv", simulate=SIM)
     with pytest.raises(ConfigError, match="val_fraction"):
         StellarCatalogDataModule(simulate=SIM, val_fraction=1.5)
+    with pytest.raises(ConfigError, match="batches_per_step must be a positive integer"):
+        StellarCatalogDataModule(simulate=SIM, batches_per_step=0)
     with pytest.raises(ConfigError, match="unknown quality cut"):
         StellarCatalogDataModule(simulate=SIM, quality={"ruwe": 1.4})
     with pytest.raises(CatalogError, match="nowhere.csv"):

@@ -2,7 +2,9 @@
 
 import torch
 
-from grasp_dl.data.loader import TensorBatchLoader
+import pytest
+
+from grasp_dl.data.loader import TensorBatchLoader, batch_stars, is_block
 
 
 def _rows(loader):
@@ -55,3 +57,21 @@ def test_ranks_shard_evenly_and_cover_everything():
     assert set(covered.tolist()) == set(range(101))
     first = [set(_rows(s).tolist()) for s in shards]
     assert len(first[0] & first[1]) <= 1
+
+
+def test_blocks_hold_the_same_batches_in_the_same_order():
+    x = torch.randn(1000, 3)
+    plain = list(TensorBatchLoader(x, 64, shuffle=True, seed=5))
+    blocked = TensorBatchLoader(x, 64, shuffle=True, seed=5, batches_per_block=5)
+    blocks = list(blocked)
+    assert len(blocked) == len(blocks) == 4  # 16 batches: 5 + 5 + 5 + 1
+    assert [len(block) for block in blocks] == [5, 5, 5, 1]
+    assert all(is_block(block) for block in blocks) and not is_block(plain[0])
+    flat = [batch for block in blocks for batch in block]
+    assert len(flat) == len(plain)
+    for (xa, ia), (xb, ib) in zip(plain, flat):
+        assert torch.equal(ia, ib) and torch.equal(xa, xb)
+    assert [batch_stars(block) for block in blocks] == [320, 320, 320, 40]
+    assert batch_stars(plain[0]) == 64
+    with pytest.raises(ValueError, match="batches_per_block"):
+        TensorBatchLoader(x, 64, batches_per_block=0)

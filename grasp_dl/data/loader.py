@@ -3,14 +3,32 @@
 A per-row ``Dataset.__getitem__`` plus default collate tops out near 2e5 stars/s on two CPU
 cores whatever the model, and on a GPU it would be the whole cost of an epoch. Here an epoch
 is one gather by a shuffled permutation followed by contiguous slices (views).
+
+Training loaders can hand out *blocks*: lists of consecutive mini-batches that one Lightning
+``training_step`` consumes with one optimiser step each (:mod:`grasp_dl.models.block_training`),
+so the framework's fixed cost per step is paid once per block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
+
+#: A mini-batch: standardised features and the rows of the split they come from.
+Batch = tuple[Tensor, Tensor]
+
+
+def is_block(batch: Any) -> bool:
+    """Whether ``batch`` is a block (a list of mini-batches) rather than one mini-batch."""
+    return isinstance(batch, list) and bool(batch) and isinstance(batch[0], tuple)
+
+
+def batch_stars(batch: Any) -> int:
+    """Number of stars in a mini-batch or in a block of them."""
+    return sum(len(x) for x, _ in batch) if is_block(batch) else len(batch[0])
 
 
 class EpochPermutation:
@@ -42,6 +60,8 @@ class TensorBatchLoader:
     Under DDP each rank takes every ``world_size``-th row of the permutation (padded by
     wrapping around, as ``DistributedSampler`` does) so all ranks run the same number of steps.
     A trailing batch of a single star is merged away in training (batch norm needs two).
+    With ``batches_per_block`` set, it yields lists of that many consecutive batches instead
+    (the last list may be shorter); ``len()`` then counts blocks.
     """
 
     def __init__(
@@ -54,9 +74,12 @@ class TensorBatchLoader:
         rank: int = 0,
         world_size: int = 1,
         drop_singleton: bool = True,
+        batches_per_block: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if batches_per_block is not None and batches_per_block < 1:
+            raise ValueError(f"batches_per_block must be a positive integer or None, got {batches_per_block}")
         self.features = features
         self.batch_size = int(batch_size)
         self.sampler = EpochPermutation(seed, shuffle)
@@ -65,6 +88,7 @@ class TensorBatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.drop_singleton = drop_singleton
+        self.batches_per_block = batches_per_block
 
     @property
     def rows_per_rank(self) -> int:
@@ -80,7 +104,10 @@ class TensorBatchLoader:
         return bounds
 
     def __len__(self) -> int:
-        return len(self._bounds())
+        n_batches = len(self._bounds())
+        if self.batches_per_block is None:
+            return n_batches
+        return -(-n_batches // self.batches_per_block)
 
     def _rank_rows(self) -> Tensor:
         order = self.sampler.order(len(self.features), device=self.features.device)
@@ -91,8 +118,21 @@ class TensorBatchLoader:
             order = order[self.rank :: self.world_size]
         return order
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _batches(self) -> Iterator[Batch]:
         rows = self._rank_rows()
         features = self.features[rows]
         for start, stop in self._bounds():
             yield features[start:stop], rows[start:stop]
+
+    def __iter__(self) -> Iterator[Batch] | Iterator[list[Batch]]:
+        if self.batches_per_block is None:
+            yield from self._batches()
+            return
+        block: list[Batch] = []
+        for batch in self._batches():
+            block.append(batch)
+            if len(block) == self.batches_per_block:
+                yield block
+                block = []
+        if block:
+            yield block

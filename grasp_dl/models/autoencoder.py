@@ -10,18 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.networks import StellarAutoencoder
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 
 
-class AutoencoderModule(EpochMeanLogging, L.LightningModule):
+class AutoencoderModule(BlockTraining, EpochMeanLogging, L.LightningModule):
     """Train a :class:`StellarAutoencoder` to reconstruct standardised star features (MSE).
 
     ``preprocessing`` is the data module's ``preprocessing_state()``: feature names, centre
     and fitted scaler, stored with the weights so a checkpoint alone can prepare a new
     catalogue. ``optimizer``/``scheduler`` are ``_partial_`` configs, kept as plain dicts.
     """
+
+    scheduler_monitor = "val/loss"
 
     def __init__(
         self,
@@ -70,7 +73,7 @@ class AutoencoderModule(EpochMeanLogging, L.LightningModule):
         reconstruction, _ = self.net(x)
         return F.mse_loss(reconstruction, x)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         loss = self._reconstruction_loss(batch)
         self.log_epoch_mean("train/loss", loss, len(batch[0]), prog_bar=True)
         return loss

@@ -23,6 +23,7 @@ from grasp_dl.models.clustering import (
     target_distribution,
 )
 from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
+from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.membership_mixin import ClusterMembership
 from grasp_dl.models.spatial import RadialPrior
@@ -34,7 +35,7 @@ VARIANTS = ("dec", "idec")
 DEC_OPTIMIZER: dict[str, Any] = {**DEFAULT_OPTIMIZER, "lr": 1e-4}
 
 
-class DECModule(HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.LightningModule):
+class DECModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.LightningModule):
     """Cluster the latent space of a pretrained autoencoder with DEC or IDEC.
 
     Centres are an ``nn.Parameter`` created here, before the optimiser exists, and filled
@@ -233,15 +234,16 @@ class DECModule(HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.Lig
         # prediction.
         self.net.eval()
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+    def before_batch(self, batch: tuple[Tensor, Tensor]) -> bool:
+        """Refresh the target every ``update_interval`` optimiser steps; stop once labels settle."""
         if self.global_step % self.hparams.update_interval == 0 or len(self.target) == 0:
             changed = self.update_target()
             if self.global_step > 0 and changed < self.hparams.tol:
                 self.trainer.should_stop = True
-                return -1
-        return None
+                return False
+        return True
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, index = batch
         x = self.augment(x, index)
         z = self.net.encode(x)
@@ -270,5 +272,5 @@ class DECModule(HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.Lig
 
     def configure_optimizers(self) -> Any:
         return build_optimizers(
-            self.parameters(), self.hparams.optimizer, self.hparams.scheduler, monitor="train/loss"
+            self.parameters(), self.hparams.optimizer, self.hparams.scheduler
         )

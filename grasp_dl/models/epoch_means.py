@@ -24,6 +24,7 @@ class EpochMeanLogging:
         self._epoch_sums: dict[str, Tensor] = {}
         self._epoch_stars: dict[str, int] = {}
         self._epoch_prog_bar: set[str] = set()
+        self._last_epoch_means: dict[str, Tensor] = {}
 
     def log_epoch_mean(self, name: str, value: Tensor, batch_size: int, prog_bar: bool = False) -> None:
         """Add one step's ``value`` (a scalar tensor averaged over ``batch_size`` stars) to the epoch's mean."""
@@ -37,10 +38,14 @@ class EpochMeanLogging:
         if prog_bar:
             self._epoch_prog_bar.add(name)
 
+    def epoch_means(self) -> dict[str, Tensor]:
+        """The means logged at the end of the last training epoch (this rank's, before DDP averaging)."""
+        return dict(self._last_epoch_means)
+
     def on_train_epoch_end(self) -> None:
         """Log the means of this epoch's training-step values and start the next epoch afresh."""
-        for name, total in self._epoch_sums.items():
-            mean = total / self._epoch_stars[name]
+        self._last_epoch_means = {name: total / self._epoch_stars[name] for name, total in self._epoch_sums.items()}
+        for name, mean in self._last_epoch_means.items():
             self.log(name, mean, prog_bar=name in self._epoch_prog_bar, sync_dist=True)  # type: ignore[attr-defined]
         self._epoch_sums.clear()
         self._epoch_stars.clear()

@@ -30,15 +30,17 @@ def build_optimizers(
     params: Iterable[nn.Parameter],
     optimizer: Mapping[str, Any] | None,
     scheduler: Mapping[str, Any] | None,
-    monitor: str = "val/loss",
 ) -> Any:
     """What ``configure_optimizers`` returns: the optimiser, plus the scheduler when one is set.
 
     Frozen parameters (``requires_grad=False``, such as DEC's unused decoder) are left out.
+    The scheduler steps once per epoch; the modules step it themselves (they optimise manually,
+    :class:`~grasp_dl.models.block_training.BlockTraining`), a plateau scheduler on the metric
+    named by the module's ``scheduler_monitor``.
     """
     trainable = [p for p in params if p.requires_grad]
     opt = _instantiate_partial(optimizer or DEFAULT_OPTIMIZER)(trainable)
     if not scheduler:
         return opt
     sched = _instantiate_partial(scheduler)(opt)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

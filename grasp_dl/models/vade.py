@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from grasp_dl.models.clustering import INIT_METHODS
 from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
+from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.membership_mixin import ClusterMembership
 from grasp_dl.models.spatial import RadialPrior
@@ -87,7 +88,7 @@ def mixture_moments(z: np.ndarray, resp: np.ndarray, var_floor: float = 1e-4) ->
     return np.log(mass / mass.sum()), means, np.log(np.maximum(var, var_floor))
 
 
-class VaDEModule(HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.LightningModule):
+class VaDEModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.LightningModule):
     """Cluster stars with a variational autoencoder whose prior is a Gaussian mixture (VaDE).
 
     Starts from a trained autoencoder (:meth:`from_autoencoder`); the mixture is fitted to the
@@ -320,7 +321,7 @@ class VaDEModule(HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.Li
         # so gamma in training equals gamma at prediction (validation switches modes back).
         self.net.eval()
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         terms = self.elbo_terms(self.augment(*batch))
         beta = self.kl_weight()
         loss = terms["reconstruction"] + beta * (terms["kl_z"] + terms["kl_c"])
@@ -352,4 +353,4 @@ class VaDEModule(HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.Li
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        return build_optimizers(self.parameters(), hp.optimizer, hp.scheduler, monitor="train/loss")
+        return build_optimizers(self.parameters(), hp.optimizer, hp.scheduler)
