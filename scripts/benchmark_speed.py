@@ -37,6 +37,7 @@ wall time and peak memory of the command.
     python scripts/benchmark_speed.py --sizes --predict 10000000
     python scripts/benchmark_speed.py --precision bf16-mixed   # on a GPU
     python scripts/benchmark_speed.py --compile --sizes 100000 --batch-sizes 256
+    python scripts/benchmark_speed.py --sizes 100000 --batch-sizes 256 --set data.batches_per_step=1
 
 Run it alone on the machine: it is a timing.
 """
@@ -205,6 +206,7 @@ class PairedFloors(L.Callback):
 
 def _config(n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool, out: str,
             paired: bool = False):
+    extra = os.environ.get("BENCHMARK_OVERRIDES", "").split()
     """conf/train.yaml as `grasp-dl train` composes it, sized for this measurement."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
@@ -218,6 +220,7 @@ def _config(n: int, batch_size: int, epochs: int, dec: bool, precision: str, com
         f"trainer.precision={precision}",
         f"compile={str(compile_).lower()}",
         "model=dec" if dec else "model=autoencoder",
+        *extra,
     ]
     if dec:
         overrides.append(f"model.pretrain_epochs={epochs}")
@@ -359,17 +362,21 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", help="trainer.precision, e.g. bf16-mixed on a GPU")
     parser.add_argument("--compile", action="store_true", help="(a) with compile=true (torch.compile)")
     parser.add_argument("--predict", type=int, default=0, help="time grasp-dl predict on this many rows")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further Hydra override of the product path, e.g. data.batches_per_step=1")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, n, batch, epochs, dec, precision, compile_ = args.child
         child(kind, int(n), int(batch), int(epochs), bool(int(dec)), precision, bool(int(compile_)))
         return
+    os.environ["BENCHMARK_OVERRIDES"] = " ".join(args.overrides)
     import torch
 
     device = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, precision {args.precision}"
-          f"{', compile' if args.compile else ''}; paired timing, lowest a/b of {args.repeats} runs")
+          f"{', compile' if args.compile else ''}; paired timing, lowest a/b of {args.repeats} runs"
+          f"{'; ' + ' '.join(args.overrides) if args.overrides else ''}")
     if args.sizes:
         print("| N | batch | (a) lightning stars/s | (b) bare stars/s | (c) dataloader stars/s | a/b | a/c "
               "| a/b of each repeat | peak RSS a / b / c (MiB) |" + (" (a) DEC stars/s |" if args.dec else ""))

@@ -89,7 +89,7 @@ def test_training_loss_is_logged_once_per_epoch_as_the_mean_over_stars():
     assert module._epoch_sums == {}  # the sums start afresh every epoch
 
 
-def _fit_autoencoder(batches_per_step, scheduler=None, epochs=2):
+def _fit_autoencoder(batches_per_step, scheduler=None, epochs=2, callbacks=(), precision="32-true"):
     L.seed_everything(3)
     dm = StellarCatalogDataModule(
         simulate=load_simulation_config("m4") | {"n_stars": 3000}, batch_size=128, batches_per_step=batches_per_step
@@ -97,7 +97,7 @@ def _fit_autoencoder(batches_per_step, scheduler=None, epochs=2):
     dm.setup()
     module = AutoencoderModule(dm.input_dim, scheduler=scheduler)
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+                        enable_model_summary=False, accelerator="cpu", callbacks=list(callbacks), precision=precision)
     trainer.fit(module, datamodule=dm)
     return module, trainer
 
@@ -111,6 +111,29 @@ def test_blocks_of_batches_train_exactly_like_one_batch_per_step():
     assert trainer_one.global_step == trainer_eight.global_step == 2 * n_batches
     for (name, a), (_, b) in zip(one.state_dict().items(), eight.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+class CountOptimizerSteps(L.Callback):
+    """Overrides a hook of the step, so Lightning's own backward and step must run."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.calls += 1
+
+
+def test_direct_steps_only_where_lightning_would_do_nothing_more():
+    direct, trainer = _fit_autoencoder(8)
+    assert direct._direct_steps is True
+    counter = CountOptimizerSteps()
+    hooked, hooked_trainer = _fit_autoencoder(8, callbacks=[counter])
+    assert hooked._direct_steps is False
+    assert counter.calls == hooked_trainer.global_step == trainer.global_step  # every step's hook ran
+    for (name, a), (_, b) in zip(direct.state_dict().items(), hooked.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    bf16, _ = _fit_autoencoder(8, epochs=1, precision="bf16-mixed")
+    assert bf16._direct_steps is True  # autocast only: no loss scaling to keep
 
 
 @pytest.mark.parametrize(

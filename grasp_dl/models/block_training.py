@@ -4,23 +4,51 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from grasp_dl.data.loader import Batch, is_block
+
+#: Hooks Lightning runs around every backward pass and optimiser step of manual optimisation.
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def direct_steps_allowed(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """Whether ``loss.backward()`` and the plain optimiser step do all that Lightning's would.
+
+    True on one device in full or bf16 precision (no loss scaling) when no callback and not the
+    module override a hook of the step and the optimiser keeps Lightning's step counters; then
+    Lightning's backward and step would only call empty hooks, which cost about 0.4 ms a step on
+    a CPU (a tenth of a step of the default network at batch 256; ``scripts/benchmark_speed.py``).
+    """
+    plugin = trainer.precision_plugin
+    plain_precision = type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None)
+    hooks_used = any(is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks for hook in STEP_HOOKS)
+    module_hooks = (*STEP_HOOKS, "backward", "optimizer_step", "optimizer_zero_grad")
+    hooks_used = hooks_used or any(is_overridden(hook, module, L.LightningModule) for hook in module_hooks)
+    optimizers = trainer.strategy._lightning_optimizers
+    counters = all(hasattr(opt, "_on_before_step") and hasattr(opt, "_on_after_step") for opt in optimizers)
+    return type(trainer.strategy) is SingleDeviceStrategy and plain_precision and not hooks_used and counters
 
 
 class BlockTraining:
     """Mixin for LightningModules: each ``training_step`` gets a block of mini-batches and takes
     one optimiser step per mini-batch (Lightning's manual optimisation).
 
-    Lightning's automatic loop costs about 2 ms a step on a CPU (hooks, closures, progress
-    tracking), about a third of a step of the default network at batch 256, so
+    Lightning's automatic loop costs about 1.5 ms a step on a CPU (hooks, closures, progress
+    tracking), a third of a step of the default network at batch 256:
     ``scripts/benchmark_speed.py`` measured the product path at 0.77 of a bare PyTorch loop.
     Taking the steps of a block inside one ``training_step`` pays that cost once per block;
     the mini-batches, their order and the optimiser steps are those of the plain loop, and
     ``global_step`` still counts optimiser steps. Backward and step go through Lightning
-    (``manual_backward``, the wrapped optimiser), so mixed precision and DDP work as before.
+    (``manual_backward``, the wrapped optimiser), so loss scaling and DDP work as before, except
+    where :func:`direct_steps_allowed` shows that Lightning would only call empty hooks: then
+    the step is ``loss.backward()`` and the optimiser's own ``step`` between Lightning's step
+    counters.
 
     A module implements :meth:`batch_loss` (the loss of one mini-batch) and may override
     :meth:`before_batch` (run before each step; returning False ends the block). Epoch-interval
@@ -47,14 +75,24 @@ class BlockTraining:
         """One optimiser step per mini-batch of ``block``; returns their star-weighted mean loss."""
         batches = block if is_block(block) else [block]
         optimizer = self.optimizers()  # type: ignore[attr-defined]
+        trainer = self.trainer  # type: ignore[attr-defined]
+        if getattr(self, "_direct_steps_for", None) is not trainer:
+            self._direct_steps_for = trainer
+            self._direct_steps = direct_steps_allowed(trainer, self)  # type: ignore[arg-type]
         total, stars = None, 0
         for batch in batches:
             if not self.before_batch(batch):
                 break
             loss = self.batch_loss(batch)
             optimizer.zero_grad()
-            self.manual_backward(loss)  # type: ignore[attr-defined]
-            optimizer.step()
+            if self._direct_steps:
+                loss.backward()
+                optimizer._on_before_step()
+                optimizer.optimizer.step()
+                optimizer._on_after_step()
+            else:
+                self.manual_backward(loss)  # type: ignore[attr-defined]
+                optimizer.step()
             weighted = loss.detach() * len(batch[0])
             total = weighted if total is None else total + weighted
             stars += len(batch[0])
