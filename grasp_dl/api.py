@@ -450,15 +450,28 @@ class DeepClusteringModel(BaseEstimator):
         return _array_frame(data, features)
 
     def predict_table(
-        self, data: Any, center: str | Sequence[float] | None = None, member_group: int | None = None
+        self,
+        data: Any,
+        center: str | Sequence[float] | None = None,
+        member_group: int | None = None,
+        score_no_astrometry: bool = False,
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
         """``grasp-dl predict`` in memory: the per-star table (one row per input row) and the cluster summary.
 
         ``center`` as in ``grasp-dl predict``: None for the training centre, 'auto' for the
         catalogue's own density peak (another cluster's cone), or [ra, dec].
+        ``score_no_astrometry`` as in ``grasp-dl predict``: stars with a position but no proper
+        motion or parallax get a member probability from their radius alone (models trained with
+        the spatial prior), flagged ``scored:no_astrometry``.
         """
         module = self._fitted_module()
-        return predict_catalog(module, self._catalog_for(data, module), member_group=member_group, center=center)
+        return predict_catalog(
+            module,
+            self._catalog_for(data, module),
+            member_group=member_group,
+            center=center,
+            score_no_astrometry=score_no_astrometry,
+        )
 
     def predict_clusters(
         self, data: Any, center: str | Sequence[float] | None = None

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from grasp_dl import pipeline
+from grasp_dl import DeepClusteringModel, pipeline
 from grasp_dl.data.astrometry import StarData, error_covariances, star_data
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.prepare import prepare_stellar_data
@@ -282,6 +282,9 @@ def test_reloaded_hard_field_checkpoint_scores_2_parameter_stars_from_position(h
     rest = ~two_param
     pd.testing.assert_frame_equal(scored[rest], plain[rest])
     assert summary["n_scored"] == int((scored["label"] >= 0).sum())
+    # the notebook facade scores them the same way
+    from_api, _ = DeepClusteringModel.from_module(module).predict_table(df, score_no_astrometry=True)
+    pd.testing.assert_frame_equal(from_api, scored)
     # closer to the centre, a higher position-only member probability
     r = np.array([0.0, 0.1, 0.4])
     assert np.all(np.diff(module.position_member_prob(r)) < 0)
