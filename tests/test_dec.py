@@ -99,6 +99,23 @@ def test_centres_are_trained_parameters(small_field):
     assert bool(module.initialized)
 
 
+def test_target_refreshes_every_update_interval_steps_inside_blocks(small_field):
+    """Blocks hold 8 steps; the target is still refreshed every 5 optimiser steps, and a
+    plateau scheduler on train/loss is stepped once per epoch."""
+    dm, autoencoder = small_field
+    scheduler = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "factor": 0.5,
+                 "patience": 0, "threshold": 10.0}
+    module = DECModule.from_autoencoder(autoencoder, n_clusters=3, update_interval=5, tol=0.0, scheduler=scheduler)
+    refreshed = []
+    update = module.update_target
+    module.update_target = lambda: refreshed.append(module.global_step) or update()
+    trainer = _trainer(2)
+    trainer.fit(module, datamodule=dm)
+    assert dm.batches_per_step == 8 and trainer.num_training_batches < trainer.global_step / 2
+    assert refreshed == list(range(0, trainer.global_step, 5))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(module.hparams.optimizer["lr"] / 4)
+
+
 @pytest.mark.parametrize("variant", ["dec", "idec"])
 def test_short_run_recovers_the_cluster(small_field, variant):
     dm, autoencoder = small_field

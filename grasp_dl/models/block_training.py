@@ -62,6 +62,12 @@ class BlockTraining:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
+        self._direct_steps = False
+
+    def on_train_start(self) -> None:
+        """Decide once per fit whether steps may bypass Lightning's (then empty) hooks."""
+        super().on_train_start()  # type: ignore[misc]
+        self._direct_steps = direct_steps_allowed(self.trainer, self)  # type: ignore[attr-defined, arg-type]
 
     def batch_loss(self, batch: Batch) -> Tensor:
         """The training loss of one mini-batch (log its terms with ``log_epoch_mean``)."""
@@ -75,10 +81,6 @@ class BlockTraining:
         """One optimiser step per mini-batch of ``block``; returns their star-weighted mean loss."""
         batches = block if is_block(block) else [block]
         optimizer = self.optimizers()  # type: ignore[attr-defined]
-        trainer = self.trainer  # type: ignore[attr-defined]
-        if getattr(self, "_direct_steps_for", None) is not trainer:
-            self._direct_steps_for = trainer
-            self._direct_steps = direct_steps_allowed(trainer, self)  # type: ignore[arg-type]
         total, stars = None, 0
         for batch in batches:
             if not self.before_batch(batch):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.clustering import (
     KERNELS,
     groups_from_responsibilities,
@@ -23,7 +24,6 @@ from grasp_dl.models.clustering import (
     target_distribution,
 )
 from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
-from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.membership_mixin import ClusterMembership
 from grasp_dl.models.spatial import RadialPrior
@@ -271,6 +271,4 @@ class DECModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMea
         self.log("val/loss", entropy, on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        return build_optimizers(
-            self.parameters(), self.hparams.optimizer, self.hparams.scheduler
-        )
+        return build_optimizers(self.parameters(), self.hparams.optimizer, self.hparams.scheduler)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.clustering import INIT_METHODS
 from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
-from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.membership_mixin import ClusterMembership
 from grasp_dl.models.spatial import RadialPrior
