@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from grasp_dl.data import examples
+
 
 @pytest.fixture(scope="session")
 def pal13_path() -> Path:
-    """The real Gaia DR3 archive export around Palomar 13 (../shared/data beside the repository)."""
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gaia_dr3_pal13_cone.csv"
-    if not path.is_file():
-        pytest.fail(
-            f"real Gaia test data not found at {path}: the tests expect the 'shared' folder "
-            "(with data/gaia_dr3_pal13_cone.csv) to sit beside the repository checkout."
-        )
-    return path
+    """The real Gaia DR3 archive export around Palomar 13, shipped inside the package."""
+    return examples.pal13_path()
