@@ -4,7 +4,7 @@ The facade trains through :mod:`grasp_dl.pipeline` with a config composed from `
 notebook gets the command line's modules, Trainer, callbacks, loggers and checkpoints: ``fit``
 *is* ``grasp-dl train`` on an in-memory catalogue, and the seed's step-by-step methods
 (``prepare_data`` -> ``pretrain_autoencoder`` -> ``train_deep_clustering``) run the same two
-phases one at a time. Predictions go through :func:`grasp_dl.predict.predict_catalog`, exactly
+phases one at a time. Predictions go through :func:`grasp_dl.inference.predict.predict_catalog`, exactly
 as ``grasp-dl predict``.
 
 What a method takes as ``data``: a catalogue path, a DataFrame or astropy Table of Gaia columns,
@@ -43,8 +43,8 @@ from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.loader import TensorBatchLoader
 from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog
 from grasp_dl.errors import CatalogError, ConfigError
-from grasp_dl.plotting import plot_cluster_comparison
-from grasp_dl.predict import load_clustering_module, predict_catalog, prepare_for_module
+from grasp_dl.figures.plotting import plot_cluster_comparison
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog, prepare_for_module
 
 log = logging.getLogger(__name__)
 
@@ -662,7 +662,7 @@ RUN_LOG_FOLDERS = {
 
 def _phase_history(run_dir: Path, phase: str) -> pd.DataFrame:
     """One phase's history from the first CSV log found, else from its TensorBoard events."""
-    from grasp_dl.tensorboard import read_scalars
+    from grasp_dl.figures.tensorboard import read_scalars
 
     csv_folders, tensorboard_folder = RUN_LOG_FOLDERS[phase]
     for folder in csv_folders:

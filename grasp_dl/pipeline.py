@@ -23,7 +23,7 @@ from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.networks import compile_network
-from grasp_dl.predict import CLUSTERING_MODULES, load_clustering_module, predict_to_file
+from grasp_dl.inference.predict import CLUSTERING_MODULES, load_clustering_module, predict_to_file
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
 
 def write_reliability_diagram(member_prob: np.ndarray, is_member: np.ndarray, path: Path) -> Path:
     """Save the reliability diagram of member probabilities (beside the metrics JSON) and say where."""
-    from grasp_dl.plotting import reliability_diagram
+    from grasp_dl.figures.plotting import reliability_diagram
 
     reliability_diagram(member_prob, is_member).savefig(path, dpi=120)
     log.info("reliability diagram: %s", path)

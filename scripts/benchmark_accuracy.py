@@ -26,7 +26,7 @@ optimiser of ``conf/model/dec.yaml`` (the product's; Adam, lr 1e-4), VaDE with i
 How to read the table
 ---------------------
 * ``F1``  -- member F1 of the group the method *names* as the cluster, with no truth used:
-  the rule of :mod:`grasp_dl.membership` (most concentrated on the sky, tightest in proper
+  the rule of :mod:`grasp_dl.inference.membership` (most concentrated on the sky, tightest in proper
   motion) picks the group, and a star is a member when its probability of that group is > 0.5
   (HDBSCAN: when its label is that group). This is what a user gets.
 * ``F1*`` -- the oracle member F1: the best F1 of any group against the truth. It says whether
@@ -89,7 +89,7 @@ from sklearn.mixture import GaussianMixture
 
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import SIMULATED_FIELDS, load_simulation_config
-from grasp_dl.membership import MEMBER_THRESHOLD, choose_cluster_group
+from grasp_dl.inference.membership import MEMBER_THRESHOLD, choose_cluster_group
 from grasp_dl.metrics import evaluate_clustering
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
@@ -486,7 +486,7 @@ def _pm_error(dm: StellarCatalogDataModule, member_prob: np.ndarray, truth_pm: S
     """|cluster_summary's mean proper motion - truth| over the usable stars (mas/yr)."""
     import pandas as pd
 
-    from grasp_dl.membership import cluster_summary
+    from grasp_dl.inference.membership import cluster_summary
 
     catalog = dm.table.iloc[dm.usable_rows()].reset_index(drop=True)
     predictions = pd.DataFrame({"label": np.zeros(len(member_prob), int), "member_prob": member_prob})
@@ -501,7 +501,7 @@ def _f1(truth: np.ndarray, member: np.ndarray) -> float:
 
 def _no_astrometry_f1(dm: StellarCatalogDataModule, module: Any) -> float | None:
     """Member F1 of the position-only scores of the 2-parameter stars (None when none)."""
-    from grasp_dl.no_astrometry import no_astrometry_rows
+    from grasp_dl.inference.no_astrometry import no_astrometry_rows
 
     rows = no_astrometry_rows(dm.prepared.flags, dm.prepared.feature_names)
     if not rows.any():

@@ -15,7 +15,7 @@ from grasp_dl import DeepClusteringModel, pipeline
 from grasp_dl.api import add_membership_columns, cluster_statistics, gpu_memory_usage, plot_cluster_comparison
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.errors import CatalogError, ConfigError
-from grasp_dl.plotting import (
+from grasp_dl.figures.plotting import (
     plot_cmd,
     plot_latent_space,
     plot_membership,
@@ -23,7 +23,7 @@ from grasp_dl.plotting import (
     plot_sky,
     plot_training_history,
 )
-from grasp_dl.predict import load_clustering_module, predict_catalog
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 
 from hydra_configs import TINY, compose_config
 

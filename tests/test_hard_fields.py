@@ -23,8 +23,8 @@ from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture, plummer_log
 from grasp_dl.models.model_selection import choose_n_clusters
 from grasp_dl.models.spatial import RadialPrior, radius_from_features
 from grasp_dl.models.vade import VaDEModule
-from grasp_dl.no_astrometry import FLAG_NO_ASTROMETRY, no_astrometry_rows
-from grasp_dl.predict import load_clustering_module, predict_catalog
+from grasp_dl.inference.no_astrometry import FLAG_NO_ASTROMETRY, no_astrometry_rows
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 
 from hydra_configs import TINY, compose_config
 

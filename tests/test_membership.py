@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from grasp_dl.membership import choose_cluster_group, cluster_scores, cluster_summary, entropy
+from grasp_dl.inference.membership import choose_cluster_group, cluster_scores, cluster_summary, entropy
 
 NAMES = ["xi", "eta", "pmra", "pmdec", "parallax"]
 

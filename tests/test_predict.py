@@ -12,7 +12,7 @@ from grasp_dl import pipeline
 from grasp_dl.data.catalog import read_catalog, write_catalog
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.errors import CatalogError, ConfigError
-from grasp_dl.predict import load_clustering_module, predict_catalog, predict_to_file
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog, predict_to_file
 
 from hydra_configs import TINY, compose_config
 

@@ -13,7 +13,7 @@ from grasp_dl import pipeline
 from grasp_dl.api import run_history
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import simulate_field
-from grasp_dl.tensorboard import TensorBoardFigures, read_scalars
+from grasp_dl.figures.tensorboard import TensorBoardFigures, read_scalars
 
 from hydra_configs import TINY, compose_config
 
@@ -40,7 +40,7 @@ def _events(log_dir) -> EventAccumulator:
 
 def test_default_callbacks_draw_every_five_epochs_on_at_most_2000_stars(tmp_path):
     cfg = compose_config("train", [], tmp_path).callbacks.tensorboard_figures
-    assert cfg._target_ == "grasp_dl.tensorboard.TensorBoardFigures"
+    assert cfg._target_ == "grasp_dl.figures.tensorboard.TensorBoardFigures"
     assert cfg.every_n_epochs == 5 and cfg.max_stars == 2000
 
 

@@ -10,10 +10,10 @@ from sklearn.metrics import adjusted_rand_score
 from grasp_dl import pipeline
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
-from grasp_dl.membership import entropy
+from grasp_dl.inference.membership import entropy
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.vade import VaDEModule, mixture_log_joint
-from grasp_dl.predict import load_clustering_module, predict_catalog
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 
 from hydra_configs import TINY, compose_config
 

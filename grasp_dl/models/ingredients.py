@@ -89,7 +89,7 @@ class HardFieldIngredients:
             if hp.init == "xd":
                 group, log_scale = 0, self.xd_mixture_.log_scale_
             else:
-                from grasp_dl.membership import choose_cluster_group
+                from grasp_dl.inference.membership import choose_cluster_group
 
                 group = choose_cluster_group(resp, *self.physical_features(catalog))
                 radius = self.trainer.datamodule.radius("train")

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from grasp_dl.data.scaling import FeatureScaler
-from grasp_dl.membership import choose_cluster_group
+from grasp_dl.inference.membership import choose_cluster_group
 
 
 class ClusterMembership:
@@ -31,7 +31,7 @@ class ClusterMembership:
 
     @torch.no_grad()
     def decide_member_group(self, x: Tensor, q: Tensor | None = None) -> int:
-        """Apply the cluster rule of :mod:`grasp_dl.membership` to ``x`` and remember the answer."""
+        """Apply the cluster rule of :mod:`grasp_dl.inference.membership` to ``x`` and remember the answer."""
         q = self.predict_proba(x) if q is None else q
         group = choose_cluster_group(q.cpu().numpy(), *self.physical_features(x))
         self.cluster_group.fill_(group)

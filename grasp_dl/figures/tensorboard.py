@@ -30,8 +30,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from grasp_dl import plotting
-from grasp_dl.membership import entropy
+from grasp_dl.figures import plotting
+from grasp_dl.inference.membership import entropy
 
 log = logging.getLogger(__name__)
 

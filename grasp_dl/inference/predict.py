@@ -18,10 +18,10 @@ from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stel
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import CatalogError, ConfigError
-from grasp_dl.membership import ClusterSummary, entropy
+from grasp_dl.inference.membership import ClusterSummary, entropy
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
-from grasp_dl.no_astrometry import score_without_astrometry
+from grasp_dl.inference.no_astrometry import score_without_astrometry
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def score_prepared(
     A catalogue without ``source_id`` gets row numbers instead, counted from ``first_row`` (the
     position of a streamed chunk in the whole catalogue). With ``score_no_astrometry``, stars
     without astrometry (2-parameter solutions) are scored from their position alone and flagged
-    ``scored:no_astrometry`` (:mod:`grasp_dl.no_astrometry`).
+    ``scored:no_astrometry`` (:mod:`grasp_dl.inference.no_astrometry`).
     """
     table, prepared, scaled = ready.table, ready.prepared, ready.scaled
     k = module.hparams.n_clusters

@@ -1,0 +1,1 @@
+"""Figures: :mod:`~grasp_dl.figures.plotting` draws them, :mod:`~grasp_dl.figures.tensorboard` logs them."""
