@@ -1,199 +1,76 @@
-"""The notebook face: :class:`DeepClusteringModel` with the seed's method names, and GRASP helpers.
+"""The notebook face: :class:`DeepClusteringModel`, a scikit-learn-style estimator with the seed's method names.
 
 The facade trains through :mod:`grasp_dl.pipeline` with a config composed from ``conf/``, so a
 notebook gets the command line's modules, Trainer, callbacks, loggers and checkpoints: ``fit``
 *is* ``grasp-dl train`` on an in-memory catalogue, and the seed's step-by-step methods
 (``prepare_data`` -> ``pretrain_autoencoder`` -> ``train_deep_clustering``) run the same two
 phases one at a time. Predictions go through :func:`grasp_dl.inference.predict.predict_catalog`, exactly
-as ``grasp-dl predict``.
+as ``grasp-dl predict``. The GRASP helpers are in :mod:`grasp_dl.grasp`, device names in
+:mod:`grasp_dl.devices`, run logs in :mod:`grasp_dl.run_history`, GPU memory in :mod:`grasp_dl.gpu`.
 
 What a method takes as ``data``: a catalogue path, a DataFrame or astropy Table of Gaia columns,
 an object whose ``.data`` holds one (a GRASP sample), or a plain array of features (stars x
 features, in the order of the model's ``features``; a model trained on sky positions needs the
 catalogue itself, since ``xi``/``eta`` are computed from ``ra``/``dec`` around its centre).
 """
-
 from __future__ import annotations
 
-import copy
-import json
-import logging
 import os
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import hydra.utils
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from astropy.table import Table
-from matplotlib.figure import Figure
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, open_dict
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
-from grasp_dl import pipeline, plotting
+from grasp_dl import pipeline
 from grasp_dl.config import conf_dir
+from grasp_dl.data.arrays import feature_frame, is_feature_array
 from grasp_dl.data.catalog import read_catalog, write_catalog
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.loader import TensorBatchLoader
 from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog
-from grasp_dl.errors import CatalogError, ConfigError
-from grasp_dl.figures.plotting import plot_cluster_comparison
+from grasp_dl.devices import inference_device, trainer_overrides
+from grasp_dl.errors import ConfigError, GraspDLError
+from grasp_dl.figures import plotting
+from grasp_dl.grasp import cluster_statistics
+from grasp_dl.inference.membership import cluster_group_of
+from grasp_dl.inference.outputs import write_summary
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, prepare_for_module
+from grasp_dl.run_dir import AUTOENCODER_PHASE, CLUSTERING_PHASE, CSV, RunDir
+from grasp_dl.run_history import history_from_csv, run_history
 
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "DeepClusteringModel",
-    "add_membership_columns",
-    "cluster_statistics",
-    "gpu_memory_usage",
-    "plot_cluster_comparison",
-]
+__all__ = ["DeepClusteringModel", "NotFittedError"]
 
 #: Clustering model configs of conf/model/ the facade trains (each with an autoencoder phase).
 MODELS = ("dec", "idec", "vade")
 #: Features computed from ra/dec around a centre: an array cannot provide them.
 POSITIONAL_FEATURES = frozenset({"ra", "dec", "xi", "eta", "radius"})
-#: Columns the cluster statistics describe when none are named (those a catalogue has).
-STATISTICS_COLUMNS = ("ra", "dec", "pmra", "pmdec", "parallax", "phot_g_mean_mag", "bp_rp")
-#: Names of the membership columns written back into GRASP tables.
-CLUSTER_COLUMN = "dl_cluster"
-PROBABILITY_COLUMN = "dl_probability"
 #: Version (folder) of each phase's CSV log; the autoencoder's is set by pipeline._phase_config.
-PHASE_LOG_VERSIONS = {"autoencoder": "autoencoder", "clustering": "clustering"}
+PHASE_LOG_VERSIONS = {AUTOENCODER_PHASE: AUTOENCODER_PHASE, CLUSTERING_PHASE: CLUSTERING_PHASE}
 
 
-# ----------------------------------------------------------------------------- small helpers
+class NotFittedError(GraspDLError, SklearnNotFittedError):
+    """A :class:`DeepClusteringModel` method needs a trained (or loaded) model, or an earlier step.
+
+    Both a :class:`grasp_dl.errors.GraspDLError` (the command line and notebooks report it in one
+    line) and a :class:`sklearn.exceptions.NotFittedError` (scikit-learn's tools recognise it).
+    It lives here rather than in :mod:`grasp_dl.errors` so that importing the package's error
+    types does not import scikit-learn.
+    """
 
 
 def _hydra_list(values: Sequence[Any]) -> str:
     """A Python sequence as a Hydra override value, e.g. [64,32,16]."""
     return "[" + ",".join(str(v) for v in values) + "]"
-
-
-def trainer_overrides(device: str) -> list[str]:
-    """Trainer overrides for ``device``: 'auto', 'cpu', 'cuda' / 'gpu', 'cuda:N' or 'mps'."""
-    name = str(device).strip().lower()
-    if name == "auto":
-        return []
-    if name in ("cpu", "mps"):
-        return [f"trainer.accelerator={name}", "trainer.devices=1"]
-    if name in ("cuda", "gpu"):
-        return ["trainer.accelerator=gpu", "trainer.devices=1"]
-    match = re.fullmatch(r"(?:cuda|gpu):(\d+)", name)
-    if match:
-        return ["trainer.accelerator=gpu", f"trainer.devices=[{match.group(1)}]"]
-    raise ConfigError(f"unknown device={device!r}: choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-
-
-def inference_device(device: str) -> torch.device:
-    """Where predictions run: the GPU for 'auto' when there is one, else as ``device`` says."""
-    name = str(device).strip().lower()
-    trainer_overrides(name)  # validates the name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("gpu"):
-        name = "cuda" + name[3:]
-    return torch.device(name)
-
-
-def _is_array(data: Any) -> bool:
-    """Whether ``data`` is a bare feature matrix rather than a catalogue."""
-    return isinstance(data, (np.ndarray, torch.Tensor))
-
-
-def _array_frame(values: Any, names: Sequence[str]) -> pd.DataFrame:
-    """A feature matrix as a DataFrame with the given column names (its width checked)."""
-    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    if array.ndim != 2:
-        raise ConfigError(f"a feature array must be 2-D (stars x features), got shape {array.shape}")
-    if array.shape[1] != len(names):
-        raise ConfigError(
-            f"the feature array has {array.shape[1]} columns but the model uses {len(names)} features "
-            f"({', '.join(names)}): give them in that order"
-        )
-    return pd.DataFrame(array.astype(np.float64), columns=list(names))
-
-
-def _history_from_csv(path: Path, phase: str) -> pd.DataFrame:
-    """One row per epoch (the last value of each metric) from a Lightning CSVLogger metrics file."""
-    if not path.is_file():
-        return pd.DataFrame(columns=["phase", "epoch"])
-    frame = pd.read_csv(path).drop(columns=["step"], errors="ignore")
-    if "epoch" not in frame.columns or frame.empty:
-        return pd.DataFrame(columns=["phase", "epoch"])
-    # Epoch-level metrics carry their epoch; step-level ones (the learning rate) may not.
-    frame = frame.dropna(subset=["epoch"]).groupby("epoch", as_index=False).last().dropna(axis=1, how="all")
-    frame["epoch"] = frame["epoch"].astype(int)
-    frame.insert(0, "phase", phase)
-    return frame
-
-
-def gpu_memory_usage(device: int | str | torch.device | None = None) -> dict[str, Any]:
-    """Memory of a CUDA device in MiB (allocated, reserved, peak, free, total); zeros on a CPU-only machine."""
-    if not torch.cuda.is_available():
-        return {
-            "available": False,
-            "device": "cpu",
-            "name": "no GPU: running on the CPU",
-            "allocated_mb": 0.0,
-            "reserved_mb": 0.0,
-            "max_allocated_mb": 0.0,
-            "free_mb": 0.0,
-            "total_mb": 0.0,
-        }
-    index = torch.device(device if device is not None else f"cuda:{torch.cuda.current_device()}")
-    if index.type != "cuda":
-        raise ConfigError(f"gpu_memory_usage needs a CUDA device, got {device!r}")
-    free, total = torch.cuda.mem_get_info(index)
-    mib = float(2**20)
-    return {
-        "available": True,
-        "device": str(index),
-        "name": torch.cuda.get_device_name(index),
-        "allocated_mb": torch.cuda.memory_allocated(index) / mib,
-        "reserved_mb": torch.cuda.memory_reserved(index) / mib,
-        "max_allocated_mb": torch.cuda.max_memory_allocated(index) / mib,
-        "free_mb": free / mib,
-        "total_mb": total / mib,
-    }
-
-
-def cluster_statistics(data: Any, labels: Any, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per group: number of stars, share of the catalogue, and mean and standard deviation of each column.
-
-    ``data`` is a catalogue (anything :func:`read_catalog` reads) or a feature array; ``columns``
-    defaults to the astrometry and photometry it has (ra, dec, pmra, pmdec, parallax, G, BP-RP),
-    else every numeric column. Group -1 holds the stars that were not scored.
-    """
-    if _is_array(data):
-        table = _array_frame(data, [f"feature_{i}" for i in range(np.shape(data)[1])])
-    else:
-        table = read_catalog(data)
-    groups = np.asarray(labels)
-    if len(groups) != len(table):
-        raise ConfigError(f"labels has {len(groups)} rows but the catalogue {len(table)}: one label per star")
-    if columns is None:
-        columns = [c for c in STATISTICS_COLUMNS if c in table.columns] or [
-            c for c in table.columns if c != "source_id" and pd.api.types.is_numeric_dtype(table[c])
-        ]
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise CatalogError(f"the catalogue has no column(s) {missing}: choose from {list(table.columns)}")
-    values = table[list(columns)].apply(pd.to_numeric, errors="coerce")
-    stats = values.groupby(groups).agg(["mean", "std"])
-    stats.columns = [f"{column}_{stat}" for column, stat in stats.columns]
-    counts = pd.Series(groups).value_counts().reindex(stats.index)
-    stats.insert(0, "n_stars", counts.to_numpy())
-    stats.insert(1, "fraction", counts.to_numpy() / len(groups))
-    stats.index.name = "group"
-    return stats
 
 
 # ----------------------------------------------------------------------------- the facade
@@ -202,14 +79,73 @@ def cluster_statistics(data: Any, labels: Any, columns: Sequence[str] | None = N
 class DeepClusteringModel(BaseEstimator):
     """Autoencoder + DEC / IDEC / VaDE clustering of a stellar catalogue, for notebooks.
 
-    The seed's interface on the Lightning modules of ``grasp-dl train``: nothing happens in
-    ``__init__``; what training produces ends in ``_`` (``module_``, ``autoencoder_``,
-    ``datamodule_``, ``history_``, ``checkpoint_``, ...). ``input_dim`` is checked against the
-    prepared features when given; ``model`` is 'dec', 'idec' or 'vade'; ``device`` is 'auto',
-    'cpu', 'cuda', 'cuda:N' or 'mps'. Any other setting of ``conf/`` is a Hydra override in
-    ``overrides`` (e.g. ``'model.kernel=dec'``, ``'trainer.precision=bf16-mixed'``). Outputs
-    (checkpoints, TensorBoard and CSV logs) go to ``output_dir``, by default
-    ``outputs/notebook/<date>_<time>`` like the command line's run directories.
+    The seed's interface on the Lightning modules of ``grasp-dl train``, as a scikit-learn
+    estimator: ``__init__`` only stores its arguments, which no method changes afterwards (a
+    loaded checkpoint's sizes are in ``n_clusters_``, ``latent_dim_``, ...); what training or
+    loading produces ends in ``_``; a method that needs a trained model raises
+    :class:`NotFittedError` before one is trained or loaded. Any other setting of ``conf/`` is a
+    Hydra override in ``overrides``.
+
+    Parameters
+    ----------
+    input_dim : int, optional
+        Checked against the number of prepared features when given.
+    latent_dim : int, default 8
+        Size of the latent space.
+    n_clusters : int, default 3
+        Number of groups.
+    hidden_dims : sequence of int, default (64, 32, 16)
+        Widths of the encoder's hidden layers (the decoder mirrors them).
+    device : str, default 'auto'
+        'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.
+    model : str, default 'dec'
+        'dec', 'idec' or 'vade'.
+    features : sequence of str
+        Catalogue columns (or derived ones: xi, eta, radius, colours) the model learns from.
+    center : [ra, dec], optional
+        Centre of the tangent-plane projection; None estimates it from the catalogue.
+    pretrain_epochs, epochs : int, default 20
+        Epochs of the autoencoder phase and of the clustering phase.
+    batch_size : int, default 256
+        Stars per mini-batch.
+    val_fraction : float, default 0.1
+        Share of the stars held out for validation.
+    dropout : float, default 0.1
+        Dropout of the autoencoder.
+    seed : int or None, default 42
+        Seeds every generator at the start of training; None leaves them as they are.
+    output_dir : str or PathLike, optional
+        Where checkpoints, TensorBoard and CSV logs go; by default ``outputs/notebook/<date>_<time>``.
+    progress_bar : bool, default True
+        Show Lightning's progress bar.
+    overrides : sequence of str
+        Hydra overrides of ``conf/train.yaml``, e.g. ``'model.kernel=dec'``,
+        ``'trainer.precision=bf16-mixed'``; applied last.
+
+    Attributes
+    ----------
+    module_ : LightningModule
+        The trained clustering module.
+    autoencoder_ : AutoencoderModule or None
+        The pretrained autoencoder (None for a loaded checkpoint).
+    datamodule_ : StellarCatalogDataModule
+        The prepared training catalogue.
+    checkpoint_ : Path or None
+        The checkpoint the clustering module was written to (or loaded from).
+    history_ : DataFrame
+        Metrics per epoch and phase.
+    metrics_ : dict
+        Final metrics of the clustering phase.
+    model_, n_clusters_, latent_dim_, hidden_dims_, features_
+        The trained module's kind and sizes.
+    feature_names_ : list of str
+        The prepared feature columns, in order.
+    n_features_in_ : int
+        Their number.
+    cluster_group_ : int
+        The group that is the globular cluster.
+    output_dir_ : Path
+        The run directory in use.
     """
 
     def __init__(
@@ -300,8 +236,8 @@ class DeepClusteringModel(BaseEstimator):
             cfg.logger.csv = {
                 "_target_": "lightning.pytorch.loggers.CSVLogger",
                 "save_dir": str(output_dir),
-                "name": "csv",
-                "version": PHASE_LOG_VERSIONS["clustering"],
+                "name": CSV,
+                "version": PHASE_LOG_VERSIONS[CLUSTERING_PHASE],
             }
         return cfg
 
@@ -315,28 +251,41 @@ class DeepClusteringModel(BaseEstimator):
 
     def _training_catalog(self, data: Any) -> tuple[Any, dict[str, Any]]:
         """The catalogue a data module reads, plus option changes for a feature array."""
-        if not _is_array(data):
+        if not is_feature_array(data):
             return data, {}
         names = self._array_feature_names(int(np.shape(data)[1]) if np.ndim(data) == 2 else 0)
-        return _array_frame(data, names), {"features": names, "center": None}
+        return feature_frame(data, names), {"features": names, "center": None}
 
     def prepare_data(self, data: Any, batch_size: int | None = None) -> tuple[TensorBatchLoader, Any]:
         """Prepare a catalogue once (features, cuts, scaler, split) and return (train_loader, val_loader).
 
         The loaders are the data module's (batches are slices of one tensor); ``val_loader`` is
         an empty list when ``val_fraction`` is 0. Pass them to :meth:`pretrain_autoencoder` and
-        :meth:`train_deep_clustering`.
+        :meth:`train_deep_clustering`. The data module is built by :func:`pipeline.build_datamodule`,
+        as for ``grasp-dl train``.
+
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The training catalogue.
+        batch_size : int, optional
+            Overrides ``batch_size``.
+
+        Returns
+        -------
+        tuple
+            ``(train_loader, val_loader)``.
+
+        Raises
+        ------
+        ConfigError
+            When ``input_dim`` is given and differs from the number of prepared features.
+        CatalogError
+            When the catalogue lacks what the features need.
         """
         cfg = self.compose_config([] if batch_size is None else [f"data.batch_size={int(batch_size)}"])
-        options = OmegaConf.to_container(cfg.data, resolve=True)
-        module_class = hydra.utils.get_class(options.pop("_target_"))
-        for key in ("path", "catalog", "simulate"):
-            options.pop(key, None)
         catalog, changes = self._training_catalog(data)
-        options.update(changes)
-        source = {"path": str(catalog)} if isinstance(catalog, (str, os.PathLike)) else {"catalog": catalog}
-        datamodule: StellarCatalogDataModule = module_class(**source, **options)
-        datamodule.setup("fit")
+        datamodule = pipeline.build_datamodule(cfg, catalog=catalog, **changes)
         if self.input_dim is not None and int(self.input_dim) != datamodule.input_dim:
             raise ConfigError(
                 f"input_dim={self.input_dim} but the catalogue gives {datamodule.input_dim} features "
@@ -351,7 +300,7 @@ class DeepClusteringModel(BaseEstimator):
     def _prepared_datamodule(self, *loaders: Any) -> StellarCatalogDataModule:
         """The data module of prepare_data(), after checking that ``loaders`` are its own."""
         if getattr(self, "datamodule_", None) is None:
-            raise ConfigError("no data prepared: call prepare_data(data) first (or fit(data))")
+            raise NotFittedError("no data prepared: call prepare_data(data) first (or fit(data))")
         for loader in loaders:
             if loader is None or (isinstance(loader, list) and not loader):
                 continue
@@ -366,7 +315,7 @@ class DeepClusteringModel(BaseEstimator):
     def _record_history(self, phase: str) -> pd.DataFrame:
         """Read a phase's CSV log into ``history_``: a new autoencoder starts it afresh, a new
         clustering phase replaces the previous one's rows."""
-        frame = _history_from_csv(self._run_dir() / "csv" / PHASE_LOG_VERSIONS[phase] / "metrics.csv", phase)
+        frame = history_from_csv(RunDir.at(self._run_dir()).csv_metrics(PHASE_LOG_VERSIONS[phase]), phase)
         previous = getattr(self, "history_", None)
         if phase == "autoencoder" or previous is None:
             self.history_ = frame
@@ -377,7 +326,27 @@ class DeepClusteringModel(BaseEstimator):
     def pretrain_autoencoder(
         self, train_loader: Any = None, val_loader: Any = None, epochs: int | None = None
     ) -> pd.DataFrame:
-        """Train the autoencoder phase (``grasp-dl train``'s first phase) and return its history per epoch."""
+        """Train the autoencoder phase (``grasp-dl train``'s first phase) through :func:`pipeline.pretrain_autoencoder`.
+
+        Parameters
+        ----------
+        train_loader, val_loader : loaders from :meth:`prepare_data`, optional
+            Checked to be this model's own; the data module of :meth:`prepare_data` is trained on.
+        epochs : int, optional
+            Overrides ``pretrain_epochs``.
+
+        Returns
+        -------
+        DataFrame
+            The phase's history per epoch (also in ``history_``).
+
+        Raises
+        ------
+        NotFittedError
+            Before :meth:`prepare_data`.
+        ConfigError
+            For a loader that does not come from :meth:`prepare_data`.
+        """
         datamodule = self._prepared_datamodule(train_loader, val_loader)
         cfg = self.compose_config([] if epochs is None else [f"model.pretrain_epochs={int(epochs)}"])
         if cfg.get("seed") is not None:
@@ -387,42 +356,82 @@ class DeepClusteringModel(BaseEstimator):
         return self._record_history("autoencoder")
 
     def train_deep_clustering(self, train_loader: Any = None, epochs: int | None = None) -> pd.DataFrame:
-        """Train the clustering phase (DEC, IDEC or VaDE) from the pretrained autoencoder; return its history."""
+        """Train the clustering phase (DEC, IDEC or VaDE) from ``autoencoder_`` through :func:`pipeline.train`.
+
+        Parameters
+        ----------
+        train_loader : loader from :meth:`prepare_data`, optional
+            Checked to be this model's own.
+        epochs : int, optional
+            Overrides ``epochs``.
+
+        Returns
+        -------
+        DataFrame
+            The phase's history per epoch (``history_`` keeps the autoencoder's rows before it).
+
+        Raises
+        ------
+        NotFittedError
+            Before :meth:`prepare_data` or :meth:`pretrain_autoencoder`.
+        ConfigError
+            For a loader that does not come from :meth:`prepare_data`.
+        """
         datamodule = self._prepared_datamodule(train_loader)
         if getattr(self, "autoencoder_", None) is None:
-            raise ConfigError("no pretrained autoencoder: call pretrain_autoencoder() first (or fit(data))")
+            raise NotFittedError("no pretrained autoencoder: call pretrain_autoencoder() first (or fit(data))")
         cfg = self.compose_config([] if epochs is None else [f"trainer.max_epochs={int(epochs)}"])
-        module = pipeline.build_clustering_module(cfg.model, self.autoencoder_, datamodule)
-        trainer = pipeline.build_trainer(cfg, has_validation=datamodule.has_validation)
-        trainer.fit(module, datamodule=datamodule)
-        checkpoint = self._run_dir() / "checkpoints" / "last.ckpt"
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        metrics.update(pipeline.clustering_scores(module, datamodule))
-        written = checkpoint if checkpoint.is_file() else None
-        self._set_trained(pipeline.TrainResult(module, datamodule, self._run_dir(), written, metrics), cfg)
-        return self._record_history("clustering")
+        result = pipeline.train(cfg, datamodule=datamodule, autoencoder=self.autoencoder_)
+        self._set_trained(result, cfg)
+        return self._record_history(CLUSTERING_PHASE)
 
     def _set_trained(self, result: pipeline.TrainResult, cfg: DictConfig) -> None:
         """Keep what a clustering phase produced."""
-        self.module_ = result.module.eval()
-        self.checkpoint_ = result.checkpoint
+        self._set_module(result.module, result.checkpoint)
         self.metrics_ = result.metrics
         self.summary_ = pipeline.summarise(result, cfg)
 
+    def _set_module(self, module: L.LightningModule, checkpoint: Path | None) -> None:
+        """The fitted attributes a trained clustering module gives (the constructor's stay as given)."""
+        hp = module.hparams
+        prep = hp.get("preprocessing") or {}
+        self.module_ = module.eval()
+        self.checkpoint_ = checkpoint
+        self.model_ = str(hp.get("variant", "vade"))
+        self.n_clusters_ = int(hp.n_clusters)
+        self.latent_dim_ = int(hp.latent_dim)
+        self.hidden_dims_ = tuple(int(h) for h in hp.hidden_dims)
+        self.features_ = tuple(prep.get("features", ()))
+        self.feature_names_ = list(prep.get("feature_names", []))
+        self.n_features_in_ = int(hp.input_dim)
+
     def fit(self, data: Any, y: Any = None) -> DeepClusteringModel:
-        """Both phases in one go, through ``pipeline.train`` exactly as ``grasp-dl train`` (``y`` is ignored)."""
+        """Both phases in one go, through :func:`pipeline.train` exactly as ``grasp-dl train``.
+
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The catalogue (see the module docstring for what a feature array may be).
+        y : ignored
+            Present for scikit-learn's API.
+
+        Returns
+        -------
+        DeepClusteringModel
+            ``self``, fitted.
+        """
         self.prepare_data(data)
         cfg = self.compose_config()
         result = pipeline.train(cfg, datamodule=self.datamodule_)
-        autoencoder_ckpt = self._run_dir() / "checkpoints" / "autoencoder" / "last.ckpt"
+        autoencoder_ckpt = RunDir.from_config(cfg).last_checkpoint(AUTOENCODER_PHASE)
         self.autoencoder_ = None
         if autoencoder_ckpt.is_file():
             from grasp_dl.models.autoencoder import AutoencoderModule
 
             self.autoencoder_ = AutoencoderModule.load_from_checkpoint(autoencoder_ckpt, map_location="cpu")
         self._set_trained(result, cfg)
-        self._record_history("autoencoder")
-        self._record_history("clustering")
+        self._record_history(AUTOENCODER_PHASE)
+        self._record_history(CLUSTERING_PHASE)
         return self
 
     # ------------------------------------------------------------------ prediction
@@ -430,7 +439,7 @@ class DeepClusteringModel(BaseEstimator):
         """The trained clustering module on the inference device, in eval mode."""
         module = getattr(self, "module_", None)
         if module is None:
-            raise ConfigError(
+            raise NotFittedError(
                 "this model has no clustering module yet: call fit(data), or train_deep_clustering() "
                 "after pretrain_autoencoder(), or load a checkpoint with DeepClusteringModel.load(path)"
             )
@@ -438,7 +447,7 @@ class DeepClusteringModel(BaseEstimator):
 
     def _catalog_for(self, data: Any, module: L.LightningModule) -> Any:
         """A catalogue predict_catalog reads: ``data`` itself, or a feature array with the model's names."""
-        if not _is_array(data):
+        if not is_feature_array(data):
             return data
         features = list(module.hparams.preprocessing["features"])
         positional = sorted(POSITIONAL_FEATURES & set(features))
@@ -447,13 +456,13 @@ class DeepClusteringModel(BaseEstimator):
                 f"this model uses sky positions ({', '.join(positional)}), computed from ra/dec around its "
                 "centre: pass the catalogue (DataFrame, Table or path), not a feature array"
             )
-        return _array_frame(data, features)
+        return feature_frame(data, features)
 
     def predict_table(
         self,
         data: Any,
         center: str | Sequence[float] | None = None,
-        member_group: int | None = None,
+        cluster_group: int | None = None,
         score_no_astrometry: bool = False,
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
         """``grasp-dl predict`` in memory: the per-star table (one row per input row) and the cluster summary.
@@ -463,12 +472,37 @@ class DeepClusteringModel(BaseEstimator):
         ``score_no_astrometry`` as in ``grasp-dl predict``: stars with a position but no proper
         motion or parallax get a member probability from their radius alone (models trained with
         the spatial prior), flagged ``scored:no_astrometry``.
+
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The catalogue.
+        center : 'auto' or [ra, dec], optional
+            The projection centre (see above).
+        cluster_group : int, optional
+            The group scored as the cluster; by default the model's ``cluster_group_``.
+        score_no_astrometry : bool, default False
+            Score 2-parameter stars from their position (see above).
+
+        Returns
+        -------
+        table : DataFrame
+            One row per input row (:func:`grasp_dl.inference.predict.predict_catalog`).
+        summary : dict
+            The cluster summary (what ``<stem>.summary.json`` holds).
+
+        Raises
+        ------
+        NotFittedError
+            Before the model is trained or loaded.
+        ConfigError
+            For a ``cluster_group`` the model does not have.
         """
         module = self._fitted_module()
         return predict_catalog(
             module,
             self._catalog_for(data, module),
-            member_group=member_group,
+            cluster_group=cluster_group,
             center=center,
             score_no_astrometry=score_no_astrometry,
         )
@@ -476,21 +510,90 @@ class DeepClusteringModel(BaseEstimator):
     def predict_clusters(
         self, data: Any, center: str | Sequence[float] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, probabilities) per input row; -1 and NaN where a star could not be scored."""
+        """Group and group probabilities of every input row.
+
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The catalogue (see the module docstring for what a feature array may be).
+        center : 'auto' or [ra, dec], optional
+            None uses the training centre, 'auto' the catalogue's own density peak.
+
+        Returns
+        -------
+        labels : ndarray of int
+            Most probable group per row, -1 where the star could not be scored.
+        probabilities : ndarray of float
+            Stars x groups, NaN rows where not scored.
+
+        Raises
+        ------
+        NotFittedError
+            Before the model is trained or loaded.
+        """
         table, _ = self.predict_table(data, center)
         prob_columns = [f"prob_{j}" for j in range(self._fitted_module().hparams.n_clusters)]
         return table["label"].to_numpy(), table[prob_columns].to_numpy(dtype=float)
 
     def predict(self, data: Any, center: str | Sequence[float] | None = None) -> np.ndarray:
-        """Most probable group per input row (-1 where not scored)."""
+        """Most probable group per input row.
+
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The catalogue (see the module docstring for what a feature array may be).
+        center : 'auto' or [ra, dec], optional
+            None uses the training centre, 'auto' the catalogue's own density peak.
+
+        Returns
+        -------
+        ndarray of int
+            -1 where the star could not be scored.
+
+        Raises
+        ------
+        NotFittedError
+            Before the model is trained or loaded.
+        """
         return self.predict_clusters(data, center)[0]
 
     def predict_proba(self, data: Any, center: str | Sequence[float] | None = None) -> np.ndarray:
-        """Probability of each group per input row (NaN rows where not scored)."""
+        """Probability of each group per input row.
+
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The catalogue (see the module docstring for what a feature array may be).
+        center : 'auto' or [ra, dec], optional
+            None uses the training centre, 'auto' the catalogue's own density peak.
+
+        Returns
+        -------
+        ndarray of float
+            Stars x groups, NaN rows where not scored.
+
+        Raises
+        ------
+        NotFittedError
+            Before the model is trained or loaded.
+        """
         return self.predict_clusters(data, center)[1]
 
     def fit_predict(self, data: Any, y: Any = None) -> np.ndarray:
-        """Train on ``data`` and return its groups."""
+        """Train on ``data`` and return its groups (:meth:`fit` then :meth:`predict`).
+
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The catalogue (see the module docstring for what a feature array may be).
+        y : ignored
+            Present for scikit-learn's API.
+
+        Returns
+        -------
+        ndarray of int
+            Group per input row, -1 where not scored.
+        """
         return self.fit(data).predict(data)
 
     def _prepare(self, data: Any, center: str | Sequence[float] | None) -> tuple[PreparedCatalog, np.ndarray]:
@@ -500,7 +603,25 @@ class DeepClusteringModel(BaseEstimator):
         return ready.prepared, ready.scaled
 
     def get_latent_representation(self, data: Any, center: str | Sequence[float] | None = None) -> np.ndarray:
-        """Latent point of every input row (the VaDE mean; NaN rows where not scored)."""
+        """Latent point of every input row (for VaDE, the mean of q(z|x)).
+
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The catalogue (see the module docstring for what a feature array may be).
+        center : 'auto' or [ra, dec], optional
+            None uses the training centre, 'auto' the catalogue's own density peak.
+
+        Returns
+        -------
+        ndarray of float
+            Stars x ``latent_dim_``, NaN rows where not scored.
+
+        Raises
+        ------
+        NotFittedError
+            Before the model is trained or loaded.
+        """
         module = self._fitted_module()
         prepared, scaled = self._prepare(data, center)
         latent = np.full((prepared.n_rows, module.hparams.latent_dim), np.nan)
@@ -512,12 +633,31 @@ class DeepClusteringModel(BaseEstimator):
         self,
         data: Any,
         true_labels: Any,
-        member_label: Any = "cluster",
+        truth_member_label: Any = "cluster",
         center: str | Sequence[float] | None = None,
     ) -> dict[str, float | int]:
         """Metrics against the truth (:func:`grasp_dl.metrics.evaluate_clustering`), with member_prob and features.
 
-        ``true_labels`` is one label per input row, or the name of a catalogue column (e.g. 'truth').
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The catalogue.
+        true_labels : array-like or str
+            One label per input row, or the name of a catalogue column (e.g. 'truth').
+        truth_member_label : Any, default 'cluster'
+            The true label of cluster members (member precision, recall, F1, Brier score).
+        center : 'auto' or [ra, dec], optional
+            As in :meth:`predict_table`.
+
+        Returns
+        -------
+        dict
+            The metrics of :func:`grasp_dl.metrics.evaluate_clustering`.
+
+        Raises
+        ------
+        NotFittedError
+            Before the model is trained or loaded.
         """
         from grasp_dl.metrics import evaluate_clustering
 
@@ -530,7 +670,7 @@ class DeepClusteringModel(BaseEstimator):
             truth,
             table["label"].to_numpy(),
             features,
-            member_label=member_label,
+            member_label=truth_member_label,
             member_prob=np.nan_to_num(table["member_prob"].to_numpy(dtype=float), nan=0.0),
         )
 
@@ -541,78 +681,160 @@ class DeepClusteringModel(BaseEstimator):
         table, summary = self.predict_table(data, center)
         catalog = self._catalog_for(data, self._fitted_module())
         stats = cluster_statistics(catalog, table["label"].to_numpy(), columns)
-        stats["is_cluster"] = stats.index == summary["member_group"]
+        stats["is_cluster"] = stats.index == summary["cluster_group"]
         return stats
 
     def save_predictions(
         self, data: Any, path: str | os.PathLike[str], center: str | Sequence[float] | None = None
     ) -> tuple[Path, Path]:
-        """Write the per-star table (CSV, Parquet, FITS, VOTable or ECSV by suffix) and its JSON summary beside it."""
+        """Write the per-star table and its JSON summary beside it (``<stem>.summary.json``).
+
+        Parameters
+        ----------
+        data : path, DataFrame, Table, GRASP sample or array
+            The catalogue (see the module docstring for what a feature array may be).
+        path : str or PathLike
+            CSV, Parquet, FITS, VOTable or ECSV, by suffix.
+        center : 'auto' or [ra, dec], optional
+            None uses the training centre, 'auto' the catalogue's own density peak.
+
+        Returns
+        -------
+        tuple of Path
+            The table and the summary file.
+
+        Raises
+        ------
+        NotFittedError
+            Before the model is trained or loaded.
+        """
         table, summary = self.predict_table(data, center)
         output = write_catalog(table, path)
-        summary_path = output.with_name(output.name.split(".")[0] + ".summary.json")
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-        return output, summary_path
+        return output, write_summary(summary, output)
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, path: str | os.PathLike[str]) -> Path:
-        """Write the clustering module as a Lightning checkpoint (loads with ``grasp-dl predict`` too)."""
+        """Write the clustering module as a Lightning checkpoint (loads with ``grasp-dl predict`` too).
+
+        The checkpoint is written by a Lightning Trainer (``Trainer.save_checkpoint``), so it holds
+        what a checkpoint of ``grasp-dl train`` holds: weights, hyper-parameters and the module's
+        own state.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            The checkpoint file; its folder is created.
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        Raises
+        ------
+        NotFittedError
+            Before the model is trained or loaded.
+        """
         module = self._fitted_module()
-        checkpoint: dict[str, Any] = {
-            "epoch": int(getattr(module, "current_epoch", 0) or 0),
-            "global_step": int(getattr(module, "global_step", 0) or 0),
-            "pytorch-lightning_version": L.__version__,
-            "state_dict": {key: value.detach().cpu() for key, value in module.state_dict().items()},
-            "hyper_parameters": copy.deepcopy(dict(module.hparams)),
-        }
-        module.on_save_checkpoint(checkpoint)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        trainer = L.Trainer(
+            accelerator="cpu" if module.device.type == "cpu" else "auto",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.strategy.connect(module)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
+        trainer.save_checkpoint(tmp, weights_only=True)
         os.replace(tmp, path)
         return path
 
     def _adopt(self, module: L.LightningModule, checkpoint: Path | None) -> DeepClusteringModel:
-        """Take a loaded clustering module as this model's, its network sizes included."""
-        hp = module.hparams
-        prep = hp.get("preprocessing") or {}
-        self.input_dim = int(hp.input_dim)
-        self.latent_dim = int(hp.latent_dim)
-        self.n_clusters = int(hp.n_clusters)
-        self.hidden_dims = tuple(int(h) for h in hp.hidden_dims)
-        self.dropout = float(hp.dropout)
-        self.model = str(hp.get("variant", "vade"))
-        self.features = tuple(prep.get("features", self.features))
-        self.module_ = module.eval()
+        """Take a loaded clustering module as this model's, with its run's history when there is one."""
+        self._set_module(module, checkpoint)
         self.autoencoder_ = None
-        self.checkpoint_ = checkpoint
-        self.feature_names_ = list(prep.get("feature_names", []))
-        self.n_features_in_ = self.input_dim
-        history = None
-        if checkpoint is not None and checkpoint.parent.name == "checkpoints":
-            history = run_history(checkpoint.parent.parent)
+        run = RunDir.of_checkpoint(checkpoint) if checkpoint is not None else None
+        history = run_history(run) if run is not None else None
         self.history_ = history if history is not None else pd.DataFrame(columns=["phase", "epoch"])
         return self
 
     def load_model(self, path: str | os.PathLike[str]) -> DeepClusteringModel:
-        """Load a DEC or VaDE checkpoint (from save_model or ``grasp-dl train``) into this model."""
+        """Load a DEC, IDEC or VaDE checkpoint (from :meth:`save_model` or ``grasp-dl train``) into this model.
+
+        The checkpoint's sizes go to the fitted attributes (``n_clusters_``, ``latent_dim_``, ...);
+        the constructor's arguments stay as given.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            The checkpoint.
+
+        Returns
+        -------
+        DeepClusteringModel
+            ``self``, fitted; ``history_`` is read from the run's logs when the checkpoint sits in a
+            run directory.
+
+        Raises
+        ------
+        ConfigError
+            When the file is missing or holds no clustering module.
+        """
         return self._adopt(load_clustering_module(path), Path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **params: Any) -> DeepClusteringModel:
-        """A model from a checkpoint written by ``grasp-dl train`` (or save_model); ``params`` e.g. device='cpu'."""
+        """A model from a checkpoint written by ``grasp-dl train`` (or :meth:`save_model`).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            The checkpoint.
+        **params
+            Constructor arguments, e.g. ``device='cpu'``.
+
+        Returns
+        -------
+        DeepClusteringModel
+            A fitted model.
+        """
         return cls(**params).load_model(path)
 
     @classmethod
     def from_module(cls, module: L.LightningModule, **params: Any) -> DeepClusteringModel:
-        """A model around a trained DEC or VaDE module already in memory (e.g. ``pipeline.train(cfg).module``)."""
+        """A model around a trained clustering module already in memory (e.g. ``pipeline.train(cfg).module``).
+
+        Parameters
+        ----------
+        module : LightningModule
+            A trained DEC, IDEC or VaDE module.
+        **params
+            Constructor arguments, e.g. ``device='cpu'``.
+
+        Returns
+        -------
+        DeepClusteringModel
+            A fitted model.
+        """
         return cls(**params)._adopt(module, None)
 
     @property
-    def member_group_(self) -> int:
-        """The group that is the globular cluster."""
-        return int(self._fitted_module().member_group)
+    def cluster_group_(self) -> int:
+        """The group that is the globular cluster.
+
+        Raises
+        ------
+        NotFittedError
+            Before the model is trained or loaded.
+        """
+        return cluster_group_of(self._fitted_module())
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether a clustering module is trained or loaded (scikit-learn's ``check_is_fitted``)."""
+        return getattr(self, "module_", None) is not None
 
     # ------------------------------------------------------------------ figures
     def plot_training_history(self, metrics: Sequence[str] | None = None) -> Figure:
@@ -650,89 +872,3 @@ class DeepClusteringModel(BaseEstimator):
         table, summary = self.predict_table(data, center)
         catalog = self._catalog_for(data, self._fitted_module())
         return plotting.plot_membership(catalog, table["member_prob"], summary["center"], title=title)
-
-
-#: Where a run directory keeps each phase's logs: CSV folders to try (the CLI's, the facade's),
-#: then the TensorBoard folder.
-RUN_LOG_FOLDERS = {
-    "autoencoder": (("autoencoder",), "autoencoder"),
-    "clustering": (("", PHASE_LOG_VERSIONS["clustering"]), ""),
-}
-
-
-def _phase_history(run_dir: Path, phase: str) -> pd.DataFrame:
-    """One phase's history from the first CSV log found, else from its TensorBoard events."""
-    from grasp_dl.figures.tensorboard import read_scalars
-
-    csv_folders, tensorboard_folder = RUN_LOG_FOLDERS[phase]
-    for folder in csv_folders:
-        frame = _history_from_csv(run_dir / "csv" / folder / "metrics.csv", phase)
-        if not frame.empty:
-            return frame
-    return read_scalars(run_dir / "tensorboard" / tensorboard_folder, phase)
-
-
-def run_history(run_dir: str | os.PathLike[str]) -> pd.DataFrame | None:
-    """Per-epoch history of a ``grasp-dl train`` run directory from its CSV or TensorBoard logs (None if neither)."""
-    frames = [_phase_history(Path(run_dir), phase) for phase in RUN_LOG_FOLDERS]
-    frames = [frame for frame in frames if not frame.empty]
-    return pd.concat(frames, ignore_index=True) if frames else None
-
-
-# ----------------------------------------------------------------------------- GRASP
-
-
-def _as_model(model: Any) -> DeepClusteringModel:
-    """A DeepClusteringModel from a model, a trained clustering module or a checkpoint path."""
-    if isinstance(model, DeepClusteringModel):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        return DeepClusteringModel.load(model)
-    if isinstance(model, L.LightningModule):
-        return DeepClusteringModel.from_module(model)
-    raise ConfigError(
-        f"cannot predict with a {type(model).__name__}: pass a DeepClusteringModel, a trained DEC/VaDE "
-        "module or a checkpoint path"
-    )
-
-
-def _with_columns(table: Any, labels: np.ndarray, prob: np.ndarray, inplace: bool) -> Any:
-    """``table`` (DataFrame or astropy Table) with the membership columns set, copied unless ``inplace``."""
-    out = table if inplace else table.copy()
-    out[CLUSTER_COLUMN] = labels
-    out[PROBABILITY_COLUMN] = prob
-    return out
-
-
-def add_membership_columns(
-    sample_or_table: Any,
-    model: Any,
-    *,
-    center: str | Sequence[float] | None = None,
-    inplace: bool = False,
-) -> Any:
-    """Write ``dl_cluster`` (group, -1 if not scored) and ``dl_probability`` (member_prob, NaN if not scored).
-
-    Takes a DataFrame or astropy Table of Gaia columns, or a GRASP sample (an object whose
-    ``.data`` holds one), and returns the same kind of object with the rows in their order:
-    a copy unless ``inplace`` (then the given object, its ``.data`` changed). ``model`` is a
-    DeepClusteringModel, a trained DEC/VaDE module or a checkpoint path; ``center`` as in
-    :meth:`DeepClusteringModel.predict_table` ('auto' for another cluster's cone).
-    """
-    inner = getattr(sample_or_table, "data", None)
-    wrapped = not isinstance(sample_or_table, (pd.DataFrame, Table)) and isinstance(inner, (pd.DataFrame, Table))
-    table = inner if wrapped else sample_or_table
-    if not isinstance(table, (pd.DataFrame, Table)):
-        raise CatalogError(
-            f"add_membership_columns takes a DataFrame, an astropy Table or an object whose .data holds one, "
-            f"got a {type(sample_or_table).__name__}: for a file, read it first with grasp_dl.read_catalog(path)"
-        )
-    predictions, _ = _as_model(model).predict_table(table, center)
-    labels = predictions["label"].to_numpy()
-    prob = predictions["member_prob"].to_numpy(dtype=float)
-    new_table = _with_columns(table, labels, prob, inplace)
-    if not wrapped:
-        return new_table
-    sample = sample_or_table if inplace else copy.copy(sample_or_table)
-    sample.data = new_table
-    return sample

@@ -67,12 +67,13 @@ def train_task(cfg: DictConfig) -> float | None:
 
 def predict_task(cfg: DictConfig) -> None:
     """grasp-dl predict: write the per-star table and the cluster summary, and say where."""
-    from grasp_dl import pipeline
+    from grasp_dl.inference.membership import MEMBER_THRESHOLD
+    from grasp_dl.inference.predict import predict_command
 
-    summary, output, summary_path = pipeline.predict(cfg)
+    summary, output, summary_path = predict_command(cfg)
     print(
-        f"scored {summary['n_scored']} of {summary['n_rows']} stars; cluster (group {summary['member_group']}): "
-        f"{summary['n_members']} members with member_prob > 0.5, sum of member_prob {summary['sum_member_prob']:.1f}"
+        f"scored {summary['n_scored']} of {summary['n_rows']} stars; cluster (group {summary['cluster_group']}): "
+        f"{summary['n_members']} members with member_prob > {MEMBER_THRESHOLD}, sum of member_prob {summary['sum_member_prob']:.1f}"
     )
     unscored = summary.get("not_scored", {})
     if unscored:
@@ -82,10 +83,10 @@ def predict_task(cfg: DictConfig) -> None:
 
 def evaluate_task(cfg: DictConfig) -> None:
     """grasp-dl evaluate: print the metrics table and where it was saved."""
-    from grasp_dl import pipeline
+    from grasp_dl.evaluation import evaluate_command
     from grasp_dl.metrics import format_metrics
 
-    metrics, output = pipeline.evaluate(cfg)
+    metrics, output = evaluate_command(cfg)
     print(format_metrics(metrics))
     print(f"metrics: {output}")
 

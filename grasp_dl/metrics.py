@@ -35,11 +35,10 @@ from sklearn import metrics as skm
 from torchmetrics.functional.clustering import calinski_harabasz_score, davies_bouldin_score
 
 from grasp_dl.errors import ConfigError
+from grasp_dl.inference.membership import MEMBER_THRESHOLD
 
 #: Predicted label of a row that was not scored (failed cuts, no prediction).
 UNSCORED = -1
-#: Probability above which a star counts as a predicted member.
-MEMBER_THRESHOLD = 0.5
 #: Number of equal-width bins of the expected calibration error and the reliability curve.
 N_CALIBRATION_BINS = 15
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -12,18 +11,17 @@ from typing import Any
 
 import hydra.utils
 import lightning as L
-import numpy as np
-import pandas as pd
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
-from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
-from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.errors import ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.networks import compile_network
-from grasp_dl.inference.predict import CLUSTERING_MODULES, load_clustering_module, predict_to_file
+from grasp_dl.inference.membership import cluster_group_of
+from grasp_dl.inference.predict import CLUSTERING_MODULES
+from grasp_dl.run_dir import AUTOENCODER_PHASE, RunDir, phase_dirpath
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +44,33 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
-def build_datamodule(cfg: DictConfig) -> StellarCatalogDataModule:
-    """Instantiate and set up the data module of ``cfg.data`` (prepares the catalogue once)."""
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+def build_datamodule(cfg: DictConfig, catalog: Any = None, **options: Any) -> StellarCatalogDataModule:
+    """Instantiate and set up the data module of ``cfg.data`` (prepares the catalogue once).
+
+    The one way a data module is built: by the command line, the notebook facade and the search.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        A composed ``train`` config.
+    catalog : str, PathLike, DataFrame or Table, optional
+        A catalogue replacing ``cfg.data``'s source (its ``path`` or ``simulate``): a file path
+        or a table in memory.
+    **options
+        Other data options replacing those of ``cfg.data`` (e.g. ``features``, ``center``).
+
+    Returns
+    -------
+    StellarCatalogDataModule
+        The prepared data module.
+    """
+    if catalog is not None:
+        options.update({key: None for key in ("path", "simulate") if key in cfg.data})
+        source = {"path": str(catalog)} if isinstance(catalog, (str, os.PathLike)) else {"catalog": catalog}
+        factory = hydra.utils.instantiate(cfg.data, _partial_=True, _convert_="all", **options)
+        datamodule = factory(**source)
+    else:
+        datamodule = hydra.utils.instantiate(cfg.data, _convert_="all", **options)
     datamodule.setup("fit")
     return datamodule
 
@@ -100,7 +122,7 @@ def _phase_config(cfg: DictConfig, phase: str, max_epochs: int) -> DictConfig:
                 logger.version = phase
         checkpoint = (phase_cfg.get("callbacks") or {}).get("model_checkpoint")
         if checkpoint and checkpoint.get("dirpath"):
-            checkpoint.dirpath = f"{checkpoint.dirpath}/{phase}"
+            checkpoint.dirpath = phase_dirpath(checkpoint.dirpath, phase)
     return phase_cfg
 
 
@@ -112,19 +134,42 @@ class ResumePoint:
     final: str | None = None
 
 
-def resume_point(ckpt_path: str | None, output_dir: Path, two_phase: bool) -> ResumePoint:
-    """Resolve ``ckpt_path``: 'last' finds the newest last.ckpt of this run directory's phases."""
+def resume_point(
+    ckpt_path: str | None, run_dir: RunDir | str | os.PathLike[str], two_phase: bool
+) -> ResumePoint:
+    """Resolve ``ckpt_path``: 'last' finds the newest last.ckpt of this run directory's phases.
+
+    Parameters
+    ----------
+    ckpt_path : str or None
+        'last', a checkpoint path, or None (a fresh run).
+    run_dir : RunDir, str or PathLike
+        The run's layout (:meth:`RunDir.from_config`), or its directory in the default layout.
+    two_phase : bool
+        Whether the model has an autoencoder phase before its clustering phase.
+
+    Returns
+    -------
+    ResumePoint
+        The phase to continue and its checkpoint.
+
+    Raises
+    ------
+    ConfigError
+        When no checkpoint is found.
+    """
     if not ckpt_path:
         return ResumePoint()
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir.at(run_dir)
     if ckpt_path == "last":
-        final = output_dir / "checkpoints" / "last.ckpt"
-        pretrain = output_dir / "checkpoints" / "autoencoder" / "last.ckpt"
+        final = run_dir.last_checkpoint()
+        pretrain = run_dir.last_checkpoint(AUTOENCODER_PHASE)
         if final.is_file():
             return ResumePoint(final=str(final))
         if two_phase and pretrain.is_file():
             return ResumePoint(autoencoder=str(pretrain))
         raise ConfigError(
-            f"ckpt_path=last: no last.ckpt under {output_dir / 'checkpoints'}: give the run's "
+            f"ckpt_path=last: no last.ckpt under {run_dir.checkpoints}: give the run's "
             "directory with hydra.run.dir=DIR, or a checkpoint path"
         )
     path = Path(ckpt_path)
@@ -154,7 +199,7 @@ def pretrain_autoencoder(
     autoencoder = build_module(model_cfg.pretrain, datamodule)
     if cfg.get("compile"):
         compile_network(autoencoder.net)
-    phase_cfg = _phase_config(cfg, "autoencoder", int(model_cfg.pretrain_epochs))
+    phase_cfg = _phase_config(cfg, AUTOENCODER_PHASE, int(model_cfg.pretrain_epochs))
     trainer = build_trainer(phase_cfg, has_validation=datamodule.has_validation)
     trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path)
     return autoencoder
@@ -178,20 +223,26 @@ def build_clustering_module(
     return module
 
 
-def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -> TrainResult:
+def train(
+    cfg: DictConfig,
+    datamodule: StellarCatalogDataModule | None = None,
+    autoencoder: AutoencoderModule | None = None,
+) -> TrainResult:
     """Run the training phases of ``cfg`` and return the trained module and its outputs.
 
     A model config with a ``pretrain`` entry is a clustering model: its autoencoder phase runs
     first (``pretrain_epochs``), then the clustering phase (``trainer.max_epochs``). A prepared
     ``datamodule`` (an in-memory catalogue, or one shared by the trials of a search) replaces
-    ``cfg.data``.
+    ``cfg.data``; a trained ``autoencoder`` replaces the autoencoder phase (the facade's
+    step-by-step ``train_deep_clustering``): the run continues where that phase left the random
+    state, so it is not seeded again and ends as a one-go run would.
     """
-    if cfg.get("seed") is not None:
+    if cfg.get("seed") is not None and autoencoder is None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision") or "highest")
-    output_dir = Path(cfg.paths.output_dir)
+    run_dir = RunDir.from_config(cfg)
     two_phase = "pretrain" in cfg.model
-    resume = resume_point(cfg.get("ckpt_path"), output_dir, two_phase)
+    resume = resume_point(cfg.get("ckpt_path"), run_dir, two_phase)
     if datamodule is None:
         datamodule = build_datamodule(cfg)
     else:
@@ -201,6 +252,8 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
     elif resume.final:
         # The clustering checkpoint restores every weight: no autoencoder phase to rerun.
         module = build_clustering_module(cfg.model, build_module(cfg.model.pretrain, datamodule), datamodule)
+    elif autoencoder is not None:
+        module = build_clustering_module(cfg.model, autoencoder, datamodule)
     else:
         autoencoder = pretrain_autoencoder(cfg, datamodule, ckpt_path=resume.autoencoder)
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
@@ -208,14 +261,14 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
         compile_network(module.net)
     trainer = build_trainer(cfg, has_validation=datamodule.has_validation)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final)
-    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    checkpoint = run_dir.last_checkpoint()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if hasattr(module, "predict_proba"):
         metrics.update(clustering_scores(module, datamodule))
     return TrainResult(
         module=module,
         datamodule=datamodule,
-        output_dir=output_dir,
+        output_dir=run_dir.root,
         checkpoint=checkpoint if checkpoint.is_file() else None,
         metrics=metrics,
     )
@@ -248,10 +301,10 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
             f"warning: only {prepared.n_usable} usable stars, too few to learn anything meaningful "
             f"(at least {MIN_USEFUL_STARS} are advised): do not trust these groups"
         )
-    if hasattr(result.module, "member_group"):
+    if hasattr(result.module, "predict_proba"):
         data = result.datamodule.data
         labels = result.module.predict_proba(data).argmax(dim=1)
-        group = result.module.member_group
+        group = cluster_group_of(result.module)
         lines.append(
             f"cluster: group {group} of {result.module.hparams.n_clusters}, "
             f"{int((labels == group).sum())} of {len(data)} training stars"
@@ -267,107 +320,5 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
     if result.checkpoint is not None:
         lines.append(f"final model: {result.checkpoint}")
     if cfg.get("logger") and "tensorboard" in cfg.logger:
-        lines.append(f"TensorBoard: tensorboard --logdir {result.output_dir / 'tensorboard'}")
+        lines.append(f"TensorBoard: tensorboard --logdir {RunDir.at(result.output_dir).tensorboard()}")
     return "\n".join(lines)
-
-
-
-def write_predictions(table: pd.DataFrame, summary: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
-    """Write an in-memory per-star table (atomically) and its JSON summary beside it; return both paths."""
-    output = _prediction_output(output)
-    write_catalog(table, output)
-    return output, write_summary(summary, output)
-
-
-def _prediction_output(output: str | Path) -> Path:
-    output = Path(output)
-    if output.suffix.lower() not in (".parquet", ".csv"):
-        raise ConfigError(f"output {output} must end in .parquet or .csv")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return output
-
-
-def write_summary(summary: dict[str, Any], output: Path) -> Path:
-    """Write the cluster summary as <output stem>.summary.json beside the predictions (atomically)."""
-    summary_path = output.with_name(output.stem + ".summary.json")
-    tmp = summary_path.with_name(summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, summary_path)
-    return summary_path
-
-
-def predict(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
-    """grasp-dl predict: score ``cfg.data.path`` with ``cfg.ckpt_path``, streaming the table to ``cfg.output``.
-
-    The catalogue is read, scored and written ``cfg.chunk_size`` rows at a time, so its size is
-    bounded by the disk, not the memory. Returns the summary and the paths of both outputs.
-    """
-    module = load_clustering_module(cfg.ckpt_path)
-    output = _prediction_output(cfg.output)
-    summary = predict_to_file(
-        module,
-        cfg.data.path,
-        output,
-        member_group=cfg.get("member_group"),
-        center=cfg.data.get("center"),
-        chunk_size=int(cfg.chunk_size),
-        score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
-    )
-    summary["checkpoint"] = str(cfg.ckpt_path)
-    summary["catalog"] = str(cfg.data.path)
-    return summary, output, write_summary(summary, output)
-
-
-def align_truth(predictions: pd.DataFrame, truth: pd.DataFrame, truth_column: str) -> np.ndarray:
-    """The truth labels in the order of the predictions: by source_id when both have it, else by row."""
-    require_columns(truth, [truth_column], source="the truth table")
-    if "source_id" in predictions.columns and "source_id" in truth.columns:
-        lookup = truth.drop_duplicates("source_id").set_index("source_id")[truth_column]
-        missing = ~predictions["source_id"].isin(lookup.index)
-        if missing.any():
-            raise CatalogError(
-                f"{int(missing.sum())} predicted source_id(s) are not in the truth table "
-                f"(e.g. {predictions.loc[missing, 'source_id'].iloc[0]}): evaluate against the same catalogue"
-            )
-        return lookup.loc[predictions["source_id"]].to_numpy()
-    if len(truth) != len(predictions):
-        raise CatalogError(
-            f"the truth table has {len(truth)} rows and the predictions {len(predictions)}, and no "
-            "source_id to match them: evaluate against the catalogue that was predicted"
-        )
-    return truth[truth_column].to_numpy()
-
-
-def evaluate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
-    """grasp-dl evaluate: metrics of a predictions table against the truth, printed and saved."""
-    from grasp_dl.metrics import evaluate_clustering
-
-    predictions = read_catalog(cfg.predictions, required=["label"])
-    truth = read_catalog(cfg.truth)
-    true_labels = align_truth(predictions, truth, cfg.truth_column)
-    member_prob = predictions["member_prob"].to_numpy(float) if "member_prob" in predictions else None
-    if member_prob is not None:
-        member_prob = np.nan_to_num(member_prob, nan=0.0)
-    metrics = evaluate_clustering(
-        true_labels,
-        predictions["label"].to_numpy(),
-        member_label=cfg.member_label,
-        member_prob=member_prob,
-    )
-    output = Path(cfg.output) if cfg.get("output") else Path(cfg.predictions).with_suffix(".metrics.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(metrics, indent=2) + "\n")
-    if "brier" in metrics:
-        scored = predictions["label"].to_numpy() >= 0
-        is_member = np.asarray(true_labels).astype(str) == str(cfg.member_label)
-        write_reliability_diagram(member_prob[scored], is_member[scored], output.with_suffix(".reliability.png"))
-    return metrics, output
-
-
-def write_reliability_diagram(member_prob: np.ndarray, is_member: np.ndarray, path: Path) -> Path:
-    """Save the reliability diagram of member probabilities (beside the metrics JSON) and say where."""
-    from grasp_dl.figures.plotting import reliability_diagram
-
-    reliability_diagram(member_prob, is_member).savefig(path, dpi=120)
-    log.info("reliability diagram: %s", path)
-    return path

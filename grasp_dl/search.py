@@ -40,9 +40,7 @@ def _datamodule(data: Any, overrides: Sequence[str], output_dir: Path) -> Stella
         return build_datamodule(_compose([f"data={data}", *overrides], output_dir))
     if isinstance(data, (str, Path)):
         return build_datamodule(_compose(["data=catalog", f"data.path={data}", *overrides], output_dir))
-    cfg = _compose(["data=catalog", *overrides], output_dir)
-    options = {k: v for k, v in cfg.data.items() if k not in ("_target_", "path", "simulate")}
-    return StellarCatalogDataModule(catalog=data, **options)
+    return build_datamodule(_compose(["data=catalog", *overrides], output_dir), catalog=data)
 
 
 def _compose(overrides: list[str], output_dir: Path):

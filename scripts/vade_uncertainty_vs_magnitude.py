@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     module = train_vade(dm, args.ae_epochs, args.epochs, args.seed)
     out, summary = predict_catalog(module, dm.table)
     result = magnitude_table(dm.table, out)
-    print(f"{args.field}: {summary['n_scored']} stars scored, cluster = group {summary['member_group']}; "
+    print(f"{args.field}: {summary['n_scored']} stars scored, cluster = group {summary['cluster_group']}; "
           f"true members per G bin:\n")
     print(result.to_markdown(floatfmt=".4f") if _has_tabulate() else result.to_string(float_format="%.4f"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,15 @@ import torch
 from astropy.table import Table
 from matplotlib.figure import Figure
 
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+from sklearn.utils.validation import check_is_fitted
+
 from grasp_dl import DeepClusteringModel, pipeline
-from grasp_dl.api import add_membership_columns, cluster_statistics, gpu_memory_usage, plot_cluster_comparison
+from grasp_dl.api import NotFittedError
 from grasp_dl.data.simulate import simulate_field
-from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.errors import CatalogError, ConfigError, GraspDLError
 from grasp_dl.figures.plotting import (
+    plot_cluster_comparison,
     plot_cmd,
     plot_latent_space,
     plot_membership,
@@ -23,11 +28,15 @@ from grasp_dl.figures.plotting import (
     plot_sky,
     plot_training_history,
 )
+from grasp_dl.gpu import gpu_memory_usage
+from grasp_dl.grasp import add_membership_columns, cluster_statistics
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 
 from hydra_configs import TINY, compose_config
 
 SEED = 5  # the simulated field of both the CLI run and the facade
+#: The constructor arguments of the ``stepwise`` model (besides its output_dir).
+STEPWISE_PARAMS = {"device": "cpu", "progress_bar": False}
 CLUSTER_COLUMN_NAMES = {"dl_cluster", "dl_probability"}
 
 
@@ -54,9 +63,7 @@ def cli_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stepwise(field, tmp_path_factory):
     """The same training through the seed's methods: prepare_data, pretrain_autoencoder, train_deep_clustering."""
-    model = DeepClusteringModel(
-        device="cpu", progress_bar=False, output_dir=tmp_path_factory.mktemp("facade")
-    )
+    model = DeepClusteringModel(**STEPWISE_PARAMS, output_dir=tmp_path_factory.mktemp("facade"))
     train_loader, val_loader = model.prepare_data(field, batch_size=256)
     ae_history = model.pretrain_autoencoder(train_loader, val_loader, epochs=2)
     dec_history = model.train_deep_clustering(train_loader, epochs=2)
@@ -85,12 +92,23 @@ def test_init_does_no_work_and_composes_the_cli_config(tmp_path):
         DeepClusteringModel(device="tpu").compose_config()
 
 
-def test_unfitted_and_misused_models_say_what_to_do(field, stepwise):
+def test_unfitted_and_misused_models_say_what_to_do(field, stepwise, tmp_path):
     model = DeepClusteringModel(device="cpu")
-    with pytest.raises(ConfigError, match="fit"):
+    with pytest.raises(NotFittedError, match="fit"):
         model.predict(field)
-    with pytest.raises(ConfigError, match="prepare_data"):
+    with pytest.raises(NotFittedError, match="prepare_data"):
         model.pretrain_autoencoder(epochs=1)
+    with pytest.raises(NotFittedError, match="fit"):
+        _ = model.cluster_group_
+    with pytest.raises(NotFittedError, match="fit"):
+        model.save_model(tmp_path / "model.ckpt")
+    with pytest.raises(SklearnNotFittedError):  # scikit-learn's own check agrees
+        check_is_fitted(model)
+    assert issubclass(NotFittedError, GraspDLError) and issubclass(NotFittedError, SklearnNotFittedError)
+    prepared = DeepClusteringModel(device="cpu", output_dir=tmp_path)
+    prepared.prepare_data(field)
+    with pytest.raises(NotFittedError, match="pretrain_autoencoder"):
+        prepared.train_deep_clustering()
     trained, _, _ = stepwise
     foreign = trained.datamodule_.predict_dataloader()
     with pytest.raises(ConfigError, match="does not come from prepare_data"):
@@ -113,14 +131,34 @@ def test_step_by_step_training_is_the_cli_run(field, cli_run, stepwise):
     assert list(model.history_["phase"]) == ["autoencoder"] * 2 + ["clustering"] * 2
     assert model.checkpoint_.is_file() and str(model.checkpoint_) in model.summary_
     assert model.feature_names_ == ["xi", "eta", "pmra", "pmdec", "parallax"] and model.n_features_in_ == 5
-    assert 0 <= model.member_group_ < 3 and "clustering/silhouette" in model.metrics_
+    assert 0 <= model.cluster_group_ < 3 and "clustering/silhouette" in model.metrics_
+
+
+@pytest.mark.slow
+def test_estimator_rules_hold_after_training_and_loading(stepwise, tmp_path):
+    """Constructor arguments stay as given; everything training or loading sets ends in '_'."""
+    model, _, _ = stepwise
+    given = DeepClusteringModel(**STEPWISE_PARAMS, output_dir=model.output_dir).get_params()
+    assert model.get_params() == given
+    params = set(given)
+    state = [name for name in vars(model) if name not in params and not name.startswith("_")]
+    assert state and all(name.endswith("_") for name in state), state
+    assert {"module_", "autoencoder_", "datamodule_", "history_", "checkpoint_", "n_clusters_"} <= set(state)
+    check_is_fitted(model)
+    # a checkpoint of other sizes fills the fitted attributes, never the constructor's
+    loaded = DeepClusteringModel(n_clusters=5, latent_dim=2, hidden_dims=(8,), model="vade", device="cpu")
+    before = loaded.get_params()
+    loaded.load_model(model.checkpoint_)
+    assert loaded.get_params() == before
+    assert (loaded.n_clusters_, loaded.latent_dim_, loaded.hidden_dims_, loaded.model_) == (3, 8, (64, 32, 16), "dec")
+    assert all(name.endswith("_") for name in vars(loaded) if name not in params and not name.startswith("_"))
 
 
 def test_load_cli_checkpoint_predicts_identically_and_reads_its_history(field, cli_run):
     model = DeepClusteringModel.load(cli_run.checkpoint, device="cpu")
     expected, _ = predict_catalog(load_clustering_module(cli_run.checkpoint), field)
     pd.testing.assert_frame_equal(model.predict_table(field)[0], expected)
-    assert model.model == "dec" and model.n_clusters == 3 and model.latent_dim == 8
+    assert model.model_ == "dec" and model.n_clusters_ == 3 and model.latent_dim_ == 8
     # the run's TensorBoard logs give the history of both phases
     assert set(model.history_["phase"]) == {"autoencoder", "clustering"}
     assert model.history_["train/loss"].notna().all()
@@ -133,7 +171,7 @@ def test_load_vade_cli_checkpoint_predicts_identically(field, tmp_path):
     expected, _ = predict_catalog(load_clustering_module(result.checkpoint), field)
     table, _ = model.predict_table(field)
     pd.testing.assert_frame_equal(table, expected)
-    assert model.model == "vade" and "member_prob_std" in table.columns
+    assert model.model_ == "vade" and model.model == "dec" and "member_prob_std" in table.columns
     labels, prob = model.predict_clusters(field)
     np.testing.assert_array_equal(labels, expected["label"])
     assert model.get_latent_representation(field).shape == (len(field), 8)
@@ -171,7 +209,7 @@ def test_evaluate_and_cluster_statistics(field, stepwise):
     assert stats["n_stars"].sum() == len(field) and -1 in stats.index
     np.testing.assert_allclose(stats["fraction"].sum(), 1.0)
     cluster = stats[stats["is_cluster"]]
-    assert len(cluster) == 1 and cluster.index[0] == model.member_group_
+    assert len(cluster) == 1 and cluster.index[0] == model.cluster_group_
     assert abs(cluster["pmra_mean"].iloc[0] - (-12.51)) < 1.5 and {"pmdec_std", "parallax_mean"} <= set(stats.columns)
     plain = cluster_statistics(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), [0, 0, 1])
     expected_columns = ["n_stars", "fraction", "feature_0_mean", "feature_0_std", "feature_1_mean", "feature_1_std"]
@@ -189,12 +227,17 @@ def test_save_and_load_round_trip(field, stepwise, tmp_path):
     expected, _ = model.predict_table(field)
     pd.testing.assert_frame_equal(predict_catalog(load_clustering_module(path), field)[0], expected)
     fresh = DeepClusteringModel(n_clusters=5, latent_dim=2, device="cpu").load_model(path)
-    assert fresh.n_clusters == 3 and fresh.latent_dim == 8 and fresh.checkpoint_ == path
+    assert fresh.n_clusters_ == 3 and fresh.latent_dim_ == 8 and fresh.checkpoint_ == path
+    assert fresh.n_clusters == 5 and fresh.latent_dim == 2  # the constructor's arguments stay as given
     pd.testing.assert_frame_equal(fresh.predict_table(field)[0], expected)
     output, summary_path = model.save_predictions(field, tmp_path / "members.ecsv")
     written = Table.read(output, format="ascii.ecsv")
     assert len(written) == len(field) and list(written["label"]) == list(expected["label"])
-    assert '"member_group"' in summary_path.read_text()
+    assert summary_path == tmp_path / "members.summary.json"
+    assert json.loads(summary_path.read_text())["cluster_group"] == model.cluster_group_
+    # <stem>.summary.json, the name grasp-dl predict gives: a dotted name keeps its dots
+    _, dotted = model.save_predictions(field, tmp_path / "members.v2.csv")
+    assert dotted.name == "members.v2.summary.json"
 
 
 def test_fit_on_a_feature_array(tmp_path):

@@ -3,7 +3,13 @@
 import numpy as np
 import pandas as pd
 
-from grasp_dl.inference.membership import choose_cluster_group, cluster_scores, cluster_summary, entropy
+from grasp_dl.inference.membership import (
+    choose_cluster_group,
+    cluster_group_of,
+    cluster_scores,
+    cluster_summary,
+    entropy,
+)
 
 NAMES = ["xi", "eta", "pmra", "pmdec", "parallax"]
 
@@ -52,10 +58,33 @@ def test_cluster_summary_weights_by_member_prob():
     catalog = pd.DataFrame(
         {"pmra": [1.0, 3.0, 50.0, 90.0, 7.0], "pmdec": [0.0, 0.0, 9.0, 9.0, np.nan], "parallax": [0.1, 0.3, 2.0, 2.0, 1.0]}
     )
-    summary = cluster_summary(predictions, catalog, (10.0, -5.0), member_group=0)
+    summary = cluster_summary(predictions, catalog, (10.0, -5.0), cluster_group=0)
     assert summary["n_members"] == 2 and summary["sum_member_prob"] == 2.4
     assert summary["n_scored"] == 4 and summary["n_rows"] == 5
     # the 0.4 star is no member: it counts in the sum of probabilities, not in the means
     assert summary["mean_pmra"] == 2.0 and summary["mean_pmdec"] == 0.0
     np.testing.assert_allclose(summary["mean_pmra_error"], np.sqrt(2) / 2)
-    assert summary["center"] == [10.0, -5.0] and summary["member_group"] == 0
+    assert summary["center"] == [10.0, -5.0] and summary["cluster_group"] == 0
+
+
+class _BeforeRename:
+    """A module as DEC/VaDE are today: the decided group in a buffer, the answer in member_group."""
+
+    cluster_group = -1  # the buffer before the group is decided
+
+    @property
+    def member_group(self) -> int:
+        return 2
+
+
+class _AfterRename:
+    """A module whose cluster_group is the answer (the user's override, else the decided group)."""
+
+    @property
+    def cluster_group(self) -> int:
+        return 1
+
+
+def test_cluster_group_of_reads_the_answer_under_either_name():
+    assert cluster_group_of(_BeforeRename()) == 2
+    assert cluster_group_of(_AfterRename()) == 1

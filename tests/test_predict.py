@@ -12,6 +12,7 @@ from grasp_dl import pipeline
 from grasp_dl.data.catalog import read_catalog, write_catalog
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.inference.membership import cluster_group_of
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, predict_to_file
 
 from hydra_configs import TINY, compose_config
@@ -55,7 +56,7 @@ def test_one_row_per_input_row_in_order_with_flags(trained, catalogue_with_gaps)
     probs = out.loc[~unscored, [f"prob_{j}" for j in range(k)]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (out.loc[~unscored, "flag"] == "").all()
-    group = module.member_group
+    group = cluster_group_of(module)
     np.testing.assert_array_equal(out["member_prob"], out[f"prob_{group}"])
     # the simulated truth: the named group is the cluster
     truth = (df["truth"] == "cluster").to_numpy()
@@ -77,16 +78,16 @@ def test_reload_predicts_identically(trained, catalogue_with_gaps):
     pd.testing.assert_frame_equal(first, again)
 
 
-def test_member_group_override_and_bad_inputs(trained, catalogue_with_gaps, tmp_path):
+def test_cluster_group_override_and_bad_inputs(trained, catalogue_with_gaps, tmp_path):
     ckpt, _ = trained
     df, _ = catalogue_with_gaps
     module = load_clustering_module(ckpt)
-    other = (module.member_group + 1) % module.hparams.n_clusters
-    out, summary = predict_catalog(module, df, member_group=other)
+    other = (cluster_group_of(module) + 1) % module.hparams.n_clusters
+    out, summary = predict_catalog(module, df, cluster_group=other)
     np.testing.assert_array_equal(out["member_prob"], out[f"prob_{other}"])
-    assert summary["member_group"] == other
-    with pytest.raises(ConfigError, match="member_group=7 is not a group"):
-        predict_catalog(module, df, member_group=7)
+    assert summary["cluster_group"] == other
+    with pytest.raises(ConfigError, match="cluster_group=7 is not a group"):
+        predict_catalog(module, df, cluster_group=7)
     with pytest.raises(CatalogError, match="pmdec"):
         predict_catalog(module, df.drop(columns=["pmdec"]))
     with pytest.raises(ConfigError, match="not found"):
@@ -122,6 +123,7 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     assert len(table) == len(df) and (table["source_id"].to_numpy() == df["source_id"].to_numpy()).all()
     summary = json.loads((tmp_path / "members.summary.json").read_text())
     assert summary["n_rows"] == len(df) and summary["checkpoint"] == str(ckpt)
+    assert f"cluster (group {summary['cluster_group']})" in proc.stdout
     assert "not scored:" in proc.stdout and f"predictions: {output}" in proc.stdout
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
 
@@ -135,6 +137,20 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     metrics = json.loads((tmp_path / "members.metrics.json").read_text())
     assert metrics["member_f1"] > 0.8 and metrics["ari"] > 0.5 and 0 <= metrics["brier"] < 0.1
     assert "member_f1" in proc.stdout
+    assert (tmp_path / "members.metrics.reliability.png").is_file()
+
+    # the cluster's group chosen on the command line, under the one name it has everywhere
+    other = (summary["cluster_group"] + 1) % 3
+    dotted = tmp_path / "members.other.parquet"
+    proc = _cli(["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={dotted}", f"cluster_group={other}",
+                 f"hydra.run.dir={tmp_path}/p3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "members.other.summary.json").read_text())["cluster_group"] == other
+    # truth_member_label names the truth value of members: a value no star has skips the member scores
+    proc = _cli(["evaluate", f"predictions={output}", f"truth={path}", "truth_member_label=nobody",
+                 f"output={tmp_path}/nobody.json", f"hydra.run.dir={tmp_path}/e2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "member_f1" not in json.loads((tmp_path / "nobody.json").read_text())
 
 
 def test_predict_command_errors_are_readable(trained, tmp_path):

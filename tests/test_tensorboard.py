@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from grasp_dl import pipeline
-from grasp_dl.api import run_history
+from grasp_dl.run_history import run_history
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.figures.tensorboard import TensorBoardFigures, read_scalars

@@ -10,9 +10,11 @@ from sklearn.metrics import adjusted_rand_score
 from grasp_dl import pipeline
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
+from grasp_dl.evaluation import evaluate_command
 from grasp_dl.inference.membership import entropy
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.vade import VaDEModule, mixture_log_joint
+from grasp_dl.inference.outputs import write_predictions
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 
 from hydra_configs import TINY, compose_config
@@ -189,11 +191,11 @@ def test_train_model_vade_end_to_end_then_predict_and_evaluate(tmp_path):
     assert summary["n_scored"] == int((~unscored).sum())
 
     predictions = tmp_path / "members.parquet"
-    pipeline.write_predictions(out, summary, predictions)
+    write_predictions(out, summary, predictions)
     truth = tmp_path / "cone.parquet"
     df.to_parquet(truth)
     eval_cfg = compose_config("evaluate", [f"predictions={predictions}", f"truth={truth}"], tmp_path / "eval")
-    metrics, output = pipeline.evaluate(eval_cfg)
+    metrics, output = evaluate_command(eval_cfg)
     assert 0 <= metrics["brier"] < 0.1 and 0 <= metrics["ece"] < 0.1
     assert output.with_suffix(".reliability.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from grasp_dl.figures import plotting
-from grasp_dl.inference.membership import entropy
+from grasp_dl.inference.membership import cluster_group_of, entropy
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class StarView:
 
     latent: np.ndarray
     prob: np.ndarray | None
-    member_group: int | None
+    cluster_group: int | None
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -66,7 +66,7 @@ class StarView:
     @property
     def member_prob(self) -> np.ndarray | None:
         """Probability of the cluster's group (None until it is decided)."""
-        return None if self.prob is None or self.member_group is None else self.prob[:, self.member_group]
+        return None if self.prob is None or self.cluster_group is None else self.prob[:, self.cluster_group]
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
@@ -164,7 +164,7 @@ class TensorBoardFigures(L.Callback):
         if not hasattr(pl_module, "predict_proba"):
             return StarView(latent, None, None)
         prob = pl_module.predict_proba(scaled).float().cpu().numpy()
-        group = int(pl_module.member_group)
+        group = cluster_group_of(pl_module)
         return StarView(latent, prob, group if 0 <= group < prob.shape[1] else None)
 
     def write(self, writer: Any, sample: StarSample, view: StarView, step: int) -> None:

@@ -23,6 +23,7 @@ import pandas as pd
 #: A group needs at least this many stars (and this share of the catalogue) to be named the cluster.
 MIN_GROUP_STARS = 5
 MIN_GROUP_SHARE = 0.002
+#: Member probability above which a star counts as a member (the one definition in grasp-dl).
 MEMBER_THRESHOLD = 0.5
 
 
@@ -91,9 +92,9 @@ class ClusterSummary:
 
     COLUMNS = ("pmra", "pmdec", "parallax")
 
-    def __init__(self, center: Sequence[float] | None, member_group: int) -> None:
+    def __init__(self, center: Sequence[float] | None, cluster_group: int) -> None:
         self.center = center
-        self.member_group = int(member_group)
+        self.cluster_group = int(cluster_group)
         self.n_rows = self.n_scored = self.n_members = 0
         self.sum_member_prob = 0.0
         self.not_scored: dict[str, int] = {}
@@ -124,7 +125,7 @@ class ClusterSummary:
     def result(self) -> dict[str, Any]:
         """The summary as a plain dictionary."""
         summary: dict[str, Any] = {
-            "member_group": self.member_group,
+            "cluster_group": self.cluster_group,
             "n_rows": self.n_rows,
             "n_scored": self.n_scored,
             "n_members": self.n_members,
@@ -144,9 +145,28 @@ class ClusterSummary:
 
 
 def cluster_summary(
-    predictions: pd.DataFrame, catalog: pd.DataFrame, center: Sequence[float] | None, member_group: int
+    predictions: pd.DataFrame, catalog: pd.DataFrame, center: Sequence[float] | None, cluster_group: int
 ) -> dict[str, Any]:
     """Members and mean astrometry of the cluster from a whole predictions table (see :class:`ClusterSummary`)."""
-    summary = ClusterSummary(center, member_group)
+    summary = ClusterSummary(center, cluster_group)
     summary.update(predictions, catalog)
     return summary.result()
+
+
+def cluster_group_of(module: Any) -> int:
+    """The group a trained clustering module takes for the cluster (the user's override if set).
+
+    Parameters
+    ----------
+    module : LightningModule
+        A trained DEC / IDEC / VaDE module.
+
+    Returns
+    -------
+    int
+        ``module.cluster_group``; modules that still call it ``member_group`` (and keep
+        ``cluster_group`` as the decided-group buffer) answer through that property.
+    """
+    if isinstance(getattr(type(module), "member_group", None), property):
+        return int(module.member_group)
+    return int(module.cluster_group)

@@ -12,16 +12,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import DictConfig
 
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import CatalogError, ConfigError
-from grasp_dl.inference.membership import ClusterSummary, entropy
+from grasp_dl.inference.membership import ClusterSummary, cluster_group_of, entropy
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
 from grasp_dl.inference.no_astrometry import score_without_astrometry
+from grasp_dl.inference.outputs import prediction_output, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +155,12 @@ def prepare_for_module(
     return prepare_table(module, table, resolve_center(prep["center"], center, table))
 
 
-def _member_group(module: DECModule | VaDEModule, member_group: int | None) -> int:
-    group = module.member_group if member_group is None else int(member_group)
+def _cluster_group(module: DECModule | VaDEModule, cluster_group: int | None) -> int:
+    """The group scored as the cluster: ``cluster_group`` if given (checked), else the module's."""
+    group = cluster_group_of(module) if cluster_group is None else int(cluster_group)
     k = module.hparams.n_clusters
     if not 0 <= group < k:
-        raise ConfigError(f"member_group={group} is not a group of this model: choose 0..{k - 1}")
+        raise ConfigError(f"cluster_group={group} is not a group of this model: choose 0..{k - 1}")
     return group
 
 
@@ -216,7 +219,7 @@ def predict_catalog(
     module: DECModule | VaDEModule,
     catalog: Any,
     *,
-    member_group: int | None = None,
+    cluster_group: int | None = None,
     center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     score_no_astrometry: bool = False,
@@ -231,7 +234,7 @@ def predict_catalog(
     such column (rather than a 0 that would read as certainty). ``score_no_astrometry`` as in
     :func:`score_prepared`. For catalogues too large to hold, :func:`predict_to_file` streams.
     """
-    group = _member_group(module, member_group)
+    group = _cluster_group(module, cluster_group)
     ready = prepare_for_module(module, catalog, center)
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
     summary = ClusterSummary(ready.center, group)
@@ -253,7 +256,7 @@ def predict_to_file(
     catalog: Any,
     output: str | Path,
     *,
-    member_group: int | None = None,
+    cluster_group: int | None = None,
     center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     score_no_astrometry: bool = False,
@@ -265,7 +268,7 @@ def predict_to_file(
     appended to a temporary file that replaces ``output`` once complete, and the cluster summary
     is accumulated on the way. ``center='auto'`` reads the positions once more first.
     """
-    group = _member_group(module, member_group)
+    group = _cluster_group(module, cluster_group)
     prep = _preprocessing(module)
     columns = prep.get("columns")
     keep = set(PREDICTION_COLUMNS) | set(prep["features"])
@@ -293,3 +296,44 @@ def predict_to_file(
                 "cuts or score a catalogue with the model's features"
             )
     return result
+
+
+def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
+    """``grasp-dl predict``: score ``cfg.data.path`` with ``cfg.ckpt_path``, streaming the table to ``cfg.output``.
+
+    The catalogue is read, scored and written ``cfg.chunk_size`` rows at a time, so its size is
+    bounded by the disk, not the memory.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        A composed ``predict`` config (``conf/predict.yaml``).
+
+    Returns
+    -------
+    tuple
+        The summary (with the checkpoint and catalogue paths added), the predictions file and
+        the summary file (``<stem>.summary.json``).
+
+    Raises
+    ------
+    ConfigError
+        For a missing checkpoint, an output that is not .parquet or .csv, or a ``cluster_group``
+        the model does not have.
+    CatalogError
+        When the catalogue has no usable star.
+    """
+    module = load_clustering_module(cfg.ckpt_path)
+    output = prediction_output(cfg.output)
+    summary = predict_to_file(
+        module,
+        cfg.data.path,
+        output,
+        cluster_group=cfg.get("cluster_group"),
+        center=cfg.data.get("center"),
+        chunk_size=int(cfg.chunk_size),
+        score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
+    )
+    summary["checkpoint"] = str(cfg.ckpt_path)
+    summary["catalog"] = str(cfg.data.path)
+    return summary, output, write_summary(summary, output)

@@ -1,0 +1,67 @@
+"""Device names of the notebook facade ('auto', 'cpu', 'cuda', 'cuda:N', 'gpu', 'mps')."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from grasp_dl.errors import ConfigError
+
+
+def trainer_overrides(device: str) -> list[str]:
+    """The Hydra trainer overrides that train on ``device``.
+
+    Parameters
+    ----------
+    device : str
+        'auto' (Lightning chooses), 'cpu', 'cuda' / 'gpu', 'cuda:N' / 'gpu:N' or 'mps'.
+
+    Returns
+    -------
+    list of str
+        e.g. ``["trainer.accelerator=gpu", "trainer.devices=[1]"]``; empty for 'auto'.
+
+    Raises
+    ------
+    ConfigError
+        For any other name.
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        return []
+    if name in ("cpu", "mps"):
+        return [f"trainer.accelerator={name}", "trainer.devices=1"]
+    if name in ("cuda", "gpu"):
+        return ["trainer.accelerator=gpu", "trainer.devices=1"]
+    match = re.fullmatch(r"(?:cuda|gpu):(\d+)", name)
+    if match:
+        return ["trainer.accelerator=gpu", f"trainer.devices=[{match.group(1)}]"]
+    raise ConfigError(f"unknown device={device!r}: choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
+def inference_device(device: str) -> torch.device:
+    """Where predictions run: the GPU for 'auto' when there is one, else as ``device`` says.
+
+    Parameters
+    ----------
+    device : str
+        A name :func:`trainer_overrides` accepts.
+
+    Returns
+    -------
+    torch.device
+        The device.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name.
+    """
+    name = str(device).strip().lower()
+    trainer_overrides(name)  # validates the name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("gpu"):
+        name = "cuda" + name[3:]
+    return torch.device(name)
