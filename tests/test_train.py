@@ -138,3 +138,18 @@ def test_compile_and_matmul_precision_options_reach_the_run(tmp_path):
     assert plain.net.state_dict().keys() == result.module.net.state_dict().keys()
     x = result.datamodule.data[:64]
     torch.testing.assert_close(plain.embed(x), result.module.embed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_build_datamodule_is_the_one_way_to_a_data_module(tmp_path, pal13_path):
+    """The command line (a path in the config), the facade and the search (a catalogue given) agree."""
+    from grasp_dl.data.catalog import read_catalog
+
+    configured = pipeline.build_datamodule(compose_config("train", ["data=catalog", f"data.path={pal13_path}"], tmp_path))
+    cfg = compose_config("train", ["data=catalog"], tmp_path)
+    from_path = pipeline.build_datamodule(cfg, catalog=pal13_path)
+    from_table = pipeline.build_datamodule(cfg, catalog=read_catalog(pal13_path))
+    for datamodule in (from_path, from_table):
+        assert datamodule.feature_names == configured.feature_names
+        torch.testing.assert_close(datamodule.data, configured.data, rtol=0, atol=0)
+    narrow = pipeline.build_datamodule(cfg, catalog=read_catalog(pal13_path), features=["pmra", "pmdec"])
+    assert narrow.feature_names == ["pmra", "pmdec"] and narrow.input_dim == 2
