@@ -43,9 +43,11 @@ class EpochMeanLogging:
         return dict(self._last_epoch_means)
 
     def on_train_epoch_end(self) -> None:
-        """Log the means of this epoch's training-step values and start the next epoch afresh."""
+        """Log the means of this epoch's training-step values and start the next epoch afresh,
+        then run the next class's hook (a block-training scheduler step reads these means)."""
         self._last_epoch_means = {name: total / self._epoch_stars[name] for name, total in self._epoch_sums.items()}
         for name, mean in self._last_epoch_means.items():
             self.log(name, mean, prog_bar=name in self._epoch_prog_bar, sync_dist=True)  # type: ignore[attr-defined]
         self._epoch_sums.clear()
         self._epoch_stars.clear()
+        super().on_train_epoch_end()  # type: ignore[misc]

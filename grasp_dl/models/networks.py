@@ -7,6 +7,36 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from grasp_dl.errors import ConfigError
+
+
+def check_network_shape(input_dim: int, hidden_dims: Sequence[int], latent_dim: int, dropout: float = 0.0) -> None:
+    """Raise if a network of this shape cannot be built.
+
+    Parameters
+    ----------
+    input_dim : int
+        Features per star.
+    hidden_dims : sequence of int
+        Hidden layer sizes.
+    latent_dim : int
+        Size of the latent space.
+    dropout : float
+        Dropout probability.
+
+    Raises
+    ------
+    ConfigError
+        When a layer size is not positive or the dropout is outside [0, 1).
+    """
+    if int(input_dim) < 1 or int(latent_dim) < 1 or any(int(h) < 1 for h in hidden_dims):
+        raise ConfigError(
+            f"layer sizes must be positive: input_dim={input_dim}, "
+            f"hidden_dims={list(hidden_dims)}, latent_dim={latent_dim}"
+        )
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+
 
 def mlp(
     sizes: Sequence[int], *, dropout: float = 0.0, batch_norm: bool = False, last_activation: bool = False
@@ -41,11 +71,7 @@ class StellarAutoencoder(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        if input_dim < 1 or latent_dim < 1 or any(h < 1 for h in hidden_dims):
-            raise ValueError(
-                f"layer sizes must be positive: input_dim={input_dim}, "
-                f"hidden_dims={list(hidden_dims)}, latent_dim={latent_dim}"
-            )
+        check_network_shape(input_dim, hidden_dims, latent_dim, dropout)
         self.input_dim = input_dim
         self.latent_dim = latent_dim
         sizes = [input_dim, *hidden_dims, latent_dim]
