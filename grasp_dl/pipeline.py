@@ -22,9 +22,9 @@ from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
-from grasp_dl.models.base import ClusteringModule
+from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.networks import compile_network
-from grasp_dl.predict import CLUSTERING_MODULES, load_clustering_module, predict_to_file
+from grasp_dl.predict import load_clustering_module, predict_to_file
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ def resume_point(ckpt_path: str | None, output_dir: Path, two_phase: bool) -> Re
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
-    if two_phase and not any(key in state for key in CLUSTERING_MODULES):
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if two_phase and checkpoint_class(checkpoint) is None:
         return ResumePoint(autoencoder=str(path))
     return ResumePoint(final=str(path))
 
@@ -271,6 +271,13 @@ def check_phases(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.Lig
     ConfigError, CatalogError
         Naming the bad option or the missing column.
     """
+    # Building draws initial weights: leave the random state as it was, so the run that follows
+    # trains exactly as it would without the check.
+    with torch.random.fork_rng(devices=[]):
+        return _check_phases(cfg, datamodule)
+
+
+def _check_phases(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.LightningModule:
     model_cfg = cfg.model
     if "pretrain" not in model_cfg:
         module = build_module(model_cfg, datamodule)
@@ -373,7 +380,7 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
         if curve:
             points = ", ".join(f"k={k}: {b:.1f}" for k, b in zip(curve["k"], curve["bic"]))
             lines.append(f"n_clusters=auto chose {curve['chosen']} by {curve['criterion']} ({points})")
-    for key in ("train/loss", "val/loss"):
+    for key in dict.fromkeys(("train/loss", cfg.model.get("monitor") or "val/loss")):
         if key in result.metrics:
             lines.append(f"{key}: {result.metrics[key]:.4f}")
     lines.append(f"run directory: {result.output_dir}")

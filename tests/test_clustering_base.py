@@ -272,3 +272,49 @@ def test_dec_logs_its_entropy_under_its_own_name_and_checkpoints_by_it(tmp_path)
     best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
     callback_state = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
     assert callback_state["monitor"] == "val/entropy"
+
+
+# ----------------------------------------------------------------------------- a model without a network
+
+
+class FeatureMixture(ClusteringModule):
+    """A clustering model in one class: a Gaussian mixture on the features, fitted by EM at the
+    start of training (no network, no autoencoder, nothing to optimise)."""
+
+    def __init__(self, input_dim: int, n_clusters: int = 3, **shared):
+        super().__init__(input_dim, n_clusters, **shared)
+        self.register_buffer("means", torch.zeros(self.hparams.n_clusters, input_dim))
+
+    def initialise_from(self, catalog):
+        from sklearn.mixture import GaussianMixture
+
+        gmm = GaussianMixture(self.hparams.n_clusters, covariance_type="spherical", random_state=self.hparams.seed)
+        gmm.fit(catalog.features.double().numpy())
+        self.means.copy_(torch.as_tensor(gmm.means_))
+        self.fit_results["em_iterations"] = int(gmm.n_iter_)
+        self.decide_cluster_group(catalog.features)
+
+    def predict_proba(self, x):
+        return torch.softmax(-torch.cdist(x.float(), self.means).pow(2), dim=1)
+
+    def training_step(self, batch, batch_idx):
+        return None
+
+
+def test_a_model_without_a_network_trains_by_em_at_fit_start_and_reloads(small, tmp_path):
+    dm, ae = small
+    features = dm.data[dm.train_index]
+    module = FeatureMixture(dm.input_dim, preprocessing=dm.preprocessing_state())
+    assert module.configure_optimizers() is None
+    with pytest.raises(ConfigError, match="FeatureMixture has no network"):
+        FeatureMixture.from_autoencoder(ae)
+    module.attach_training_catalog(features)
+    trainer = _trainer(1)
+    trainer.fit(module, train_dataloaders=TensorBatchLoader(features, 256))
+    assert bool(module.initialized) and module.fit_results["em_iterations"] >= 1 and 0 <= module.cluster_group < 3
+    trainer.save_checkpoint(tmp_path / "mixture.ckpt")
+    raw = torch.load(tmp_path / "mixture.ckpt", weights_only=True)
+    assert checkpoint_class(raw) is FeatureMixture and "em_iterations" not in raw["hyper_parameters"]
+    again = FeatureMixture.load_from_checkpoint(tmp_path / "mixture.ckpt")
+    torch.testing.assert_close(again.predict_proba(features), module.predict_proba(features))
+    assert again.cluster_group == module.cluster_group and again.fit_results == module.fit_results

@@ -310,6 +310,22 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, HardFieldIngredients, L.
         """
         raise NotImplementedError
 
+    @staticmethod
+    def mean_entropy(q: Tensor) -> Tensor:
+        """Mean entropy of group probabilities (lower: crisper groups).
+
+        Parameters
+        ----------
+        q : Tensor
+            Group probabilities, shape (n, n_clusters).
+
+        Returns
+        -------
+        Tensor
+            A scalar, in nats.
+        """
+        return -(q * q.clamp_min(1e-12).log()).sum(dim=-1).mean()
+
     @contextlib.contextmanager
     def network_in_eval_mode(self) -> Iterator[None]:
         """Run the block with the network in eval mode (running batch-norm statistics, no dropout), then restore it."""

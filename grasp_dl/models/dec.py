@@ -126,21 +126,25 @@ class DECModule(ClusteringModule):
         self.register_buffer("previous_labels", torch.empty(0, dtype=torch.long), persistent=False)
 
     def load_autoencoder_weights(self, autoencoder: L.LightningModule) -> None:
-        """Copy the autoencoder's encoder and decoder (the same network).
-
-        Parameters
-        ----------
-        autoencoder : AutoencoderModule
-            The pretrained autoencoder.
-        """
+        """Copy the autoencoder's encoder and decoder, the same network (see :meth:`ClusteringModule.from_autoencoder`)."""
         self.net.load_state_dict(autoencoder.net.state_dict())
 
     # ------------------------------------------------------------------ inference
     def assign(self, z: Tensor, x: Tensor | None = None) -> Tensor:
         """Soft assignments q of latent points to the groups, with this module's kernel.
 
-        With the spatial prior, the group weights of each star depend on its radius, read from
-        its standardised features ``x``.
+        Parameters
+        ----------
+        z : Tensor
+            Latent points, shape (n, latent_dim).
+        x : Tensor or None
+            Their standardised features: with the spatial prior, each star's group weights
+            depend on its radius, read from them.
+
+        Returns
+        -------
+        Tensor
+            Shape (n, n_clusters), rows sum to 1 (differentiable).
         """
         if self.hparams.kernel == "dec":
             return soft_assign(z, self.centers, self.hparams.alpha)
@@ -150,54 +154,28 @@ class DECModule(ClusteringModule):
         return soft_assign(z, self.centers, self.hparams.alpha, self.log_scales, log_weights)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Soft assignments q of standardised features to the groups."""
+        """Soft assignments q of standardised features ``x`` (n, input_dim) in the network's current mode (differentiable)."""
         return self.assign(self.net.encode(x), x)
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
-        """Latent points in eval mode (batch norm running statistics, no dropout).
-
-        Parameters
-        ----------
-        x : Tensor
-            Standardised features.
-
-        Returns
-        -------
-        Tensor
-            Shape (n, latent_dim).
-        """
+        """Latent points (n, latent_dim) of standardised features in eval mode (batch-norm running statistics, no dropout)."""
         with self.network_in_eval_mode():
             return encode_in_chunks(self.net.encoder, x.to(self.centers.device))
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
-        """Group probabilities of standardised features (rows sum to 1).
-
-        Parameters
-        ----------
-        x : Tensor
-            Standardised features, shape (n, input_dim).
-
-        Returns
-        -------
-        Tensor
-            Shape (n, n_clusters).
-        """
+        """Soft assignments q at the latent points of ``x`` in eval mode (see :meth:`ClusteringModule.predict_proba`)."""
         return self.assign(self.embed(x), x)
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
     def initialise_from(self, catalog: TrainingCatalog) -> None:
-        """Fill the centres from a k-means or mixture fit to the whole catalogue's latent points.
+        """Fill the centres (and, with the mixture kernel, scales and weights) from the initial
+        memberships of the whole catalogue's latent points (see :meth:`ClusteringModule.initialise_from`).
 
         Every DDP rank holds the whole catalogue and fits with the same seed, so all ranks
         start from the same centres.
-
-        Parameters
-        ----------
-        catalog : TrainingCatalog
-            The training stars.
         """
         z = self.embed(catalog.features).cpu().double().numpy()
         resp = self.initial_memberships(z, catalog)
@@ -210,7 +188,13 @@ class DECModule(ClusteringModule):
 
     @torch.no_grad()
     def update_target(self) -> float:
-        """Recompute P over the whole training catalogue; return the fraction of changed labels."""
+        """Recompute the target P over the whole training catalogue and decide the cluster group.
+
+        Returns
+        -------
+        float
+            The fraction of stars whose label changed since the last update (1 at the first).
+        """
         features = self.train_catalog.features
         q = self.predict_proba(features)
         # Each rank holds the whole catalogue, so these frequencies are already global sums.
@@ -243,7 +227,18 @@ class DECModule(ClusteringModule):
             self.previous_labels = state["previous_labels"].to(self.centers.device)
 
     def before_batch(self, batch: tuple[Tensor, Tensor]) -> bool:
-        """Refresh the target every ``update_interval`` optimiser steps; stop once labels settle."""
+        """Refresh the target every ``update_interval`` optimiser steps; stop once labels settle.
+
+        Parameters
+        ----------
+        batch : tuple of Tensor
+            The next mini-batch (features, rows).
+
+        Returns
+        -------
+        bool
+            False when fewer than ``tol`` of the labels changed: the block (and the fit) ends.
+        """
         if self.global_step % self.hparams.update_interval == 0 or len(self.target) == 0:
             changed = self.update_target()
             if self.global_step > 0 and changed < self.hparams.tol:
@@ -252,6 +247,18 @@ class DECModule(ClusteringModule):
         return True
 
     def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """KL(P || Q) of a mini-batch (IDEC: reconstruction + gamma * KL), its terms logged as epoch means.
+
+        Parameters
+        ----------
+        batch : tuple of Tensor
+            Standardised features and their rows in the training catalogue (which index the target).
+
+        Returns
+        -------
+        Tensor
+            The scalar loss.
+        """
         x, index = batch
         x = self.augment(x, index)
         z = self.net.encode(x)
@@ -268,11 +275,12 @@ class DECModule(ClusteringModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Log ``val/entropy`` (the mean entropy of the assignments, DEC's monitored metric: lower
+        means crisper groups) and ``val/reconstruction``."""
         x, _ = batch
         z = self.net.encode(x)
         q = self.assign(z, x)
         reconstruction = F.mse_loss(self.net.decode(z), x)
         self.log("val/reconstruction", reconstruction, on_step=False, on_epoch=True, sync_dist=True)
-        # Mean entropy of the assignments: lower means crisper groups.
-        entropy = -(q * q.clamp_min(1e-12).log()).sum(dim=1).mean()
+        entropy = self.mean_entropy(q)
         self.log("val/entropy", entropy, on_step=False, on_epoch=True, sync_dist=True)

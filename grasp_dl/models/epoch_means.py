@@ -27,7 +27,19 @@ class EpochMeanLogging:
         self._last_epoch_means: dict[str, Tensor] = {}
 
     def log_epoch_mean(self, name: str, value: Tensor, batch_size: int, prog_bar: bool = False) -> None:
-        """Add one step's ``value`` (a scalar tensor averaged over ``batch_size`` stars) to the epoch's mean."""
+        """Add one step's value to the epoch's mean.
+
+        Parameters
+        ----------
+        name : str
+            The metric's name, e.g. ``train/loss``.
+        value : Tensor
+            A scalar averaged over ``batch_size`` stars.
+        batch_size : int
+            Stars in the step.
+        prog_bar : bool
+            Show the mean in the progress bar.
+        """
         weighted = value.detach().float() * batch_size
         if name in self._epoch_sums:
             self._epoch_sums[name].add_(weighted)
@@ -39,7 +51,12 @@ class EpochMeanLogging:
             self._epoch_prog_bar.add(name)
 
     def epoch_means(self) -> dict[str, Tensor]:
-        """The means logged at the end of the last training epoch (this rank's, before DDP averaging)."""
+        """The means logged at the end of the last training epoch (this rank's, before DDP averaging).
+
+        Returns
+        -------
+        dict of str to Tensor
+        """
         return dict(self._last_epoch_means)
 
     def on_train_epoch_end(self) -> None:

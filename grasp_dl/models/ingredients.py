@@ -66,7 +66,22 @@ def xd_options(xd: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def fit_plummer(radius: np.ndarray, weights: np.ndarray, radius_max: float) -> float:
-    """Weighted maximum-likelihood Plummer log-scale (log degrees) of stars at ``radius``."""
+    """Weighted maximum-likelihood Plummer log-scale of stars at ``radius``.
+
+    Parameters
+    ----------
+    radius : numpy.ndarray
+        Radii in degrees.
+    weights : numpy.ndarray
+        Each star's weight (its cluster membership).
+    radius_max : float
+        Cone radius (degrees).
+
+    Returns
+    -------
+    float
+        log of the Plummer scale (log degrees).
+    """
     r = np.minimum(radius, radius_max)
     result = minimize_scalar(
         lambda s: -(weights * plummer_log_density(r, s, radius_max)).sum(),
@@ -191,6 +206,13 @@ class HardFieldIngredients:
 
         Called whenever the cluster's group is decided, so every checkpoint carries a current fit;
         skipped when the features hold no position.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features.
+        q : Tensor
+            Their group probabilities.
         """
         radius = radius_from_features(x.detach().cpu().numpy(), self.hparams.preprocessing)
         if radius is None or len(radius) == 0:
@@ -203,7 +225,18 @@ class HardFieldIngredients:
         )
 
     def position_member_prob(self, radius: np.ndarray) -> np.ndarray:
-        """Member probability from the radius alone: share x Plummer(r) against share x flat field."""
+        """Member probability from the radius alone: share x Plummer(r) against (1 - share) x flat field.
+
+        Parameters
+        ----------
+        radius : numpy.ndarray
+            Radii in degrees.
+
+        Returns
+        -------
+        numpy.ndarray
+            NaN everywhere when no position model was fitted.
+        """
         share, log_scale, radius_max = (float(v) for v in self.position_model)
         if not np.isfinite(share):
             return np.full(len(radius), np.nan)

@@ -51,7 +51,25 @@ def k_values(k_range: Sequence[int] | None) -> list[int]:
 
 
 def choose_n_clusters(datamodule: Any, options: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
-    """The k of lowest BIC over ``options['n_clusters_range']`` and the curve {criterion, k, bic, chosen}."""
+    """The k of lowest BIC over ``options['n_clusters_range']``.
+
+    Parameters
+    ----------
+    datamodule : StellarCatalogDataModule
+        The set-up data module (its training rows, and star data with ``init='xd'``).
+    options : mapping
+        The model's options: ``n_clusters_range``, ``seed``, ``init``, ``xd``.
+
+    Returns
+    -------
+    tuple of int and dict
+        The chosen k and the curve ``{criterion, k, bic, chosen}``.
+
+    Raises
+    ------
+    ConfigError
+        For a bad ``n_clusters_range``.
+    """
     from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
     from grasp_dl.models.ingredients import xd_options
 

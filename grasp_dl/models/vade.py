@@ -35,7 +35,13 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 class VariationalEncoderDecoder(nn.Module):
-    """The autoencoder's MLP with the last encoder layer split into mean and log-variance heads."""
+    """The autoencoder's MLP with the last encoder layer split into mean and log-variance heads.
+
+    Parameters
+    ----------
+    input_dim, hidden_dims, latent_dim, dropout, batch_norm
+        The network's shape, as :class:`~grasp_dl.models.networks.StellarAutoencoder`.
+    """
 
     def __init__(
         self,
@@ -55,21 +61,41 @@ class VariationalEncoderDecoder(nn.Module):
         self.decoder = mlp(sizes[::-1], dropout=dropout, batch_norm=batch_norm)
 
     def encoder_layers(self) -> nn.Sequential:
-        """Trunk and mean head as one Sequential, laid out like StellarAutoencoder.encoder."""
+        """Trunk and mean head as one Sequential, laid out like StellarAutoencoder.encoder (shares their weights).
+
+        Returns
+        -------
+        torch.nn.Sequential
+        """
         return nn.Sequential(*self.trunk, self.mean)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and (unclamped) log-variance of q(z|x)."""
+        """Mean and (unclamped) log-variance of q(z|x) of standardised features ``x``, each (n, latent_dim)."""
         h = self.trunk(x)
         return self.mean(h), self.logvar(h)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Reconstructed standardised features."""
+        """Reconstructed standardised features (n, input_dim) of latent points ``z``."""
         return self.decoder(z)
 
 
 def mixture_log_joint(z: Tensor, logits: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
-    """log pi_c + log N(z; mu_c, diag sigma_c^2) for every star and component, shape (..., k)."""
+    """log pi_c + log N(z; mu_c, diag sigma_c^2) for every star and component.
+
+    Parameters
+    ----------
+    z : Tensor
+        Latent points, shape (..., d).
+    logits : Tensor
+        Unnormalised log-weights, shape (k,) or (..., k).
+    means, logvars : Tensor
+        Component means and diagonal log-variances, shape (k, d).
+
+    Returns
+    -------
+    Tensor
+        Shape (..., k).
+    """
     z = z.float().unsqueeze(-2)
     diff2 = (z - means.float()).pow(2)
     log_normal = -0.5 * (LOG_2PI + logvars.float() + diff2 * torch.exp(-logvars.float())).sum(-1)
@@ -77,7 +103,22 @@ def mixture_log_joint(z: Tensor, logits: Tensor, means: Tensor, logvars: Tensor)
 
 
 def mixture_moments(z: np.ndarray, resp: np.ndarray, var_floor: float = 1e-4) -> tuple[np.ndarray, ...]:
-    """Log-weights, means and diagonal log-variances of groups with soft memberships ``resp`` in ``z``."""
+    """Log-weights, means and diagonal log-variances of groups with soft memberships ``resp`` in ``z``.
+
+    Parameters
+    ----------
+    z : numpy.ndarray
+        Points, shape (n, d).
+    resp : numpy.ndarray
+        Soft memberships, shape (n, k).
+    var_floor : float
+        Smallest variance kept.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Log-weights (k,), means (k, d) and log-variances (k, d).
+    """
     mass = resp.sum(axis=0) + 1e-9
     means = (resp.T @ z) / mass[:, None]
     var = (resp.T @ z**2) / mass[:, None] - means**2
@@ -161,13 +202,8 @@ class VaDEModule(ClusteringModule):
 
     def load_autoencoder_weights(self, autoencoder: L.LightningModule) -> None:
         """Copy the autoencoder's encoder into the trunk and mean head, and its decoder; start
-        nearly deterministic (small posterior variances, so q(z|x) sits on the autoencoder's points).
-
-        Parameters
-        ----------
-        autoencoder : AutoencoderModule
-            The pretrained autoencoder.
-        """
+        nearly deterministic: small posterior variances, so q(z|x) sits on the autoencoder's points
+        (see :meth:`ClusteringModule.from_autoencoder`)."""
         self.net.encoder_layers().load_state_dict(autoencoder.net.encoder.state_dict())
         self.net.decoder.load_state_dict(autoencoder.net.decoder.state_dict())
         nn.init.normal_(self.net.logvar.weight, std=1e-3)
@@ -178,22 +214,60 @@ class VaDEModule(ClusteringModule):
         return logvar.float().clamp(self.hparams.logvar_min, self.hparams.logvar_max)
 
     def prior_logits(self, x: Tensor | None = None) -> Tensor:
-        """Logits of the mixture weights: (k,), or (n, k) with the radius-dependent spatial prior."""
+        """Logits of the mixture weights.
+
+        Parameters
+        ----------
+        x : Tensor or None
+            Standardised features of the stars (their radius, with the spatial prior).
+
+        Returns
+        -------
+        Tensor
+            Shape (k,), or (n, k) with the radius-dependent spatial prior.
+        """
         if x is None or not self.radial_prior.active:
             return self.mixture_logits.float()
         return self.mixture_logits.float() + self.radial_prior(x.to(self.mixture_logits.device))
 
     def log_joint(self, z: Tensor, x: Tensor | None = None) -> Tensor:
-        """log pi_c(r) + log p(z | c) for latent points z of stars x, shape (..., n_clusters)."""
+        """log pi_c(r) + log p(z | c) for every component.
+
+        Parameters
+        ----------
+        z : Tensor
+            Latent points, shape (..., latent_dim).
+        x : Tensor or None
+            The stars' standardised features (for the spatial prior).
+
+        Returns
+        -------
+        Tensor
+            Shape (..., n_clusters).
+        """
         logvars = self._clamp(self.mixture_logvars)
         return mixture_log_joint(z, self.prior_logits(x), self.mixture_means, logvars)
 
     def posterior(self, z: Tensor, x: Tensor | None = None) -> Tensor:
-        """Group probabilities gamma_c = p(c | z[, r]) of latent points (rows sum to 1)."""
+        """Group probabilities gamma_c = p(c | z[, r]) of latent points ``z`` of stars ``x`` (rows sum to 1), see :meth:`log_joint`."""
         return torch.softmax(self.log_joint(z, x), dim=-1)
 
     def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Per-batch means of the reconstruction NLL and the two KL terms of the negative ELBO."""
+        """Per-batch means of the terms of the negative ELBO, with z drawn once per star.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features, shape (n, input_dim).
+        generator : torch.Generator or None
+            Source of the draws (None: the global one).
+
+        Returns
+        -------
+        dict of str to Tensor
+            ``reconstruction`` (Gaussian NLL), ``kl_z`` (expected KL to the components) and
+            ``kl_c`` (KL(gamma || pi)).
+        """
         mu, logvar = self.net.encode(x)
         mu, logvar = mu.float(), self._clamp(logvar)
         eps = torch.randn(mu.shape, device=mu.device, generator=generator)
@@ -217,7 +291,13 @@ class VaDEModule(ClusteringModule):
         return {"reconstruction": recon.mean(), "kl_z": kl_z.mean(), "kl_c": kl_c.mean()}
 
     def kl_weight(self) -> float:
-        """beta of the KL terms: rises linearly from 1/(warm-up + 1) to 1 over the warm-up epochs."""
+        """beta of the KL terms at the current epoch.
+
+        Returns
+        -------
+        float
+            Rises linearly from 1/(warm-up + 1) to 1 over ``kl_warmup_epochs``.
+        """
         warmup = self.hparams.kl_warmup_epochs
         if warmup <= 0:
             return 1.0
@@ -234,23 +314,35 @@ class VaDEModule(ClusteringModule):
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
-        """Latent means mu(x) in eval mode (batch-norm running statistics, no dropout)."""
+        """Latent means mu(x), shape (n, latent_dim), of standardised features in eval mode (batch-norm running statistics, no dropout)."""
         return self._encode_eval(x)[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        """Group probabilities gamma at the latent mean (differentiable, current mode)."""
+        """Group probabilities gamma of standardised features ``x`` at the latent mean, in the network's current mode (differentiable)."""
         return self.posterior(self.net.encode(x)[0], x)
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
-        """Group probabilities p(c | mu(x)) of standardised features (rows sum to 1)."""
+        """Group probabilities p(c | mu(x)) at the latent means in eval mode (see :meth:`ClusteringModule.predict_proba`)."""
         return self.posterior(self.embed(x), x)
 
     @torch.no_grad()
     def predict_proba_samples(self, x: Tensor, n_samples: int | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation of p(c | z) over ``n_samples`` draws z ~ q(z|x), per star and group.
+        """Mean and standard deviation of p(c | z) over draws z ~ q(z|x), per star and group.
 
         Draws are seeded by ``hparams.seed``, so the same stars give the same numbers every time.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features, shape (n, input_dim).
+        n_samples : int or None
+            Draws per star (None: ``hparams.n_samples``).
+
+        Returns
+        -------
+        tuple of Tensor
+            Mean and standard deviation, each of shape (n, n_clusters).
         """
         n_samples = int(n_samples or self.hparams.n_samples)
         generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
@@ -268,13 +360,8 @@ class VaDEModule(ClusteringModule):
     # ------------------------------------------------------------------ training
     @torch.no_grad()
     def initialise_from(self, catalog: TrainingCatalog) -> None:
-        """Fit the mixture prior to the whole catalogue's latent means (same seed on every DDP rank).
-
-        Parameters
-        ----------
-        catalog : TrainingCatalog
-            The training stars.
-        """
+        """Fit the mixture prior to the whole catalogue's latent means, same seed on every DDP rank
+        (see :meth:`ClusteringModule.initialise_from`)."""
         features = catalog.features
         z = self.embed(features).cpu().double().numpy()
         resp = self.initial_memberships(z, catalog, latent_covariance="diag")
@@ -290,6 +377,18 @@ class VaDEModule(ClusteringModule):
         self.setup_ingredients(catalog, resp)
 
     def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Negative ELBO of a mini-batch with the KL terms weighted by :meth:`kl_weight`; terms logged as epoch means.
+
+        Parameters
+        ----------
+        batch : tuple of Tensor
+            Standardised features and their rows in the training catalogue.
+
+        Returns
+        -------
+        Tensor
+            The scalar loss.
+        """
         terms = self.elbo_terms(self.augment(*batch))
         beta = self.kl_weight()
         loss = terms["reconstruction"] + beta * (terms["kl_z"] + terms["kl_c"])
@@ -300,12 +399,13 @@ class VaDEModule(ClusteringModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Log ``val/loss`` (the full negative ELBO, VaDE's monitored metric) and ``val/entropy``."""
         x, _ = batch
         terms = self.elbo_terms(x)
         # The full negative ELBO (beta = 1), comparable between epochs whatever the warm-up.
         loss = terms["reconstruction"] + terms["kl_z"] + terms["kl_c"]
         gamma = self.posterior(self.net.encode(x)[0], x)
-        entropy = -(gamma * gamma.clamp_min(1e-12).log()).sum(-1).mean()
+        entropy = self.mean_entropy(gamma)
         self.log("val/entropy", entropy, on_step=False, on_epoch=True, sync_dist=True)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
 
