@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.membership import ClusterSummary, entropy
+from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
 from grasp_dl.no_astrometry import score_without_astrometry
@@ -38,13 +40,12 @@ CLUSTERING_MODULES: dict[str, type[DECModule] | type[VaDEModule]] = {
 }
 
 
-def load_clustering_module(ckpt_path: str | Path) -> DECModule | VaDEModule:
-    """Load a DEC or VaDE checkpoint (written by ``grasp-dl train``) on the CPU, in eval mode."""
+def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
+    """Load a clustering checkpoint (DEC, VaDE, XD, ... written by ``grasp-dl train``) on the CPU, in eval mode."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} not found: give ckpt_path=<run dir>/checkpoints/last.ckpt")
-    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
-    module_class = next((cls for key, cls in CLUSTERING_MODULES.items() if key in state), None)
+    module_class = checkpoint_class(torch.load(path, map_location="cpu", weights_only=True))
     if module_class is None:
         raise ConfigError(
             f"{path} holds no cluster centres (an autoencoder-only checkpoint?): train a clustering "
@@ -161,6 +162,35 @@ def _member_group(module: DECModule | VaDEModule, member_group: int | None) -> i
     return group
 
 
+def prepared_star_data(module: Any, ready: PreparedForModule) -> StarData:
+    """Astrometry, error covariances and radius of the scored rows of a prepared catalogue (error-aware models).
+
+    Parameters
+    ----------
+    module : LightningModule
+        The model; its stored features say whether parallax is used.
+    ready : PreparedForModule
+        The prepared catalogue (or chunk).
+
+    Returns
+    -------
+    StarData
+        One row per usable star, in the order of ``ready.scaled``.
+
+    Raises
+    ------
+    CatalogError
+        When the catalogue lacks the error columns (named with ``model=xd``).
+    ConfigError
+        When there is no centre to measure the radius from.
+    """
+    if ready.center is None:
+        raise ConfigError("model=xd needs the cluster centre: train with ra and dec among data.features")
+    features = list(_preprocessing(module)["features"])
+    rows = ready.table.iloc[np.flatnonzero(ready.prepared.mask)]
+    return star_data(rows, ready.center, astrometry_columns(features), what="model=xd")
+
+
 def score_prepared(
     module: DECModule | VaDEModule,
     ready: PreparedForModule,
@@ -179,7 +209,10 @@ def score_prepared(
     table, prepared, scaled = ready.table, ready.prepared, ready.scaled
     k = module.hparams.n_clusters
     prob = np.empty((0, k))
-    if len(scaled):
+    if len(scaled) and hasattr(module, "predict_proba_stars"):
+        # An error-aware model (model=xd) scores each star's astrometry with its own errors.
+        prob = module.predict_proba_stars(prepared_star_data(module, ready))
+    elif len(scaled):
         prob = np.concatenate(
             [
                 module.predict_proba(torch.from_numpy(scaled[i : i + chunk_size])).cpu().numpy()
