@@ -245,6 +245,26 @@ def score_prepared(
     return out
 
 
+def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any]:
+    """Add the model's own fitted cluster astrometry (model=xd: the deconvolved mean) to a summary.
+
+    Parameters
+    ----------
+    summary : dict
+        The cluster summary of the predictions.
+    module : LightningModule
+        The model; those without ``cluster_astrometry`` add nothing.
+
+    Returns
+    -------
+    dict
+        ``summary``, updated in place.
+    """
+    if hasattr(module, "cluster_astrometry"):
+        summary.update(module.cluster_astrometry())
+    return summary
+
+
 def predict_catalog(
     module: DECModule | VaDEModule,
     catalog: Any,
@@ -269,7 +289,7 @@ def predict_catalog(
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
     summary = ClusterSummary(ready.center, group)
     summary.update(out, ready.table)
-    return out, summary.result()
+    return out, with_model_astrometry(summary.result(), module)
 
 
 #: Catalogue columns a prediction may use besides the model's features (identifier, astrometry and
@@ -318,7 +338,7 @@ def predict_to_file(
             )
             writer.write(out)
             summary.update(out, table)
-        result = summary.result()
+        result = with_model_astrometry(summary.result(), module)
         if result["n_scored"] == 0:
             reasons = ", ".join(f"{n} {flag}" for flag, n in result.get("not_scored", {}).items())
             raise CatalogError(

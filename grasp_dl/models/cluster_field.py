@@ -271,23 +271,25 @@ class ClusterFieldMixture:
             if inner.sum() < 5:
                 inner = r <= np.percentile(r, quantile)
             centre = _pm_mode(v[inner])
-            spread = max(float(np.median(np.abs(v[inner] - centre)) * 1.4826), 0.05)
+            # The cluster's own width: the spread of the central stars close to the mode (not of the field's).
+            close = np.hypot(*(v[inner] - centre).T)
+            spread = float(np.clip(np.median(close[close < 1.0]) if (close < 1.0).any() else 0.3, 0.05, 0.5))
             dist2 = ((v - centre) ** 2).sum(1) / (spread**2 + err**2)
             near = np.exp(-r / max(np.percentile(r, quantile), 1e-6))
-            starts.append(np.clip(np.exp(-0.5 * dist2) * near, 1e-3, 0.95))
+            starts.append(np.clip(np.exp(-0.5 * dist2) * near, 1e-6, 0.95))
         # (3) A Gaussian mixture on the proper motions: its most concentrated, tightest component.
         k = 3
         gmm = GaussianMixture(k, covariance_type="full", random_state=int(rng.integers(1 << 31)), reg_covar=1e-3)
         resp = gmm.fit(v).predict_proba(v)
         mean_r = np.array([np.average(r, weights=resp[:, j] + 1e-12) for j in range(k)]) / np.mean(r)
         logdet = np.array([np.linalg.slogdet(c)[1] for c in gmm.covariances_])
-        starts.append(np.clip(resp[:, int(np.argmin(np.log(mean_r) + 0.5 * logdet))], 1e-3, 0.95))
+        starts.append(np.clip(resp[:, int(np.argmin(np.log(mean_r) + 0.5 * logdet))], 1e-6, 0.95))
         # (4+) Random central stars' proper motions.
         while len(starts) < self.n_starts:
             inner = np.flatnonzero(r <= np.percentile(r, 20))
             centre = v[rng.choice(inner)]
             dist2 = ((v - centre) ** 2).sum(1) / (0.3**2 + err**2)
-            starts.append(np.clip(np.exp(-0.5 * dist2), 1e-3, 0.95))
+            starts.append(np.clip(np.exp(-0.5 * dist2), 1e-6, 0.95))
         return starts[: self.n_starts]
 
     def _initialise(self, p: _Prepared, cluster_resp: np.ndarray, n_field: int, seed: int) -> None:
@@ -533,11 +535,12 @@ class ClusterFieldMixture:
         return self
 
 
-def _pm_mode(pm: np.ndarray, bins: int = 60) -> np.ndarray:
+def _pm_mode(pm: np.ndarray, bins: int = 80) -> np.ndarray:
     """The densest point of a 2-D proper-motion sample (a smoothed histogram's peak, refined by a local median)."""
     from scipy.ndimage import gaussian_filter
 
-    lo, hi = np.percentile(pm, 2, axis=0), np.percentile(pm, 98, axis=0)
+    # A wide range: a cluster far out in the field's wings (a few per cent of the stars) must stay inside.
+    lo, hi = np.percentile(pm, 0.2, axis=0), np.percentile(pm, 99.8, axis=0)
     hist, xe, ye = np.histogram2d(pm[:, 0], pm[:, 1], bins=bins, range=[[lo[0], hi[0]], [lo[1], hi[1]]])
     hist = gaussian_filter(hist, 1.5)
     i, j = np.unravel_index(np.argmax(hist), hist.shape)
