@@ -112,6 +112,19 @@ def test_a_crowded_real_field_keeps_the_whole_cluster_in_one_component():
     assert mixture.beta_ > 0.1  # the crowded core's errors were scaled up
 
 
+@pytest.mark.slow
+def test_a_cone_dominated_by_a_concentrated_cluster_keeps_its_wings_with_a_free_profile_slope():
+    # 70% members in a 3' cone around a King cluster of high concentration (c = 2.5): its wings fall
+    # slower than Plummer's r^-4, and a flat "field" Gaussian at the cluster's own motion took them.
+    catalog = simulate_field("ngc6558", n_stars=8000, seed=0, radius_deg=0.05, cluster={"fraction": 0.7})
+    truth = catalog["truth"].to_numpy() == "cluster"
+    stars = _stars(catalog)
+    plummer = ClusterFieldMixture(free_slope=False, seed=0).fit(stars)
+    assert _f1(plummer.predict_proba(stars)[:, 0], truth) < 0.8
+    free = ClusterFieldMixture(seed=0).fit(stars)
+    assert _f1(free.predict_proba(stars)[:, 0], truth) > 0.9 and free.slope_ < 4.0
+
+
 def test_the_fit_is_seeded_and_its_state_restores_the_same_probabilities():
     catalog = simulate_field("ngc6397", n_stars=3000, seed=1)
     stars = _stars(catalog)

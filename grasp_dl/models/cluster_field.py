@@ -48,6 +48,8 @@ COV_FLOOR = 1e-4
 BETA_MAX = 5.0
 SIGMA_BOUNDS = (0.005, 3.0)
 TAU_BOUNDS = (0.002, 0.5)
+#: Bounds of the cluster profile's outer slope gamma (4 = Plummer).
+SLOPE_BOUNDS = (1.5, 8.0)
 #: Field components tried when ``n_field`` is None (all starts are tried with FIELD_START of them).
 FIELD_RANGE = (1, 4)
 FIELD_START = 2
@@ -80,6 +82,35 @@ def plummer_log_density(radius: np.ndarray, log_scale: float, radius_max: float)
 #: Upper-triangle elements of a symmetric d x d matrix, in the "packed" order used below.
 _UPPER = {2: ((0, 0), (0, 1), (1, 1)), 3: ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))}
 _DIAG = {2: (0, 2), 3: (0, 3, 5)}
+
+
+def profile_log_density(radius: np.ndarray, log_scale: float, slope: float, radius_max: float) -> np.ndarray:
+    """log of a generalised Plummer surface density (1 + r^2/a^2)^(-slope/2), normalised over r <= radius_max.
+
+    ``slope`` = 4 is Plummer's; smaller slopes have the wider wings of King profiles with a high
+    concentration (and of cores thinned by crowding, as Gaia sees them).
+
+    Parameters
+    ----------
+    radius : numpy.ndarray
+        Radii (degrees), clipped at ``radius_max`` by the caller.
+    log_scale : float
+        log of the scale a (log degrees).
+    slope : float
+        Outer logarithmic slope gamma (> 0).
+    radius_max : float
+        The cone's radius (degrees).
+
+    Returns
+    -------
+    numpy.ndarray
+        log surface density (deg^-2).
+    """
+    a2 = math.exp(2.0 * log_scale)
+    x = radius_max**2 / a2
+    e = 1.0 - slope / 2.0
+    integral = math.log1p(x) if abs(e) < 1e-9 else math.expm1(e * math.log1p(x)) / e
+    return -0.5 * slope * np.log1p(np.asarray(radius, float) ** 2 / a2) - math.log(math.pi * a2 * integral)
 
 
 def pack(cov: np.ndarray) -> np.ndarray:
@@ -161,6 +192,8 @@ class ClusterFieldMixture:
         Fit the density-dependent error scaling (else the formal errors are used).
     dispersion_profile : bool
         Let the cluster's dispersion fall with radius (else constant).
+    free_slope : bool
+        Fit the outer slope of the cluster's profile (else Plummer's, 4).
     n_starts : int
         Starts tried (the best likelihood wins).
     max_iter, tol : int, float
@@ -176,6 +209,7 @@ class ClusterFieldMixture:
         n_field: int | None = None,
         crowding: bool = True,
         dispersion_profile: bool = True,
+        free_slope: bool = True,
         n_starts: int = 3,
         max_iter: int = 100,
         tol: float = 1e-5,
@@ -187,6 +221,7 @@ class ClusterFieldMixture:
         self.n_field = None if n_field is None else int(n_field)
         self.crowding = bool(crowding)
         self.dispersion_profile = bool(dispersion_profile)
+        self.free_slope = bool(free_slope)
         self.n_starts = max(1, int(n_starts))
         self.max_iter = int(max_iter)
         self.tol = float(tol)
@@ -208,8 +243,13 @@ class ClusterFieldMixture:
     def _density_ratio(self, radius: np.ndarray) -> np.ndarray:
         """The model's source density at each radius over the cone's mean density."""
         area = math.pi * self.radius_max_**2
-        cluster = np.exp(plummer_log_density(radius, self.log_scale_, self.radius_max_)) * area
+        cluster = np.exp(self._cluster_log_density(radius)) * area
         return self.weights_[0] * cluster + (1.0 - self.weights_[0])
+
+    def _cluster_log_density(self, radius: np.ndarray, log_scale: float | None = None,
+                             slope: float | None = None) -> np.ndarray:
+        return profile_log_density(radius, self.log_scale_ if log_scale is None else log_scale,
+                                   self.slope_ if slope is None else slope, self.radius_max_)
 
     def _eta2(self, radius: np.ndarray, beta: float | None = None) -> np.ndarray:
         beta = self.beta_ if beta is None else beta
@@ -243,7 +283,7 @@ class ClusterFieldMixture:
     def _log_spatial(self, radius: np.ndarray) -> np.ndarray:
         """log w_j + log Sigma_j(r) for every star and component, (n, k)."""
         out = np.tile(np.log(self.weights_), (len(radius), 1))
-        out[:, 0] += plummer_log_density(radius, self.log_scale_, self.radius_max_)
+        out[:, 0] += self._cluster_log_density(radius)
         out[:, 1:] -= math.log(math.pi * self.radius_max_**2)
         return out
 
@@ -303,6 +343,7 @@ class ClusterFieldMixture:
         self.cluster_mean_ = (q[:, None] * v).sum(0) / q.sum()
         self.sigma_, self.tau_ = 0.1, 0.02
         self.log_scale_ = math.log(max(float(np.average(p.radius, weights=q)), self.radius_max_ * 1e-3))
+        self.slope_ = 4.0
         self.beta_ = 0.0
         field_w = 1.0 - q
         if n_field == 1:
@@ -365,7 +406,7 @@ class ClusterFieldMixture:
             keep = self.log_scale_
             self.log_scale_ = log_scale
             try:
-                value = -(q0 * plummer_log_density(r, log_scale, self.radius_max_)).sum()
+                value = -(q0 * self._cluster_log_density(r, log_scale)).sum()
                 if self.dispersion_profile:
                     value -= (q_sub * self._cluster_logpdf(sub, err_sub, self.sigma_, self.tau_)).sum()
             finally:
@@ -374,6 +415,10 @@ class ClusterFieldMixture:
 
         self.log_scale_ = float(minimize_scalar(scale_nll, bounds=(lo, hi), method="bounded",
                                                 options={"xatol": 2e-2}).x)
+        if self.free_slope:
+            self.slope_ = float(minimize_scalar(
+                lambda g: -(q0 * self._cluster_log_density(r, slope=g)).sum(), bounds=SLOPE_BOUNDS,
+                method="bounded", options={"xatol": 2e-2}).x)
         if self.crowding and update_beta:
             spatial = self._log_spatial(r)
 
@@ -413,7 +458,7 @@ class ClusterFieldMixture:
         """Free parameters: weights, cluster (mean, sigma, tau, scale), field means and covariances, beta."""
         d = self.cluster_mean_.shape[0]
         k = self.n_field_
-        return k + d + (2 if d == 3 else 1) + 1 + k * d + k * d * (d + 1) // 2 + int(self.crowding)
+        return k + d + (2 if d == 3 else 1) + 1 + int(self.free_slope) + k * d + k * d * (d + 1) // 2 + int(self.crowding)
 
     def fit(self, data: StarData) -> ClusterFieldMixture:
         """Fit the mixture to ``data``; returns self.
@@ -513,6 +558,7 @@ class ClusterFieldMixture:
             "sigma": float(self.sigma_),
             "tau": float(self.tau_),
             "log_scale": float(self.log_scale_),
+            "slope": float(self.slope_),
             "field_means": self.field_means_.tolist(),
             "field_covariances": self.field_covariances_.tolist(),
             "beta": float(self.beta_),
@@ -527,6 +573,7 @@ class ClusterFieldMixture:
         self.cluster_mean_ = np.asarray(state["cluster_mean"], float)
         self.sigma_, self.tau_ = float(state["sigma"]), float(state["tau"])
         self.log_scale_ = float(state["log_scale"])
+        self.slope_ = float(state.get("slope", 4.0))
         self.field_means_ = np.asarray(state["field_means"], float)
         self.field_covariances_ = np.asarray(state["field_covariances"], float)
         self.beta_ = float(state["beta"])
@@ -567,7 +614,7 @@ class MembershipResult:
         """One line: field components, cluster weight, dispersion, scale and crowding coefficient."""
         m = self.mixture
         return (f"K_f={m.n_field_} w_c={m.weights_[0]:.3f} sigma={m.sigma_:.3f} "
-                f"a={math.exp(m.log_scale_) * 60:.2f}' beta={m.beta_:.2f}")
+                f"a={math.exp(m.log_scale_) * 60:.2f}' gamma={m.slope_:.2f} beta={m.beta_:.2f}")
 
 
 def fit_membership(data: StarData, **options: Any) -> MembershipResult:
