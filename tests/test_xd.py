@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra_configs import compose_config
 
 from grasp_dl import pipeline
 from grasp_dl.api import DeepClusteringModel
@@ -26,8 +27,6 @@ from grasp_dl.models.cluster_field import (
 from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
 from grasp_dl.models.xd import XDModule
 from grasp_dl.predict import load_clustering_module, predict_catalog
-
-from hydra_configs import compose_config
 
 XD_TINY = [
     "model=xd",

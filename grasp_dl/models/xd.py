@@ -167,7 +167,6 @@ class XDModule(ClusteringModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """No gradient step (never reached: :meth:`on_train_batch_start` skips the epoch)."""
-        return None
 
     def on_train_epoch_end(self) -> None:
         """Log the fit's mean negative log-likelihood per star (what checkpoints and early stopping watch)."""
