@@ -51,7 +51,9 @@ from grasp_dl.run_history import history_from_csv, run_history
 __all__ = ["DeepClusteringModel", "NotFittedError"]
 
 #: Clustering model configs of conf/model/ the facade trains (each with an autoencoder phase).
-MODELS = ("dec", "idec", "vade")
+MODELS = ("dec", "idec", "vade", "xd")
+#: Models without an autoencoder phase (no network options, no pretraining).
+SINGLE_PHASE_MODELS = ("xd",)
 #: Features computed from ra/dec around a centre: an array cannot provide them.
 POSITIONAL_FEATURES = frozenset({"ra", "dec", "xi", "eta", "radius"})
 #: Version (folder) of each phase's CSV log; the autoencoder's is set by pipeline._phase_config.
@@ -192,14 +194,17 @@ class DeepClusteringModel(BaseEstimator):
         """The Hydra overrides of conf/train.yaml these parameters stand for (the user's last)."""
         if self.model not in MODELS:
             raise ConfigError(f"unknown model={self.model!r}: choose one of {', '.join(MODELS)}")
-        overrides = [
-            f"model={self.model}",
-            "data=catalog",
+        network = [] if self.model in SINGLE_PHASE_MODELS else [
             f"model.n_clusters={int(self.n_clusters)}",
             f"model.pretrain.latent_dim={int(self.latent_dim)}",
             f"model.pretrain.hidden_dims={_hydra_list([int(h) for h in self.hidden_dims])}",
             f"model.pretrain.dropout={float(self.dropout)}",
             f"model.pretrain_epochs={int(self.pretrain_epochs)}",
+        ]
+        overrides = [
+            f"model={self.model}",
+            "data=catalog",
+            *network,
             f"trainer.max_epochs={int(self.epochs)}",
             f"trainer.enable_progress_bar={str(bool(self.progress_bar)).lower()}",
             f"data.features={_hydra_list(self.features)}",
@@ -227,8 +232,6 @@ class DeepClusteringModel(BaseEstimator):
         output_dir = self._run_dir()
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose("train", overrides=[*self.config_overrides(), *extra])
-        if "pretrain" not in cfg.model:
-            raise ConfigError(f"model {cfg.model.get('_target_')} has no autoencoder phase: use one of {MODELS}")
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
             if cfg.get("logger") is None:
@@ -348,6 +351,8 @@ class DeepClusteringModel(BaseEstimator):
             For a loader that does not come from :meth:`prepare_data`.
         """
         datamodule = self._prepared_datamodule(train_loader, val_loader)
+        if self.model in SINGLE_PHASE_MODELS:
+            raise ConfigError(f"model={self.model!r} has no autoencoder phase: call fit(data) instead")
         cfg = self.compose_config([] if epochs is None else [f"model.pretrain_epochs={int(epochs)}"])
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -14,12 +14,14 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.inference.membership import ClusterSummary, cluster_group_of, entropy
+from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
 from grasp_dl.inference.no_astrometry import score_without_astrometry
@@ -40,13 +42,12 @@ CLUSTERING_MODULES: dict[str, type[DECModule] | type[VaDEModule]] = {
 }
 
 
-def load_clustering_module(ckpt_path: str | Path) -> DECModule | VaDEModule:
-    """Load a DEC or VaDE checkpoint (written by ``grasp-dl train``) on the CPU, in eval mode."""
+def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
+    """Load a clustering checkpoint (DEC, VaDE, XD, ... written by ``grasp-dl train``) on the CPU, in eval mode."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} not found: give ckpt_path=<run dir>/checkpoints/last.ckpt")
-    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
-    module_class = next((cls for key, cls in CLUSTERING_MODULES.items() if key in state), None)
+    module_class = checkpoint_class(torch.load(path, map_location="cpu", weights_only=True))
     if module_class is None:
         raise ConfigError(
             f"{path} holds no cluster centres (an autoencoder-only checkpoint?): train a clustering "
@@ -164,6 +165,35 @@ def _cluster_group(module: DECModule | VaDEModule, cluster_group: int | None) ->
     return group
 
 
+def prepared_star_data(module: Any, ready: PreparedForModule) -> StarData:
+    """Astrometry, error covariances and radius of the scored rows of a prepared catalogue (error-aware models).
+
+    Parameters
+    ----------
+    module : LightningModule
+        The model; its stored features say whether parallax is used.
+    ready : PreparedForModule
+        The prepared catalogue (or chunk).
+
+    Returns
+    -------
+    StarData
+        One row per usable star, in the order of ``ready.scaled``.
+
+    Raises
+    ------
+    CatalogError
+        When the catalogue lacks the error columns (named with ``model=xd``).
+    ConfigError
+        When there is no centre to measure the radius from.
+    """
+    if ready.center is None:
+        raise ConfigError("model=xd needs the cluster centre: train with ra and dec among data.features")
+    features = list(_preprocessing(module)["features"])
+    rows = ready.table.iloc[np.flatnonzero(ready.prepared.mask)]
+    return star_data(rows, ready.center, astrometry_columns(features), what="model=xd")
+
+
 def score_prepared(
     module: DECModule | VaDEModule,
     ready: PreparedForModule,
@@ -182,7 +212,10 @@ def score_prepared(
     table, prepared, scaled = ready.table, ready.prepared, ready.scaled
     k = module.hparams.n_clusters
     prob = np.empty((0, k))
-    if len(scaled):
+    if len(scaled) and hasattr(module, "predict_proba_stars"):
+        # An error-aware model (model=xd) scores each star's astrometry with its own errors.
+        prob = module.predict_proba_stars(prepared_star_data(module, ready))
+    elif len(scaled):
         prob = np.concatenate(
             [
                 module.predict_proba(torch.from_numpy(scaled[i : i + chunk_size])).cpu().numpy()
@@ -215,6 +248,26 @@ def score_prepared(
     return out
 
 
+def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any]:
+    """Add the model's own fitted cluster astrometry (model=xd: the deconvolved mean) to a summary.
+
+    Parameters
+    ----------
+    summary : dict
+        The cluster summary of the predictions.
+    module : LightningModule
+        The model; those without ``cluster_astrometry`` add nothing.
+
+    Returns
+    -------
+    dict
+        ``summary``, updated in place.
+    """
+    if hasattr(module, "cluster_astrometry"):
+        summary.update(module.cluster_astrometry())
+    return summary
+
+
 def predict_catalog(
     module: DECModule | VaDEModule,
     catalog: Any,
@@ -239,7 +292,7 @@ def predict_catalog(
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
     summary = ClusterSummary(ready.center, group)
     summary.update(out, ready.table)
-    return out, summary.result()
+    return out, with_model_astrometry(summary.result(), module)
 
 
 #: Catalogue columns a prediction may use besides the model's features (identifier, astrometry and
@@ -288,7 +341,7 @@ def predict_to_file(
             )
             writer.write(out)
             summary.update(out, table)
-        result = summary.result()
+        result = with_model_astrometry(summary.result(), module)
         if result["n_scored"] == 0:
             reasons = ", ".join(f"{n} {flag}" for flag, n in result.get("not_scored", {}).items())
             raise CatalogError(

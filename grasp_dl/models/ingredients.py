@@ -1,7 +1,7 @@
 """What DEC and VaDE share for hard fields: the error-deconvolved start, noise augmentation,
 the radius-dependent mixture weight, and the position model that scores stars without astrometry.
 
-* ``init='xd'``: the groups start from :class:`SpatialDeconvolvedMixture` (cluster = Plummer
+* ``init='xd'``: the groups start from model=xd's mixture (:func:`xd_start_mixture`; cluster = Plummer
   profile x narrow proper-motion Gaussian, field = flat x broad Gaussians, every Gaussian
   convolved with each star's error covariance), fitted by EM on the training catalogue.
   Group 0 is then the cluster. ``xd`` holds its switches (spatial, use_errors, photometry).
@@ -91,6 +91,35 @@ def fit_plummer(radius: np.ndarray, weights: np.ndarray, radius_max: float) -> f
     return float(result.x)
 
 
+def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> Any:
+    """The mixture ``init='xd'`` starts from: group 0 the cluster, ``n_clusters - 1`` field groups.
+
+    With every physical ingredient on (spatial, use_errors, no photometry: the default) it is
+    model=xd's :class:`~grasp_dl.models.cluster_field.ClusterFieldMixture` (Plummer cluster with an
+    isotropic dispersion, crowding-scaled errors, several starts); an ablation that switches an
+    ingredient off gets :class:`SpatialDeconvolvedMixture` with that switch.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Groups (cluster + field).
+    seed : int
+        Seed of the fit.
+    options : mapping
+        ``model.xd`` merged over :data:`XD_DEFAULTS`.
+
+    Returns
+    -------
+    ClusterFieldMixture or SpatialDeconvolvedMixture
+        Unfitted.
+    """
+    if options["spatial"] and options["use_errors"] and not options["photometry"]:
+        from grasp_dl.models.cluster_field import ClusterFieldMixture
+
+        return ClusterFieldMixture(n_field=int(n_clusters) - 1, max_iter=int(options["max_iter"]), seed=int(seed))
+    return SpatialDeconvolvedMixture(n_clusters, seed=seed, **options)
+
+
 class HardFieldIngredients:
     """Mixin of :class:`~grasp_dl.models.base.ClusteringModule` (needs hparams init, n_init, seed,
     n_clusters, xd, noise_augmentation, spatial_prior, preprocessing; a ``radial_prior``, a
@@ -146,7 +175,7 @@ class HardFieldIngredients:
         if hp.init == "xd":
             options = xd_options(hp.xd)
             stars = catalog.stars
-            mixture = SpatialDeconvolvedMixture(hp.n_clusters, seed=hp.seed, **options).fit(stars)
+            mixture = xd_start_mixture(hp.n_clusters, hp.seed, options).fit(stars)
             self.xd_mixture_ = mixture
             self.fit_results["xd_fit"] = mixture.state_dict()
             log.info("xd initial mixture: %s", mixture.state_dict())

@@ -70,8 +70,7 @@ def choose_n_clusters(datamodule: Any, options: Mapping[str, Any]) -> tuple[int,
     ConfigError
         For a bad ``n_clusters_range``.
     """
-    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
-    from grasp_dl.models.ingredients import xd_options
+    from grasp_dl.models.ingredients import xd_options, xd_start_mixture
 
     ks = k_values(options.get("n_clusters_range"))
     seed = int(options.get("seed", 0) or 0)
@@ -80,7 +79,7 @@ def choose_n_clusters(datamodule: Any, options: Mapping[str, Any]) -> tuple[int,
         xd = xd_options(options.get("xd"))
         stars = datamodule.star_data("train", xd["photometry"], what="model.n_clusters=auto with model.init=xd")
         for k in ks:
-            bics.append(SpatialDeconvolvedMixture(k, seed=seed, **xd).fit(stars).bic())
+            bics.append(xd_start_mixture(k, seed, xd).fit(stars).bic())
         criterion = "bic of the error-deconvolved spatial mixture (model.init=xd)"
     else:
         x = datamodule.split_tensor("train", "cpu").double().numpy()

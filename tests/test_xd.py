@@ -1,0 +1,204 @@
+"""model=xd: the cluster + field mixture (science) and XDModule (train, checkpoint, predict, load)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra_configs import compose_config
+
+from grasp_dl import pipeline
+from grasp_dl.api import DeepClusteringModel
+from grasp_dl.data.astrometry import star_data
+from grasp_dl.data.examples import vb21_field
+from grasp_dl.data.prepare import estimate_center
+from grasp_dl.data.simulate import load_simulation_config, simulate_field
+from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.models.cluster_field import (
+    ClusterFieldMixture,
+    pack,
+    packed_inverse,
+    packed_logpdf,
+    unpack,
+)
+from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+from grasp_dl.models.xd import XDModule
+from grasp_dl.predict import load_clustering_module, predict_catalog
+
+XD_TINY = [
+    "model=xd",
+    "data.simulate.n_stars=3000",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def _stars(catalog: pd.DataFrame):
+    center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
+    return star_data(catalog, center, ("pmra", "pmdec", "parallax"))
+
+
+def _f1(member_prob: np.ndarray, truth: np.ndarray) -> float:
+    predicted = np.nan_to_num(member_prob) > 0.5
+    tp = float((predicted & truth).sum())
+    return 2 * tp / max(predicted.sum() + truth.sum(), 1)
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_closed_form_inverse_and_density_match_numpy(d):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, d, d))
+    cov = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(d)
+    inv, logdet = packed_inverse(pack(cov), d)
+    np.testing.assert_allclose(unpack(inv, d), np.linalg.inv(cov), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(logdet, np.linalg.slogdet(cov)[1], rtol=1e-10)
+    diff = rng.normal(size=(50, d))
+    from scipy.stats import multivariate_normal
+
+    expected = [multivariate_normal(np.zeros(d), c).logpdf(x) for x, c in zip(diff, cov)]
+    np.testing.assert_allclose(packed_logpdf(diff.T, pack(cov), d), expected, rtol=1e-8)
+
+
+# ----------------------------------------------------------------------------- science
+
+
+def test_fitted_mixture_recovers_the_simulated_cluster_mean_pm_within_its_error():
+    catalog = simulate_field("m4", n_stars=5000, seed=3)
+    truth = np.asarray(load_simulation_config("m4")["cluster"]["pm_mean"], float)
+    stars = _stars(catalog)
+    mixture = ClusterFieldMixture(seed=0).fit(stars)
+    q = mixture.predict_proba(stars)[:, 0]
+    has = stars.has_astrometry
+    # Standard error of the deconvolved mean: the inverse of the summed per-star precisions (per axis).
+    var = mixture.sigma_**2 + stars.covariances[has][:, [0, 1], [0, 1]]
+    error = 1.0 / np.sqrt((q[has, None] / var).sum(0))
+    offset = np.abs(mixture.cluster_mean_[:2] - truth)
+    assert (offset < 3.0 * error + 0.01).all(), (mixture.cluster_mean_, truth, error)
+    assert _f1(q, catalog["truth"].to_numpy() == "cluster") > 0.9
+
+
+def test_a_two_percent_cluster_far_in_the_fields_wings_is_found_where_the_legacy_start_failed():
+    # M4-like: its proper motion sits beyond the field's 98th percentile and it is only 2% of the cone.
+    catalog = simulate_field("m4", n_stars=10000, seed=0, cluster={"fraction": 0.02})
+    truth = catalog["truth"].to_numpy() == "cluster"
+    stars = _stars(catalog)
+    legacy = SpatialDeconvolvedMixture(3).fit(stars).predict_proba(stars)[:, 0]
+    assert _f1(legacy, truth) < 0.3  # what the project had: a field group named the cluster
+    new = ClusterFieldMixture(seed=0).fit(stars)
+    assert _f1(new.predict_proba(stars)[:, 0], truth) > 0.85
+    assert np.hypot(*(new.cluster_mean_[:2] - np.array([-12.5, -19.0]))) < 0.3
+
+
+def test_a_crowded_real_field_keeps_the_whole_cluster_in_one_component():
+    """NGC 6652 (Gaia EDR3): the legacy 3-component mixture split the cluster into a concentrated broad
+    component and a flat narrow one (F1 0.48 against VB21); the physical cluster model keeps it whole."""
+    catalog, reference = vb21_field("ngc6652")
+    published = catalog[["source_id"]].merge(reference, how="left")["memberprob"].fillna(0).to_numpy() > 0.5
+    stars = _stars(catalog)
+    legacy = SpatialDeconvolvedMixture(3).fit(stars).predict_proba(stars)[:, 0]
+    assert _f1(legacy, published) < 0.7
+    mixture = ClusterFieldMixture(seed=0).fit(stars)
+    assert _f1(mixture.predict_proba(stars)[:, 0], published) > 0.9
+    # VB21's mean proper motion of NGC 6652: (-5.484, -4.274) mas/yr.
+    assert np.hypot(*(mixture.cluster_mean_[:2] - np.array([-5.484, -4.274]))) < 0.1
+    assert mixture.beta_ > 0.1  # the crowded core's errors were scaled up
+
+
+@pytest.mark.slow
+def test_a_cone_dominated_by_a_concentrated_cluster_keeps_its_wings_with_a_free_profile_slope():
+    # 70% members in a 3' cone around a King cluster of high concentration (c = 2.5): its wings fall
+    # slower than Plummer's r^-4, and a flat "field" Gaussian at the cluster's own motion took them.
+    catalog = simulate_field("ngc6558", n_stars=8000, seed=0, radius_deg=0.05, cluster={"fraction": 0.7})
+    truth = catalog["truth"].to_numpy() == "cluster"
+    stars = _stars(catalog)
+    plummer = ClusterFieldMixture(free_slope=False, seed=0).fit(stars)
+    assert _f1(plummer.predict_proba(stars)[:, 0], truth) < 0.8
+    free = ClusterFieldMixture(seed=0).fit(stars)
+    assert _f1(free.predict_proba(stars)[:, 0], truth) > 0.9 and free.slope_ < 4.0
+
+
+def test_the_fit_is_seeded_and_its_state_restores_the_same_probabilities():
+    catalog = simulate_field("ngc6397", n_stars=3000, seed=1)
+    stars = _stars(catalog)
+    first = ClusterFieldMixture(seed=4).fit(stars)
+    second = ClusterFieldMixture(seed=4).fit(stars)
+    np.testing.assert_array_equal(first.predict_proba(stars), second.predict_proba(stars))
+    restored = ClusterFieldMixture(n_field=first.n_field_).load_state_dict(first.state_dict())
+    np.testing.assert_allclose(restored.predict_proba(stars), first.predict_proba(stars), rtol=1e-12)
+    # Stars without astrometry are scored from their radius alone, between 0 and 1.
+    no_pm = stars.values.copy()
+    no_pm[:10] = np.nan
+    from grasp_dl.data.astrometry import StarData
+
+    prob = first.predict_proba(StarData(no_pm, stars.covariances, stars.radius))[:10, 0]
+    assert np.isfinite(prob).all() and ((prob > 0) & (prob < 1)).all()
+
+
+# ----------------------------------------------------------------------------- XDModule
+
+
+def test_bad_xd_options_and_a_network_start_raise_config_errors():
+    with pytest.raises(ConfigError, match="n_clusters"):
+        XDModule(5, n_clusters=1)
+    with pytest.raises(ConfigError, match="n_starts"):
+        XDModule(5, n_starts=0)
+    with pytest.raises(ConfigError, match="not fitted"):
+        XDModule(5).fitted_mixture()
+
+
+def test_missing_error_columns_fail_before_training_naming_model_xd(tmp_path):
+    catalog = simulate_field("m4", n_stars=2000, seed=0).drop(columns=["pmra_error"])
+    path = tmp_path / "cone.csv"
+    catalog.to_csv(path, index=False)
+    cfg = compose_config("train", ["model=xd", "data=catalog", f"data.path={path}", "trainer.accelerator=cpu"], tmp_path)
+    with pytest.raises(CatalogError, match="model=xd"):
+        pipeline.train(cfg)
+
+
+@pytest.mark.slow
+def test_model_xd_round_trips_through_train_predict_and_load(tmp_path):
+    cfg = compose_config("train", XD_TINY, tmp_path)
+    result = pipeline.train(cfg)
+    module = result.module
+    assert isinstance(module, XDModule) and module.cluster_group == 0
+    assert result.checkpoint is not None
+    raw = torch.load(result.checkpoint, weights_only=True)
+    assert "xd_mixture" in raw["fit_results"] and raw["hyper_parameters"]["n_clusters"] == module.hparams.n_clusters
+
+    catalog = simulate_field("m4", n_stars=3000, seed=5)
+    loaded = load_clustering_module(result.checkpoint)
+    assert isinstance(loaded, XDModule)
+    table, summary = predict_catalog(loaded, catalog)
+    k = loaded.hparams.n_clusters
+    assert list(table.columns[:2]) == ["source_id", "label"]
+    assert {f"prob_{j}" for j in range(k)} | {"member_prob", "entropy"} <= set(table.columns)
+    scored = table["label"] >= 0
+    np.testing.assert_allclose(table.loc[scored, [f"prob_{j}" for j in range(k)]].sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(table["member_prob"].to_numpy(), table["prob_0"].to_numpy())
+    assert _f1(table["member_prob"].to_numpy(), catalog["truth"].to_numpy() == "cluster") > 0.85
+    truth = np.asarray(load_simulation_config("m4")["cluster"]["pm_mean"], float)
+    assert math.hypot(summary["xd_mean_pmra"] - truth[0], summary["xd_mean_pmdec"] - truth[1]) < 0.15
+
+    # The notebook facade loads the same checkpoint and predicts the same table.
+    estimator = DeepClusteringModel.load(result.checkpoint)
+    again, _ = estimator.predict_table(catalog)
+    pd.testing.assert_frame_equal(again, table)
+
+
+@pytest.mark.slow
+def test_deep_clustering_model_fits_model_xd_without_an_autoencoder(tmp_path):
+    catalog = simulate_field("ngc6397", n_stars=3000, seed=2)
+    estimator = DeepClusteringModel(model="xd", output_dir=tmp_path, progress_bar=False, epochs=1)
+    estimator.fit(catalog)
+    assert isinstance(estimator.module_, XDModule) and estimator.autoencoder_ is None
+    with pytest.raises(ConfigError, match="no autoencoder phase"):
+        estimator.pretrain_autoencoder()
+    labels = estimator.predict(catalog)
+    assert len(labels) == len(catalog) and (labels == 0).sum() > 0.5 * (catalog["truth"] == "cluster").sum()
