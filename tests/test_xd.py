@@ -26,7 +26,7 @@ from grasp_dl.models.cluster_field import (
 )
 from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
 from grasp_dl.models.xd import XDModule
-from grasp_dl.predict import load_clustering_module, predict_catalog
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 
 XD_TINY = [
     "model=xd",
