@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from grasp_dl.models.anchoring import StartAnchor, anchor_options, start_cluster_group
 from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.clustering import (
     KERNELS,
@@ -35,7 +36,7 @@ VARIANTS = ("dec", "idec")
 DEC_OPTIMIZER: dict[str, Any] = {**DEFAULT_OPTIMIZER, "lr": 1e-4}
 
 
-class DECModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.LightningModule):
+class DECModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembership, EpochMeanLogging, L.LightningModule):
     """Cluster the latent space of a pretrained autoencoder with DEC or IDEC.
 
     Centres are an ``nn.Parameter`` created here, before the optimiser exists, and filled
@@ -76,6 +77,8 @@ class DECModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMea
         spatial_prior: bool = False,
         xd_fit: Mapping[str, Any] | None = None,
         n_clusters_curve: Mapping[str, Any] | None = None,
+        anchor: Mapping[str, Any] | None = None,
+        start_vs_end: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if spatial_prior and kernel != "mixture":
@@ -113,6 +116,8 @@ class DECModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMea
                 "spatial_prior": bool(spatial_prior),
                 "xd_fit": plain_config(xd_fit),
                 "n_clusters_curve": plain_config(n_clusters_curve),
+                "anchor": anchor_options(plain_config(anchor)),
+                "start_vs_end": plain_config(start_vs_end),
             }
         )
         self.net = StellarAutoencoder(input_dim, hidden_dims, latent_dim, dropout, batch_norm)
@@ -198,6 +203,8 @@ class DECModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMea
             self.log_weights.data.copy_(torch.as_tensor(groups.log_weights))
         self.setup_ingredients(catalog, resp)
         self.initialized.fill_(True)
+        # The start's cluster group, kept by the anchor (grasp_dl/models/anchoring.py).
+        self.set_anchor(resp, start_cluster_group(self, resp, catalog))
 
     @torch.no_grad()
     def update_target(self) -> float:
@@ -256,8 +263,23 @@ class DECModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMea
             reconstruction = F.mse_loss(self.net.decode(z), x)
             self.log_epoch_mean("train/reconstruction", reconstruction, len(x))
             loss = reconstruction + self.hparams.gamma * kl
+        anchor = self.anchor_loss(q, index)
+        if anchor is not None:
+            loss = loss + anchor
         self.log_epoch_mean("train/loss", loss, len(x))
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # Checkpoints are written at the end of validation: name the cluster and check the start first.
+        if self.catalog is not None and not self.trainer.sanity_checking and len(self.target):
+            self.decide_member_group(self.catalog)
+            self.guard_start(self.catalog)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if self.catalog is not None and len(self.target):
+            self.decide_member_group(self.catalog)
+            self.guard_start(self.catalog)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch

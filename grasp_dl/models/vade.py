@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from grasp_dl.models.anchoring import StartAnchor, anchor_options, start_cluster_group
 from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.clustering import INIT_METHODS
 from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
@@ -88,7 +89,7 @@ def mixture_moments(z: np.ndarray, resp: np.ndarray, var_floor: float = 1e-4) ->
     return np.log(mass / mass.sum()), means, np.log(np.maximum(var, var_floor))
 
 
-class VaDEModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMeanLogging, L.LightningModule):
+class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembership, EpochMeanLogging, L.LightningModule):
     """Cluster stars with a variational autoencoder whose prior is a Gaussian mixture (VaDE).
 
     Starts from a trained autoencoder (:meth:`from_autoencoder`); the mixture is fitted to the
@@ -128,6 +129,8 @@ class VaDEModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMe
         spatial_prior: bool = False,
         xd_fit: Mapping[str, Any] | None = None,
         n_clusters_curve: Mapping[str, Any] | None = None,
+        anchor: Mapping[str, Any] | None = None,
+        start_vs_end: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if init not in INIT_METHODS:
@@ -163,6 +166,8 @@ class VaDEModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMe
                 "spatial_prior": bool(spatial_prior),
                 "xd_fit": plain_config(xd_fit),
                 "n_clusters_curve": plain_config(n_clusters_curve),
+                "anchor": anchor_options(plain_config(anchor)),
+                "start_vs_end": plain_config(start_vs_end),
             }
         )
         self.net = VariationalEncoderDecoder(input_dim, hidden_dims, latent_dim, dropout, batch_norm)
@@ -217,7 +222,8 @@ class VaDEModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMe
         return torch.softmax(self.log_joint(z, x), dim=-1)
 
     def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Per-batch means of the reconstruction NLL and the two KL terms of the negative ELBO."""
+        """Per-batch means of the reconstruction NLL and the two KL terms of the negative ELBO, and the
+        batch's group posteriors ``gamma`` (per star, from the drawn z; for the anchor term)."""
         mu, logvar = self.net.encode(x)
         mu, logvar = mu.float(), self._clamp(logvar)
         eps = torch.randn(mu.shape, device=mu.device, generator=generator)
@@ -238,7 +244,7 @@ class VaDEModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMe
         ).sum(-1)
         kl_z = (gamma * kl_gauss).sum(-1)
         kl_c = (gamma * (log_gamma - torch.log_softmax(self.prior_logits(x), dim=-1))).sum(-1)
-        return {"reconstruction": recon.mean(), "kl_z": kl_z.mean(), "kl_c": kl_c.mean()}
+        return {"reconstruction": recon.mean(), "kl_z": kl_z.mean(), "kl_c": kl_c.mean(), "gamma": gamma}
 
     def kl_weight(self) -> float:
         """beta of the KL terms: rises linearly from 1/(warm-up + 1) to 1 over the warm-up epochs."""
@@ -315,6 +321,8 @@ class VaDEModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMe
             self.recon_logvar.data.copy_(residual.mean(0).clamp_min(1e-4).log())
         self.setup_ingredients(catalog, resp)
         self.initialized.fill_(True)
+        # The start's cluster group, kept by the anchor (grasp_dl/models/anchoring.py).
+        self.set_anchor(resp, start_cluster_group(self, resp, catalog))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The network is fine-tuned as a fixed map (batch-norm running statistics, no dropout),
@@ -323,8 +331,12 @@ class VaDEModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMe
 
     def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         terms = self.elbo_terms(self.augment(*batch))
+        gamma = terms.pop("gamma")
         beta = self.kl_weight()
         loss = terms["reconstruction"] + beta * (terms["kl_z"] + terms["kl_c"])
+        anchor = self.anchor_loss(gamma, batch[1])
+        if anchor is not None:
+            loss = loss + anchor
         n = len(batch[0])
         for name, value in terms.items():
             self.log_epoch_mean(f"train/{name}", value, n)
@@ -345,11 +357,13 @@ class VaDEModule(BlockTraining, HardFieldIngredients, ClusterMembership, EpochMe
         # Checkpoints are written at the end of validation: decide the cluster group first.
         if self.catalog is not None and not self.trainer.sanity_checking:
             self.decide_member_group(self.catalog)
+            self.guard_start(self.catalog)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
         self.log("train/kl_weight", self.kl_weight())
         self.decide_member_group(self.catalog)
+        self.guard_start(self.catalog)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
