@@ -256,6 +256,11 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
             f"cluster: group {group} of {result.module.hparams.n_clusters}, "
             f"{int((labels == group).sum())} of {len(data)} training stars"
         )
+        report = result.module.hparams.get("start_vs_end")
+        if report:
+            from grasp_dl.models.anchoring import describe_start_vs_end
+
+            lines.append(describe_start_vs_end(report))
         curve = result.module.hparams.get("n_clusters_curve")
         if curve:
             points = ", ".join(f"k={k}: {b:.1f}" for k, b in zip(curve["k"], curve["bic"]))
@@ -313,6 +318,8 @@ def predict(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
         chunk_size=int(cfg.chunk_size),
         score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
     )
+    if module.hparams.get("start_vs_end"):
+        summary["start_vs_end"] = module.hparams["start_vs_end"]
     summary["checkpoint"] = str(cfg.ckpt_path)
     summary["catalog"] = str(cfg.data.path)
     return summary, output, write_summary(summary, output)

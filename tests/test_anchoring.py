@@ -14,6 +14,7 @@ from grasp_dl.models.anchoring import (
     ANCHOR_DEFAULTS,
     StartAnchor,
     anchor_options,
+    describe_start_vs_end,
     detect_drift,
     group_check,
     membership_agreement,
@@ -83,6 +84,16 @@ def test_detect_drift_flags_a_start_turned_into_the_field() -> None:
     assert detect_drift(start, nudged, x, NAMES, best_agreement=1.0, max_drop=0.01).drifted
     # a start with no members anchors nothing
     assert not detect_drift(np.zeros(len(truth)), start, x, NAMES).drifted
+
+
+def test_describe_start_vs_end() -> None:
+    x, truth = _field_and_cluster()
+    start = np.where(truth, 0.9, 0.05)
+    line = describe_start_vs_end(detect_drift(start, start, x, NAMES).to_dict())
+    assert "start 150 members, mean pm (1.0" in line and "agreement F1 1.00" in line and "drifted" not in line
+    report = detect_drift(start, np.full(len(truth), 0.95), x, NAMES)
+    report.action = "restored"
+    assert "drifted (its members agree" in describe_start_vs_end(report.to_dict())
 
 
 class _ToyModule(StartAnchor, nn.Module):
@@ -163,8 +174,8 @@ def test_collapsing_case_ends_no_worse_than_its_start(tmp_path, model: str) -> N
     from grasp_dl.data.simulate import robustness_field_config
     from tests.hydra_configs import compose_config
 
-    cfg = compose_config("train", [f"model={model}", "experiment=hard_field", "data=ngc6558", "trainer.max_epochs=5",
-                                   "model.pretrain_epochs=5", "trainer.enable_progress_bar=false",
+    cfg = compose_config("train", [f"model={model}", "experiment=hard_field", "data=ngc6558", "trainer.max_epochs=20",
+                                   "model.pretrain_epochs=10", "trainer.enable_progress_bar=false",
                                    "trainer.accelerator=cpu", "seed=0"], tmp_path)
     with open_dict(cfg):
         cfg.logger = None
@@ -182,3 +193,4 @@ def test_collapsing_case_ends_no_worse_than_its_start(tmp_path, model: str) -> N
     assert set(report) >= {"start", "end", "agreement", "drifted", "action"}
     assert report["start"]["n_members"] == int(start.sum())
     assert report["agreement"] == pytest.approx(membership_agreement(start, end), abs=1e-9)
+    assert "start vs end of the clustering phase" in pipeline.summarise(result, cfg)

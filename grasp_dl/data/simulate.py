@@ -1029,6 +1029,9 @@ ROBUSTNESS_MEMBERS: dict[str, dict[str, float]] = {
     "faint": {"distance_kpc": 14.0, "ebr": 0.6, "faint_mag": 12.0},
 }
 ROBUSTNESS_CONE_DEG = 0.2
+#: Crowding of the grid's cores (simulate_catalog's cluster.crowding_strength): mild, so that
+#: the faint members of a compact cluster are not lost in its core.
+ROBUSTNESS_CROWDING = 0.5
 #: Internal 1-D velocity dispersion of the grid's clusters (km/s), converted at their distance.
 ROBUSTNESS_SIGMA_KMS = 5.0
 
@@ -1144,6 +1147,7 @@ def robustness_field_config(
         ebr=where["ebr"],
         pm_dispersion=ROBUSTNESS_SIGMA_KMS / (KMS_PER_MASYR_KPC * where["distance_kpc"]),
         dispersion_scale_arcmin=None,
+        crowding_strength=ROBUSTNESS_CROWDING,
         cmd={**dict(cluster.get("cmd") or {}), "faint_mag": where["faint_mag"]},
     )
     name = f"share{share:g}_n{int(n_stars)}_off{pm_offset:g}_{profile}_{members}_s{int(seed)}"

@@ -399,3 +399,30 @@ def start_cluster_group(module: Any, resp: np.ndarray, catalog: Tensor) -> int:
     from grasp_dl.membership import choose_cluster_group
 
     return int(choose_cluster_group(resp, *module.physical_features(catalog)))
+
+
+def describe_start_vs_end(report: Mapping[str, Any]) -> str:
+    """One line for the train summary: the start's cluster group against the end's.
+
+    Parameters
+    ----------
+    report
+        ``hparams['start_vs_end']`` of a trained module (:meth:`DriftReport.to_dict`).
+
+    Returns
+    -------
+    str
+        Members and mean proper motion of both, their agreement, and what the anchor did.
+    """
+
+    def side(name: str, check: Mapping[str, Any]) -> str:
+        pm = ""
+        if check.get("mean_pmra") is not None:
+            pm = f", mean pm ({check['mean_pmra']:.3f}, {check['mean_pmdec']:.3f}) mas/yr"
+        return f"{name} {check['n_members']} members{pm}"
+
+    line = (f"start vs end of the clustering phase: {side('start', report['start'])}; "
+            f"{side('end', report['end'])}; agreement F1 {report['agreement']:.2f}")
+    if report.get("drifted"):
+        line += f"; drifted ({report['reason']}): {report.get('action', 'none')}"
+    return line
