@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grasp_dl.models.anchoring import StartAnchor, anchor_options, start_cluster_group
+from grasp_dl.models.anchoring import ANCHOR_DEFAULTS, StartAnchor, anchor_options, start_cluster_group
 from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.clustering import (
     KERNELS,
@@ -77,7 +77,7 @@ class DECModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembers
         spatial_prior: bool = False,
         xd_fit: Mapping[str, Any] | None = None,
         n_clusters_curve: Mapping[str, Any] | None = None,
-        anchor: Mapping[str, Any] | None = None,
+        anchor: Mapping[str, Any] | None = ANCHOR_DEFAULTS,
         start_vs_end: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from grasp_dl.models.anchoring import StartAnchor, anchor_options, start_cluster_group
+from grasp_dl.models.anchoring import ANCHOR_DEFAULTS, StartAnchor, anchor_options, start_cluster_group
 from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.clustering import INIT_METHODS
 from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
@@ -129,7 +129,7 @@ class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMember
         spatial_prior: bool = False,
         xd_fit: Mapping[str, Any] | None = None,
         n_clusters_curve: Mapping[str, Any] | None = None,
-        anchor: Mapping[str, Any] | None = None,
+        anchor: Mapping[str, Any] | None = ANCHOR_DEFAULTS,
         start_vs_end: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -221,9 +221,11 @@ class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMember
         """Group probabilities gamma_c = p(c | z[, r]) of latent points (rows sum to 1)."""
         return torch.softmax(self.log_joint(z, x), dim=-1)
 
-    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Per-batch means of the reconstruction NLL and the two KL terms of the negative ELBO, and the
-        batch's group posteriors ``gamma`` (per star, from the drawn z; for the anchor term)."""
+    def elbo_terms(
+        self, x: Tensor, generator: torch.Generator | None = None, with_gamma: bool = False
+    ) -> dict[str, Tensor]:
+        """Per-batch means of the reconstruction NLL and the two KL terms of the negative ELBO; with
+        ``with_gamma`` also the batch's group posteriors ``gamma`` (per star, from the drawn z)."""
         mu, logvar = self.net.encode(x)
         mu, logvar = mu.float(), self._clamp(logvar)
         eps = torch.randn(mu.shape, device=mu.device, generator=generator)
@@ -244,7 +246,10 @@ class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMember
         ).sum(-1)
         kl_z = (gamma * kl_gauss).sum(-1)
         kl_c = (gamma * (log_gamma - torch.log_softmax(self.prior_logits(x), dim=-1))).sum(-1)
-        return {"reconstruction": recon.mean(), "kl_z": kl_z.mean(), "kl_c": kl_c.mean(), "gamma": gamma}
+        terms = {"reconstruction": recon.mean(), "kl_z": kl_z.mean(), "kl_c": kl_c.mean()}
+        if with_gamma:
+            terms["gamma"] = gamma
+        return terms
 
     def kl_weight(self) -> float:
         """beta of the KL terms: rises linearly from 1/(warm-up + 1) to 1 over the warm-up epochs."""
@@ -330,7 +335,7 @@ class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMember
         self.net.eval()
 
     def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        terms = self.elbo_terms(self.augment(*batch))
+        terms = self.elbo_terms(self.augment(*batch), with_gamma=True)
         gamma = terms.pop("gamma")
         beta = self.kl_weight()
         loss = terms["reconstruction"] + beta * (terms["kl_z"] + terms["kl_c"])
