@@ -498,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     rows: list[Row] = []
     for cell in cells:
         rows.extend(run_cell(cell, args.methods, args))
+        if args.csv:
+            write_csv(rows, args.csv)  # as it goes: an interrupted run keeps its cells
     wall = time.perf_counter() - start
     print(f"\nMember F1, precision, recall (member_prob > 0.5 on the scored stars), dPM = |mean PM - truth| "
           f"(mas/yr) and cluster_found per cell ({len(cells)} cells):\n")
