@@ -22,8 +22,9 @@ from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
+from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.networks import compile_network
-from grasp_dl.predict import CLUSTERING_MODULES, load_clustering_module, predict_to_file
+from grasp_dl.predict import load_clustering_module, predict_to_file
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,53 @@ def build_datamodule(cfg: DictConfig) -> StellarCatalogDataModule:
     return datamodule
 
 
-#: Keys of a clustering model config that describe its autoencoder phase (or how to choose
-#: n_clusters), not the module.
-PHASE_KEYS = ("pretrain", "pretrain_epochs", "pretrained_ckpt", "n_clusters_range")
+#: Keys of a model config that describe its phases, its monitored metric or how to choose
+#: n_clusters, not the module's constructor arguments.
+PHASE_KEYS = ("pretrain", "pretrain_epochs", "pretrained_ckpt", "n_clusters_range", "monitor")
+
+
+def _module_options(model_cfg: DictConfig) -> tuple[type, dict[str, Any]]:
+    """The class a model config names and its constructor options (phase keys left out).
+
+    Raises
+    ------
+    ConfigError
+        When ``_target_`` is missing or names no class.
+    """
+    options = OmegaConf.to_container(model_cfg, resolve=True)
+    target = options.pop("_target_", None)
+    if not target:
+        raise ConfigError("the model config has no _target_: choose one of conf/model/ (e.g. model=dec)")
+    try:
+        module_class = hydra.utils.get_class(target)
+    except Exception as exc:  # hydra raises ImportError or ValueError subclasses
+        raise ConfigError(f"model._target_={target} is not a class: {exc}") from exc
+    for key in PHASE_KEYS:
+        options.pop(key, None)
+    return module_class, options
 
 
 def build_module(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.LightningModule:
-    """Instantiate a single-phase module, sized to the data and carrying its preprocessing state."""
-    return hydra.utils.instantiate(
-        model_cfg,
-        input_dim=datamodule.input_dim,
-        preprocessing=datamodule.preprocessing_state(),
-        _recursive_=False,
-    )
+    """Instantiate a single-phase module, sized to the data and carrying its preprocessing state.
+
+    Parameters
+    ----------
+    model_cfg : DictConfig
+        A model config (``_target_`` and options).
+    datamodule : StellarCatalogDataModule
+        The set-up data module.
+
+    Returns
+    -------
+    LightningModule
+
+    Raises
+    ------
+    ConfigError
+        For a bad option (the module's own checks).
+    """
+    module_class, options = _module_options(model_cfg)
+    return module_class(input_dim=datamodule.input_dim, preprocessing=datamodule.preprocessing_state(), **options)
 
 
 def build_trainer(cfg: DictConfig, has_validation: bool = True) -> L.Trainer:
@@ -90,17 +125,22 @@ def build_trainer(cfg: DictConfig, has_validation: bool = True) -> L.Trainer:
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
-def _phase_config(cfg: DictConfig, phase: str, max_epochs: int) -> DictConfig:
-    """A copy of ``cfg`` for an earlier phase: its own epochs, log version and checkpoint folder."""
+def _phase_config(cfg: DictConfig, phase: str, max_epochs: int, monitor: str | None = None) -> DictConfig:
+    """A copy of ``cfg`` for an earlier phase: its own epochs, log version, checkpoint folder and
+    (when given) the metric its checkpoints and early stopping watch."""
     phase_cfg = copy.deepcopy(cfg)
     with open_dict(phase_cfg):
         phase_cfg.trainer.max_epochs = max_epochs
         for logger in (phase_cfg.get("logger") or {}).values():
             if logger and "version" in logger:
                 logger.version = phase
-        checkpoint = (phase_cfg.get("callbacks") or {}).get("model_checkpoint")
+        callbacks = phase_cfg.get("callbacks") or {}
+        checkpoint = callbacks.get("model_checkpoint")
         if checkpoint and checkpoint.get("dirpath"):
             checkpoint.dirpath = f"{checkpoint.dirpath}/{phase}"
+        for callback in callbacks.values():
+            if monitor and callback and "monitor" in callback:
+                callback.monitor = monitor
     return phase_cfg
 
 
@@ -130,8 +170,8 @@ def resume_point(ckpt_path: str | None, output_dir: Path, two_phase: bool) -> Re
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
-    if two_phase and not any(key in state for key in CLUSTERING_MODULES):
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if two_phase and checkpoint_class(checkpoint) is None:
         return ResumePoint(autoencoder=str(path))
     return ResumePoint(final=str(path))
 
@@ -154,7 +194,8 @@ def pretrain_autoencoder(
     autoencoder = build_module(model_cfg.pretrain, datamodule)
     if cfg.get("compile"):
         compile_network(autoencoder.net)
-    phase_cfg = _phase_config(cfg, "autoencoder", int(model_cfg.pretrain_epochs))
+    monitor = model_cfg.pretrain.get("monitor") or "val/loss"
+    phase_cfg = _phase_config(cfg, "autoencoder", int(model_cfg.pretrain_epochs), monitor)
     trainer = build_trainer(phase_cfg, has_validation=datamodule.has_validation)
     trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path)
     return autoencoder
@@ -162,19 +203,97 @@ def pretrain_autoencoder(
 
 def build_clustering_module(
     model_cfg: DictConfig, autoencoder: AutoencoderModule, datamodule: StellarCatalogDataModule
-) -> L.LightningModule:
-    """The clustering module of ``model_cfg``, its network starting from the autoencoder."""
-    options = OmegaConf.to_container(model_cfg, resolve=True)
-    module_class = hydra.utils.get_class(options.pop("_target_"))
+) -> ClusteringModule:
+    """The clustering module of ``model_cfg``, its network starting from the autoencoder.
+
+    ``n_clusters: auto`` is resolved here (:func:`~grasp_dl.models.model_selection.choose_n_clusters`);
+    its curve is kept in the module's ``fit_results``.
+
+    Parameters
+    ----------
+    model_cfg : DictConfig
+        The clustering model's config.
+    autoencoder : AutoencoderModule
+        The trained (or, to check options, untrained) autoencoder.
+    datamodule : StellarCatalogDataModule
+        The set-up data module.
+
+    Returns
+    -------
+    ClusteringModule
+
+    Raises
+    ------
+    ConfigError
+        For a bad option.
+    """
+    module_class, options = _module_options(model_cfg)
+    curve = None
     if options.get("n_clusters") == "auto":
         from grasp_dl.models.model_selection import choose_n_clusters
 
-        options["n_clusters"], options["n_clusters_curve"] = choose_n_clusters(datamodule, options)
-    for key in PHASE_KEYS:
-        options.pop(key, None)
+        options["n_clusters"], curve = choose_n_clusters(datamodule, {**options, **_range(model_cfg)})
     module = module_class.from_autoencoder(autoencoder, **options)
+    if curve is not None:
+        module.fit_results["n_clusters_curve"] = curve
     # The data module's preprocessing is the one the clustering phase saw; keep it current.
     module.hparams.preprocessing = datamodule.preprocessing_state()
+    return module
+
+
+def _range(model_cfg: DictConfig) -> dict[str, Any]:
+    value = model_cfg.get("n_clusters_range")
+    return {} if value is None else {"n_clusters_range": list(value)}
+
+
+def check_phases(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.LightningModule:
+    """Build every phase's module once, untrained, so that a bad option fails before the first epoch.
+
+    The autoencoder (for a two-phase model) and the clustering module are built from ``cfg.model``
+    with the data's size (``n_clusters: auto`` checked as the low end of ``n_clusters_range``),
+    and the training stars are asked for what the module needs (error columns for ``init=xd``
+    or noise augmentation, the centre for the spatial prior).
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The training config.
+    datamodule : StellarCatalogDataModule
+        The set-up data module.
+
+    Returns
+    -------
+    LightningModule
+        The untrained module of the last phase (thrown away by :func:`train`).
+
+    Raises
+    ------
+    ConfigError, CatalogError
+        Naming the bad option or the missing column.
+    """
+    # Building draws initial weights: leave the random state as it was, so the run that follows
+    # trains exactly as it would without the check.
+    with torch.random.fork_rng(devices=[]):
+        return _check_phases(cfg, datamodule)
+
+
+def _check_phases(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.LightningModule:
+    model_cfg = cfg.model
+    if "pretrain" not in model_cfg:
+        module = build_module(model_cfg, datamodule)
+    else:
+        autoencoder = build_module(model_cfg.pretrain, datamodule)
+        if model_cfg.get("n_clusters") == "auto":
+            from grasp_dl.models.model_selection import k_values
+
+            model_cfg = copy.deepcopy(model_cfg)
+            with open_dict(model_cfg):
+                model_cfg.n_clusters = k_values(model_cfg.get("n_clusters_range"))[0]
+        module_class, options = _module_options(model_cfg)
+        module = module_class.from_autoencoder(autoencoder, **options)
+        module.hparams.preprocessing = datamodule.preprocessing_state()
+    if isinstance(module, ClusteringModule):
+        datamodule.training_catalog(module.catalog_needs(), "cpu")
     return module
 
 
@@ -196,6 +315,7 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
         datamodule = build_datamodule(cfg)
     else:
         datamodule.setup("fit")
+    check_phases(cfg, datamodule)
     if not two_phase:
         module = build_module(cfg.model, datamodule)
     elif resume.final:
@@ -210,7 +330,7 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final)
     checkpoint = output_dir / "checkpoints" / "last.ckpt"
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if hasattr(module, "predict_proba"):
+    if isinstance(module, ClusteringModule):
         metrics.update(clustering_scores(module, datamodule))
     return TrainResult(
         module=module,
@@ -248,7 +368,7 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
             f"warning: only {prepared.n_usable} usable stars, too few to learn anything meaningful "
             f"(at least {MIN_USEFUL_STARS} are advised): do not trust these groups"
         )
-    if hasattr(result.module, "member_group"):
+    if isinstance(result.module, ClusteringModule):
         data = result.datamodule.data
         labels = result.module.predict_proba(data).argmax(dim=1)
         group = result.module.member_group
@@ -256,16 +376,16 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
             f"cluster: group {group} of {result.module.hparams.n_clusters}, "
             f"{int((labels == group).sum())} of {len(data)} training stars"
         )
-        report = result.module.hparams.get("start_vs_end")
+        report = result.module.fit_results.get("start_vs_end")
         if report:
             from grasp_dl.models.anchoring import describe_start_vs_end
 
             lines.append(describe_start_vs_end(report))
-        curve = result.module.hparams.get("n_clusters_curve")
+        curve = result.module.fit_results.get("n_clusters_curve")
         if curve:
             points = ", ".join(f"k={k}: {b:.1f}" for k, b in zip(curve["k"], curve["bic"]))
             lines.append(f"n_clusters=auto chose {curve['chosen']} by {curve['criterion']} ({points})")
-    for key in ("train/loss", "val/loss"):
+    for key in dict.fromkeys(("train/loss", cfg.model.get("monitor") or "val/loss")):
         if key in result.metrics:
             lines.append(f"{key}: {result.metrics[key]:.4f}")
     lines.append(f"run directory: {result.output_dir}")
@@ -318,8 +438,8 @@ def predict(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
         chunk_size=int(cfg.chunk_size),
         score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
     )
-    if module.hparams.get("start_vs_end"):
-        summary["start_vs_end"] = module.hparams["start_vs_end"]
+    if getattr(module, "fit_results", {}).get("start_vs_end"):
+        summary["start_vs_end"] = module.fit_results["start_vs_end"]
     summary["checkpoint"] = str(cfg.ckpt_path)
     summary["catalog"] = str(cfg.data.path)
     return summary, output, write_summary(summary, output)

@@ -177,8 +177,8 @@ def product_vade_options() -> dict[str, Any]:
 
     path = Path(__file__).resolve().parents[1] / "conf" / "model" / "vade.yaml"
     config = OmegaConf.to_container(OmegaConf.load(path))
-    skip = {"defaults", "_target_", "n_clusters", "seed", "cluster_index", "pretrain", "pretrain_epochs",
-            "pretrained_ckpt", "n_clusters_range"}
+    skip = {"defaults", "_target_", "n_clusters", "seed", "cluster_index", "cluster_group", "pretrain", "pretrain_epochs",
+            "pretrained_ckpt", "n_clusters_range", "monitor"}
     return {k: v for k, v in config.items() if k not in skip}
 
 

@@ -261,7 +261,7 @@ def run_product(method: str, cell: dict[str, Any], dm: Any, truth_pm: np.ndarray
     usable_prob = member_prob[dm.usable_rows()]
     _plausibility(row, usable_prob, dm)
     _found(row, summary)
-    report = module.hparams.get("start_vs_end")
+    report = getattr(module, "fit_results", {}).get("start_vs_end") or module.hparams.get("start_vs_end")
     anchor = getattr(module, "_anchor_prob", None)
     if anchor is not None:
         truth_train = truth[dm.usable_rows()][dm.train_index.numpy()]

@@ -102,14 +102,15 @@ class _ToyModule(StartAnchor, nn.Module):
     def __init__(self, logits: np.ndarray, x: np.ndarray) -> None:
         super().__init__()
         self.logits = nn.Parameter(torch.as_tensor(logits, dtype=torch.float32))
-        self.register_buffer("cluster_group", torch.tensor(0))
-        self.hparams: dict[str, Any] = {"anchor": {}, "cluster_index": None}
+        self.register_buffer("decided_group", torch.tensor(0))
+        self.hparams: dict[str, Any] = {"anchor": {}, "cluster_group": None}
+        self.fit_results: dict[str, Any] = {}
         self.x = x
         self.device = torch.device("cpu")
 
     @property
-    def member_group(self) -> int:
-        return int(self.cluster_group)
+    def cluster_group(self) -> int:
+        return int(self.decided_group)
 
     def physical_features(self, catalog: torch.Tensor) -> tuple[np.ndarray, list[str]]:
         return self.x, NAMES
@@ -126,17 +127,18 @@ def test_guard_falls_back_to_the_weights_that_agreed_with_the_start() -> None:
     module.set_anchor(start, 0)
     catalog = torch.zeros(len(x), 1)
     first = module.guard_start(catalog)
-    assert not first.drifted and module.hparams["start_vs_end"]["agreement"] == 1.0
+    assert not first.drifted and module.fit_results["start_vs_end"]["agreement"] == 1.0
     # training drifts: group 0 swallows the field
     with torch.no_grad():
         module.logits[:, 0] = 5.0
-    module._guarded_epoch = None  # a new epoch
     report = module.guard_start(catalog)
     assert report.drifted and "restored" in report.action
     assert report.extra["drifted_agreement"] < 0.2 and report.agreement == 1.0
-    q = module.predict_proba(catalog).numpy()[:, module.member_group]
+    q = module.predict_proba(catalog).numpy()[:, module.cluster_group]
     assert membership_agreement(q > 0.5, truth) == 1.0
-    assert module.hparams["start_vs_end"]["action"] == report.action
+    assert module.fit_results["start_vs_end"]["action"] == report.action
+    # stars other than the training ones are not checked
+    assert module.guard_start(catalog[:10]) is None
 
 
 def test_guard_renames_the_start_group_when_another_was_named() -> None:
@@ -144,10 +146,10 @@ def test_guard_renames_the_start_group_when_another_was_named() -> None:
     start = np.column_stack([np.where(truth, 0.95, 0.02), np.where(truth, 0.05, 0.98)])
     module = _ToyModule(np.log(start), x)
     module.set_anchor(start, 0)
-    module.cluster_group.fill_(1)  # the rule named the field group
+    module.decided_group.fill_(1)  # the rule named the field group
     report = module.guard_start(torch.zeros(len(x), 1))
     assert report.drifted and "named the start's group 0" in report.action
-    assert module.member_group == 0 and report.end_group == 0 and report.agreement == 1.0
+    assert module.cluster_group == 0 and report.end_group == 0 and report.agreement == 1.0
 
 
 def test_anchor_loss_pulls_towards_the_start() -> None:
@@ -185,11 +187,11 @@ def test_collapsing_case_ends_no_worse_than_its_start(tmp_path, model: str) -> N
     module, dm = result.module, result.datamodule
     truth = dm.table["truth"].to_numpy()[dm.usable_rows()][dm.train_index.numpy()] == "cluster"
     start = module._anchor_prob.cpu().numpy() > 0.5
-    end = module.predict_proba(dm.split_tensor("train")).numpy()[:, module.member_group] > 0.5
+    end = module.predict_proba(dm.split_tensor("train")).numpy()[:, module.cluster_group] > 0.5
     start_f1, end_f1 = membership_agreement(start, truth), membership_agreement(end, truth)
     assert start_f1 > 0.6  # the start had the cluster
     assert end_f1 >= start_f1 - 0.1, (start_f1, end_f1)
-    report = module.hparams["start_vs_end"]
+    report = module.fit_results["start_vs_end"]
     assert set(report) >= {"start", "end", "agreement", "drifted", "action"}
     assert report["start"]["n_members"] == int(start.sum())
     assert report["agreement"] == pytest.approx(membership_agreement(start, end), abs=1e-9)

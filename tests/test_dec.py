@@ -10,6 +10,8 @@ from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.clustering import groups_from_responsibilities, soft_assign, target_distribution
+from grasp_dl.errors import ConfigError
+from grasp_dl.models.base import ClusteringModule
 from grasp_dl.models.dec import DECModule
 
 
@@ -124,7 +126,7 @@ def test_short_run_recovers_the_cluster(small_field, variant):
     truth = dm.table["truth"].to_numpy()[dm.prepared.mask]
     q = module.predict_proba(dm.data)
     labels = q.argmax(1).numpy()
-    members = labels == module.member_group
+    members = labels == module.cluster_group
     assert adjusted_rand_score(truth, labels) > 0.5
     f1 = 2 * (members & (truth == "cluster")).sum() / (members.sum() + (truth == "cluster").sum())
     assert f1 > 0.9, f1
@@ -157,7 +159,7 @@ def test_checkpoint_reload_gives_identical_predictions(small_field, tmp_path):
     assert raw["hyper_parameters"]["preprocessing"]["feature_names"] == dm.feature_names
     again = DECModule.load_from_checkpoint(tmp_path / "dec.ckpt")
     torch.testing.assert_close(again.predict_proba(dm.data), module.predict_proba(dm.data))
-    assert again.member_group == module.member_group
+    assert again.cluster_group == module.cluster_group
 
 
 def test_python_defaults_match_the_yaml_defaults():
@@ -168,7 +170,8 @@ def test_python_defaults_match_the_yaml_defaults():
     from grasp_dl.config import conf_dir
 
     yaml = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / "dec.yaml"))
-    signature = inspect.signature(DECModule.__init__).parameters
+    signature = {**inspect.signature(ClusteringModule.__init__).parameters, **inspect.signature(DECModule.__init__).parameters}
+    assert {"variant", "kernel", "init", "cluster_group", "spatial_prior"} <= set(signature) & set(yaml)
     for key, value in yaml.items():
         if key in signature and key not in ("optimizer", "seed"):
             assert signature[key].default == value, key
@@ -176,9 +179,9 @@ def test_python_defaults_match_the_yaml_defaults():
 
 
 def test_bad_options_are_named():
-    with pytest.raises(ValueError, match="unknown DEC variant 'vae'"):
+    with pytest.raises(ConfigError, match="unknown DEC variant 'vae'"):
         DECModule(5, variant="vae")
-    with pytest.raises(ValueError, match="unknown kernel 'gauss'"):
+    with pytest.raises(ConfigError, match="unknown kernel 'gauss'"):
         DECModule(5, kernel="gauss")
-    with pytest.raises(ValueError, match="n_clusters must be at least 2"):
+    with pytest.raises(ConfigError, match="n_clusters must be at least 2"):
         DECModule(5, n_clusters=1)

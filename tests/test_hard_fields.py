@@ -209,7 +209,7 @@ def test_spatial_prior_raises_the_cluster_probability_near_the_centre(module_cla
 
 
 def test_spatial_prior_needs_the_mixture_kernel():
-    with pytest.raises(ValueError, match="spatial_prior needs model.kernel=mixture"):
+    with pytest.raises(ConfigError, match="spatial_prior needs model.kernel=mixture"):
         DECModule(5, kernel="dec", spatial_prior=True)
 
 
@@ -241,11 +241,12 @@ def hard_field_run(tmp_path_factory):
 
 def test_auto_n_clusters_stores_its_curve_in_the_checkpoint(hard_field_run):
     result = hard_field_run
-    curve = result.module.hparams.n_clusters_curve
+    curve = result.module.fit_results["n_clusters_curve"]
     assert curve["k"] == [2, 3] and len(curve["bic"]) == 2
     assert curve["chosen"] == curve["k"][int(np.argmin(curve["bic"]))] == result.module.hparams.n_clusters
     state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
-    assert state["hyper_parameters"]["n_clusters_curve"] == curve
+    assert state["fit_results"]["n_clusters_curve"] == curve and "n_clusters_curve" not in state["hyper_parameters"]
+    assert load_clustering_module(result.checkpoint).fit_results["n_clusters_curve"] == curve
     assert state["hyper_parameters"]["init"] == "xd" and state["hyper_parameters"]["spatial_prior"] is True
     assert "n_clusters=auto chose" in pipeline.summarise(result, compose_config("train", TINY, result.output_dir))
 
@@ -316,6 +317,6 @@ def test_full_configuration_beats_the_plain_one_on_a_small_hard_field():
         module = VaDEModule.from_autoencoder(ae, n_clusters=3, n_init=4, kl_warmup_epochs=1, **settings)
         _trainer(3).fit(module, datamodule=dm)
         q = module.predict_proba(dm.data)
-        member = q[:, module.decide_member_group(dm.data, q)].numpy() > 0.5
+        member = q[:, module.decide_cluster_group(dm.data, q)].numpy() > 0.5
         f1[name] = 2 * (member & truth).sum() / (member.sum() + truth.sum())
     assert f1["full"] > 0.45 and f1["full"] > f1["plain"] + 0.3, f1

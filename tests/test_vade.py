@@ -10,6 +10,8 @@ from sklearn.metrics import adjusted_rand_score
 from grasp_dl import pipeline
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
+from grasp_dl.data.training_catalog import TrainingCatalog
+from grasp_dl.errors import ConfigError
 from grasp_dl.membership import entropy
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.vade import VaDEModule, mixture_log_joint
@@ -73,7 +75,7 @@ def test_from_autoencoder_copies_the_encoder_mean_and_decoder(small_field):
 def test_elbo_is_finite_and_falls_on_a_short_run(small_field):
     dm, autoencoder, _ = small_field
     module = VaDEModule.from_autoencoder(autoencoder, n_clusters=3, kl_warmup_epochs=0)
-    module.initialize_mixture(dm.data[dm.train_index])
+    module.initialise_from(TrainingCatalog(dm.data[dm.train_index]))
     before = _negative_elbo(module, dm.data)
     _trainer(3).fit(module, datamodule=dm)
     after = _negative_elbo(module, dm.data)
@@ -89,10 +91,10 @@ def test_posteriors_are_distributions_and_the_cluster_is_found(small_field):
     torch.testing.assert_close(mean.sum(1), torch.ones(500))
     assert (std >= 0).all() and (std <= 0.5).all()
     truth = dm.table["truth"].to_numpy()[dm.prepared.mask] == "cluster"
-    members = prob[:, module.member_group].numpy() > 0.5
+    members = prob[:, module.cluster_group].numpy() > 0.5
     f1 = 2 * (members & truth).sum() / (members.sum() + truth.sum())
     assert f1 > 0.9, f1
-    assert module.hparams.n_clusters == 3 and 0 <= module.member_group < 3
+    assert module.hparams.n_clusters == 3 and 0 <= module.cluster_group < 3
 
 
 def _two_blobs(n: int = 1500, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -129,20 +131,20 @@ def test_checkpoint_reloads_to_identical_posteriors(small_field, tmp_path):
     trainer.save_checkpoint(tmp_path / "vade.ckpt")
     raw = torch.load(tmp_path / "vade.ckpt", weights_only=True)  # plain hyper-parameters only
     assert raw["hyper_parameters"]["preprocessing"]["feature_names"] == dm.feature_names
-    assert int(raw["state_dict"]["cluster_group"]) == module.member_group >= 0
+    assert int(raw["state_dict"]["decided_group"]) == module.cluster_group >= 0
     again = load_clustering_module(tmp_path / "vade.ckpt")
     assert isinstance(again, VaDEModule) and not again.training
     torch.testing.assert_close(again.predict_proba(dm.data), module.predict_proba(dm.data))
     for first, second in zip(again.predict_proba_samples(dm.data), module.predict_proba_samples(dm.data)):
         torch.testing.assert_close(first, second)
-    assert again.member_group == module.member_group
+    assert again.cluster_group == module.cluster_group
 
 
 def test_uncertainty_grows_with_injected_noise(small_field):
     dm, _, module = small_field
     truth = dm.table["truth"].to_numpy()[dm.prepared.mask] == "cluster"
     members = dm.data[torch.from_numpy(truth)]
-    group = module.member_group
+    group = module.cluster_group
     generator = torch.Generator().manual_seed(1)
     stds, entropies = [], []
     for sigma in (0.0, 0.3, 0.6):
@@ -174,7 +176,7 @@ def test_train_model_vade_end_to_end_then_predict_and_evaluate(tmp_path):
     result = pipeline.train(cfg)
     assert isinstance(result.module, VaDEModule)
     module = load_clustering_module(result.checkpoint)
-    assert isinstance(module, VaDEModule) and module.member_group == result.module.member_group >= 0
+    assert isinstance(module, VaDEModule) and module.cluster_group == result.module.cluster_group >= 0
     df = simulate_field("m4", n_stars=1500, seed=11)
     df.loc[[0, 10], "pmra"] = np.nan
     df.loc[20, "parallax"] = np.nan
@@ -199,9 +201,9 @@ def test_train_model_vade_end_to_end_then_predict_and_evaluate(tmp_path):
 
 
 def test_bad_options_are_named():
-    with pytest.raises(ValueError, match="unknown initialisation 'spectral'"):
+    with pytest.raises(ConfigError, match="unknown initialisation 'spectral'"):
         VaDEModule(5, init="spectral")
-    with pytest.raises(ValueError, match="n_clusters must be at least 2"):
+    with pytest.raises(ConfigError, match="n_clusters must be at least 2"):
         VaDEModule(5, n_clusters=1)
-    with pytest.raises(ValueError, match="logvar_min"):
+    with pytest.raises(ConfigError, match="logvar_min"):
         VaDEModule(5, logvar_min=2.0, logvar_max=1.0)

@@ -17,6 +17,7 @@ from grasp_dl.data.catalog import read_catalog
 from grasp_dl.data.loader import TensorBatchLoader, is_block
 from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
+from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
 from grasp_dl.data.simulate import simulate_catalog
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.errors import ConfigError
@@ -240,6 +241,36 @@ class StellarCatalogDataModule(L.LightningDataModule):
                 col = names.index(quantity)
                 factors[:, col, :] = chol[:, row, :] / scale[col]
         return torch.from_numpy(factors)
+
+    def training_catalog(self, needs: CatalogNeeds, device: torch.device | str | None = None) -> TrainingCatalog:
+        """The training rows as a clustering module needs them (the :class:`TrainingCatalogSource` protocol).
+
+        Parameters
+        ----------
+        needs : CatalogNeeds
+            What the module needs beyond the features; only that is computed.
+        device : torch.device, str or None
+            Where the features and noise factors go (None: the trainer's device, else the CPU).
+
+        Returns
+        -------
+        TrainingCatalog
+            Features, and star data, radius and noise factors where asked for, in ``train_index`` order.
+
+        Raises
+        ------
+        CatalogError
+            When the catalogue lacks the columns a need requires (named with the setting that asked).
+        ConfigError
+            When a need requires the cluster centre and the data has none.
+        """
+        catalog = TrainingCatalog(
+            features=self.split_tensor("train", device),
+            stars=self.star_data("train", needs.photometry, what=needs.stars) if needs.stars else None,
+            radius=self.radius("train") if needs.radius else None,
+            noise_factors=self.noise_factors("train") if needs.noise_factors else None,
+        )
+        return catalog if device is None else catalog.to(device)
 
     def _require_setup(self) -> None:
         if self.data is None:

@@ -9,8 +9,8 @@ a 2% cluster into a group of 95% of the stars). Three guards, all without truth:
   adds ``weight * BCE(q_i,g, s_i)``, the cross-entropy of the module's probability of that
   group ``g`` towards the start's, so the group keeps the start's members while the rest of
   the model trains.
-* **drift check** -- whenever the module decides which group is the cluster (once per epoch,
-  before the checkpoint is written), :func:`detect_drift` compares the start's members
+* **drift check** -- whenever the module decides which group is the cluster on its training
+  stars (DEC at every target update, VaDE at every epoch's end, before the checkpoint is written), :func:`detect_drift` compares the start's members
   (``s > 0.5``) with the end's (the named group's probability > 0.5): their agreement F1, and
   the plausibility check of :func:`group_check` (members more concentrated on the sky and
   tighter in proper motion than the other stars). The cluster group has drifted when the
@@ -18,11 +18,12 @@ a 2% cluster into a group of 95% of the stars). Three guards, all without truth:
 * **fallback** -- on a drift the module names the start's group again if that group still
   agrees with the start; otherwise it restores the weights whose cluster group agreed best with
   the start so far (the phase's own start at first; only when they agree better than the
-  drifted ones), stops training, and says so. A fall of the agreement by more than
+  drifted ones), stops training (the learning rates drop to 0 for the steps Lightning still
+  takes), and says so. A fall of the agreement by more than
   ``max_drop`` below that best also counts as a drift.
 
 The report (start against end: members, mean proper motion, the agreement, what was done) is
-kept in ``hparams['start_vs_end']``, so it travels with the checkpoint and reaches the summary.
+kept in ``fit_results['start_vs_end']``, so it travels with the checkpoint and reaches the summary.
 """
 
 from __future__ import annotations
@@ -237,21 +238,27 @@ def detect_drift(
 class StartAnchor:
     """Mixin for clustering LightningModules: keep the start's cluster group (see the module doc).
 
-    Needs ``hparams.anchor`` (see :func:`anchor_options`), ``hparams.preprocessing``,
-    ``predict_proba``, ``physical_features``, ``member_group`` and a ``cluster_group`` buffer.
-    The host calls :meth:`set_anchor` once its groups are initialised, adds
-    :meth:`anchor_loss` to each step's loss and calls :meth:`guard_start` right after it
-    decides the cluster group at the end of an epoch. The weights whose cluster group agreed
-    best with the start so far (those of the start itself at first) are kept in memory; a
-    drift falls back to them.
+    Needs ``hparams.anchor`` (see :func:`anchor_options`), ``hparams.cluster_group`` (the user's
+    choice, which the anchor never overrides), ``predict_proba``, ``physical_features``,
+    ``cluster_group`` and a ``decided_group`` buffer. Cooperative hooks: :meth:`setup_ingredients`
+    (after the groups are initialised) remembers the start; the host adds :meth:`anchor_loss` to
+    each step's loss and calls :meth:`guard_start` whenever it decides the cluster group on the
+    training stars. The weights whose cluster group agreed best with the start so far (those of
+    the start itself at first) are kept in memory; a drift falls back to them. The report goes to
+    ``fit_results['start_vs_end']`` (saved with the checkpoint).
     """
 
     _anchor_prob: Tensor | None = None
     _anchor_group: int = -1
     _best_state: dict[str, Tensor] | None = None
     _best_agreement: float | None = None
-    _guarded_epoch: int | None = None
-    _last_report: DriftReport | None = None
+    _fell_back: bool = False
+
+    def setup_ingredients(self, catalog: Any, resp: np.ndarray) -> None:
+        """After the groups are initialised from ``resp``: the other ingredients, then the anchor."""
+        super().setup_ingredients(catalog, resp)  # type: ignore[misc]
+        features = getattr(catalog, "features", catalog)
+        self.set_anchor(resp, start_cluster_group(self, resp, features))
 
     def set_anchor(self, start_prob: np.ndarray, start_group: int) -> None:
         """Remember the start: its cluster group, its probability per training star, the weights now.
@@ -267,11 +274,20 @@ class StartAnchor:
         self._anchor_prob = torch.as_tensor(prob, device=self.device)
         self._anchor_group = int(start_group)
         self._best_state = self._copy_state()
+        if "initialized" in self._best_state:
+            self._best_state["initialized"].fill_(True)  # the start is an initialised module
         self._best_agreement = None
-        self._guarded_epoch = self._last_report = None
+        self._fell_back = False
 
     def _copy_state(self) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def _results(self) -> dict[str, Any]:
+        results = getattr(self, "fit_results", None)
+        return results if results is not None else self.hparams
+
+    def _name_group(self, group: int) -> None:
+        self.decided_group.fill_(int(group))
 
     def anchor_loss(self, q: Tensor, index: Tensor) -> Tensor | None:
         """``weight`` x the cross-entropy of the anchor group's probability towards the start's.
@@ -303,25 +319,24 @@ class StartAnchor:
         return membership_agreement(start > MEMBER_THRESHOLD, q > MEMBER_THRESHOLD)
 
     @torch.no_grad()
-    def guard_start(self, catalog: Tensor) -> DriftReport | None:
-        """Compare the current cluster group with the start's; on a drift fall back and stop.
+    def guard_start(self, catalog: Tensor, q: Tensor | None = None) -> DriftReport | None:
+        """Compare the named cluster group with the start's; on a drift fall back and stop training.
 
         Parameters
         ----------
         catalog
-            The training stars (standardised), in the order of the anchor.
+            The training stars (standardised), in the order of the anchor; other stars are ignored.
+        q
+            Their group probabilities, if already computed.
 
         Returns
         -------
         DriftReport or None
-            What was found (also stored in ``hparams['start_vs_end']``); None without an anchor.
+            What was found (also in ``fit_results['start_vs_end']``); None without an anchor or
+            for stars other than the training ones.
         """
-        if self._anchor_prob is None or catalog is None:
+        if self._anchor_prob is None or catalog is None or len(catalog) != len(self._anchor_prob):
             return None
-        trainer = getattr(self, "_trainer", None)
-        epoch = None if trainer is None else trainer.current_epoch
-        if epoch is not None and epoch == self._guarded_epoch and self._last_report is not None:
-            return self._last_report  # once per epoch: validation's check stands for the epoch's end
         options = anchor_options(self.hparams.get("anchor"))
         features, names = self.physical_features(catalog)
         start = self._anchor_prob.cpu().numpy()
@@ -330,21 +345,31 @@ class StartAnchor:
             self.load_state_dict(self._best_state)
             self._best_agreement = self._agreement_of_state(catalog, start)
             self.load_state_dict(current)
-        q = self.predict_proba(catalog).cpu().numpy()
-        group = self.member_group
+        q = (self.predict_proba(catalog) if q is None else q).cpu().numpy()
+        group = self.cluster_group
         report = detect_drift(start, q[:, group], features, names, options["min_agreement"], self._anchor_group,
                               group, self._best_agreement, options["max_drop"])
         report.extra["best_agreement"] = self._best_agreement
-        if report.drifted and options["fallback"] and self.hparams.get("cluster_index") is None:
+        if report.drifted and options["fallback"] and self.hparams.get("cluster_group") is None:
             report.action = self._fall_back(catalog, start, q, features, names, report)
-            log.warning("the cluster group drifted from the start (%s): %s", report.reason, report.action)
-            if trainer is not None:
-                trainer.should_stop = True
+            if not self._fell_back:
+                log.warning("the cluster group drifted from the start (%s): %s", report.reason, report.action)
+            self._fell_back = True
+            self._stop_training()
         elif not report.drifted and group == self._anchor_group and report.agreement > (self._best_agreement or 0.0):
             self._best_state, self._best_agreement = self._copy_state(), report.agreement
-        self.hparams["start_vs_end"] = report.to_dict()
-        self._guarded_epoch, self._last_report = epoch, report
+        self._results()["start_vs_end"] = report.to_dict()
         return report
+
+    def _stop_training(self) -> None:
+        """Stop the fit, and freeze the weights for the steps Lightning still takes before it stops."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return
+        trainer.should_stop = True
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
 
     def _fall_back(
         self, catalog: Tensor, start: np.ndarray, q: np.ndarray, features: np.ndarray, names: list[str],
@@ -356,7 +381,7 @@ class StartAnchor:
         kept = detect_drift(start, q[:, anchor], features, names, options["min_agreement"], anchor, anchor,
                             self._best_agreement, options["max_drop"])
         if anchor != report.end_group and not kept.drifted:
-            self.cluster_group.fill_(anchor)
+            self._name_group(anchor)
             report.end, report.end_group, report.agreement = kept.end, anchor, kept.agreement
             self._refresh_position_model(catalog)
             return f"named the start's group {anchor} the cluster again and stopped training"
@@ -365,7 +390,7 @@ class StartAnchor:
         self.load_state_dict(self._best_state)
         q0 = self.predict_proba(catalog).cpu().numpy()
         restored = detect_drift(start, q0[:, anchor], features, names, options["min_agreement"], anchor, anchor)
-        self.cluster_group.fill_(anchor)
+        self._name_group(anchor)
         report.extra["drifted_agreement"] = report.agreement
         report.end, report.end_group, report.agreement = restored.end, anchor, restored.agreement
         self._refresh_position_model(catalog)

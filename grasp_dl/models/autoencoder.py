@@ -22,6 +22,28 @@ class AutoencoderModule(BlockTraining, EpochMeanLogging, L.LightningModule):
     ``preprocessing`` is the data module's ``preprocessing_state()``: feature names, centre
     and fitted scaler, stored with the weights so a checkpoint alone can prepare a new
     catalogue. ``optimizer``/``scheduler`` are ``_partial_`` configs, kept as plain dicts.
+
+    Parameters
+    ----------
+    input_dim : int
+        Features per star.
+    hidden_dims : sequence of int
+        Hidden layer sizes.
+    latent_dim : int
+        Size of the latent space.
+    dropout : float
+        Dropout probability in [0, 1).
+    batch_norm : bool
+        Batch normalisation between hidden layers.
+    optimizer, scheduler : mapping or None
+        ``_partial_`` configs (``optimizer`` None: Adam, lr 1e-3; ``scheduler`` None: none).
+    preprocessing : mapping or None
+        The data module's ``preprocessing_state()``.
+
+    Raises
+    ------
+    ConfigError
+        For a non-positive layer size or a dropout outside [0, 1).
     """
 
     scheduler_monitor = "val/loss"
@@ -59,13 +81,18 @@ class AutoencoderModule(BlockTraining, EpochMeanLogging, L.LightningModule):
         )
 
     def network_args(self) -> dict[str, Any]:
-        """The network's shape (input, hidden and latent sizes, dropout, batch norm): what a later
-        phase needs to build a network these weights fit."""
+        """The network's shape: what a later phase needs to build a network these weights fit.
+
+        Returns
+        -------
+        dict
+            ``input_dim``, ``hidden_dims``, ``latent_dim``, ``dropout`` and ``batch_norm``.
+        """
         keys = ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")
         return {key: self.hparams[key] for key in keys}
 
     def forward(self, x: Tensor) -> Tensor:
-        """Latent representation of standardised features."""
+        """Latent points (n, latent_dim) of standardised features ``x``."""
         return self.net.encode(x)
 
     def _reconstruction_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -74,23 +101,27 @@ class AutoencoderModule(BlockTraining, EpochMeanLogging, L.LightningModule):
         return F.mse_loss(reconstruction, x)
 
     def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Mean squared reconstruction error of a mini-batch (logged as the epoch mean ``train/loss``)."""
         loss = self._reconstruction_loss(batch)
         self.log_epoch_mean("train/loss", loss, len(batch[0]), prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Log ``val/loss``, the reconstruction error (the autoencoder's monitored metric)."""
         loss = self._reconstruction_loss(batch)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Latent points of a batch."""
         return self.net.encode(batch[0])
 
     def configure_optimizers(self) -> Any:
+        """The optimiser (and scheduler) of the ``optimizer``/``scheduler`` configs."""
         return build_optimizers(self.parameters(), self.hparams.optimizer, self.hparams.scheduler)
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
-        """Latent points of standardised features, in eval mode (no dropout)."""
+        """Latent points (n, latent_dim) of standardised features ``x``, in eval mode (no dropout)."""
         was_training = self.training
         self.eval()
         try:

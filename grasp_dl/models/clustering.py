@@ -10,6 +10,8 @@ from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
+from grasp_dl.errors import ConfigError
+
 #: kmeans: DEC's k-means in latent space; gmm: a Gaussian mixture in latent space;
 #: gmm_features: a Gaussian mixture on the standardised input features, carried into latent space;
 #: xd: the error-deconvolved, spatially aware cluster + field mixture of models/deconvolution.py
@@ -33,6 +35,22 @@ def soft_assign(
     With per-group ``log_scales`` s_j and ``log_weights`` pi_j it is the posterior of a Student-t
     mixture: pi_j s_j^-d (1 + |z_i - mu_j|^2 / (alpha s_j^2))^(-(alpha+d)/2), so a tight, small
     group (a cluster) and a broad, dominant one (the field) can both be described.
+
+    Parameters
+    ----------
+    z : Tensor
+        Latent points, shape (n, d).
+    centers : Tensor
+        Group centres, shape (k, d).
+    alpha : float
+        Degrees of freedom of the Student-t kernel.
+    log_scales, log_weights : Tensor or None
+        Per-group log-scales (k,) and log-weights (k,) or (n, k) of the mixture kernel.
+
+    Returns
+    -------
+    Tensor
+        Shape (n, k), rows sum to 1.
     """
     dist2 = torch.cdist(z.float(), centers.float()).pow(2)
     if log_scales is None:
@@ -52,6 +70,20 @@ def target_distribution(q: Tensor, frequencies: Tensor | None = None, balance: f
     ``frequencies`` f_j = sum_i q_ij must be summed over the whole catalogue; by default they are
     taken from ``q`` itself, right when ``q`` is the whole catalogue. ``balance`` = 1 is DEC's
     division by group size, which favours equal groups; 0 only sharpens.
+
+    Parameters
+    ----------
+    q : Tensor
+        Soft assignments, shape (n, k).
+    frequencies : Tensor or None
+        Group frequencies over the whole catalogue (None: from ``q``).
+    balance : float
+        Exponent of the frequencies.
+
+    Returns
+    -------
+    Tensor
+        Shape (n, k), rows sum to 1.
     """
     if frequencies is None:
         frequencies = q.sum(dim=0)
@@ -61,7 +93,7 @@ def target_distribution(q: Tensor, frequencies: Tensor | None = None, balance: f
 
 @dataclass
 class InitialGroups:
-    """Starting centres, scales and weights of the groups in latent space."""
+    """Starting centres (k, d), log-scales (k,) and log-weights (k,) of the groups in latent space."""
 
     centers: np.ndarray
     log_scales: np.ndarray
@@ -69,7 +101,19 @@ class InitialGroups:
 
 
 def groups_from_responsibilities(z: np.ndarray, resp: np.ndarray) -> InitialGroups:
-    """Weighted mean, isotropic scale and share of each group from soft memberships ``resp``."""
+    """Weighted mean, isotropic scale and share of each group from soft memberships.
+
+    Parameters
+    ----------
+    z : numpy.ndarray
+        Latent points, shape (n, d).
+    resp : numpy.ndarray
+        Soft memberships, shape (n, k).
+
+    Returns
+    -------
+    InitialGroups
+    """
     mass = resp.sum(axis=0) + 1e-9
     centers = (resp.T @ z) / mass[:, None]
     dist2 = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
@@ -96,13 +140,41 @@ def initial_responsibilities(
     tight cluster; a full-covariance mixture does not. A mixture fits the standardised input
     features better than the autoencoder's latent points, which lie on a curved low-dimensional
     sheet; its memberships then place the groups in latent space.
+
+    Parameters
+    ----------
+    z : numpy.ndarray
+        Latent points, shape (n, d).
+    n_clusters : int
+        Number of groups.
+    method : str
+        ``kmeans``, ``gmm`` or ``gmm_features`` (``xd`` needs star data: see
+        :meth:`~grasp_dl.models.ingredients.HardFieldIngredients.initial_memberships`).
+    n_init : int
+        Restarts (k-means), or four times the mixture's restarts.
+    seed : int
+        Random state.
+    features : numpy.ndarray or None
+        Standardised features, for ``gmm_features``.
+    latent_covariance : str
+        Covariance type of the ``gmm`` mixture.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (n, n_clusters), rows sum to 1.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown method, ``xd``, or fewer stars than groups.
     """
     if method not in INIT_METHODS:
-        raise ValueError(f"unknown initialisation {method!r}: choose one of {', '.join(INIT_METHODS)}")
+        raise ConfigError(f"unknown initialisation {method!r}: choose one of {', '.join(INIT_METHODS)}")
     if method == "xd":
-        raise ValueError("init='xd' needs each star's astrometry and errors: use HardFieldIngredients.initial_memberships")
+        raise ConfigError("init='xd' needs each star's astrometry and errors: use HardFieldIngredients.initial_memberships")
     if len(z) < n_clusters:
-        raise ValueError(f"{len(z)} stars cannot make {n_clusters} groups: lower n_clusters")
+        raise ConfigError(f"{len(z)} stars cannot make {n_clusters} groups: lower n_clusters")
     z = np.asarray(z, dtype=np.float64)
     if method == "kmeans":
         labels = KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(z)

@@ -8,7 +8,6 @@ target p is computed over the whole training catalogue; the loss is KL(P || Q) p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -16,144 +15,136 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grasp_dl.models.anchoring import ANCHOR_DEFAULTS, StartAnchor, anchor_options, start_cluster_group
-from grasp_dl.models.block_training import BlockTraining
+from grasp_dl.data.training_catalog import TrainingCatalog
+from grasp_dl.errors import ConfigError
+from grasp_dl.models.base import ClusteringModule
 from grasp_dl.models.clustering import (
     KERNELS,
     groups_from_responsibilities,
     soft_assign,
     target_distribution,
 )
-from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
-from grasp_dl.models.epoch_means import EpochMeanLogging
-from grasp_dl.models.membership_mixin import ClusterMembership
-from grasp_dl.models.spatial import RadialPrior
 from grasp_dl.models.networks import StellarAutoencoder, encode_in_chunks
-from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
+from grasp_dl.models.optim import DEFAULT_OPTIMIZER
 
 VARIANTS = ("dec", "idec")
 #: Fine-tuning a pretrained encoder wants a smaller step than pretraining (as conf/model/dec.yaml).
 DEC_OPTIMIZER: dict[str, Any] = {**DEFAULT_OPTIMIZER, "lr": 1e-4}
 
 
-class DECModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembership, EpochMeanLogging, L.LightningModule):
+class DECModule(ClusteringModule):
     """Cluster the latent space of a pretrained autoencoder with DEC or IDEC.
 
     Centres are an ``nn.Parameter`` created here, before the optimiser exists, and filled
-    in place at the start of training (so they do train). ``cluster_index`` (which group
-    is the globular cluster) is decided after training and stored with the checkpoint.
+    in place at the start of training (so they do train). Which group is the globular cluster
+    (:attr:`cluster_group`) is decided at every target update and stored with the checkpoint.
 
-    Hard-field options (see :mod:`grasp_dl.models.ingredients`): ``init='xd'`` starts from the
-    error-deconvolved spatial mixture (``xd`` its switches), ``noise_augmentation`` trains on
-    stars re-observed with their own errors, ``spatial_prior`` makes the group weights depend on
-    the radius (needs ``kernel='mixture'``). ``xd_fit`` and ``n_clusters_curve`` are written by
-    training (the initial mixture, and the criterion curve of ``n_clusters=auto``).
+    Parameters
+    ----------
+    input_dim : int
+        Number of standardised features per star.
+    n_clusters : int
+        Number of groups (at least 2).
+    variant : str
+        ``dec`` (KL(P || Q) only; the decoder is frozen) or ``idec`` (keeps the decoder and
+        minimises reconstruction + ``gamma`` * KL, Guo et al. 2017).
+    alpha : float
+        Degrees of freedom of the Student-t kernel of the soft assignments (> 0).
+    gamma : float
+        Weight of the clustering term in IDEC's loss (>= 0).
+    update_interval : int
+        Optimiser steps between updates of the target distribution, computed over the whole
+        training catalogue (>= 1).
+    tol : float
+        Stop when fewer than this fraction of stars change group between two target updates (>= 0).
+    kernel : str
+        ``mixture`` (each group its own learnt Student-t scale and weight, so a small tight
+        cluster and a dominant broad field coexist) or ``dec`` (DEC's single unit-scale kernel
+        with equal weights).
+    balance : float
+        Exponent of the group frequency in the target p ~ q^2 / f^balance: 1 is DEC's (favours
+        equal groups), 0 only sharpens (>= 0).
+    **shared : Any
+        The options every clustering model shares (``init``, ``n_init``, network shape,
+        ``optimizer`` (default Adam, lr 1e-4), ``scheduler``, ``preprocessing``,
+        ``cluster_group``, ``seed``, ``xd``, ``noise_augmentation``, ``spatial_prior``): see
+        :class:`~grasp_dl.models.base.ClusteringModule`. ``spatial_prior`` needs ``kernel='mixture'``.
+
+    Raises
+    ------
+    ConfigError
+        For any option out of its range.
     """
+
+    default_optimizer = DEC_OPTIMIZER
 
     def __init__(
         self,
         input_dim: int,
         n_clusters: int = 3,
+        *,
         variant: str = "dec",
         alpha: float = 1.0,
         gamma: float = 0.1,
         update_interval: int = 100,
         tol: float = 0.001,
-        init: str = "gmm_features",
-        n_init: int = 20,
         kernel: str = "mixture",
         balance: float = 0.0,
-        hidden_dims: Sequence[int] = (64, 32, 16),
-        latent_dim: int = 8,
-        dropout: float = 0.1,
-        batch_norm: bool = True,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        preprocessing: Mapping[str, Any] | None = None,
-        cluster_index: int | None = None,
-        seed: int = 0,
-        xd: Mapping[str, Any] = XD_DEFAULTS,
-        noise_augmentation: bool = False,
-        spatial_prior: bool = False,
-        xd_fit: Mapping[str, Any] | None = None,
-        n_clusters_curve: Mapping[str, Any] | None = None,
-        anchor: Mapping[str, Any] | None = ANCHOR_DEFAULTS,
-        start_vs_end: Mapping[str, Any] | None = None,
+        **shared: Any,
     ) -> None:
-        super().__init__()
-        if spatial_prior and kernel != "mixture":
-            raise ValueError("model.spatial_prior needs model.kernel=mixture (DEC's own kernel has no group weights)")
+        super().__init__(input_dim, n_clusters, **shared)
         if variant not in VARIANTS:
-            raise ValueError(f"unknown DEC variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown DEC variant {variant!r}: choose one of {', '.join(VARIANTS)}")
         if kernel not in KERNELS:
-            raise ValueError(f"unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
-        if n_clusters < 2:
-            raise ValueError(f"n_clusters must be at least 2, got {n_clusters}")
+            raise ConfigError(f"unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
+        if self.hparams.spatial_prior and kernel != "mixture":
+            raise ConfigError("model.spatial_prior needs model.kernel=mixture (DEC's own kernel has no group weights)")
+        if not float(alpha) > 0 or float(gamma) < 0 or float(tol) < 0 or float(balance) < 0:
+            raise ConfigError(f"alpha must be > 0 and gamma, tol, balance >= 0; got {alpha}, {gamma}, {tol}, {balance}")
+        if int(update_interval) < 1:
+            raise ConfigError(f"update_interval must be at least 1, got {update_interval}")
         self.save_hyperparameters(
             {
-                "input_dim": int(input_dim),
-                "n_clusters": int(n_clusters),
                 "variant": variant,
                 "alpha": float(alpha),
                 "gamma": float(gamma),
                 "update_interval": int(update_interval),
                 "tol": float(tol),
-                "init": init,
-                "n_init": int(n_init),
                 "kernel": kernel,
                 "balance": float(balance),
-                "hidden_dims": [int(h) for h in hidden_dims],
-                "latent_dim": int(latent_dim),
-                "dropout": float(dropout),
-                "batch_norm": bool(batch_norm),
-                "optimizer": plain_config(optimizer) or dict(DEC_OPTIMIZER),
-                "scheduler": plain_config(scheduler),
-                "preprocessing": plain_config(preprocessing),
-                "cluster_index": cluster_index,
-                "seed": int(seed),
-                "xd": xd_options(plain_config(xd)),
-                "noise_augmentation": bool(noise_augmentation),
-                "spatial_prior": bool(spatial_prior),
-                "xd_fit": plain_config(xd_fit),
-                "n_clusters_curve": plain_config(n_clusters_curve),
-                "anchor": anchor_options(plain_config(anchor)),
-                "start_vs_end": plain_config(start_vs_end),
             }
         )
-        self.net = StellarAutoencoder(input_dim, hidden_dims, latent_dim, dropout, batch_norm)
+        self.net = StellarAutoencoder(**self.network_args())
         # DEC discards the decoder; freezing it keeps DDP from waiting for its gradients.
         self.net.decoder.requires_grad_(variant == "idec")
-        self.centers = nn.Parameter(torch.zeros(n_clusters, latent_dim))
+        k, latent_dim = self.hparams.n_clusters, self.hparams.latent_dim
+        self.centers = nn.Parameter(torch.zeros(k, latent_dim))
         # Used by the 'mixture' kernel only; DEC's kernel is unit scale and equal weights.
-        self.log_scales = nn.Parameter(torch.zeros(n_clusters), requires_grad=kernel == "mixture")
-        self.log_weights = nn.Parameter(torch.zeros(n_clusters), requires_grad=kernel == "mixture")
-        self.register_buffer("initialized", torch.tensor(False))
-        # The group decided to be the globular cluster (-1 until decided); saved with the weights.
-        self.register_buffer("cluster_group", torch.tensor(-1))
-        # log Sigma_c(r), the radius-dependent group weight (inactive unless spatial_prior).
-        self.radial_prior = RadialPrior(n_clusters)
-        # Its Plummer scale trains only when used (DDP refuses parameters without gradients).
-        self.radial_prior.log_scale.requires_grad_(bool(spatial_prior))
-        # Cluster share, Plummer log-scale and cone radius that score stars without astrometry.
-        self.register_buffer("position_model", torch.full((3,), float("nan")))
-        self.register_buffer("target", torch.empty(0, n_clusters), persistent=False)
+        self.log_scales = nn.Parameter(torch.zeros(k), requires_grad=kernel == "mixture")
+        self.log_weights = nn.Parameter(torch.zeros(k), requires_grad=kernel == "mixture")
+        self.register_buffer("target", torch.empty(0, k), persistent=False)
         self.register_buffer("previous_labels", torch.empty(0, dtype=torch.long), persistent=False)
-        self.catalog: Tensor | None = None
 
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_autoencoder(cls, autoencoder: L.LightningModule, **kwargs: Any) -> DECModule:
-        """A DEC module whose network starts from a trained AutoencoderModule's weights."""
-        module = cls(**autoencoder.network_args(), preprocessing=autoencoder.hparams.get("preprocessing"), **kwargs)
-        module.net.load_state_dict(autoencoder.net.state_dict())
-        return module
+    def load_autoencoder_weights(self, autoencoder: L.LightningModule) -> None:
+        """Copy the autoencoder's encoder and decoder, the same network (see :meth:`ClusteringModule.from_autoencoder`)."""
+        self.net.load_state_dict(autoencoder.net.state_dict())
 
     # ------------------------------------------------------------------ inference
     def assign(self, z: Tensor, x: Tensor | None = None) -> Tensor:
         """Soft assignments q of latent points to the groups, with this module's kernel.
 
-        With the spatial prior, the group weights of each star depend on its radius, read from
-        its standardised features ``x``.
+        Parameters
+        ----------
+        z : Tensor
+            Latent points, shape (n, latent_dim).
+        x : Tensor or None
+            Their standardised features: with the spatial prior, each star's group weights
+            depend on its radius, read from them.
+
+        Returns
+        -------
+        Tensor
+            Shape (n, n_clusters), rows sum to 1 (differentiable).
         """
         if self.hparams.kernel == "dec":
             return soft_assign(z, self.centers, self.hparams.alpha)
@@ -163,38 +154,30 @@ class DECModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembers
         return soft_assign(z, self.centers, self.hparams.alpha, self.log_scales, log_weights)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Soft assignments q of standardised features to the groups."""
+        """Soft assignments q of standardised features ``x`` (n, input_dim) in the network's current mode (differentiable)."""
         return self.assign(self.net.encode(x), x)
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
-        """Latent points in eval mode (batch norm running statistics, no dropout)."""
-        was_training = self.net.training
-        self.net.eval()
-        try:
+        """Latent points (n, latent_dim) of standardised features in eval mode (batch-norm running statistics, no dropout)."""
+        with self.network_in_eval_mode():
             return encode_in_chunks(self.net.encoder, x.to(self.centers.device))
-        finally:
-            self.net.train(was_training)
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
-        """Group probabilities of standardised features (rows sum to 1)."""
+        """Soft assignments q at the latent points of ``x`` in eval mode (see :meth:`ClusteringModule.predict_proba`)."""
         return self.assign(self.embed(x), x)
 
     # ------------------------------------------------------------------ training
-    def on_fit_start(self) -> None:
-        self.catalog = self.trainer.datamodule.split_tensor("train", self.device)
-        if not bool(self.initialized):
-            self.initialize_centers(self.catalog)
-
     @torch.no_grad()
-    def initialize_centers(self, catalog: Tensor) -> None:
-        """Fill the centres from a k-means or mixture fit to the whole catalogue's latent points.
+    def initialise_from(self, catalog: TrainingCatalog) -> None:
+        """Fill the centres (and, with the mixture kernel, scales and weights) from the initial
+        memberships of the whole catalogue's latent points (see :meth:`ClusteringModule.initialise_from`).
 
         Every DDP rank holds the whole catalogue and fits with the same seed, so all ranks
         start from the same centres.
         """
-        z = self.embed(catalog).cpu().double().numpy()
+        z = self.embed(catalog.features).cpu().double().numpy()
         resp = self.initial_memberships(z, catalog)
         groups = groups_from_responsibilities(z, resp)
         self.centers.data.copy_(torch.as_tensor(groups.centers))
@@ -202,14 +185,18 @@ class DECModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembers
             self.log_scales.data.copy_(torch.as_tensor(groups.log_scales))
             self.log_weights.data.copy_(torch.as_tensor(groups.log_weights))
         self.setup_ingredients(catalog, resp)
-        self.initialized.fill_(True)
-        # The start's cluster group, kept by the anchor (grasp_dl/models/anchoring.py).
-        self.set_anchor(resp, start_cluster_group(self, resp, catalog))
 
     @torch.no_grad()
     def update_target(self) -> float:
-        """Recompute P over the whole training catalogue; return the fraction of changed labels."""
-        q = self.predict_proba(self.catalog)
+        """Recompute the target P over the whole training catalogue and decide the cluster group.
+
+        Returns
+        -------
+        float
+            The fraction of stars whose label changed since the last update (1 at the first).
+        """
+        features = self.train_catalog.features
+        q = self.predict_proba(features)
         # Each rank holds the whole catalogue, so these frequencies are already global sums.
         self.target = target_distribution(q, balance=self.hparams.balance)
         labels = q.argmax(dim=1)
@@ -217,7 +204,7 @@ class DECModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembers
         if len(self.previous_labels) == len(labels):
             changed = (labels != self.previous_labels).float().mean().item()
         self.previous_labels = labels
-        self.decide_member_group(self.catalog, q)
+        self.decide_cluster_group(features, q)
         sizes = torch.bincount(labels, minlength=self.hparams.n_clusters)
         for j, size in enumerate(sizes.tolist()):
             self.log(f"dec/size_{j}", float(size), on_step=True, on_epoch=False)
@@ -225,24 +212,33 @@ class DECModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembers
         return changed
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the self-training state (target and last labels) with the checkpoint."""
+        super().on_save_checkpoint(checkpoint)
         # The target and last labels are state of the self-training: a resumed run must carry on
         # with them rather than recompute them at an arbitrary step.
         checkpoint["dec_state"] = {"target": self.target.cpu(), "previous_labels": self.previous_labels.cpu()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the self-training state of a resumed run."""
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("dec_state")
         if state:
             self.target = state["target"].to(self.centers.device)
             self.previous_labels = state["previous_labels"].to(self.centers.device)
 
-    def on_train_epoch_start(self) -> None:
-        # The clustering phase fine-tunes the encoder as a fixed map: running batch-norm
-        # statistics and no dropout, as in DEC's fine-tuning, so q in training equals q at
-        # prediction.
-        self.net.eval()
-
     def before_batch(self, batch: tuple[Tensor, Tensor]) -> bool:
-        """Refresh the target every ``update_interval`` optimiser steps; stop once labels settle."""
+        """Refresh the target every ``update_interval`` optimiser steps; stop once labels settle.
+
+        Parameters
+        ----------
+        batch : tuple of Tensor
+            The next mini-batch (features, rows).
+
+        Returns
+        -------
+        bool
+            False when fewer than ``tol`` of the labels changed: the block (and the fit) ends.
+        """
         if self.global_step % self.hparams.update_interval == 0 or len(self.target) == 0:
             changed = self.update_target()
             if self.global_step > 0 and changed < self.hparams.tol:
@@ -251,6 +247,18 @@ class DECModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembers
         return True
 
     def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """KL(P || Q) of a mini-batch (IDEC: reconstruction + gamma * KL), its terms logged as epoch means.
+
+        Parameters
+        ----------
+        batch : tuple of Tensor
+            Standardised features and their rows in the training catalogue (which index the target).
+
+        Returns
+        -------
+        Tensor
+            The scalar loss.
+        """
         x, index = batch
         x = self.augment(x, index)
         z = self.net.encode(x)
@@ -263,34 +271,19 @@ class DECModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembers
             reconstruction = F.mse_loss(self.net.decode(z), x)
             self.log_epoch_mean("train/reconstruction", reconstruction, len(x))
             loss = reconstruction + self.hparams.gamma * kl
-        anchor = self.anchor_loss(q, index)
+        anchor = self.anchor_loss(q, index)  # keeps the start's cluster group (models/anchoring.py)
         if anchor is not None:
             loss = loss + anchor
         self.log_epoch_mean("train/loss", loss, len(x))
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        # Checkpoints are written at the end of validation: name the cluster and check the start first.
-        if self.catalog is not None and not self.trainer.sanity_checking and len(self.target):
-            self.decide_member_group(self.catalog)
-            self.guard_start(self.catalog)
-
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
-        if self.catalog is not None and len(self.target):
-            self.decide_member_group(self.catalog)
-            self.guard_start(self.catalog)
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Log ``val/entropy`` (the mean entropy of the assignments, DEC's monitored metric: lower
+        means crisper groups) and ``val/reconstruction``."""
         x, _ = batch
         z = self.net.encode(x)
         q = self.assign(z, x)
         reconstruction = F.mse_loss(self.net.decode(z), x)
         self.log("val/reconstruction", reconstruction, on_step=False, on_epoch=True, sync_dist=True)
-        # Mean entropy of the assignments: lower means crisper groups.
-        entropy = -(q * q.clamp_min(1e-12).log()).sum(dim=1).mean()
+        entropy = self.mean_entropy(q)
         self.log("val/entropy", entropy, on_step=False, on_epoch=True, sync_dist=True)
-        self.log("val/loss", entropy, on_step=False, on_epoch=True, sync_dist=True)
-
-    def configure_optimizers(self) -> Any:
-        return build_optimizers(self.parameters(), self.hparams.optimizer, self.hparams.scheduler)

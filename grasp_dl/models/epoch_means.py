@@ -27,7 +27,19 @@ class EpochMeanLogging:
         self._last_epoch_means: dict[str, Tensor] = {}
 
     def log_epoch_mean(self, name: str, value: Tensor, batch_size: int, prog_bar: bool = False) -> None:
-        """Add one step's ``value`` (a scalar tensor averaged over ``batch_size`` stars) to the epoch's mean."""
+        """Add one step's value to the epoch's mean.
+
+        Parameters
+        ----------
+        name : str
+            The metric's name, e.g. ``train/loss``.
+        value : Tensor
+            A scalar averaged over ``batch_size`` stars.
+        batch_size : int
+            Stars in the step.
+        prog_bar : bool
+            Show the mean in the progress bar.
+        """
         weighted = value.detach().float() * batch_size
         if name in self._epoch_sums:
             self._epoch_sums[name].add_(weighted)
@@ -39,13 +51,20 @@ class EpochMeanLogging:
             self._epoch_prog_bar.add(name)
 
     def epoch_means(self) -> dict[str, Tensor]:
-        """The means logged at the end of the last training epoch (this rank's, before DDP averaging)."""
+        """The means logged at the end of the last training epoch (this rank's, before DDP averaging).
+
+        Returns
+        -------
+        dict of str to Tensor
+        """
         return dict(self._last_epoch_means)
 
     def on_train_epoch_end(self) -> None:
-        """Log the means of this epoch's training-step values and start the next epoch afresh."""
+        """Log the means of this epoch's training-step values and start the next epoch afresh,
+        then run the next class's hook (a block-training scheduler step reads these means)."""
         self._last_epoch_means = {name: total / self._epoch_stars[name] for name, total in self._epoch_sums.items()}
         for name, mean in self._last_epoch_means.items():
             self.log(name, mean, prog_bar=name in self._epoch_prog_bar, sync_dist=True)  # type: ignore[attr-defined]
         self._epoch_sums.clear()
         self._epoch_stars.clear()
+        super().on_train_epoch_end()  # type: ignore[misc]

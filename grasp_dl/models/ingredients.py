@@ -26,6 +26,9 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
+from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
+from grasp_dl.errors import ConfigError
+from grasp_dl.membership import choose_cluster_group
 from grasp_dl.models.clustering import initial_responsibilities
 from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture, plummer_log_density
 from grasp_dl.models.spatial import radius_from_features
@@ -39,16 +42,46 @@ XD_DEFAULTS: Mapping[str, Any] = MappingProxyType(
 
 
 def xd_options(xd: Mapping[str, Any] | None) -> dict[str, Any]:
-    """model.xd merged over the defaults; unknown keys are an error naming the allowed ones."""
+    """model.xd merged over the defaults.
+
+    Parameters
+    ----------
+    xd : mapping or None
+        The user's switches.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    ConfigError
+        For an unknown key (the allowed ones are named).
+    """
     given = dict(xd or {})
     unknown = set(given) - set(XD_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown model.xd option(s) {sorted(unknown)}: choose from {', '.join(XD_DEFAULTS)}")
+        raise ConfigError(f"unknown model.xd option(s) {sorted(unknown)}: choose from {', '.join(XD_DEFAULTS)}")
     return {**XD_DEFAULTS, **given}
 
 
 def fit_plummer(radius: np.ndarray, weights: np.ndarray, radius_max: float) -> float:
-    """Weighted maximum-likelihood Plummer log-scale (log degrees) of stars at ``radius``."""
+    """Weighted maximum-likelihood Plummer log-scale of stars at ``radius``.
+
+    Parameters
+    ----------
+    radius : numpy.ndarray
+        Radii in degrees.
+    weights : numpy.ndarray
+        Each star's weight (its cluster membership).
+    radius_max : float
+        Cone radius (degrees).
+
+    Returns
+    -------
+    float
+        log of the Plummer scale (log degrees).
+    """
     r = np.minimum(radius, radius_max)
     result = minimize_scalar(
         lambda s: -(weights * plummer_log_density(r, s, radius_max)).sum(),
@@ -59,51 +92,107 @@ def fit_plummer(radius: np.ndarray, weights: np.ndarray, radius_max: float) -> f
 
 
 class HardFieldIngredients:
-    """Mixin for DECModule and VaDEModule (needs hparams init, n_init, seed, n_clusters, xd,
-    noise_augmentation, spatial_prior; a ``radial_prior`` and a ``position_model`` buffer)."""
+    """Mixin of :class:`~grasp_dl.models.base.ClusteringModule` (needs hparams init, n_init, seed,
+    n_clusters, xd, noise_augmentation, spatial_prior, preprocessing; a ``radial_prior``, a
+    ``position_model`` buffer and ``cluster_group``). It defines no Lightning hook: the base takes
+    the training catalogue (:meth:`ingredient_needs` says what it must hold) and sets ``_noise``."""
 
     _noise: Tensor | None = None
 
+    def ingredient_needs(self, initialised: bool) -> CatalogNeeds:
+        """What the hard-field settings need of the training stars.
+
+        Parameters
+        ----------
+        initialised : bool
+            Whether the groups have started already (a resumed fit needs no initial mixture).
+
+        Returns
+        -------
+        CatalogNeeds
+        """
+        hp = self.hparams
+        start = not initialised
+        xd = start and hp.init == "xd"
+        return CatalogNeeds(
+            stars="model.init=xd" if xd else None,
+            photometry=bool(xd and xd_options(hp.xd)["photometry"]),
+            radius="model.spatial_prior" if start and hp.spatial_prior and hp.init != "xd" else None,
+            noise_factors="model.noise_augmentation" if hp.noise_augmentation else None,
+        )
+
     # ------------------------------------------------------------------ initialisation
-    def initial_memberships(self, z: np.ndarray, catalog: Tensor, latent_covariance: str = "full") -> np.ndarray:
-        """Soft memberships of the training stars to start the groups from (init: kmeans, gmm,
-        gmm_features or xd); with xd, group 0 is the cluster and the fit is stored in hparams."""
+    def initial_memberships(
+        self, z: np.ndarray, catalog: TrainingCatalog, latent_covariance: str = "full"
+    ) -> np.ndarray:
+        """Soft memberships of the training stars to start the groups from.
+
+        Parameters
+        ----------
+        z : numpy.ndarray
+            Latent points of the training stars.
+        catalog : TrainingCatalog
+            The training stars (their star data with ``init='xd'``).
+        latent_covariance : str
+            Covariance type of a mixture fitted in latent space (``init='gmm'``).
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape (n, n_clusters); with ``init='xd'`` group 0 is the cluster and the fit is kept in
+            ``fit_results['xd_fit']``.
+        """
         hp = self.hparams
         if hp.init == "xd":
             options = xd_options(hp.xd)
-            stars = self.trainer.datamodule.star_data("train", options["photometry"], what="model.init=xd")
+            stars = catalog.stars
             mixture = SpatialDeconvolvedMixture(hp.n_clusters, seed=hp.seed, **options).fit(stars)
             self.xd_mixture_ = mixture
-            self.hparams["xd_fit"] = mixture.state_dict()
+            self.fit_results["xd_fit"] = mixture.state_dict()
             log.info("xd initial mixture: %s", mixture.state_dict())
             return mixture.predict_proba(stars)
         return initial_responsibilities(
-            z, hp.n_clusters, hp.init, hp.n_init, hp.seed, features=catalog.cpu().double().numpy(),
+            z, hp.n_clusters, hp.init, hp.n_init, hp.seed, features=catalog.features.cpu().double().numpy(),
             latent_covariance=latent_covariance,
         )
 
-    def setup_ingredients(self, catalog: Tensor, resp: np.ndarray) -> None:
-        """After the groups are initialised: configure the radial prior and the noise factors."""
+    def setup_ingredients(self, catalog: TrainingCatalog, resp: np.ndarray) -> None:
+        """After the groups are initialised: configure the radial prior.
+
+        Parameters
+        ----------
+        catalog : TrainingCatalog
+            The training stars (their radius unless ``init='xd'``).
+        resp : numpy.ndarray
+            The initial memberships.
+        """
         hp = self.hparams
         if hp.spatial_prior:
+            features = catalog.features
             if hp.init == "xd":
                 group, log_scale = 0, self.xd_mixture_.log_scale_
             else:
-                from grasp_dl.membership import choose_cluster_group
-
-                group = choose_cluster_group(resp, *self.physical_features(catalog))
-                radius = self.trainer.datamodule.radius("train")
+                group = choose_cluster_group(resp, *self.physical_features(features))
+                radius = catalog.radius
                 log_scale = fit_plummer(radius, resp[:, group], float(radius.max()))
             self.radial_prior.configure(hp.preprocessing, group, 1.0, log_scale)
-            r = self.radial_prior.radius(catalog.to(self.radial_prior.offset.device))
+            r = self.radial_prior.radius(features.to(self.radial_prior.offset.device))
             self.radial_prior.radius_max.fill_(float(r.max()))
 
-    def on_train_start(self) -> None:
-        if self.hparams.noise_augmentation:
-            self._noise = self.trainer.datamodule.noise_factors("train").to(self.device)
-
     def augment(self, x: Tensor, index: Tensor) -> Tensor:
-        """``x`` re-observed with each star's own errors when noise augmentation is on (training only)."""
+        """``x`` re-observed with each star's own errors when noise augmentation is on (training only).
+
+        Parameters
+        ----------
+        x : Tensor
+            A batch of standardised features.
+        index : Tensor
+            Their rows in the training catalogue.
+
+        Returns
+        -------
+        Tensor
+        """
         if not self.hparams.noise_augmentation or self._noise is None:
             return x
         factors = self._noise[index.to(self._noise.device)]
@@ -117,11 +206,18 @@ class HardFieldIngredients:
 
         Called whenever the cluster's group is decided, so every checkpoint carries a current fit;
         skipped when the features hold no position.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features.
+        q : Tensor
+            Their group probabilities.
         """
         radius = radius_from_features(x.detach().cpu().numpy(), self.hparams.preprocessing)
         if radius is None or len(radius) == 0:
             return
-        member = q[:, self.member_group].detach().cpu().double().numpy()
+        member = q[:, self.cluster_group].detach().cpu().double().numpy()
         radius_max = float(radius.max())
         share = float(np.clip(member.mean(), 1e-6, 1 - 1e-6))
         self.position_model.copy_(
@@ -129,7 +225,18 @@ class HardFieldIngredients:
         )
 
     def position_member_prob(self, radius: np.ndarray) -> np.ndarray:
-        """Member probability from the radius alone: share x Plummer(r) against share x flat field."""
+        """Member probability from the radius alone: share x Plummer(r) against (1 - share) x flat field.
+
+        Parameters
+        ----------
+        radius : numpy.ndarray
+            Radii in degrees.
+
+        Returns
+        -------
+        numpy.ndarray
+            NaN everywhere when no position model was fitted.
+        """
         share, log_scale, radius_max = (float(v) for v in self.position_model)
         if not np.isfinite(share):
             return np.full(len(radius), np.nan)

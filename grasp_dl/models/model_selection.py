@@ -7,8 +7,8 @@ the mixture the clustering phase starts from, fitted for every k in ``model.n_cl
   observed astrometry given each star's errors, and of the positions);
 * otherwise a full-covariance Gaussian mixture on the standardised features.
 
-The chosen k and the whole curve go into the module's ``n_clusters_curve`` hyper-parameter (so
-into every checkpoint) and into the training log.
+The chosen k and the whole curve go into the module's ``fit_results['n_clusters_curve']`` (so
+into every checkpoint, apart from the constructor's arguments) and into the training log.
 """
 
 from __future__ import annotations
@@ -27,7 +27,23 @@ log = logging.getLogger(__name__)
 DEFAULT_RANGE = (2, 5)
 
 
-def _k_values(k_range: Sequence[int] | None) -> list[int]:
+def k_values(k_range: Sequence[int] | None) -> list[int]:
+    """The numbers of groups ``model.n_clusters_range=[low, high]`` spans.
+
+    Parameters
+    ----------
+    k_range : sequence of int or None
+        ``[low, high]``; None takes the default [2, 5].
+
+    Returns
+    -------
+    list of int
+
+    Raises
+    ------
+    ConfigError
+        Unless 2 <= low <= high.
+    """
     lo, hi = (int(v) for v in (k_range or DEFAULT_RANGE))
     if not 2 <= lo <= hi:
         raise ConfigError(f"model.n_clusters_range={[lo, hi]} must be [low, high] with 2 <= low <= high")
@@ -35,11 +51,29 @@ def _k_values(k_range: Sequence[int] | None) -> list[int]:
 
 
 def choose_n_clusters(datamodule: Any, options: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
-    """The k of lowest BIC over ``options['n_clusters_range']`` and the curve {criterion, k, bic, chosen}."""
+    """The k of lowest BIC over ``options['n_clusters_range']``.
+
+    Parameters
+    ----------
+    datamodule : StellarCatalogDataModule
+        The set-up data module (its training rows, and star data with ``init='xd'``).
+    options : mapping
+        The model's options: ``n_clusters_range``, ``seed``, ``init``, ``xd``.
+
+    Returns
+    -------
+    tuple of int and dict
+        The chosen k and the curve ``{criterion, k, bic, chosen}``.
+
+    Raises
+    ------
+    ConfigError
+        For a bad ``n_clusters_range``.
+    """
     from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
     from grasp_dl.models.ingredients import xd_options
 
-    ks = _k_values(options.get("n_clusters_range"))
+    ks = k_values(options.get("n_clusters_range"))
     seed = int(options.get("seed", 0) or 0)
     bics: list[float] = []
     if options.get("init") == "xd":

@@ -7,11 +7,57 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from grasp_dl.errors import ConfigError
+
+
+def check_network_shape(input_dim: int, hidden_dims: Sequence[int], latent_dim: int, dropout: float = 0.0) -> None:
+    """Raise if a network of this shape cannot be built.
+
+    Parameters
+    ----------
+    input_dim : int
+        Features per star.
+    hidden_dims : sequence of int
+        Hidden layer sizes.
+    latent_dim : int
+        Size of the latent space.
+    dropout : float
+        Dropout probability.
+
+    Raises
+    ------
+    ConfigError
+        When a layer size is not positive or the dropout is outside [0, 1).
+    """
+    if int(input_dim) < 1 or int(latent_dim) < 1 or any(int(h) < 1 for h in hidden_dims):
+        raise ConfigError(
+            f"layer sizes must be positive: input_dim={input_dim}, "
+            f"hidden_dims={list(hidden_dims)}, latent_dim={latent_dim}"
+        )
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+
 
 def mlp(
     sizes: Sequence[int], *, dropout: float = 0.0, batch_norm: bool = False, last_activation: bool = False
 ) -> nn.Sequential:
-    """Linear layers through ``sizes`` with ReLU (plus optional batch norm and dropout) between."""
+    """Linear layers through ``sizes`` with ReLU (plus optional batch norm and dropout) between.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths, input first.
+    dropout : float
+        Dropout after each activation (0: none).
+    batch_norm : bool
+        Batch normalisation before each activation.
+    last_activation : bool
+        Whether the last layer gets an activation too.
+
+    Returns
+    -------
+    torch.nn.Sequential
+    """
     layers: list[nn.Module] = []
     pairs = list(zip(sizes[:-1], sizes[1:]))
     for i, (n_in, n_out) in enumerate(pairs):
@@ -30,6 +76,24 @@ class StellarAutoencoder(nn.Module):
 
     The latent layer and the output layer are linear: the latent space is what DEC clusters,
     and the reconstruction targets are standardised features of either sign.
+
+    Parameters
+    ----------
+    input_dim : int
+        Features per star.
+    hidden_dims : sequence of int
+        Hidden layer sizes of the encoder (mirrored in the decoder).
+    latent_dim : int
+        Size of the latent space.
+    dropout : float
+        Dropout probability in [0, 1).
+    batch_norm : bool
+        Batch normalisation between hidden layers.
+
+    Raises
+    ------
+    ConfigError
+        For a non-positive layer size or a dropout outside [0, 1).
     """
 
     def __init__(
@@ -41,11 +105,7 @@ class StellarAutoencoder(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        if input_dim < 1 or latent_dim < 1 or any(h < 1 for h in hidden_dims):
-            raise ValueError(
-                f"layer sizes must be positive: input_dim={input_dim}, "
-                f"hidden_dims={list(hidden_dims)}, latent_dim={latent_dim}"
-            )
+        check_network_shape(input_dim, hidden_dims, latent_dim, dropout)
         self.input_dim = input_dim
         self.latent_dim = latent_dim
         sizes = [input_dim, *hidden_dims, latent_dim]
@@ -53,22 +113,36 @@ class StellarAutoencoder(nn.Module):
         self.decoder = mlp(sizes[::-1], dropout=dropout, batch_norm=batch_norm)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Latent representation of a batch of standardised features."""
+        """Latent points (n, latent_dim) of standardised features ``x``."""
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Reconstructed standardised features from latent points."""
+        """Reconstructed standardised features (n, input_dim) of latent points ``z``."""
         return self.decoder(z)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Return (reconstruction, latent)."""
+        """Reconstruction and latent points of standardised features ``x``, as a tuple."""
         z = self.encode(x)
         return self.decode(z), z
 
 
 @torch.no_grad()
 def encode_in_chunks(encoder: nn.Module, x: Tensor, chunk_size: int = 65536) -> Tensor:
-    """Encode a large tensor without holding every activation at once (eval mode by caller)."""
+    """Encode a large tensor without holding every activation at once (eval mode by caller).
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        The encoder.
+    x : Tensor
+        Standardised features.
+    chunk_size : int
+        Rows per forward pass.
+
+    Returns
+    -------
+    Tensor
+    """
     return torch.cat([encoder(x[i : i + chunk_size]) for i in range(0, len(x), chunk_size)])
 
 
@@ -77,6 +151,16 @@ def compile_network(net: nn.Module) -> nn.Module:
 
     The phases call the encoder, decoder and heads separately, so each is compiled;
     ``nn.Module.compile`` keeps the parameter names, so checkpoints load with or without it.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        A network of :mod:`grasp_dl.models.networks`.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``net`` itself.
     """
     for child in net.children():
         child.compile()

@@ -13,7 +13,18 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.Adam", "_partial_"
 
 
 def plain_config(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A DictConfig or mapping as a plain dict (None stays None)."""
+    """A DictConfig or mapping as a plain dict.
+
+    Parameters
+    ----------
+    config : mapping or None
+        A config node or mapping.
+
+    Returns
+    -------
+    dict or None
+        None stays None.
+    """
     if config is None:
         return None
     if isinstance(config, DictConfig):
@@ -37,6 +48,18 @@ def build_optimizers(
     The scheduler steps once per epoch; the modules step it themselves (they optimise manually,
     :class:`~grasp_dl.models.block_training.BlockTraining`), a plateau scheduler on the metric
     named by the module's ``scheduler_monitor``.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        The module's parameters.
+    optimizer, scheduler : mapping or None
+        ``_partial_`` configs (``optimizer`` None: Adam, lr 1e-3).
+
+    Returns
+    -------
+    torch.optim.Optimizer or dict
+        The optimiser, or ``{"optimizer", "lr_scheduler"}`` with an epoch-interval scheduler.
     """
     trainable = [p for p in params if p.requires_grad]
     opt = _instantiate_partial(optimizer or DEFAULT_OPTIMIZER)(trainable)

@@ -29,7 +29,22 @@ RADIUS_SOURCES = {"xi_eta": 0, "radius": 1, "log_radius": 2}
 
 
 def plummer_log_density_t(radius: Tensor, log_scale: Tensor, radius_max: Tensor) -> Tensor:
-    """log of a Plummer surface density, normalised to 1 over the disc r <= radius_max (deg^-2)."""
+    """log of a Plummer surface density, normalised to 1 over the disc r <= radius_max (deg^-2).
+
+    Parameters
+    ----------
+    radius : Tensor
+        Radii in degrees.
+    log_scale : Tensor
+        log of the Plummer scale a (degrees).
+    radius_max : Tensor
+        Radius of the cone (degrees).
+
+    Returns
+    -------
+    Tensor
+        Same shape as ``radius``.
+    """
     a2 = torch.exp(2.0 * log_scale)
     norm = math.pi * a2 * radius_max**2 / (a2 + radius_max**2)
     return -2.0 * torch.log1p(radius.clamp(max=radius_max) ** 2 / a2) - torch.log(norm)
@@ -38,7 +53,15 @@ def plummer_log_density_t(radius: Tensor, log_scale: Tensor, radius_max: Tensor)
 def radius_reader(preprocessing: Mapping[str, Any] | None) -> tuple[str, list[int], list[float], list[float]] | None:
     """How to read the radius back from standardised features: (source, columns, offsets, scales).
 
-    None when the features hold no position (neither xi/eta, radius nor log_radius).
+    Parameters
+    ----------
+    preprocessing : mapping or None
+        A module's ``preprocessing`` hyper-parameter (feature names and scaler state).
+
+    Returns
+    -------
+    tuple or None
+        None when the features hold no position (neither xi/eta, radius nor log_radius).
     """
     if not preprocessing:
         return None
@@ -56,7 +79,20 @@ def radius_reader(preprocessing: Mapping[str, Any] | None) -> tuple[str, list[in
 
 
 def radius_from_features(x: np.ndarray, preprocessing: Mapping[str, Any] | None) -> np.ndarray | None:
-    """Radius in degrees of standardised feature rows (numpy); None when the features hold no position."""
+    """Radius in degrees of standardised feature rows.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Standardised features, shape (n, input_dim).
+    preprocessing : mapping or None
+        Their feature names and scaler state.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        Shape (n,); None when the features hold no position.
+    """
     reader = radius_reader(preprocessing)
     if reader is None:
         return None
@@ -70,7 +106,13 @@ def radius_from_features(x: np.ndarray, preprocessing: Mapping[str, Any] | None)
 
 
 class RadialPrior(nn.Module):
-    """Per-star log spatial density of each group; inactive (all zeros) until :meth:`configure`."""
+    """Per-star log spatial density of each group; inactive (all zeros) until :meth:`configure`.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of groups.
+    """
 
     def __init__(self, n_clusters: int) -> None:
         super().__init__()
@@ -85,10 +127,28 @@ class RadialPrior(nn.Module):
 
     @property
     def active(self) -> bool:
+        """Whether the prior is configured (a cluster group and a radius source)."""
         return int(self.group) >= 0 and int(self.source) >= 0
 
     def configure(self, preprocessing: Mapping[str, Any], group: int, radius_max: float, log_scale: float) -> None:
-        """Read the radius columns and their scaling from ``preprocessing``; start the profile."""
+        """Read the radius columns and their scaling from ``preprocessing``; start the profile.
+
+        Parameters
+        ----------
+        preprocessing : mapping
+            Feature names and scaler state.
+        group : int
+            The cluster's group (the Plummer profile's).
+        radius_max : float
+            Cone radius (degrees).
+        log_scale : float
+            Starting log Plummer scale.
+
+        Raises
+        ------
+        ConfigError
+            When the features hold no position.
+        """
         reader = radius_reader(preprocessing)
         if reader is None:
             raise ConfigError(
@@ -105,7 +165,7 @@ class RadialPrior(nn.Module):
         self.log_scale.data.fill_(float(log_scale))
 
     def radius(self, x: Tensor) -> Tensor:
-        """Radius in degrees of standardised feature rows ``x``."""
+        """Radius in degrees (n,) of standardised feature rows ``x`` (n, input_dim)."""
         values = x[:, self.columns].float() * self.scale + self.offset
         source = int(self.source)
         if source == RADIUS_SOURCES["xi_eta"]:
@@ -115,7 +175,7 @@ class RadialPrior(nn.Module):
         return torch.pow(10.0, values[:, 0])
 
     def forward(self, x: Tensor) -> Tensor:
-        """log Sigma_c(r) for every star and group, shape (n, k); zeros when inactive."""
+        """log Sigma_c(r) for every star of standardised features ``x``, shape (n, k); zeros when inactive."""
         out = torch.zeros(len(x), self.n_clusters, device=x.device)
         if not self.active:
             return out

@@ -16,7 +16,7 @@ with gamma from a log-softmax (log-sum-exp over components), log-variances clamp
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -24,15 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from grasp_dl.models.anchoring import ANCHOR_DEFAULTS, StartAnchor, anchor_options, start_cluster_group
-from grasp_dl.models.block_training import BlockTraining
-from grasp_dl.models.clustering import INIT_METHODS
-from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
-from grasp_dl.models.epoch_means import EpochMeanLogging
-from grasp_dl.models.membership_mixin import ClusterMembership
-from grasp_dl.models.spatial import RadialPrior
+from grasp_dl.data.training_catalog import TrainingCatalog
+from grasp_dl.errors import ConfigError
+from grasp_dl.models.base import ClusteringModule
 from grasp_dl.models.networks import mlp
-from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 
 #: Stars per forward pass when a whole catalogue is scored.
 CHUNK_SIZE = 65536
@@ -40,7 +35,13 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 class VariationalEncoderDecoder(nn.Module):
-    """The autoencoder's MLP with the last encoder layer split into mean and log-variance heads."""
+    """The autoencoder's MLP with the last encoder layer split into mean and log-variance heads.
+
+    Parameters
+    ----------
+    input_dim, hidden_dims, latent_dim, dropout, batch_norm
+        The network's shape, as :class:`~grasp_dl.models.networks.StellarAutoencoder`.
+    """
 
     def __init__(
         self,
@@ -60,21 +61,41 @@ class VariationalEncoderDecoder(nn.Module):
         self.decoder = mlp(sizes[::-1], dropout=dropout, batch_norm=batch_norm)
 
     def encoder_layers(self) -> nn.Sequential:
-        """Trunk and mean head as one Sequential, laid out like StellarAutoencoder.encoder."""
+        """Trunk and mean head as one Sequential, laid out like StellarAutoencoder.encoder (shares their weights).
+
+        Returns
+        -------
+        torch.nn.Sequential
+        """
         return nn.Sequential(*self.trunk, self.mean)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and (unclamped) log-variance of q(z|x)."""
+        """Mean and (unclamped) log-variance of q(z|x) of standardised features ``x``, each (n, latent_dim)."""
         h = self.trunk(x)
         return self.mean(h), self.logvar(h)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Reconstructed standardised features."""
+        """Reconstructed standardised features (n, input_dim) of latent points ``z``."""
         return self.decoder(z)
 
 
 def mixture_log_joint(z: Tensor, logits: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
-    """log pi_c + log N(z; mu_c, diag sigma_c^2) for every star and component, shape (..., k)."""
+    """log pi_c + log N(z; mu_c, diag sigma_c^2) for every star and component.
+
+    Parameters
+    ----------
+    z : Tensor
+        Latent points, shape (..., d).
+    logits : Tensor
+        Unnormalised log-weights, shape (k,) or (..., k).
+    means, logvars : Tensor
+        Component means and diagonal log-variances, shape (k, d).
+
+    Returns
+    -------
+    Tensor
+        Shape (..., k).
+    """
     z = z.float().unsqueeze(-2)
     diff2 = (z - means.float()).pow(2)
     log_normal = -0.5 * (LOG_2PI + logvars.float() + diff2 * torch.exp(-logvars.float())).sum(-1)
@@ -82,150 +103,175 @@ def mixture_log_joint(z: Tensor, logits: Tensor, means: Tensor, logvars: Tensor)
 
 
 def mixture_moments(z: np.ndarray, resp: np.ndarray, var_floor: float = 1e-4) -> tuple[np.ndarray, ...]:
-    """Log-weights, means and diagonal log-variances of groups with soft memberships ``resp`` in ``z``."""
+    """Log-weights, means and diagonal log-variances of groups with soft memberships ``resp`` in ``z``.
+
+    Parameters
+    ----------
+    z : numpy.ndarray
+        Points, shape (n, d).
+    resp : numpy.ndarray
+        Soft memberships, shape (n, k).
+    var_floor : float
+        Smallest variance kept.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Log-weights (k,), means (k, d) and log-variances (k, d).
+    """
     mass = resp.sum(axis=0) + 1e-9
     means = (resp.T @ z) / mass[:, None]
     var = (resp.T @ z**2) / mass[:, None] - means**2
     return np.log(mass / mass.sum()), means, np.log(np.maximum(var, var_floor))
 
 
-class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMembership, EpochMeanLogging, L.LightningModule):
+class VaDEModule(ClusteringModule):
     """Cluster stars with a variational autoencoder whose prior is a Gaussian mixture (VaDE).
 
     Starts from a trained autoencoder (:meth:`from_autoencoder`); the mixture is fitted to the
-    whole training catalogue at the start of training. ``cluster_group`` (which group is the
-    globular cluster) is decided at the end of every epoch and saved with the weights.
+    whole training catalogue at the start of training. Which group is the globular cluster
+    (:attr:`cluster_group`) is decided at the end of every epoch and saved with the weights.
+    With ``spatial_prior`` the mixture weights are radius-dependent, pi_c(r) proportional to
+    pi_c Sigma_c(r), in the posterior and in the KL(gamma || pi(r)) term of the ELBO.
 
-    Hard-field options (see :mod:`grasp_dl.models.ingredients`): ``init='xd'`` starts the prior
-    from the error-deconvolved spatial mixture (``xd`` its switches), ``noise_augmentation``
-    trains on stars re-observed with their own errors, ``spatial_prior`` makes the mixture
-    weights radius-dependent, pi_c(r) proportional to pi_c Sigma_c(r) with a Plummer profile of
-    learnt scale for the cluster and a flat one for the field (in the posterior and in the
-    KL(gamma || pi(r)) term of the ELBO).
+    Parameters
+    ----------
+    input_dim : int
+        Number of standardised features per star.
+    n_clusters : int
+        Number of mixture components (groups), at least 2.
+    kl_warmup_epochs : int
+        Epochs over which the weight of the KL terms rises linearly to 1 (0: no warm-up).
+    n_samples : int
+        Draws of z ~ q(z|x) behind ``predict_proba_samples`` (member_prob_std), at least 2.
+    logvar_min, logvar_max : float
+        Every log-variance (encoder, mixture, decoder) is clamped to this range (min < max).
+    recon_logvar : float or None
+        Log-variance of the Gaussian decoder; None learns one per feature, starting from the
+        autoencoder's reconstruction error.
+    **shared : Any
+        The options every clustering model shares (``init``, ``n_init``, network shape,
+        ``optimizer``, ``scheduler``, ``preprocessing``, ``cluster_group``, ``seed``, ``xd``,
+        ``noise_augmentation``, ``spatial_prior``): see :class:`~grasp_dl.models.base.ClusteringModule`.
+
+    Raises
+    ------
+    ConfigError
+        For any option out of its range.
     """
 
     def __init__(
         self,
         input_dim: int,
         n_clusters: int = 3,
-        init: str = "gmm_features",
-        n_init: int = 20,
+        *,
         kl_warmup_epochs: int = 5,
         n_samples: int = 32,
         logvar_min: float = -10.0,
         logvar_max: float = 5.0,
         recon_logvar: float | None = None,
-        hidden_dims: Sequence[int] = (64, 32, 16),
-        latent_dim: int = 8,
-        dropout: float = 0.1,
-        batch_norm: bool = True,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        preprocessing: Mapping[str, Any] | None = None,
-        cluster_index: int | None = None,
-        seed: int = 0,
-        xd: Mapping[str, Any] = XD_DEFAULTS,
-        noise_augmentation: bool = False,
-        spatial_prior: bool = False,
-        xd_fit: Mapping[str, Any] | None = None,
-        n_clusters_curve: Mapping[str, Any] | None = None,
-        anchor: Mapping[str, Any] | None = ANCHOR_DEFAULTS,
-        start_vs_end: Mapping[str, Any] | None = None,
+        **shared: Any,
     ) -> None:
-        super().__init__()
-        if init not in INIT_METHODS:
-            raise ValueError(f"unknown initialisation {init!r}: choose one of {', '.join(INIT_METHODS)}")
-        if n_clusters < 2:
-            raise ValueError(f"n_clusters must be at least 2, got {n_clusters}")
+        super().__init__(input_dim, n_clusters, **shared)
         if not logvar_min < logvar_max:
-            raise ValueError(f"logvar_min ({logvar_min}) must be below logvar_max ({logvar_max})")
+            raise ConfigError(f"logvar_min ({logvar_min}) must be below logvar_max ({logvar_max})")
         if n_samples < 2:
-            raise ValueError(f"n_samples must be at least 2 to measure a spread, got {n_samples}")
+            raise ConfigError(f"n_samples must be at least 2 to measure a spread, got {n_samples}")
+        if kl_warmup_epochs < 0:
+            raise ConfigError(f"kl_warmup_epochs must be 0 or more, got {kl_warmup_epochs}")
         self.save_hyperparameters(
             {
-                "input_dim": int(input_dim),
-                "n_clusters": int(n_clusters),
-                "init": init,
-                "n_init": int(n_init),
                 "kl_warmup_epochs": int(kl_warmup_epochs),
                 "n_samples": int(n_samples),
                 "logvar_min": float(logvar_min),
                 "logvar_max": float(logvar_max),
                 "recon_logvar": None if recon_logvar is None else float(recon_logvar),
-                "hidden_dims": [int(h) for h in hidden_dims],
-                "latent_dim": int(latent_dim),
-                "dropout": float(dropout),
-                "batch_norm": bool(batch_norm),
-                "optimizer": plain_config(optimizer) or dict(DEFAULT_OPTIMIZER),
-                "scheduler": plain_config(scheduler),
-                "preprocessing": plain_config(preprocessing),
-                "cluster_index": cluster_index,
-                "seed": int(seed),
-                "xd": xd_options(plain_config(xd)),
-                "noise_augmentation": bool(noise_augmentation),
-                "spatial_prior": bool(spatial_prior),
-                "xd_fit": plain_config(xd_fit),
-                "n_clusters_curve": plain_config(n_clusters_curve),
-                "anchor": anchor_options(plain_config(anchor)),
-                "start_vs_end": plain_config(start_vs_end),
             }
         )
-        self.net = VariationalEncoderDecoder(input_dim, hidden_dims, latent_dim, dropout, batch_norm)
+        self.net = VariationalEncoderDecoder(**self.network_args())
+        k, latent_dim = self.hparams.n_clusters, self.hparams.latent_dim
         # The Gaussian-mixture prior: filled in place at the start of training (so it trains).
-        self.mixture_logits = nn.Parameter(torch.zeros(n_clusters))
-        self.mixture_means = nn.Parameter(torch.zeros(n_clusters, latent_dim))
-        self.mixture_logvars = nn.Parameter(torch.zeros(n_clusters, latent_dim))
+        self.mixture_logits = nn.Parameter(torch.zeros(k))
+        self.mixture_means = nn.Parameter(torch.zeros(k, latent_dim))
+        self.mixture_logvars = nn.Parameter(torch.zeros(k, latent_dim))
         # Per-feature log-variance of the Gaussian decoder: learnt unless recon_logvar fixes it.
         fixed = recon_logvar is not None
         self.recon_logvar = nn.Parameter(
-            torch.full((input_dim,), float(recon_logvar) if fixed else 0.0), requires_grad=not fixed
+            torch.full((self.hparams.input_dim,), float(recon_logvar) if fixed else 0.0), requires_grad=not fixed
         )
-        self.register_buffer("initialized", torch.tensor(False))
-        self.register_buffer("cluster_group", torch.tensor(-1))
-        # log Sigma_c(r), the radius-dependent mixture weight (inactive unless spatial_prior).
-        self.radial_prior = RadialPrior(n_clusters)
-        # Its Plummer scale trains only when used (DDP refuses parameters without gradients).
-        self.radial_prior.log_scale.requires_grad_(bool(spatial_prior))
-        # Cluster share, Plummer log-scale and cone radius that score stars without astrometry.
-        self.register_buffer("position_model", torch.full((3,), float("nan")))
-        self.catalog: Tensor | None = None
 
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_autoencoder(cls, autoencoder: L.LightningModule, **kwargs: Any) -> VaDEModule:
-        """A VaDE module whose encoder trunk, mean head and decoder start from a trained autoencoder."""
-        module = cls(**autoencoder.network_args(), preprocessing=autoencoder.hparams.get("preprocessing"), **kwargs)
-        module.net.encoder_layers().load_state_dict(autoencoder.net.encoder.state_dict())
-        module.net.decoder.load_state_dict(autoencoder.net.decoder.state_dict())
-        # Start nearly deterministic: small posterior variances, so q(z|x) sits on the AE's points.
-        nn.init.normal_(module.net.logvar.weight, std=1e-3)
-        nn.init.constant_(module.net.logvar.bias, module.hparams.logvar_min / 2)
-        return module
+    def load_autoencoder_weights(self, autoencoder: L.LightningModule) -> None:
+        """Copy the autoencoder's encoder into the trunk and mean head, and its decoder; start
+        nearly deterministic: small posterior variances, so q(z|x) sits on the autoencoder's points
+        (see :meth:`ClusteringModule.from_autoencoder`)."""
+        self.net.encoder_layers().load_state_dict(autoencoder.net.encoder.state_dict())
+        self.net.decoder.load_state_dict(autoencoder.net.decoder.state_dict())
+        nn.init.normal_(self.net.logvar.weight, std=1e-3)
+        nn.init.constant_(self.net.logvar.bias, self.hparams.logvar_min / 2)
 
     # ------------------------------------------------------------------ the model
     def _clamp(self, logvar: Tensor) -> Tensor:
         return logvar.float().clamp(self.hparams.logvar_min, self.hparams.logvar_max)
 
     def prior_logits(self, x: Tensor | None = None) -> Tensor:
-        """Logits of the mixture weights: (k,), or (n, k) with the radius-dependent spatial prior."""
+        """Logits of the mixture weights.
+
+        Parameters
+        ----------
+        x : Tensor or None
+            Standardised features of the stars (their radius, with the spatial prior).
+
+        Returns
+        -------
+        Tensor
+            Shape (k,), or (n, k) with the radius-dependent spatial prior.
+        """
         if x is None or not self.radial_prior.active:
             return self.mixture_logits.float()
         return self.mixture_logits.float() + self.radial_prior(x.to(self.mixture_logits.device))
 
     def log_joint(self, z: Tensor, x: Tensor | None = None) -> Tensor:
-        """log pi_c(r) + log p(z | c) for latent points z of stars x, shape (..., n_clusters)."""
+        """log pi_c(r) + log p(z | c) for every component.
+
+        Parameters
+        ----------
+        z : Tensor
+            Latent points, shape (..., latent_dim).
+        x : Tensor or None
+            The stars' standardised features (for the spatial prior).
+
+        Returns
+        -------
+        Tensor
+            Shape (..., n_clusters).
+        """
         logvars = self._clamp(self.mixture_logvars)
         return mixture_log_joint(z, self.prior_logits(x), self.mixture_means, logvars)
 
     def posterior(self, z: Tensor, x: Tensor | None = None) -> Tensor:
-        """Group probabilities gamma_c = p(c | z[, r]) of latent points (rows sum to 1)."""
+        """Group probabilities gamma_c = p(c | z[, r]) of latent points ``z`` of stars ``x`` (rows sum to 1), see :meth:`log_joint`."""
         return torch.softmax(self.log_joint(z, x), dim=-1)
 
     def elbo_terms(
         self, x: Tensor, generator: torch.Generator | None = None, with_gamma: bool = False
     ) -> dict[str, Tensor]:
-        """Per-batch means of the reconstruction NLL and the two KL terms of the negative ELBO; with
-        ``with_gamma`` also the batch's group posteriors ``gamma`` (per star, from the drawn z)."""
+        """Per-batch means of the terms of the negative ELBO, with z drawn once per star.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features, shape (n, input_dim).
+        generator : torch.Generator or None
+            Source of the draws (None: the global one).
+        with_gamma : bool
+            Also return ``gamma``, the group posteriors of the drawn z per star (for the anchor term).
+
+        Returns
+        -------
+        dict of str to Tensor
+            ``reconstruction`` (Gaussian NLL), ``kl_z`` (expected KL to the components) and
+            ``kl_c`` (KL(gamma || pi)); ``gamma`` when asked.
+        """
         mu, logvar = self.net.encode(x)
         mu, logvar = mu.float(), self._clamp(logvar)
         eps = torch.randn(mu.shape, device=mu.device, generator=generator)
@@ -252,7 +298,13 @@ class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMember
         return terms
 
     def kl_weight(self) -> float:
-        """beta of the KL terms: rises linearly from 1/(warm-up + 1) to 1 over the warm-up epochs."""
+        """beta of the KL terms at the current epoch.
+
+        Returns
+        -------
+        float
+            Rises linearly from 1/(warm-up + 1) to 1 over ``kl_warmup_epochs``.
+        """
         warmup = self.hparams.kl_warmup_epochs
         if warmup <= 0:
             return 1.0
@@ -262,34 +314,42 @@ class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMember
     @torch.no_grad()
     def _encode_eval(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and clamped log-variance of q(z|x) in eval mode, in chunks."""
-        was_training = self.net.training
-        self.net.eval()
-        try:
+        with self.network_in_eval_mode():
             chunks = [x[i : i + CHUNK_SIZE].to(self.device) for i in range(0, len(x), CHUNK_SIZE)]
             parts = [self.net.encode(chunk) for chunk in chunks]
-        finally:
-            self.net.train(was_training)
         return torch.cat([p[0] for p in parts]).float(), self._clamp(torch.cat([p[1] for p in parts]))
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
-        """Latent means mu(x) in eval mode (batch-norm running statistics, no dropout)."""
+        """Latent means mu(x), shape (n, latent_dim), of standardised features in eval mode (batch-norm running statistics, no dropout)."""
         return self._encode_eval(x)[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        """Group probabilities gamma at the latent mean (differentiable, current mode)."""
+        """Group probabilities gamma of standardised features ``x`` at the latent mean, in the network's current mode (differentiable)."""
         return self.posterior(self.net.encode(x)[0], x)
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
-        """Group probabilities p(c | mu(x)) of standardised features (rows sum to 1)."""
+        """Group probabilities p(c | mu(x)) at the latent means in eval mode (see :meth:`ClusteringModule.predict_proba`)."""
         return self.posterior(self.embed(x), x)
 
     @torch.no_grad()
     def predict_proba_samples(self, x: Tensor, n_samples: int | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation of p(c | z) over ``n_samples`` draws z ~ q(z|x), per star and group.
+        """Mean and standard deviation of p(c | z) over draws z ~ q(z|x), per star and group.
 
         Draws are seeded by ``hparams.seed``, so the same stars give the same numbers every time.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features, shape (n, input_dim).
+        n_samples : int or None
+            Draws per star (None: ``hparams.n_samples``).
+
+        Returns
+        -------
+        tuple of Tensor
+            Mean and standard deviation, each of shape (n, n_clusters).
         """
         n_samples = int(n_samples or self.hparams.n_samples)
         generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
@@ -305,15 +365,12 @@ class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMember
         return torch.cat(means), torch.cat(stds)
 
     # ------------------------------------------------------------------ training
-    def on_fit_start(self) -> None:
-        self.catalog = self.trainer.datamodule.split_tensor("train", self.device)
-        if not bool(self.initialized):
-            self.initialize_mixture(self.catalog)
-
     @torch.no_grad()
-    def initialize_mixture(self, catalog: Tensor) -> None:
-        """Fit the mixture prior to the whole catalogue's latent means (same seed on every DDP rank)."""
-        z = self.embed(catalog).cpu().double().numpy()
+    def initialise_from(self, catalog: TrainingCatalog) -> None:
+        """Fit the mixture prior to the whole catalogue's latent means, same seed on every DDP rank
+        (see :meth:`ClusteringModule.initialise_from`)."""
+        features = catalog.features
+        z = self.embed(features).cpu().double().numpy()
         resp = self.initial_memberships(z, catalog, latent_covariance="diag")
         log_weights, means, logvars = mixture_moments(z, resp)
         self.mixture_logits.data.copy_(torch.as_tensor(log_weights))
@@ -322,24 +379,28 @@ class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMember
         if self.hparams.recon_logvar is None:
             # The decoder's noise starts at the autoencoder's reconstruction error per feature.
             self.net.eval()
-            residual = (self.net.decode(self.embed(catalog).to(self.device)) - catalog.to(self.device)).pow(2)
+            residual = (self.net.decode(self.embed(features).to(self.device)) - features.to(self.device)).pow(2)
             self.recon_logvar.data.copy_(residual.mean(0).clamp_min(1e-4).log())
         self.setup_ingredients(catalog, resp)
-        self.initialized.fill_(True)
-        # The start's cluster group, kept by the anchor (grasp_dl/models/anchoring.py).
-        self.set_anchor(resp, start_cluster_group(self, resp, catalog))
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # The network is fine-tuned as a fixed map (batch-norm running statistics, no dropout),
-        # so gamma in training equals gamma at prediction (validation switches modes back).
-        self.net.eval()
 
     def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Negative ELBO of a mini-batch with the KL terms weighted by :meth:`kl_weight`; terms logged as epoch means.
+
+        Parameters
+        ----------
+        batch : tuple of Tensor
+            Standardised features and their rows in the training catalogue.
+
+        Returns
+        -------
+        Tensor
+            The scalar loss.
+        """
         terms = self.elbo_terms(self.augment(*batch), with_gamma=True)
         gamma = terms.pop("gamma")
         beta = self.kl_weight()
         loss = terms["reconstruction"] + beta * (terms["kl_z"] + terms["kl_c"])
-        anchor = self.anchor_loss(gamma, batch[1])
+        anchor = self.anchor_loss(gamma, batch[1])  # keeps the start's cluster group (models/anchoring.py)
         if anchor is not None:
             loss = loss + anchor
         n = len(batch[0])
@@ -349,27 +410,24 @@ class VaDEModule(BlockTraining, HardFieldIngredients, StartAnchor, ClusterMember
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Log ``val/loss`` (the full negative ELBO, VaDE's monitored metric) and ``val/entropy``."""
         x, _ = batch
         terms = self.elbo_terms(x)
         # The full negative ELBO (beta = 1), comparable between epochs whatever the warm-up.
         loss = terms["reconstruction"] + terms["kl_z"] + terms["kl_c"]
         gamma = self.posterior(self.net.encode(x)[0], x)
-        entropy = -(gamma * gamma.clamp_min(1e-12).log()).sum(-1).mean()
+        entropy = self.mean_entropy(gamma)
         self.log("val/entropy", entropy, on_step=False, on_epoch=True, sync_dist=True)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
-        # Checkpoints are written at the end of validation: decide the cluster group first.
-        if self.catalog is not None and not self.trainer.sanity_checking:
-            self.decide_member_group(self.catalog)
-            self.guard_start(self.catalog)
+        """Decide the cluster group before validation ends (checkpoints are written then)."""
+        super().on_validation_epoch_start()
+        if self.train_catalog is not None and not self.trainer.sanity_checking:
+            self.decide_cluster_group(self.train_catalog.features)
 
     def on_train_epoch_end(self) -> None:
+        """Log the epoch's means and the KL weight, step the schedulers, decide the cluster group."""
         super().on_train_epoch_end()
         self.log("train/kl_weight", self.kl_weight())
-        self.decide_member_group(self.catalog)
-        self.guard_start(self.catalog)
-
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        return build_optimizers(self.parameters(), hp.optimizer, hp.scheduler)
+        self.decide_cluster_group(self.train_catalog.features)
