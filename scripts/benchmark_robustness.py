@@ -269,7 +269,9 @@ def run_product(method: str, cell: dict[str, Any], dm: Any, truth_pm: np.ndarray
         row.start_f1 = 2.0 * float((start_member & truth_train).sum()) / max(float(start_member.sum() + truth_train.sum()), 1.0)
         end_member = usable_prob[dm.train_index.numpy()] > 0.5
         row.end_f1_train = 2.0 * float((end_member & truth_train).sum()) / max(float(end_member.sum() + truth_train.sum()), 1.0)
-    if report:
+    if report and report.get("anchored") is False:
+        row.anchor_action = "not anchored (implausible start)"
+    elif report:
         row.agreement = float(report["agreement"])
         row.anchor_action = str(report.get("action", ""))
         row.extra["drift_reason"] = report.get("reason")

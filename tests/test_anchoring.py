@@ -96,7 +96,33 @@ def test_describe_start_vs_end() -> None:
     assert "drifted (its members agree" in describe_start_vs_end(report.to_dict())
 
 
-class _ToyModule(StartAnchor, nn.Module):
+def test_an_implausible_start_is_not_anchored() -> None:
+    x, truth = _field_and_cluster()
+
+    class Host(_ToyModule):
+        init_calls = 0
+
+        def physical_features(self, catalog):
+            return x, NAMES
+
+    start = np.column_stack([np.where(truth, 0.05, 0.98), np.where(truth, 0.95, 0.02)])  # group 0: the field
+    module = Host(np.log(start), x)
+    module.hparams["init"] = "xd"  # group 0 is the start's cluster group
+    module.setup_ingredients(torch.zeros(len(x), 1), start)
+    assert module._anchor_prob is None and module.fit_results["start_vs_end"]["anchored"] is False
+    assert "not anchored" in describe_start_vs_end(module.fit_results["start_vs_end"])
+    assert module.guard_start(torch.zeros(len(x), 1)) is None
+    # a plausible start is anchored
+    module.setup_ingredients(torch.zeros(len(x), 1), start[:, ::-1])
+    assert module._anchor_prob is not None
+
+
+class _Base:
+    def setup_ingredients(self, catalog, resp) -> None:
+        pass
+
+
+class _ToyModule(StartAnchor, _Base, nn.Module):
     """The smallest host of the anchor: group logits are a free parameter per star."""
 
     def __init__(self, logits: np.ndarray, x: np.ndarray) -> None:

@@ -4,6 +4,9 @@ DEC, IDEC and VaDE start from a mixture (``init=xd``, ``gmm_features``, ...) who
 group is often already right; their self-training can then drift away from it (VaDE turning
 a 2% cluster into a group of 95% of the stars). Three guards, all without truth:
 
+* **only a plausible start** -- when the start's cluster group fails :func:`group_check` (not
+  concentrated on the sky, or not tighter in proper motion than the other stars), there is
+  nothing worth keeping: no anchor, and the report says so (``anchored: false``).
 * **anchor term** -- the start's cluster membership ``s_i`` (the initial mixture's
   responsibility of its cluster group, per training star) is kept, and every training step
   adds ``weight * BCE(q_i,g, s_i)``, the cross-entropy of the module's probability of that
@@ -183,8 +186,8 @@ class DriftReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain types, for hparams, checkpoints and the JSON summary."""
-        return asdict(self)
+        """Plain types, for hparams, checkpoints and the JSON summary (``anchored``: True)."""
+        return {"anchored": True, **asdict(self)}
 
 
 def detect_drift(
@@ -258,7 +261,17 @@ class StartAnchor:
         """After the groups are initialised from ``resp``: the other ingredients, then the anchor."""
         super().setup_ingredients(catalog, resp)  # type: ignore[misc]
         features = getattr(catalog, "features", catalog)
-        self.set_anchor(resp, start_cluster_group(self, resp, features))
+        group = start_cluster_group(self, resp, features)
+        check = group_check(np.asarray(resp)[:, group], *self.physical_features(features))
+        if not check.passes:
+            # Only a plausible start is worth keeping: anchoring a wrong group would hold on to it.
+            self._anchor_prob = None
+            self._results()["start_vs_end"] = {
+                "anchored": False, "start_group": int(group), "start": asdict(check),
+                "reason": "the start's cluster group is not a concentrated, proper-motion-tight group: nothing to keep",
+            }
+            return
+        self.set_anchor(resp, group)
 
     def set_anchor(self, start_prob: np.ndarray, start_group: int) -> None:
         """Remember the start: its cluster group, its probability per training star, the weights now.
@@ -439,6 +452,9 @@ def describe_start_vs_end(report: Mapping[str, Any]) -> str:
     str
         Members and mean proper motion of both, their agreement, and what the anchor did.
     """
+
+    if report.get("anchored") is False:
+        return f"start vs end of the clustering phase: not anchored ({report['reason']})"
 
     def side(name: str, check: Mapping[str, Any]) -> str:
         pm = ""
