@@ -195,7 +195,8 @@ def has_model_xd() -> bool:
 
 def compose(method: str, cell: dict[str, Any], args: argparse.Namespace, out: str) -> Any:
     """conf/train.yaml composed as ``grasp-dl train`` would with the method's overrides, made short and quiet."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from omegaconf import open_dict
 
     from grasp_dl.config import conf_dir

@@ -51,12 +51,12 @@ __all__ = [
     "COLUMNS",
     "SIMULATED_FIELDS",
     "TRUTH_LABELS",
+    "field_pm_moments",
     "gaia_parallax_error",
     "load_simulation_config",
+    "robustness_field_config",
     "simulate_catalog",
     "simulate_field",
-    "field_pm_moments",
-    "robustness_field_config",
 ]
 
 #: The simulated cones bundled as ``conf/simulation/{name}.yaml``.

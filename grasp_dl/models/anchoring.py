@@ -31,7 +31,6 @@ kept in ``fit_results['start_vs_end']``, so it travels with the checkpoint and r
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
