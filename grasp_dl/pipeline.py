@@ -247,19 +247,21 @@ def _range(model_cfg: DictConfig) -> dict[str, Any]:
 
 
 def check_phases(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.LightningModule:
-    """Build every phase's module once, untrained, so that a bad option fails before the first epoch.
+    """Build every phase's module once, untrained, so that a bad option fails before any training.
 
     The autoencoder (for a two-phase model) and the clustering module are built from ``cfg.model``
-    with the data's size (``n_clusters: auto`` checked as the low end of ``n_clusters_range``),
-    and the training stars are asked for what the module needs (error columns for ``init=xd``
-    or noise augmentation, the centre for the spatial prior).
+    with the data's size (``n_clusters: auto`` checked as the low end of ``n_clusters_range``).
+    Before the data module is set up that checks the options alone (no catalogue read yet);
+    once it is, the modules carry its preprocessing (the spatial prior needs a position among
+    the features) and the training stars are asked for what the module needs (error columns
+    for ``init=xd`` or noise augmentation, the centre for the radius).
 
     Parameters
     ----------
     cfg : DictConfig
         The training config.
     datamodule : StellarCatalogDataModule
-        The set-up data module.
+        The data module, set up or not.
 
     Returns
     -------
@@ -274,15 +276,21 @@ def check_phases(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.Lig
     # Building draws initial weights: leave the random state as it was, so the run that follows
     # trains exactly as it would without the check.
     with torch.random.fork_rng(devices=[]):
-        return _check_phases(cfg, datamodule)
+        return _check_phases(cfg.model, datamodule)
 
 
-def _check_phases(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.LightningModule:
-    model_cfg = cfg.model
+def _check_phases(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.LightningModule:
+    prepared = datamodule.prepared is not None
+    preprocessing = datamodule.preprocessing_state() if prepared else None
+
+    def build(cfg: DictConfig) -> L.LightningModule:
+        module_class, options = _module_options(cfg)
+        return module_class(input_dim=datamodule.input_dim, preprocessing=preprocessing, **options)
+
     if "pretrain" not in model_cfg:
-        module = build_module(model_cfg, datamodule)
+        module = build(model_cfg)
     else:
-        autoencoder = build_module(model_cfg.pretrain, datamodule)
+        autoencoder = build(model_cfg.pretrain)
         if model_cfg.get("n_clusters") == "auto":
             from grasp_dl.models.model_selection import k_values
 
@@ -291,8 +299,7 @@ def _check_phases(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> L.Li
                 model_cfg.n_clusters = k_values(model_cfg.get("n_clusters_range"))[0]
         module_class, options = _module_options(model_cfg)
         module = module_class.from_autoencoder(autoencoder, **options)
-        module.hparams.preprocessing = datamodule.preprocessing_state()
-    if isinstance(module, ClusteringModule):
+    if prepared and isinstance(module, ClusteringModule):
         datamodule.training_catalog(module.catalog_needs(), "cpu")
     return module
 
@@ -312,10 +319,10 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
     two_phase = "pretrain" in cfg.model
     resume = resume_point(cfg.get("ckpt_path"), output_dir, two_phase)
     if datamodule is None:
-        datamodule = build_datamodule(cfg)
-    else:
-        datamodule.setup("fit")
-    check_phases(cfg, datamodule)
+        datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    check_phases(cfg, datamodule)  # the options, before the catalogue is read
+    datamodule.setup("fit")
+    check_phases(cfg, datamodule)  # what they need of the catalogue, before any training
     if not two_phase:
         module = build_module(cfg.model, datamodule)
     elif resume.final:

@@ -229,6 +229,20 @@ def test_pipeline_checks_every_phase_before_the_first_epoch(tmp_path, overrides,
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tensorboard").exists()
 
 
+def test_model_options_are_checked_before_the_catalogue_is_read(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("data.simulate")]
+    cfg = compose_config("train", tiny + ["data=catalog", f"data.path={tmp_path}/absent.csv", "model.kernel=gauss"], tmp_path)
+    with pytest.raises(ConfigError, match="unknown kernel 'gauss'"):  # not: absent.csv not found
+        pipeline.train(cfg)
+
+
+def test_spatial_prior_without_a_position_fails_before_training(tmp_path):
+    cfg = compose_config("train", TINY + ["model.spatial_prior=true", "data.features=[pmra,pmdec,parallax]"], tmp_path)
+    with pytest.raises(ConfigError, match="spatial_prior needs the position"):
+        pipeline.train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_missing_error_columns_fail_before_the_autoencoder_phase(tmp_path):
     path = tmp_path / "cone.csv"
     simulate_field("m4", n_stars=800, seed=1).drop(columns=["pmra_error"]).to_csv(path, index=False)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.epoch_means import EpochMeanLogging
-from grasp_dl.models.networks import StellarAutoencoder
+from grasp_dl.models.networks import StellarAutoencoder, network_args
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 
 
@@ -81,15 +81,8 @@ class AutoencoderModule(BlockTraining, EpochMeanLogging, L.LightningModule):
         )
 
     def network_args(self) -> dict[str, Any]:
-        """The network's shape: what a later phase needs to build a network these weights fit.
-
-        Returns
-        -------
-        dict
-            ``input_dim``, ``hidden_dims``, ``latent_dim``, ``dropout`` and ``batch_norm``.
-        """
-        keys = ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")
-        return {key: self.hparams[key] for key in keys}
+        """The network's shape (see :func:`~grasp_dl.models.networks.network_args`)."""
+        return network_args(self.hparams)
 
     def forward(self, x: Tensor) -> Tensor:
         """Latent points (n, latent_dim) of standardised features ``x``."""

@@ -66,7 +66,7 @@ from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.clustering import INIT_METHODS
 from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
-from grasp_dl.models.networks import check_network_shape
+from grasp_dl.models.networks import check_network_shape, network_args
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 from grasp_dl.models.spatial import RadialPrior, radius_reader
 
@@ -250,15 +250,8 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, StartAnchor, HardFieldIn
             )
 
     def network_args(self) -> dict[str, Any]:
-        """The network's shape: keyword arguments of the networks in :mod:`grasp_dl.models.networks`.
-
-        Returns
-        -------
-        dict
-            ``input_dim``, ``hidden_dims``, ``latent_dim``, ``dropout`` and ``batch_norm``.
-        """
-        keys = ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")
-        return {key: self.hparams[key] for key in keys}
+        """The network's shape (see :func:`~grasp_dl.models.networks.network_args`)."""
+        return network_args(self.hparams)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from grasp_dl.errors import ConfigError
+
+
+#: The hyper-parameters that fix a network's shape (the keyword arguments of the networks here).
+NETWORK_KEYS = ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")
+
+
+def network_args(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The network's shape out of a module's hyper-parameters.
+
+    Parameters
+    ----------
+    hparams : mapping
+        A module's hyper-parameters.
+
+    Returns
+    -------
+    dict
+        ``input_dim``, ``hidden_dims``, ``latent_dim``, ``dropout`` and ``batch_norm``: what builds
+        a network these weights fit.
+    """
+    return {key: hparams[key] for key in NETWORK_KEYS}
 
 
 def check_network_shape(input_dim: int, hidden_dims: Sequence[int], latent_dim: int, dropout: float = 0.0) -> None:
