@@ -439,6 +439,11 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
             f"cluster: group {group} of {result.module.hparams.n_clusters}, "
             f"{int((labels == group).sum())} of {len(data)} training stars"
         )
+        report = result.module.fit_results.get("start_vs_end")
+        if report:
+            from grasp_dl.models.anchoring import describe_start_vs_end
+
+            lines.append(describe_start_vs_end(report))
         curve = result.module.fit_results.get("n_clusters_curve")
         if curve:
             points = ", ".join(f"k={k}: {b:.1f}" for k, b in zip(curve["k"], curve["bic"]))

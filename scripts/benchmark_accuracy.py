@@ -98,7 +98,8 @@ from grasp_dl.models.vade import VaDEModule
 METHODS = ("DEC (seed)", "DEC", "IDEC", "VaDE", "GMM-2", "GMM-3", "HDBSCAN")
 #: DECModule settings of each deep method (on top of n_clusters, seed and the optimiser).
 DEEP_SETTINGS: dict[str, dict[str, Any]] = {
-    "DEC (seed)": {"init": "kmeans", "kernel": "dec", "balance": 1.0, "variant": "dec"},
+    "DEC (seed)": {"init": "kmeans", "kernel": "dec", "balance": 1.0, "variant": "dec",
+                   "anchor": {"weight": 0.0, "fallback": False}},  # the seed had no start anchor
     "DEC": {"init": "gmm_features", "kernel": "mixture", "balance": 0.0, "variant": "dec"},
     "IDEC": {"init": "gmm_features", "kernel": "mixture", "balance": 0.0, "variant": "idec", "gamma": 0.1},
 }

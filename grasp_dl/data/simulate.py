@@ -51,8 +51,10 @@ __all__ = [
     "COLUMNS",
     "SIMULATED_FIELDS",
     "TRUTH_LABELS",
+    "field_pm_moments",
     "gaia_parallax_error",
     "load_simulation_config",
+    "robustness_field_config",
     "simulate_catalog",
     "simulate_field",
 ]
@@ -1008,3 +1010,146 @@ def simulate_field(name: str, **overrides: Any) -> pd.DataFrame:
         )
     cfg.setdefault("name", name)
     return simulate_catalog(**cfg)
+
+
+# ----------------------------------------------------------------------------- robustness grid
+#: Cluster profiles of the robustness grid (scripts/benchmark_robustness.py), against a cone of
+#: ROBUSTNESS_CONE_DEG = 12': ``compact`` (core 0.05', tidal 8': the cone reaches past the tidal
+#: radius) and ``extended`` (core 3', tidal 45': the cone lies well inside the tidal radius).
+ROBUSTNESS_PROFILES: dict[str, dict[str, float]] = {
+    "compact": {"core_radius_arcmin": 0.05, "tidal_radius_arcmin": 8.0},
+    "extended": {"core_radius_arcmin": 3.0, "tidal_radius_arcmin": 45.0},
+}
+#: Where the members sit in magnitude: ``bright`` (a near cluster, 3 kpc, little reddening, its
+#: sequence generated down to absolute G = 6: members brighter than G ~ 19 with small errors) or
+#: ``faint`` (14 kpc behind E(BP-RP) = 0.6: the turn-off near the limit, most members fainter
+#: than G = 19 with proper-motion errors of 0.3-1.3 mas/yr).
+ROBUSTNESS_MEMBERS: dict[str, dict[str, float]] = {
+    "bright": {"distance_kpc": 3.0, "ebr": 0.2, "faint_mag": 6.0},
+    "faint": {"distance_kpc": 14.0, "ebr": 0.6, "faint_mag": 12.0},
+}
+ROBUSTNESS_CONE_DEG = 0.2
+#: Crowding of the grid's cores (simulate_catalog's cluster.crowding_strength): mild, so that
+#: the faint members of a compact cluster are not lost in its core.
+ROBUSTNESS_CROWDING = 0.5
+#: Internal 1-D velocity dispersion of the grid's clusters (km/s), converted at their distance.
+ROBUSTNESS_SIGMA_KMS = 5.0
+
+
+def field_pm_moments(field: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> tuple[np.ndarray, float]:
+    """Mean proper motion and 1-D dispersion (mas/yr) of a field's populations taken together.
+
+    The populations mix by their ``weight``; the dispersion is sqrt(trace(cov) / 2) of the
+    mixture of their Gaussians (``pm_sigma``, ``pm_corr``). The extra ``pm_sigma_kms`` spread,
+    which depends on each star's distance, is left out.
+
+    Parameters
+    ----------
+    field
+        One field population or a list of them, as in :func:`simulate_catalog`.
+
+    Returns
+    -------
+    tuple
+        (mean ``[pmra, pmdec]`` as an array, dispersion as a float).
+
+    Raises
+    ------
+    ConfigError
+        If a population lacks ``pm_mean`` or ``pm_sigma``.
+    """
+    pops = [field] if isinstance(field, Mapping) else list(field)
+    if not pops:
+        raise ConfigError("field must hold at least one population to measure its proper motions")
+    weights, means, covs = [], [], []
+    for i, pop in enumerate(pops):
+        if "pm_mean" not in pop or "pm_sigma" not in pop:
+            raise ConfigError(f"field[{i}] lacks pm_mean or pm_sigma")
+        sx, sy = _pair(f"field[{i}]", "pm_sigma", pop["pm_sigma"])
+        rho = float(pop.get("pm_corr", 0.0))
+        weights.append(float(pop.get("weight", 1.0)))
+        means.append(np.array(_pair(f"field[{i}]", "pm_mean", pop["pm_mean"])))
+        covs.append(np.array([[sx * sx, rho * sx * sy], [rho * sx * sy, sy * sy]]))
+    w = np.asarray(weights) / np.sum(weights)
+    mean = sum(wi * m for wi, m in zip(w, means))
+    second = sum(wi * (c + np.outer(m, m)) for wi, c, m in zip(w, covs, means))
+    cov = second - np.outer(mean, mean)
+    return mean, float(np.sqrt(np.trace(cov) / 2.0))
+
+
+def robustness_field_config(
+    share: float,
+    n_stars: int,
+    pm_offset: float,
+    profile: str,
+    members: str,
+    seed: int = 0,
+    base: str = "ngc6558",
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`simulate_catalog` for one cell of the robustness grid.
+
+    The bundled field ``base`` (its bulge and disc populations, centre and magnitude limit)
+    with its cluster replaced: ``share`` of the stars, its mean proper motion ``pm_offset``
+    times the field's dispersion (:func:`field_pm_moments`) away from the field's mean (along
+    the direction from the field's mean to ``base``'s own cluster), a King profile from
+    :data:`ROBUSTNESS_PROFILES` in a cone of :data:`ROBUSTNESS_CONE_DEG`, a distance and
+    reddening from :data:`ROBUSTNESS_MEMBERS`, and an internal dispersion of
+    :data:`ROBUSTNESS_SIGMA_KMS` at that distance.
+
+    Parameters
+    ----------
+    share
+        Cluster fraction of the returned rows, in (0, 1).
+    n_stars
+        Rows of the catalogue.
+    pm_offset
+        Distance of the cluster's mean proper motion from the field's, in field dispersions (>= 0).
+    profile
+        A key of :data:`ROBUSTNESS_PROFILES` (``compact`` or ``extended``).
+    members
+        A key of :data:`ROBUSTNESS_MEMBERS` (``bright`` or ``faint``).
+    seed
+        Simulation seed.
+    base
+        The bundled simulation config whose field is kept.
+
+    Returns
+    -------
+    dict
+        Arguments of :func:`simulate_catalog`; ``name`` describes the cell.
+
+    Raises
+    ------
+    ConfigError
+        If ``profile`` or ``members`` is unknown, or a number is out of range.
+    """
+    if profile not in ROBUSTNESS_PROFILES:
+        raise ConfigError(f"unknown cluster profile {profile!r}: choose one of {', '.join(ROBUSTNESS_PROFILES)}")
+    if members not in ROBUSTNESS_MEMBERS:
+        raise ConfigError(f"unknown members setting {members!r}: choose one of {', '.join(ROBUSTNESS_MEMBERS)}")
+    if not 0.0 < float(share) < 1.0:
+        raise ConfigError(f"cluster share must be in (0, 1), got {share!r}")
+    if float(pm_offset) < 0:
+        raise ConfigError(f"pm_offset must be >= 0 field dispersions, got {pm_offset!r}")
+    cfg = load_simulation_config(base)
+    mean, sigma = field_pm_moments(cfg["field"])
+    direction = np.asarray(cfg["cluster"]["pm_mean"], dtype=float) - mean
+    norm = float(np.hypot(*direction))
+    direction = direction / norm if norm > 0 else np.array([1.0, 0.0])
+    pm = mean + float(pm_offset) * sigma * direction
+    where = ROBUSTNESS_MEMBERS[members]
+    cluster = dict(cfg["cluster"])
+    cluster.update(ROBUSTNESS_PROFILES[profile])
+    cluster.update(
+        fraction=float(share),
+        pm_mean=[float(pm[0]), float(pm[1])],
+        distance_kpc=where["distance_kpc"],
+        ebr=where["ebr"],
+        pm_dispersion=ROBUSTNESS_SIGMA_KMS / (KMS_PER_MASYR_KPC * where["distance_kpc"]),
+        dispersion_scale_arcmin=None,
+        crowding_strength=ROBUSTNESS_CROWDING,
+        cmd={**dict(cluster.get("cmd") or {}), "faint_mag": where["faint_mag"]},
+    )
+    name = f"share{share:g}_n{int(n_stars)}_off{pm_offset:g}_{profile}_{members}_s{int(seed)}"
+    return {**cfg, "cluster": cluster, "n_stars": int(n_stars), "seed": int(seed),
+            "radius_deg": ROBUSTNESS_CONE_DEG, "name": name}

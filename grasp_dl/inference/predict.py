@@ -387,6 +387,8 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
         chunk_size=int(cfg.chunk_size),
         score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
     )
+    if module.fit_results.get("start_vs_end"):
+        summary["start_vs_end"] = module.fit_results["start_vs_end"]
     summary["checkpoint"] = str(cfg.ckpt_path)
     summary["catalog"] = str(cfg.data.path)
     return summary, output, write_summary(summary, output)

@@ -61,6 +61,7 @@ from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog, TrainingCatalogSource
 from grasp_dl.errors import ConfigError
 from grasp_dl.inference.membership import choose_cluster_group
+from grasp_dl.models.anchoring import ANCHOR_DEFAULTS, StartAnchor, anchor_options
 from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.clustering import INIT_METHODS
 from grasp_dl.models.epoch_means import EpochMeanLogging
@@ -87,7 +88,7 @@ def _check_config(config: Mapping[str, Any] | None, name: str) -> dict[str, Any]
     return plain
 
 
-class ClusteringModule(BlockTraining, EpochMeanLogging, HardFieldIngredients, L.LightningModule):
+class ClusteringModule(BlockTraining, EpochMeanLogging, StartAnchor, HardFieldIngredients, L.LightningModule):
     """Base of every clustering phase: shared options, buffers, start, group decision and optimiser.
 
     Parameters
@@ -130,6 +131,9 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, HardFieldIngredients, L.
         Train on stars re-observed with their own errors.
     spatial_prior : bool
         Radius-dependent group weights (a Plummer profile for the cluster, flat for the field).
+    anchor : mapping or None
+        Keeping the start's cluster group (:mod:`grasp_dl.models.anchoring`): ``weight`` of the
+        anchor term, ``min_agreement`` / ``max_drop`` of the drift check, ``fallback``.
     **legacy : Any
         Only the hyper-parameters of older checkpoints (``cluster_index``, ``xd_fit``,
         ``n_clusters_curve``), mapped to their new places.
@@ -162,6 +166,7 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, HardFieldIngredients, L.
         xd: Mapping[str, Any] = XD_DEFAULTS,
         noise_augmentation: bool = False,
         spatial_prior: bool = False,
+        anchor: Mapping[str, Any] | None = ANCHOR_DEFAULTS,
         **legacy: Any,
     ) -> None:
         super().__init__()
@@ -195,6 +200,7 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, HardFieldIngredients, L.
                 "xd": xd_options(plain_config(xd)),
                 "noise_augmentation": bool(noise_augmentation),
                 "spatial_prior": bool(spatial_prior),
+                "anchor": anchor_options(plain_config(anchor)),
             }
         )
         self.register_buffer("initialized", torch.tensor(False))
@@ -384,7 +390,9 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, HardFieldIngredients, L.
         self.decided_group.fill_(group)
         # The position model that scores stars without astrometry follows the decision.
         self.fit_position_model(x, q)
-        return group
+        # On the training stars: is it still the start's cluster group? (grasp_dl/models/anchoring.py)
+        self.guard_start(x, q)
+        return int(self.decided_group)
 
     def decide_member_group(self, x: Tensor, q: Tensor | None = None) -> int:
         """Transitional alias of :meth:`decide_cluster_group`."""

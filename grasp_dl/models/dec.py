@@ -271,6 +271,9 @@ class DECModule(ClusteringModule):
             reconstruction = F.mse_loss(self.net.decode(z), x)
             self.log_epoch_mean("train/reconstruction", reconstruction, len(x))
             loss = reconstruction + self.hparams.gamma * kl
+        anchor = self.anchor_loss(q, index)  # keeps the start's cluster group (models/anchoring.py)
+        if anchor is not None:
+            loss = loss + anchor
         self.log_epoch_mean("train/loss", loss, len(x))
         return loss
 

@@ -252,7 +252,9 @@ class VaDEModule(ClusteringModule):
         """Group probabilities gamma_c = p(c | z[, r]) of latent points ``z`` of stars ``x`` (rows sum to 1), see :meth:`log_joint`."""
         return torch.softmax(self.log_joint(z, x), dim=-1)
 
-    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def elbo_terms(
+        self, x: Tensor, generator: torch.Generator | None = None, with_gamma: bool = False
+    ) -> dict[str, Tensor]:
         """Per-batch means of the terms of the negative ELBO, with z drawn once per star.
 
         Parameters
@@ -261,12 +263,14 @@ class VaDEModule(ClusteringModule):
             Standardised features, shape (n, input_dim).
         generator : torch.Generator or None
             Source of the draws (None: the global one).
+        with_gamma : bool
+            Also return ``gamma``, the group posteriors of the drawn z per star (for the anchor term).
 
         Returns
         -------
         dict of str to Tensor
             ``reconstruction`` (Gaussian NLL), ``kl_z`` (expected KL to the components) and
-            ``kl_c`` (KL(gamma || pi)).
+            ``kl_c`` (KL(gamma || pi)); ``gamma`` when asked.
         """
         mu, logvar = self.net.encode(x)
         mu, logvar = mu.float(), self._clamp(logvar)
@@ -288,7 +292,10 @@ class VaDEModule(ClusteringModule):
         ).sum(-1)
         kl_z = (gamma * kl_gauss).sum(-1)
         kl_c = (gamma * (log_gamma - torch.log_softmax(self.prior_logits(x), dim=-1))).sum(-1)
-        return {"reconstruction": recon.mean(), "kl_z": kl_z.mean(), "kl_c": kl_c.mean()}
+        terms = {"reconstruction": recon.mean(), "kl_z": kl_z.mean(), "kl_c": kl_c.mean()}
+        if with_gamma:
+            terms["gamma"] = gamma
+        return terms
 
     def kl_weight(self) -> float:
         """beta of the KL terms at the current epoch.
@@ -389,9 +396,13 @@ class VaDEModule(ClusteringModule):
         Tensor
             The scalar loss.
         """
-        terms = self.elbo_terms(self.augment(*batch))
+        terms = self.elbo_terms(self.augment(*batch), with_gamma=True)
+        gamma = terms.pop("gamma")
         beta = self.kl_weight()
         loss = terms["reconstruction"] + beta * (terms["kl_z"] + terms["kl_c"])
+        anchor = self.anchor_loss(gamma, batch[1])  # keeps the start's cluster group (models/anchoring.py)
+        if anchor is not None:
+            loss = loss + anchor
         n = len(batch[0])
         for name, value in terms.items():
             self.log_epoch_mean(f"train/{name}", value, n)

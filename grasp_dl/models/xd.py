@@ -243,7 +243,7 @@ class XDModule(ClusteringModule):
     def predict_proba(self, x: Tensor) -> Tensor:
         """Group probabilities of standardised features, scored as exact (no errors): a fallback.
 
-        The predict path (:func:`grasp_dl.predict.score_prepared`) uses :meth:`predict_proba_stars`
+        The predict path (:func:`grasp_dl.inference.predict.score_prepared`) uses :meth:`predict_proba_stars`
         with each star's errors instead.
 
         Parameters

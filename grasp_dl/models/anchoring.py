@@ -1,0 +1,468 @@
+"""A clustering phase that never ends with a cluster group worse than the start it was given.
+
+DEC, IDEC and VaDE start from a mixture (``init=xd``, ``gmm_features``, ...) whose cluster
+group is often already right; their self-training can then drift away from it (VaDE turning
+a 2% cluster into a group of 95% of the stars). Three guards, all without truth:
+
+* **only a plausible start** -- when the start's cluster group fails :func:`group_check` (not
+  concentrated on the sky, or not tighter in proper motion than the other stars), there is
+  nothing worth keeping: no anchor, and the report says so (``anchored: false``).
+* **anchor term** -- the start's cluster membership ``s_i`` (the initial mixture's
+  responsibility of its cluster group, per training star) is kept, and every training step
+  adds ``weight * BCE(q_i,g, s_i)``, the cross-entropy of the module's probability of that
+  group ``g`` towards the start's, so the group keeps the start's members while the rest of
+  the model trains.
+* **drift check** -- whenever the module decides which group is the cluster on its training
+  stars (DEC at every target update, VaDE at every epoch's end, before the checkpoint is written), :func:`detect_drift` compares the start's members
+  (``s > 0.5``) with the end's (the named group's probability > 0.5): their agreement F1, and
+  the plausibility check of :func:`group_check` (members more concentrated on the sky and
+  tighter in proper motion than the other stars). The cluster group has drifted when the
+  agreement falls below ``min_agreement`` or when the start passed the check and the end fails it.
+* **fallback** -- on a drift the module names the start's group again if that group still
+  agrees with the start; otherwise it restores the weights whose cluster group agreed best with
+  the start so far (the phase's own start at first; only when they agree better than the
+  drifted ones), stops training (the learning rates drop to 0 for the steps Lightning still
+  takes), and says so. A fall of the agreement by more than
+  ``max_drop`` below that best also counts as a drift.
+
+The report (start against end: members, mean proper motion, the agreement, what was done) is
+kept in ``fit_results['start_vs_end']``, so it travels with the checkpoint and reaches the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from grasp_dl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Switches of the anchor (``model.anchor``) and their defaults (read-only).
+ANCHOR_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"weight": 10.0, "min_agreement": 0.5, "max_drop": 0.1, "fallback": True}
+)
+#: The plausibility check: members' median radius under this share of the other stars' ...
+RADIUS_RATIO_MAX = 0.7
+#: ... and their proper-motion dispersion under this share of the other stars'.
+PM_DISPERSION_RATIO_MAX = 0.5
+MEMBER_THRESHOLD = 0.5
+
+
+def anchor_options(anchor: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``model.anchor`` merged over :data:`ANCHOR_DEFAULTS`.
+
+    Parameters
+    ----------
+    anchor
+        The user's settings (``weight`` >= 0, ``min_agreement`` and ``max_drop`` in [0, 1],
+        ``fallback``), or None.
+
+    Returns
+    -------
+    dict
+        Every setting, with plain Python types.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key or a value out of range.
+    """
+    given = dict(anchor or {})
+    unknown = sorted(set(given) - set(ANCHOR_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown model.anchor option(s) {unknown}: choose from {', '.join(ANCHOR_DEFAULTS)}")
+    out = {**ANCHOR_DEFAULTS, **given}
+    out = {"weight": float(out["weight"]), "min_agreement": float(out["min_agreement"]),
+           "max_drop": float(out["max_drop"]), "fallback": bool(out["fallback"])}
+    if out["weight"] < 0:
+        raise ConfigError(f"model.anchor.weight must be >= 0 (0 switches the anchor term off), got {out['weight']}")
+    for key in ("min_agreement", "max_drop"):
+        if not 0.0 <= out[key] <= 1.0:
+            raise ConfigError(f"model.anchor.{key} must be in [0, 1], got {out[key]}")
+    return out
+
+
+def membership_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """F1 agreement of two boolean memberships of the same stars (1 identical, 0 disjoint).
+
+    Parameters
+    ----------
+    a, b
+        Boolean member flags, one per star.
+
+    Returns
+    -------
+    float
+        2 |a & b| / (|a| + |b|); 1.0 when both are empty.
+    """
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+def _robust_dispersion(values: np.ndarray) -> float:
+    """Geometric mean over columns of 1.4826 x the median absolute deviation (outlier-proof)."""
+    mad = np.median(np.abs(values - np.median(values, axis=0)), axis=0) * 1.4826
+    return float(np.exp(np.mean(np.log(np.maximum(mad, 1e-12)))))
+
+
+@dataclass
+class GroupCheck:
+    """Whether a group looks like a cluster against the other stars (no truth used)."""
+
+    n_members: int
+    radius_ratio: float | None
+    pm_dispersion_ratio: float | None
+    mean_pmra: float | None
+    mean_pmdec: float | None
+    passes: bool
+
+
+def group_check(member_prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]) -> GroupCheck:
+    """Members (probability > 0.5) against the other stars: concentration, proper-motion tightness, mean.
+
+    Parameters
+    ----------
+    member_prob
+        Probability of the group, per star.
+    features
+        The stars' features in physical units (``xi``/``eta`` in degrees, ``pmra``/``pmdec``).
+    feature_names
+        Names of the feature columns.
+
+    Returns
+    -------
+    GroupCheck
+        ``radius_ratio`` = members' median radius / the others'; ``pm_dispersion_ratio`` = their
+        robust proper-motion dispersion / the others'; ``passes`` when the group has members,
+        some stars are left out of it, the radius ratio is under :data:`RADIUS_RATIO_MAX` and the
+        dispersion ratio under :data:`PM_DISPERSION_RATIO_MAX` (a term the features cannot
+        measure is left out). The mean proper motion is weighted by ``member_prob``.
+    """
+    names = list(feature_names)
+    prob = np.asarray(member_prob, dtype=np.float64)
+    member = prob > MEMBER_THRESHOLD
+    n = int(member.sum())
+    others = ~member
+    radius_ratio = pm_ratio = mean_pmra = mean_pmdec = None
+    enough = n >= 3 and int(others.sum()) >= 3
+    if enough and "xi" in names and "eta" in names:
+        radius = np.hypot(features[:, names.index("xi")], features[:, names.index("eta")])
+        radius_ratio = float(np.median(radius[member]) / max(np.median(radius[others]), 1e-12))
+    if "pmra" in names and "pmdec" in names and n > 0:
+        pm = features[:, [names.index("pmra"), names.index("pmdec")]]
+        w = prob[member]
+        mean_pmra, mean_pmdec = (float(v) for v in (w[:, None] * pm[member]).sum(0) / w.sum())
+        if enough:
+            pm_ratio = _robust_dispersion(pm[member]) / max(_robust_dispersion(pm[others]), 1e-12)
+    passes = enough and (radius_ratio is None or radius_ratio < RADIUS_RATIO_MAX) and (
+        pm_ratio is None or pm_ratio < PM_DISPERSION_RATIO_MAX
+    )
+    return GroupCheck(n, radius_ratio, pm_ratio, mean_pmra, mean_pmdec, bool(passes))
+
+
+@dataclass
+class DriftReport:
+    """The start's cluster group against the end's, and what was done about a drift."""
+
+    start: GroupCheck
+    end: GroupCheck
+    start_group: int
+    end_group: int
+    agreement: float
+    drifted: bool
+    reason: str
+    action: str = "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types, for hparams, checkpoints and the JSON summary (``anchored``: True)."""
+        return {"anchored": True, **asdict(self)}
+
+
+def detect_drift(
+    start_prob: np.ndarray,
+    end_prob: np.ndarray,
+    features: np.ndarray,
+    feature_names: Sequence[str],
+    min_agreement: float = ANCHOR_DEFAULTS["min_agreement"],
+    start_group: int = 0,
+    end_group: int = 0,
+    best_agreement: float | None = None,
+    max_drop: float = ANCHOR_DEFAULTS["max_drop"],
+) -> DriftReport:
+    """Has the cluster group drifted from the start? Compares memberships, no truth used.
+
+    Parameters
+    ----------
+    start_prob, end_prob
+        The start's and the end's probability of their cluster group, per star.
+    features, feature_names
+        The stars' features in physical units and their names (for :func:`group_check`).
+    min_agreement
+        Drifted when the F1 agreement of the two memberships is below this.
+    start_group, end_group
+        Which group each one names (reported only).
+    best_agreement, max_drop
+        Also drifted when the agreement has fallen more than ``max_drop`` below
+        ``best_agreement``, the best an earlier state of the same model reached (None: not used).
+
+    Returns
+    -------
+    DriftReport
+        ``drifted`` with a one-line ``reason``. A start with no members anchors nothing and
+        never counts as drifted.
+    """
+    start = group_check(start_prob, features, feature_names)
+    end = group_check(end_prob, features, feature_names)
+    agreement = membership_agreement(np.asarray(start_prob) > MEMBER_THRESHOLD, np.asarray(end_prob) > MEMBER_THRESHOLD)
+    reasons = []
+    if start.n_members == 0:
+        return DriftReport(start, end, start_group, end_group, agreement, False, "the start has no cluster members")
+    if agreement < min_agreement:
+        reasons.append(f"its members agree with the start's at F1 {agreement:.2f} < {min_agreement:.2f}")
+    if best_agreement is not None and agreement < best_agreement - max_drop:
+        reasons.append(f"its agreement with the start fell from {best_agreement:.2f} to {agreement:.2f}")
+    if start.passes and not end.passes:
+        reasons.append("the start's group is a concentrated, proper-motion-tight cluster and the end's is not")
+    return DriftReport(start, end, start_group, end_group, agreement, bool(reasons), "; ".join(reasons) or "kept")
+
+
+class StartAnchor:
+    """Mixin for clustering LightningModules: keep the start's cluster group (see the module doc).
+
+    Needs ``hparams.anchor`` (see :func:`anchor_options`), ``hparams.cluster_group`` (the user's
+    choice, which the anchor never overrides), ``predict_proba``, ``physical_features``,
+    ``cluster_group`` and a ``decided_group`` buffer. Cooperative hooks: :meth:`setup_ingredients`
+    (after the groups are initialised) remembers the start; the host adds :meth:`anchor_loss` to
+    each step's loss and calls :meth:`guard_start` whenever it decides the cluster group on the
+    training stars. The weights whose cluster group agreed best with the start so far (those of
+    the start itself at first) are kept in memory; a drift falls back to them. The report goes to
+    ``fit_results['start_vs_end']`` (saved with the checkpoint).
+    """
+
+    _anchor_prob: Tensor | None = None
+    _anchor_group: int = -1
+    _best_state: dict[str, Tensor] | None = None
+    _best_agreement: float | None = None
+    _fell_back: bool = False
+
+    def setup_ingredients(self, catalog: Any, resp: np.ndarray) -> None:
+        """After the groups are initialised from ``resp``: the other ingredients, then the anchor."""
+        super().setup_ingredients(catalog, resp)  # type: ignore[misc]
+        features = getattr(catalog, "features", catalog)
+        group = start_cluster_group(self, resp, features)
+        check = group_check(np.asarray(resp)[:, group], *self.physical_features(features))
+        if not check.passes:
+            # Only a plausible start is worth keeping: anchoring a wrong group would hold on to it.
+            self._anchor_prob = None
+            self._results()["start_vs_end"] = {
+                "anchored": False, "start_group": int(group), "start": asdict(check),
+                "reason": "the start's cluster group is not a concentrated, proper-motion-tight group: nothing to keep",
+            }
+            return
+        self.set_anchor(resp, group)
+
+    def set_anchor(self, start_prob: np.ndarray, start_group: int) -> None:
+        """Remember the start: its cluster group, its probability per training star, the weights now.
+
+        Parameters
+        ----------
+        start_prob
+            The initial mixture's responsibilities, one row per training star.
+        start_group
+            The group of ``start_prob`` that is the cluster.
+        """
+        prob = np.asarray(start_prob, dtype=np.float32)[:, int(start_group)]
+        self._anchor_prob = torch.as_tensor(prob, device=self.device)
+        self._anchor_group = int(start_group)
+        self._best_state = self._copy_state()
+        if "initialized" in self._best_state:
+            self._best_state["initialized"].fill_(True)  # the start is an initialised module
+        self._best_agreement = None
+        self._fell_back = False
+
+    def _copy_state(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def _results(self) -> dict[str, Any]:
+        results = getattr(self, "fit_results", None)
+        return results if results is not None else self.hparams
+
+    def _name_group(self, group: int) -> None:
+        self.decided_group.fill_(int(group))
+
+    def anchor_loss(self, q: Tensor, index: Tensor) -> Tensor | None:
+        """``weight`` x the cross-entropy of the anchor group's probability towards the start's.
+
+        Parameters
+        ----------
+        q
+            Group probabilities of a batch, (batch, n_clusters).
+        index
+            The batch's rows in the training split.
+
+        Returns
+        -------
+        Tensor or None
+            The weighted term (logged as ``train/anchor``), or None when the anchor is off or unset.
+        """
+        weight = anchor_options(self.hparams.get("anchor"))["weight"]
+        if weight == 0 or self._anchor_prob is None:
+            return None
+        target = self._anchor_prob[index.to(self._anchor_prob.device)].to(q.device)
+        p = q[:, self._anchor_group].float().clamp(1e-6, 1 - 1e-6)
+        term = F.binary_cross_entropy(p, target.float())
+        if hasattr(self, "log_epoch_mean"):
+            self.log_epoch_mean("train/anchor", term, len(q))
+        return weight * term
+
+    def _agreement_of_state(self, catalog: Tensor, start: np.ndarray) -> float:
+        q = self.predict_proba(catalog).cpu().numpy()[:, self._anchor_group]
+        return membership_agreement(start > MEMBER_THRESHOLD, q > MEMBER_THRESHOLD)
+
+    @torch.no_grad()
+    def guard_start(self, catalog: Tensor, q: Tensor | None = None) -> DriftReport | None:
+        """Compare the named cluster group with the start's; on a drift fall back and stop training.
+
+        Parameters
+        ----------
+        catalog
+            The training stars (standardised), in the order of the anchor; other stars are ignored.
+        q
+            Their group probabilities, if already computed.
+
+        Returns
+        -------
+        DriftReport or None
+            What was found (also in ``fit_results['start_vs_end']``); None without an anchor or
+            for stars other than the training ones.
+        """
+        if self._anchor_prob is None or catalog is None or len(catalog) != len(self._anchor_prob):
+            return None
+        options = anchor_options(self.hparams.get("anchor"))
+        features, names = self.physical_features(catalog)
+        start = self._anchor_prob.cpu().numpy()
+        if self._best_agreement is None and self._best_state is not None:
+            current = self._copy_state()
+            self.load_state_dict(self._best_state)
+            self._best_agreement = self._agreement_of_state(catalog, start)
+            self.load_state_dict(current)
+        q = (self.predict_proba(catalog) if q is None else q).cpu().numpy()
+        group = self.cluster_group
+        report = detect_drift(start, q[:, group], features, names, options["min_agreement"], self._anchor_group,
+                              group, self._best_agreement, options["max_drop"])
+        report.extra["best_agreement"] = self._best_agreement
+        if report.drifted and options["fallback"] and self.hparams.get("cluster_group") is None:
+            report.action = self._fall_back(catalog, start, q, features, names, report)
+            if not self._fell_back:
+                log.warning("the cluster group drifted from the start (%s): %s", report.reason, report.action)
+            self._fell_back = True
+            self._stop_training()
+        elif not report.drifted and group == self._anchor_group and report.agreement > (self._best_agreement or 0.0):
+            self._best_state, self._best_agreement = self._copy_state(), report.agreement
+        self._results()["start_vs_end"] = report.to_dict()
+        return report
+
+    def _stop_training(self) -> None:
+        """Stop the fit, and freeze the weights for the steps Lightning still takes before it stops."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return
+        trainer.should_stop = True
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
+
+    def _fall_back(
+        self, catalog: Tensor, start: np.ndarray, q: np.ndarray, features: np.ndarray, names: list[str],
+        report: DriftReport,
+    ) -> str:
+        """Name the start's group again, or restore the best-agreeing weights; return what was done."""
+        options = anchor_options(self.hparams.get("anchor"))
+        anchor = self._anchor_group
+        kept = detect_drift(start, q[:, anchor], features, names, options["min_agreement"], anchor, anchor,
+                            self._best_agreement, options["max_drop"])
+        if anchor != report.end_group and not kept.drifted:
+            self._name_group(anchor)
+            report.end, report.end_group, report.agreement = kept.end, anchor, kept.agreement
+            self._refresh_position_model(catalog)
+            return f"named the start's group {anchor} the cluster again and stopped training"
+        if self._best_state is None or (self._best_agreement or 0.0) <= max(report.agreement, kept.agreement):
+            return "kept the drifted group: no earlier state agrees better with the start"
+        self.load_state_dict(self._best_state)
+        q0 = self.predict_proba(catalog).cpu().numpy()
+        restored = detect_drift(start, q0[:, anchor], features, names, options["min_agreement"], anchor, anchor)
+        self._name_group(anchor)
+        report.extra["drifted_agreement"] = report.agreement
+        report.end, report.end_group, report.agreement = restored.end, anchor, restored.agreement
+        self._refresh_position_model(catalog)
+        return ("restored the weights that agreed best with the start, named the start's group the cluster "
+                "and stopped training")
+
+    def _refresh_position_model(self, catalog: Tensor) -> None:
+        if hasattr(self, "fit_position_model"):
+            self.fit_position_model(catalog, self.predict_proba(catalog))
+
+
+def start_cluster_group(module: Any, resp: np.ndarray, catalog: Tensor) -> int:
+    """The start's cluster group: 0 for ``init='xd'`` (its cluster component), else the membership rule's.
+
+    Parameters
+    ----------
+    module
+        The clustering module (its ``hparams.init`` and ``physical_features``).
+    resp
+        The initial responsibilities of the training stars.
+    catalog
+        The training stars (standardised).
+
+    Returns
+    -------
+    int
+        The group of ``resp`` that is the cluster.
+    """
+    if module.hparams.get("init") == "xd":
+        return 0
+    from grasp_dl.inference.membership import choose_cluster_group
+
+    return int(choose_cluster_group(resp, *module.physical_features(catalog)))
+
+
+def describe_start_vs_end(report: Mapping[str, Any]) -> str:
+    """One line for the train summary: the start's cluster group against the end's.
+
+    Parameters
+    ----------
+    report
+        ``hparams['start_vs_end']`` of a trained module (:meth:`DriftReport.to_dict`).
+
+    Returns
+    -------
+    str
+        Members and mean proper motion of both, their agreement, and what the anchor did.
+    """
+
+    if report.get("anchored") is False:
+        return f"start vs end of the clustering phase: not anchored ({report['reason']})"
+
+    def side(name: str, check: Mapping[str, Any]) -> str:
+        pm = ""
+        if check.get("mean_pmra") is not None:
+            pm = f", mean pm ({check['mean_pmra']:.3f}, {check['mean_pmdec']:.3f}) mas/yr"
+        return f"{name} {check['n_members']} members{pm}"
+
+    line = (f"start vs end of the clustering phase: {side('start', report['start'])}; "
+            f"{side('end', report['end'])}; agreement F1 {report['agreement']:.2f}")
+    if report.get("drifted"):
+        line += f"; drifted ({report['reason']}): {report.get('action', 'none')}"
+    return line
