@@ -331,7 +331,7 @@ _DISK_MS = np.array(  # solar-metallicity dwarfs: M_G, (BP-RP)0 (Gaia HRD of the
 def _dense_branch(nodes: np.ndarray, step: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resample a (M_G, colour, dcolour/dFeH) polyline at ~`step` mag for segment sampling."""
     pieces = []
-    for a, b in zip(nodes[:-1], nodes[1:]):
+    for a, b in zip(nodes[:-1], nodes[1:], strict=True):
         k = max(int(np.ceil(abs(b[0] - a[0]) / step)), 1)
         t = np.linspace(0.0, 1.0, k + 1)[:-1, None]
         pieces.append(a[None, :3] + t * (b[None, :3] - a[None, :3]))
@@ -858,7 +858,7 @@ def simulate_catalog(
     if tl is not None:
         make = _make_tails(tl, cl, radius_deg, mag_limit)
         components.append(("tails", _draw_observed(streams[2], n_tl, make, crowding, mag_limit, "tails")))
-    for i, (pop, n_i) in enumerate(zip(pops, n_pops)):
+    for i, (pop, n_i) in enumerate(zip(pops, n_pops, strict=True)):
         make = _make_field(pop, radius_deg, mag_limit, f"field[{i}]")
         components.append(("field", _draw_observed(streams[4 + i], n_i, make, crowding, mag_limit, f"field[{i}]")))
 
