@@ -65,6 +65,7 @@ def test_console_script_end_to_end(tmp_path):
     assert f"final model: {run_dir / 'checkpoints' / 'last.ckpt'}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_wrong_override_and_bad_value_end_cleanly(tmp_path):
     proc = _cli(["train", "data.no_such_option=3", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode != 0
