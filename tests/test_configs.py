@@ -79,6 +79,15 @@ def test_without_validation_rows_the_callbacks_watch_the_training_loss(tmp_path)
     assert trainer.early_stopping_callback.monitor == "train/loss"
 
 
+def test_default_run_trains_on_the_simulated_m4_like_field(tmp_path):
+    datamodule = pipeline.build_datamodule(compose_config("train", [], tmp_path))
+    table = datamodule.table
+    assert len(table) == 20_000 and set(table["truth"]) == {"cluster", "field"}
+    assert datamodule.feature_names == ["xi", "eta", "pmra", "pmdec", "parallax"]
+    # stars without astrometry are left out of training, not dropped from the table
+    assert 15_000 < len(datamodule.data) == len(datamodule.usable_rows()) < len(table)
+
+
 @pytest.mark.parametrize(
     ("overrides", "module_class"),
     [
