@@ -174,7 +174,25 @@ def _contingency(true_idx: np.ndarray, pred_idx: np.ndarray) -> np.ndarray:
 
 
 def hungarian_accuracy(true_labels: Any, predicted_labels: Any) -> float:
-    """Fraction of rows right after the best one-to-one matching of groups to classes."""
+    """Fraction of rows right after the best one-to-one matching of groups to classes.
+
+    Parameters
+    ----------
+    true_labels : array_like
+        The true class of each row (any hashable values).
+    predicted_labels : array_like
+        The predicted group of each row, same length.
+
+    Returns
+    -------
+    float
+        In [0, 1]; rows of groups or classes left unmatched count as wrong.
+
+    Raises
+    ------
+    ConfigError
+        If the labels are empty, not 1-D or of different lengths.
+    """
     true_idx = np.unique(_as_1d(true_labels, "true_labels"), return_inverse=True)[1].ravel()
     pred = _as_1d(predicted_labels, "predicted_labels")
     _check_length("predicted_labels", pred, len(true_idx))
@@ -184,7 +202,25 @@ def hungarian_accuracy(true_labels: Any, predicted_labels: Any) -> float:
 
 
 def partition_scores(true_labels: Any, predicted_labels: Any) -> dict[str, float]:
-    """ARI, NMI, AMI, homogeneity, completeness, V-measure and Hungarian accuracy."""
+    """ARI, NMI, AMI, homogeneity, completeness, V-measure and Hungarian accuracy.
+
+    Parameters
+    ----------
+    true_labels : array_like
+        The true class of each row (any hashable values).
+    predicted_labels : array_like
+        The predicted group of each row, same length.
+
+    Returns
+    -------
+    dict of str to float
+        The keys of :data:`PARTITION_KEYS`.
+
+    Raises
+    ------
+    ConfigError
+        If the labels are empty, not 1-D or of different lengths.
+    """
     true_idx = np.unique(_as_1d(true_labels, "true_labels"), return_inverse=True)[1].ravel()
     pred_idx = np.unique(_as_1d(predicted_labels, "predicted_labels"), return_inverse=True)[1].ravel()
     _check_length("predicted_labels", pred_idx, len(true_idx))
@@ -231,7 +267,29 @@ def _silhouette(data: np.ndarray, labels: np.ndarray, sample: int, random_state:
 def internal_scores(
     data: Any, labels: Any, *, silhouette_sample: int = 5000, random_state: int | None = 0
 ) -> dict[str, float]:
-    """Silhouette (subsampled), Davies-Bouldin, Calinski-Harabasz of labels on data; NaN if < 2 groups."""
+    """Silhouette (subsampled), Davies-Bouldin and Calinski-Harabasz of ``labels`` on ``data``.
+
+    Parameters
+    ----------
+    data : array_like
+        Stars x features (numpy array or tensor).
+    labels : array_like
+        The group of each row.
+    silhouette_sample : int, default 5000
+        The silhouette is computed on at most this many random rows (it is quadratic in rows).
+    random_state : int, optional
+        Seed of that subsample.
+
+    Returns
+    -------
+    dict of str to float
+        The keys of :data:`INTERNAL_KEYS`; all NaN, with a warning, unless there are 2 to n-1 groups.
+
+    Raises
+    ------
+    ConfigError
+        If ``data`` is not 2-D, the lengths differ, or ``silhouette_sample`` is not an integer >= 2.
+    """
     if not isinstance(silhouette_sample, (int, np.integer)) or silhouette_sample < 2:
         raise ConfigError(f"silhouette_sample must be an integer >= 2, got {silhouette_sample!r}")
     features = _to_numpy(data).astype(np.float64)
@@ -277,7 +335,32 @@ def _bin_sums(p: np.ndarray, y: np.ndarray, n_bins: int) -> tuple[np.ndarray, np
 def reliability_curve(
     prob: Any, outcome: Any, n_bins: int = N_CALIBRATION_BINS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bin centres, observed frequency of outcome (NaN in empty bins) and counts per equal-width bin."""
+    """The reliability diagram's data: per equal-width probability bin, how often the outcome happened.
+
+    Parameters
+    ----------
+    prob : array_like
+        Predicted probabilities in [0, 1], one per star.
+    outcome : array_like
+        What happened: boolean or 0/1, same length.
+    n_bins : int, default 15
+        Number of equal-width bins over [0, 1] (p == 1 falls in the last).
+
+    Returns
+    -------
+    centers : numpy.ndarray
+        Bin centres.
+    observed : numpy.ndarray
+        Observed frequency of the outcome per bin (NaN in empty bins).
+    counts : numpy.ndarray
+        Stars per bin.
+
+    Raises
+    ------
+    ConfigError
+        If the lengths differ, a probability is not finite or outside [0, 1], or an outcome is not 0/1, or
+        ``n_bins`` is not a positive integer.
+    """
     p, y = _as_prob_outcome(prob, outcome)
     counts, _, hits = _bin_sums(p, y, n_bins)
     centers = (np.arange(n_bins) + 0.5) / n_bins
@@ -287,7 +370,28 @@ def reliability_curve(
 
 
 def expected_calibration_error(prob: Any, outcome: Any, n_bins: int = N_CALIBRATION_BINS) -> float:
-    """Count-weighted mean over bins of |observed frequency - mean probability| (NaN if empty)."""
+    """Expected calibration error: count-weighted mean over bins of |observed frequency - mean probability|.
+
+    Parameters
+    ----------
+    prob : array_like
+        Predicted probabilities in [0, 1], one per star.
+    outcome : array_like
+        What happened: boolean or 0/1, same length.
+    n_bins : int, default 15
+        Number of equal-width bins over [0, 1].
+
+    Returns
+    -------
+    float
+        In [0, 1], 0 for perfect calibration; NaN for no stars.
+
+    Raises
+    ------
+    ConfigError
+        If the lengths differ, a probability is not finite or outside [0, 1], or an outcome is not 0/1, or
+        ``n_bins`` is not a positive integer.
+    """
     p, y = _as_prob_outcome(prob, outcome)
     if len(p) == 0:
         return math.nan
@@ -296,7 +400,25 @@ def expected_calibration_error(prob: Any, outcome: Any, n_bins: int = N_CALIBRAT
 
 
 def brier_score(prob: Any, outcome: Any) -> float:
-    """Mean squared difference between probability and 0/1 outcome (NaN if empty)."""
+    """Brier score: mean squared difference between probability and 0/1 outcome.
+
+    Parameters
+    ----------
+    prob : array_like
+        Predicted probabilities in [0, 1], one per star.
+    outcome : array_like
+        What happened: boolean or 0/1, same length.
+
+    Returns
+    -------
+    float
+        In [0, 1], lower is better; NaN for no stars.
+
+    Raises
+    ------
+    ConfigError
+        If the lengths differ, a probability is not finite or outside [0, 1], or an outcome is not 0/1.
+    """
     p, y = _as_prob_outcome(prob, outcome)
     return float(np.mean((p - y) ** 2)) if len(p) else math.nan
 
@@ -389,7 +511,36 @@ def evaluate_clustering(
       ``silhouette_sample`` random scored rows), ``davies_bouldin`` and ``calinski_harabasz``;
       NaN with a warning when the scored rows hold fewer than 2 groups.
 
-    Direction of each score: :data:`HIGHER_IS_BETTER`. Bad input raises ConfigError.
+    Direction of each score: :data:`HIGHER_IS_BETTER`.
+
+    Parameters
+    ----------
+    true_labels : array_like
+        The true class of each row, e.g. the ``truth`` column of a simulated catalogue.
+    predicted_labels : array_like
+        The predicted group of each row; -1 marks a row that was not scored.
+    data : array_like, optional
+        Stars x features of the same rows, for the internal scores.
+    member_label : object, default "cluster"
+        The true label of the cluster's members.
+    predicted_member : array_like of bool, optional
+        Which rows the method calls members.
+    member_prob : array_like of float, optional
+        Each row's membership probability in [0, 1].
+    silhouette_sample : int, default 5000
+        Rows the silhouette is computed on at most.
+    random_state : int, optional
+        Seed of the silhouette's subsample.
+
+    Returns
+    -------
+    dict of str to float or int
+        The scores above plus the counts of :data:`INFO_KEYS`, JSON-ready.
+
+    Raises
+    ------
+    ConfigError
+        If an input is empty, malformed or of a length other than ``true_labels``'.
     """
     truth = _as_truth(true_labels)
     pred = _as_predicted(predicted_labels, len(truth))
@@ -431,7 +582,18 @@ def _internal_or_nan(
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """Aligned two-column text table (name, value) of a metrics dict, for printing."""
+    """Aligned two-column text table (name, value) of a metrics dict, for printing.
+
+    Parameters
+    ----------
+    metrics : mapping
+        Metric names to values (integers printed as they are, floats with 4 decimals).
+
+    Returns
+    -------
+    str
+        One line per metric; empty for an empty mapping.
+    """
     if not metrics:
         return ""
     cells = [(str(key), _format_value(value)) for key, value in metrics.items()]

@@ -92,6 +92,7 @@ def test_init_does_no_work_and_composes_the_cli_config(tmp_path):
         DeepClusteringModel(device="tpu").compose_config()
 
 
+@pytest.mark.slow
 def test_unfitted_and_misused_models_say_what_to_do(field, stepwise, tmp_path):
     model = DeepClusteringModel(device="cpu")
     with pytest.raises(NotFittedError, match="fit"):
@@ -120,6 +121,7 @@ def test_unfitted_and_misused_models_say_what_to_do(field, stepwise, tmp_path):
 # ----------------------------------------------------------------------------- the CLI's behaviour
 
 
+@pytest.mark.slow
 def test_step_by_step_training_is_the_cli_run(field, cli_run, stepwise):
     model, ae_history, dec_history = stepwise
     cli_table, cli_summary = predict_catalog(load_clustering_module(cli_run.checkpoint), field)
@@ -154,6 +156,7 @@ def test_estimator_rules_hold_after_training_and_loading(stepwise, tmp_path):
     assert all(name.endswith("_") for name in vars(loaded) if name not in params and not name.startswith("_"))
 
 
+@pytest.mark.slow
 def test_load_cli_checkpoint_predicts_identically_and_reads_its_history(field, cli_run):
     model = DeepClusteringModel.load(cli_run.checkpoint, device="cpu")
     expected, _ = predict_catalog(load_clustering_module(cli_run.checkpoint), field)
@@ -165,6 +168,7 @@ def test_load_cli_checkpoint_predicts_identically_and_reads_its_history(field, c
     assert _renders(model.plot_training_history())
 
 
+@pytest.mark.slow
 def test_load_vade_cli_checkpoint_predicts_identically(field, tmp_path):
     result = pipeline.train(compose_config("train", TINY + ["model=vade", f"data.simulate.seed={SEED}"], tmp_path))
     model = DeepClusteringModel.load(result.checkpoint, device="cpu")
@@ -180,6 +184,7 @@ def test_load_vade_cli_checkpoint_predicts_identically(field, tmp_path):
 # ----------------------------------------------------------------------------- predictions
 
 
+@pytest.mark.slow
 def test_prediction_methods_agree_row_for_row(field, stepwise):
     model, _, _ = stepwise
     table, _ = model.predict_table(field)
@@ -199,6 +204,7 @@ def test_prediction_methods_agree_row_for_row(field, stepwise):
     np.testing.assert_array_equal(q.argmax(axis=1), labels[~unscored])
 
 
+@pytest.mark.slow
 def test_evaluate_and_cluster_statistics(field, stepwise):
     model, _, _ = stepwise
     metrics = model.evaluate_clustering(field, "truth")
@@ -219,6 +225,7 @@ def test_evaluate_and_cluster_statistics(field, stepwise):
         cluster_statistics(field, [0, 1])
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(field, stepwise, tmp_path):
     model, _, _ = stepwise
     path = model.save_model(tmp_path / "sub" / "model.ckpt")
@@ -240,6 +247,7 @@ def test_save_and_load_round_trip(field, stepwise, tmp_path):
     assert dotted.name == "members.v2.summary.json"
 
 
+@pytest.mark.slow
 def test_fit_on_a_feature_array(tmp_path):
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0, 0.0], [6.0, 6.0, 0.0], [0.0, 6.0, 6.0]])
@@ -264,6 +272,7 @@ def test_fit_on_a_feature_array(tmp_path):
     assert generic == ["feature_0", "feature_1", "feature_2"]  # ra/dec cannot come from an array
 
 
+@pytest.mark.slow
 def test_catalogue_model_refuses_a_feature_array(field, stepwise):
     model, _, _ = stepwise
     with pytest.raises(ConfigError, match="sky positions"):
@@ -281,6 +290,7 @@ class GraspSample:
         self.name = name
 
 
+@pytest.mark.slow
 def test_add_membership_columns_keeps_kind_and_order(field, stepwise):
     model, _, _ = stepwise
     expected, _ = model.predict_table(field)
@@ -325,6 +335,7 @@ def test_gpu_memory_usage_reports_the_device():
 # ----------------------------------------------------------------------------- figures
 
 
+@pytest.mark.slow
 def test_facade_figures_render_headless(field, stepwise):
     model, _, _ = stepwise
     history = model.plot_training_history()

@@ -239,6 +239,7 @@ def hard_field_run(tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_auto_n_clusters_stores_its_curve_in_the_checkpoint(hard_field_run):
     result = hard_field_run
     curve = result.module.fit_results["n_clusters_curve"]
@@ -265,6 +266,7 @@ def test_choose_n_clusters_on_the_features_without_xd():
         choose_n_clusters(Data(), {"n_clusters_range": [1, 3]})
 
 
+@pytest.mark.slow
 def test_reloaded_hard_field_checkpoint_scores_2_parameter_stars_from_position(hard_field_run):
     module = load_clustering_module(hard_field_run.checkpoint)
     assert module.radial_prior.active and np.isfinite(module.position_model.numpy()).all()
@@ -298,6 +300,7 @@ def test_no_astrometry_rows_are_only_full_2_parameter_rows():
     )
 
 
+@pytest.mark.slow
 def test_full_configuration_beats_the_plain_one_on_a_small_hard_field():
     """On a small NGC 6558-like field (the cluster's PM inside the bulge's) the hard-field VaDE
     (init=xd, spatial prior, noise augmentation) finds the cluster; the plain one does not."""

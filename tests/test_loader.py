@@ -1,8 +1,7 @@
 """TensorBatchLoader: slices of one tensor, seeded per epoch, sharded per rank."""
 
-import torch
-
 import pytest
+import torch
 
 from grasp_dl.data.loader import TensorBatchLoader, batch_stars, is_block
 
@@ -69,7 +68,7 @@ def test_blocks_hold_the_same_batches_in_the_same_order():
     assert all(is_block(block) for block in blocks) and not is_block(plain[0])
     flat = [batch for block in blocks for batch in block]
     assert len(flat) == len(plain)
-    for (xa, ia), (xb, ib) in zip(plain, flat):
+    for (xa, ia), (xb, ib) in zip(plain, flat, strict=True):
         assert torch.equal(ia, ib) and torch.equal(xa, xb)
     assert [batch_stars(block) for block in blocks] == [320, 320, 320, 40]
     assert batch_stars(plain[0]) == 64

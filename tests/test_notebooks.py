@@ -68,6 +68,7 @@ def test_notebooks_are_committed_without_outputs(path):
     assert path.stat().st_size < MAX_NOTEBOOK_BYTES
 
 
+@pytest.mark.slow
 def test_quickstart_runs_top_to_bottom(kernel_name):
     notebook = run_notebook(QUICKSTART, kernel_name)
     text = _text(notebook)
@@ -77,6 +78,7 @@ def test_quickstart_runs_top_to_bottom(kernel_name):
     assert _images(notebook) >= 6
 
 
+@pytest.mark.slow
 def test_reuse_runs_top_to_bottom_on_pal13(kernel_name):
     notebook = run_notebook(REUSE, kernel_name)
     text = _text(notebook)

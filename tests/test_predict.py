@@ -17,6 +17,9 @@ from grasp_dl.inference.predict import load_clustering_module, predict_catalog, 
 
 from hydra_configs import TINY, compose_config
 
+#: Every test here uses a trained run (the `trained` fixture trains end to end).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -1,4 +1,8 @@
-"""One code path for CPU, DDP and mixed precision; multirun sweeps; reproducibility; resume."""
+"""One code path for CPU, DDP and mixed precision; multirun sweeps; reproducibility; resume.
+
+Every test here trains end to end (several runs each), so the module is ``slow``; the composed
+trainer, logger and callback configs are checked without training in ``test_configs.py``.
+"""
 
 import subprocess
 import sys
@@ -13,25 +17,13 @@ from grasp_dl import optimize_hyperparameters, pipeline
 
 from hydra_configs import TINY, compose_config
 
+pytestmark = pytest.mark.slow
+
 SMALL = [o for o in TINY if not o.startswith("data.simulate.n_stars")] + ["data.simulate.n_stars=2500"]
 
 
 def _labels(result):
     return result.module.predict_proba(result.datamodule.data).argmax(dim=1).numpy()
-
-
-def test_trainer_logger_and_callback_groups_compose(tmp_path):
-    for trainer in ("default", "cpu", "gpu", "ddp", "ddp_cpu"):
-        cfg = compose_config("train", [f"trainer={trainer}"], tmp_path)
-        assert cfg.trainer._target_.endswith("Trainer")
-    assert compose_config("train", ["trainer=ddp_cpu"], tmp_path).trainer.strategy == "ddp_spawn"
-    assert set(compose_config("train", ["logger=many"], tmp_path).logger) == {"tensorboard", "csv"}
-    callbacks = compose_config("train", [], tmp_path).callbacks
-    assert {"model_checkpoint", "early_stopping", "lr_monitor", "progress_bar", "rng_state"} <= set(callbacks)
-    for experiment in ("m4_autoencoder", "m4_dec", "m4_idec", "m4_vade"):
-        assert compose_config("train", [f"experiment={experiment}"], tmp_path).model._target_
-    sweep = compose_config("train", ["hparams_search=optuna"], tmp_path)
-    assert sweep.optimized_metric == "clustering/silhouette"
 
 
 def test_ddp_on_cpu_agrees_with_a_single_process(tmp_path):
@@ -85,7 +77,8 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(tmp_path):
     final = tmp_path / "crash" / "checkpoints" / "last.ckpt"
     assert resume_point(str(final), tmp_path, two_phase=True).final == str(final)
     # a finished clustering phase resumes from its own checkpoint and trains on
-    more = pipeline.train(compose_config("train", SMALL + ["trainer.max_epochs=5", "ckpt_path=last"], tmp_path / "crash"))
+    more_overrides = SMALL + ["trainer.max_epochs=5", "ckpt_path=last"]
+    more = pipeline.train(compose_config("train", more_overrides, tmp_path / "crash"))
     assert torch.load(tmp_path / "crash" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
     assert more.module.member_group >= 0
 

@@ -319,7 +319,7 @@ def test_unknown_keys_are_named():
 def test_unknown_key_in_a_config_file_is_named(tmp_path, monkeypatch):
     (tmp_path / "simulation").mkdir()
     (tmp_path / "simulation" / "odd.yaml").write_text("n_stars: 10\nclustr: {}\n")
-    monkeypatch.setattr(sim, "_conf_dir", lambda: tmp_path)
+    monkeypatch.setattr(sim, "conf_dir", lambda: tmp_path)
     with pytest.raises(ConfigError, match="clustr"):
         load_simulation_config("odd")
     with pytest.raises(ConfigError, match="no simulation config 'nope'"):

@@ -25,6 +25,7 @@ def test_default_config_composes_every_group(tmp_path):
     assert "tensorboard" in cfg.logger
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoint_and_tensorboard(tmp_path):
     cfg = compose_config("train", TINY, tmp_path)
     result = pipeline.train(cfg)
@@ -57,6 +58,7 @@ def _cli(args, cwd):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_checkpoints_go_where_the_callback_says_and_resume_finds_them(tmp_path):
     """model_checkpoint.dirpath is honoured by both phases, by TrainResult and by ckpt_path=last."""
     ckpts = tmp_path / "elsewhere"
@@ -78,6 +80,7 @@ def test_console_script_end_to_end(tmp_path):
     assert f"final model: {run_dir / 'checkpoints' / 'last.ckpt'}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_wrong_override_and_bad_value_end_cleanly(tmp_path):
     proc = _cli(["train", "data.no_such_option=3", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode != 0
@@ -100,6 +103,7 @@ def test_usage_and_unknown_command(tmp_path):
     assert "model: autoencoder, dec, idec, vade" in proc.stdout
 
 
+@pytest.mark.slow
 def test_tiny_real_catalogue_finishes_and_says_so(tmp_path, pal13_path):
     overrides = ["data=catalog", f"data.path={pal13_path}", "trainer.max_epochs=2", "model.pretrain_epochs=2",
                  "trainer.enable_progress_bar=false"]
@@ -111,12 +115,14 @@ def test_tiny_real_catalogue_finishes_and_says_so(tmp_path, pal13_path):
     assert "29 missing:pmra+pmdec+parallax" in text
 
 
+@pytest.mark.slow
 def test_no_validation_rows_monitor_the_training_loss(tmp_path):
     result = pipeline.train(compose_config("train", TINY + ["data.val_fraction=0"], tmp_path))
     assert not result.datamodule.has_validation and len(result.datamodule.train_index) > 2000
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_compile_and_matmul_precision_options_reach_the_run(tmp_path):
     """compile=true trains with torch.compile'd networks (same parameter names, so the checkpoint
     loads into a plain module), and matmul_precision is applied for the run."""

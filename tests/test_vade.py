@@ -173,6 +173,7 @@ def test_no_nan_on_the_real_pal13_export_with_its_outliers(pal13_path):
     assert torch.isfinite(prob).all() and torch.isfinite(std).all()
 
 
+@pytest.mark.slow
 def test_train_model_vade_end_to_end_then_predict_and_evaluate(tmp_path):
     cfg = compose_config("train", TINY + ["model=vade", "data.simulate.seed=5"], tmp_path / "run")
     result = pipeline.train(cfg)

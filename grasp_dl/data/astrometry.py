@@ -18,7 +18,7 @@ import pandas as pd
 
 from grasp_dl.data.catalog import require_columns
 from grasp_dl.data.sky import gnomonic_project
-from grasp_dl.errors import CatalogError
+from grasp_dl.errors import CatalogError, ConfigError
 
 #: The astrometric quantities, their error columns, and the pmra/pmdec correlation column.
 ASTROMETRY = ("pmra", "pmdec", "parallax")
@@ -32,9 +32,16 @@ CMD_COLUMNS = ("phot_g_mean_mag", "bp_rp")
 class StarData:
     """What an error-aware model sees of each star.
 
-    ``values`` (n, d): astrometry (pmra, pmdec[, parallax]), NaN rows where a star has none;
-    ``covariances`` (n, d, d): their error covariances; ``radius`` (n,): degrees from the
-    centre; ``cmd`` (n, 2): magnitude and colour, or None.
+    Parameters
+    ----------
+    values : numpy.ndarray
+        (n, d) astrometry (pmra, pmdec[, parallax]), NaN where a star has none.
+    covariances : numpy.ndarray
+        (n, d, d) error covariances of ``values``.
+    radius : numpy.ndarray
+        (n,) tangent-plane distance from the centre in degrees.
+    cmd : numpy.ndarray, optional
+        (n, 2) magnitude and colour, or None when the photometry terms are off.
     """
 
     values: np.ndarray
@@ -44,11 +51,28 @@ class StarData:
 
     @property
     def has_astrometry(self) -> np.ndarray:
-        """Stars whose astrometry and error covariance are all finite."""
+        """Stars whose astrometry and error covariance are all finite.
+
+        Returns
+        -------
+        numpy.ndarray
+            A boolean mask of length n.
+        """
         return np.isfinite(self.values).all(axis=1) & np.isfinite(self.covariances).all(axis=(1, 2))
 
     def subset(self, rows: np.ndarray) -> StarData:
-        """The stars at ``rows`` (indices or a boolean mask)."""
+        """The stars at ``rows``.
+
+        Parameters
+        ----------
+        rows : numpy.ndarray
+            Indices or a boolean mask.
+
+        Returns
+        -------
+        StarData
+            Those stars only, every array indexed alike.
+        """
         return StarData(
             self.values[rows], self.covariances[rows], self.radius[rows], None if self.cmd is None else self.cmd[rows]
         )
@@ -64,6 +88,20 @@ def error_covariances(
 
     A missing correlation counts as 0; the parallax's correlations with the proper motion are
     not in the usual exports and count as 0 too.
+
+    Parameters
+    ----------
+    pmra_error, pmdec_error : numpy.ndarray
+        Proper-motion errors (mas/yr), one per star.
+    pmra_pmdec_corr : numpy.ndarray, optional
+        Their correlation coefficients (NaN counts as 0).
+    parallax_error : numpy.ndarray, optional
+        Parallax errors (mas); given, the covariances are 3 x 3.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, 2, 2) or (n, 3, 3) covariance matrices.
     """
     ea, ed = np.asarray(pmra_error, float), np.asarray(pmdec_error, float)
     rho = np.zeros_like(ea) if pmra_pmdec_corr is None else np.nan_to_num(np.asarray(pmra_pmdec_corr, float))
@@ -80,12 +118,37 @@ def astrometry_columns(features: Sequence[str]) -> list[str]:
     """The astrometric quantities among ``features``, in the order (pmra, pmdec, parallax).
 
     Proper motion is always used; parallax only where it is a feature.
+
+    Parameters
+    ----------
+    features : sequence of str
+        The model's feature names.
+
+    Returns
+    -------
+    list of str
+        ``["pmra", "pmdec"]``, plus ``"parallax"`` when it is among ``features``.
     """
     return ["pmra", "pmdec"] + (["parallax"] if "parallax" in features else [])
 
 
 def require_error_columns(table: pd.DataFrame, quantities: Sequence[str], what: str) -> None:
-    """Fail with a message naming the missing error column(s) and how to switch ``what`` off."""
+    """Check that the error columns of ``quantities`` are in ``table``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The catalogue.
+    quantities : sequence of str
+        Astrometric quantities (pmra, pmdec, parallax) whose ``*_error`` columns are needed.
+    what : str
+        The setting that needs them, named in the message with how to switch it off.
+
+    Raises
+    ------
+    CatalogError
+        If an error column is missing (the message names it and the fix).
+    """
     needed = [ERROR_COLUMNS[q] for q in quantities]
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -106,13 +169,36 @@ def star_data(
 ) -> StarData:
     """Build :class:`StarData` for every row of ``table`` around ``center`` (ra, dec in degrees).
 
-    ``quantities`` are the astrometric columns (pmra, pmdec first); their ``*_error`` columns
-    are required (``what`` names the setting that needs them in the error message), the
-    pmra/pmdec correlation is used when present.
+    The pmra/pmdec correlation column is used when present.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The catalogue, Gaia column names (``ra``, ``dec``, the quantities and their ``*_error``).
+    center : sequence of float
+        The centre (ra, dec) in degrees the radii are measured from.
+    quantities : sequence of str, default ("pmra", "pmdec", "parallax")
+        The astrometric columns, pmra and pmdec first, parallax optional.
+    photometry : bool, default False
+        Also collect G magnitude and BP-RP colour (computed from BP and RP when missing).
+    what : str, default "the error-aware model"
+        The setting that needs the error columns, named in error messages.
+
+    Returns
+    -------
+    StarData
+        One entry per row of ``table``, in order.
+
+    Raises
+    ------
+    ConfigError
+        If ``quantities`` are not pmra, pmdec and optionally parallax.
+    CatalogError
+        If a needed column (position, astrometry, error, photometry) is missing.
     """
     quantities = list(quantities)
     if quantities[:2] != ["pmra", "pmdec"] or not set(quantities) <= set(ASTROMETRY):
-        raise ValueError(f"quantities must be pmra, pmdec and optionally parallax, got {quantities}")
+        raise ConfigError(f"quantities must be pmra, pmdec and optionally parallax, got {quantities}")
     require_columns(table, ["ra", "dec", *quantities])
     require_error_columns(table, quantities, what)
     col = lambda name: table[name].to_numpy(dtype=float, na_value=np.nan)  # noqa: E731

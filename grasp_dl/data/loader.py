@@ -17,17 +17,41 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from grasp_dl.errors import ConfigError
+
 #: A mini-batch: standardised features and the rows of the split they come from.
 Batch = tuple[Tensor, Tensor]
 
 
 def is_block(batch: Any) -> bool:
-    """Whether ``batch`` is a block (a list of mini-batches) rather than one mini-batch."""
+    """Whether ``batch`` is a block (a list of mini-batches) rather than one mini-batch.
+
+    Parameters
+    ----------
+    batch : object
+        What a :class:`TensorBatchLoader` yielded.
+
+    Returns
+    -------
+    bool
+        True for a non-empty list of ``(features, rows)`` tuples.
+    """
     return isinstance(batch, list) and bool(batch) and isinstance(batch[0], tuple)
 
 
 def batch_stars(batch: Any) -> int:
-    """Number of stars in a mini-batch or in a block of them."""
+    """Number of stars in a mini-batch or in a block of them.
+
+    Parameters
+    ----------
+    batch : Batch or list of Batch
+        One ``(features, rows)`` mini-batch or a block of them.
+
+    Returns
+    -------
+    int
+        The rows of the mini-batch, or of all mini-batches of the block.
+    """
     return sum(len(x) for x, _ in batch) if is_block(batch) else len(batch[0])
 
 
@@ -35,6 +59,13 @@ class EpochPermutation:
     """Seeded shuffling whose order depends on (seed, epoch) only, so resumed runs repeat it.
 
     Lightning calls ``set_epoch`` on a loader's ``sampler`` at the start of every epoch.
+
+    Parameters
+    ----------
+    seed : int, default 0
+        Seed of the permutations.
+    shuffle : bool, default True
+        False keeps the rows in order every epoch.
     """
 
     def __init__(self, seed: int = 0, shuffle: bool = True) -> None:
@@ -43,11 +74,30 @@ class EpochPermutation:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of this epoch."""
+        """Select the permutation of this epoch.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch about to start (0-based).
+        """
         self.epoch = epoch
 
     def order(self, n: int, device: torch.device | None = None) -> Tensor:
-        """Row order of the current epoch (identity when not shuffling)."""
+        """Row order of the current epoch (identity when not shuffling).
+
+        Parameters
+        ----------
+        n : int
+            Number of rows.
+        device : torch.device, optional
+            Where the returned index lives (the features' device).
+
+        Returns
+        -------
+        torch.Tensor
+            A permutation of ``0 .. n-1`` (int64).
+        """
         if not self.shuffle:
             return torch.arange(n, device=device)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -62,6 +112,30 @@ class TensorBatchLoader:
     A trailing batch of a single star is merged away in training (batch norm needs two).
     With ``batches_per_block`` set, it yields lists of that many consecutive batches instead
     (the last list may be shorter); ``len()`` then counts blocks.
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        The whole split, stars x features, on the device batches should be on.
+    batch_size : int
+        Stars per mini-batch.
+    shuffle : bool, default False
+        Shuffle the rows every epoch (seeded by ``seed`` and the epoch).
+    seed : int, default 0
+        Seed of the shuffling.
+    rank : int, default 0
+        This process's rank under DDP.
+    world_size : int, default 1
+        Number of DDP processes.
+    drop_singleton : bool, default True
+        Merge a trailing batch of one star into the batch before it.
+    batches_per_block : int, optional
+        Yield blocks of this many consecutive mini-batches instead of single mini-batches.
+
+    Raises
+    ------
+    ConfigError
+        If ``batch_size`` or ``batches_per_block`` is not a positive integer.
     """
 
     def __init__(
@@ -77,9 +151,9 @@ class TensorBatchLoader:
         batches_per_block: int | None = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
         if batches_per_block is not None and batches_per_block < 1:
-            raise ValueError(f"batches_per_block must be a positive integer or None, got {batches_per_block}")
+            raise ConfigError(f"batches_per_block must be a positive integer or None, got {batches_per_block}")
         self.features = features
         self.batch_size = int(batch_size)
         self.sampler = EpochPermutation(seed, shuffle)
@@ -104,6 +178,7 @@ class TensorBatchLoader:
         return bounds
 
     def __len__(self) -> int:
+        """Mini-batches (or blocks, with ``batches_per_block``) per epoch on this rank."""
         n_batches = len(self._bounds())
         if self.batches_per_block is None:
             return n_batches
@@ -125,6 +200,7 @@ class TensorBatchLoader:
             yield features[start:stop], rows[start:stop]
 
     def __iter__(self) -> Iterator[Batch] | Iterator[list[Batch]]:
+        """One epoch: ``(features, rows)`` mini-batches, or blocks of them, in this epoch's order."""
         if self.batches_per_block is None:
             yield from self._batches()
             return

@@ -20,6 +20,21 @@ class FeatureScaler:
 
     The fitted state is plain lists so that it can sit in a checkpoint's hyper-parameters
     and load under ``torch.load(weights_only=True)``.
+
+    Parameters
+    ----------
+    method : {"robust", "standard"}, default "robust"
+        Robust: median and MAD scaled to a Gaussian sigma (outliers barely move it);
+        standard: mean and standard deviation.
+    center_ : list of float, optional
+        Fitted per-feature centres (set by :meth:`fit` or :meth:`from_state`).
+    scale_ : list of float, optional
+        Fitted per-feature scales.
+
+    Raises
+    ------
+    ConfigError
+        If ``method`` is not one of :data:`SCALING_METHODS`.
     """
 
     method: str = "robust"
@@ -33,7 +48,23 @@ class FeatureScaler:
             )
 
     def fit(self, features: np.ndarray) -> FeatureScaler:
-        """Fit centre and scale per column; a constant column gets scale 1 so it stays finite."""
+        """Fit centre and scale per column; a constant column gets scale 1 so it stays finite.
+
+        Parameters
+        ----------
+        features : numpy.ndarray
+            Stars x features, physical units.
+
+        Returns
+        -------
+        FeatureScaler
+            This scaler, fitted.
+
+        Raises
+        ------
+        ConfigError
+            If ``features`` is not a non-empty 2-D matrix.
+        """
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or len(features) == 0:
             raise ConfigError("the scaler needs a non-empty 2-D feature matrix (stars x features)")
@@ -53,7 +84,12 @@ class FeatureScaler:
 
     @property
     def is_fitted(self) -> bool:
-        """Whether fit() (or from_state) has set the centre and scale."""
+        """Whether :meth:`fit` (or :meth:`from_state`) has set the centre and scale.
+
+        Returns
+        -------
+        bool
+        """
         return self.center_ is not None and self.scale_ is not None
 
     def _check(self, features: np.ndarray) -> None:
@@ -66,23 +102,77 @@ class FeatureScaler:
             )
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """Standardise features (float32, the dtype the networks use)."""
+        """Standardise features.
+
+        Parameters
+        ----------
+        features : numpy.ndarray
+            (..., n_features) in physical units.
+
+        Returns
+        -------
+        numpy.ndarray
+            The standardised features as float32, the dtype the networks use.
+
+        Raises
+        ------
+        ConfigError
+            If the scaler is not fitted or the number of features differs from the fit.
+        """
         features = np.asarray(features, dtype=np.float64)
         self._check(features)
         out = (features - np.asarray(self.center_)) / np.asarray(self.scale_)
         return out.astype(np.float32)
 
     def inverse_transform(self, features: np.ndarray) -> np.ndarray:
-        """Map standardised features back to physical units."""
+        """Map standardised features back to physical units.
+
+        Parameters
+        ----------
+        features : numpy.ndarray
+            (..., n_features) standardised features.
+
+        Returns
+        -------
+        numpy.ndarray
+            Physical values as float64.
+
+        Raises
+        ------
+        ConfigError
+            If the scaler is not fitted or the number of features differs from the fit.
+        """
         features = np.asarray(features, dtype=np.float64)
         self._check(features)
         return features * np.asarray(self.scale_) + np.asarray(self.center_)
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain-typed state for checkpoints and hyper-parameters."""
+        """Plain-typed state for checkpoints and hyper-parameters.
+
+        Returns
+        -------
+        dict
+            ``{"method": str, "center": list or None, "scale": list or None}``.
+        """
         return {"method": self.method, "center": self.center_, "scale": self.scale_}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> FeatureScaler:
-        """Rebuild a fitted scaler from state_dict()."""
+        """Rebuild a fitted scaler from :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Returns
+        -------
+        FeatureScaler
+            A fitted scaler equal to the one saved.
+
+        Raises
+        ------
+        ConfigError
+            If the saved method is unknown.
+        """
         return cls(method=state["method"], center_=list(state["center"]), scale_=list(state["scale"]))

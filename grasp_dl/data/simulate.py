@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.resources
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from grasp_dl.config import conf_dir
 from grasp_dl.data.sky import angular_separation, gnomonic_deproject
 from grasp_dl.errors import ConfigError
 
@@ -276,7 +275,22 @@ def _radius_deg(xi: np.ndarray, eta: np.ndarray) -> np.ndarray:
 
 
 def king_cumulative(r: np.ndarray, rc: float, rt: float) -> np.ndarray:
-    """King (1962) projected number inside radius r (unnormalised); r, rc, rt in one unit."""
+    """King (1962) projected number of stars inside radius ``r`` (unnormalised).
+
+    Parameters
+    ----------
+    r : numpy.ndarray
+        Projected radii; beyond ``rt`` the count stays at its value at ``rt``.
+    rc : float
+        Core radius, in the unit of ``r``.
+    rt : float
+        Tidal radius, in the unit of ``r``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The cumulative count at each radius, 0 at the centre; divide by its value at ``rt`` for a fraction.
+    """
     x = (np.minimum(r, rt) / rc) ** 2
     xt = (rt / rc) ** 2
     return np.log1p(x) - 4.0 * (np.sqrt(1.0 + x) - 1.0) / np.sqrt(1.0 + xt) + x / (1.0 + xt)
@@ -333,7 +347,7 @@ _DISK_MS = np.array(  # solar-metallicity dwarfs: M_G, (BP-RP)0 (Gaia HRD of the
 def _dense_branch(nodes: np.ndarray, step: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resample a (M_G, colour, dcolour/dFeH) polyline at ~`step` mag for segment sampling."""
     pieces = []
-    for a, b in zip(nodes[:-1], nodes[1:]):
+    for a, b in zip(nodes[:-1], nodes[1:], strict=True):
         k = max(int(np.ceil(abs(b[0] - a[0]) / step)), 1)
         t = np.linspace(0.0, 1.0, k + 1)[:-1, None]
         pieces.append(a[None, :3] + t * (b[None, :3] - a[None, :3]))
@@ -524,7 +538,20 @@ _PLX_POLY = (-4.1521, 0.9137, -0.1175, 0.0146)
 
 
 def gaia_parallax_error(g: np.ndarray | float) -> np.ndarray:
-    """Typical Gaia DR3 parallax error (mas) vs G: ~0.02 at 15, 0.07 at 17, 0.5 at 20, 1.3 at 21."""
+    """Typical Gaia DR3 parallax error against G magnitude.
+
+    About 0.02 mas at G = 15, 0.07 at 17, 0.5 at 20 and 1.3 at 21 (G is clipped to [10, 21.7]).
+
+    Parameters
+    ----------
+    g : numpy.ndarray or float
+        G magnitudes.
+
+    Returns
+    -------
+    numpy.ndarray
+        Parallax errors in mas, the shape of ``g``.
+    """
     z = np.clip(np.asarray(g, dtype=float), 10.0, 21.7) - 15.0
     b0, b1, b2, b3 = _PLX_POLY
     return np.sqrt(_PLX_FLOOR**2 + np.exp(2.0 * (b0 + b1 * z + b2 * z**2 + b3 * z**3)))
@@ -770,12 +797,46 @@ def simulate_catalog(
 ) -> pd.DataFrame:
     """Simulate a Gaia DR3 cone (``n_stars`` rows, G <= ``mag_limit``) with a ``truth`` column.
 
-    ``center`` is the cluster centre (ra, dec) in degrees and the centre of the cone of
-    ``radius_deg``. ``cluster``, ``galaxy`` and ``tails`` each take ``fraction * n_stars`` rows;
-    ``field`` (one population or a list of them, split by their ``weight``) takes the rest.
-    The same ``seed`` gives an identical table. Unknown keys anywhere raise
-    :class:`~grasp_dl.errors.ConfigError` naming the key. The settings are kept in
-    ``DataFrame.attrs`` (``name``, ``center``, ``radius_deg``, ``seed``).
+    ``cluster``, ``galaxy`` and ``tails`` each take ``fraction * n_stars`` rows; ``field`` takes
+    the rest. The same ``seed`` gives an identical table. The keys of each section and their
+    defaults are those of ``conf/simulation/*.yaml`` (see the module docstring for the physics).
+
+    Parameters
+    ----------
+    n_stars : int
+        Rows of the returned table (observed stars, after the magnitude cut and crowding).
+    seed : int, default 0
+        Seed of every random draw.
+    center : sequence of float
+        The cluster centre (ra, dec) in degrees, also the centre of the cone.
+    radius_deg : float
+        Cone radius in degrees (below 45).
+    cluster : mapping
+        The cluster: ``fraction``, ``distance_kpc``, ``pm_mean``, ``pm_dispersion``,
+        ``core_radius_arcmin``, ``tidal_radius_arcmin`` (required), reddening, crowding and ``cmd``.
+    field : mapping or sequence of mappings
+        One field population or several, split by their relative ``weight``; each needs
+        ``pm_mean``, ``pm_sigma`` and a ``distance`` distribution (gamma, lognormal or uniform).
+    galaxy : mapping, optional
+        A background galaxy (``fraction``, ``distance_kpc``, ``pm_mean``, ...), such as the SMC.
+    tails : mapping, optional
+        Tidal tails through the cluster (``fraction``, ``position_angle_deg``, ...).
+    mag_limit : float, default 21.0
+        Faintest G magnitude kept.
+    name : str, default ""
+        A name kept in ``DataFrame.attrs``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :data:`COLUMNS` (Gaia DR3 names plus ``truth``, one of :data:`TRUTH_LABELS`);
+        ``attrs`` holds ``name``, ``center``, ``radius_deg`` and ``seed``.
+
+    Raises
+    ------
+    ConfigError
+        If a key is unknown or missing (named in the message), a fraction lies outside [0, 1]
+        or the fractions sum above 1, or a size, radius or centre is out of range.
     """
     n_stars = int(n_stars)
     if n_stars < 1:
@@ -860,7 +921,7 @@ def simulate_catalog(
     if tl is not None:
         make = _make_tails(tl, cl, radius_deg, mag_limit)
         components.append(("tails", _draw_observed(streams[2], n_tl, make, crowding, mag_limit, "tails")))
-    for i, (pop, n_i) in enumerate(zip(pops, n_pops)):
+    for i, (pop, n_i) in enumerate(zip(pops, n_pops, strict=True)):
         make = _make_field(pop, radius_deg, mag_limit, f"field[{i}]")
         components.append(("field", _draw_observed(streams[4 + i], n_i, make, crowding, mag_limit, f"field[{i}]")))
 
@@ -954,19 +1015,28 @@ def _observe(
     return df
 
 
-def _conf_dir() -> Path:
-    """The configuration folder: top-level conf/ of a source checkout, else the packaged copy."""
-    here = Path(__file__).resolve().parents[2] / "conf"
-    if here.is_dir():
-        return here
-    return Path(str(importlib.resources.files("grasp_dl") / "conf"))
-
-
 def load_simulation_config(name: str) -> dict[str, Any]:
-    """The keyword arguments of :func:`simulate_catalog` stored in ``conf/simulation/{name}.yaml``."""
+    """The keyword arguments of :func:`simulate_catalog` stored in ``conf/simulation/{name}.yaml``.
+
+    Parameters
+    ----------
+    name : str
+        A bundled field, one of :data:`SIMULATED_FIELDS`.
+
+    Returns
+    -------
+    dict
+        The file's settings, resolved to plain Python values.
+
+    Raises
+    ------
+    ConfigError
+        If there is no such file (the message lists the available ones), it does not hold a
+        mapping, or it has keys :func:`simulate_catalog` does not take.
+    """
     from omegaconf import OmegaConf
 
-    path = _conf_dir() / "simulation" / f"{name}.yaml"
+    path = conf_dir() / "simulation" / f"{name}.yaml"
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         raise ConfigError(
@@ -996,10 +1066,27 @@ def _deep_update(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str
 
 
 def simulate_field(name: str, **overrides: Any) -> pd.DataFrame:
-    """Simulate a bundled field (see SIMULATED_FIELDS) with overrides, e.g. n_stars=5000, seed=1.
+    """Simulate a bundled field with overrides, e.g. ``simulate_field("m4", n_stars=5000, seed=1)``.
 
     Nested mappings merge (``cluster={"fraction": 0.2}`` changes only the fraction); lists
-    such as ``field`` are replaced whole. Unknown keys raise an error naming them.
+    such as ``field`` are replaced whole.
+
+    Parameters
+    ----------
+    name : str
+        A bundled field, one of :data:`SIMULATED_FIELDS`.
+    **overrides
+        Arguments of :func:`simulate_catalog` that replace or merge into the field's settings.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The simulated catalogue, as :func:`simulate_catalog` returns it.
+
+    Raises
+    ------
+    ConfigError
+        If the field is unknown or an override names a setting that does not exist.
     """
     cfg = _deep_update(load_simulation_config(name), overrides)
     allowed = set(inspect.signature(simulate_catalog).parameters)

@@ -18,10 +18,21 @@ def gnomonic_project(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Project (ra, dec) onto the plane tangent at (ra0, dec0); all angles in degrees.
 
-    Returns the standard coordinates (xi, eta) in degrees: xi grows towards the east
-    (increasing RA), eta towards the north. Points 90 degrees or more from the centre have
-    no gnomonic image and come back as NaN.
+    Parameters
+    ----------
+    ra, dec : array_like
+        Positions in degrees.
+    ra0, dec0 : float
+        The tangent point (the cluster centre) in degrees.
 
+    Returns
+    -------
+    xi, eta : numpy.ndarray
+        Standard coordinates in degrees: xi grows towards the east (increasing RA), eta towards
+        the north. Points 90 degrees or more from the centre have no gnomonic image and are NaN.
+
+    Examples
+    --------
     >>> xi, eta = gnomonic_project(10.0, 1.0, 10.0, 0.0)
     >>> round(float(xi), 12), round(float(eta), 6)
     (0.0, 1.000102)
@@ -44,7 +55,17 @@ def gnomonic_deproject(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Invert :func:`gnomonic_project`: tangent-plane (xi, eta) in degrees -> (ra, dec) in degrees.
 
-    RA is wrapped into [0, 360), so fields that straddle RA = 0 come out right.
+    Parameters
+    ----------
+    xi_deg, eta_deg : array_like
+        Tangent-plane coordinates in degrees.
+    ra0, dec0 : float
+        The tangent point in degrees.
+
+    Returns
+    -------
+    ra, dec : numpy.ndarray
+        Positions in degrees; RA is wrapped into [0, 360), so fields that straddle RA = 0 come out right.
     """
     xi = np.radians(np.asarray(xi_deg, dtype=float))
     eta = np.radians(np.asarray(eta_deg, dtype=float))
@@ -61,7 +82,20 @@ def gnomonic_deproject(
 def angular_separation(
     ra: ArrayLike, dec: ArrayLike, ra0: float, dec0: float
 ) -> np.ndarray:
-    """Great-circle distance in degrees from (ra0, dec0), stable at small and large angles."""
+    """Great-circle distance from (ra0, dec0), stable at small and large angles (Vincenty's formula).
+
+    Parameters
+    ----------
+    ra, dec : array_like
+        Positions in degrees.
+    ra0, dec0 : float
+        The reference point in degrees.
+
+    Returns
+    -------
+    numpy.ndarray
+        Separations in degrees, in [0, 180].
+    """
     ra_r = np.radians(np.asarray(ra, dtype=float))
     dec_r = np.radians(np.asarray(dec, dtype=float))
     ra0_r, dec0_r = np.radians(float(ra0)), np.radians(float(dec0))
