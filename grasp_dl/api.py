@@ -476,10 +476,26 @@ class DeepClusteringModel(BaseEstimator):
     def predict_clusters(
         self, data: Any, center: str | Sequence[float] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, probabilities) per input row; -1 and NaN where a star could not be scored."""
+        """(labels, probabilities) per input row; -1 and NaN where a star could not be scored.
+
+        Row-aligned with the catalogue for a catalogue, a GRASP sample, or what
+        :func:`grasp_dl.prepare_stellar_data` returned (its feature matrix included: the rows it
+        left out get -1 / NaN); one row per array row for a plain feature array.
+
+        Raises
+        ------
+        ConfigError
+            If ``data`` is a slice of a prepared matrix (see :func:`grasp_dl.alignment.split_prepared`).
+        """
+        from grasp_dl.alignment import split_prepared
+
+        data, rows = split_prepared(data, "predict_clusters")
         table, _ = self.predict_table(data, center)
         prob_columns = [f"prob_{j}" for j in range(self._fitted_module().hparams.n_clusters)]
-        return table["label"].to_numpy(), table[prob_columns].to_numpy(dtype=float)
+        labels, probs = table["label"].to_numpy(), table[prob_columns].to_numpy(dtype=float)
+        if rows is None:
+            return labels, probs
+        return rows.expand(labels, -1), rows.expand(probs, np.nan)
 
     def predict(self, data: Any, center: str | Sequence[float] | None = None) -> np.ndarray:
         """Most probable group per input row (-1 where not scored)."""
@@ -500,13 +516,16 @@ class DeepClusteringModel(BaseEstimator):
         return ready.prepared, ready.scaled
 
     def get_latent_representation(self, data: Any, center: str | Sequence[float] | None = None) -> np.ndarray:
-        """Latent point of every input row (the VaDE mean; NaN rows where not scored)."""
+        """Latent point of every input row (the VaDE mean; NaN rows where not scored), aligned as predict_clusters."""
+        from grasp_dl.alignment import split_prepared
+
+        data, rows = split_prepared(data, "get_latent_representation")
         module = self._fitted_module()
         prepared, scaled = self._prepare(data, center)
         latent = np.full((prepared.n_rows, module.hparams.latent_dim), np.nan)
         if len(scaled):
             latent[prepared.mask] = module.embed(torch.from_numpy(scaled)).float().cpu().numpy()
-        return latent
+        return latent if rows is None else rows.expand(latent, np.nan)
 
     def evaluate_clustering(
         self,
