@@ -64,3 +64,34 @@ def import_optional(name: str, purpose: str) -> ModuleType:
         raise MissingDependencyError(
             f"{purpose} needs {name.split('.')[-1]}, which is not installed: pip install 'grasp-dl[{extra}]'"
         ) from error
+
+
+#: Command-line overrides that need a Hydra plugin, and the plugin's module.
+CLI_PLUGINS = {
+    "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/launcher=local_parallel": "hydra_plugins.hydra_joblib_launcher",
+    "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+    "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=submitit_local": "hydra_plugins.hydra_submitit_launcher",
+}
+
+
+def check_cli_plugins(overrides: list[str]) -> None:
+    """Fail early, naming the extra, when a command-line override needs a Hydra plugin that is absent.
+
+    Parameters
+    ----------
+    overrides : list of str
+        The command line's overrides, e.g. ``['-m', 'hparams_search=optuna']``.
+
+    Raises
+    ------
+    MissingDependencyError
+        If an override needs a plugin that cannot be imported.
+    """
+    for override in overrides:
+        module = CLI_PLUGINS.get(override.lstrip("+~").replace(" ", ""))
+        if module is not None:
+            import_optional(module, override)

@@ -99,3 +99,15 @@ def test_optimize_hyperparameters_on_a_feature_array_without_optuna(monkeypatch,
     )
     assert result.sampler == "grid" and list(result.trials["n_clusters"]) == [2, 3]
     assert np.isfinite(result.best_value) and result.best_value == result.trials["clustering/silhouette"].max()
+
+
+def test_the_command_line_names_the_extra_of_a_missing_hydra_plugin(monkeypatch, capsys):
+    from grasp_dl import cli
+
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_optuna_sweeper", None)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "-m", "hparams_search=optuna"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "grasp-dl: error: hparams_search=optuna needs hydra_optuna_sweeper" in err
+    assert "pip install 'grasp-dl[sweep]'" in err
