@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DeepClusteringModel",
+    "__version__",
     "add_membership_columns",
     "create_color_features",
     "evaluate_clustering",
@@ -16,7 +17,6 @@ __all__ = [
     "plot_cluster_comparison",
     "prepare_stellar_data",
     "read_catalog",
-    "__version__",
 ]
 
 #: The heavier entry points (torch, Lightning, Hydra, matplotlib), imported when first used:

@@ -19,7 +19,14 @@ LAZY_UTILITIES = {
     "optimize_hyperparameters": "grasp_dl.search",
 }
 
-__all__ = ["create_color_features", "prepare_stellar_data", *LAZY_UTILITIES]
+__all__ = [
+    "create_color_features",
+    "evaluate_clustering",  # noqa: F822 (lazy, module __getattr__)
+    "gpu_memory_usage",  # noqa: F822
+    "optimize_hyperparameters",  # noqa: F822
+    "plot_cluster_comparison",  # noqa: F822
+    "prepare_stellar_data",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,8 +6,7 @@ import pytest
 
 from grasp_dl import create_color_features, prepare_stellar_data
 from grasp_dl.alignment import PreparedFeatures
-from grasp_dl.data.prepare import PreparedCatalog
-from grasp_dl.data.prepare import estimate_center
+from grasp_dl.data.prepare import PreparedCatalog, estimate_center
 from grasp_dl.errors import CatalogError, ConfigError
 
 
@@ -148,7 +147,7 @@ def test_two_values_with_the_rest_as_attributes_and_a_round_trip_through_pickle(
     X, names = prepared
     assert X is prepared.features and names is prepared.feature_names and prepared[0] is X
     with pytest.raises(ValueError, match="not enough values"):
-        X, names, mask = prepared
+        _features, _names, _mask = prepared
     assert prepared.center == (10.0, -20.0) and prepared.cuts["missing:pmra+pmdec+parallax"] == 2
     assert prepared.flags[3] == "missing:pmra+pmdec+parallax" and prepared.flags[0] == ""
     # the matrix knows which catalogue rows it holds

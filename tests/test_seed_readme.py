@@ -144,7 +144,7 @@ N_STARS = 3000
 
 def run_block(block: str, namespace: dict) -> dict:
     """Execute a seed README block with the package path changed, and nothing else."""
-    exec(compile(block.replace("grasp.deep_learning", "grasp_dl"), "<seed README>", "exec"), namespace)
+    exec(compile(block.replace("grasp.deep_learning", "grasp_dl"), "<seed README>", "exec"), namespace)  # noqa: S102
     return namespace
 
 

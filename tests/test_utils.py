@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 
 import grasp_dl
-import grasp_dl.utils as utils
-from grasp_dl import search
+from grasp_dl import search, utils
 from grasp_dl.errors import GraspDLError, MissingDependencyError
 from grasp_dl.optional import import_optional
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grasp_dl.data.catalog import read_catalog, require_columns, require_numeric
 from grasp_dl.alignment import PreparedFeatures
+from grasp_dl.data.catalog import read_catalog, require_columns, require_numeric
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.errors import CatalogError, ConfigError
 
