@@ -517,6 +517,10 @@ class DeepClusteringModel(BaseEstimator):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Group and group probabilities of every input row.
 
+        Row-aligned with the catalogue for a catalogue, a GRASP sample, or what
+        :func:`grasp_dl.prepare_stellar_data` returned (its feature matrix included: the rows it
+        left out get -1 / NaN); one row per array row for a plain feature array.
+
         Parameters
         ----------
         data : path, DataFrame, Table, GRASP sample or array
@@ -535,10 +539,18 @@ class DeepClusteringModel(BaseEstimator):
         ------
         NotFittedError
             Before the model is trained or loaded.
+        ConfigError
+            If ``data`` is a slice of a prepared matrix (see :func:`grasp_dl.alignment.split_prepared`).
         """
+        from grasp_dl.alignment import split_prepared
+
+        data, rows = split_prepared(data, "predict_clusters")
         table, _ = self.predict_table(data, center)
         prob_columns = [f"prob_{j}" for j in range(self._fitted_module().hparams.n_clusters)]
-        return table["label"].to_numpy(), table[prob_columns].to_numpy(dtype=float)
+        labels, probs = table["label"].to_numpy(), table[prob_columns].to_numpy(dtype=float)
+        if rows is None:
+            return labels, probs
+        return rows.expand(labels, -1), rows.expand(probs, np.nan)
 
     def predict(self, data: Any, center: str | Sequence[float] | None = None) -> np.ndarray:
         """Most probable group per input row.
@@ -627,12 +639,15 @@ class DeepClusteringModel(BaseEstimator):
         NotFittedError
             Before the model is trained or loaded.
         """
+        from grasp_dl.alignment import split_prepared
+
+        data, rows = split_prepared(data, "get_latent_representation")
         module = self._fitted_module()
         prepared, scaled = self._prepare(data, center)
         latent = np.full((prepared.n_rows, module.hparams.latent_dim), np.nan)
         if len(scaled):
             latent[prepared.mask] = module.embed(torch.from_numpy(scaled)).float().cpu().numpy()
-        return latent
+        return latent if rows is None else rows.expand(latent, np.nan)
 
     def evaluate_clustering(
         self,

@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from grasp_dl.config import conf_dir
 from grasp_dl.errors import ConfigError, GraspDLError
+from grasp_dl.optional import check_cli_plugins
 
 log = logging.getLogger("grasp_dl")
 
@@ -109,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"grasp-dl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     config_name, task = COMMANDS[command]
+    try:
+        check_cli_plugins(overrides)
+    except GraspDLError as exc:
+        print(f"grasp-dl: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = [f"grasp-dl-{command}", *overrides]
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
     app(_report_errors(task))()

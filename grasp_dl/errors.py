@@ -13,3 +13,7 @@ class CatalogError(GraspDLError, ValueError):
 
 class ConfigError(GraspDLError, ValueError):
     """A configuration value or a checkpoint does not fit the data it is applied to."""
+
+
+class MissingDependencyError(GraspDLError, ImportError):
+    """An optional dependency is not installed: the message names the extra that brings it."""

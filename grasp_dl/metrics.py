@@ -509,7 +509,9 @@ def evaluate_clustering(
     * With ``member_prob`` too: ``brier`` and ``ece`` (15 equal-width bins) on scored rows.
     * With ``data`` (stars x features, same rows): ``silhouette`` (on at most
       ``silhouette_sample`` random scored rows), ``davies_bouldin`` and ``calinski_harabasz``;
-      NaN with a warning when the scored rows hold fewer than 2 groups.
+      NaN with a warning when the scored rows hold fewer than 2 groups. When ``data`` is the
+      feature matrix of :func:`grasp_dl.prepare_stellar_data`, labels given per catalogue row
+      (a row-aligned ``predict_clusters``) are taken on the matrix's rows.
 
     Direction of each score: :data:`HIGHER_IS_BETTER`.
 
@@ -542,6 +544,12 @@ def evaluate_clustering(
     ConfigError
         If an input is empty, malformed or of a length other than ``true_labels``'.
     """
+    from grasp_dl.alignment import on_prepared_rows
+
+    # Labels per catalogue row meet a feature matrix from prepare_stellar_data on its rows.
+    true_labels, predicted_labels, predicted_member, member_prob = on_prepared_rows(
+        data, true_labels, predicted_labels, predicted_member, member_prob
+    )
     truth = _as_truth(true_labels)
     pred = _as_predicted(predicted_labels, len(truth))
     scored = pred != UNSCORED

@@ -13,6 +13,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 QUICKSTART = NOTEBOOKS / "01_quickstart.ipynb"
 REUSE = NOTEBOOKS / "02_reuse.ipynb"
+TUTORIAL = NOTEBOOKS / "03_tutorial.ipynb"
 #: A kernel name of our own, so that no other 'python3' kernel (a user's, another venv's) is picked.
 KERNEL = "grasp-dl-tests"
 #: Each notebook, outputs cleared, stays small in the repository.
@@ -59,7 +60,7 @@ def test_the_test_kernel_is_this_interpreter(kernel_name, tmp_path):
     assert spec["argv"][0] == sys.executable
 
 
-@pytest.mark.parametrize("path", [QUICKSTART, REUSE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [QUICKSTART, REUSE, TUTORIAL], ids=lambda p: p.name)
 def test_notebooks_are_committed_without_outputs(path):
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
@@ -84,4 +85,19 @@ def test_reuse_runs_top_to_bottom_on_pal13(kernel_name):
     text = _text(notebook)
     assert "stars read from" in text and "gaia_dr3_pal13_cone.csv" in text
     assert "with member_prob > 0.5" in text and "wrote pal13_members.ecsv" in text
+    assert _images(notebook) >= 3
+
+
+def test_tutorial_runs_top_to_bottom_and_covers_the_seed_points(kernel_name):
+    """The seed's promised tutorial: preparation, search, GPU/CPU training, comparison, interpretation, persistence."""
+    notebook = run_notebook(TUTORIAL, kernel_name)
+    text = _text(notebook)
+    assert "of 4000 rows kept" in text and "missing:pmra+pmdec+parallax" in text  # preparation
+    assert "best parameters:" in text and "clustering/silhouette" in text  # hyper-parameter search
+    assert "training on: " + ("cuda" if __import__("torch").cuda.is_available() else "cpu") in text
+    assert "Gaussian mixture" in text and "HDBSCAN" in text and "member_f1_oracle" in text  # comparison
+    assert "members' mean pmra" in text and "simulated members" in text  # interpretation
+    assert "the reloaded model predicts the same groups" in text  # persistence
+    assert "dl_probability" in text
+    # training history, comparison, members (PM, sky, CMD)
     assert _images(notebook) >= 3

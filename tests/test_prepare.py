@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from grasp_dl import create_color_features, prepare_stellar_data
-from grasp_dl.data.prepare import estimate_center
+from grasp_dl.alignment import PreparedFeatures
+from grasp_dl.data.prepare import PreparedCatalog, estimate_center
 from grasp_dl.errors import CatalogError, ConfigError
 
 
@@ -30,9 +31,9 @@ def _cone(n=400, ra0=10.0, dec0=-20.0, seed=0):
 
 def test_unpacks_like_the_seed_and_positions_become_offsets():
     df = _cone()
-    X, names, mask = prepare_stellar_data(df, center=(10.0, -20.0))
+    X, names = prepare_stellar_data(df, center=(10.0, -20.0))
     assert names == ["xi", "eta", "pmra", "pmdec", "parallax"]
-    assert X.shape == (400, 5) and X.dtype == np.float32 and mask.all()
+    assert X.shape == (400, 5) and X.dtype == np.float32 and X.catalog_rows.mask.all()
     # offsets are in degrees on the sky: the cos(dec) stretch of RA is gone
     assert abs(X[:, 0].std() - 0.1) < 0.02 and abs(X[:, 1].std() - 0.1) < 0.02
     np.testing.assert_allclose(X[:, 2], df["pmra"], rtol=1e-6)
@@ -133,3 +134,33 @@ def test_real_pal13_export(pal13_path):
     assert any(flag.startswith("missing:") for flag in prepared.cuts)
     ra0, dec0 = prepared.center
     assert abs(ra0 - 346.685) < 0.03 and abs(dec0 - 12.772) < 0.03
+
+
+def test_two_values_with_the_rest_as_attributes_and_a_round_trip_through_pickle():
+    import copy
+    import pickle
+
+    df = _cone()
+    df.loc[[3, 7], ["parallax", "pmra", "pmdec"]] = np.nan
+    prepared = prepare_stellar_data(df, center=(10.0, -20.0))
+    assert isinstance(prepared, tuple) and len(prepared) == 2
+    X, names = prepared
+    assert X is prepared.features and names is prepared.feature_names and prepared[0] is X
+    with pytest.raises(ValueError, match="not enough values"):
+        _features, _names, _mask = prepared
+    assert prepared.center == (10.0, -20.0) and prepared.cuts["missing:pmra+pmdec+parallax"] == 2
+    assert prepared.flags[3] == "missing:pmra+pmdec+parallax" and prepared.flags[0] == ""
+    # the matrix knows which catalogue rows it holds
+    assert isinstance(X, PreparedFeatures) and X.catalog_rows.mask is prepared.mask
+    assert X.catalog_rows.n_rows == 400 and X.catalog_rows.n_prepared == 398
+    for clone in (pickle.loads(pickle.dumps(prepared)), copy.deepcopy(prepared)):
+        assert isinstance(clone, PreparedCatalog) and clone.feature_names == names
+        np.testing.assert_array_equal(clone.features, X)
+        np.testing.assert_array_equal(clone.features.catalog_rows.mask, prepared.mask)
+        assert clone.cuts == prepared.cuts and clone.center == prepared.center
+    assert "rows=400" in repr(prepared) and "398x5" in repr(prepared)
+
+
+def test_a_prepared_catalog_rejects_a_mask_that_does_not_fit_its_features():
+    with pytest.raises(ValueError, match="3 feature rows but the mask keeps 2"):
+        PreparedCatalog(np.zeros((3, 1)), ["a"], np.array([True, True, False]), np.array(["", "", "x"]), None)

@@ -7,13 +7,13 @@ prepared matrix comes with a boolean mask back into the input rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from grasp_dl.alignment import PreparedFeatures
 from grasp_dl.data.catalog import read_catalog, require_columns, require_numeric
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.errors import CatalogError, ConfigError
@@ -37,22 +37,70 @@ RADIUS_FEATURES = ("radius", "log_radius")
 LOG_RADIUS_FLOOR_DEG = 1e-5
 
 
-@dataclass
-class PreparedCatalog:
+class PreparedCatalog(tuple):
     """Features of the usable stars plus what is needed to map them back onto the input rows.
 
-    Unpacks as ``features, feature_names, mask = prepare_stellar_data(...)``.
+    Unpacks as the seed's ``features, feature_names = prepare_stellar_data(...)`` (a tuple of
+    two); the rest is in attributes: ``mask`` (True for the input rows in ``features``),
+    ``flags`` (why each other row was left out, '' for kept rows), ``center`` and ``cuts``
+    (rows left out per reason). ``features`` is a :class:`grasp_dl.alignment.PreparedFeatures`:
+    it knows its catalogue rows, so that ``DeepClusteringModel.predict_clusters(features)``
+    returns one result per input row.
+
+    Parameters
+    ----------
+    features : numpy.ndarray
+        The feature matrix of the kept rows (stars x features).
+    feature_names : list of str
+        The names of its columns.
+    mask : numpy.ndarray
+        One boolean per input row, True for the rows in ``features``.
+    flags : numpy.ndarray
+        One string per input row: '' for kept rows, else the reason it was left out.
+    center : tuple of float or None
+        The (ra, dec) centre of the tangent-plane offsets, in degrees.
+    cuts : dict, optional
+        Rows left out per reason.
     """
 
-    features: np.ndarray
-    feature_names: list[str]
-    mask: np.ndarray
-    flags: np.ndarray
-    center: tuple[float, float] | None
-    cuts: dict[str, int] = field(default_factory=dict)
+    def __new__(
+        cls,
+        features: np.ndarray,
+        feature_names: Sequence[str],
+        mask: np.ndarray,
+        flags: np.ndarray,
+        center: tuple[float, float] | None,
+        cuts: dict[str, int] | None = None,
+    ) -> PreparedCatalog:
+        mask = np.asarray(mask, dtype=bool)
+        if len(features) != int(mask.sum()):
+            raise ValueError(f"{len(features)} feature rows but the mask keeps {int(mask.sum())} rows")
+        matrix = features if isinstance(features, PreparedFeatures) else PreparedFeatures(features, mask)
+        self = super().__new__(cls, (matrix, list(feature_names)))
+        self.mask = mask
+        self.flags = flags
+        self.center = center
+        self.cuts = dict(cuts or {})
+        return self
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.features, self.feature_names, self.mask))
+    @property
+    def features(self) -> PreparedFeatures:
+        """The feature matrix of the kept rows (the first item)."""
+        return self[0]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The names of the feature columns (the second item)."""
+        return self[1]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (np.asarray(self[0]), self[1], self.mask, self.flags, self.center, self.cuts)
+
+    def __repr__(self) -> str:
+        return (
+            f"PreparedCatalog(features={self.n_usable}x{len(self.feature_names)} {self.feature_names}, "
+            f"rows={self.n_rows}, center={self.center}, cuts={self.cuts})"
+        )
 
     @property
     def n_rows(self) -> int:
@@ -239,6 +287,19 @@ def prepare_stellar_data(
     ``outlier_removal``, lie more than ``outlier_sigma`` robust sigmas out in any feature are
     flagged and left out of the matrix; ``cuts`` counts each reason. A catalogue with no usable
     star is an error unless ``allow_empty`` (one chunk of a catalogue scored chunk by chunk).
+
+    Returns
+    -------
+    PreparedCatalog
+        Unpacks as ``features, feature_names`` (the seed's two values); ``.mask``, ``.flags``,
+        ``.center`` and ``.cuts`` map the features back onto the input rows.
+
+    Raises
+    ------
+    CatalogError
+        If the catalogue lacks a column the features need, or no star is left.
+    ConfigError
+        If no feature is selected.
     """
     if not features:
         raise ConfigError("no features selected: give at least one, e.g. [ra, dec, pmra, pmdec]")

@@ -321,10 +321,16 @@ def plot_cluster_comparison(
     """True groups (top row) against predicted groups (bottom row) in pairs of features.
 
     ``data`` is a stars x features matrix or a DataFrame; ``pairs`` lists feature index
-    pairs to draw (by default consecutive ones: xi/eta, pmra/pmdec, ...).
+    pairs to draw (by default consecutive ones: xi/eta, pmra/pmdec, ...). When ``data`` is the
+    feature matrix of :func:`grasp_dl.prepare_stellar_data`, labels given per catalogue row
+    are taken on the matrix's rows.
     """
     import pandas as pd
 
+    from grasp_dl.alignment import on_prepared_rows
+
+    # Labels per catalogue row meet a feature matrix from prepare_stellar_data on its rows.
+    true_labels, predicted_labels = on_prepared_rows(data, true_labels, predicted_labels)
     if isinstance(data, pd.DataFrame):
         feature_names = list(data.columns) if feature_names is None else list(feature_names)
         data = data[feature_names].to_numpy(dtype=float)
