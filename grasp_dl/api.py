@@ -417,9 +417,10 @@ class DeepClusteringModel(BaseEstimator):
         autoencoder_ckpt = self._run_dir() / "checkpoints" / "autoencoder" / "last.ckpt"
         self.autoencoder_ = None
         if autoencoder_ckpt.is_file():
+            from grasp_dl.checkpoints import AUTOENCODER, load_module
             from grasp_dl.models.autoencoder import AutoencoderModule
 
-            self.autoencoder_ = AutoencoderModule.load_from_checkpoint(autoencoder_ckpt, map_location="cpu")
+            self.autoencoder_ = load_module(AutoencoderModule, autoencoder_ckpt, kinds=(AUTOENCODER,))
         self._set_trained(result, cfg)
         self._record_history("autoencoder")
         self._record_history("clustering")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from grasp_dl.config import conf_dir
 from grasp_dl.errors import ConfigError, GraspDLError
+from grasp_dl.io_policy import install_sigterm_cleanup
 
 log = logging.getLogger("grasp_dl")
 
@@ -39,6 +41,8 @@ def _report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], 
         try:
             return task(cfg)
         except (GraspDLError, HydraException, OmegaConfBaseException) as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
             log.error("error: %s", exc)
             print(f"grasp-dl: error: {exc}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
             sys.exit(2)
@@ -54,7 +58,9 @@ def train_task(cfg: DictConfig) -> float | None:
     Returns ``cfg.optimized_metric`` (a sweeper maximises or minimises it) when one is set.
     """
     from grasp_dl import pipeline
+    from grasp_dl.io_policy import prepare_run_dir
 
+    prepare_run_dir(cfg.paths.output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
     result = pipeline.train(cfg)
     print(pipeline.summarise(result, cfg))
     metric = cfg.get("optimized_metric")
@@ -108,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"grasp-dl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     config_name, task = COMMANDS[command]
+    install_sigterm_cleanup()
     sys.argv = [f"grasp-dl-{command}", *overrides]
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
     app(_report_errors(task))()

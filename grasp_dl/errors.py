@@ -13,3 +13,7 @@ class CatalogError(GraspDLError, ValueError):
 
 class ConfigError(GraspDLError, ValueError):
     """A configuration value or a checkpoint does not fit the data it is applied to."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be trusted, read, or applied: unreadable, not grasp-dl's, another model or data."""

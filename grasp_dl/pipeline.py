@@ -18,11 +18,15 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from grasp_dl.checkpoints import AUTOENCODER, load_module, read_checkpoint
 from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
+from grasp_dl.data.validation import check_trainable
 from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.io_policy import check_output_file, refuse_overwriting_inputs, written_checkpoint
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.networks import compile_network
+from grasp_dl.options import check_predict_options, check_train_options
 from grasp_dl.predict import CLUSTERING_MODULES, load_clustering_module, predict_to_file
 
 log = logging.getLogger(__name__)
@@ -130,7 +134,7 @@ def resume_point(ckpt_path: str | None, output_dir: Path, two_phase: bool) -> Re
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+    state = read_checkpoint(path)["state_dict"]
     if two_phase and not any(key in state for key in CLUSTERING_MODULES):
         return ResumePoint(autoencoder=str(path))
     return ResumePoint(final=str(path))
@@ -143,7 +147,9 @@ def pretrain_autoencoder(
     loaded from ``model.pretrained_ckpt``."""
     model_cfg = cfg.model
     if model_cfg.get("pretrained_ckpt"):
-        autoencoder = AutoencoderModule.load_from_checkpoint(model_cfg.pretrained_ckpt, map_location="cpu")
+        autoencoder = load_module(
+            AutoencoderModule, model_cfg.pretrained_ckpt, kinds=(AUTOENCODER,), option="model.pretrained_ckpt"
+        )
         stored = (autoencoder.hparams.get("preprocessing") or {}).get("feature_names")
         if stored != datamodule.feature_names:
             raise ConfigError(
@@ -156,7 +162,7 @@ def pretrain_autoencoder(
         compile_network(autoencoder.net)
     phase_cfg = _phase_config(cfg, "autoencoder", int(model_cfg.pretrain_epochs))
     trainer = build_trainer(phase_cfg, has_validation=datamodule.has_validation)
-    trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return autoencoder
 
 
@@ -186,6 +192,7 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
     ``datamodule`` (an in-memory catalogue, or one shared by the trials of a search) replaces
     ``cfg.data``.
     """
+    check_train_options(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision") or "highest")
@@ -196,6 +203,7 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
         datamodule = build_datamodule(cfg)
     else:
         datamodule.setup("fit")
+    check_trainable(datamodule.prepared.n_usable, len(datamodule.train_index), cfg.model.get("n_clusters"))
     if not two_phase:
         module = build_module(cfg.model, datamodule)
     elif resume.final:
@@ -207,8 +215,8 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
     if cfg.get("compile"):
         compile_network(module.net)
     trainer = build_trainer(cfg, has_validation=datamodule.has_validation)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final)
-    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final, weights_only=True)
+    checkpoint = written_checkpoint(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if hasattr(module, "predict_proba"):
         metrics.update(clustering_scores(module, datamodule))
@@ -216,7 +224,7 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
         module=module,
         datamodule=datamodule,
         output_dir=output_dir,
-        checkpoint=checkpoint if checkpoint.is_file() else None,
+        checkpoint=checkpoint,
         metrics=metrics,
     )
 
@@ -283,16 +291,18 @@ def _prediction_output(output: str | Path) -> Path:
     output = Path(output)
     if output.suffix.lower() not in (".parquet", ".csv"):
         raise ConfigError(f"output {output} must end in .parquet or .csv")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return output
+    return check_output_file(output)
 
 
 def write_summary(summary: dict[str, Any], output: Path) -> Path:
     """Write the cluster summary as <output stem>.summary.json beside the predictions (atomically)."""
     summary_path = output.with_name(output.stem + ".summary.json")
     tmp = summary_path.with_name(summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, summary_path)
+    try:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, summary_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return summary_path
 
 
@@ -302,15 +312,20 @@ def predict(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     The catalogue is read, scored and written ``cfg.chunk_size`` rows at a time, so its size is
     bounded by the disk, not the memory. Returns the summary and the paths of both outputs.
     """
-    module = load_clustering_module(cfg.ckpt_path)
+    chunk_size = check_predict_options(cfg)
     output = _prediction_output(cfg.output)
+    refuse_overwriting_inputs(
+        {"output": output, "output's summary": output.with_name(output.stem + ".summary.json")},
+        {"data.path": cfg.data.path, "ckpt_path": cfg.ckpt_path},
+    )
+    module = load_clustering_module(cfg.ckpt_path)
     summary = predict_to_file(
         module,
         cfg.data.path,
         output,
         member_group=cfg.get("member_group"),
         center=cfg.data.get("center"),
-        chunk_size=int(cfg.chunk_size),
+        chunk_size=chunk_size,
         score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
     )
     summary["checkpoint"] = str(cfg.ckpt_path)
@@ -342,6 +357,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     """grasp-dl evaluate: metrics of a predictions table against the truth, printed and saved."""
     from grasp_dl.metrics import evaluate_clustering
 
+    output = Path(cfg.output) if cfg.get("output") else Path(cfg.predictions).with_suffix(".metrics.json")
+    refuse_overwriting_inputs(
+        {"output": output, "the reliability diagram": output.with_suffix(".reliability.png")},
+        {"predictions": cfg.predictions, "truth": cfg.truth},
+    )
+    check_output_file(output)
     predictions = read_catalog(cfg.predictions, required=["label"])
     truth = read_catalog(cfg.truth)
     true_labels = align_truth(predictions, truth, cfg.truth_column)
@@ -354,9 +375,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
         member_label=cfg.member_label,
         member_prob=member_prob,
     )
-    output = Path(cfg.output) if cfg.get("output") else Path(cfg.predictions).with_suffix(".metrics.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
     if "brier" in metrics:
         scored = predictions["label"].to_numpy() >= 0
         is_member = np.asarray(true_labels).astype(str) == str(cfg.member_label)

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from grasp_dl.checkpoints import MODEL_KINDS, checkpoint_kind, load_module, read_checkpoint
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
+from grasp_dl.data.validation import flag_nonfinite_probabilities
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.membership import ClusterSummary, entropy
@@ -40,17 +42,10 @@ CLUSTERING_MODULES: dict[str, type[DECModule] | type[VaDEModule]] = {
 
 def load_clustering_module(ckpt_path: str | Path) -> DECModule | VaDEModule:
     """Load a DEC or VaDE checkpoint (written by ``grasp-dl train``) on the CPU, in eval mode."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} not found: give ckpt_path=<run dir>/checkpoints/last.ckpt")
-    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
-    module_class = next((cls for key, cls in CLUSTERING_MODULES.items() if key in state), None)
-    if module_class is None:
-        raise ConfigError(
-            f"{path} holds no cluster centres (an autoencoder-only checkpoint?): train a clustering "
-            "model first, e.g. grasp-dl train model=dec"
-        )
-    module = module_class.load_from_checkpoint(path, map_location="cpu")
+    content = read_checkpoint(ckpt_path)
+    kind = checkpoint_kind(content)
+    module_class = next((cls for key, cls in CLUSTERING_MODULES.items() if MODEL_KINDS[key] == kind), DECModule)
+    module = load_module(module_class, ckpt_path, kinds=tuple(MODEL_KINDS.values()), content=content)
     module.eval()
     return module
 
@@ -91,10 +86,19 @@ def resolve_center(
     return float(stored[0]), float(stored[1])
 
 
-def _member_prob_std(module: VaDEModule, scaled: np.ndarray, group: int, chunk_size: int) -> np.ndarray:
-    """Spread of the member probability over draws of z, scored ``chunk_size`` stars at a time."""
+def _member_prob_std(
+    module: VaDEModule, scaled: np.ndarray, group: int, chunk_size: int, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Spread of the member probability over draws of z, scored ``chunk_size`` stars at a time.
+
+    ``rows`` are the stars' positions in the whole catalogue: they seed each star's draws, so the
+    result does not depend on ``chunk_size``.
+    """
+    rows = np.arange(len(scaled)) if rows is None else np.asarray(rows)
     parts = [
-        module.predict_proba_samples(torch.from_numpy(scaled[i : i + chunk_size]))[1][:, group].cpu().numpy()
+        module.predict_proba_samples(
+            torch.from_numpy(scaled[i : i + chunk_size]), rows=torch.from_numpy(rows[i : i + chunk_size])
+        )[1][:, group].cpu().numpy()
         for i in range(0, len(scaled), chunk_size)
     ]
     return np.concatenate(parts) if parts else np.empty(0)
@@ -204,9 +208,11 @@ def score_prepared(
     out["entropy"] = ent
     if hasattr(module, "predict_proba_samples"):
         std = np.full(len(table), np.nan)
-        std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size)
+        rows = first_row + np.flatnonzero(prepared.mask)
+        std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size, rows)
         out["member_prob_std"] = std
     out["flag"] = prepared.flags.astype(str)
+    flag_nonfinite_probabilities(out)
     if score_no_astrometry:
         score_without_astrometry(out, module, table, prepared, ready.center, group)
     return out
