@@ -490,7 +490,20 @@ class CatalogChunkWriter:
         self._schema: Any = None
 
     def write(self, df: pd.DataFrame) -> None:
-        """Append ``df``'s rows; the first chunk fixes the columns and their types."""
+        """Append ``df``'s rows; the first chunk fixes the columns and their types.
+
+        Raises
+        ------
+        CatalogError
+            When the file system refuses the write (permissions, a full disk).
+        """
+        try:
+            self._write(df)
+        except OSError as exc:
+            raise CatalogError(f"cannot write {self.path} ({exc.strerror or exc}): choose another output") from exc
+        self.rows += len(df)
+
+    def _write(self, df: pd.DataFrame) -> None:
         if self.format == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -505,14 +518,17 @@ class CatalogChunkWriter:
                 gz = self.tmp.name.endswith(".gz")
                 self._handle = gzip.open(self.tmp, "wt", newline="") if gz else open(self.tmp, "w", newline="")
             df.to_csv(self._handle, sep=_csv_separator(self.path), index=False, header=first)
-        self.rows += len(df)
 
     def close(self) -> Path:
         """Finish the file and move it into place."""
         if self._handle is None:
             raise CatalogError(f"nothing was written to {self.path}")
         self._handle.close()
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise CatalogError(f"cannot write {self.path} ({exc.strerror or exc}): choose another output") from exc
         return self.path
 
     def abort(self) -> None:
