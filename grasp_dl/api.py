@@ -44,6 +44,7 @@ from grasp_dl.data.loader import TensorBatchLoader
 from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog
 from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.plotting import plot_cluster_comparison
+from grasp_dl.io_policy import written_checkpoint
 from grasp_dl.predict import load_clustering_module, predict_catalog, prepare_for_module
 
 log = logging.getLogger(__name__)
@@ -395,10 +396,9 @@ class DeepClusteringModel(BaseEstimator):
         module = pipeline.build_clustering_module(cfg.model, self.autoencoder_, datamodule)
         trainer = pipeline.build_trainer(cfg, has_validation=datamodule.has_validation)
         trainer.fit(module, datamodule=datamodule)
-        checkpoint = self._run_dir() / "checkpoints" / "last.ckpt"
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics.update(pipeline.clustering_scores(module, datamodule))
-        written = checkpoint if checkpoint.is_file() else None
+        written = written_checkpoint(trainer)
         self._set_trained(pipeline.TrainResult(module, datamodule, self._run_dir(), written, metrics), cfg)
         return self._record_history("clustering")
 

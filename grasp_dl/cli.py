@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from grasp_dl.config import conf_dir
 from grasp_dl.errors import ConfigError, GraspDLError
-from grasp_dl.io_policy import install_sigterm_cleanup
+from grasp_dl.io_policy import install_sigterm_cleanup, refuse_finished_run_dir_early
 
 log = logging.getLogger("grasp_dl")
 
@@ -44,12 +44,17 @@ def _report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], 
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             log.error("error: %s", exc)
-            print(f"grasp-dl: error: {exc}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
-            sys.exit(2)
+            _exit_with(exc)
 
     wrapped.__name__ = task.__name__
     wrapped.__module__ = task.__module__
     return wrapped
+
+
+def _exit_with(exc: BaseException) -> None:
+    """Print the one-line error and exit with status 2."""
+    print(f"grasp-dl: error: {exc}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+    sys.exit(2)
 
 
 def train_task(cfg: DictConfig) -> float | None:
@@ -115,6 +120,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     config_name, task = COMMANDS[command]
     install_sigterm_cleanup()
+    if command == "train":
+        try:
+            refuse_finished_run_dir_early(overrides)
+        except GraspDLError as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            _exit_with(exc)
     sys.argv = [f"grasp-dl-{command}", *overrides]
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
     app(_report_errors(task))()

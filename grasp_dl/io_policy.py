@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,6 +27,7 @@ __all__ = [
     "finished_run_checkpoints",
     "install_sigterm_cleanup",
     "prepare_run_dir",
+    "refuse_finished_run_dir_early",
     "refuse_overwriting_inputs",
     "same_file",
     "written_checkpoint",
@@ -160,6 +161,38 @@ def prepare_run_dir(output_dir: PathLike, *, overwrite: bool = False, ckpt_path:
             "with ckpt_path=last, or replace it with overwrite=true"
         )
     shutil.rmtree(Path(output_dir) / "checkpoints")
+
+
+def refuse_finished_run_dir_early(overrides: Sequence[str]) -> None:
+    """:func:`prepare_run_dir`'s refusal, from the command line, before Hydra writes into the directory.
+
+    Hydra writes ``.hydra/config.yaml`` into the run directory before the task starts, so a
+    refusal from inside the task would already have replaced the previous run's config. When
+    ``hydra.run.dir=DIR`` is given explicitly (timestamped default directories are new anyway),
+    the check runs here first. Multirun sweeps are left to the check inside each job.
+
+    Parameters
+    ----------
+    overrides
+        The command's Hydra overrides, as typed.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`prepare_run_dir`, when DIR holds a run and neither ``overwrite=true`` nor ``ckpt_path`` is given.
+    """
+    if any(arg in ("-m", "--multirun") for arg in overrides):
+        return
+    values: dict[str, str] = {}
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        if sep:
+            values[key.strip()] = value.strip().strip("'\"")
+    run_dir = values.get("hydra.run.dir")
+    resuming = values.get("ckpt_path", "null").lower() not in ("", "null", "none")
+    overwrite = values.get("overwrite", "false").lower() in ("true", "1", "yes")
+    if run_dir and not resuming and not overwrite:
+        prepare_run_dir(run_dir)
 
 
 def written_checkpoint(trainer: Any) -> Path | None:

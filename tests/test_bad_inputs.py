@@ -31,6 +31,7 @@ from grasp_dl.data.catalog import iter_catalog, read_catalog, write_catalog
 from grasp_dl.data.prepare import prepare_stellar_data
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.errors import CatalogError, CheckpointError, ConfigError, GraspDLError
+from grasp_dl.io_policy import prepare_run_dir
 from grasp_dl.predict import load_clustering_module, predict_catalog, predict_to_file
 
 from hydra_configs import compose_config
@@ -81,7 +82,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 def assert_one_line_error(result: tuple[int, str, str], *needles: str) -> str:
     """The command ended with exit code 2 and exactly one 'grasp-dl: error:' line containing ``needles``."""
-    code, out, err = result
+    code, _, err = result
     assert "Traceback" not in err and "Error executing job" not in err, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("grasp-dl: error: ")]
     assert code == 2 and len(lines) == 1, (code, err[-3000:])
@@ -171,10 +172,16 @@ def test_training_into_a_finished_run_directory(capsys, tmp_path):
     args = ["train", *SMALL, f"hydra.run.dir={run}"]
     assert run_cli(capsys, *args)[0] == 0
     last = run / "checkpoints" / "last.ckpt"
+    first = digest(last, run / ".hydra" / "config.yaml")
+    # a second run into the same directory is refused, and leaves the first run's files (its config too) alone
+    assert_one_line_error(run_cli(capsys, *args, "model.n_clusters=4"), "already holds a run", "overwrite=true",
+                          "ckpt_path=last")
+    assert digest(last, run / ".hydra" / "config.yaml") == first
+    # the check inside the task too (a run directory given another way, e.g. a config file)
+    cfg = compose_config("train", SMALL, run)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare_run_dir(cfg.paths.output_dir)
     first = digest(last)
-    # a second run into the same directory is refused, and leaves the first run's files alone
-    assert_one_line_error(run_cli(capsys, *args), "already holds a run", "overwrite=true", "ckpt_path=last")
-    assert digest(last) == first
     # overwrite=true replaces it: no last-v1.ckpt, and the printed final model is the file this run wrote
     code, out, err = run_cli(capsys, *args, "overwrite=true", "seed=7")
     assert code == 0, err[-3000:]

@@ -502,7 +502,6 @@ def test_unreadable_files_fail_alike_in_both_readers(tmp_path: Path, name: str, 
 def test_chunk_writer_turns_file_system_refusals_into_one_line(tmp_path: Path) -> None:
     target = tmp_path / "out.csv"
     target.mkdir()  # os.replace cannot put a file onto a directory
-    with pytest.raises(CatalogError, match="cannot write .*out.csv"):
-        with CatalogChunkWriter(target) as writer:
-            writer.write(pd.DataFrame({"a": [1, 2]}))
+    with pytest.raises(CatalogError, match="cannot write .*out.csv"), CatalogChunkWriter(target) as writer:
+        writer.write(pd.DataFrame({"a": [1, 2]}))
     assert target.is_dir() and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
