@@ -18,7 +18,7 @@ import torch
 
 from grasp_dl.errors import CheckpointError
 
-__all__ = ["MODEL_KINDS", "checkpoint_kind", "load_module", "read_checkpoint"]
+__all__ = ["MODEL_KINDS", "check_state_fits", "checkpoint_kind", "load_module", "read_checkpoint"]
 
 #: A parameter only one kind of module has -> the name of that kind, in messages.
 MODEL_KINDS: dict[str, str] = {"centers": "DEC", "mixture_means": "VaDE"}
@@ -155,3 +155,48 @@ def load_module(
             f"checkpoint {path} does not fit a {module_class.__name__} ({type(exc).__name__}: {_one_line(exc)}): "
             f"it was written by another version or edited; give {option}= a checkpoint written by grasp-dl train"
         ) from exc
+
+
+def check_state_fits(module: L.LightningModule, path: str | Path, *, option: str = "ckpt_path") -> None:
+    """Refuse, before training resumes, a checkpoint whose weights do not fit the configured module.
+
+    Lightning would stop with a multi-line ``load_state_dict`` error inside ``trainer.fit``;
+    this names the first difference in one line (another model kind, another number of groups,
+    other network sizes).
+
+    Parameters
+    ----------
+    module
+        The module built from the current config.
+    path
+        The checkpoint to resume from.
+    option
+        The option that named the file, used in messages.
+
+    Raises
+    ------
+    CheckpointError
+        When :func:`read_checkpoint` refuses the file, or its state has other parameters or shapes.
+    """
+    content = read_checkpoint(path, option=option)
+    stored = content["state_dict"]
+    own = module.state_dict()
+    kind, wanted = checkpoint_kind(content), checkpoint_kind({"state_dict": own})
+    if kind != wanted:
+        raise CheckpointError(
+            f"{option}={path} holds {'an' if kind[0] in 'aeiou' else 'a'} {kind} model, this run trains "
+            f"{'an' if wanted[0] in 'aeiou' else 'a'} {wanted} model: resume with the model= it was trained with"
+        )
+    missing = sorted(set(own) - set(stored))
+    unexpected = sorted(set(stored) - set(own))
+    shapes = [k for k in own if k in stored and tuple(own[k].shape) != tuple(stored[k].shape)]
+    if missing or unexpected or shapes:
+        if shapes:
+            key = shapes[0]
+            detail = f"{key} is {tuple(stored[key].shape)} there and {tuple(own[key].shape)} here"
+        else:
+            detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(
+            f"{option}={path} does not fit the configured model ({detail}): resume with the options it was "
+            "trained with (model.n_clusters, network sizes, data.features)"
+        )

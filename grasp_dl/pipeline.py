@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from grasp_dl.checkpoints import AUTOENCODER, load_module, read_checkpoint
+from grasp_dl.checkpoints import AUTOENCODER, check_state_fits, load_module, read_checkpoint
 from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.catalog import read_catalog, require_columns, write_catalog
 from grasp_dl.data.validation import check_trainable
@@ -161,6 +161,8 @@ def pretrain_autoencoder(
     if cfg.get("compile"):
         compile_network(autoencoder.net)
     phase_cfg = _phase_config(cfg, "autoencoder", int(model_cfg.pretrain_epochs))
+    if ckpt_path:
+        check_state_fits(autoencoder, ckpt_path)
     trainer = build_trainer(phase_cfg, has_validation=datamodule.has_validation)
     trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return autoencoder
@@ -214,6 +216,8 @@ def train(cfg: DictConfig, datamodule: StellarCatalogDataModule | None = None) -
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
     if cfg.get("compile"):
         compile_network(module.net)
+    if resume.final:
+        check_state_fits(module, resume.final)
     trainer = build_trainer(cfg, has_validation=datamodule.has_validation)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final, weights_only=True)
     checkpoint = written_checkpoint(trainer)

@@ -377,6 +377,19 @@ def test_bad_checkpoints_give_one_line(capsys, tmp_path, dec_run, cone):
         assert digest(path, data) == before
 
 
+def test_resuming_from_a_checkpoint_of_another_model_or_shape_gives_one_line(capsys, tmp_path, dec_run, vade_run):
+    before = digest(dec_run.checkpoint, vade_run.checkpoint)
+    cases = [
+        (vade_run.checkpoint, ["model=dec"], "holds a VaDE model, this run trains a DEC model"),
+        (dec_run.checkpoint, ["model=vade"], "holds a DEC model, this run trains a VaDE model"),
+        (dec_run.checkpoint, ["model=dec", "model.n_clusters=5"], "does not fit the configured model"),
+    ]
+    for ckpt, extra, needle in cases:
+        result = run_cli(capsys, "train", *SMALL, *extra, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/r")
+        assert_one_line_error(result, needle)
+    assert digest(dec_run.checkpoint, vade_run.checkpoint) == before
+
+
 @FUZZ
 @given(data=st.binary(max_size=4096))
 def test_random_bytes_are_never_a_checkpoint(tmp_path_factory, data):
