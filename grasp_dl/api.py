@@ -41,6 +41,7 @@ from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog
 from grasp_dl.devices import inference_device, trainer_overrides
 from grasp_dl.errors import ConfigError, GraspDLError
 from grasp_dl.figures import plotting
+from grasp_dl.io_policy import written_checkpoint
 from grasp_dl.grasp import cluster_statistics
 from grasp_dl.inference.membership import cluster_group_of
 from grasp_dl.inference.outputs import write_summary
@@ -431,9 +432,10 @@ class DeepClusteringModel(BaseEstimator):
         autoencoder_ckpt = RunDir.from_config(cfg).last_checkpoint(AUTOENCODER_PHASE)
         self.autoencoder_ = None
         if autoencoder_ckpt.is_file():
+            from grasp_dl.checkpoints import AUTOENCODER, load_module
             from grasp_dl.models.autoencoder import AutoencoderModule
 
-            self.autoencoder_ = AutoencoderModule.load_from_checkpoint(autoencoder_ckpt, map_location="cpu")
+            self.autoencoder_ = load_module(AutoencoderModule, autoencoder_ckpt, kinds=(AUTOENCODER,))
         self._set_trained(result, cfg)
         self._record_history(AUTOENCODER_PHASE)
         self._record_history(CLUSTERING_PHASE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from grasp_dl.config import conf_dir
 from grasp_dl.errors import ConfigError, GraspDLError
 from grasp_dl.optional import check_cli_plugins
+from grasp_dl.io_policy import install_sigterm_cleanup, refuse_finished_run_dir_early
 
 log = logging.getLogger("grasp_dl")
 
@@ -40,13 +42,20 @@ def _report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], 
         try:
             return task(cfg)
         except (GraspDLError, HydraException, OmegaConfBaseException) as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
             log.error("error: %s", exc)
-            print(f"grasp-dl: error: {exc}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
-            sys.exit(2)
+            _exit_with(exc)
 
     wrapped.__name__ = task.__name__
     wrapped.__module__ = task.__module__
     return wrapped
+
+
+def _exit_with(exc: BaseException) -> None:
+    """Print the one-line error and exit with status 2."""
+    print(f"grasp-dl: error: {exc}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+    sys.exit(2)
 
 
 def train_task(cfg: DictConfig) -> float | None:
@@ -55,7 +64,9 @@ def train_task(cfg: DictConfig) -> float | None:
     Returns ``cfg.optimized_metric`` (a sweeper maximises or minimises it) when one is set.
     """
     from grasp_dl import pipeline
+    from grasp_dl.io_policy import prepare_run_dir
 
+    prepare_run_dir(cfg.paths.output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
     result = pipeline.train(cfg)
     print(pipeline.summarise(result, cfg))
     metric = cfg.get("optimized_metric")
@@ -110,6 +121,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"grasp-dl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     config_name, task = COMMANDS[command]
+    install_sigterm_cleanup()
+    if command == "train":
+        try:
+            refuse_finished_run_dir_early(overrides)
+        except GraspDLError as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            _exit_with(exc)
     try:
         check_cli_plugins(overrides)
     except GraspDLError as exc:

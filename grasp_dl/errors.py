@@ -17,3 +17,7 @@ class ConfigError(GraspDLError, ValueError):
 
 class MissingDependencyError(GraspDLError, ImportError):
     """An optional dependency is not installed: the message names the extra that brings it."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be trusted, read, or applied: unreadable, not grasp-dl's, another model or data."""

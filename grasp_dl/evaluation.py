@@ -12,6 +12,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from grasp_dl.data.catalog import read_catalog, require_columns
+from grasp_dl.io_policy import check_output_file, refuse_overwriting_inputs
 from grasp_dl.errors import CatalogError
 from grasp_dl.run_dir import metrics_path, reliability_path
 
@@ -84,6 +85,12 @@ def evaluate_command(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     """
     from grasp_dl.metrics import evaluate_clustering
 
+    output = Path(cfg.output) if cfg.get("output") else metrics_path(cfg.predictions)
+    refuse_overwriting_inputs(
+        {"output": output, "the reliability diagram": reliability_path(output)},
+        {"predictions": cfg.predictions, "truth": cfg.truth},
+    )
+    check_output_file(output)
     predictions = read_catalog(cfg.predictions, required=["label"])
     truth = read_catalog(cfg.truth)
     true_labels = align_truth(predictions, truth, cfg.truth_column)
@@ -96,9 +103,12 @@ def evaluate_command(cfg: DictConfig) -> tuple[dict[str, float], Path]:
         member_label=cfg.truth_member_label,
         member_prob=member_prob,
     )
-    output = Path(cfg.output) if cfg.get("output") else metrics_path(cfg.predictions)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
     if "brier" in metrics:
         scored = predictions["label"].to_numpy() >= 0
         is_member = np.asarray(true_labels).astype(str) == str(cfg.truth_member_label)

@@ -15,13 +15,17 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from grasp_dl.checkpoints import AUTOENCODER, check_state_fits, load_module, read_checkpoint
 from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
+from grasp_dl.data.validation import check_trainable
 from grasp_dl.errors import ConfigError
+from grasp_dl.io_policy import written_checkpoint
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.networks import compile_network
 from grasp_dl.inference.membership import cluster_group_of
 from grasp_dl.run_dir import AUTOENCODER_PHASE, RunDir, phase_dirpath
+from grasp_dl.options import check_train_options
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +222,7 @@ def resume_point(
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     if two_phase and checkpoint_class(checkpoint) is None:
         return ResumePoint(autoencoder=str(path))
     return ResumePoint(final=str(path))
@@ -231,7 +235,9 @@ def pretrain_autoencoder(
     loaded from ``model.pretrained_ckpt``."""
     model_cfg = cfg.model
     if model_cfg.get("pretrained_ckpt"):
-        autoencoder = AutoencoderModule.load_from_checkpoint(model_cfg.pretrained_ckpt, map_location="cpu")
+        autoencoder = load_module(
+            AutoencoderModule, model_cfg.pretrained_ckpt, kinds=(AUTOENCODER,), option="model.pretrained_ckpt"
+        )
         stored = (autoencoder.hparams.get("preprocessing") or {}).get("feature_names")
         if stored != datamodule.feature_names:
             raise ConfigError(
@@ -244,8 +250,10 @@ def pretrain_autoencoder(
         compile_network(autoencoder.net)
     monitor = model_cfg.pretrain.get("monitor") or "val/loss"
     phase_cfg = _phase_config(cfg, AUTOENCODER_PHASE, int(model_cfg.pretrain_epochs), monitor)
+    if ckpt_path:
+        check_state_fits(autoencoder, ckpt_path)
     trainer = build_trainer(phase_cfg, has_validation=datamodule.has_validation)
-    trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return autoencoder
 
 
@@ -366,6 +374,7 @@ def train(
     step-by-step ``train_deep_clustering``): the run continues where that phase left the random
     state, so it is not seeded again and ends as a one-go run would.
     """
+    check_train_options(cfg)
     if cfg.get("seed") is not None and autoencoder is None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision") or "highest")
@@ -377,6 +386,7 @@ def train(
     check_phases(cfg, datamodule)  # the options, before the catalogue is read
     datamodule.setup("fit")
     check_phases(cfg, datamodule)  # what they need of the catalogue, before any training
+    check_trainable(datamodule.prepared.n_usable, len(datamodule.train_index), cfg.model.get("n_clusters"))
     if not two_phase:
         module = build_module(cfg.model, datamodule)
     elif resume.final:
@@ -389,9 +399,11 @@ def train(
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
     if cfg.get("compile"):
         compile_network(module.net)
+    if resume.final:
+        check_state_fits(module, resume.final)
     trainer = build_trainer(cfg, has_validation=datamodule.has_validation)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final)
-    checkpoint = run_dir.last_checkpoint()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final, weights_only=True)
+    checkpoint = written_checkpoint(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if isinstance(module, ClusteringModule):
         metrics.update(clustering_scores(module, datamodule))
@@ -399,7 +411,7 @@ def train(
         module=module,
         datamodule=datamodule,
         output_dir=run_dir.root,
-        checkpoint=checkpoint if checkpoint.is_file() else None,
+        checkpoint=checkpoint,
         metrics=metrics,
     )
 

@@ -454,3 +454,54 @@ def test_chunk_writer_appends_and_replaces_the_file_only_when_complete(tmp_path:
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     with pytest.raises(CatalogError, match=".csv or .parquet"):
         CatalogChunkWriter(tmp_path / "out.fits")
+
+
+# --------------------------------------------------------------------------- issue 16: strict reading
+
+
+def _both_ways(path: Path) -> list:
+    """read_catalog and the streamed reader, as callables (they must agree on every bad file)."""
+    return [lambda: read_catalog(path), lambda: list(iter_catalog(path, chunk_size=2, keep=["ra", "pmra"]))]
+
+
+@pytest.mark.parametrize("header", ["ra,pmra,dec,pmra", "ra,pmra,dec,PMRA", "ra,pmra,dec, pmra"])
+def test_repeated_column_names_are_refused_by_both_readers(tmp_path: Path, header: str) -> None:
+    path = tmp_path / "twice.csv"
+    path.write_text(header + "\n1,2,3,4\n5,6,7,8\n")
+    for read in _both_ways(path):
+        with pytest.raises(CatalogError, match=r"columns 'pmra' and '\s*pmra\s*'|columns 'pmra' and 'PMRA'"):
+            read()
+
+
+@pytest.mark.parametrize("line", [1, 2])
+def test_a_row_with_extra_fields_is_refused_by_both_readers(tmp_path: Path, line: int) -> None:
+    rows = ["ra,dec,pmra", "1,2,3", "4,5,6", "7,8,9"]
+    rows[line] += ",99"
+    path = tmp_path / "extra.csv"
+    path.write_text("\n".join(rows) + "\n")
+    for read in _both_ways(path):
+        with pytest.raises(CatalogError, match="more fields than the header|Expected 3 fields") as info:
+            read()
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.csv", b""), ("csv.fits", b"ra,dec\n1,2\n"),
+                                               ("csv.parquet", b"ra,dec\n1,2\n"), ("empty.parquet", b"")])
+def test_unreadable_files_fail_alike_in_both_readers(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    messages = []
+    for read in _both_ways(path):
+        with pytest.raises(CatalogError) as info:
+            read()
+        messages.append(str(info.value))
+        assert name in messages[-1] and "\n" not in messages[-1]
+    assert messages[0].split("(")[0] == messages[1].split("(")[0]
+
+
+def test_chunk_writer_turns_file_system_refusals_into_one_line(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    target.mkdir()  # os.replace cannot put a file onto a directory
+    with pytest.raises(CatalogError, match="cannot write .*out.csv"), CatalogChunkWriter(target) as writer:
+        writer.write(pd.DataFrame({"a": [1, 2]}))
+    assert target.is_dir() and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]

@@ -80,7 +80,7 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(tmp_path):
     more_overrides = SMALL + ["trainer.max_epochs=5", "ckpt_path=last"]
     more = pipeline.train(compose_config("train", more_overrides, tmp_path / "crash"))
     assert torch.load(tmp_path / "crash" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
-    assert more.module.member_group >= 0
+    assert more.module.cluster_group >= 0
 
 
 def _cli(args, cwd):

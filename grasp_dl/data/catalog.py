@@ -145,20 +145,22 @@ def _read_chunks(
     path: Path, fmt: str, columns: Mapping[str, str] | None, keep: Iterable[str] | None, chunk_size: int
 ) -> Iterator[pd.DataFrame]:
     """The chunks of a file whose format has a chunked reader, each cleaned as read_catalog does."""
-    header = _CHUNK_HEADERS[fmt](path)
-    raw = _raw_names_to_read(header, columns, keep, str(path))
-    id_names = _id_names(columns)
     start = 0
     try:
+        header = _CHUNK_HEADERS[fmt](path)
+        raw = _raw_names_to_read(header, columns, keep, str(path))
+        id_names = _id_names(columns)
         for chunk in _CHUNK_READERS[fmt](path, raw, id_names, chunk_size):
             chunk.index = pd.RangeIndex(start, start + len(chunk))
             start += len(chunk)
             yield _clean(chunk, str(path), columns)
     except CatalogError:
         raise
+    except pd.errors.EmptyDataError as exc:
+        raise CatalogError(f"catalogue file {path} is empty (no header, no rows): re-export the catalogue.") from exc
     except Exception as exc:
-        raise CatalogError(f"cannot read {path} as {fmt} ({type(exc).__name__}: {exc}): check that the file is "
-                           f"a complete {fmt} export.") from exc
+        raise CatalogError(f"cannot read {path} as {fmt} ({type(exc).__name__}: {_one_line(exc)}): check that the "
+                           f"file is a complete {fmt} export, or pass format= if the suffix is misleading.") from exc
     if start == 0:
         _check_not_empty(pd.DataFrame(columns=raw), str(path))
 
@@ -261,7 +263,7 @@ def _read_file(path: Path, fmt: str | None, id_names: set[str]) -> pd.DataFrame:
         raise CatalogError(f"catalogue file {path} is empty (no header, no rows): re-export the catalogue.") from exc
     except Exception as exc:
         raise CatalogError(
-            f"cannot read {path} as {fmt} ({type(exc).__name__}: {exc}): check that the file is a complete "
+            f"cannot read {path} as {fmt} ({type(exc).__name__}: {_one_line(exc)}): check that the file is a complete "
             f"{fmt} export, or pass format= if the suffix is misleading (one of {', '.join(SUPPORTED_FORMATS)})."
         ) from exc
 
@@ -309,11 +311,52 @@ def _csv_separator(path: Path) -> str:
 
 
 def _read_csv(path: Path, id_names: set[str]) -> pd.DataFrame:
-    """Read CSV/TSV (optionally gzipped); identifier columns are read as text to keep all 19 digits."""
-    sep = _csv_separator(path)
-    header = pd.read_csv(path, sep=sep, nrows=0).columns
+    """Read CSV/TSV (optionally gzipped); identifier columns are read as text to keep all 19 digits.
+
+    A row with more fields than the header is an error (pandas would otherwise shift the first
+    row's values into an index), and so are repeated column names (pandas would rename them).
+    """
+    header = _csv_header(path)
     dtype = {name: "str" for name in header if _norm(name) in id_names}
-    return pd.read_csv(path, sep=sep, dtype=dtype or None)
+    with _strict_csv():
+        return pd.read_csv(path, sep=_csv_separator(path), dtype=dtype or None, index_col=False)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (parsers' messages span several), shortened."""
+    if isinstance(exc, pd.errors.ParserWarning):
+        return "a data row has more fields than the header line"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _strict_csv(warnings.catch_warnings):
+    """Within it, pandas' 'header and data lengths differ' warning is an error (a row has extra fields)."""
+
+    def __enter__(self) -> Any:
+        result = super().__enter__()
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        return result
+
+
+def _raw_csv_header(path: Path) -> list[str]:
+    """The header line's names exactly as written (pandas would rename a repeated name to 'name.1')."""
+    import csv
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as handle:
+            return next(csv.reader(handle, delimiter=_csv_separator(path)), [])
+    except (OSError, csv.Error) as exc:
+        raise CatalogError(f"cannot read the header line of {path} ({_one_line(exc)}): check the file.") from exc
+
+
+def _check_no_repeats(names: Sequence[str], label: str) -> None:
+    """Refuse a header whose names repeat once normalised (pandas would rename a copy to 'name.1')."""
+    _check_unique(
+        list(names), [_norm(n) for n in names], label, "once names are made lower case and stripped",
+        "rename or drop one of them so that each column appears once",
+    )
 
 
 def _read_parquet(path: Path, id_names: set[str]) -> pd.DataFrame:
@@ -369,12 +412,23 @@ def _raw_names_to_read(
 
 
 def _csv_header(path: Path) -> list[str]:
-    return list(pd.read_csv(path, sep=_csv_separator(path), nrows=0).columns)
+    """The CSV's column names, refused when one repeats (pandas' own header would rename it silently)."""
+    header = list(pd.read_csv(path, sep=_csv_separator(path), nrows=0).columns)
+    _check_no_repeats(_raw_csv_header(path), str(path))
+    return header
 
 
 def _csv_chunks(path: Path, raw: list[str], id_names: set[str], chunk_size: int) -> Iterator[pd.DataFrame]:
+    # Every column is parsed and then selected: with usecols pandas accepts rows with extra fields
+    # silently, and the streamed read must refuse what read_catalog refuses.
     dtype = {name: "str" for name in raw if _norm(name) in id_names}
-    yield from pd.read_csv(path, sep=_csv_separator(path), usecols=raw, dtype=dtype or None, chunksize=chunk_size)
+    reader = pd.read_csv(path, sep=_csv_separator(path), dtype=dtype or None, chunksize=chunk_size, index_col=False)
+    while True:
+        with _strict_csv():
+            chunk = next(reader, None)
+        if chunk is None:
+            return
+        yield chunk[raw]
 
 
 def _parquet_header(path: Path) -> list[str]:
@@ -436,7 +490,20 @@ class CatalogChunkWriter:
         self._schema: Any = None
 
     def write(self, df: pd.DataFrame) -> None:
-        """Append ``df``'s rows; the first chunk fixes the columns and their types."""
+        """Append ``df``'s rows; the first chunk fixes the columns and their types.
+
+        Raises
+        ------
+        CatalogError
+            When the file system refuses the write (permissions, a full disk).
+        """
+        try:
+            self._write(df)
+        except OSError as exc:
+            raise CatalogError(f"cannot write {self.path} ({exc.strerror or exc}): choose another output") from exc
+        self.rows += len(df)
+
+    def _write(self, df: pd.DataFrame) -> None:
         if self.format == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -451,14 +518,17 @@ class CatalogChunkWriter:
                 gz = self.tmp.name.endswith(".gz")
                 self._handle = gzip.open(self.tmp, "wt", newline="") if gz else open(self.tmp, "w", newline="")
             df.to_csv(self._handle, sep=_csv_separator(self.path), index=False, header=first)
-        self.rows += len(df)
 
     def close(self) -> Path:
         """Finish the file and move it into place."""
         if self._handle is None:
             raise CatalogError(f"nothing was written to {self.path}")
         self._handle.close()
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise CatalogError(f"cannot write {self.path} ({exc.strerror or exc}): choose another output") from exc
         return self.path
 
     def abort(self) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 from grasp_dl.alignment import PreparedFeatures
 from grasp_dl.data.catalog import read_catalog, require_columns, require_numeric
 from grasp_dl.data.sky import gnomonic_project
+from grasp_dl.data.validation import feature_range_flags, range_flags
 from grasp_dl.errors import CatalogError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -328,8 +329,11 @@ def prepare_stellar_data(
         flags[newly] = flag
         cuts[flag] = int(newly.sum())
 
+    # Infinite and physically impossible values are flagged before anything is cast to float32.
+    for flag, failed in range_flags(df, needed) + feature_range_flags(matrix, names):
+        apply(flag, failed)
     finite = np.isfinite(matrix)
-    missing_any = ~finite.all(axis=1)
+    missing_any = ~finite.all(axis=1) & (flags == FLAG_OK)
     if missing_any.any():
         # One flag per pattern of missing features, e.g. 'missing:parallax+pmra+pmdec'.
         for pattern in np.unique(~finite[missing_any], axis=0):

@@ -11,6 +11,7 @@ import pandas as pd
 
 from grasp_dl.data.catalog import write_catalog
 from grasp_dl.errors import ConfigError
+from grasp_dl.io_policy import check_output_file
 from grasp_dl.run_dir import summary_path
 
 #: Formats of a predictions table written by ``grasp-dl predict`` (streamed in chunks).
@@ -33,13 +34,13 @@ def prediction_output(output: str | os.PathLike[str]) -> Path:
     Raises
     ------
     ConfigError
-        When the suffix is neither .parquet nor .csv.
+        When the suffix is neither .parquet nor .csv, or the folder is not writable or the path an
+        existing directory.
     """
     output = Path(output)
     if output.suffix.lower() not in PREDICTION_SUFFIXES:
         raise ConfigError(f"output {output} must end in .parquet or .csv")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return output
+    return check_output_file(output)
 
 
 def write_summary(summary: dict[str, Any], output: str | os.PathLike[str]) -> Path:
@@ -59,8 +60,11 @@ def write_summary(summary: dict[str, Any], output: str | os.PathLike[str]) -> Pa
     """
     path = summary_path(output)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

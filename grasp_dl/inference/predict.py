@@ -15,17 +15,21 @@ import torch
 from omegaconf import DictConfig
 
 from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
+from grasp_dl.checkpoints import checkpoint_kind, load_module, read_checkpoint
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
+from grasp_dl.data.validation import flag_nonfinite_probabilities
 from grasp_dl.data.sky import angular_separation
-from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
 from grasp_dl.inference.membership import ClusterSummary, cluster_group_of, entropy
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
-from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
 from grasp_dl.inference.no_astrometry import score_without_astrometry
 from grasp_dl.inference.outputs import prediction_output, write_summary
+from grasp_dl.io_policy import refuse_overwriting_inputs
+from grasp_dl.options import check_predict_options
+from grasp_dl.run_dir import summary_path
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +39,20 @@ DEFAULT_CHUNK_SIZE = 262_144
 FAR_FROM_CENTER_DEG = 1.0
 
 
-#: A parameter only each clustering module has, and the class that loads its checkpoints.
-CLUSTERING_MODULES: dict[str, type[DECModule] | type[VaDEModule]] = {
-    "centers": DECModule,
-    "mixture_means": VaDEModule,
-}
-
-
 def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
-    """Load a clustering checkpoint (DEC, VaDE, XD, ... written by ``grasp-dl train``) on the CPU, in eval mode."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} not found: give ckpt_path=<run dir>/checkpoints/last.ckpt")
-    module_class = checkpoint_class(torch.load(path, map_location="cpu", weights_only=True))
+    """Load a clustering checkpoint (DEC, IDEC, VaDE, XD, ... written by ``grasp-dl train``) on the CPU, in eval mode.
+
+    The file is read once with ``weights_only=True`` (:mod:`grasp_dl.checkpoints`); every way it can
+    fail is one line.
+    """
+    content = read_checkpoint(ckpt_path)
+    module_class = checkpoint_class(content)
     if module_class is None:
-        raise ConfigError(
-            f"{path} holds no cluster centres (an autoencoder-only checkpoint?): train a clustering "
-            "model first, e.g. grasp-dl train model=dec"
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} holds no clustering model (an autoencoder-only checkpoint?): train a "
+            "clustering model first, e.g. grasp-dl train model=dec, and give its last.ckpt"
         )
-    module = module_class.load_from_checkpoint(path, map_location="cpu")
+    module = load_module(module_class, ckpt_path, kinds=(checkpoint_kind(content),), content=content)
     module.eval()
     return module
 
@@ -94,10 +93,19 @@ def resolve_center(
     return float(stored[0]), float(stored[1])
 
 
-def _member_prob_std(module: VaDEModule, scaled: np.ndarray, group: int, chunk_size: int) -> np.ndarray:
-    """Spread of the member probability over draws of z, scored ``chunk_size`` stars at a time."""
+def _member_prob_std(
+    module: VaDEModule, scaled: np.ndarray, group: int, chunk_size: int, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Spread of the member probability over draws of z, scored ``chunk_size`` stars at a time.
+
+    ``rows`` are the stars' positions in the whole catalogue: they seed each star's draws, so the
+    result does not depend on ``chunk_size``.
+    """
+    rows = np.arange(len(scaled)) if rows is None else np.asarray(rows)
     parts = [
-        module.predict_proba_samples(torch.from_numpy(scaled[i : i + chunk_size]))[1][:, group].cpu().numpy()
+        module.predict_proba_samples(
+            torch.from_numpy(scaled[i : i + chunk_size]), rows=torch.from_numpy(rows[i : i + chunk_size])
+        )[1][:, group].cpu().numpy()
         for i in range(0, len(scaled), chunk_size)
     ]
     return np.concatenate(parts) if parts else np.empty(0)
@@ -113,7 +121,7 @@ class PreparedForModule:
     center: tuple[float, float] | None
 
 
-def _preprocessing(module: DECModule | VaDEModule) -> dict[str, Any]:
+def _preprocessing(module: ClusteringModule) -> dict[str, Any]:
     prep = module.hparams.preprocessing
     if not prep:
         raise ConfigError("the checkpoint carries no preprocessing state: it cannot prepare a catalogue")
@@ -121,7 +129,7 @@ def _preprocessing(module: DECModule | VaDEModule) -> dict[str, Any]:
 
 
 def prepare_table(
-    module: DECModule | VaDEModule, table: pd.DataFrame, center: tuple[float, float] | None, allow_empty: bool = False
+    module: ClusteringModule, table: pd.DataFrame, center: tuple[float, float] | None, allow_empty: bool = False
 ) -> PreparedForModule:
     """Prepare a catalogue already read (or one chunk of it) with the checkpoint's features, cuts and scaler.
 
@@ -145,7 +153,7 @@ def prepare_table(
 
 
 def prepare_for_module(
-    module: DECModule | VaDEModule, catalog: Any, center: str | Sequence[float] | None = None
+    module: ClusteringModule, catalog: Any, center: str | Sequence[float] | None = None
 ) -> PreparedForModule:
     """Read and prepare ``catalog`` with the checkpoint's columns, features, cuts and scaler.
 
@@ -156,7 +164,7 @@ def prepare_for_module(
     return prepare_table(module, table, resolve_center(prep["center"], center, table))
 
 
-def _cluster_group(module: DECModule | VaDEModule, cluster_group: int | None) -> int:
+def _cluster_group(module: ClusteringModule, cluster_group: int | None) -> int:
     """The group scored as the cluster: ``cluster_group`` if given (checked), else the module's."""
     group = cluster_group_of(module) if cluster_group is None else int(cluster_group)
     k = module.hparams.n_clusters
@@ -195,7 +203,7 @@ def prepared_star_data(module: Any, ready: PreparedForModule) -> StarData:
 
 
 def score_prepared(
-    module: DECModule | VaDEModule,
+    module: ClusteringModule,
     ready: PreparedForModule,
     group: int,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -240,9 +248,11 @@ def score_prepared(
     out["entropy"] = ent
     if hasattr(module, "predict_proba_samples"):
         std = np.full(len(table), np.nan)
-        std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size)
+        rows = first_row + np.flatnonzero(prepared.mask)
+        std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size, rows)
         out["member_prob_std"] = std
     out["flag"] = prepared.flags.astype(str)
+    flag_nonfinite_probabilities(out)
     if score_no_astrometry:
         score_without_astrometry(out, module, table, prepared, ready.center, group)
     return out
@@ -269,7 +279,7 @@ def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any
 
 
 def predict_catalog(
-    module: DECModule | VaDEModule,
+    module: ClusteringModule,
     catalog: Any,
     *,
     cluster_group: int | None = None,
@@ -305,7 +315,7 @@ PREDICTION_COLUMNS = (
 
 
 def predict_to_file(
-    module: DECModule | VaDEModule,
+    module: ClusteringModule,
     catalog: Any,
     output: str | Path,
     *,
@@ -376,15 +386,20 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     CatalogError
         When the catalogue has no usable star.
     """
-    module = load_clustering_module(cfg.ckpt_path)
+    chunk_size = check_predict_options(cfg)
     output = prediction_output(cfg.output)
+    refuse_overwriting_inputs(
+        {"output": output, "output's summary": summary_path(output)},
+        {"data.path": cfg.data.path, "ckpt_path": cfg.ckpt_path},
+    )
+    module = load_clustering_module(cfg.ckpt_path)
     summary = predict_to_file(
         module,
         cfg.data.path,
         output,
         cluster_group=cfg.get("cluster_group"),
         center=cfg.data.get("center"),
-        chunk_size=int(cfg.chunk_size),
+        chunk_size=chunk_size,
         score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
     )
     if module.fit_results.get("start_vs_end"):

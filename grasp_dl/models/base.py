@@ -522,7 +522,8 @@ def checkpoint_class(checkpoint: Mapping[str, Any]) -> type[ClusteringModule] | 
     if path is None:
         state = checkpoint.get("state_dict", {})
         path = next((cls for key, cls in LEGACY_CLASSES.items() if key in state), None)
-    if path is None:
+    if not isinstance(path, str) or not path.startswith("grasp_dl."):
+        # Only grasp-dl's own classes: a checkpoint must not make us import a module of its choosing.
         return None
     cls = get_class(path)
     return cls if isinstance(cls, type) and issubclass(cls, ClusteringModule) else None

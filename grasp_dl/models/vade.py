@@ -31,6 +31,8 @@ from grasp_dl.models.networks import mlp
 
 #: Stars per forward pass when a whole catalogue is scored.
 CHUNK_SIZE = 65536
+#: Rows per block of seeded draws in predict_proba_samples (draws depend on the row number only).
+ROW_BLOCK = 1024
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -334,10 +336,14 @@ class VaDEModule(ClusteringModule):
         return self.posterior(self.embed(x), x)
 
     @torch.no_grad()
-    def predict_proba_samples(self, x: Tensor, n_samples: int | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation of p(c | z) over draws z ~ q(z|x), per star and group.
+    def predict_proba_samples(
+        self, x: Tensor, n_samples: int | None = None, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation of p(c | z) over ``n_samples`` draws z ~ q(z|x), per star and group.
 
-        Draws are seeded by ``hparams.seed``, so the same stars give the same numbers every time.
+        The draws of each star are seeded by ``hparams.seed`` and the star's row number ``rows``
+        (its position in the whole catalogue; ``0..len(x)-1`` by default), so a star gets the
+        same numbers however the catalogue is cut into chunks.
 
         Parameters
         ----------
@@ -345,6 +351,8 @@ class VaDEModule(ClusteringModule):
             Standardised features, shape (n, input_dim).
         n_samples : int or None
             Draws per star (None: ``hparams.n_samples``).
+        rows : Tensor or None
+            Each star's row number in the whole catalogue.
 
         Returns
         -------
@@ -352,17 +360,36 @@ class VaDEModule(ClusteringModule):
             Mean and standard deviation, each of shape (n, n_clusters).
         """
         n_samples = int(n_samples or self.hparams.n_samples)
-        generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
+        rows = torch.arange(len(x)) if rows is None else torch.as_tensor(rows, dtype=torch.int64).cpu()
         means, stds = [], []
         step = max(1, CHUNK_SIZE // n_samples)
         for i in range(0, len(x), step):
             chunk = x[i : i + step]
             mu, logvar = self._encode_eval(chunk)
-            eps = torch.randn((n_samples, *mu.shape), device=mu.device, generator=generator)
+            eps = self._row_noise(rows[i : i + step], n_samples, mu.shape[1], mu.device)
             gamma = self.posterior(mu + eps * torch.exp(0.5 * logvar), chunk)
             means.append(gamma.mean(0))
             stds.append(gamma.std(0))
+        if not means:
+            empty = torch.empty((0, int(self.hparams.n_clusters)), device=x.device)
+            return empty, empty.clone()
         return torch.cat(means), torch.cat(stds)
+
+    def _row_noise(self, rows: Tensor, n_samples: int, dim: int, device: torch.device) -> Tensor:
+        """Standard normal draws (n_samples, len(rows), dim), the same for a row number in any call.
+
+        Rows are grouped in blocks of ROW_BLOCK; each block's draws come from a generator seeded by
+        ``hparams.seed`` and the block number.
+        """
+        blocks = torch.div(rows, ROW_BLOCK, rounding_mode="floor")
+        eps = torch.empty((n_samples, len(rows), dim), device=device)
+        for block in torch.unique(blocks).tolist():
+            where = (blocks == block).nonzero().squeeze(1)
+            seed = (int(self.hparams.seed) * 1_000_003 + int(block)) % (2**63)
+            generator = torch.Generator(device=device).manual_seed(seed)
+            draws = torch.randn((n_samples, ROW_BLOCK, dim), device=device, generator=generator)
+            eps[:, where.to(device)] = draws[:, (rows[where] - block * ROW_BLOCK).to(device)]
+        return eps
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
