@@ -6,8 +6,10 @@ the sky around the centre and tightest in proper motion. For each group with eno
     score = log(median radius of the group / median radius of all stars)
           + 0.5 * log(det cov(pmra, pmdec) of the group / det of all stars)
 
-and the lowest score wins. A background galaxy is tight in proper motion but spread over the
-cone; the field is neither; tidal tails are neither as concentrated nor as tight. When the
+and the lowest score wins among the groups that pass the plausibility guards of
+:mod:`grasp_dl.inference.plausibility` (concentrated on the sky against the other stars and
+tighter than them in proper motion); when none passes, the run reports ``cluster_found: false``.
+A background galaxy is tight in proper motion but spread over the cone; the field is neither; tidal tails are neither as concentrated nor as tight. When the
 features hold no position (or no proper motion) that term is left out; with neither, the
 group of smallest feature-space volume wins.
 """
@@ -60,18 +62,69 @@ def cluster_scores(
     return scores
 
 
-def choose_cluster_group(
+def decide_cluster_group(
     prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]
-) -> int:
-    """Index of the group that is the globular cluster, by :func:`cluster_scores`."""
+) -> tuple[int, dict[str, Any]]:
+    """The group that is the globular cluster, and the plausibility verdict on it.
+
+    Among the groups that pass the plausibility guards (:mod:`grasp_dl.inference.plausibility`:
+    concentrated on the sky against the other stars and tighter than them in proper motion), the
+    one of lowest :func:`cluster_scores` wins. When none passes, the best-scoring group is still
+    returned (a module needs a group to score against) with ``cluster_found`` False in the verdict.
+
+    Parameters
+    ----------
+    prob : numpy.ndarray
+        (n, k) group probabilities of n stars.
+    features : numpy.ndarray
+        (n, d) physical features of the stars.
+    feature_names : sequence of str
+        Their names (xi, eta, pmra, pmdec, ...).
+
+    Returns
+    -------
+    group : int
+    check : dict
+        :func:`~grasp_dl.inference.plausibility.check_plausibility`'s answer for that group.
+    """
+    from grasp_dl.inference.plausibility import check_features
+
     prob = np.asarray(prob)
     scores = cluster_scores(prob.argmax(axis=1), features, feature_names, prob.shape[1])
     if not np.isfinite(scores).any():
         # Every group is too small to judge (a tiny catalogue): take the smallest non-empty one.
         sizes = np.bincount(prob.argmax(axis=1), minlength=prob.shape[1]).astype(float)
         sizes[sizes == 0] = np.inf
-        return int(np.argmin(sizes))
-    return int(np.argmin(scores))
+        group = int(np.argmin(sizes))
+        return group, check_features(prob[:, group], features, feature_names)
+    ranked = [int(j) for j in np.argsort(scores, kind="stable") if np.isfinite(scores[j])]
+    checks = {}
+    for j in ranked:
+        checks[j] = check_features(prob[:, j], features, feature_names)
+        if checks[j]["cluster_found"]:
+            return j, checks[j]
+    return ranked[0], checks[ranked[0]]
+
+
+def choose_cluster_group(
+    prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]
+) -> int:
+    """Index of the group that is the globular cluster (:func:`decide_cluster_group`'s group).
+
+    Parameters
+    ----------
+    prob : numpy.ndarray
+        (n, k) group probabilities.
+    features : numpy.ndarray
+        (n, d) physical features.
+    feature_names : sequence of str
+        Their names.
+
+    Returns
+    -------
+    int
+    """
+    return decide_cluster_group(prob, features, feature_names)[0]
 
 
 def entropy(prob: np.ndarray) -> np.ndarray:

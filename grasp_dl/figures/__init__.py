@@ -1,0 +1,1 @@
+"""Figures: diagnostic panels of predictions."""

@@ -1,0 +1,1 @@
+"""Scoring catalogues with trained modules: prediction, which group is the cluster, plausibility."""
