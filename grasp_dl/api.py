@@ -209,7 +209,10 @@ class DeepClusteringModel(BaseEstimator):
     'cpu', 'cuda', 'cuda:N' or 'mps'. Any other setting of ``conf/`` is a Hydra override in
     ``overrides`` (e.g. ``'model.kernel=dec'``, ``'trainer.precision=bf16-mixed'``). Outputs
     (checkpoints, TensorBoard and CSV logs) go to ``output_dir``, by default
-    ``outputs/notebook/<date>_<time>`` like the command line's run directories.
+    ``outputs/notebook/<date>_<time>`` like the command line's run directories. ``cluster`` names a
+    globular cluster with forgiving spelling (``"NGC 6397"``, ``"M4"``, ``"47 Tuc"``;
+    :mod:`grasp_dl.data.clusters`): its published centre unless ``center`` is given, and predictions
+    compare the recovered mean proper motion and parallax with the published ones.
     """
 
     def __init__(
@@ -223,6 +226,7 @@ class DeepClusteringModel(BaseEstimator):
         *,
         features: Sequence[str] = DEFAULT_FEATURES,
         center: Sequence[float] | None = None,
+        cluster: str | None = None,
         pretrain_epochs: int = 20,
         epochs: int = 20,
         batch_size: int = 256,
@@ -241,6 +245,7 @@ class DeepClusteringModel(BaseEstimator):
         self.model = model
         self.features = features
         self.center = center
+        self.cluster = cluster
         self.pretrain_epochs = pretrain_epochs
         self.epochs = epochs
         self.batch_size = batch_size
@@ -274,6 +279,10 @@ class DeepClusteringModel(BaseEstimator):
         ]
         if self.center is not None:
             overrides.append(f"data.center={_hydra_list([float(c) for c in self.center])}")
+        if self.cluster is not None:
+            from grasp_dl.data.clusters import resolve_cluster_name
+
+            overrides.append(f"data.cluster={resolve_cluster_name(self.cluster)}")
         return overrides + list(self.overrides)
 
     def _run_dir(self) -> Path:

@@ -233,6 +233,27 @@ def clustering_scores(module: L.LightningModule, datamodule: StellarCatalogDataM
     return {f"clustering/{name}": float(value) for name, value in scores.items()}
 
 
+def training_cluster_lines(result: TrainResult) -> list[str]:
+    """The plausibility verdict and diagnostics of the trained cluster group on the training catalogue,
+    and its astrometry against the literature when ``data.cluster`` names the cluster."""
+    from grasp_dl.inference.plausibility import check_table, finish_summary, report_lines
+    from grasp_dl.membership import ClusterSummary
+
+    datamodule, module = result.datamodule, result.module
+    member_prob = module.predict_proba(datamodule.data)[:, module.member_group].detach().cpu().numpy()
+    table = datamodule.table.iloc[datamodule.usable_rows()].reset_index(drop=True)
+    check = check_table(member_prob, table, datamodule.prepared.center)
+    summary = ClusterSummary(datamodule.prepared.center, module.member_group)
+    summary.update(pd.DataFrame({"label": np.zeros(len(table), int), "member_prob": member_prob}), table)
+    literature = None
+    if getattr(datamodule, "cluster", None):
+        from grasp_dl.data.clusters import literature_cluster
+
+        literature = literature_cluster(datamodule.cluster)
+    user_group = module.hparams.get("cluster_index") is not None
+    return report_lines(finish_summary(summary.result(), check, user_group, literature))
+
+
 def summarise(result: TrainResult, cfg: DictConfig) -> str:
     """The lines printed at the end of ``grasp-dl train``: what was trained and where it went."""
     prepared = result.datamodule.prepared
@@ -256,6 +277,7 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
             f"cluster: group {group} of {result.module.hparams.n_clusters}, "
             f"{int((labels == group).sum())} of {len(data)} training stars"
         )
+        lines.extend(training_cluster_lines(result))
         curve = result.module.hparams.get("n_clusters_curve")
         if curve:
             points = ", ".join(f"k={k}: {b:.1f}" for k, b in zip(curve["k"], curve["bic"]))
@@ -300,10 +322,12 @@ def predict(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     """grasp-dl predict: score ``cfg.data.path`` with ``cfg.ckpt_path``, streaming the table to ``cfg.output``.
 
     The catalogue is read, scored and written ``cfg.chunk_size`` rows at a time, so its size is
-    bounded by the disk, not the memory. Returns the summary and the paths of both outputs.
+    bounded by the disk, not the memory. With ``cfg.figures`` (default true) the diagnostic figure
+    goes to ``<output stem>.png``. Returns the summary and the paths of both outputs.
     """
     module = load_clustering_module(cfg.ckpt_path)
     output = _prediction_output(cfg.output)
+    figure = output.with_suffix(".png") if cfg.get("figures", True) else None
     summary = predict_to_file(
         module,
         cfg.data.path,
@@ -312,7 +336,11 @@ def predict(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
         center=cfg.data.get("center"),
         chunk_size=int(cfg.chunk_size),
         score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
+        cluster=cfg.data.get("cluster"),
+        figure=figure,
     )
+    if figure is not None:
+        summary["figure"] = str(figure)
     summary["checkpoint"] = str(cfg.ckpt_path)
     summary["catalog"] = str(cfg.data.path)
     return summary, output, write_summary(summary, output)

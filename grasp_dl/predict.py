@@ -18,6 +18,13 @@ from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stel
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.inference.plausibility import (
+    StarSample,
+    check_table,
+    finish_summary,
+    zero_member_prob,
+    zero_member_prob_file,
+)
 from grasp_dl.membership import ClusterSummary, entropy
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
@@ -153,6 +160,24 @@ def prepare_for_module(
     return prepare_table(module, table, resolve_center(prep["center"], center, table))
 
 
+def _literature_cluster(
+    module: DECModule | VaDEModule, cluster: str | None, center: str | Sequence[float] | None
+) -> tuple[Any, str | Sequence[float] | None]:
+    """The named cluster to check against (given, or the checkpoint's when the centre is its own), and the centre.
+
+    A cluster given here sets the centre when ``center`` is None.
+    """
+    from grasp_dl.data.clusters import literature_cluster
+
+    if cluster is not None:
+        record = literature_cluster(str(cluster))
+        return record, (list(record.center) if center is None else center)
+    stored = (module.hparams.preprocessing or {}).get("cluster")
+    if stored and center is None:
+        return literature_cluster(stored), center
+    return None, center
+
+
 def _member_group(module: DECModule | VaDEModule, member_group: int | None) -> int:
     group = module.member_group if member_group is None else int(member_group)
     k = module.hparams.n_clusters
@@ -220,6 +245,7 @@ def predict_catalog(
     center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     score_no_astrometry: bool = False,
+    cluster: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary), in memory.
 
@@ -230,13 +256,25 @@ def predict_catalog(
     of the member probability over draws z ~ q(z|x). DEC has no such spread, so its table has no
     such column (rather than a 0 that would read as certainty). ``score_no_astrometry`` as in
     :func:`score_prepared`. For catalogues too large to hold, :func:`predict_to_file` streams.
+
+    The named group is checked by the plausibility guards (:mod:`grasp_dl.inference.plausibility`);
+    when it is no cluster, ``member_prob`` is 0 everywhere (unless ``member_group`` was given) and
+    the summary says ``cluster_found: false`` and why; it always carries the diagnostics.
+    ``cluster`` names a literature cluster (:mod:`grasp_dl.data.clusters`; by default the
+    checkpoint's ``data.cluster``): its centre is used when ``center`` is None and the summary
+    compares the recovered astrometry with the published one.
     """
     group = _member_group(module, member_group)
+    literature, center = _literature_cluster(module, cluster, center)
     ready = prepare_for_module(module, catalog, center)
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
+    scored = out["label"].to_numpy() >= 0
+    check = check_table(out.loc[scored, "member_prob"].to_numpy(float), ready.table.loc[scored], ready.center)
+    if not check["cluster_found"] and member_group is None:
+        zero_member_prob(out)
     summary = ClusterSummary(ready.center, group)
     summary.update(out, ready.table)
-    return out, summary.result()
+    return out, finish_summary(summary.result(), check, member_group is not None, literature)
 
 
 #: Catalogue columns a prediction may use besides the model's features (identifier, astrometry and
@@ -257,6 +295,8 @@ def predict_to_file(
     center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     score_no_astrometry: bool = False,
+    cluster: str | None = None,
+    figure: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ``catalog`` ``chunk_size`` rows at a time and write the per-star table (.parquet or .csv) as it goes.
 
@@ -264,8 +304,15 @@ def predict_to_file(
     read chunk by chunk (only the columns prediction uses), each chunk is prepared, scored and
     appended to a temporary file that replaces ``output`` once complete, and the cluster summary
     is accumulated on the way. ``center='auto'`` reads the positions once more first.
+
+    The plausibility guards and the diagnostic figure (written to ``figure`` when given) use a
+    bounded uniform random sample of the scored stars collected on the way
+    (:class:`~grasp_dl.inference.plausibility.StarSample`); when the named group is no cluster,
+    the written file is rewritten chunk by chunk with ``member_prob`` 0. ``member_group`` and
+    ``cluster`` as in :func:`predict_catalog`.
     """
     group = _member_group(module, member_group)
+    literature, center = _literature_cluster(module, cluster, center)
     prep = _preprocessing(module)
     columns = prep.get("columns")
     keep = set(PREDICTION_COLUMNS) | set(prep["features"])
@@ -277,6 +324,7 @@ def predict_to_file(
     else:
         used_center = resolve_center(prep["center"], center, first)
     summary = ClusterSummary(used_center, group)
+    sample = StarSample()
     with CatalogChunkWriter(output) as writer:
         for table in itertools.chain([first], chunks):
             ready = prepare_table(module, table, used_center, allow_empty=True)
@@ -285,6 +333,7 @@ def predict_to_file(
             )
             writer.write(out)
             summary.update(out, table)
+            sample.update(out, table)
         result = summary.result()
         if result["n_scored"] == 0:
             reasons = ", ".join(f"{n} {flag}" for flag, n in result.get("not_scored", {}).items())
@@ -292,4 +341,14 @@ def predict_to_file(
                 f"no usable star in the catalogue of {result['n_rows']} rows ({reasons}): relax the quality "
                 "cuts or score a catalogue with the model's features"
             )
+    check = sample.check(used_center)
+    stars = sample.rows
+    if not check["cluster_found"] and member_group is None:
+        zero_member_prob_file(output, chunk_size)
+        stars["member_prob"] = 0.0
+    result = finish_summary(result, check, member_group is not None, literature)
+    if figure is not None:
+        from grasp_dl.figures.diagnostics import write_diagnostic_figure
+
+        write_diagnostic_figure(stars, result, figure, used_center)
     return result

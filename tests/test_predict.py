@@ -149,6 +149,20 @@ def test_predict_command_errors_are_readable(trained, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+def _assert_close_summaries(got, expected, where="summary"):
+    """Equal keys and values, floats (also inside diagnostics) to float32-sum precision."""
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key, value in expected.items():
+            _assert_close_summaries(got[key], value, f"{where}.{key}")
+    elif isinstance(expected, float) or (
+        isinstance(expected, list) and expected and all(isinstance(v, float) for v in expected)
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=where)  # float32 sums
+    else:
+        assert got == expected, where
+
+
 def test_streamed_prediction_equals_the_in_memory_one(trained, catalogue_with_gaps, tmp_path):
     ckpt, _ = trained
     df, _ = catalogue_with_gaps
@@ -171,11 +185,7 @@ def test_streamed_prediction_equals_the_in_memory_one(trained, catalogue_with_ga
     # without a blocked region the summary matches the in-memory one number for number
     summary = predict_to_file(module, df, tmp_path / "plain.parquet", chunk_size=333)
     assert summary.keys() == expected_summary.keys()
-    for key, value in expected_summary.items():
-        if isinstance(value, float):
-            np.testing.assert_allclose(summary[key], value, rtol=1e-6, err_msg=key)  # float32 sums
-        else:
-            assert summary[key] == value, key
+    _assert_close_summaries(summary, expected_summary)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

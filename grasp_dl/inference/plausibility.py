@@ -94,10 +94,13 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def pm_dispersion(pm: np.ndarray, weights: np.ndarray, pm_error: np.ndarray | None = None) -> float:
-    """Weighted proper-motion dispersion, sqrt of the mean of both axes' variances (mas/yr).
+    """Robust weighted proper-motion dispersion, sqrt of the mean of both axes' variances (mas/yr).
 
-    With ``pm_error`` the mean squared error of each axis is subtracted from its variance
-    (error deconvolution), clipped at 0.
+    Each axis's dispersion is 1.4826 x the weighted median absolute deviation from the weighted
+    median: a Gaussian's sigma, but a few contaminants with wild proper motions (a handful of
+    field stars among the members, high-velocity stars among the field) cannot inflate it. With
+    ``pm_error`` the weighted median of each axis's squared errors is subtracted from its
+    variance (error deconvolution), clipped at 0.
 
     Parameters
     ----------
@@ -120,12 +123,15 @@ def pm_dispersion(pm: np.ndarray, weights: np.ndarray, pm_error: np.ndarray | No
     w = np.asarray(weights, float)[ok]
     if w.sum() <= 0:
         return float("nan")
-    values = pm[ok]
-    mean = (w[:, None] * values).sum(axis=0) / w.sum()
-    var = (w[:, None] * (values - mean) ** 2).sum(axis=0) / w.sum()
-    if pm_error is not None:
-        var = np.maximum(var - (w[:, None] * np.asarray(pm_error, float)[ok] ** 2).sum(axis=0) / w.sum(), 0.0)
-    return float(np.sqrt(var.mean()))
+    variances = []
+    for axis in range(2):
+        values = pm[ok, axis]
+        center = weighted_median(values, w)
+        var = (1.4826 * weighted_median(np.abs(values - center), w)) ** 2
+        if pm_error is not None:
+            var = max(var - weighted_median(np.asarray(pm_error, float)[ok, axis] ** 2, w), 0.0)
+        variances.append(var)
+    return float(np.sqrt(np.mean(variances)))
 
 
 def radial_profile(
@@ -523,3 +529,71 @@ def zero_member_prob_file(path: str | Path, chunk_size: int = 262_144) -> None:
                 chunk["flag"] = chunk["flag"].fillna("").astype(str)
             writer.write(chunk)
     writer.path.replace(path)
+
+
+def finish_summary(
+    summary: dict[str, Any], check: dict[str, Any], user_group: bool = False, literature: Any = None
+) -> dict[str, Any]:
+    """The plausibility verdict (:func:`apply_verdict`), then the comparison with the literature if a cluster is named.
+
+    Parameters
+    ----------
+    summary : dict
+        The cluster summary, changed in place.
+    check : dict
+        :func:`check_plausibility`'s answer.
+    user_group : bool
+        The user chose the group (memberships are kept whatever the verdict).
+    literature : grasp_dl.data.clusters.LiteratureCluster, optional
+        The named cluster's published astrometry.
+
+    Returns
+    -------
+    dict
+        ``summary`` with ``cluster_found``, ``cluster_reason``, ``diagnostics`` and, with
+        ``literature``, ``literature`` and ``literature_warning``.
+    """
+    apply_verdict(summary, check, user_group)
+    if literature is not None:
+        from grasp_dl.data.clusters import compare_with_literature
+
+        summary.update(compare_with_literature(summary, literature))
+    return summary
+
+
+def zero_member_prob(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Set ``member_prob`` (and ``member_prob_std``) to 0 on the scored rows of an in-memory table.
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        The per-star table, changed in place.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``predictions``.
+    """
+    scored = predictions["label"].to_numpy() >= 0
+    for column in ("member_prob", "member_prob_std"):
+        if column in predictions.columns:
+            predictions.loc[scored, column] = 0.0
+    return predictions
+
+
+def report_lines(summary: dict[str, Any]) -> list[str]:
+    """Lines for the command line: the numbers behind the verdict, the no-cluster warning, the literature check.
+
+    Parameters
+    ----------
+    summary : dict
+        A summary that went through :func:`finish_summary`.
+
+    Returns
+    -------
+    list of str
+    """
+    from grasp_dl.data.clusters import literature_lines
+
+    lines = [line for line in (diagnostics_line(summary), no_cluster_warning(summary)) if line]
+    return lines + literature_lines(summary)
