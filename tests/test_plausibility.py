@@ -213,3 +213,102 @@ def test_zeroing_a_streamed_file_keeps_everything_else(tmp_path, suffix):
     np.testing.assert_allclose(back["prob_0"], table["prob_0"])
     assert back["flag"].fillna("").tolist() == table["flag"].tolist()
     assert not list(tmp_path.glob("*zeroed*"))
+
+
+def _stars(rng, n_cluster=400, n_field=4000):
+    table, member = _catalogue(rng, n_cluster, n_field)
+    table["phot_g_mean_mag"] = rng.uniform(13, 20, len(table))
+    table["bp_rp"] = rng.uniform(0.5, 2.0, len(table))
+    table["member_prob"] = member
+    return table
+
+
+def _is_png(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 300
+    return image
+
+
+def test_diagnostic_figure_has_four_panels_and_the_verdict(tmp_path):
+    from grasp_dl.figures.diagnostics import diagnostic_figure, write_diagnostic_figure
+
+    rng = np.random.default_rng(8)
+    stars = _stars(rng)
+    summary = {"n_members": 400, **check_table(stars["member_prob"].to_numpy(), stars, (250.0, -30.0))}
+    fig = diagnostic_figure(stars, summary, (250.0, -30.0))
+    titles = [ax.get_title() for ax in fig.axes]
+    for title in ("proper motions", "sky", "colour-magnitude diagram", "radial profile"):
+        assert title in titles
+    assert "400 members" in fig._suptitle.get_text()
+    _is_png(write_diagnostic_figure(stars, summary, tmp_path / "ok.png", (250.0, -30.0)))
+    # no cluster: said in the title; a catalogue without photometry gets a panel that says so
+    summary = {"n_members": 0, "cluster_found": False, "cluster_reason": "not concentrated on the sky"}
+    fig = diagnostic_figure(stars.drop(columns=["phot_g_mean_mag", "bp_rp"]), summary, None)
+    assert "NO CLUSTER FOUND" in fig._suptitle.get_text()
+    assert any("no G magnitude" in t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """A DEC checkpoint trained by the real pipeline on a small simulated M4-like field (a few seconds)."""
+    from grasp_dl import pipeline
+
+    from hydra_configs import TINY, compose_config
+
+    cfg = compose_config("train", TINY + ["data.simulate.seed=5"], tmp_path_factory.mktemp("run"))
+    return pipeline.train(cfg).checkpoint
+
+
+@pytest.mark.slow
+def test_predict_writes_the_figure_and_zeroes_a_field_without_cluster(trained_checkpoint, tmp_path):
+    from grasp_dl import pipeline
+    from grasp_dl.cli import predict_task
+    from grasp_dl.data.catalog import read_catalog, write_catalog
+    from grasp_dl.data.simulate import simulate_field
+
+    from hydra_configs import compose_config
+
+    cone = simulate_field("m4", n_stars=3000, seed=12)
+    write_catalog(cone, tmp_path / "cone.csv")
+    field = cone[cone["truth"] != "cluster"].reset_index(drop=True)
+    write_catalog(field, tmp_path / "field.csv")
+
+    def predict(catalog, output, *extra):
+        cfg = compose_config(
+            "predict", [f"ckpt_path={trained_checkpoint}", f"data.path={catalog}", f"output={output}", *extra], tmp_path
+        )
+        return pipeline.predict(cfg), cfg
+
+    (summary, output, _), _ = predict(tmp_path / "cone.csv", tmp_path / "cone_members.parquet", "chunk_size=700")
+    assert summary["cluster_found"], summary["cluster_reason"]
+    assert summary["figure"] == str(tmp_path / "cone_members.png")
+    _is_png(tmp_path / "cone_members.png")
+    d = summary["diagnostics"]
+    assert d["radius_ratio"] < 0.7 and d["pm_dispersion_ratio"] < 0.5 and d["pm_dispersion_deconvolved"]
+    (_, _, _), _ = predict(tmp_path / "cone.csv", tmp_path / "nofig.parquet", "figures=false")
+    assert not (tmp_path / "nofig.png").exists()
+    # the same model on the field alone: no group is a cluster -> members 0, said plainly, streamed or not
+    (summary, output, _), cfg = predict(tmp_path / "field.csv", tmp_path / "field_members.csv", "chunk_size=500")
+    assert summary["cluster_found"] is False and summary["n_members"] == 0 and summary["sum_member_prob"] == 0
+    assert summary["cluster_reason"] and "radial_profile" in summary["diagnostics"]
+    table = read_catalog(output)
+    scored = table["label"] >= 0
+    assert scored.sum() > 2000 and (table.loc[scored, "member_prob"] == 0).all()
+    assert len(table) == len(field) and (table["source_id"].to_numpy() == field["source_id"].to_numpy()).all()
+    _is_png(tmp_path / "field_members.png")
+    from grasp_dl.predict import load_clustering_module, predict_catalog
+
+    out, in_memory = predict_catalog(load_clustering_module(trained_checkpoint), field)
+    assert in_memory["cluster_found"] is False and (out.loc[out["label"] >= 0, "member_prob"] == 0).all()
+    # the command line prints a one-line warning
+    import io
+    from contextlib import redirect_stdout
+
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        predict_task(cfg)
+    warnings = [line for line in printed.getvalue().splitlines() if line.startswith("warning: no cluster found")]
+    assert len(warnings) == 1
