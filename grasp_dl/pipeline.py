@@ -250,7 +250,7 @@ def training_cluster_lines(result: TrainResult) -> list[str]:
         from grasp_dl.data.clusters import literature_cluster
 
         literature = literature_cluster(datamodule.cluster)
-    user_group = module.hparams.get("cluster_index") is not None
+    user_group = any(module.hparams.get(key) is not None for key in ("cluster_index", "cluster_group"))
     return report_lines(finish_summary(summary.result(), check, user_group, literature))
 
 

@@ -178,6 +178,12 @@ def _literature_cluster(
     return None, center
 
 
+def _user_chose_group(module: DECModule | VaDEModule, member_group: int | None) -> bool:
+    """Whether the user named the cluster's group (here, or as the model's override at training)."""
+    hparams = module.hparams
+    return member_group is not None or any(hparams.get(key) is not None for key in ("cluster_index", "cluster_group"))
+
+
 def _member_group(module: DECModule | VaDEModule, member_group: int | None) -> int:
     group = module.member_group if member_group is None else int(member_group)
     k = module.hparams.n_clusters
@@ -270,11 +276,12 @@ def predict_catalog(
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
     scored = out["label"].to_numpy() >= 0
     check = check_table(out.loc[scored, "member_prob"].to_numpy(float), ready.table.loc[scored], ready.center)
-    if not check["cluster_found"] and member_group is None:
+    user_group = _user_chose_group(module, member_group)
+    if not check["cluster_found"] and not user_group:
         zero_member_prob(out)
     summary = ClusterSummary(ready.center, group)
     summary.update(out, ready.table)
-    return out, finish_summary(summary.result(), check, member_group is not None, literature)
+    return out, finish_summary(summary.result(), check, user_group, literature)
 
 
 #: Catalogue columns a prediction may use besides the model's features (identifier, astrometry and
@@ -343,10 +350,11 @@ def predict_to_file(
             )
     check = sample.check(used_center)
     stars = sample.rows
-    if not check["cluster_found"] and member_group is None:
+    user_group = _user_chose_group(module, member_group)
+    if not check["cluster_found"] and not user_group:
         zero_member_prob_file(output, chunk_size)
         stars["member_prob"] = 0.0
-    result = finish_summary(result, check, member_group is not None, literature)
+    result = finish_summary(result, check, user_group, literature)
     if figure is not None:
         from grasp_dl.figures.diagnostics import write_diagnostic_figure
 

@@ -303,6 +303,11 @@ def test_predict_writes_the_figure_and_zeroes_a_field_without_cluster(trained_ch
 
     out, in_memory = predict_catalog(load_clustering_module(trained_checkpoint), field)
     assert in_memory["cluster_found"] is False and (out.loc[out["label"] >= 0, "member_prob"] == 0).all()
+    # a group the user names is judged too, but its memberships are kept
+    module = load_clustering_module(trained_checkpoint)
+    out, chosen = predict_catalog(module, field, member_group=module.member_group)
+    assert chosen["cluster_found"] is False and "kept" in chosen["cluster_reason"]
+    np.testing.assert_array_equal(out["member_prob"], out[f"prob_{module.member_group}"])
     # the command line prints a one-line warning
     import io
     from contextlib import redirect_stdout

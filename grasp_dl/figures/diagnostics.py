@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -32,6 +34,7 @@ def _plotting() -> Any:
 
 
 def _profile_panel(ax: Any, summary: dict[str, Any]) -> None:
+    """Members against the other stars per unit area; without a cluster, the rejected group's stars."""
     profile = (summary.get("diagnostics") or {}).get("radial_profile")
     if not profile:
         ax.text(0.5, 0.5, "no positions: no radial profile", ha="center", va="center", transform=ax.transAxes)
@@ -39,8 +42,9 @@ def _profile_panel(ax: Any, summary: dict[str, Any]) -> None:
         return
     edges = np.asarray(profile["edges_arcmin"])
     mid = 0.5 * (edges[1:] + edges[:-1])
+    members = "members" if summary.get("cluster_found", True) else "rejected group (p > 0.5)"
     for key, label, style in (
-        ("member_density_per_arcmin2", "members", "o-"),
+        ("member_density_per_arcmin2", members, "o-"),
         ("other_density_per_arcmin2", "other stars", "s--"),
     ):
         density = np.asarray(profile[key], float)
@@ -105,7 +109,8 @@ def diagnostic_figure(stars: pd.DataFrame, summary: dict[str, Any], center: Sequ
         f"cluster: {summary.get('n_members', 0)} members" if found else "NO CLUSTER FOUND (members set to 0)"
     )
     reason = summary.get("cluster_reason", "")
-    fig.suptitle(f"{head}\n{reason}" if reason else head, fontsize="medium", color="black" if found else "firebrick")
+    text = head + ("\n" + textwrap.fill(reason, 120) if reason else "")
+    fig.suptitle(text, fontsize="medium", color="black" if found else "firebrick")
     return fig
 
 

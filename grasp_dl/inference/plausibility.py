@@ -375,13 +375,22 @@ class StarSample:
             The chunk's catalogue rows.
         """
         scored = predictions["label"].to_numpy() >= 0
-        if not scored.any():
+        n_scored = int(scored.sum())
+        if not n_scored:
             return
+        keys = self.rng.random(n_scored)
+        self.n_seen += n_scored
+        # Once the sample is full only keys below its largest can enter: most rows of a long stream skip the copy.
+        chosen = np.flatnonzero(scored)
+        if self._rows is not None and len(self._rows) >= self.size:
+            keep = keys < self._rows["_key"].max()
+            chosen, keys = chosen[keep], keys[keep]
+            if not len(chosen):
+                return
         columns = [c for c in SAMPLE_COLUMNS if c in catalog.columns]
-        rows = catalog.loc[scored, columns].reset_index(drop=True)
-        rows["member_prob"] = predictions.loc[scored, "member_prob"].to_numpy(float)
-        rows["_key"] = self.rng.random(len(rows))
-        self.n_seen += len(rows)
+        rows = catalog.iloc[chosen][columns].reset_index(drop=True)
+        rows["member_prob"] = predictions["member_prob"].to_numpy(float)[chosen]
+        rows["_key"] = keys
         merged = rows if self._rows is None else pd.concat([self._rows, rows], ignore_index=True)
         if len(merged) > self.size:
             merged = merged.nsmallest(self.size, "_key").reset_index(drop=True)
