@@ -26,6 +26,8 @@ import pandas as pd
 MIN_GROUP_STARS = 5
 MIN_GROUP_SHARE = 0.002
 MEMBER_THRESHOLD = 0.5
+#: The plausibility guards of the decision look at most this many stars (a fixed random subset).
+GUARD_SAMPLE = 100_000
 
 
 def _log_det_cov(values: np.ndarray) -> float:
@@ -98,9 +100,13 @@ def decide_cluster_group(
         group = int(np.argmin(sizes))
         return group, check_features(prob[:, group], features, feature_names)
     ranked = [int(j) for j in np.argsort(scores, kind="stable") if np.isfinite(scores[j])]
+    # The guards judge medians and dispersions: a fixed random subset of a large catalogue is as good and bounded.
+    rows = slice(None)
+    if len(prob) > GUARD_SAMPLE:
+        rows = np.sort(np.random.default_rng(0).choice(len(prob), GUARD_SAMPLE, replace=False))
     checks = {}
     for j in ranked:
-        checks[j] = check_features(prob[:, j], features, feature_names)
+        checks[j] = check_features(prob[rows, j], np.asarray(features)[rows], feature_names)
         if checks[j]["cluster_found"]:
             return j, checks[j]
     return ranked[0], checks[ranked[0]]

@@ -317,3 +317,18 @@ def test_predict_writes_the_figure_and_zeroes_a_field_without_cluster(trained_ch
         predict_task(cfg)
     warnings = [line for line in printed.getvalue().splitlines() if line.startswith("warning: no cluster found")]
     assert len(warnings) == 1
+
+
+def test_the_decision_judges_a_bounded_subset_of_a_large_catalogue(monkeypatch):
+    import grasp_dl.membership as membership
+
+    rng = np.random.default_rng(9)
+    features = np.vstack([_cluster(rng, 600, a=0.02), _field(rng, 9400)])
+    truth = np.repeat([1, 0], [600, 9400])
+    prob = np.column_stack([truth == 0, truth == 1]).astype(float)
+    full_group, full = decide_cluster_group(prob, features, NAMES)
+    monkeypatch.setattr(membership, "GUARD_SAMPLE", 3000)
+    group, sub = decide_cluster_group(prob, features, NAMES)
+    assert group == full_group == 1 and sub["cluster_found"] and full["cluster_found"]
+    assert sub["diagnostics"]["n_judged"] == 3000 and full["diagnostics"]["n_judged"] == 10000
+    assert sub["diagnostics"]["radius_ratio"] == pytest.approx(full["diagnostics"]["radius_ratio"], abs=0.1)
