@@ -332,3 +332,18 @@ def test_the_decision_judges_a_bounded_subset_of_a_large_catalogue(monkeypatch):
     assert group == full_group == 1 and sub["cluster_found"] and full["cluster_found"]
     assert sub["diagnostics"]["n_judged"] == 3000 and full["diagnostics"]["n_judged"] == 10000
     assert sub["diagnostics"]["radius_ratio"] == pytest.approx(full["diagnostics"]["radius_ratio"], abs=0.1)
+
+
+def test_a_cluster_in_front_of_a_tighter_background_galaxy_is_still_found():
+    """47 Tuc before the SMC: the galaxy is tighter in pm than the cluster, but spread over the cone."""
+    rng = np.random.default_rng(10)
+    cluster = _cluster(rng, 1500, a=0.03)
+    cluster[:, 2:4] = rng.normal([5.2, -2.5], 0.5, (1500, 2))
+    galaxy = np.column_stack([_disc(rng, 5500), rng.normal([1.2, -1.2], 0.1, (5500, 2)), rng.normal(0.0, 0.02, 5500)])
+    features = np.vstack([cluster, galaxy, _field(rng, 3000)])
+    labels = np.repeat([0, 1, 2], [1500, 5500, 3000])
+    group, check = decide_cluster_group(np.eye(3)[labels], features, NAMES)
+    assert group == 0 and check["cluster_found"], check["cluster_reason"]
+    # the galaxy alone, as a candidate, is tight but not concentrated
+    galaxy_check = check_plausibility((labels == 1).astype(float), np.hypot(*features[:, :2].T), features[:, 2:4])
+    assert not galaxy_check["cluster_found"] and "not concentrated" in galaxy_check["cluster_reason"]

@@ -93,14 +93,42 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(v[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
-def pm_dispersion(pm: np.ndarray, weights: np.ndarray, pm_error: np.ndarray | None = None) -> float:
-    """Robust weighted proper-motion dispersion, sqrt of the mean of both axes' variances (mas/yr).
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The weighted ``q`` quantile of ``values`` (NaN when the weights sum to 0).
 
-    Each axis's dispersion is 1.4826 x the weighted median absolute deviation from the weighted
-    median: a Gaussian's sigma, but a few contaminants with wild proper motions (a handful of
-    field stars among the members, high-velocity stars among the field) cannot inflate it. With
-    ``pm_error`` the weighted median of each axis's squared errors is subtracted from its
-    variance (error deconvolution), clipped at 0.
+    Parameters
+    ----------
+    values, weights : numpy.ndarray
+        One value and one non-negative weight per star.
+    q : float
+        In [0, 1].
+
+    Returns
+    -------
+    float
+    """
+    ok = np.isfinite(values) & np.isfinite(weights) & (weights > 0)
+    v, w = np.asarray(values, float)[ok], np.asarray(weights, float)[ok]
+    if w.sum() <= 0:
+        return float("nan")
+    order = np.argsort(v, kind="stable")
+    cum = np.cumsum(w[order])
+    return float(v[order][min(np.searchsorted(cum, q * cum[-1]), len(v) - 1)])
+
+
+def pm_dispersion(
+    pm: np.ndarray, weights: np.ndarray, pm_error: np.ndarray | None = None, core: bool = True
+) -> float:
+    """Weighted proper-motion dispersion, sqrt of the mean of both axes' variances (mas/yr).
+
+    ``core=True`` (the members): each axis's dispersion is 1.4826 x the weighted median absolute
+    deviation from the weighted median, a Gaussian's sigma that a minority of contaminants with
+    wild proper motions (field stars among the members) cannot inflate. ``core=False`` (the
+    other stars): the central 95% range / 3.92, also a Gaussian's sigma, but one that spans a
+    mixture (a tight background galaxy plus a broad field) instead of the tightest population
+    in it, and ignores the 2.5% most extreme stars on each side. With ``pm_error`` the weighted
+    median of each axis's squared errors is subtracted from its variance (error deconvolution),
+    clipped at 0.
 
     Parameters
     ----------
@@ -110,6 +138,8 @@ def pm_dispersion(pm: np.ndarray, weights: np.ndarray, pm_error: np.ndarray | No
         (n,) non-negative weights.
     pm_error : numpy.ndarray, optional
         (n, 2) pmra_error, pmdec_error.
+    core : bool
+        The core's width (median absolute deviation) or the whole distribution's (central 95%).
 
     Returns
     -------
@@ -126,8 +156,11 @@ def pm_dispersion(pm: np.ndarray, weights: np.ndarray, pm_error: np.ndarray | No
     variances = []
     for axis in range(2):
         values = pm[ok, axis]
-        center = weighted_median(values, w)
-        var = (1.4826 * weighted_median(np.abs(values - center), w)) ** 2
+        if core:
+            center = weighted_median(values, w)
+            var = (1.4826 * weighted_median(np.abs(values - center), w)) ** 2
+        else:
+            var = ((weighted_quantile(values, w, 0.975) - weighted_quantile(values, w, 0.025)) / 3.92) ** 2
         if pm_error is not None:
             var = max(var - weighted_median(np.asarray(pm_error, float)[ok, axis] ** 2, w), 0.0)
         variances.append(var)
@@ -249,7 +282,7 @@ def check_plausibility(
     if pm is not None:
         pm = np.asarray(pm, float)
         member_s = pm_dispersion(pm, w_member, pm_error)
-        other_s = pm_dispersion(pm, w_other, pm_error)
+        other_s = pm_dispersion(pm, w_other, pm_error, core=False)
         ratio = member_s / other_s if other_s > 0 else float("nan")
         diagnostics.update(
             member_pm_dispersion=_finite(member_s),
