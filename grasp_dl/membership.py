@@ -9,7 +9,8 @@ the sky around the centre and tightest in proper motion. For each group with eno
 and the lowest score wins among the groups that pass the plausibility guards of
 :mod:`grasp_dl.inference.plausibility` (concentrated on the sky against the other stars and
 tighter than them in proper motion); when none passes, the run reports ``cluster_found: false``.
-A background galaxy is tight in proper motion but spread over the cone; the field is neither; tidal tails are neither as concentrated nor as tight. When the
+A background galaxy is tight in proper motion but spread over the cone; the field is neither;
+tidal tails are neither as concentrated nor as tight. When the
 features hold no position (or no proper motion) that term is left out; with neither, the
 group of smallest feature-space volume wins.
 """

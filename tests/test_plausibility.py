@@ -185,6 +185,7 @@ def test_the_sample_of_a_stream_judges_like_the_whole_catalogue():
             check["diagnostics"]["radial_profile"]["other_density_per_arcmin2"],
             check["diagnostics"]["radial_profile"]["edges_arcmin"][:-1],
             check["diagnostics"]["radial_profile"]["edges_arcmin"][1:],
+            strict=True,
         )
     )
     assert total == pytest.approx((1 - member[predictions["label"] >= 0]).sum(), rel=0.05)

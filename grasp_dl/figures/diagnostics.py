@@ -8,11 +8,10 @@ radial density profile of the members against the other stars, with the plausibi
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import textwrap
 
 import numpy as np
 import pandas as pd

@@ -297,7 +297,9 @@ def check_plausibility(
                 f"(a cluster needs < {MAX_PM_DISPERSION_RATIO})"
             )
     if n_members < MIN_MEMBERS:
-        failures.insert(0, f"only {n_members} stars with member_prob > {MEMBER_THRESHOLD} (at least {MIN_MEMBERS} needed)")
+        failures.insert(
+            0, f"only {n_members} stars with member_prob > {MEMBER_THRESHOLD} (at least {MIN_MEMBERS} needed)"
+        )
     elif w_other.sum() < MIN_OTHERS:
         failures.insert(
             0, "almost every star is a member: no other stars to compare with (widen the cone beyond the cluster)"
