@@ -304,6 +304,10 @@ def test_predict_writes_the_figure_and_zeroes_a_field_without_cluster(trained_ch
 
     out, in_memory = predict_catalog(load_clustering_module(trained_checkpoint), field)
     assert in_memory["cluster_found"] is False and (out.loc[out["label"] >= 0, "member_prob"] == 0).all()
+    # a cluster named at prediction sets the centre and brings the literature comparison
+    _, named = predict_catalog(load_clustering_module(trained_checkpoint), cone, cluster="M 4")
+    assert named["center"] == [245.897, -26.526] and named["literature"]["name"] == "NGC_6121_M_4"
+    assert named["cluster_found"] and np.isfinite(named["literature"]["pm_offset_sigma"])
     # a group the user names is judged too, but its memberships are kept
     module = load_clustering_module(trained_checkpoint)
     out, chosen = predict_catalog(module, field, member_group=module.member_group)
