@@ -43,7 +43,6 @@ from grasp_dl.errors import ConfigError, GraspDLError
 from grasp_dl.figures import plotting
 from grasp_dl.io_policy import written_checkpoint
 from grasp_dl.grasp import cluster_statistics
-from grasp_dl.inference.membership import cluster_group_of
 from grasp_dl.inference.outputs import write_summary
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, prepare_for_module
 from grasp_dl.run_dir import AUTOENCODER_PHASE, CLUSTERING_PHASE, CSV, RunDir
@@ -121,6 +120,10 @@ class DeepClusteringModel(BaseEstimator):
         Where checkpoints, TensorBoard and CSV logs go; by default ``outputs/notebook/<date>_<time>``.
     progress_bar : bool, default True
         Show Lightning's progress bar.
+    cluster : str, optional
+        A globular cluster by name with forgiving spelling (``"NGC 6397"``, ``"M4"``, ``"47 Tuc"``;
+        :mod:`grasp_dl.data.clusters`): its published centre unless ``center`` is given, and
+        predictions compare the recovered mean proper motion and parallax with the published ones.
     overrides : sequence of str
         Hydra overrides of ``conf/train.yaml``, e.g. ``'model.kernel=dec'``,
         ``'trainer.precision=bf16-mixed'``; applied last.
@@ -162,6 +165,7 @@ class DeepClusteringModel(BaseEstimator):
         *,
         features: Sequence[str] = DEFAULT_FEATURES,
         center: Sequence[float] | None = None,
+        cluster: str | None = None,
         pretrain_epochs: int = 20,
         epochs: int = 20,
         batch_size: int = 256,
@@ -180,6 +184,7 @@ class DeepClusteringModel(BaseEstimator):
         self.model = model
         self.features = features
         self.center = center
+        self.cluster = cluster
         self.pretrain_epochs = pretrain_epochs
         self.epochs = epochs
         self.batch_size = batch_size
@@ -216,6 +221,10 @@ class DeepClusteringModel(BaseEstimator):
         ]
         if self.center is not None:
             overrides.append(f"data.center={_hydra_list([float(c) for c in self.center])}")
+        if self.cluster is not None:
+            from grasp_dl.data.clusters import resolve_cluster_name
+
+            overrides.append(f"data.cluster={resolve_cluster_name(self.cluster)}")
         return overrides + list(self.overrides)
 
     def _run_dir(self) -> Path:
@@ -852,7 +861,7 @@ class DeepClusteringModel(BaseEstimator):
         NotFittedError
             Before the model is trained or loaded.
         """
-        return cluster_group_of(self._fitted_module())
+        return int(self._fitted_module().cluster_group)
 
     def __sklearn_is_fitted__(self) -> bool:
         """Whether a clustering module is trained or loaded (scikit-learn's ``check_is_fitted``)."""

@@ -90,7 +90,13 @@ def predict_task(cfg: DictConfig) -> None:
     unscored = summary.get("not_scored", {})
     if unscored:
         print("not scored: " + "; ".join(f"{n} {flag}" for flag, n in unscored.items()))
+    from grasp_dl.inference.plausibility import report_lines
+
+    for line in report_lines(summary):
+        print(line)
     print(f"predictions: {output}\nsummary: {summary_path}")
+    if summary.get("figure"):
+        print(f"figure: {summary['figure']}")
 
 
 def evaluate_task(cfg: DictConfig) -> None:

@@ -23,7 +23,6 @@ from grasp_dl.io_policy import written_checkpoint
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.networks import compile_network
-from grasp_dl.inference.membership import cluster_group_of
 from grasp_dl.run_dir import AUTOENCODER_PHASE, RunDir, phase_dirpath
 from grasp_dl.options import check_train_options
 
@@ -428,6 +427,30 @@ def clustering_scores(module: L.LightningModule, datamodule: StellarCatalogDataM
     return {f"clustering/{name}": float(value) for name, value in scores.items()}
 
 
+def training_cluster_lines(result: TrainResult) -> list[str]:
+    """The plausibility verdict and diagnostics of the trained cluster group on the training catalogue,
+    and its astrometry against the literature when ``data.cluster`` names the cluster."""
+    import numpy as np
+    import pandas as pd
+
+    from grasp_dl.inference.membership import ClusterSummary
+    from grasp_dl.inference.plausibility import check_table, finish_summary, report_lines
+
+    datamodule, module = result.datamodule, result.module
+    member_prob = module.predict_proba(datamodule.data)[:, module.cluster_group].detach().cpu().numpy()
+    table = datamodule.table.iloc[datamodule.usable_rows()].reset_index(drop=True)
+    check = check_table(member_prob, table, datamodule.prepared.center)
+    summary = ClusterSummary(datamodule.prepared.center, module.cluster_group)
+    summary.update(pd.DataFrame({"label": np.zeros(len(table), int), "member_prob": member_prob}), table)
+    literature = None
+    if getattr(datamodule, "cluster", None):
+        from grasp_dl.data.clusters import literature_cluster
+
+        literature = literature_cluster(datamodule.cluster)
+    user_group = module.hparams.get("cluster_group") is not None
+    return report_lines(finish_summary(summary.result(), check, user_group, literature))
+
+
 def summarise(result: TrainResult, cfg: DictConfig) -> str:
     """The lines printed at the end of ``grasp-dl train``: what was trained and where it went."""
     prepared = result.datamodule.prepared
@@ -446,7 +469,7 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
     if isinstance(result.module, ClusteringModule):
         data = result.datamodule.data
         labels = result.module.predict_proba(data).argmax(dim=1)
-        group = cluster_group_of(result.module)
+        group = int(result.module.cluster_group)
         lines.append(
             f"cluster: group {group} of {result.module.hparams.n_clusters}, "
             f"{int((labels == group).sum())} of {len(data)} training stars"
@@ -456,6 +479,7 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
             from grasp_dl.models.anchoring import describe_start_vs_end
 
             lines.append(describe_start_vs_end(report))
+        lines.extend(training_cluster_lines(result))
         curve = result.module.fit_results.get("n_clusters_curve")
         if curve:
             points = ", ".join(f"k={k}: {b:.1f}" for k, b in zip(curve["k"], curve["bic"]))

@@ -200,6 +200,23 @@ def summary_path(output: str | os.PathLike[str]) -> Path:
     return output.with_name(output.stem + SUMMARY_SUFFIX)
 
 
+def figure_path(output: str | os.PathLike[str]) -> Path:
+    """Where ``grasp-dl predict`` draws its diagnostic figure: ``<stem>.png`` beside the predictions table.
+
+    Parameters
+    ----------
+    output : str or PathLike
+        The predictions table, e.g. ``members.parquet``.
+
+    Returns
+    -------
+    Path
+        e.g. ``members.png``.
+    """
+    output = Path(output)
+    return output.with_name(output.stem + ".png")
+
+
 def metrics_path(predictions: str | os.PathLike[str]) -> Path:
     """Where ``grasp-dl evaluate`` saves the metrics of a predictions table: ``<stem>.metrics.json`` beside it.
 

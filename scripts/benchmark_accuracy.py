@@ -225,7 +225,7 @@ def score(
         f1_oracle=float(membership["member_f1_oracle"]),
         ari=float(partition["ari"]),
         seconds=seconds,
-        member_group=int(member_group),
+        cluster_group=int(member_group),
         n_predicted_members=int(membership["n_predicted_members"]),
         extra={
             "member_precision": float(membership["member_precision"]),
@@ -269,10 +269,10 @@ def run_deep(
     trainer = make_trainer(epochs)
     trainer.fit(module, datamodule=dm)
     q = module.predict_proba(dm.data)
-    group = module.decide_member_group(dm.data, q)
+    group = module.decide_cluster_group(dm.data, q)
     seconds = time.perf_counter() - start
     q = q.cpu().numpy()
-    member_prob = q[:, module.member_group]
+    member_prob = q[:, module.cluster_group]
     return score(
         truth,
         q.argmax(axis=1),
@@ -294,7 +294,7 @@ def run_vade(
     trainer = make_trainer(epochs)
     trainer.fit(module, datamodule=dm)
     q = module.predict_proba(dm.data)
-    group = module.decide_member_group(dm.data, q)
+    group = module.decide_cluster_group(dm.data, q)
     seconds = time.perf_counter() - start
     member_prob = q.cpu().numpy()[:, group]
     member_std = module.predict_proba_samples(dm.data)[1][:, group].cpu().numpy()
@@ -537,7 +537,7 @@ def ablation_deep(
         module = VaDEModule.from_autoencoder(ae, seed=seed, **{**product_vade_options(), **settings})
     make_trainer(epochs).fit(module, datamodule=dm)
     q = module.predict_proba(dm.data)
-    group = module.decide_member_group(dm.data, q)
+    group = module.decide_cluster_group(dm.data, q)
     member_prob = q[:, group].cpu().numpy()
     extra["f1_no_astrometry"] = _no_astrometry_f1(dm, module)
     extra["n_clusters"] = int(module.hparams.n_clusters)

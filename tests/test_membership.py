@@ -5,7 +5,6 @@ import pandas as pd
 
 from grasp_dl.inference.membership import (
     choose_cluster_group,
-    cluster_group_of,
     cluster_scores,
     cluster_summary,
     entropy,
@@ -65,26 +64,3 @@ def test_cluster_summary_weights_by_member_prob():
     assert summary["mean_pmra"] == 2.0 and summary["mean_pmdec"] == 0.0
     np.testing.assert_allclose(summary["mean_pmra_error"], np.sqrt(2) / 2)
     assert summary["center"] == [10.0, -5.0] and summary["cluster_group"] == 0
-
-
-class _BeforeRename:
-    """A module as DEC/VaDE are today: the decided group in a buffer, the answer in member_group."""
-
-    cluster_group = -1  # the buffer before the group is decided
-
-    @property
-    def member_group(self) -> int:
-        return 2
-
-
-class _AfterRename:
-    """A module whose cluster_group is the answer (the user's override, else the decided group)."""
-
-    @property
-    def cluster_group(self) -> int:
-        return 1
-
-
-def test_cluster_group_of_reads_the_answer_under_either_name():
-    assert cluster_group_of(_BeforeRename()) == 2
-    assert cluster_group_of(_AfterRename()) == 1

@@ -12,7 +12,6 @@ from grasp_dl import pipeline
 from grasp_dl.data.catalog import read_catalog, write_catalog
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.errors import CatalogError, ConfigError
-from grasp_dl.inference.membership import cluster_group_of
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, predict_to_file
 
 from hydra_configs import TINY, compose_config
@@ -59,7 +58,7 @@ def test_one_row_per_input_row_in_order_with_flags(trained, catalogue_with_gaps)
     probs = out.loc[~unscored, [f"prob_{j}" for j in range(k)]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (out.loc[~unscored, "flag"] == "").all()
-    group = cluster_group_of(module)
+    group = int(module.cluster_group)
     np.testing.assert_array_equal(out["member_prob"], out[f"prob_{group}"])
     # the simulated truth: the named group is the cluster
     truth = (df["truth"] == "cluster").to_numpy()
@@ -85,7 +84,7 @@ def test_cluster_group_override_and_bad_inputs(trained, catalogue_with_gaps, tmp
     ckpt, _ = trained
     df, _ = catalogue_with_gaps
     module = load_clustering_module(ckpt)
-    other = (cluster_group_of(module) + 1) % module.hparams.n_clusters
+    other = (int(module.cluster_group) + 1) % module.hparams.n_clusters
     out, summary = predict_catalog(module, df, cluster_group=other)
     np.testing.assert_array_equal(out["member_prob"], out[f"prob_{other}"])
     assert summary["cluster_group"] == other
@@ -168,6 +167,20 @@ def test_predict_command_errors_are_readable(trained, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+def _assert_close_summaries(got, expected, where="summary"):
+    """Equal keys and values, floats (also inside diagnostics) to float32-sum precision."""
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key, value in expected.items():
+            _assert_close_summaries(got[key], value, f"{where}.{key}")
+    elif isinstance(expected, float) or (
+        isinstance(expected, list) and expected and all(isinstance(v, float) for v in expected)
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=where)  # float32 sums
+    else:
+        assert got == expected, where
+
+
 def test_streamed_prediction_equals_the_in_memory_one(trained, catalogue_with_gaps, tmp_path):
     ckpt, _ = trained
     df, _ = catalogue_with_gaps
@@ -190,11 +203,7 @@ def test_streamed_prediction_equals_the_in_memory_one(trained, catalogue_with_ga
     # without a blocked region the summary matches the in-memory one number for number
     summary = predict_to_file(module, df, tmp_path / "plain.parquet", chunk_size=333)
     assert summary.keys() == expected_summary.keys()
-    for key, value in expected_summary.items():
-        if isinstance(value, float):
-            np.testing.assert_allclose(summary[key], value, rtol=1e-6, err_msg=key)  # float32 sums
-        else:
-            assert summary[key] == value, key
+    _assert_close_summaries(summary, expected_summary)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

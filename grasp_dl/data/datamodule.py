@@ -42,7 +42,10 @@ class StellarCatalogDataModule(L.LightningDataModule):
     Give exactly one of ``path`` (any format :func:`read_catalog` reads), ``catalog`` (an
     in-memory table) or ``simulate`` (keyword arguments of :func:`simulate_catalog`). The
     catalogue is prepared once (:func:`prepare_stellar_data`), standardised by a scaler fitted
-    on all usable stars, and split into training and validation rows by ``seed``.
+    on all usable stars, and split into training and validation rows by ``seed``. ``cluster``
+    names a globular cluster (:mod:`grasp_dl.data.clusters`, forgiving spelling): its published
+    centre is used when ``center`` is None, and predictions compare the recovered astrometry
+    with the published one; an unknown name raises :class:`~grasp_dl.errors.CatalogError`.
 
     Training batches come in blocks of ``batches_per_step`` mini-batches of ``batch_size``
     stars: one Lightning training step takes one optimiser step per mini-batch, so the
@@ -57,6 +60,7 @@ class StellarCatalogDataModule(L.LightningDataModule):
         columns: Mapping[str, str] | None = None,
         features: Sequence[str] = DEFAULT_FEATURES,
         center: Sequence[float] | None = None,
+        cluster: str | None = None,
         quality: Mapping[str, float | None] | None = None,
         outlier_removal: bool = True,
         outlier_sigma: float = 10.0,
@@ -91,6 +95,15 @@ class StellarCatalogDataModule(L.LightningDataModule):
         self.columns = _plain(columns)
         self.features = list(_plain(features))
         self.center = _plain(center)
+        # A cluster by name (grasp_dl.data.clusters): its published centre unless data.center is given.
+        self.cluster = None
+        if cluster is not None:
+            from grasp_dl.data.clusters import literature_cluster
+
+            record = literature_cluster(str(cluster))
+            self.cluster = record.name
+            if self.center is None:
+                self.center = list(record.center)
         self.quality = quality
         self.outlier_removal = outlier_removal
         self.outlier_sigma = float(outlier_sigma)
@@ -184,6 +197,8 @@ class StellarCatalogDataModule(L.LightningDataModule):
             # The astrometry whose measurement errors error-aware models use (and whose *_error
             # columns a catalogue then needs).
             "astrometry": astrometry_columns(self.features),
+            # the literature cluster (data.cluster) whose published astrometry predictions are checked against
+            "cluster": self.cluster,
             **self.prepare_options(),
         }
 

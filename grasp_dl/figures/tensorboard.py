@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from grasp_dl.figures import plotting
-from grasp_dl.inference.membership import cluster_group_of, entropy
+from grasp_dl.inference.membership import entropy
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class TensorBoardFigures(L.Callback):
         if not hasattr(pl_module, "predict_proba"):
             return StarView(latent, None, None)
         prob = pl_module.predict_proba(scaled).float().cpu().numpy()
-        group = cluster_group_of(pl_module)
+        group = int(pl_module.cluster_group)
         return StarView(latent, prob, group if 0 <= group < prob.shape[1] else None)
 
     def write(self, writer: Any, sample: StarSample, view: StarView, step: int) -> None:

@@ -6,8 +6,11 @@ the sky around the centre and tightest in proper motion. For each group with eno
     score = log(median radius of the group / median radius of all stars)
           + 0.5 * log(det cov(pmra, pmdec) of the group / det of all stars)
 
-and the lowest score wins. A background galaxy is tight in proper motion but spread over the
-cone; the field is neither; tidal tails are neither as concentrated nor as tight. When the
+and the lowest score wins among the groups that pass the plausibility guards of
+:mod:`grasp_dl.inference.plausibility` (concentrated on the sky against the other stars and
+tighter than them in proper motion); when none passes, the run reports ``cluster_found: false``.
+A background galaxy is tight in proper motion but spread over the cone; the field is neither;
+tidal tails are neither as concentrated nor as tight. When the
 features hold no position (or no proper motion) that term is left out; with neither, the
 group of smallest feature-space volume wins.
 """
@@ -25,6 +28,8 @@ MIN_GROUP_STARS = 5
 MIN_GROUP_SHARE = 0.002
 #: Member probability above which a star counts as a member (the one definition in grasp-dl).
 MEMBER_THRESHOLD = 0.5
+#: The plausibility guards of the decision look at most this many stars (a fixed random subset).
+GUARD_SAMPLE = 100_000
 
 
 def _log_det_cov(values: np.ndarray) -> float:
@@ -61,18 +66,73 @@ def cluster_scores(
     return scores
 
 
-def choose_cluster_group(
+def decide_cluster_group(
     prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]
-) -> int:
-    """Index of the group that is the globular cluster, by :func:`cluster_scores`."""
+) -> tuple[int, dict[str, Any]]:
+    """The group that is the globular cluster, and the plausibility verdict on it.
+
+    Among the groups that pass the plausibility guards (:mod:`grasp_dl.inference.plausibility`:
+    concentrated on the sky against the other stars and tighter than them in proper motion), the
+    one of lowest :func:`cluster_scores` wins. When none passes, the best-scoring group is still
+    returned (a module needs a group to score against) with ``cluster_found`` False in the verdict.
+
+    Parameters
+    ----------
+    prob : numpy.ndarray
+        (n, k) group probabilities of n stars.
+    features : numpy.ndarray
+        (n, d) physical features of the stars.
+    feature_names : sequence of str
+        Their names (xi, eta, pmra, pmdec, ...).
+
+    Returns
+    -------
+    group : int
+    check : dict
+        :func:`~grasp_dl.inference.plausibility.check_plausibility`'s answer for that group.
+    """
+    from grasp_dl.inference.plausibility import check_features
+
     prob = np.asarray(prob)
     scores = cluster_scores(prob.argmax(axis=1), features, feature_names, prob.shape[1])
     if not np.isfinite(scores).any():
         # Every group is too small to judge (a tiny catalogue): take the smallest non-empty one.
         sizes = np.bincount(prob.argmax(axis=1), minlength=prob.shape[1]).astype(float)
         sizes[sizes == 0] = np.inf
-        return int(np.argmin(sizes))
-    return int(np.argmin(scores))
+        group = int(np.argmin(sizes))
+        return group, check_features(prob[:, group], features, feature_names)
+    ranked = [int(j) for j in np.argsort(scores, kind="stable") if np.isfinite(scores[j])]
+    # The guards judge medians and dispersions: a fixed random subset of a large catalogue is as good and bounded.
+    rows = slice(None)
+    if len(prob) > GUARD_SAMPLE:
+        rows = np.sort(np.random.default_rng(0).choice(len(prob), GUARD_SAMPLE, replace=False))
+    checks = {}
+    for j in ranked:
+        checks[j] = check_features(prob[rows, j], np.asarray(features)[rows], feature_names)
+        if checks[j]["cluster_found"]:
+            return j, checks[j]
+    return ranked[0], checks[ranked[0]]
+
+
+def choose_cluster_group(
+    prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]
+) -> int:
+    """Index of the group that is the globular cluster (:func:`decide_cluster_group`'s group).
+
+    Parameters
+    ----------
+    prob : numpy.ndarray
+        (n, k) group probabilities.
+    features : numpy.ndarray
+        (n, d) physical features.
+    feature_names : sequence of str
+        Their names.
+
+    Returns
+    -------
+    int
+    """
+    return decide_cluster_group(prob, features, feature_names)[0]
 
 
 def entropy(prob: np.ndarray) -> np.ndarray:
@@ -151,22 +211,3 @@ def cluster_summary(
     summary = ClusterSummary(center, cluster_group)
     summary.update(predictions, catalog)
     return summary.result()
-
-
-def cluster_group_of(module: Any) -> int:
-    """The group a trained clustering module takes for the cluster (the user's override if set).
-
-    Parameters
-    ----------
-    module : LightningModule
-        A trained DEC / IDEC / VaDE module.
-
-    Returns
-    -------
-    int
-        ``module.cluster_group``; modules that still call it ``member_group`` (and keep
-        ``cluster_group`` as the decided-group buffer) answer through that property.
-    """
-    if isinstance(getattr(type(module), "member_group", None), property):
-        return int(module.member_group)
-    return int(module.cluster_group)

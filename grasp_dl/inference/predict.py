@@ -22,14 +22,21 @@ from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.validation import flag_nonfinite_probabilities
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
-from grasp_dl.inference.membership import ClusterSummary, cluster_group_of, entropy
+from grasp_dl.inference.membership import ClusterSummary, entropy
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
+from grasp_dl.inference.plausibility import (
+    StarSample,
+    check_table,
+    finish_summary,
+    zero_member_prob,
+    zero_member_prob_file,
+)
 from grasp_dl.models.vade import VaDEModule
 from grasp_dl.inference.no_astrometry import score_without_astrometry
 from grasp_dl.inference.outputs import prediction_output, write_summary
 from grasp_dl.io_policy import refuse_overwriting_inputs
 from grasp_dl.options import check_predict_options
-from grasp_dl.run_dir import summary_path
+from grasp_dl.run_dir import figure_path, summary_path
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +171,32 @@ def prepare_for_module(
     return prepare_table(module, table, resolve_center(prep["center"], center, table))
 
 
+def _literature_cluster(
+    module: ClusteringModule, cluster: str | None, center: str | Sequence[float] | None
+) -> tuple[Any, str | Sequence[float] | None]:
+    """The named cluster to check against (given, or the checkpoint's when the centre is its own), and the centre.
+
+    A cluster given here sets the centre when ``center`` is None.
+    """
+    from grasp_dl.data.clusters import literature_cluster
+
+    if cluster is not None:
+        record = literature_cluster(str(cluster))
+        return record, (list(record.center) if center is None else center)
+    stored = (module.hparams.preprocessing or {}).get("cluster")
+    if stored and center is None:
+        return literature_cluster(stored), center
+    return None, center
+
+
+def _user_chose_group(module: ClusteringModule, cluster_group: int | None) -> bool:
+    """Whether the user named the cluster's group (here, or as the model's override at training)."""
+    return cluster_group is not None or module.hparams.get("cluster_group") is not None
+
+
 def _cluster_group(module: ClusteringModule, cluster_group: int | None) -> int:
     """The group scored as the cluster: ``cluster_group`` if given (checked), else the module's."""
-    group = cluster_group_of(module) if cluster_group is None else int(cluster_group)
+    group = int(module.cluster_group) if cluster_group is None else int(cluster_group)
     k = module.hparams.n_clusters
     if not 0 <= group < k:
         raise ConfigError(f"cluster_group={group} is not a group of this model: choose 0..{k - 1}")
@@ -286,6 +316,7 @@ def predict_catalog(
     center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     score_no_astrometry: bool = False,
+    cluster: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary), in memory.
 
@@ -296,13 +327,26 @@ def predict_catalog(
     of the member probability over draws z ~ q(z|x). DEC has no such spread, so its table has no
     such column (rather than a 0 that would read as certainty). ``score_no_astrometry`` as in
     :func:`score_prepared`. For catalogues too large to hold, :func:`predict_to_file` streams.
+
+    The named group is checked by the plausibility guards (:mod:`grasp_dl.inference.plausibility`);
+    when it is no cluster, ``member_prob`` is 0 everywhere (unless ``cluster_group`` was given) and
+    the summary says ``cluster_found: false`` and why; it always carries the diagnostics.
+    ``cluster`` names a literature cluster (:mod:`grasp_dl.data.clusters`; by default the
+    checkpoint's ``data.cluster``): its centre is used when ``center`` is None and the summary
+    compares the recovered astrometry with the published one.
     """
     group = _cluster_group(module, cluster_group)
+    literature, center = _literature_cluster(module, cluster, center)
     ready = prepare_for_module(module, catalog, center)
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
+    scored = out["label"].to_numpy() >= 0
+    check = check_table(out.loc[scored, "member_prob"].to_numpy(float), ready.table.loc[scored], ready.center)
+    user_group = _user_chose_group(module, cluster_group)
+    if not check["cluster_found"] and not user_group:
+        zero_member_prob(out)
     summary = ClusterSummary(ready.center, group)
     summary.update(out, ready.table)
-    return out, with_model_astrometry(summary.result(), module)
+    return out, finish_summary(with_model_astrometry(summary.result(), module), check, user_group, literature)
 
 
 #: Catalogue columns a prediction may use besides the model's features (identifier, astrometry and
@@ -323,6 +367,8 @@ def predict_to_file(
     center: str | Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     score_no_astrometry: bool = False,
+    cluster: str | None = None,
+    figure: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ``catalog`` ``chunk_size`` rows at a time and write the per-star table (.parquet or .csv) as it goes.
 
@@ -330,8 +376,15 @@ def predict_to_file(
     read chunk by chunk (only the columns prediction uses), each chunk is prepared, scored and
     appended to a temporary file that replaces ``output`` once complete, and the cluster summary
     is accumulated on the way. ``center='auto'`` reads the positions once more first.
+
+    The plausibility guards and the diagnostic figure (written to ``figure`` when given) use a
+    bounded uniform random sample of the scored stars collected on the way
+    (:class:`~grasp_dl.inference.plausibility.StarSample`); when the named group is no cluster,
+    the written file is rewritten chunk by chunk with ``member_prob`` 0. ``cluster_group`` and
+    ``cluster`` as in :func:`predict_catalog`.
     """
     group = _cluster_group(module, cluster_group)
+    literature, center = _literature_cluster(module, cluster, center)
     prep = _preprocessing(module)
     columns = prep.get("columns")
     keep = set(PREDICTION_COLUMNS) | set(prep["features"])
@@ -343,6 +396,7 @@ def predict_to_file(
     else:
         used_center = resolve_center(prep["center"], center, first)
     summary = ClusterSummary(used_center, group)
+    sample = StarSample()
     with CatalogChunkWriter(output) as writer:
         for table in itertools.chain([first], chunks):
             ready = prepare_table(module, table, used_center, allow_empty=True)
@@ -351,6 +405,7 @@ def predict_to_file(
             )
             writer.write(out)
             summary.update(out, table)
+            sample.update(out, table)
         result = with_model_astrometry(summary.result(), module)
         if result["n_scored"] == 0:
             reasons = ", ".join(f"{n} {flag}" for flag, n in result.get("not_scored", {}).items())
@@ -358,6 +413,17 @@ def predict_to_file(
                 f"no usable star in the catalogue of {result['n_rows']} rows ({reasons}): relax the quality "
                 "cuts or score a catalogue with the model's features"
             )
+    check = sample.check(used_center)
+    stars = sample.rows
+    user_group = _user_chose_group(module, cluster_group)
+    if not check["cluster_found"] and not user_group:
+        zero_member_prob_file(output, chunk_size)
+        stars["member_prob"] = 0.0
+    result = finish_summary(result, check, user_group, literature)
+    if figure is not None:
+        from grasp_dl.figures.diagnostics import write_diagnostic_figure
+
+        write_diagnostic_figure(stars, result, figure, used_center)
     return result
 
 
@@ -388,10 +454,11 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     """
     chunk_size = check_predict_options(cfg)
     output = prediction_output(cfg.output)
-    refuse_overwriting_inputs(
-        {"output": output, "output's summary": summary_path(output)},
-        {"data.path": cfg.data.path, "ckpt_path": cfg.ckpt_path},
-    )
+    figure = figure_path(output) if cfg.get("figures", True) else None
+    written = {"output": output, "output's summary": summary_path(output)}
+    if figure is not None:
+        written["output's figure"] = figure
+    refuse_overwriting_inputs(written, {"data.path": cfg.data.path, "ckpt_path": cfg.ckpt_path})
     module = load_clustering_module(cfg.ckpt_path)
     summary = predict_to_file(
         module,
@@ -401,7 +468,11 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
         center=cfg.data.get("center"),
         chunk_size=chunk_size,
         score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
+        cluster=cfg.data.get("cluster"),
+        figure=figure,
     )
+    if figure is not None:
+        summary["figure"] = str(figure)
     if module.fit_results.get("start_vs_end"):
         summary["start_vs_end"] = module.fit_results["start_vs_end"]
     summary["checkpoint"] = str(cfg.ckpt_path)

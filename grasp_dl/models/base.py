@@ -346,11 +346,6 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, StartAnchor, HardFieldIn
             return int(self.hparams.cluster_group)
         return int(self.decided_group)
 
-    @property
-    def member_group(self) -> int:
-        """Transitional alias of :attr:`cluster_group` (callers outside the models still use it)."""
-        return self.cluster_group
-
     def physical_features(self, x: Tensor) -> tuple[np.ndarray, list[str]]:
         """Standardised features back in physical units, with their names (for the cluster rule).
 
@@ -393,10 +388,6 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, StartAnchor, HardFieldIn
         # On the training stars: is it still the start's cluster group? (grasp_dl/models/anchoring.py)
         self.guard_start(x, q)
         return int(self.decided_group)
-
-    def decide_member_group(self, x: Tensor, q: Tensor | None = None) -> int:
-        """Transitional alias of :meth:`decide_cluster_group`."""
-        return self.decide_cluster_group(x, q)
 
     # ------------------------------------------------------------------ the training catalogue
     def attach_training_catalog(self, catalog: TrainingCatalog | Tensor) -> None:
