@@ -62,7 +62,7 @@ def check_train_options(cfg: Any) -> None:
     ConfigError
         ``trainer.max_epochs`` 0 or below (-1, Lightning's "no limit", and null are allowed),
         ``model.pretrain_epochs`` below 1 when no ``model.pretrained_ckpt`` is given, or
-        ``model.n_clusters`` not 'auto' and not a whole number of at least 2.
+        ``model.n_clusters`` not 'auto', not null (a model that chooses it) and not a whole number of at least 2.
     """
     max_epochs = cfg.trainer.get("max_epochs") if "trainer" in cfg else None
     if max_epochs is not None and max_epochs != -1:
@@ -70,7 +70,7 @@ def check_train_options(cfg: Any) -> None:
     model = cfg.get("model") or {}
     if "pretrain" in model and not model.get("pretrained_ckpt"):
         positive_int(model.get("pretrain_epochs"), "model.pretrain_epochs")
-    if "n_clusters" in model and model.get("n_clusters") != "auto":
+    if model.get("n_clusters") not in (None, "auto"):
         k = model.get("n_clusters")
         try:
             positive_int(k, "model.n_clusters", minimum=2)

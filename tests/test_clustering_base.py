@@ -214,7 +214,7 @@ def test_every_bad_option_raises_a_config_error(cls, options, message):
     "overrides, message",
     [
         (["model.kernel=gauss"], "unknown kernel 'gauss'"),
-        (["model.n_clusters=1"], "n_clusters must be at least 2"),
+        (["model.n_clusters=1"], "n_clusters.*at least 2"),
         (["model=vade", "model.logvar_min=9"], "logvar_min"),
         (["model.n_clusters=auto", "model.n_clusters_range=[1,3]"], "n_clusters_range"),
         (["model.pretrain.dropout=2"], "dropout"),

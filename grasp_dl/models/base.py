@@ -47,6 +47,8 @@ How to add a clustering model: one file + one config
 
 from __future__ import annotations
 
+import sys
+
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -513,8 +515,11 @@ def checkpoint_class(checkpoint: Mapping[str, Any]) -> type[ClusteringModule] | 
     if path is None:
         state = checkpoint.get("state_dict", {})
         path = next((cls for key, cls in LEGACY_CLASSES.items() if key in state), None)
-    if not isinstance(path, str) or not path.startswith("grasp_dl."):
-        # Only grasp-dl's own classes: a checkpoint must not make us import a module of its choosing.
+    if not isinstance(path, str) or "." not in path:
+        return None
+    if not path.startswith("grasp_dl.") and path.rsplit(".", 1)[0] not in sys.modules:
+        # grasp-dl's own classes, or one whose module is already imported (a model of the user's):
+        # a checkpoint must not make us import a module of its choosing.
         return None
     cls = get_class(path)
     return cls if isinstance(cls, type) and issubclass(cls, ClusteringModule) else None
