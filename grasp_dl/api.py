@@ -13,6 +13,7 @@ an object whose ``.data`` holds one (a GRASP sample), or a plain array of featur
 features, in the order of the model's ``features``; a model trained on sky positions needs the
 catalogue itself, since ``xi``/``eta`` are computed from ``ra``/``dec`` around its centre).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,6 @@ from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog
 from grasp_dl.devices import inference_device, trainer_overrides
 from grasp_dl.errors import ConfigError, GraspDLError
 from grasp_dl.figures import plotting
-from grasp_dl.io_policy import written_checkpoint
 from grasp_dl.grasp import cluster_statistics
 from grasp_dl.inference.outputs import write_summary
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, prepare_for_module
@@ -51,9 +51,11 @@ from grasp_dl.run_history import history_from_csv, run_history
 __all__ = ["DeepClusteringModel", "NotFittedError"]
 
 #: Clustering model configs of conf/model/ the facade trains (each with an autoencoder phase).
-MODELS = ("dec", "idec", "vade", "xd")
+MODELS = ("auto", "dec", "idec", "vade", "xd")
 #: Models without an autoencoder phase (no network options, no pretraining).
-SINGLE_PHASE_MODELS = ("xd",)
+SINGLE_PHASE_MODELS = ("auto", "xd")
+#: What model="auto" trains when the deep phases are asked for one by one (pretrain_autoencoder, ...).
+AUTO_DEEP_MODEL = "dec"
 #: Features computed from ra/dec around a centre: an array cannot provide them.
 POSITIONAL_FEATURES = frozenset({"ra", "dec", "xi", "eta", "radius"})
 #: Version (folder) of each phase's CSV log; the autoencoder's is set by pipeline._phase_config.
@@ -100,8 +102,10 @@ class DeepClusteringModel(BaseEstimator):
         Widths of the encoder's hidden layers (the decoder mirrors them).
     device : str, default 'auto'
         'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.
-    model : str, default 'dec'
-        'dec', 'idec' or 'vade'.
+    model : str, default 'auto'
+        'auto' (the default setting of ``grasp-dl train``: ``xd`` where the catalogue has the
+        proper-motion errors, else ``dec``; the step-by-step ``pretrain_autoencoder`` /
+        ``train_deep_clustering`` train ``dec``), 'xd', 'dec', 'idec' or 'vade'.
     features : sequence of str
         Catalogue columns (or derived ones: xi, eta, radius, colours) the model learns from.
     center : [ra, dec], optional
@@ -161,7 +165,7 @@ class DeepClusteringModel(BaseEstimator):
         n_clusters: int = 3,
         hidden_dims: Sequence[int] = (64, 32, 16),
         device: str = "auto",
-        model: str = "dec",
+        model: str = "auto",
         *,
         features: Sequence[str] = DEFAULT_FEATURES,
         center: Sequence[float] | None = None,
@@ -196,19 +200,38 @@ class DeepClusteringModel(BaseEstimator):
         self.overrides = overrides
 
     # ------------------------------------------------------------------ configuration
-    def config_overrides(self) -> list[str]:
-        """The Hydra overrides of conf/train.yaml these parameters stand for (the user's last)."""
+    def _model_choice(self, deep: bool) -> str:
+        """The ``model=`` to compose: ``model`` itself, or DEC for 'auto' when the deep phases are asked for."""
         if self.model not in MODELS:
             raise ConfigError(f"unknown model={self.model!r}: choose one of {', '.join(MODELS)}")
-        network = [] if self.model in SINGLE_PHASE_MODELS else [
-            f"model.n_clusters={int(self.n_clusters)}",
-            f"model.pretrain.latent_dim={int(self.latent_dim)}",
-            f"model.pretrain.hidden_dims={_hydra_list([int(h) for h in self.hidden_dims])}",
-            f"model.pretrain.dropout={float(self.dropout)}",
-            f"model.pretrain_epochs={int(self.pretrain_epochs)}",
-        ]
+        return AUTO_DEEP_MODEL if deep and self.model == "auto" else self.model
+
+    def config_overrides(self, deep: bool = False) -> list[str]:
+        """The Hydra overrides of conf/train.yaml these parameters stand for (the user's last).
+
+        Parameters
+        ----------
+        deep : bool, default False
+            For the step-by-step deep phases (``model='auto'`` then means DEC).
+
+        Returns
+        -------
+        list of str
+        """
+        model = self._model_choice(deep)
+        network = (
+            []
+            if model in SINGLE_PHASE_MODELS
+            else [
+                f"model.n_clusters={int(self.n_clusters)}",
+                f"model.pretrain.latent_dim={int(self.latent_dim)}",
+                f"model.pretrain.hidden_dims={_hydra_list([int(h) for h in self.hidden_dims])}",
+                f"model.pretrain.dropout={float(self.dropout)}",
+                f"model.pretrain_epochs={int(self.pretrain_epochs)}",
+            ]
+        )
         overrides = [
-            f"model={self.model}",
+            f"model={model}",
             "data=catalog",
             *network,
             f"trainer.max_epochs={int(self.epochs)}",
@@ -234,14 +257,14 @@ class DeepClusteringModel(BaseEstimator):
             self.output_dir_ = Path(self.output_dir) if self.output_dir is not None else default
         return self.output_dir_
 
-    def compose_config(self, extra: Sequence[str] = ()) -> DictConfig:
+    def compose_config(self, extra: Sequence[str] = (), deep: bool = False) -> DictConfig:
         """The full training config, as ``grasp-dl train <overrides>`` would compose it.
 
         A CSV logger is always added (``<output_dir>/csv/<phase>``): ``history_`` is read from it.
         """
         output_dir = self._run_dir()
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose("train", overrides=[*self.config_overrides(), *extra])
+            cfg = compose("train", overrides=[*self.config_overrides(deep), *extra])
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
             if cfg.get("logger") is None:
@@ -361,9 +384,9 @@ class DeepClusteringModel(BaseEstimator):
             For a loader that does not come from :meth:`prepare_data`.
         """
         datamodule = self._prepared_datamodule(train_loader, val_loader)
-        if self.model in SINGLE_PHASE_MODELS:
+        if self._model_choice(deep=True) in SINGLE_PHASE_MODELS:
             raise ConfigError(f"model={self.model!r} has no autoencoder phase: call fit(data) instead")
-        cfg = self.compose_config([] if epochs is None else [f"model.pretrain_epochs={int(epochs)}"])
+        cfg = self.compose_config([] if epochs is None else [f"model.pretrain_epochs={int(epochs)}"], deep=True)
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True, verbose=False)
         self.autoencoder_ = pipeline.pretrain_autoencoder(cfg, datamodule)
@@ -395,7 +418,7 @@ class DeepClusteringModel(BaseEstimator):
         datamodule = self._prepared_datamodule(train_loader)
         if getattr(self, "autoencoder_", None) is None:
             raise NotFittedError("no pretrained autoencoder: call pretrain_autoencoder() first (or fit(data))")
-        cfg = self.compose_config([] if epochs is None else [f"trainer.max_epochs={int(epochs)}"])
+        cfg = self.compose_config([] if epochs is None else [f"trainer.max_epochs={int(epochs)}"], deep=True)
         result = pipeline.train(cfg, datamodule=datamodule, autoencoder=self.autoencoder_)
         self._set_trained(result, cfg)
         return self._record_history(CLUSTERING_PHASE)
@@ -523,9 +546,7 @@ class DeepClusteringModel(BaseEstimator):
             score_no_astrometry=score_no_astrometry,
         )
 
-    def predict_clusters(
-        self, data: Any, center: str | Sequence[float] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def predict_clusters(self, data: Any, center: str | Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Group and group probabilities of every input row.
 
         Row-aligned with the catalogue for a catalogue, a GRASP sample, or what

@@ -57,7 +57,7 @@ class RNGStateCheckpoint(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),  # noqa: NPY002 (the global state is what gets restored)
             "python": _python_state_to_plain(random.getstate()),
         }
 
@@ -66,7 +66,7 @@ class RNGStateCheckpoint(L.Callback):
         if not states:
             return
         torch.set_rng_state(states["torch"])
-        np.random.set_state(_numpy_state_from_plain(states["numpy"]))
+        np.random.set_state(_numpy_state_from_plain(states["numpy"]))  # noqa: NPY002
         random.setstate(_python_state_from_plain(states["python"]))
 
 

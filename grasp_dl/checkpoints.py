@@ -64,11 +64,11 @@ def read_checkpoint(path: str | Path, *, option: str = "ckpt_path") -> dict[str,
     path = Path(path)
     if not path.is_file():
         what = "a directory" if path.is_dir() else "not found"
-        raise CheckpointError(
-            f"checkpoint {path} {what}: give {option}=<run dir>/checkpoints/last.ckpt"
-        )
+        raise CheckpointError(f"checkpoint {path} {what}: give {option}=<run dir>/checkpoints/last.ckpt")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): give {option}= a checkpoint written by grasp-dl train")
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): give {option}= a checkpoint written by grasp-dl train"
+        )
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -191,7 +191,9 @@ def check_state_fits(module: L.LightningModule, path: str | Path, *, option: str
     content = read_checkpoint(path, option=option)
     stored = content["state_dict"]
     own = module.state_dict()
-    written_by = f"{type(module).__module__}.{type(module).__qualname__}" if isinstance(module, ClusteringModule) else None
+    written_by = (
+        f"{type(module).__module__}.{type(module).__qualname__}" if isinstance(module, ClusteringModule) else None
+    )
     kind, wanted = checkpoint_kind(content), checkpoint_kind({"state_dict": own, CLASS_KEY: written_by})
     if kind != wanted:
         raise CheckpointError(

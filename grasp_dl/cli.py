@@ -15,8 +15,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from grasp_dl.config import conf_dir
 from grasp_dl.errors import ConfigError, GraspDLError
-from grasp_dl.optional import check_cli_plugins
 from grasp_dl.io_policy import install_sigterm_cleanup, refuse_finished_run_dir_early
+from grasp_dl.optional import check_cli_plugins
 
 log = logging.getLogger("grasp_dl")
 

@@ -96,11 +96,15 @@ def check_output_file(path: PathLike, option: str = "output") -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"{option}={path} is an existing directory: give a file name inside it, e.g. {path / 'predictions.parquet'}")
+        raise ConfigError(
+            f"{option}={path} is an existing directory: give a file name inside it, e.g. {path / 'predictions.parquet'}"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"{option}={path}: cannot create its directory {path.parent} ({exc.strerror or exc}): choose another {option}") from exc
+        raise ConfigError(
+            f"{option}={path}: cannot create its directory {path.parent} ({exc.strerror or exc}): choose another {option}"
+        ) from exc
     try:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe-"):
             pass

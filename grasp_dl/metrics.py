@@ -94,8 +94,7 @@ def _check_length(name: str, array: np.ndarray, n_rows: int, reference: str = "t
     """Raise ConfigError unless array has n_rows rows, naming both lengths."""
     if len(array) != n_rows:
         raise ConfigError(
-            f"{name} has {len(array)} rows but {reference} has {n_rows}: "
-            "pass one value per star, in the same row order"
+            f"{name} has {len(array)} rows but {reference} has {n_rows}: pass one value per star, in the same row order"
         )
 
 
@@ -116,9 +115,7 @@ def _as_predicted(predicted_labels: Any, n_rows: int) -> np.ndarray:
         raise ConfigError(f"predicted_labels must be integers, got dtype {pred.dtype}")
     pred = pred.astype(np.int64)
     if np.any(pred < UNSCORED):
-        raise ConfigError(
-            f"predicted_labels holds {int(pred.min())}: group ids are >= 0, and -1 means 'not scored'"
-        )
+        raise ConfigError(f"predicted_labels holds {int(pred.min())}: group ids are >= 0, and -1 means 'not scored'")
     return pred
 
 
@@ -559,9 +556,7 @@ def evaluate_clustering(
     if scored.any():
         out.update(partition_scores(truth[scored], pred[scored]))
     else:
-        warnings.warn(
-            "no row is scored (all predicted labels are -1): scores are NaN", UserWarning, stacklevel=2
-        )
+        warnings.warn("no row is scored (all predicted labels are -1): scores are NaN", UserWarning, stacklevel=2)
         out.update(dict.fromkeys(PARTITION_KEYS, math.nan))
     if features is not None:
         out.update(_internal_or_nan(features[scored], pred[scored], silhouette_sample, random_state))
@@ -570,8 +565,7 @@ def evaluate_clustering(
         out.update(_membership(pred, is_member, predicted_member, prob))
     elif predicted_member is not None or prob is not None:
         warnings.warn(
-            f"no true label equals member_label={member_label!r}: "
-            "membership and calibration scores are skipped",
+            f"no true label equals member_label={member_label!r}: membership and calibration scores are skipped",
             UserWarning,
             stacklevel=2,
         )
@@ -584,9 +578,7 @@ def _internal_or_nan(
     """Internal scores of the scored rows, NaN (with a warning) when no row is scored."""
     if len(labels) == 0:
         return dict.fromkeys(INTERNAL_KEYS, math.nan)
-    return internal_scores(
-        features, labels, silhouette_sample=silhouette_sample, random_state=random_state
-    )
+    return internal_scores(features, labels, silhouette_sample=silhouette_sample, random_state=random_state)
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

@@ -18,13 +18,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from grasp_dl.checkpoints import AUTOENCODER, check_state_fits, load_module, read_checkpoint
 from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.validation import check_trainable
-from grasp_dl.errors import ConfigError
+from grasp_dl.errors import ConfigError, GraspDLError
 from grasp_dl.io_policy import written_checkpoint
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.networks import compile_network
-from grasp_dl.run_dir import AUTOENCODER_PHASE, RunDir, phase_dirpath
 from grasp_dl.options import check_train_options
+from grasp_dl.run_dir import AUTOENCODER_PHASE, RunDir, phase_dirpath
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class TrainResult:
     output_dir: Path
     checkpoint: Path | None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Which model setting was trained and why (the default's fallback says so).
+    setting: str = ""
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -84,7 +86,7 @@ def instantiate_datamodule(cfg: DictConfig, catalog: Any = None, **options: Any)
 
 #: Keys of a model config that describe its phases, its monitored metric or how to choose
 #: n_clusters, not the module's constructor arguments.
-PHASE_KEYS = ("pretrain", "pretrain_epochs", "pretrained_ckpt", "n_clusters_range", "monitor")
+PHASE_KEYS = ("pretrain", "pretrain_epochs", "pretrained_ckpt", "n_clusters_range", "monitor", "fallback_model")
 
 
 def _module_options(model_cfg: DictConfig) -> tuple[type, dict[str, Any]]:
@@ -180,9 +182,7 @@ class ResumePoint:
     final: str | None = None
 
 
-def resume_point(
-    ckpt_path: str | None, run_dir: RunDir | str | os.PathLike[str], two_phase: bool
-) -> ResumePoint:
+def resume_point(ckpt_path: str | None, run_dir: RunDir | str | os.PathLike[str], two_phase: bool) -> ResumePoint:
     """Resolve ``ckpt_path``: 'last' finds the newest last.ckpt of this run directory's phases.
 
     Parameters
@@ -359,6 +359,53 @@ def _check_phases(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) -
     return module
 
 
+def model_name(model_cfg: DictConfig) -> str:
+    """The ``model=`` name of a model config (``dec``, ``idec``, ``vade``, ``xd``), from the class it builds."""
+    kind = str(model_cfg.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("Module").lower()
+    return "idec" if kind == "dec" and model_cfg.get("variant") == "idec" else kind
+
+
+def compose_model(name: str) -> DictConfig:
+    """The model config ``conf/model/<name>.yaml`` (with its defaults), composed as ``model=<name>`` would.
+
+    Works inside a running Hydra app (the CLI) and outside it (the notebook facade, tests).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from grasp_dl.config import conf_dir
+
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=[f"model={name}"]).model
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("train", overrides=[f"model={name}"]).model
+
+
+def _check_or_fall_back(cfg: DictConfig, datamodule: StellarCatalogDataModule) -> str:
+    """Check what the model needs of the prepared catalogue; fall back to ``model.fallback_model`` if it cannot run.
+
+    Only the default setting carries a fallback (``model=auto``: ``grasp-dl train`` without
+    ``model=``, ``DeepClusteringModel()``); a model the user chose fails with its own error instead.
+    Returns the line that says which setting was trained and why.
+    """
+    name = model_name(cfg.model)
+    try:
+        check_phases(cfg, datamodule)
+    except GraspDLError as exc:
+        fallback = cfg.model.get("fallback_model")
+        if not fallback or fallback == name:
+            raise
+        with open_dict(cfg):
+            cfg.model = compose_model(str(fallback))
+        check_phases(cfg, datamodule)
+        line = f"setting: model=auto fell back to model={fallback}: {name} cannot run on this catalogue ({exc})"
+        log.warning(line)
+        return line
+    if cfg.model.get("fallback_model"):
+        return f"setting: model=auto, i.e. {name} (the most accurate robust setting, see README 'Robustness')"
+    return f"setting: model={name}"
+
+
 def train(
     cfg: DictConfig,
     datamodule: StellarCatalogDataModule | None = None,
@@ -378,13 +425,13 @@ def train(
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision") or "highest")
     run_dir = RunDir.from_config(cfg)
-    two_phase = "pretrain" in cfg.model
-    resume = resume_point(cfg.get("ckpt_path"), run_dir, two_phase)
     if datamodule is None:
         datamodule = instantiate_datamodule(cfg)
     check_phases(cfg, datamodule)  # the options, before the catalogue is read
     datamodule.setup("fit")
-    check_phases(cfg, datamodule)  # what they need of the catalogue, before any training
+    setting = _check_or_fall_back(cfg, datamodule)  # what they need of the catalogue, before any training
+    two_phase = "pretrain" in cfg.model
+    resume = resume_point(cfg.get("ckpt_path"), run_dir, two_phase)
     check_trainable(datamodule.prepared.n_usable, len(datamodule.train_index), cfg.model.get("n_clusters"))
     if not two_phase:
         module = build_module(cfg.model, datamodule)
@@ -412,7 +459,31 @@ def train(
         output_dir=run_dir.root,
         checkpoint=checkpoint,
         metrics=metrics,
+        setting=setting,
     )
+
+
+def catalogue_probabilities(module: L.LightningModule, datamodule: StellarCatalogDataModule) -> torch.Tensor:
+    """Group probabilities of every usable star of the data module, as the predict path scores them.
+
+    A model that scores stars with their errors (``predict_proba_stars``, e.g. ``model=xd``) gets
+    each star's astrometry and error covariances; the others get the standardised features.
+
+    Parameters
+    ----------
+    module : LightningModule
+        A trained clustering module.
+    datamodule : StellarCatalogDataModule
+        Its prepared data module.
+
+    Returns
+    -------
+    Tensor
+        Shape (usable stars, n_clusters), in ``datamodule.data`` order.
+    """
+    if hasattr(module, "predict_proba_stars"):
+        return torch.as_tensor(module.predict_proba_stars(datamodule.star_data("all", what=type(module).__name__)))
+    return module.predict_proba(datamodule.data)
 
 
 def clustering_scores(module: L.LightningModule, datamodule: StellarCatalogDataModule) -> dict[str, float]:
@@ -422,7 +493,7 @@ def clustering_scores(module: L.LightningModule, datamodule: StellarCatalogDataM
     """
     from grasp_dl.metrics import internal_scores
 
-    labels = module.predict_proba(datamodule.data).argmax(dim=1).cpu().numpy()
+    labels = catalogue_probabilities(module, datamodule).argmax(dim=1).cpu().numpy()
     scores = internal_scores(datamodule.data.numpy(), labels, random_state=datamodule.seed)
     return {f"clustering/{name}": float(value) for name, value in scores.items()}
 
@@ -437,7 +508,7 @@ def training_cluster_lines(result: TrainResult) -> list[str]:
     from grasp_dl.inference.plausibility import check_table, finish_summary, report_lines
 
     datamodule, module = result.datamodule, result.module
-    member_prob = module.predict_proba(datamodule.data)[:, module.cluster_group].detach().cpu().numpy()
+    member_prob = catalogue_probabilities(module, datamodule)[:, module.cluster_group].detach().cpu().numpy()
     table = datamodule.table.iloc[datamodule.usable_rows()].reset_index(drop=True)
     check = check_table(member_prob, table, datamodule.prepared.center)
     summary = ClusterSummary(datamodule.prepared.center, module.cluster_group)
@@ -455,9 +526,10 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
     """The lines printed at the end of ``grasp-dl train``: what was trained and where it went."""
     prepared = result.datamodule.prepared
     lines = [
-        f"trained on {prepared.n_usable} of {prepared.n_rows} stars "
-        f"(features: {', '.join(prepared.feature_names)})",
+        f"trained on {prepared.n_usable} of {prepared.n_rows} stars (features: {', '.join(prepared.feature_names)})",
     ]
+    if result.setting:
+        lines.insert(0, result.setting)
     left_out = {flag: n for flag, n in prepared.cuts.items() if n}
     if left_out:
         lines.append("left out: " + "; ".join(f"{n} {flag}" for flag, n in left_out.items()))
@@ -468,7 +540,7 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
         )
     if isinstance(result.module, ClusteringModule):
         data = result.datamodule.data
-        labels = result.module.predict_proba(data).argmax(dim=1)
+        labels = catalogue_probabilities(result.module, result.datamodule).argmax(dim=1)
         group = int(result.module.cluster_group)
         lines.append(
             f"cluster: group {group} of {result.module.hparams.n_clusters}, "
@@ -482,7 +554,7 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
         lines.extend(training_cluster_lines(result))
         curve = result.module.fit_results.get("n_clusters_curve")
         if curve:
-            points = ", ".join(f"k={k}: {b:.1f}" for k, b in zip(curve["k"], curve["bic"]))
+            points = ", ".join(f"k={k}: {b:.1f}" for k, b in zip(curve["k"], curve["bic"], strict=False))
             lines.append(f"n_clusters=auto chose {curve['chosen']} by {curve['criterion']} ({points})")
     for key in dict.fromkeys(("train/loss", cfg.model.get("monitor") or "val/loss")):
         if key in result.metrics:

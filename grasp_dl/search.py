@@ -89,8 +89,9 @@ def _datamodule(data: Any, overrides: Sequence[str], output_dir: Path) -> Stella
 
 
 def _compose(overrides: list[str], output_dir: Path):
+    # The search is over a deep model's network: DEC unless the overrides name another model.
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        cfg = compose("train", overrides=["model=dec", *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
@@ -102,7 +103,7 @@ def _grid_search(
     """Every combination of ``space`` in order; the first best wins ties and NaN never wins."""
     best: tuple[dict[str, Any], float] | None = None
     for number, values in enumerate(itertools.product(*space.values())):
-        params = dict(zip(space, values))
+        params = dict(zip(space, values, strict=False))
         value = run(number, params)
         better = best is None or np.isnan(best[1]) or (value > best[1] if maximize else value < best[1])
         if best is None or (not np.isnan(value) and better):
@@ -157,7 +158,8 @@ def optimize_hyperparameters(
     metric : str
         A score that needs no truth (see :func:`grasp_dl.pipeline.clustering_scores`).
     overrides : sequence of str
-        Hydra overrides for every trial, e.g. ``'model=idec'``, ``'trainer.max_epochs=10'``.
+        Hydra overrides for every trial, e.g. ``'model=idec'``, ``'trainer.max_epochs=10'`` (the
+        searched model is DEC unless one is named here).
     output_dir : path, optional
         Where the trials' run directories go (a temporary folder by default).
     seed : int
@@ -206,8 +208,9 @@ def optimize_hyperparameters(
         ]
         result = pipeline.train(_compose(trial_overrides, root / f"trial_{number}"), datamodule=datamodule)
         value = float(result.metrics.get(metric, float("nan")))
-        rows.append({"trial": number, **params, "hidden_dims": hidden, metric: value,
-                     "checkpoint": str(result.checkpoint)})
+        rows.append(
+            {"trial": number, **params, "hidden_dims": hidden, metric: value, "checkpoint": str(result.checkpoint)}
+        )
         return value
 
     if n_trials is None:

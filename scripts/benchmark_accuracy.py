@@ -98,8 +98,13 @@ from grasp_dl.models.vade import VaDEModule
 METHODS = ("DEC (seed)", "DEC", "IDEC", "VaDE", "GMM-2", "GMM-3", "HDBSCAN")
 #: DECModule settings of each deep method (on top of n_clusters, seed and the optimiser).
 DEEP_SETTINGS: dict[str, dict[str, Any]] = {
-    "DEC (seed)": {"init": "kmeans", "kernel": "dec", "balance": 1.0, "variant": "dec",
-                   "anchor": {"weight": 0.0, "fallback": False}},  # the seed had no start anchor
+    "DEC (seed)": {
+        "init": "kmeans",
+        "kernel": "dec",
+        "balance": 1.0,
+        "variant": "dec",
+        "anchor": {"weight": 0.0, "fallback": False},
+    },  # the seed had no start anchor
     "DEC": {"init": "gmm_features", "kernel": "mixture", "balance": 0.0, "variant": "dec"},
     "IDEC": {"init": "gmm_features", "kernel": "mixture", "balance": 0.0, "variant": "idec", "gamma": 0.1},
 }
@@ -177,8 +182,19 @@ def product_vade_options() -> dict[str, Any]:
 
     path = Path(__file__).resolve().parents[1] / "conf" / "model" / "vade.yaml"
     config = OmegaConf.to_container(OmegaConf.load(path))
-    skip = {"defaults", "_target_", "n_clusters", "seed", "cluster_index", "cluster_group", "pretrain", "pretrain_epochs",
-            "pretrained_ckpt", "n_clusters_range", "monitor"}
+    skip = {
+        "defaults",
+        "_target_",
+        "n_clusters",
+        "seed",
+        "cluster_index",
+        "cluster_group",
+        "pretrain",
+        "pretrain_epochs",
+        "pretrained_ckpt",
+        "n_clusters_range",
+        "monitor",
+    }
     return {k: v for k, v in config.items() if k not in skip}
 
 
@@ -239,9 +255,7 @@ def score(
 # ----------------------------------------------------------------------------- methods
 
 
-def pretrain_autoencoder(
-    dm: StellarCatalogDataModule, epochs: int, seed: int
-) -> tuple[AutoencoderModule, float]:
+def pretrain_autoencoder(dm: StellarCatalogDataModule, epochs: int, seed: int) -> tuple[AutoencoderModule, float]:
     """The shared autoencoder of the deep methods (product defaults) and its training time."""
     L.seed_everything(seed, verbose=False)
     start = time.perf_counter()
@@ -319,18 +333,16 @@ def run_gmm(dm: StellarCatalogDataModule, truth: np.ndarray, k: int, seed: int) 
     group = choose_cluster_group(prob, physical(dm), dm.feature_names)
     seconds = time.perf_counter() - start
     member_prob = prob[:, group]
-    return score(
-        truth, prob.argmax(axis=1), member_prob > MEMBER_THRESHOLD, group, seconds, member_prob=member_prob
-    )
+    return score(truth, prob.argmax(axis=1), member_prob > MEMBER_THRESHOLD, group, seconds, member_prob=member_prob)
 
 
 def run_hdbscan(dm: StellarCatalogDataModule, truth: np.ndarray) -> MethodResult:
     """HDBSCAN on the standardised features; the rule names one of its groups, noise is a non-member."""
     start = time.perf_counter()
     x = dm.data.numpy().astype(np.float64)
-    labels = HDBSCAN(
-        min_cluster_size=HDBSCAN_MIN_CLUSTER_SIZE, min_samples=HDBSCAN_MIN_SAMPLES, copy=True
-    ).fit_predict(x)
+    labels = HDBSCAN(min_cluster_size=HDBSCAN_MIN_CLUSTER_SIZE, min_samples=HDBSCAN_MIN_SAMPLES, copy=True).fit_predict(
+        x
+    )
     clustered = labels >= 0
     n_groups = int(labels.max()) + 1
     group = -1
@@ -509,16 +521,24 @@ def _no_astrometry_f1(dm: StellarCatalogDataModule, module: Any) -> float | None
         return None
     from grasp_dl.data.sky import gnomonic_project
 
-    xi, eta = gnomonic_project(dm.table["ra"].to_numpy(float)[rows], dm.table["dec"].to_numpy(float)[rows],
-                               *dm.prepared.center)
+    xi, eta = gnomonic_project(
+        dm.table["ra"].to_numpy(float)[rows], dm.table["dec"].to_numpy(float)[rows], *dm.prepared.center
+    )
     p = module.position_member_prob(np.hypot(xi, eta))
     truth = dm.table["truth"].to_numpy()[rows].astype(str) == "cluster"
     return _f1(truth, p > MEMBER_THRESHOLD)
 
 
 def ablation_deep(
-    kind: str, settings: dict[str, Any], ae: AutoencoderModule, dm: StellarCatalogDataModule, truth: np.ndarray,
-    truth_pm: Sequence[float], n_clusters: int, epochs: int, seed: int,
+    kind: str,
+    settings: dict[str, Any],
+    ae: AutoencoderModule,
+    dm: StellarCatalogDataModule,
+    truth: np.ndarray,
+    truth_pm: Sequence[float],
+    n_clusters: int,
+    epochs: int,
+    seed: int,
 ) -> AblationRow:
     """Train DEC or VaDE with ``settings`` from the shared autoencoder; F1, dPM and no-astrometry F1."""
     from grasp_dl.models.model_selection import choose_n_clusters
@@ -542,14 +562,21 @@ def ablation_deep(
     extra["f1_no_astrometry"] = _no_astrometry_f1(dm, module)
     extra["n_clusters"] = int(module.hparams.n_clusters)
     return AblationRow(
-        f1=_f1(truth, member_prob > MEMBER_THRESHOLD), dpm=_pm_error(dm, member_prob, truth_pm),
-        n_members=int((member_prob > MEMBER_THRESHOLD).sum()), seconds=time.perf_counter() - start, extra=extra,
+        f1=_f1(truth, member_prob > MEMBER_THRESHOLD),
+        dpm=_pm_error(dm, member_prob, truth_pm),
+        n_members=int((member_prob > MEMBER_THRESHOLD).sum()),
+        seconds=time.perf_counter() - start,
+        extra=extra,
     )
 
 
 def ablation_xd(
-    options: dict[str, Any], dm: StellarCatalogDataModule, truth: np.ndarray, truth_pm: Sequence[float],
-    n_clusters: int, seed: int,
+    options: dict[str, Any],
+    dm: StellarCatalogDataModule,
+    truth: np.ndarray,
+    truth_pm: Sequence[float],
+    n_clusters: int,
+    seed: int,
 ) -> AblationRow:
     """The error-deconvolved spatial mixture alone, on the usable stars; component 0 is the cluster."""
     from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
@@ -560,14 +587,22 @@ def ablation_xd(
     stars = dm.star_data("all", opts["photometry"])
     member_prob = SpatialDeconvolvedMixture(n_clusters, seed=seed, **opts).fit(stars).predict_proba(stars)[:, 0]
     return AblationRow(
-        f1=_f1(truth, member_prob > MEMBER_THRESHOLD), dpm=_pm_error(dm, member_prob, truth_pm),
-        n_members=int((member_prob > MEMBER_THRESHOLD).sum()), seconds=time.perf_counter() - start,
+        f1=_f1(truth, member_prob > MEMBER_THRESHOLD),
+        dpm=_pm_error(dm, member_prob, truth_pm),
+        n_members=int((member_prob > MEMBER_THRESHOLD).sum()),
+        seconds=time.perf_counter() - start,
     )
 
 
 def ablation_field(
-    name: str, n_stars: int | None, seed: int, ae_epochs: int, dec_epochs: int, n_clusters: int,
-    log: Callable[[str], None] = print, only: Sequence[str] | None = None,
+    name: str,
+    n_stars: int | None,
+    seed: int,
+    ae_epochs: int,
+    dec_epochs: int,
+    n_clusters: int,
+    log: Callable[[str], None] = print,
+    only: Sequence[str] | None = None,
 ) -> dict[str, AblationRow]:
     """Every ablation row on one field (or the rows named in ``only``)."""
     dm = load_field(name, n_stars, seed)
@@ -587,8 +622,10 @@ def ablation_field(
     if deep:
         ae, _ = pretrain_autoencoder(dm, ae_epochs, seed)
         for kind, key in deep:
-            record(f"{kind} {key}",
-                   ablation_deep(kind, ABLATION[key], ae, dm, truth, truth_pm, n_clusters, dec_epochs, seed))
+            record(
+                f"{kind} {key}",
+                ablation_deep(kind, ABLATION[key], ae, dm, truth, truth_pm, n_clusters, dec_epochs, seed),
+            )
     overrides: dict[str, Any] = {"seed": seed} | ({"n_stars": n_stars} if n_stars is not None else {})
     for row, extra_features in FEATURE_ROWS.items():
         kinds = [kind for kind in ("VaDE", "DEC") if wanted(f"{kind} {row}")]
@@ -599,8 +636,12 @@ def ablation_field(
         dm_f.setup()
         ae_f, _ = pretrain_autoencoder(dm_f, ae_epochs, seed)
         for kind in kinds:
-            record(f"{kind} {row}", ablation_deep(
-                kind, FULL, ae_f, dm_f, truth_of(dm_f) == "cluster", truth_pm, n_clusters, dec_epochs, seed))
+            record(
+                f"{kind} {row}",
+                ablation_deep(
+                    kind, FULL, ae_f, dm_f, truth_of(dm_f) == "cluster", truth_pm, n_clusters, dec_epochs, seed
+                ),
+            )
     return rows
 
 
@@ -627,8 +668,9 @@ def run_ablation(args: argparse.Namespace) -> None:
     """The --ablation mode: every ingredient on and off, per field; prints the table."""
     start = time.perf_counter()
     results = {
-        name: ablation_field(name, args.n_stars, args.seed, args.ae_epochs, args.dec_epochs, args.n_clusters,
-                             only=args.rows)
+        name: ablation_field(
+            name, args.n_stars, args.seed, args.ae_epochs, args.dec_epochs, args.n_clusters, only=args.rows
+        )
         for name in args.fields
     }
     print()
@@ -636,8 +678,10 @@ def run_ablation(args: argparse.Namespace) -> None:
     print(ablation_table(results))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.output:
-        payload = {"settings": vars(args), "ablation": {f: {k: asdict(r) for k, r in rows.items()}
-                                                       for f, rows in results.items()}}
+        payload = {
+            "settings": vars(args),
+            "ablation": {f: {k: asdict(r) for k, r in rows.items()} for f, rows in results.items()},
+        }
         Path(args.output).write_text(json.dumps(payload, indent=2, default=float))
         print(f"results written to {args.output}")
 

@@ -49,8 +49,7 @@ def main() -> None:
     parser.add_argument("--fields", nargs="+", default=["m4", "ngc6397", "47tuc_smc"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--matmul-precisions", nargs="+", default=["highest"],
-                        choices=["highest", "high", "medium"])
+    parser.add_argument("--matmul-precisions", nargs="+", default=["highest"], choices=["highest", "high", "medium"])
     parser.add_argument("--epochs", type=int, default=20, help="epochs of each phase (the product's default)")
     args = parser.parse_args()
     acc.quiet()

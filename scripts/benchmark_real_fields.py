@@ -112,15 +112,24 @@ SIMULATED_CASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("ngc6558 3% faint, inside bulge pm", "ngc6558", {"n_stars": 10000}),
     ("ngc6558 1% wide cone", "ngc6558", {"n_stars": 20000, "radius_deg": 0.4, "cluster": {"fraction": 0.01}}),
     ("ngc6558 70% tight cone", "ngc6558", {"n_stars": 8000, "radius_deg": 0.05, "cluster": {"fraction": 0.7}}),
-    ("ngc6558 extended rc=3'", "ngc6558", {"n_stars": 10000, "cluster": {"fraction": 0.1, "core_radius_arcmin": 3.0,
-                                                                        "tidal_radius_arcmin": 40.0}}),
+    (
+        "ngc6558 extended rc=3'",
+        "ngc6558",
+        {"n_stars": 10000, "cluster": {"fraction": 0.1, "core_radius_arcmin": 3.0, "tidal_radius_arcmin": 40.0}},
+    ),
     ("m4 default", "m4", {"n_stars": 10000}),
     ("m4 2% members", "m4", {"n_stars": 10000, "cluster": {"fraction": 0.02}}),
     ("ngc6397 default", "ngc6397", {"n_stars": 10000}),
     ("47tuc_smc (galaxy behind)", "47tuc_smc", {"n_stars": 10000}),
-    ("omega-cen-like extended 12%", "m4", {"n_stars": 30000, "radius_deg": 0.8,
-                                          "cluster": {"fraction": 0.12, "core_radius_arcmin": 2.4,
-                                                      "tidal_radius_arcmin": 48.0}}),
+    (
+        "omega-cen-like extended 12%",
+        "m4",
+        {
+            "n_stars": 30000,
+            "radius_deg": 0.8,
+            "cluster": {"fraction": 0.12, "core_radius_arcmin": 2.4, "tidal_radius_arcmin": 48.0},
+        },
+    ),
 )
 
 
@@ -245,28 +254,46 @@ def score(field: Field, method: str, options: dict[str, Any]) -> Row:
     pm_error = float(np.linalg.norm(summary_mean_pm(field.catalog, scored.member_prob) - truth))
     fit_error = float(np.linalg.norm(np.asarray(scored.fitted_pm) - truth)) if scored.fitted_pm else float("nan")
     ivw_error = float(np.linalg.norm(summary_mean_pm(field.catalog, scored.member_prob, True) - truth))
-    return Row(field.name, method, f1, precision, recall, pm_error, fit_error, ivw_error, int(predicted.sum()),
-               int(field.member.sum()), seconds, scored.info)
+    return Row(
+        field.name,
+        method,
+        f1,
+        precision,
+        recall,
+        pm_error,
+        fit_error,
+        ivw_error,
+        int(predicted.sum()),
+        int(field.member.sum()),
+        seconds,
+        scored.info,
+    )
 
 
 def print_table(rows: Sequence[Row]) -> None:
     """A fixed-width table, one line per field and method."""
-    print(f"{'field':34s} {'method':10s} {'F1':>6s} {'prec':>6s} {'rec':>6s} {'dPM':>7s} {'dPM(fit)':>8s} {'dPM(ivw)':>8s} "
-          f"{'members':>8s} {'ref':>6s} {'sec':>6s}  info")
+    print(
+        f"{'field':34s} {'method':10s} {'F1':>6s} {'prec':>6s} {'rec':>6s} {'dPM':>7s} {'dPM(fit)':>8s} {'dPM(ivw)':>8s} "
+        f"{'members':>8s} {'ref':>6s} {'sec':>6s}  info"
+    )
     for r in rows:
         fit = f"{r.pm_error_fit:8.3f}" if np.isfinite(r.pm_error_fit) else f"{'-':>8s}"
-        print(f"{r.field:34s} {r.method:10s} {r.f1:6.3f} {r.precision:6.3f} {r.recall:6.3f} {r.pm_error:7.3f} "
-              f"{fit} {r.pm_error_ivw:8.3f} {r.members:8d} {r.reference_members:6d} {r.seconds:6.1f}  {r.info}")
+        print(
+            f"{r.field:34s} {r.method:10s} {r.f1:6.3f} {r.precision:6.3f} {r.recall:6.3f} {r.pm_error:7.3f} "
+            f"{fit} {r.pm_error_ivw:8.3f} {r.members:8d} {r.reference_members:6d} {r.seconds:6.1f}  {r.info}"
+        )
     for method in dict.fromkeys(r.method for r in rows):
         mine = [r for r in rows if r.method == method]
         f1 = [r.f1 for r in mine]
         pm = [r.pm_error for r in mine]
         fit = [r.pm_error_fit for r in mine if np.isfinite(r.pm_error_fit)]
         ivw = [r.pm_error_ivw for r in mine]
-        print(f"-- {method}: F1 min {min(f1):.3f} median {np.median(f1):.3f}; dPM max {max(pm):.3f} "
-              f"(fit {max(fit) if fit else float('nan'):.3f}, ivw {max(ivw):.3f}); "
-              f"fields with F1 >= 0.85 and dPM < 0.1: {sum(r.f1 >= 0.85 and r.pm_error < 0.1 for r in mine)}/"
-              f"{len(mine)}; total {sum(r.seconds for r in mine):.1f} s")
+        print(
+            f"-- {method}: F1 min {min(f1):.3f} median {np.median(f1):.3f}; dPM max {max(pm):.3f} "
+            f"(fit {max(fit) if fit else float('nan'):.3f}, ivw {max(ivw):.3f}); "
+            f"fields with F1 >= 0.85 and dPM < 0.1: {sum(r.f1 >= 0.85 and r.pm_error < 0.1 for r in mine)}/"
+            f"{len(mine)}; total {sum(r.seconds for r in mine):.1f} s"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
@@ -283,8 +310,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     logging.basicConfig(level=logging.WARNING)
     methods = args.method or ["xd"]
     if args.simulated:
-        fields = (simulated_field(label, base, overrides, seed)
-                  for seed in args.seeds for label, base, overrides in SIMULATED_CASES)
+        fields = (
+            simulated_field(label, base, overrides, seed)
+            for seed in args.seeds
+            for label, base, overrides in SIMULATED_CASES
+        )
     else:
         fields = (real_field(name, args.center) for name in (args.fields or vb21_names()))
     rows = []

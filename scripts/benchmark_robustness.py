@@ -91,7 +91,12 @@ OVERRIDES: dict[str, list[str]] = {
     "vade_hard": ["model=vade", "experiment=hard_field"],
     "dec_hard": ["model=dec", "experiment=hard_field"],
     "default": [],
-    "vade_hard_noanchor": ["model=vade", "experiment=hard_field", "model.anchor.weight=0", "model.anchor.fallback=false"],
+    "vade_hard_noanchor": [
+        "model=vade",
+        "experiment=hard_field",
+        "model.anchor.weight=0",
+        "model.anchor.fallback=false",
+    ],
     "dec_hard_noanchor": ["model=dec", "experiment=hard_field", "model.anchor.weight=0", "model.anchor.fallback=false"],
 }
 SAMPLE_SEED = 2026
@@ -100,14 +105,16 @@ SAMPLE_SEED = 2026
 # ----------------------------------------------------------------------------- the design
 def cell_name(cell: dict[str, Any]) -> str:
     """The cell's name, as the simulator's config names it."""
-    return (f"share{cell['share']:g}_n{int(cell['n'])}_off{cell['offset']:g}_{cell['profile']}_"
-            f"{cell['members']}_s{int(cell['seed'])}")
+    return (
+        f"share{cell['share']:g}_n{int(cell['n'])}_off{cell['offset']:g}_{cell['profile']}_"
+        f"{cell['members']}_s{int(cell['seed'])}"
+    )
 
 
 def full_grid() -> list[dict[str, Any]]:
     """Every cell of the factorial, in a fixed order."""
     keys = list(FACTORS)
-    return [dict(zip(keys, values)) for values in itertools.product(*FACTORS.values())]
+    return [dict(zip(keys, values, strict=False)) for values in itertools.product(*FACTORS.values())]
 
 
 def default_design(n_sample: int) -> list[dict[str, Any]]:
@@ -202,8 +209,14 @@ def compose(method: str, cell: dict[str, Any], args: argparse.Namespace, out: st
     from grasp_dl.config import conf_dir
     from grasp_dl.data.simulate import robustness_field_config
 
-    overrides = [*OVERRIDES[method], "data=ngc6558", f"trainer.max_epochs={args.epochs}",
-                 "trainer.enable_progress_bar=false", f"seed={cell['seed']}", *args.set]
+    overrides = [
+        *OVERRIDES[method],
+        "data=ngc6558",
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.enable_progress_bar=false",
+        f"seed={cell['seed']}",
+        *args.set,
+    ]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = hydra_compose("train", overrides=overrides)
     with open_dict(cfg):
@@ -211,7 +224,8 @@ def compose(method: str, cell: dict[str, Any], args: argparse.Namespace, out: st
         cfg.logger = None
         cfg.callbacks = None
         cfg.data.simulate = robustness_field_config(
-            cell["share"], cell["n"], cell["offset"], cell["profile"], cell["members"], cell["seed"])
+            cell["share"], cell["n"], cell["offset"], cell["profile"], cell["members"], cell["seed"]
+        )
         if "pretrain_epochs" in cfg.model:
             cfg.model.pretrain_epochs = args.ae_epochs
     return cfg
@@ -267,9 +281,13 @@ def run_product(method: str, cell: dict[str, Any], dm: Any, truth_pm: np.ndarray
     if anchor is not None:
         truth_train = truth[dm.usable_rows()][dm.train_index.numpy()]
         start_member = anchor.cpu().numpy() > 0.5
-        row.start_f1 = 2.0 * float((start_member & truth_train).sum()) / max(float(start_member.sum() + truth_train.sum()), 1.0)
+        row.start_f1 = (
+            2.0 * float((start_member & truth_train).sum()) / max(float(start_member.sum() + truth_train.sum()), 1.0)
+        )
         end_member = usable_prob[dm.train_index.numpy()] > 0.5
-        row.end_f1_train = 2.0 * float((end_member & truth_train).sum()) / max(float(end_member.sum() + truth_train.sum()), 1.0)
+        row.end_f1_train = (
+            2.0 * float((end_member & truth_train).sum()) / max(float(end_member.sum() + truth_train.sum()), 1.0)
+        )
     if report and report.get("anchored") is False:
         row.anchor_action = "not anchored (implausible start)"
     elif report:
@@ -296,8 +314,9 @@ def run_xd_direct(cell: dict[str, Any], dm: Any, truth_pm: np.ndarray) -> Row:
     truth = dm.table["truth"].to_numpy()[dm.prepared.mask].astype(str) == "cluster"
     _scores(row, member_prob, truth)
     catalog = dm.table.iloc[dm.usable_rows()].reset_index(drop=True)
-    summary = cluster_summary(pd.DataFrame({"label": np.zeros(len(member_prob), int), "member_prob": member_prob}),
-                              catalog, None, 0)
+    summary = cluster_summary(
+        pd.DataFrame({"label": np.zeros(len(member_prob), int), "member_prob": member_prob}), catalog, None, 0
+    )
     row.pm_error = float(np.hypot(summary["mean_pmra"] - truth_pm[0], summary["mean_pmdec"] - truth_pm[1]))
     _plausibility(row, member_prob, dm)
     _found(row, summary)
@@ -349,11 +368,14 @@ def run_cell(cell: dict[str, Any], methods: Sequence[str], args: argparse.Namesp
         except Exception as exc:  # noqa: BLE001 - one failing method must not lose the grid
             row = Row(cell_name(cell), method, **cell, error=f"{type(exc).__name__}: {exc}")
         rows.append(row)
-        print(f"[{row.cell}] {method}: F1 {row.f1:.3f} P {row.precision:.3f} R {row.recall:.3f} "
-              f"dPM {row.pm_error:.3f} found {row.cluster_found} ({row.seconds:.0f} s)"
-              + (f" start F1 {row.start_f1:.3f} agreement {row.agreement}" if row.start_f1 is not None else "")
-              + (f" {row.anchor_action}" if row.anchor_action and row.anchor_action != "none" else "")
-              + (f" ERROR {row.error}" if row.error else ""), flush=True)
+        print(
+            f"[{row.cell}] {method}: F1 {row.f1:.3f} P {row.precision:.3f} R {row.recall:.3f} "
+            f"dPM {row.pm_error:.3f} found {row.cluster_found} ({row.seconds:.0f} s)"
+            + (f" start F1 {row.start_f1:.3f} agreement {row.agreement}" if row.start_f1 is not None else "")
+            + (f" {row.anchor_action}" if row.anchor_action and row.anchor_action != "none" else "")
+            + (f" ERROR {row.error}" if row.error else ""),
+            flush=True,
+        )
     return rows
 
 
@@ -379,8 +401,11 @@ def cell_table(rows: Sequence[Row], methods: Sequence[str]) -> str:
         cells = [cell]
         for m in methods:
             r = got.get(m)
-            cells += ["-"] * 5 if r is None else [_fmt(r.f1), _fmt(r.precision), _fmt(r.recall), _fmt(r.pm_error),
-                                                  _fmt(r.cluster_found)]
+            cells += (
+                ["-"] * 5
+                if r is None
+                else [_fmt(r.f1), _fmt(r.precision), _fmt(r.recall), _fmt(r.pm_error), _fmt(r.cluster_found)]
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -398,19 +423,38 @@ def names_field(r: Row) -> bool:
 
 def summary_table(rows: Sequence[Row], methods: Sequence[str]) -> str:
     """Markdown: per method, median / min F1, median dPM, cells naming the field, failures."""
-    header = ["method", "cells", "median F1", "min F1", "median dPM", "field named", "cluster_found false (summary)",
-              "errors"]
+    header = [
+        "method",
+        "cells",
+        "median F1",
+        "min F1",
+        "median dPM",
+        "field named",
+        "cluster_found false (summary)",
+        "errors",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for m in methods:
         got = [r for r in rows if r.method == m]
         ok = [r for r in got if not r.error]
         f1 = [r.f1 for r in ok]
         dpm = [r.pm_error for r in ok if not math.isnan(r.pm_error)]
-        lines.append("| " + " | ".join([
-            m, str(len(got)), _fmt(statistics.median(f1)) if f1 else "-", _fmt(min(f1)) if f1 else "-",
-            _fmt(statistics.median(dpm)) if dpm else "-", str(sum(names_field(r) for r in ok)),
-            str(sum(r.cluster_found is False and r.found_source == "summary" for r in ok)), str(len(got) - len(ok)),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    m,
+                    str(len(got)),
+                    _fmt(statistics.median(f1)) if f1 else "-",
+                    _fmt(min(f1)) if f1 else "-",
+                    _fmt(statistics.median(dpm)) if dpm else "-",
+                    str(sum(names_field(r) for r in ok)),
+                    str(sum(r.cluster_found is False and r.found_source == "summary" for r in ok)),
+                    str(len(got) - len(ok)),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -433,11 +477,14 @@ def target_checks(rows: Sequence[Row]) -> list[str]:
         for m in ("vade_hard", "dec_hard", "default", "vade_hard_noanchor", "dec_hard_noanchor"):
             if m in got and got[m].f1 < xd.f1 - 0.05:
                 misses.append(f"{cell} {m} {got[m].f1:.2f} < xd {xd.f1:.2f} - 0.05")
-    out.append(f"- deep models within 0.05 of xd where xd F1 >= 0.6: {len(misses)} miss(es)"
-               + "".join(f"\n  - {x}" for x in misses))
+    out.append(
+        f"- deep models within 0.05 of xd where xd F1 >= 0.6: {len(misses)} miss(es)"
+        + "".join(f"\n  - {x}" for x in misses)
+    )
     field = [f"{r.cell} {r.method}" for r in rows if not r.error and names_field(r)]
-    out.append(f"- no cell names the field: {len(field)} (cell, method) name(s) it"
-               + "".join(f"\n  - {x}" for x in field))
+    out.append(
+        f"- no cell names the field: {len(field)} (cell, method) name(s) it" + "".join(f"\n  - {x}" for x in field)
+    )
     hard = []
     for cell, got in by_cell.items():
         if got and max(r.f1 for r in got.values()) < 0.3:
@@ -445,10 +492,15 @@ def target_checks(rows: Sequence[Row]) -> list[str]:
                 said_none = r.cluster_found is False and r.found_source == "summary"
                 if not said_none and not (r.pm_error < 0.3):
                     hard.append(f"{cell} {r.method} (dPM {r.pm_error:.2f})")
-    out.append(f"- cells where no method reaches F1 0.3 report no cluster or dPM < 0.3: {len(hard)} miss(es)"
-               + "".join(f"\n  - {x}" for x in hard))
-    pm = [f"{r.cell} {r.method} dPM {r.pm_error:.3f}" for r in rows
-          if not r.error and r.f1 >= 0.6 and not r.pm_error < 0.1]
+    out.append(
+        f"- cells where no method reaches F1 0.3 report no cluster or dPM < 0.3: {len(hard)} miss(es)"
+        + "".join(f"\n  - {x}" for x in hard)
+    )
+    pm = [
+        f"{r.cell} {r.method} dPM {r.pm_error:.3f}"
+        for r in rows
+        if not r.error and r.f1 >= 0.6 and not r.pm_error < 0.1
+    ]
     out.append(f"- dPM < 0.1 mas/yr where F1 >= 0.6: {len(pm)} miss(es)" + "".join(f"\n  - {x}" for x in pm))
     return out
 
@@ -457,15 +509,18 @@ def anchor_table(rows: Sequence[Row]) -> str:
     """Markdown: hard-field VaDE / DEC with and without the anchor, start F1 against end F1, per cell."""
     pairs = [("vade_hard", "vade_hard_noanchor"), ("dec_hard", "dec_hard_noanchor")]
     by = {(r.cell, r.method): r for r in rows if not r.error}
-    lines = ["| cell | model | start F1 | end F1 without anchor | end F1 with anchor | anchor action |",
-             "|---|---|---:|---:|---:|---|"]
+    lines = [
+        "| cell | model | start F1 | end F1 without anchor | end F1 with anchor | anchor action |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for cell in dict.fromkeys(r.cell for r in rows):
         for with_, without in pairs:
             a, b = by.get((cell, with_)), by.get((cell, without))
             if a is None or b is None:
                 continue
-            lines.append(f"| {cell} | {with_} | {_fmt(a.start_f1)} | {_fmt(b.f1)} | {_fmt(a.f1)} | "
-                         f"{a.anchor_action or 'none'} |")
+            lines.append(
+                f"| {cell} | {with_} | {_fmt(a.start_f1)} | {_fmt(b.f1)} | {_fmt(a.f1)} | {a.anchor_action or 'none'} |"
+            )
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -482,8 +537,9 @@ def write_csv(rows: Sequence[Row], path: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     ap.add_argument("--full", action="store_true", help="the whole factorial (360 cells)")
     ap.add_argument("--cells", nargs="+", default=None, help="cell names or factor=v1,v2 filters")
     ap.add_argument("--sample", type=int, default=4, help="random cells added to the default design")
@@ -512,8 +568,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         if args.csv:
             write_csv(rows, args.csv)  # as it goes: an interrupted run keeps its cells
     wall = time.perf_counter() - start
-    print(f"\nMember F1, precision, recall (member_prob > 0.5 on the scored stars), dPM = |mean PM - truth| "
-          f"(mas/yr) and cluster_found per cell ({len(cells)} cells):\n")
+    print(
+        f"\nMember F1, precision, recall (member_prob > 0.5 on the scored stars), dPM = |mean PM - truth| "
+        f"(mas/yr) and cluster_found per cell ({len(cells)} cells):\n"
+    )
     print(cell_table(rows, args.methods))
     print("\nSummary per method:\n")
     print(summary_table(rows, args.methods))

@@ -204,8 +204,9 @@ class PairedFloors(L.Callback):
         self.mark = time.perf_counter()
 
 
-def _config(n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool, out: str,
-            paired: bool = False):
+def _config(
+    n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool, out: str, paired: bool = False
+):
     extra = os.environ.get("BENCHMARK_OVERRIDES", "").split()
     """conf/train.yaml as `grasp-dl train` composes it, sized for this measurement."""
     from hydra import compose, initialize_config_dir
@@ -295,8 +296,18 @@ def child(kind: str, n: int, batch_size: int, epochs: int, dec: bool, precision:
 
 
 def _run_child(args: argparse.Namespace, kind: str, n: int, batch_size: int, epochs: int, dec: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, str(n), str(batch_size), str(epochs), str(int(dec)),
-           args.precision, str(int(args.compile))]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        str(n),
+        str(batch_size),
+        str(epochs),
+        str(int(dec)),
+        args.precision,
+        str(int(args.compile)),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} N={n} batch={batch_size} failed:\n{proc.stderr[-3000:]}")
@@ -328,17 +339,35 @@ def predict_benchmark(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         run = tmp / "run"
-        train = [sys.executable, "-m", "grasp_dl.cli", "train", "data.simulate.n_stars=20000", "trainer.max_epochs=2",
-                 "model.pretrain_epochs=2", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]
+        train = [
+            sys.executable,
+            "-m",
+            "grasp_dl.cli",
+            "train",
+            "data.simulate.n_stars=20000",
+            "trainer.max_epochs=2",
+            "model.pretrain_epochs=2",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run}",
+        ]
         subprocess.run(train, check=True, capture_output=True)
         catalogue = tmp / "big.parquet"
         start = time.perf_counter()
         write_big_catalogue(n, catalogue)
         print(f"wrote {n:,} rows in {time.perf_counter() - start:.0f} s ({catalogue.stat().st_size / 2**20:.0f} MiB)")
         output = tmp / "out.parquet"
-        cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "grasp_dl.cli", "predict",
-               f"ckpt_path={run}/checkpoints/last.ckpt", f"data.path={catalogue}", f"output={output}",
-               f"hydra.run.dir={tmp}/p"]
+        cmd = [
+            "/usr/bin/time",
+            "-v",
+            sys.executable,
+            "-m",
+            "grasp_dl.cli",
+            "predict",
+            f"ckpt_path={run}/checkpoints/last.ckpt",
+            f"data.path={catalogue}",
+            f"output={output}",
+            f"hydra.run.dir={tmp}/p",
+        ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -357,13 +386,21 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
-    parser.add_argument("--repeats", type=int, default=2, help="paired runs per configuration; the lowest a/b is reported")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="paired runs per configuration; the lowest a/b is reported"
+    )
     parser.add_argument("--dec", action="store_true", help="also time DEC epochs on the Lightning path")
     parser.add_argument("--precision", default="32-true", help="trainer.precision, e.g. bf16-mixed on a GPU")
     parser.add_argument("--compile", action="store_true", help="(a) with compile=true (torch.compile)")
     parser.add_argument("--predict", type=int, default=0, help="time grasp-dl predict on this many rows")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a further Hydra override of the product path, e.g. data.batches_per_step=1")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further Hydra override of the product path, e.g. data.batches_per_step=1",
+    )
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -374,12 +411,16 @@ def main() -> None:
     import torch
 
     device = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, precision {args.precision}"
-          f"{', compile' if args.compile else ''}; paired timing, lowest a/b of {args.repeats} runs"
-          f"{'; ' + ' '.join(args.overrides) if args.overrides else ''}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, precision {args.precision}"
+        f"{', compile' if args.compile else ''}; paired timing, lowest a/b of {args.repeats} runs"
+        f"{'; ' + ' '.join(args.overrides) if args.overrides else ''}"
+    )
     if args.sizes:
-        print("| N | batch | (a) lightning stars/s | (b) bare stars/s | (c) dataloader stars/s | a/b | a/c "
-              "| a/b of each repeat | peak RSS a / b / c (MiB) |" + (" (a) DEC stars/s |" if args.dec else ""))
+        print(
+            "| N | batch | (a) lightning stars/s | (b) bare stars/s | (c) dataloader stars/s | a/b | a/c "
+            "| a/b of each repeat | peak RSS a / b / c (MiB) |" + (" (a) DEC stars/s |" if args.dec else "")
+        )
         print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.dec else ""))
     for n in args.sizes:
         for batch in args.batch_sizes:

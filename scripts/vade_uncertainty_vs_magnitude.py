@@ -29,9 +29,9 @@ from omegaconf import OmegaConf
 from grasp_dl.config import conf_dir
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import SIMULATED_FIELDS, load_simulation_config
+from grasp_dl.inference.predict import predict_catalog
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.vade import VaDEModule
-from grasp_dl.inference.predict import predict_catalog
 
 MAG_EDGES = (10.0, 15.0, 17.0, 18.0, 19.0, 20.0, 21.0)
 
@@ -39,8 +39,12 @@ MAG_EDGES = (10.0, 15.0, 17.0, 18.0, 19.0, 20.0, 21.0)
 def make_trainer(max_epochs: int) -> L.Trainer:
     """A quiet Trainer: no logger, checkpoints, progress bar or summary."""
     return L.Trainer(
-        max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
 
 
@@ -50,8 +54,20 @@ def train_vade(dm: StellarCatalogDataModule, ae_epochs: int, epochs: int, seed: 
     autoencoder = AutoencoderModule(dm.input_dim, preprocessing=dm.preprocessing_state())
     make_trainer(ae_epochs).fit(autoencoder, datamodule=dm)
     config = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / "vade.yaml"))
-    options = {k: config[k] for k in ("n_clusters", "init", "n_init", "kl_warmup_epochs", "n_samples",
-                                      "logvar_min", "logvar_max", "recon_logvar", "optimizer")}
+    options = {
+        k: config[k]
+        for k in (
+            "n_clusters",
+            "init",
+            "n_init",
+            "kl_warmup_epochs",
+            "n_samples",
+            "logvar_min",
+            "logvar_max",
+            "recon_logvar",
+            "optimizer",
+        )
+    }
     module = VaDEModule.from_autoencoder(autoencoder, seed=seed, **options)
     make_trainer(epochs).fit(module, datamodule=dm)
     return module.eval()
@@ -102,8 +118,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     module = train_vade(dm, args.ae_epochs, args.epochs, args.seed)
     out, summary = predict_catalog(module, dm.table)
     result = magnitude_table(dm.table, out)
-    print(f"{args.field}: {summary['n_scored']} stars scored, cluster = group {summary['cluster_group']}; "
-          f"true members per G bin:\n")
+    print(
+        f"{args.field}: {summary['n_scored']} stars scored, cluster = group {summary['cluster_group']}; "
+        f"true members per G bin:\n"
+    )
     print(result.to_markdown(floatfmt=".4f") if _has_tabulate() else result.to_string(float_format="%.4f"))
 
 

@@ -12,6 +12,7 @@ from grasp_dl.config import conf_dir
 
 #: Overrides that make any training config a few-second run on a small simulated field.
 TINY = [
+    "model=dec",
     "data.simulate.n_stars=3000",
     "trainer.max_epochs=2",
     "model.pretrain_epochs=2",

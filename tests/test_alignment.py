@@ -68,8 +68,9 @@ def test_labels_per_catalogue_row_meet_the_matrix_on_its_rows(cone):
 @pytest.mark.slow
 def test_predict_clusters_is_row_aligned_for_prepared_features_only(cone, tmp_path):
     X, _ = prepare_stellar_data(cone)
-    model = DeepClusteringModel(n_clusters=2, pretrain_epochs=1, epochs=1, device="cpu", progress_bar=False,
-                                output_dir=tmp_path)
+    model = DeepClusteringModel(
+        n_clusters=2, pretrain_epochs=1, epochs=1, device="cpu", progress_bar=False, output_dir=tmp_path
+    )
     model.fit(X)
     labels, probs = model.predict_clusters(X)
     mask = X.catalog_rows.mask

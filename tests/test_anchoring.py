@@ -28,11 +28,24 @@ def _field_and_cluster(n_field: int = 3000, n_cluster: int = 150, seed: int = 0)
     rng = np.random.default_rng(seed)
     r = 0.2 * np.sqrt(rng.random(n_field))
     t = rng.uniform(0, 2 * np.pi, n_field)
-    field = np.column_stack([r * np.cos(t), r * np.sin(t), rng.normal(-2, 3, n_field), rng.normal(-5, 3, n_field),
-                             rng.normal(0.2, 0.3, n_field)])
-    cluster = np.column_stack([rng.normal(0, 0.01, n_cluster), rng.normal(0, 0.01, n_cluster),
-                               rng.normal(1, 0.1, n_cluster), rng.normal(-3, 0.1, n_cluster),
-                               rng.normal(0.1, 0.05, n_cluster)])
+    field = np.column_stack(
+        [
+            r * np.cos(t),
+            r * np.sin(t),
+            rng.normal(-2, 3, n_field),
+            rng.normal(-5, 3, n_field),
+            rng.normal(0.2, 0.3, n_field),
+        ]
+    )
+    cluster = np.column_stack(
+        [
+            rng.normal(0, 0.01, n_cluster),
+            rng.normal(0, 0.01, n_cluster),
+            rng.normal(1, 0.1, n_cluster),
+            rng.normal(-3, 0.1, n_cluster),
+            rng.normal(0.1, 0.05, n_cluster),
+        ]
+    )
     truth = np.r_[np.zeros(n_field, bool), np.ones(n_cluster, bool)]
     return np.vstack([field, cluster]), truth
 
@@ -202,9 +215,20 @@ def test_collapsing_case_ends_no_worse_than_its_start(tmp_path, model: str) -> N
     from grasp_dl.data.simulate import robustness_field_config
     from tests.hydra_configs import compose_config
 
-    cfg = compose_config("train", [f"model={model}", "experiment=hard_field", "data=ngc6558", "trainer.max_epochs=20",
-                                   "model.pretrain_epochs=10", "trainer.enable_progress_bar=false",
-                                   "trainer.accelerator=cpu", "seed=0"], tmp_path)
+    cfg = compose_config(
+        "train",
+        [
+            f"model={model}",
+            "experiment=hard_field",
+            "data=ngc6558",
+            "trainer.max_epochs=20",
+            "model.pretrain_epochs=10",
+            "trainer.enable_progress_bar=false",
+            "trainer.accelerator=cpu",
+            "seed=0",
+        ],
+        tmp_path,
+    )
     with open_dict(cfg):
         cfg.logger = None
         cfg.callbacks = None

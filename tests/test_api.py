@@ -11,7 +11,6 @@ import pytest
 import torch
 from astropy.table import Table
 from matplotlib.figure import Figure
-
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.utils.validation import check_is_fitted
 
@@ -84,8 +83,13 @@ def test_init_does_no_work_and_composes_the_cli_config(tmp_path):
     assert cfg.callbacks.tensorboard_figures.every_n_epochs == 5
     gpu = DeepClusteringModel(device="cuda:1", output_dir=tmp_path).compose_config()
     assert gpu.trainer.accelerator == "gpu" and list(gpu.trainer.devices) == [1]
-    custom = DeepClusteringModel(overrides=["model.kernel=dec"], output_dir=tmp_path).compose_config()
+    custom = DeepClusteringModel(model="dec", overrides=["model.kernel=dec"], output_dir=tmp_path).compose_config()
     assert custom.model.kernel == "dec"
+    # the default is the CLI's default setting; its step-by-step deep phases train DEC
+    default = DeepClusteringModel(output_dir=tmp_path)
+    assert default.compose_config().model._target_.endswith("XDModule")
+    assert default.compose_config().model.fallback_model == "dec"
+    assert default.compose_config(deep=True).model._target_.endswith("DECModule")
     with pytest.raises(ConfigError, match="unknown model"):
         DeepClusteringModel(model="kmeans").compose_config()
     with pytest.raises(ConfigError, match="unknown device"):
@@ -254,8 +258,14 @@ def test_fit_on_a_feature_array(tmp_path):
     X = np.concatenate([c + rng.normal(size=(400, 3)) for c in centres])
     truth = np.repeat([0, 1, 2], 400)
     model = DeepClusteringModel(
-        latent_dim=2, hidden_dims=[16], pretrain_epochs=3, epochs=2, device="cpu", progress_bar=False,
-        output_dir=tmp_path, features=["pmra", "pmdec", "parallax"],
+        latent_dim=2,
+        hidden_dims=[16],
+        pretrain_epochs=3,
+        epochs=2,
+        device="cpu",
+        progress_bar=False,
+        output_dir=tmp_path,
+        features=["pmra", "pmdec", "parallax"],
     )
     assert model.fit(X) is model
     assert model.feature_names_ == ["pmra", "pmdec", "parallax"]

@@ -52,8 +52,12 @@ def test_reconstruction_loss_falls_on_a_simulated_field(tmp_path):
     before = val_loss()
     module.train()
     trainer = L.Trainer(
-        max_epochs=5, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, default_root_dir=tmp_path,
+        max_epochs=5,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(module, datamodule=dm)
     after = val_loss()
@@ -78,8 +82,15 @@ def test_training_loss_is_logged_once_per_epoch_as_the_mean_over_stars():
     dm.setup()
     module = AutoencoderModule(dm.input_dim)
     steps = StepLosses()
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[steps], num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[steps],
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=dm)
     sizes = torch.tensor(steps.sizes, dtype=torch.float64)
     expected = (torch.tensor(steps.losses, dtype=torch.float64) * sizes).sum() / sizes.sum()
@@ -96,8 +107,16 @@ def _fit_autoencoder(batches_per_step, scheduler=None, epochs=2, callbacks=(), p
     )
     dm.setup()
     module = AutoencoderModule(dm.input_dim, scheduler=scheduler)
-    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", callbacks=list(callbacks), precision=precision)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=list(callbacks),
+        precision=precision,
+    )
     trainer.fit(module, datamodule=dm)
     return module, trainer
 
@@ -109,7 +128,7 @@ def test_blocks_of_batches_train_exactly_like_one_batch_per_step():
     n_batches = trainer_one.num_training_batches
     assert n_batches > 16 and trainer_eight.num_training_batches == -(-n_batches // 8)
     assert trainer_one.global_step == trainer_eight.global_step == 2 * n_batches
-    for (name, a), (_, b) in zip(one.state_dict().items(), eight.state_dict().items()):
+    for (name, a), (_, b) in zip(one.state_dict().items(), eight.state_dict().items(), strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
@@ -130,7 +149,7 @@ def test_direct_steps_only_where_lightning_would_do_nothing_more():
     hooked, hooked_trainer = _fit_autoencoder(8, callbacks=[counter])
     assert hooked._direct_steps is False
     assert counter.calls == hooked_trainer.global_step == trainer.global_step  # every step's hook ran
-    for (name, a), (_, b) in zip(direct.state_dict().items(), hooked.state_dict().items()):
+    for (name, a), (_, b) in zip(direct.state_dict().items(), hooked.state_dict().items(), strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     bf16, _ = _fit_autoencoder(8, epochs=1, precision="bf16-mixed")
     assert bf16._direct_steps is True  # autocast only: no loss scaling to keep
@@ -141,8 +160,16 @@ def test_direct_steps_only_where_lightning_would_do_nothing_more():
     [
         ({"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1, "gamma": 0.5}, 2.5e-4),
         # a plateau scheduler that cuts every epoch: the monitored val/loss reaches it
-        ({"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "factor": 0.5,
-          "patience": 0, "threshold": 10.0}, 2.5e-4),
+        (
+            {
+                "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+                "_partial_": True,
+                "factor": 0.5,
+                "patience": 0,
+                "threshold": 10.0,
+            },
+            2.5e-4,
+        ),
     ],
 )
 def test_epoch_schedulers_step_once_per_epoch_with_blocks(scheduler, expected_lr):
@@ -155,7 +182,13 @@ def test_a_scheduler_watching_an_unlogged_metric_is_named():
     module = AutoencoderModule(5, scheduler=scheduler)
     module.hparams.scheduler = scheduler
     dm = StellarCatalogDataModule(simulate=load_simulation_config("m4") | {"n_stars": 1000}, val_fraction=0.0)
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     with pytest.raises(RuntimeError, match="monitors 'val/loss', which was not logged.*val_fraction"):
         trainer.fit(module, datamodule=dm)

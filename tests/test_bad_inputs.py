@@ -31,13 +31,14 @@ from grasp_dl.data.catalog import iter_catalog, read_catalog, write_catalog
 from grasp_dl.data.prepare import prepare_stellar_data
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.errors import CatalogError, CheckpointError, ConfigError, GraspDLError
-from grasp_dl.io_policy import prepare_run_dir
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, predict_to_file
+from grasp_dl.io_policy import prepare_run_dir
 
 from hydra_configs import compose_config
 
 #: A training run of a second or two: a small simulated field, one epoch per phase, few callbacks.
 FAST = [
+    "model=dec",
     "trainer.max_epochs=1",
     "model.pretrain_epochs=1",
     "trainer.accelerator=cpu",
@@ -141,8 +142,14 @@ def test_predict_output_onto_its_input_is_refused(capsys, tmp_path, dec_ckpt, co
     write_catalog(df, data)
     before = digest(data, dec_ckpt)
     for output in (data, tmp_path / ".." / tmp_path.name / data.name):
-        result = run_cli(capsys, "predict", f"ckpt_path={dec_ckpt}", f"data.path={data}", f"output={output}",
-                         f"hydra.run.dir={tmp_path}/run")
+        result = run_cli(
+            capsys,
+            "predict",
+            f"ckpt_path={dec_ckpt}",
+            f"data.path={data}",
+            f"output={output}",
+            f"hydra.run.dir={tmp_path}/run",
+        )
         assert_one_line_error(result, "same file as data.path", "choose another output")
     assert digest(data, dec_ckpt) == before
 
@@ -156,13 +163,25 @@ def test_evaluate_output_onto_truth_or_predictions_is_refused(capsys, tmp_path, 
     write_catalog(table, predictions)
     before = digest(truth, predictions)
     for output, option in ((truth, "truth"), (predictions, "predictions")):
-        result = run_cli(capsys, "evaluate", f"predictions={predictions}", f"truth={truth}", f"output={output}",
-                         f"hydra.run.dir={tmp_path}/run")
+        result = run_cli(
+            capsys,
+            "evaluate",
+            f"predictions={predictions}",
+            f"truth={truth}",
+            f"output={output}",
+            f"hydra.run.dir={tmp_path}/run",
+        )
         assert_one_line_error(result, f"same file as {option}=")
     assert digest(truth, predictions) == before
     # and evaluate still works with a proper output
-    result = run_cli(capsys, "evaluate", f"predictions={predictions}", f"truth={truth}",
-                     f"output={tmp_path}/m.json", f"hydra.run.dir={tmp_path}/run")
+    result = run_cli(
+        capsys,
+        "evaluate",
+        f"predictions={predictions}",
+        f"truth={truth}",
+        f"output={tmp_path}/m.json",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert result[0] == 0 and (tmp_path / "m.json").is_file() and no_temp_files(tmp_path)
 
 
@@ -174,8 +193,9 @@ def test_training_into_a_finished_run_directory(capsys, tmp_path):
     last = run / "checkpoints" / "last.ckpt"
     first = digest(last, run / ".hydra" / "config.yaml")
     # a second run into the same directory is refused, and leaves the first run's files (its config too) alone
-    assert_one_line_error(run_cli(capsys, *args, "model.n_clusters=4"), "already holds a run", "overwrite=true",
-                          "ckpt_path=last")
+    assert_one_line_error(
+        run_cli(capsys, *args, "model.n_clusters=4"), "already holds a run", "overwrite=true", "ckpt_path=last"
+    )
     assert digest(last, run / ".hydra" / "config.yaml") == first
     # the check inside the task too (a run directory given another way, e.g. a config file)
     cfg = compose_config("train", SMALL, run)
@@ -223,8 +243,14 @@ def test_duplicate_columns_are_an_error_naming_them(capsys, tmp_path, dec_ckpt, 
     with pytest.raises(CatalogError, match="'pmra' and 'pmra'"):
         list(iter_catalog(path, keep=["pmra"]))
     assert_one_line_error(
-        run_cli(capsys, "predict", f"ckpt_path={dec_ckpt}", f"data.path={path}", f"output={tmp_path}/o.csv",
-                f"hydra.run.dir={tmp_path}/p"),
+        run_cli(
+            capsys,
+            "predict",
+            f"ckpt_path={dec_ckpt}",
+            f"data.path={path}",
+            f"output={tmp_path}/o.csv",
+            f"hydra.run.dir={tmp_path}/p",
+        ),
         "'pmra' and 'pmra'",
     )
     assert_one_line_error(
@@ -317,13 +343,21 @@ def test_unreadable_catalogues_give_one_line_in_train_and_predict(capsys, tmp_pa
     path.write_bytes(content)
     before = digest(path)
     assert_one_line_error(
-        run_cli(capsys, "predict", f"ckpt_path={dec_ckpt}", f"data.path={path}", f"output={tmp_path}/o.csv",
-                f"hydra.run.dir={tmp_path}/p"),
-        needle, name,
+        run_cli(
+            capsys,
+            "predict",
+            f"ckpt_path={dec_ckpt}",
+            f"data.path={path}",
+            f"output={tmp_path}/o.csv",
+            f"hydra.run.dir={tmp_path}/p",
+        ),
+        needle,
+        name,
     )
     assert_one_line_error(
         run_cli(capsys, "train", "data=catalog", *FAST, f"data.path={path}", f"hydra.run.dir={tmp_path}/t"),
-        needle, name,
+        needle,
+        name,
     )
     assert digest(path) == before and no_temp_files(tmp_path)
 
@@ -369,8 +403,14 @@ def test_bad_checkpoints_give_one_line(capsys, tmp_path, dec_run, cone):
         with pytest.raises(CheckpointError, match=needle):
             load_clustering_module(path)
         message = assert_one_line_error(
-            run_cli(capsys, "predict", f"ckpt_path={path}", f"data.path={data}", f"output={tmp_path}/o.csv",
-                    f"hydra.run.dir={tmp_path}/p"),
+            run_cli(
+                capsys,
+                "predict",
+                f"ckpt_path={path}",
+                f"data.path={data}",
+                f"output={tmp_path}/o.csv",
+                f"hydra.run.dir={tmp_path}/p",
+            ),
             needle,
         )
         assert str(path) in message, name
@@ -408,7 +448,9 @@ def test_pretrained_ckpt_missing_or_of_another_kind_or_features(capsys, tmp_path
         (autoencoder, ["data.features=[ra,dec,pmra,pmdec]"], "trained on features"),
     ]
     for ckpt, extra, needle in cases:
-        result = run_cli(capsys, "train", *SMALL, *extra, f"model.pretrained_ckpt={ckpt}", f"hydra.run.dir={tmp_path}/r")
+        result = run_cli(
+            capsys, "train", *SMALL, *extra, f"model.pretrained_ckpt={ckpt}", f"hydra.run.dir={tmp_path}/r"
+        )
         assert_one_line_error(result, needle, "pretrained_ckpt")
     # the right autoencoder checkpoint is accepted
     result = run_cli(capsys, "train", *SMALL, f"model.pretrained_ckpt={autoencoder}", f"hydra.run.dir={tmp_path}/ok")
@@ -434,8 +476,15 @@ def test_tiny_catalogues_are_refused_with_one_line(capsys, tmp_path, cone, n_row
 @pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5"])
 def test_predict_chunk_size_must_be_a_positive_integer(capsys, tmp_path, dec_ckpt, cone, value):
     _, data = cone
-    result = run_cli(capsys, "predict", f"ckpt_path={dec_ckpt}", f"data.path={data}", f"chunk_size={value}",
-                     f"output={tmp_path}/o.csv", f"hydra.run.dir={tmp_path}/p")
+    result = run_cli(
+        capsys,
+        "predict",
+        f"ckpt_path={dec_ckpt}",
+        f"data.path={data}",
+        f"chunk_size={value}",
+        f"output={tmp_path}/o.csv",
+        f"hydra.run.dir={tmp_path}/p",
+    )
     assert_one_line_error(result, "chunk_size")
 
 
@@ -452,13 +501,25 @@ def _read_only_directory(tmp_path: Path) -> Path:
 def test_output_into_a_read_only_directory_or_onto_a_directory(capsys, tmp_path, dec_ckpt, cone):
     _, data = cone
     read_only = _read_only_directory(tmp_path)
-    result = run_cli(capsys, "predict", f"ckpt_path={dec_ckpt}", f"data.path={data}",
-                     f"output={read_only}/members.csv", f"hydra.run.dir={tmp_path}/p")
+    result = run_cli(
+        capsys,
+        "predict",
+        f"ckpt_path={dec_ckpt}",
+        f"data.path={data}",
+        f"output={read_only}/members.csv",
+        f"hydra.run.dir={tmp_path}/p",
+    )
     assert_one_line_error(result, "not writable")
     target = tmp_path / "out.csv"
     target.mkdir()
-    result = run_cli(capsys, "predict", f"ckpt_path={dec_ckpt}", f"data.path={data}", f"output={target}",
-                     f"hydra.run.dir={tmp_path}/p")
+    result = run_cli(
+        capsys,
+        "predict",
+        f"ckpt_path={dec_ckpt}",
+        f"data.path={data}",
+        f"output={target}",
+        f"hydra.run.dir={tmp_path}/p",
+    )
     assert_one_line_error(result, "is an existing directory")
     assert no_temp_files(tmp_path) and not list(target.iterdir())
 
@@ -472,8 +533,14 @@ def test_rows_with_extra_fields_train_and_predict_agree(capsys, tmp_path, dec_ck
         path.write_text("\n".join(lines) + "\n")
         before = digest(path)
         predicted = assert_one_line_error(
-            run_cli(capsys, "predict", f"ckpt_path={dec_ckpt}", f"data.path={path}", f"output={tmp_path}/o.csv",
-                    f"hydra.run.dir={tmp_path}/p"),
+            run_cli(
+                capsys,
+                "predict",
+                f"ckpt_path={dec_ckpt}",
+                f"data.path={path}",
+                f"output={tmp_path}/o.csv",
+                f"hydra.run.dir={tmp_path}/p",
+            ),
             "more fields" if where == 1 else "Expected",
         )
         trained = assert_one_line_error(
@@ -499,9 +566,21 @@ def test_sigterm_during_predict_leaves_no_temp_file(tmp_path, dec_ckpt):
     output.write_text("previous output\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "grasp_dl.cli", "predict", f"ckpt_path={dec_ckpt}", f"data.path={data}",
-         f"output={output}", "chunk_size=200", f"hydra.run.dir={tmp_path}/p"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "grasp_dl.cli",
+            "predict",
+            f"ckpt_path={dec_ckpt}",
+            f"data.path={data}",
+            f"output={output}",
+            "chunk_size=200",
+            f"hydra.run.dir={tmp_path}/p",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -554,8 +633,14 @@ def test_crafted_checkpoints_are_refused_on_every_load_path(capsys, tmp_path, mo
 
     path, marker = _crafted(tmp_path, dec_run.checkpoint, "predict")
     assert_one_line_error(
-        run_cli(capsys, "predict", f"ckpt_path={path}", f"data.path={data}", f"output={tmp_path}/o.csv",
-                f"hydra.run.dir={tmp_path}/p"),
+        run_cli(
+            capsys,
+            "predict",
+            f"ckpt_path={path}",
+            f"data.path={data}",
+            f"output={tmp_path}/o.csv",
+            f"hydra.run.dir={tmp_path}/p",
+        ),
         "refused",
     )
     assert not marker.exists()
@@ -626,8 +711,11 @@ def test_fuzz_nasty_values_end_in_flags_never_wrong_rows(dec_module, cone, cells
 
 
 @FUZZ
-@given(order=st.permutations(COLUMNS + ["source_id"]), duplicate=st.sampled_from([None, *COLUMNS]),
-       spelling=st.sampled_from(["same", "upper", "trailing space", "leading space"]))
+@given(
+    order=st.permutations(COLUMNS + ["source_id"]),
+    duplicate=st.sampled_from([None, *COLUMNS]),
+    spelling=st.sampled_from(["same", "upper", "trailing space", "leading space"]),
+)
 def test_fuzz_shuffled_and_repeated_columns(tmp_path_factory, cone, order, duplicate, spelling):
     df, _ = cone
     directory = tmp_path_factory.mktemp("cols")
@@ -635,15 +723,23 @@ def test_fuzz_shuffled_and_repeated_columns(tmp_path_factory, cone, order, dupli
     names = list(order)
     if duplicate is not None:
         frame = pd.concat([frame, frame[[duplicate]]], axis=1)
-        names.append({"same": duplicate, "upper": duplicate.upper(), "trailing space": f"{duplicate} ",
-                      "leading space": f" {duplicate}"}[spelling])
+        names.append(
+            {
+                "same": duplicate,
+                "upper": duplicate.upper(),
+                "trailing space": f"{duplicate} ",
+                "leading space": f" {duplicate}",
+            }[spelling]
+        )
     path = directory / "t.csv"
     frame.to_csv(path, index=False, header=names)
     before = digest(path)
     for read in (lambda: read_catalog(path), lambda: pd.concat(iter_catalog(path, chunk_size=7, keep=COLUMNS))):
         if duplicate is None:
             got = read()
-            pd.testing.assert_frame_equal(got[COLUMNS].reset_index(drop=True), df.head(30)[COLUMNS].reset_index(drop=True))
+            pd.testing.assert_frame_equal(
+                got[COLUMNS].reset_index(drop=True), df.head(30)[COLUMNS].reset_index(drop=True)
+            )
         else:
             with pytest.raises(CatalogError, match=f"both become '{duplicate}'"):
                 read()

@@ -13,8 +13,8 @@ from astropy.table import MaskedColumn, Table
 import grasp_dl.data.catalog as catalog
 from grasp_dl.data.catalog import (
     GAIA_ALIASES,
-    CatalogChunkWriter,
     SUPPORTED_FORMATS,
+    CatalogChunkWriter,
     iter_catalog,
     read_catalog,
     require_columns,
@@ -415,9 +415,9 @@ def test_iter_catalog_chunks_add_up_to_read_catalog(tmp_path: Path, pal13_path: 
 
 def test_iter_catalog_maps_names_like_read_catalog_and_keeps_near_misses(tmp_path: Path) -> None:
     path = tmp_path / "vizier.csv"
-    pd.DataFrame({"RA_ICRS": [1.0, 2.0, 3.0], "DE_ICRS": [4.0, 5.0, 6.0], "pm_RA": [0.1, 0.2, 0.3], "Other": [7, 8, 9]}).to_csv(
-        path, index=False
-    )
+    pd.DataFrame(
+        {"RA_ICRS": [1.0, 2.0, 3.0], "DE_ICRS": [4.0, 5.0, 6.0], "pm_RA": [0.1, 0.2, 0.3], "Other": [7, 8, 9]}
+    ).to_csv(path, index=False)
     chunks = list(iter_catalog(path, {"pm_RA": "pmra"}, chunk_size=2, keep=["ra", "dec", "pmra"]))
     assert [list(c.columns) for c in chunks] == [["ra", "dec", "pmra"]] * 2
     # a wanted column the file lacks brings its close matches, so the error that follows can name them
@@ -439,7 +439,9 @@ def test_iter_catalog_refuses_empty_files_and_bad_chunk_sizes(tmp_path: Path) ->
 @pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
 def test_chunk_writer_appends_and_replaces_the_file_only_when_complete(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"out{suffix}"
-    frames = [pd.DataFrame({"source_id": np.arange(i, i + 3), "x": np.arange(3) * 0.5, "flag": ["", "a", ""]}) for i in (0, 3)]
+    frames = [
+        pd.DataFrame({"source_id": np.arange(i, i + 3), "x": np.arange(3) * 0.5, "flag": ["", "a", ""]}) for i in (0, 3)
+    ]
     with CatalogChunkWriter(path) as writer:
         for frame in frames:
             writer.write(frame)
@@ -485,8 +487,10 @@ def test_a_row_with_extra_fields_is_refused_by_both_readers(tmp_path: Path, line
         assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize(("name", "content"), [("empty.csv", b""), ("csv.fits", b"ra,dec\n1,2\n"),
-                                               ("csv.parquet", b"ra,dec\n1,2\n"), ("empty.parquet", b"")])
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("empty.csv", b""), ("csv.fits", b"ra,dec\n1,2\n"), ("csv.parquet", b"ra,dec\n1,2\n"), ("empty.parquet", b"")],
+)
 def test_unreadable_files_fail_alike_in_both_readers(tmp_path: Path, name: str, content: bytes) -> None:
     path = tmp_path / name
     path.write_bytes(content)

@@ -35,8 +35,14 @@ from hydra_configs import TINY, compose_config
 
 def _trainer(epochs: int, **kwargs) -> L.Trainer:
     return L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
     )
 
 
@@ -153,8 +159,11 @@ def test_a_missing_catalogue_or_field_is_named_before_training(small):
 def test_fitted_results_are_checkpoint_state_not_hyperparameters(tmp_path):
     module = VaDEModule(4, hidden_dims=[4], latent_dim=2)
     module.fit_results["n_clusters_curve"] = {"k": [2, 3], "bic": [1.0, 2.0], "chosen": 2}
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                  "pytorch-lightning_version": L.__version__}
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
     module.on_save_checkpoint(checkpoint)
     assert "n_clusters_curve" not in checkpoint["hyper_parameters"]
     assert "n_clusters_curve" not in inspect.signature(ClusteringModule.__init__).parameters
@@ -201,8 +210,14 @@ def test_checkpoints_written_before_the_base_class_still_load(tmp_path):
         (DECModule, {"xd": {"speed": 1}}, "unknown model.xd option"),
         (DECModule, {"optimizer": {"lr": 0.1}}, "model.optimizer needs a _target_"),
         (VaDEModule, {"kernel": "mixture"}, r"unknown option\(s\) \['kernel'\] of VaDEModule"),
-        (DECModule, {"spatial_prior": True, "preprocessing": {"feature_names": ["pmra"], "scaler": {"center": [0], "scale": [1]}}},
-         "spatial_prior needs the position"),
+        (
+            DECModule,
+            {
+                "spatial_prior": True,
+                "preprocessing": {"feature_names": ["pmra"], "scaler": {"center": [0], "scale": [1]}},
+            },
+            "spatial_prior needs the position",
+        ),
     ],
 )
 def test_every_bad_option_raises_a_config_error(cls, options, message):
@@ -231,7 +246,9 @@ def test_pipeline_checks_every_phase_before_the_first_epoch(tmp_path, overrides,
 
 def test_model_options_are_checked_before_the_catalogue_is_read(tmp_path):
     tiny = [o for o in TINY if not o.startswith("data.simulate")]
-    cfg = compose_config("train", tiny + ["data=catalog", f"data.path={tmp_path}/absent.csv", "model.kernel=gauss"], tmp_path)
+    cfg = compose_config(
+        "train", tiny + ["data=catalog", f"data.path={tmp_path}/absent.csv", "model.kernel=gauss"], tmp_path
+    )
     with pytest.raises(ConfigError, match="unknown kernel 'gauss'"):  # not: absent.csv not found
         pipeline.train(cfg)
 
@@ -256,7 +273,10 @@ def test_missing_error_columns_fail_before_the_autoencoder_phase(tmp_path):
 def test_cli_reports_a_bad_model_option_in_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "grasp_dl.cli", "train", *TINY, "model.kernel=gauss", f"hydra.run.dir={tmp_path}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "grasp-dl: error: unknown kernel 'gauss'" in proc.stderr and "Traceback" not in proc.stderr
@@ -266,8 +286,10 @@ def test_cli_reports_a_bad_model_option_in_one_line(tmp_path):
 # ----------------------------------------------------------------------------- monitored metrics
 
 
-@pytest.mark.parametrize("model, metric", [("dec", "val/entropy"), ("idec", "val/entropy"), ("vade", "val/loss"),
-                                           ("autoencoder", "val/loss")])
+@pytest.mark.parametrize(
+    "model, metric",
+    [("dec", "val/entropy"), ("idec", "val/entropy"), ("vade", "val/loss"), ("autoencoder", "val/loss")],
+)
 def test_checkpoints_and_early_stopping_watch_the_models_own_metric(tmp_path, model, metric):
     overrides = [o for o in TINY if model != "autoencoder" or "pretrain" not in o] + [f"model={model}"]
     cfg = compose_config("train", overrides, tmp_path)
@@ -276,7 +298,9 @@ def test_checkpoints_and_early_stopping_watch_the_models_own_metric(tmp_path, mo
     assert monitors == {"ModelCheckpoint": metric, "EarlyStopping": metric}
     if "pretrain" in cfg.model:
         phase = pipeline._phase_config(cfg, "autoencoder", 1, cfg.model.pretrain.monitor)
-        assert {c.monitor for c in pipeline.build_trainer(phase).callbacks if getattr(c, "monitor", None)} == {"val/loss"}
+        assert {c.monitor for c in pipeline.build_trainer(phase).callbacks if getattr(c, "monitor", None)} == {
+            "val/loss"
+        }
 
 
 @pytest.mark.slow

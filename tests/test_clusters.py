@@ -85,8 +85,12 @@ def test_literature_record_values():
 
 def _summary(pmra, pmdec, plx, err=0.01):
     return {
-        "mean_pmra": pmra, "mean_pmra_error": err, "mean_pmdec": pmdec, "mean_pmdec_error": err,
-        "mean_parallax": plx, "mean_parallax_error": err,
+        "mean_pmra": pmra,
+        "mean_pmra_error": err,
+        "mean_pmdec": pmdec,
+        "mean_pmdec_error": err,
+        "mean_parallax": plx,
+        "mean_parallax_error": err,
     }
 
 
@@ -162,18 +166,41 @@ def test_cli_train_and_predict_on_a_real_field_report_the_literature(tmp_path):
     run = tmp_path / "run"
     common = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=csv"]
     train = subprocess.run(
-        [sys.executable, "-m", "grasp_dl.cli", "train", "data=catalog", f"data.path={vb21_field_path('ngc6624')}",
-         "data.cluster=NGC_6624", "model.pretrain_epochs=3", "trainer.max_epochs=3", f"hydra.run.dir={run}", *common],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "grasp_dl.cli",
+            "train",
+            "data=catalog",
+            f"data.path={vb21_field_path('ngc6624')}",
+            "data.cluster=NGC_6624",
+            "model.pretrain_epochs=3",
+            "trainer.max_epochs=3",
+            f"hydra.run.dir={run}",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert train.returncode == 0, train.stderr[-3000:]
     assert "cluster check: share" in train.stdout
     assert "vs NGC_6624 (Vasiliev & Baumgardt 2021)" in train.stdout or "warning: no cluster found" in train.stdout
     output = tmp_path / "members.parquet"
     predict = subprocess.run(
-        [sys.executable, "-m", "grasp_dl.cli", "predict", f"ckpt_path={run}/checkpoints/last.ckpt",
-         f"data.path={vb21_field_path('ngc6624')}", f"output={output}", f"hydra.run.dir={tmp_path / 'p'}"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "grasp_dl.cli",
+            "predict",
+            f"ckpt_path={run}/checkpoints/last.ckpt",
+            f"data.path={vb21_field_path('ngc6624')}",
+            f"output={output}",
+            f"hydra.run.dir={tmp_path / 'p'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert predict.returncode == 0, predict.stderr[-3000:]
     summary = pd.read_json(output.with_name("members.summary.json"), typ="series")

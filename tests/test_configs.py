@@ -19,6 +19,7 @@ from grasp_dl import pipeline
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
+from grasp_dl.models.xd import XDModule
 
 from hydra_configs import compose_config
 
@@ -74,7 +75,7 @@ def test_default_callbacks_checkpoint_into_the_run_and_stop_early(tmp_path):
 
 
 def test_without_validation_rows_the_callbacks_watch_the_training_loss(tmp_path):
-    trainer = pipeline.build_trainer(compose_config("train", [], tmp_path), has_validation=False)
+    trainer = pipeline.build_trainer(compose_config("train", ["model=dec"], tmp_path), has_validation=False)
     assert trainer.checkpoint_callback.monitor == "train/loss"
     assert trainer.early_stopping_callback.monitor == "train/loss"
 
@@ -91,7 +92,7 @@ def test_default_run_trains_on_the_simulated_m4_like_field(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "module_class"),
     [
-        ([], DECModule),
+        ([], XDModule),
         (["experiment=m4_dec"], DECModule),
         (["experiment=m4_idec"], DECModule),
         (["experiment=m4_vade"], VaDEModule),
@@ -102,7 +103,7 @@ def test_default_run_trains_on_the_simulated_m4_like_field(tmp_path):
 def test_model_configs_name_importable_lightning_modules(tmp_path, overrides, module_class):
     cfg = compose_config("train", overrides, tmp_path)
     assert hydra.utils.get_class(cfg.model._target_) is module_class
-    if module_class is not AutoencoderModule:
+    if module_class not in (AutoencoderModule, XDModule):
         # a clustering model is preceded by autoencoder pretraining
         assert hydra.utils.get_class(cfg.model.pretrain._target_) is AutoencoderModule
 

@@ -31,8 +31,11 @@ def test_sources_agree_and_state_is_plain(tmp_path):
     table = simulate_field("m4", n_stars=3000)
     path = tmp_path / "cone.parquet"
     table.to_parquet(path)
-    modules = [StellarCatalogDataModule(simulate=SIM), StellarCatalogDataModule(catalog=table),
-               StellarCatalogDataModule(path=str(path))]
+    modules = [
+        StellarCatalogDataModule(simulate=SIM),
+        StellarCatalogDataModule(catalog=table),
+        StellarCatalogDataModule(path=str(path)),
+    ]
     for dm in modules:
         dm.setup()
     for dm in modules[1:]:

@@ -8,10 +8,10 @@ from sklearn.metrics import adjusted_rand_score
 
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config
-from grasp_dl.models.autoencoder import AutoencoderModule
-from grasp_dl.models.clustering import groups_from_responsibilities, soft_assign, target_distribution
 from grasp_dl.errors import ConfigError
+from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule
+from grasp_dl.models.clustering import groups_from_responsibilities, soft_assign, target_distribution
 from grasp_dl.models.dec import DECModule
 
 
@@ -84,8 +84,13 @@ def small_field():
 
 def _trainer(epochs):
     return L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
 
 
@@ -105,8 +110,13 @@ def test_target_refreshes_every_update_interval_steps_inside_blocks(small_field)
     """Blocks hold 8 steps; the target is still refreshed every 5 optimiser steps, and a
     plateau scheduler on train/loss is stepped once per epoch."""
     dm, autoencoder = small_field
-    scheduler = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "factor": 0.5,
-                 "patience": 0, "threshold": 10.0}
+    scheduler = {
+        "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "_partial_": True,
+        "factor": 0.5,
+        "patience": 0,
+        "threshold": 10.0,
+    }
     module = DECModule.from_autoencoder(autoencoder, n_clusters=3, update_interval=5, tol=0.0, scheduler=scheduler)
     refreshed = []
     update = module.update_target
@@ -141,8 +151,9 @@ def test_seed_dec_reproduces_the_imbalance_trap_that_the_mixture_kernel_avoids(s
         return max(2 * ((labels == j) & truth).sum() / ((labels == j).sum() + truth.sum()) for j in range(2))
 
     # The seed's DEC had no start anchor (grasp_dl/models/anchoring.py), which alone avoids the trap here.
-    seed = DECModule.from_autoencoder(autoencoder, n_clusters=2, init="kmeans", kernel="dec", balance=1.0,
-                                      anchor={"weight": 0.0, "fallback": False})
+    seed = DECModule.from_autoencoder(
+        autoencoder, n_clusters=2, init="kmeans", kernel="dec", balance=1.0, anchor={"weight": 0.0, "fallback": False}
+    )
     ours = DECModule.from_autoencoder(autoencoder, n_clusters=2)
     for module in (seed, ours):
         _trainer(4).fit(module, datamodule=dm)
@@ -170,7 +181,10 @@ def test_python_defaults_match_the_yaml_defaults():
     from grasp_dl.config import conf_dir
 
     yaml = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / "dec.yaml"))
-    signature = {**inspect.signature(ClusteringModule.__init__).parameters, **inspect.signature(DECModule.__init__).parameters}
+    signature = {
+        **inspect.signature(ClusteringModule.__init__).parameters,
+        **inspect.signature(DECModule.__init__).parameters,
+    }
     assert {"variant", "kernel", "init", "cluster_group", "spatial_prior"} <= set(signature) & set(yaml)
     for key, value in yaml.items():
         if key in signature and key not in ("optimizer", "seed"):

@@ -17,22 +17,27 @@ from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.prepare import prepare_stellar_data
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
 from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.inference.no_astrometry import FLAG_NO_ASTROMETRY, no_astrometry_rows
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture, plummer_log_density
 from grasp_dl.models.model_selection import choose_n_clusters
 from grasp_dl.models.spatial import RadialPrior, radius_from_features
 from grasp_dl.models.vade import VaDEModule
-from grasp_dl.inference.no_astrometry import FLAG_NO_ASTROMETRY, no_astrometry_rows
-from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 
 from hydra_configs import TINY, compose_config
 
 
 def _trainer(epochs: int) -> L.Trainer:
     return L.Trainer(
-        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
     )
 
 
@@ -88,8 +93,12 @@ def test_noise_factors_are_each_stars_error_in_scaled_units():
     rows = df.iloc[dm.usable_rows()]
     scale = np.asarray(dm.scaler.scale_)
     # pmra is the first error axis: its factor is pmra_error / scale; xi and eta get no noise
-    np.testing.assert_allclose(factors[:, names.index("pmra"), 0], rows["pmra_error"] / scale[names.index("pmra")], rtol=1e-4)
-    np.testing.assert_allclose(factors[:, names.index("parallax"), 2], rows["parallax_error"] / scale[names.index("parallax")], rtol=1e-4)
+    np.testing.assert_allclose(
+        factors[:, names.index("pmra"), 0], rows["pmra_error"] / scale[names.index("pmra")], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        factors[:, names.index("parallax"), 2], rows["parallax_error"] / scale[names.index("parallax")], rtol=1e-4
+    )
     assert (factors[:, names.index("xi")] == 0).all() and (factors[:, names.index("eta")] == 0).all()
 
 
@@ -128,7 +137,9 @@ def test_spatial_profile_makes_the_cluster_weight_fall_with_radius():
     stars, _ = _toy_stars()
     spatial = SpatialDeconvolvedMixture(2, seed=0).fit(stars)
     flat = SpatialDeconvolvedMixture(2, spatial=False, seed=0).fit(stars)
-    probe = StarData(np.array([[1.0, -2.0], [1.0, -2.0]]), error_covariances(np.ones(2), np.ones(2)), np.array([0.005, 0.25]))
+    probe = StarData(
+        np.array([[1.0, -2.0], [1.0, -2.0]]), error_covariances(np.ones(2), np.ones(2)), np.array([0.005, 0.25])
+    )
     p_spatial, p_flat = spatial.predict_proba(probe)[:, 0], flat.predict_proba(probe)[:, 0]
     assert p_spatial[0] > p_spatial[1] + 0.3
     assert p_flat[0] == pytest.approx(p_flat[1])
@@ -149,8 +160,10 @@ def test_photometry_term_penalises_stars_off_the_cluster_sequence():
     stars.cmd = np.column_stack([g, colour])
     with_cmd = SpatialDeconvolvedMixture(2, photometry=True, seed=0).fit(stars)
     probe = StarData(
-        np.array([[1.0, -2.0], [1.0, -2.0]]), error_covariances(np.full(2, 0.8), np.full(2, 0.8)),
-        np.array([0.05, 0.05]), np.array([[17.0, 0.8], [17.0, 2.2]]),
+        np.array([[1.0, -2.0], [1.0, -2.0]]),
+        error_covariances(np.full(2, 0.8), np.full(2, 0.8)),
+        np.array([0.05, 0.05]),
+        np.array([[17.0, 0.8], [17.0, 2.2]]),
     )
     on_sequence, off_sequence = with_cmd.predict_proba(probe)[:, 0]
     assert on_sequence > off_sequence + 0.3
@@ -189,7 +202,9 @@ def test_radial_prior_reads_the_radius_back_from_scaled_features():
     flat = -math.log(math.pi * 0.36)
     out = out.detach()
     np.testing.assert_allclose(out[:, [0, 2]].numpy(), flat, rtol=1e-5)
-    np.testing.assert_allclose(out[:, 1].numpy(), plummer_log_density(np.array([0.5, 0.0]), math.log(0.05), 0.6), rtol=1e-4)
+    np.testing.assert_allclose(
+        out[:, 1].numpy(), plummer_log_density(np.array([0.5, 0.0]), math.log(0.05), 0.6), rtol=1e-4
+    )
     with pytest.raises(ConfigError, match="spatial_prior needs the position"):
         RadialPrior(2).configure(_preprocessing(["pmra", "pmdec"], [0, 0], [1, 1]), 0, 1.0, 0.0)
 
@@ -233,8 +248,14 @@ def test_vade_elbo_uses_the_radius_dependent_weight():
 def hard_field_run(tmp_path_factory):
     """experiment=hard_field with n_clusters=auto through the real pipeline (VaDE)."""
     out = tmp_path_factory.mktemp("hard")
-    overrides = TINY + ["model=vade", "experiment=hard_field", "model.n_clusters=auto", "model.n_clusters_range=[2,3]",
-                        "model.noise_augmentation=true", "model.xd.use_errors=true"]
+    overrides = TINY + [
+        "model=vade",
+        "experiment=hard_field",
+        "model.n_clusters=auto",
+        "model.n_clusters_range=[2,3]",
+        "model.noise_augmentation=true",
+        "model.xd.use_errors=true",
+    ]
     result = pipeline.train(compose_config("train", overrides, out))
     return result
 

@@ -15,9 +15,13 @@ NAMES = ["xi", "eta", "pmra", "pmdec", "parallax"]
 
 def _field_cluster_galaxy(seed=0):
     rng = np.random.default_rng(seed)
-    field = np.column_stack([rng.uniform(-0.5, 0.5, (3000, 2)), rng.normal(-2, 4, (3000, 2)), rng.normal(0.5, 0.5, 3000)])
+    field = np.column_stack(
+        [rng.uniform(-0.5, 0.5, (3000, 2)), rng.normal(-2, 4, (3000, 2)), rng.normal(0.5, 0.5, 3000)]
+    )
     cluster = np.column_stack([rng.normal(0, 0.03, (300, 2)), rng.normal(5, 0.5, (300, 2)), rng.normal(0.2, 0.05, 300)])
-    galaxy = np.column_stack([rng.uniform(-0.5, 0.5, (2000, 2)), rng.normal(0.7, 0.2, (2000, 2)), rng.normal(0.0, 0.05, 2000)])
+    galaxy = np.column_stack(
+        [rng.uniform(-0.5, 0.5, (2000, 2)), rng.normal(0.7, 0.2, (2000, 2)), rng.normal(0.0, 0.05, 2000)]
+    )
     features = np.vstack([field, cluster, galaxy])
     labels = np.repeat([2, 0, 1], [3000, 300, 2000])  # group ids deliberately not in order
     return features, labels
@@ -55,7 +59,11 @@ def test_entropy_bounds():
 def test_cluster_summary_weights_by_member_prob():
     predictions = pd.DataFrame({"label": [0, 0, 1, 1, -1], "member_prob": [1.0, 1.0, 0.0, 0.4, np.nan]})
     catalog = pd.DataFrame(
-        {"pmra": [1.0, 3.0, 50.0, 90.0, 7.0], "pmdec": [0.0, 0.0, 9.0, 9.0, np.nan], "parallax": [0.1, 0.3, 2.0, 2.0, 1.0]}
+        {
+            "pmra": [1.0, 3.0, 50.0, 90.0, 7.0],
+            "pmdec": [0.0, 0.0, 9.0, 9.0, np.nan],
+            "parallax": [0.1, 0.3, 2.0, 2.0, 1.0],
+        }
     )
     summary = cluster_summary(predictions, catalog, (10.0, -5.0), cluster_group=0)
     assert summary["n_members"] == 2 and summary["sum_member_prob"] == 2.4

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from grasp_dl.inference.membership import choose_cluster_group, decide_cluster_group
 from grasp_dl.inference.plausibility import (
     MAX_PM_DISPERSION_RATIO,
     MAX_RADIUS_RATIO,
@@ -17,7 +18,6 @@ from grasp_dl.inference.plausibility import (
     weighted_median,
     zero_member_prob_file,
 )
-from grasp_dl.inference.membership import choose_cluster_group, decide_cluster_group
 
 NAMES = ["xi", "eta", "pmra", "pmdec", "parallax"]
 CONE = 0.2  # degrees

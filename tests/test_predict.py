@@ -48,7 +48,14 @@ def test_one_row_per_input_row_in_order_with_flags(trained, catalogue_with_gaps)
     k = module.hparams.n_clusters
     assert len(out) == len(df)
     assert (out["source_id"].to_numpy() == df["source_id"].to_numpy()).all()
-    assert list(out.columns) == ["source_id", "label", *[f"prob_{j}" for j in range(k)], "member_prob", "entropy", "flag"]
+    assert list(out.columns) == [
+        "source_id",
+        "label",
+        *[f"prob_{j}" for j in range(k)],
+        "member_prob",
+        "entropy",
+        "flag",
+    ]
     unscored = out["label"] == -1
     assert unscored[[0, 10, 20, 30]].all()
     assert out.loc[0, "flag"] == "missing:pmra" and out.loc[30, "flag"] == "missing:parallax"
@@ -119,7 +126,10 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     ckpt, _ = trained
     df, path = catalogue_with_gaps
     output = tmp_path / "members.parquet"
-    proc = _cli(["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={output}", f"hydra.run.dir={tmp_path}/p"], tmp_path)
+    proc = _cli(
+        ["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={output}", f"hydra.run.dir={tmp_path}/p"],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = read_catalog(output)
     assert len(table) == len(df) and (table["source_id"].to_numpy() == df["source_id"].to_numpy()).all()
@@ -130,7 +140,10 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
 
     csv_output = tmp_path / "members.csv"
-    proc = _cli(["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={csv_output}", f"hydra.run.dir={tmp_path}/p2"], tmp_path)
+    proc = _cli(
+        ["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={csv_output}", f"hydra.run.dir={tmp_path}/p2"],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     pd.testing.assert_frame_equal(read_catalog(csv_output)[["source_id", "label"]], table[["source_id", "label"]])
 
@@ -144,13 +157,31 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     # the cluster's group chosen on the command line, under the one name it has everywhere
     other = (summary["cluster_group"] + 1) % 3
     dotted = tmp_path / "members.other.parquet"
-    proc = _cli(["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={dotted}", f"cluster_group={other}",
-                 f"hydra.run.dir={tmp_path}/p3"], tmp_path)
+    proc = _cli(
+        [
+            "predict",
+            f"ckpt_path={ckpt}",
+            f"data.path={path}",
+            f"output={dotted}",
+            f"cluster_group={other}",
+            f"hydra.run.dir={tmp_path}/p3",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "members.other.summary.json").read_text())["cluster_group"] == other
     # truth_member_label names the truth value of members: a value no star has skips the member scores
-    proc = _cli(["evaluate", f"predictions={output}", f"truth={path}", "truth_member_label=nobody",
-                 f"output={tmp_path}/nobody.json", f"hydra.run.dir={tmp_path}/e2"], tmp_path)
+    proc = _cli(
+        [
+            "evaluate",
+            f"predictions={output}",
+            f"truth={path}",
+            "truth_member_label=nobody",
+            f"output={tmp_path}/nobody.json",
+            f"hydra.run.dir={tmp_path}/e2",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "member_f1" not in json.loads((tmp_path / "nobody.json").read_text())
 
@@ -159,11 +190,16 @@ def test_predict_command_errors_are_readable(trained, tmp_path):
     ckpt, _ = trained
     proc = _cli(["predict", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode != 0 and "data.path" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _cli(["predict", f"ckpt_path={tmp_path}/nope.ckpt", "data.path=x.csv", f"hydra.run.dir={tmp_path}"], tmp_path)
+    proc = _cli(
+        ["predict", f"ckpt_path={tmp_path}/nope.ckpt", "data.path=x.csv", f"hydra.run.dir={tmp_path}"], tmp_path
+    )
     assert proc.returncode == 2 and "nope.ckpt not found" in proc.stderr
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"ra": [1.0], "dec": [2.0]}).to_csv(bad, index=False)
-    proc = _cli(["predict", f"ckpt_path={ckpt}", f"data.path={bad}", f"output={tmp_path}/o.txt", f"hydra.run.dir={tmp_path}"], tmp_path)
+    proc = _cli(
+        ["predict", f"ckpt_path={ckpt}", f"data.path={bad}", f"output={tmp_path}/o.txt", f"hydra.run.dir={tmp_path}"],
+        tmp_path,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 

@@ -29,8 +29,10 @@ def test_field_pm_moments_of_a_mixture() -> None:
     one = {"pm_mean": [1.0, 2.0], "pm_sigma": [3.0, 3.0]}
     mean, sigma = field_pm_moments(one)
     assert mean.tolist() == [1.0, 2.0] and sigma == pytest.approx(3.0)
-    two = [{"weight": 1, "pm_mean": [0.0, 0.0], "pm_sigma": [1.0, 1.0]},
-           {"weight": 1, "pm_mean": [2.0, 0.0], "pm_sigma": [1.0, 1.0]}]
+    two = [
+        {"weight": 1, "pm_mean": [0.0, 0.0], "pm_sigma": [1.0, 1.0]},
+        {"weight": 1, "pm_mean": [2.0, 0.0], "pm_sigma": [1.0, 1.0]},
+    ]
     mean, sigma = field_pm_moments(two)
     # var_x = 1 + 1 (the means' spread), var_y = 1: sqrt((2 + 1) / 2)
     assert mean.tolist() == [1.0, 0.0] and sigma == pytest.approx(np.sqrt(1.5))

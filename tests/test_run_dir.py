@@ -19,7 +19,10 @@ def test_default_layout_below_the_run_directory(tmp_path):
     run = RunDir.at(tmp_path)
     assert run.last_checkpoint() == tmp_path / "checkpoints" / "last.ckpt"
     assert run.last_checkpoint("autoencoder") == tmp_path / "checkpoints" / "autoencoder" / "last.ckpt"
-    assert run.tensorboard() == tmp_path / "tensorboard" and run.tensorboard("autoencoder") == tmp_path / "tensorboard" / "autoencoder"
+    assert (
+        run.tensorboard() == tmp_path / "tensorboard"
+        and run.tensorboard("autoencoder") == tmp_path / "tensorboard" / "autoencoder"
+    )
     assert run.csv_metrics("") == tmp_path / "csv" / "metrics.csv"
     assert run.csv_metrics("clustering") == tmp_path / "csv" / "clustering" / "metrics.csv"
     assert RunDir.of_checkpoint(run.last_checkpoint()) == run

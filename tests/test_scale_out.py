@@ -92,9 +92,17 @@ def _cli(args, cwd):
 @pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
 def test_multirun_gives_each_job_its_own_directory(tmp_path, trainer):
     sweep_dir = tmp_path / "sweep"
-    args = ["train", "-m", "model.n_clusters=2,3", "trainer.max_epochs=1", "model.pretrain_epochs=1",
-            "data.simulate.n_stars=2000", "trainer.enable_progress_bar=false", f"trainer={trainer}",
-            f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        "train",
+        "-m",
+        "model.n_clusters=2,3",
+        "trainer.max_epochs=1",
+        "model.pretrain_epochs=1",
+        "data.simulate.n_stars=2000",
+        "trainer.enable_progress_bar=false",
+        f"trainer={trainer}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     proc = _cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, k in (("0", 2), ("1", 3)):
@@ -109,9 +117,17 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path, trainer):
 
 def test_optuna_sweep_from_the_command_line(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    args = ["train", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
-            "trainer.max_epochs=1", "model.pretrain_epochs=1", "data.simulate.n_stars=2000",
-            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        "train",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "trainer.max_epochs=1",
+        "model.pretrain_epochs=1",
+        "data.simulate.n_stars=2000",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     proc = _cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (sweep_dir / "optimization_results.yaml").is_file()
@@ -120,9 +136,16 @@ def test_optuna_sweep_from_the_command_line(tmp_path):
 
 def test_optimize_hyperparameters_in_process(tmp_path):
     result = optimize_hyperparameters(
-        "m4", n_clusters_range=[2, 3], latent_dims=[4], hidden_dims_options=[[32, 16]],
-        overrides=["trainer.max_epochs=1", "model.pretrain_epochs=1", "trainer.enable_progress_bar=false",
-                   "data.simulate.n_stars=2000"],
+        "m4",
+        n_clusters_range=[2, 3],
+        latent_dims=[4],
+        hidden_dims_options=[[32, 16]],
+        overrides=[
+            "trainer.max_epochs=1",
+            "model.pretrain_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "data.simulate.n_stars=2000",
+        ],
         output_dir=tmp_path,
     )
     assert len(result.trials) == 2 and set(result.trials["n_clusters"]) == {2, 3}

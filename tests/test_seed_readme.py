@@ -61,7 +61,7 @@ ADVANCED_FEATURES = """
 from grasp.deep_learning.utils import create_color_features
 
 cluster_data_with_colors = create_color_features(
-    cluster_data, 
+    cluster_data,
     magnitude_columns=['G', 'BP', 'RP']
 )
 
@@ -90,7 +90,7 @@ from grasp.deep_learning.utils import gpu_memory_usage
 gpu_memory_usage()
 """
 #: The GPU block's grasp lines: they run on any machine.
-GPU_MEMORY = GPU_ACCELERATION[GPU_ACCELERATION.index("# Monitor GPU memory usage"):]
+GPU_MEMORY = GPU_ACCELERATION[GPU_ACCELERATION.index("# Monitor GPU memory usage") :]
 
 MEMORY_OPTIMIZATION = """
 # Use smaller batch sizes
@@ -190,9 +190,7 @@ def test_the_utils_imports_and_create_color_features_run_as_written(cluster_data
     block = ADVANCED_FEATURES[: ADVANCED_FEATURES.index("metrics = ")]
     ns = run_block(block, {"cluster_data": cluster_data})
     colours = ns["cluster_data_with_colors"]
-    np.testing.assert_allclose(
-        colours["bp_g"], cluster_data["phot_bp_mean_mag"] - cluster_data["phot_g_mean_mag"]
-    )
+    np.testing.assert_allclose(colours["bp_g"], cluster_data["phot_bp_mean_mag"] - cluster_data["phot_g_mean_mag"])
     assert ns["plot_cluster_comparison"] is grasp_dl.figures.plotting.plot_cluster_comparison
     assert ns["evaluate_clustering"] is grasp_dl.metrics.evaluate_clustering
 
@@ -214,8 +212,9 @@ def test_the_whole_gpu_block_runs_on_a_gpu(capsys):
 def test_memory_optimisation_runs_as_written(cluster_data):
     stellar_data, _ = grasp_dl.prepare_stellar_data(cluster_data)
     model = grasp_dl.DeepClusteringModel(input_dim=5, epochs=1, pretrain_epochs=1)
-    ns = run_block(MEMORY_OPTIMIZATION, {"model": model, "data": stellar_data,
-                                         "DeepClusteringModel": grasp_dl.DeepClusteringModel})
+    ns = run_block(
+        MEMORY_OPTIMIZATION, {"model": model, "data": stellar_data, "DeepClusteringModel": grasp_dl.DeepClusteringModel}
+    )
     assert ns["train_loader"].batch_size == 128
     assert model.n_features_in_ == 5
     smaller = ns["model"]
@@ -247,8 +246,9 @@ def test_advanced_features_run_as_written(basic):
     assert 0 <= metrics["ari"] <= 1 and np.isfinite(metrics["silhouette"])
     # Truth given per row of the feature matrix works the same way.
     kept = ns["stellar_data"].catalog_rows.mask
-    again = grasp_dl.evaluate_clustering(ns["ground_truth"].to_numpy()[kept], ns["predicted_labels"],
-                                         ns["stellar_data"])
+    again = grasp_dl.evaluate_clustering(
+        ns["ground_truth"].to_numpy()[kept], ns["predicted_labels"], ns["stellar_data"]
+    )
     assert again["ari"] == metrics["ari"]
 
 
@@ -258,9 +258,20 @@ def test_hyperparameter_optimisation_runs_as_written_without_optuna(basic, monke
     monkeypatch.setitem(sys.modules, "optuna", None)  # the plain install: no [sweep] extra
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the trials' run directories
     compose = search._compose
-    monkeypatch.setattr(search, "_compose", lambda overrides, output_dir: compose(
-        [*overrides, "trainer.max_epochs=1", "model.pretrain_epochs=1", "trainer.enable_progress_bar=false",
-         "logger=csv"], output_dir))
+    monkeypatch.setattr(
+        search,
+        "_compose",
+        lambda overrides, output_dir: compose(
+            [
+                *overrides,
+                "trainer.max_epochs=1",
+                "model.pretrain_epochs=1",
+                "trainer.enable_progress_bar=false",
+                "logger=csv",
+            ],
+            output_dir,
+        ),
+    )
     ns = run_block(HYPERPARAMETER_OPTIMIZATION, {"stellar_data": basic["stellar_data"]})
     best = ns["best_params"]
     assert best.sampler == "grid" and len(best.trials) == 4 * 3 * 2

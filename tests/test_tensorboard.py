@@ -10,10 +10,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from grasp_dl import pipeline
-from grasp_dl.run_history import run_history
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.figures.tensorboard import TensorBoardFigures, read_scalars
+from grasp_dl.run_history import run_history
 
 from hydra_configs import TINY, compose_config
 
@@ -61,8 +61,13 @@ def test_clustering_phase_writes_figures_histograms_and_embedding(run_dir):
     image = events.Images("figures/sky")[0]
     assert image.width > 100 and image.height > 100 and image.encoded_image_string[:4] == b"\x89PNG"
     histograms = set(events.Tags()["histograms"])
-    assert {"assignments/prob_0", "assignments/prob_1", "assignments/prob_2", "assignments/max_prob",
-            "assignments/entropy"} <= histograms
+    assert {
+        "assignments/prob_0",
+        "assignments/prob_1",
+        "assignments/prob_2",
+        "assignments/max_prob",
+        "assignments/entropy",
+    } <= histograms
     max_prob = events.Histograms("assignments/max_prob")[0].histogram_value
     assert max_prob.num == MAX_STARS and 1 / 3 - 1e-6 <= max_prob.min <= max_prob.max <= 1 + 1e-6
     config = (run_dir / "tensorboard" / "projector_config.pbtxt").read_text()

@@ -93,7 +93,11 @@ def test_optimize_hyperparameters_on_a_feature_array_without_optuna(monkeypatch,
     monkeypatch.setitem(sys.modules, "optuna", None)
     X, _ = grasp_dl.prepare_stellar_data(grasp_dl.data.simulate.simulate_field("m4", n_stars=1500, seed=2))
     result = search.optimize_hyperparameters(
-        X, n_clusters_range=[2, 3], latent_dims=[4], hidden_dims_options=[[16, 8]], output_dir=tmp_path,
+        X,
+        n_clusters_range=[2, 3],
+        latent_dims=[4],
+        hidden_dims_options=[[16, 8]],
+        output_dir=tmp_path,
         overrides=["trainer.max_epochs=1", "model.pretrain_epochs=1", "trainer.enable_progress_bar=false"],
     )
     assert result.sampler == "grid" and list(result.trials["n_clusters"]) == [2, 3]

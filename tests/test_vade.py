@@ -14,18 +14,23 @@ from grasp_dl.data.training_catalog import TrainingCatalog
 from grasp_dl.errors import ConfigError
 from grasp_dl.evaluation import evaluate_command
 from grasp_dl.inference.membership import entropy
-from grasp_dl.models.autoencoder import AutoencoderModule
-from grasp_dl.models.vade import VaDEModule, mixture_log_joint
 from grasp_dl.inference.outputs import write_predictions
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog
+from grasp_dl.models.autoencoder import AutoencoderModule
+from grasp_dl.models.vade import VaDEModule, mixture_log_joint
 
 from hydra_configs import TINY, compose_config
 
 
 def _trainer(epochs: int) -> L.Trainer:
     return L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
 
 
@@ -137,7 +142,7 @@ def test_checkpoint_reloads_to_identical_posteriors(small_field, tmp_path):
     again = load_clustering_module(tmp_path / "vade.ckpt")
     assert isinstance(again, VaDEModule) and not again.training
     torch.testing.assert_close(again.predict_proba(dm.data), module.predict_proba(dm.data))
-    for first, second in zip(again.predict_proba_samples(dm.data), module.predict_proba_samples(dm.data)):
+    for first, second in zip(again.predict_proba_samples(dm.data), module.predict_proba_samples(dm.data), strict=False):
         torch.testing.assert_close(first, second)
     assert again.cluster_group == module.cluster_group
 

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra_configs import compose_config
 
 from grasp_dl import pipeline
 from grasp_dl.api import DeepClusteringModel
@@ -17,6 +16,7 @@ from grasp_dl.data.examples import vb21_field
 from grasp_dl.data.prepare import estimate_center
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
 from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 from grasp_dl.models.cluster_field import (
     ClusterFieldMixture,
     pack,
@@ -26,7 +26,8 @@ from grasp_dl.models.cluster_field import (
 )
 from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
 from grasp_dl.models.xd import XDModule
-from grasp_dl.inference.predict import load_clustering_module, predict_catalog
+
+from hydra_configs import compose_config
 
 XD_TINY = [
     "model=xd",
@@ -62,7 +63,7 @@ def test_closed_form_inverse_and_density_match_numpy(d):
     diff = rng.normal(size=(50, d))
     from scipy.stats import multivariate_normal
 
-    expected = [multivariate_normal(np.zeros(d), c).logpdf(x) for x, c in zip(diff, cov)]
+    expected = [multivariate_normal(np.zeros(d), c).logpdf(x) for x, c in zip(diff, cov, strict=False)]
     np.testing.assert_allclose(packed_logpdf(diff.T, pack(cov), d), expected, rtol=1e-8)
 
 
@@ -157,7 +158,9 @@ def test_missing_error_columns_fail_before_training_naming_model_xd(tmp_path):
     catalog = simulate_field("m4", n_stars=2000, seed=0).drop(columns=["pmra_error"])
     path = tmp_path / "cone.csv"
     catalog.to_csv(path, index=False)
-    cfg = compose_config("train", ["model=xd", "data=catalog", f"data.path={path}", "trainer.accelerator=cpu"], tmp_path)
+    cfg = compose_config(
+        "train", ["model=xd", "data=catalog", f"data.path={path}", "trainer.accelerator=cpu"], tmp_path
+    )
     with pytest.raises(CatalogError, match="model=xd"):
         pipeline.train(cfg)
 

@@ -159,8 +159,10 @@ def _read_chunks(
     except pd.errors.EmptyDataError as exc:
         raise CatalogError(f"catalogue file {path} is empty (no header, no rows): re-export the catalogue.") from exc
     except Exception as exc:
-        raise CatalogError(f"cannot read {path} as {fmt} ({type(exc).__name__}: {_one_line(exc)}): check that the "
-                           f"file is a complete {fmt} export, or pass format= if the suffix is misleading.") from exc
+        raise CatalogError(
+            f"cannot read {path} as {fmt} ({type(exc).__name__}: {_one_line(exc)}): check that the "
+            f"file is a complete {fmt} export, or pass format= if the suffix is misleading."
+        ) from exc
     if start == 0:
         _check_not_empty(pd.DataFrame(columns=raw), str(path))
 
@@ -354,7 +356,10 @@ def _raw_csv_header(path: Path) -> list[str]:
 def _check_no_repeats(names: Sequence[str], label: str) -> None:
     """Refuse a header whose names repeat once normalised (pandas would rename a copy to 'name.1')."""
     _check_unique(
-        list(names), [_norm(n) for n in names], label, "once names are made lower case and stripped",
+        list(names),
+        [_norm(n) for n in names],
+        label,
+        "once names are made lower case and stripped",
         "rename or drop one of them so that each column appears once",
     )
 
@@ -407,7 +412,7 @@ def _raw_names_to_read(
     wanted = {_norm(k) for k in keep}
     for missing in wanted - set(names):
         wanted |= set(difflib.get_close_matches(missing, names, n=3, cutoff=0.6))
-    selected = [raw for raw, name in zip(header, names) if name in wanted]
+    selected = [raw for raw, name in zip(header, names, strict=False) if name in wanted]
     return selected or list(header)
 
 
@@ -658,7 +663,7 @@ def _normalise_names(frame: pd.DataFrame, label: str) -> pd.DataFrame:
 def _check_unique(old: Sequence[Any], new: Sequence[str], label: str, why: str, fix: str) -> None:
     """Raise when two input columns end up with the same name."""
     seen: dict[str, Any] = {}
-    for before, after in zip(old, new):
+    for before, after in zip(old, new, strict=False):
         if after in seen:
             raise CatalogError(
                 f"columns {str(seen[after])!r} and {str(before)!r} of {label} both become {after!r} {why}: {fix}."
@@ -728,7 +733,7 @@ def _simplify_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
                 frame[name] = series.to_numpy(dtype=bool)
         elif isinstance(dtype, pd.api.extensions.ExtensionDtype) and pd.api.types.is_numeric_dtype(dtype):
             frame[name] = _numeric_to_numpy(series)
-        elif dtype == object and pd.api.types.infer_dtype(series, skipna=True) == "boolean":
+        elif pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(series, skipna=True) == "boolean":
             frame[name] = series.astype("boolean")
     return frame
 
@@ -816,13 +821,17 @@ def _to_column(series: pd.Series, name: str) -> Column:
     missing = series.isna().to_numpy()
     if pd.api.types.is_float_dtype(dtype):
         return Column(series.to_numpy(dtype=getattr(dtype, "numpy_dtype", dtype), na_value=np.nan), name=name)
-    if pd.api.types.is_bool_dtype(dtype) or (dtype == object and pd.api.types.infer_dtype(series) == "boolean"):
+    if pd.api.types.is_bool_dtype(dtype) or (
+        pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(series) == "boolean"
+    ):
         return _masked(series.fillna(False).to_numpy(dtype=bool), missing, name)
     if pd.api.types.is_integer_dtype(dtype):
         return _masked(series.fillna(0).to_numpy(dtype=np.int64), missing, name)
     if pd.api.types.is_numeric_dtype(dtype):
         return _masked(series.to_numpy(), missing, name)
-    text = np.array(["" if m else str(v) for v, m in zip(series.to_numpy(dtype=object), missing)], dtype=str)
+    text = np.array(
+        ["" if m else str(v) for v, m in zip(series.to_numpy(dtype=object), missing, strict=False)], dtype=str
+    )
     return _masked(text, missing, name)
 
 

@@ -43,13 +43,44 @@ WARN_PARALLAX = 0.1
 
 #: The Messier globular clusters and their NGC numbers.
 MESSIER: dict[int, int] = {
-    2: 7089, 3: 5272, 4: 6121, 5: 5904, 9: 6333, 10: 6254, 12: 6218, 13: 6205, 14: 6402, 15: 7078,
-    19: 6273, 22: 6656, 28: 6626, 30: 7099, 53: 5024, 54: 6715, 55: 6809, 56: 6779, 62: 6266, 68: 4590,
-    69: 6637, 70: 6681, 71: 6838, 72: 6981, 75: 6864, 79: 1904, 80: 6093, 92: 6341, 107: 6171,
+    2: 7089,
+    3: 5272,
+    4: 6121,
+    5: 5904,
+    9: 6333,
+    10: 6254,
+    12: 6218,
+    13: 6205,
+    14: 6402,
+    15: 7078,
+    19: 6273,
+    22: 6656,
+    28: 6626,
+    30: 7099,
+    53: 5024,
+    54: 6715,
+    55: 6809,
+    56: 6779,
+    62: 6266,
+    68: 4590,
+    69: 6637,
+    70: 6681,
+    71: 6838,
+    72: 6981,
+    75: 6864,
+    79: 1904,
+    80: 6093,
+    92: 6341,
+    107: 6171,
 }
 #: Common names, as NGC numbers.
 COMMON_NAMES: dict[str, int] = {
-    "47tuc": 104, "47tucanae": 104, "omegacen": 5139, "omegacentauri": 5139, "ωcen": 5139, "ocen": 5139,
+    "47tuc": 104,
+    "47tucanae": 104,
+    "omegacen": 5139,
+    "omegacentauri": 5139,
+    "ωcen": 5139,
+    "ocen": 5139,
 }
 
 
@@ -259,8 +290,12 @@ def compare_with_literature(summary: dict[str, Any], cluster: LiteratureCluster)
         s_dec = _combined(summary.get("mean_pmdec_error"), cluster.pmdec_error, PM_SYSTEMATIC)
         offset, sigma = math.hypot(d_ra, d_dec), math.hypot(d_ra / s_ra, d_dec / s_dec)
         report.update(
-            delta_pmra=d_ra, delta_pmdec=d_dec, delta_pmra_sigma=d_ra / s_ra, delta_pmdec_sigma=d_dec / s_dec,
-            pm_offset=offset, pm_offset_sigma=sigma,
+            delta_pmra=d_ra,
+            delta_pmdec=d_dec,
+            delta_pmra_sigma=d_ra / s_ra,
+            delta_pmdec_sigma=d_dec / s_dec,
+            pm_offset=offset,
+            pm_offset_sigma=sigma,
         )
         if sigma > WARN_SIGMA and offset > WARN_PM:
             warnings.append(

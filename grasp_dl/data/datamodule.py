@@ -17,9 +17,9 @@ from grasp_dl.data.catalog import read_catalog
 from grasp_dl.data.loader import TensorBatchLoader, is_block
 from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
-from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
 from grasp_dl.data.simulate import simulate_catalog
 from grasp_dl.data.sky import gnomonic_project
+from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
 from grasp_dl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,7 @@ class StellarCatalogDataModule(L.LightningDataModule):
         quality = dict(_plain(quality) or {})
         unknown = set(quality) - set(QUALITY_KEYS)
         if unknown:
-            raise ConfigError(
-                f"unknown quality cut(s) {sorted(unknown)}: choose from {', '.join(QUALITY_KEYS)}"
-            )
+            raise ConfigError(f"unknown quality cut(s) {sorted(unknown)}: choose from {', '.join(QUALITY_KEYS)}")
         self.path = path
         self.catalog = catalog
         self.simulate = _plain(simulate)
@@ -203,7 +201,9 @@ class StellarCatalogDataModule(L.LightningDataModule):
         }
 
     # ------------------------------------------------------------------ measurement errors
-    def star_data(self, split: str = "train", photometry: bool = False, what: str = "the error-aware model") -> StarData:
+    def star_data(
+        self, split: str = "train", photometry: bool = False, what: str = "the error-aware model"
+    ) -> StarData:
         """Astrometry, error covariances, radius (and photometry) of a split's rows, in ``data`` order.
 
         ``what`` names the setting that asked, for the error message when error columns are missing.
@@ -227,7 +227,9 @@ class StellarCatalogDataModule(L.LightningDataModule):
         """Distance from the centre (degrees) of a split's rows, in ``data`` order."""
         self._require_setup()
         if self.prepared.center is None:
-            raise ConfigError("the radius needs the cluster centre: include ra and dec in data.features or give data.center")
+            raise ConfigError(
+                "the radius needs the cluster centre: include ra and dec in data.features or give data.center"
+            )
         rows = self.usable_rows()
         xi, eta = gnomonic_project(
             self.table["ra"].to_numpy(float)[rows], self.table["dec"].to_numpy(float)[rows], *self.prepared.center

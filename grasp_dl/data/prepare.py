@@ -126,9 +126,7 @@ def _magnitude_column(df: pd.DataFrame, name: str) -> str:
     )
 
 
-def create_color_features(
-    df: pd.DataFrame, magnitude_columns: Sequence[str] = ("G", "BP", "RP")
-) -> pd.DataFrame:
+def create_color_features(df: pd.DataFrame, magnitude_columns: Sequence[str] = ("G", "BP", "RP")) -> pd.DataFrame:
     """Return a copy of ``df`` with the colours bp_rp, bp_g and g_rp from the G, BP, RP magnitudes.
 
     ``magnitude_columns`` names the G, BP and RP columns in that order (short or Gaia names).
@@ -136,7 +134,7 @@ def create_color_features(
     """
     if len(magnitude_columns) != 3:
         raise ConfigError("magnitude_columns must name three columns: G, BP and RP, in that order")
-    bands = dict(zip(("G", "BP", "RP"), (_magnitude_column(df, m) for m in magnitude_columns)))
+    bands = dict(zip(("G", "BP", "RP"), (_magnitude_column(df, m) for m in magnitude_columns), strict=False))
     require_numeric(df, list(bands.values()))
     out = df.copy()
     for colour, (bright, faint) in COLOR_FEATURES.items():
@@ -154,9 +152,7 @@ def estimate_center(ra: np.ndarray, dec: np.ndarray, n_iter: int = 8) -> tuple[f
     if ok.sum() == 0:
         raise CatalogError("cannot estimate the cluster centre: no star has finite ra and dec")
     ra_r, dec_r = np.radians(ra[ok]), np.radians(dec[ok])
-    vectors = np.column_stack(
-        (np.cos(dec_r) * np.cos(ra_r), np.cos(dec_r) * np.sin(ra_r), np.sin(dec_r))
-    )
+    vectors = np.column_stack((np.cos(dec_r) * np.cos(ra_r), np.cos(dec_r) * np.sin(ra_r), np.sin(dec_r)))
     center = vectors.mean(axis=0)
     center /= np.linalg.norm(center)
     radius = np.percentile(np.arccos(np.clip(vectors @ center, -1, 1)), 50)
@@ -190,19 +186,13 @@ def feature_output_names(features: Sequence[str]) -> list[str]:
     return [POSITION_FEATURES.get(name, name) for name in features]
 
 
-def _feature_frame(
-    df: pd.DataFrame, features: Sequence[str], center: tuple[float, float] | None
-) -> pd.DataFrame:
+def _feature_frame(df: pd.DataFrame, features: Sequence[str], center: tuple[float, float] | None) -> pd.DataFrame:
     """Compute every requested feature as a float column (NaN where the input lacks it)."""
-    needs_sky = any(
-        n in POSITION_FEATURES or n in POSITION_FEATURES.values() or n in RADIUS_FEATURES for n in features
-    )
+    needs_sky = any(n in POSITION_FEATURES or n in POSITION_FEATURES.values() or n in RADIUS_FEATURES for n in features)
     xi = eta = None
     if needs_sky:
         ra0, dec0 = center  # type: ignore[misc]
-        xi, eta = gnomonic_project(
-            df["ra"].to_numpy(float), df["dec"].to_numpy(float), ra0, dec0
-        )
+        xi, eta = gnomonic_project(df["ra"].to_numpy(float), df["dec"].to_numpy(float), ra0, dec0)
     if any(n in COLOR_FEATURES and n not in df.columns for n in features):
         df = create_color_features(df)
     columns: dict[str, np.ndarray] = {}
@@ -241,9 +231,7 @@ def _quality_cuts(
         else:
             require_columns(df, ["parallax", "parallax_error"])
             poe = df["parallax"].to_numpy(float) / df["parallax_error"].to_numpy(float)
-        cuts.append(
-            (f"parallax_over_error<{parallax_over_error_min:g}", ~(poe >= parallax_over_error_min))
-        )
+        cuts.append((f"parallax_over_error<{parallax_over_error_min:g}", ~(poe >= parallax_over_error_min)))
     if mag_range is not None and any(v is not None for v in mag_range):
         column = _magnitude_column(df, mag_column)
         mag = df[column].to_numpy(float)

@@ -43,9 +43,7 @@ class FeatureScaler:
 
     def __post_init__(self) -> None:
         if self.method not in SCALING_METHODS:
-            raise ConfigError(
-                f"unknown scaling method {self.method!r}: choose one of {', '.join(SCALING_METHODS)}"
-            )
+            raise ConfigError(f"unknown scaling method {self.method!r}: choose one of {', '.join(SCALING_METHODS)}")
 
     def fit(self, features: np.ndarray) -> FeatureScaler:
         """Fit centre and scale per column; a constant column gets scale 1 so it stays finite.

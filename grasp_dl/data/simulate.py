@@ -235,9 +235,7 @@ def _cmd_spec(section: str, given: Mapping[str, Any] | None, default_model: str)
 def _distance_spec(section: str, given: Any) -> dict[str, Any]:
     """Validate a field population's distance distribution."""
     if not isinstance(given, Mapping) or given.get("dist") not in _DISTANCE_SPECS:
-        raise ConfigError(
-            f"{section} must be a mapping with dist one of {sorted(_DISTANCE_SPECS)}, got {given!r}"
-        )
+        raise ConfigError(f"{section} must be a mapping with dist one of {sorted(_DISTANCE_SPECS)}, got {given!r}")
     spec = _merge_spec(section, given, _DISTANCE_SPECS[given["dist"]])
     for key, value in spec.items():
         if key != "dist":
@@ -330,8 +328,16 @@ _SGB_TEMPLATE = np.array(
 )
 _SGB_WEIGHT = 0.12  # stars on the subgiant branch, in units of the turn-off LF
 _RGB_TEMPLATE = np.array(
-    [[3.25, 0.92, 0.16], [2.5, 1.00, 0.18], [1.5, 1.07, 0.22], [0.5, 1.16, 0.26],
-     [-0.5, 1.29, 0.32], [-1.5, 1.48, 0.40], [-2.3, 1.72, 0.50], [-3.0, 2.00, 0.65]]
+    [
+        [3.25, 0.92, 0.16],
+        [2.5, 1.00, 0.18],
+        [1.5, 1.07, 0.22],
+        [0.5, 1.16, 0.26],
+        [-0.5, 1.29, 0.32],
+        [-1.5, 1.48, 0.40],
+        [-2.3, 1.72, 0.50],
+        [-3.0, 2.00, 0.65],
+    ]
 )
 _RGB_LF0, _RGB_LF_SLOPE = 0.35, 0.28  # RGB stars per mag at its base, and dex per mag
 _HB_MAG = 0.55
@@ -339,8 +345,22 @@ _ZAMS = np.array(  # young main sequence: M_G, (BP-RP)0
     [[-2.5, -0.24], [-1.0, -0.16], [0.0, -0.10], [1.0, -0.02], [2.0, 0.12], [3.0, 0.30], [4.0, 0.50], [4.5, 0.58]]
 )
 _DISK_MS = np.array(  # solar-metallicity dwarfs: M_G, (BP-RP)0 (Gaia HRD of the solar neighbourhood)
-    [[0.5, 0.05], [1.5, 0.25], [2.5, 0.45], [3.5, 0.62], [4.5, 0.78], [5.5, 0.98], [6.5, 1.20], [7.5, 1.48],
-     [8.5, 1.90], [9.5, 2.30], [10.5, 2.65], [11.5, 3.00], [12.5, 3.25], [14.0, 3.60]]
+    [
+        [0.5, 0.05],
+        [1.5, 0.25],
+        [2.5, 0.45],
+        [3.5, 0.62],
+        [4.5, 0.78],
+        [5.5, 0.98],
+        [6.5, 1.20],
+        [7.5, 1.48],
+        [8.5, 1.90],
+        [9.5, 2.30],
+        [10.5, 2.65],
+        [11.5, 3.00],
+        [12.5, 3.25],
+        [14.0, 3.60],
+    ]
 )
 
 
@@ -1039,9 +1059,7 @@ def load_simulation_config(name: str) -> dict[str, Any]:
     path = conf_dir() / "simulation" / f"{name}.yaml"
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        raise ConfigError(
-            f"no simulation config {name!r} at {path}; available: {', '.join(available) or 'none'}"
-        )
+        raise ConfigError(f"no simulation config {name!r} at {path}; available: {', '.join(available) or 'none'}")
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path} must hold a mapping of simulate_catalog() arguments")
@@ -1158,8 +1176,8 @@ def field_pm_moments(field: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> 
         means.append(np.array(_pair(f"field[{i}]", "pm_mean", pop["pm_mean"])))
         covs.append(np.array([[sx * sx, rho * sx * sy], [rho * sx * sy, sy * sy]]))
     w = np.asarray(weights) / np.sum(weights)
-    mean = sum(wi * m for wi, m in zip(w, means))
-    second = sum(wi * (c + np.outer(m, m)) for wi, c, m in zip(w, covs, means))
+    mean = sum(wi * m for wi, m in zip(w, means, strict=False))
+    second = sum(wi * (c + np.outer(m, m)) for wi, c, m in zip(w, covs, means, strict=False))
     cov = second - np.outer(mean, mean)
     return mean, float(np.sqrt(np.trace(cov) / 2.0))
 
@@ -1238,5 +1256,11 @@ def robustness_field_config(
         cmd={**dict(cluster.get("cmd") or {}), "faint_mag": where["faint_mag"]},
     )
     name = f"share{share:g}_n{int(n_stars)}_off{pm_offset:g}_{profile}_{members}_s{int(seed)}"
-    return {**cfg, "cluster": cluster, "n_stars": int(n_stars), "seed": int(seed),
-            "radius_deg": ROBUSTNESS_CONE_DEG, "name": name}
+    return {
+        **cfg,
+        "cluster": cluster,
+        "n_stars": int(n_stars),
+        "seed": int(seed),
+        "radius_deg": ROBUSTNESS_CONE_DEG,
+        "name": name,
+    }

@@ -13,9 +13,7 @@ from numpy.typing import ArrayLike
 __all__ = ["angular_separation", "gnomonic_deproject", "gnomonic_project"]
 
 
-def gnomonic_project(
-    ra: ArrayLike, dec: ArrayLike, ra0: float, dec0: float
-) -> tuple[np.ndarray, np.ndarray]:
+def gnomonic_project(ra: ArrayLike, dec: ArrayLike, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
     """Project (ra, dec) onto the plane tangent at (ra0, dec0); all angles in degrees.
 
     Parameters
@@ -50,9 +48,7 @@ def gnomonic_project(
     return np.degrees(xi), np.degrees(eta)
 
 
-def gnomonic_deproject(
-    xi_deg: ArrayLike, eta_deg: ArrayLike, ra0: float, dec0: float
-) -> tuple[np.ndarray, np.ndarray]:
+def gnomonic_deproject(xi_deg: ArrayLike, eta_deg: ArrayLike, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
     """Invert :func:`gnomonic_project`: tangent-plane (xi, eta) in degrees -> (ra, dec) in degrees.
 
     Parameters
@@ -79,9 +75,7 @@ def gnomonic_deproject(
     return ra_deg, np.degrees(dec)
 
 
-def angular_separation(
-    ra: ArrayLike, dec: ArrayLike, ra0: float, dec0: float
-) -> np.ndarray:
+def angular_separation(ra: ArrayLike, dec: ArrayLike, ra0: float, dec0: float) -> np.ndarray:
     """Great-circle distance from (ra0, dec0), stable at small and large angles (Vincenty's formula).
 
     Parameters

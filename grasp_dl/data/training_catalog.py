@@ -73,7 +73,9 @@ class TrainingCatalog:
             value = getattr(self, name)
             size = None if value is None else len(value.values if isinstance(value, StarData) else value)
             if size is not None and size != n:
-                raise ConfigError(f"the training catalogue's {name} has {size} rows, its features {n}: give the same stars")
+                raise ConfigError(
+                    f"the training catalogue's {name} has {size} rows, its features {n}: give the same stars"
+                )
 
     def to(self, device: torch.device | str) -> TrainingCatalog:
         """The same catalogue with its tensors on ``device`` (numpy fields stay on the host).

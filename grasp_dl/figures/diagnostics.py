@@ -101,9 +101,7 @@ def diagnostic_figure(stars: pd.DataFrame, summary: dict[str, Any], center: Sequ
         missing(ax_cmd, "G magnitude and BP-RP colour")
     _profile_panel(ax_prof, summary)
     found = summary.get("cluster_found", True)
-    head = (
-        f"cluster: {summary.get('n_members', 0)} members" if found else "NO CLUSTER FOUND (members set to 0)"
-    )
+    head = f"cluster: {summary.get('n_members', 0)} members" if found else "NO CLUSTER FOUND (members set to 0)"
     reason = summary.get("cluster_reason", "")
     text = head + ("\n" + textwrap.fill(reason, 120) if reason else "")
     fig.suptitle(text, fontsize="medium", color="black" if found else "firebrick")

@@ -37,7 +37,6 @@ def reliability_diagram(
     return fig
 
 
-
 # ----------------------------------------------------------------------------- catalogue and model figures
 # Each function below draws on ``ax`` when one is given (to compose panels) and returns its Figure.
 # (Imported here rather than at the top so this section stays separate from the one above.)
@@ -232,9 +231,7 @@ def catalog_color(catalog: Any) -> np.ndarray | None:
     return None
 
 
-def plot_membership(
-    catalog: Any, member_prob: Any, center: Any = None, *, title: str | None = None
-) -> Figure:
+def plot_membership(catalog: Any, member_prob: Any, center: Any = None, *, title: str | None = None) -> Figure:
     """Proper motions, sky and colour-magnitude diagram of a catalogue, coloured by membership probability.
 
     ``catalog`` is anything :func:`grasp_dl.data.read_catalog` reads; panels whose columns it
@@ -249,16 +246,20 @@ def plot_membership(
         raise ConfigError(f"member_prob has {len(prob)} rows but the catalogue {len(table)}: one per star, in order")
     columns = set(table.columns)
     color = catalog_color(table)
-    panels = [name for name, ok in (
-        ("pm", {"pmra", "pmdec"} <= columns),
-        ("sky", {"ra", "dec"} <= columns),
-        ("cmd", color is not None and "phot_g_mean_mag" in columns),
-    ) if ok]
+    panels = [
+        name
+        for name, ok in (
+            ("pm", {"pmra", "pmdec"} <= columns),
+            ("sky", {"ra", "dec"} <= columns),
+            ("cmd", color is not None and "phot_g_mean_mag" in columns),
+        )
+        if ok
+    ]
     if not panels:
         raise ConfigError("the catalogue has none of pmra/pmdec, ra/dec or G and BP-RP: nothing to plot")
     fig = Figure(figsize=(4.8 * len(panels), 4.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    for ax, panel in zip(axes, panels):
+    for ax, panel in zip(axes, panels, strict=False):
         if panel == "pm":
             plot_proper_motions(table["pmra"], table["pmdec"], prob, ax=ax)
         elif panel == "sky":
@@ -289,7 +290,7 @@ def plot_training_history(history: Any, metrics: Any = None) -> Figure:
     phases = list(dict.fromkeys(frame["phase"]))
     fig = Figure(figsize=(4.8 * len(phases), 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(phases)))
-    for ax, phase in zip(axes, phases):
+    for ax, phase in zip(axes, phases, strict=False):
         rows = frame[frame["phase"] == phase]
         names = list(metrics) if metrics is not None else [c for c in rows.columns if str(c).endswith("loss")]
         for name in names:
@@ -351,6 +352,11 @@ def plot_cluster_comparison(
         for row, (labels, what) in enumerate(((truth, "true"), (predicted, "predicted"))):
             ax = axes[row, column]
             _scatter(ax, values[:, i], values[:, j], labels=labels)
-            ax.set(xlabel=names[i], ylabel=names[j], title=f"{what} groups",
-                   xlim=_robust_limits(values[:, i]), ylim=_robust_limits(values[:, j]))
+            ax.set(
+                xlabel=names[i],
+                ylabel=names[j],
+                title=f"{what} groups",
+                xlim=_robust_limits(values[:, i]),
+                ylim=_robust_limits(values[:, j]),
+            )
     return fig

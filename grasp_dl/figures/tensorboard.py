@@ -179,9 +179,7 @@ class TensorBoardFigures(L.Callback):
             writer.add_histogram("assignments/entropy", entropy(view.prob), step)
         if self.embedding:
             metadata, header = self.metadata(sample, view)
-            writer.add_embedding(
-                view.latent, metadata=metadata, metadata_header=header, global_step=step, tag="latent"
-            )
+            writer.add_embedding(view.latent, metadata=metadata, metadata_header=header, global_step=step, tag="latent")
 
     @staticmethod
     def metadata(sample: StarSample, view: StarView) -> tuple[list[Any] | None, list[str] | None]:
@@ -197,7 +195,7 @@ class TensorBoardFigures(L.Callback):
             return None, None
         if len(columns) == 1:
             return next(iter(columns.values())), None
-        return [list(row) for row in zip(*columns.values())], list(columns)
+        return [list(row) for row in zip(*columns.values(), strict=False)], list(columns)
 
     @staticmethod
     def make_figures(sample: StarSample, view: StarView) -> dict[str, Figure]:
@@ -205,7 +203,7 @@ class TensorBoardFigures(L.Callback):
         prob, labels = view.member_prob, view.labels
         colour_by = {"member_prob": prob} if prob is not None else {"labels": labels}
         figures = {"latent_space": plotting.plot_latent_space(view.latent, labels=labels, member_prob=prob)}
-        values = dict(zip(sample.feature_names, sample.features.T))
+        values = dict(zip(sample.feature_names, sample.features.T, strict=False))
         catalog = sample.catalog
         if "pmra" in values and "pmdec" in values:
             figures["proper_motions"] = plotting.plot_proper_motions(values["pmra"], values["pmdec"], **colour_by)

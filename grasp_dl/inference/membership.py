@@ -38,9 +38,7 @@ def _log_det_cov(values: np.ndarray) -> float:
     return float(logdet) if sign > 0 else -np.inf
 
 
-def cluster_scores(
-    labels: np.ndarray, features: np.ndarray, feature_names: Sequence[str], n_groups: int
-) -> np.ndarray:
+def cluster_scores(labels: np.ndarray, features: np.ndarray, feature_names: Sequence[str], n_groups: int) -> np.ndarray:
     """Score of every group (lower = more cluster-like); groups too small to judge get +inf."""
     names = list(feature_names)
     labels = np.asarray(labels)
@@ -114,9 +112,7 @@ def decide_cluster_group(
     return ranked[0], checks[ranked[0]]
 
 
-def choose_cluster_group(
-    prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]
-) -> int:
+def choose_cluster_group(prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]) -> int:
     """Index of the group that is the globular cluster (:func:`decide_cluster_group`'s group).
 
     Parameters

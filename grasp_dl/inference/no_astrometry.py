@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grasp_dl.data.astrometry import ASTROMETRY, ERROR_COLUMNS, CORRELATION_COLUMN
+from grasp_dl.data.astrometry import ASTROMETRY, CORRELATION_COLUMN, ERROR_COLUMNS
 from grasp_dl.data.prepare import PreparedCatalog
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.inference.membership import entropy

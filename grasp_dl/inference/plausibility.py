@@ -67,8 +67,17 @@ PROFILE_BINS = 10
 SAMPLE_SIZE = 200_000
 #: Columns of the catalogue the diagnostics and the figure use, when present.
 SAMPLE_COLUMNS = (
-    "ra", "dec", "pmra", "pmdec", "pmra_error", "pmdec_error", "parallax", "phot_g_mean_mag", "bp_rp",
-    "phot_bp_mean_mag", "phot_rp_mean_mag",
+    "ra",
+    "dec",
+    "pmra",
+    "pmdec",
+    "pmra_error",
+    "pmdec_error",
+    "parallax",
+    "phot_g_mean_mag",
+    "bp_rp",
+    "phot_bp_mean_mag",
+    "phot_rp_mean_mag",
 )
 
 
@@ -116,9 +125,7 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
     return float(v[order][min(np.searchsorted(cum, q * cum[-1]), len(v) - 1)])
 
 
-def pm_dispersion(
-    pm: np.ndarray, weights: np.ndarray, pm_error: np.ndarray | None = None, core: bool = True
-) -> float:
+def pm_dispersion(pm: np.ndarray, weights: np.ndarray, pm_error: np.ndarray | None = None, core: bool = True) -> float:
     """Weighted proper-motion dispersion, sqrt of the mean of both axes' variances (mas/yr).
 
     ``core=True`` (the members): each axis's dispersion is 1.4826 x the weighted median absolute

@@ -14,16 +14,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
 from grasp_dl.checkpoints import checkpoint_kind, load_module, read_checkpoint
+from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
-from grasp_dl.data.validation import flag_nonfinite_probabilities
 from grasp_dl.data.sky import angular_separation
+from grasp_dl.data.validation import flag_nonfinite_probabilities
 from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
 from grasp_dl.inference.membership import ClusterSummary, entropy
-from grasp_dl.models.base import ClusteringModule, checkpoint_class
+from grasp_dl.inference.no_astrometry import score_without_astrometry
+from grasp_dl.inference.outputs import prediction_output, write_summary
 from grasp_dl.inference.plausibility import (
     StarSample,
     check_table,
@@ -31,10 +32,9 @@ from grasp_dl.inference.plausibility import (
     zero_member_prob,
     zero_member_prob_file,
 )
-from grasp_dl.models.vade import VaDEModule
-from grasp_dl.inference.no_astrometry import score_without_astrometry
-from grasp_dl.inference.outputs import prediction_output, write_summary
 from grasp_dl.io_policy import refuse_overwriting_inputs
+from grasp_dl.models.base import ClusteringModule, checkpoint_class
+from grasp_dl.models.vade import VaDEModule
 from grasp_dl.options import check_predict_options
 from grasp_dl.run_dir import figure_path, summary_path
 
@@ -95,7 +95,9 @@ def resolve_center(
             log.warning(
                 "the catalogue is centred %.1f deg from the model's centre (%.4f, %.4f): is it another "
                 "cluster? pass center='auto' (data.center=auto) to use the catalogue's own centre",
-                distance, stored[0], stored[1],
+                distance,
+                stored[0],
+                stored[1],
             )
     return float(stored[0]), float(stored[1])
 
@@ -112,7 +114,9 @@ def _member_prob_std(
     parts = [
         module.predict_proba_samples(
             torch.from_numpy(scaled[i : i + chunk_size]), rows=torch.from_numpy(rows[i : i + chunk_size])
-        )[1][:, group].cpu().numpy()
+        )[1][:, group]
+        .cpu()
+        .numpy()
         for i in range(0, len(scaled), chunk_size)
     ]
     return np.concatenate(parts) if parts else np.empty(0)
@@ -352,9 +356,25 @@ def predict_catalog(
 #: Catalogue columns a prediction may use besides the model's features (identifier, astrometry and
 #: its errors, quality-cut columns, photometry): a streamed catalogue is read for these only.
 PREDICTION_COLUMNS = (
-    "source_id", "ra", "dec", "pmra", "pmdec", "parallax", "pmra_error", "pmdec_error", "parallax_error",
-    "pmra_pmdec_corr", "parallax_over_error", "ruwe", "astrometric_params_solved",
-    "phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag", "bp_rp", "bp_g", "g_rp",
+    "source_id",
+    "ra",
+    "dec",
+    "pmra",
+    "pmdec",
+    "parallax",
+    "pmra_error",
+    "pmdec_error",
+    "parallax_error",
+    "pmra_pmdec_corr",
+    "parallax_over_error",
+    "ruwe",
+    "astrometric_params_solved",
+    "phot_g_mean_mag",
+    "phot_bp_mean_mag",
+    "phot_rp_mean_mag",
+    "bp_rp",
+    "bp_g",
+    "g_rp",
 )
 
 

@@ -81,8 +81,12 @@ def anchor_options(anchor: Mapping[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown model.anchor option(s) {unknown}: choose from {', '.join(ANCHOR_DEFAULTS)}")
     out = {**ANCHOR_DEFAULTS, **given}
-    out = {"weight": float(out["weight"]), "min_agreement": float(out["min_agreement"]),
-           "max_drop": float(out["max_drop"]), "fallback": bool(out["fallback"])}
+    out = {
+        "weight": float(out["weight"]),
+        "min_agreement": float(out["min_agreement"]),
+        "max_drop": float(out["max_drop"]),
+        "fallback": bool(out["fallback"]),
+    }
     if out["weight"] < 0:
         raise ConfigError(f"model.anchor.weight must be >= 0 (0 switches the anchor term off), got {out['weight']}")
     for key in ("min_agreement", "max_drop"):
@@ -164,8 +168,10 @@ def group_check(member_prob: np.ndarray, features: np.ndarray, feature_names: Se
         mean_pmra, mean_pmdec = (float(v) for v in (w[:, None] * pm[member]).sum(0) / w.sum())
         if enough:
             pm_ratio = _robust_dispersion(pm[member]) / max(_robust_dispersion(pm[others]), 1e-12)
-    passes = enough and (radius_ratio is None or radius_ratio < RADIUS_RATIO_MAX) and (
-        pm_ratio is None or pm_ratio < PM_DISPERSION_RATIO_MAX
+    passes = (
+        enough
+        and (radius_ratio is None or radius_ratio < RADIUS_RATIO_MAX)
+        and (pm_ratio is None or pm_ratio < PM_DISPERSION_RATIO_MAX)
     )
     return GroupCheck(n, radius_ratio, pm_ratio, mean_pmra, mean_pmdec, bool(passes))
 
@@ -266,7 +272,9 @@ class StartAnchor:
             # Only a plausible start is worth keeping: anchoring a wrong group would hold on to it.
             self._anchor_prob = None
             self._results()["start_vs_end"] = {
-                "anchored": False, "start_group": int(group), "start": asdict(check),
+                "anchored": False,
+                "start_group": int(group),
+                "start": asdict(check),
                 "reason": "the start's cluster group is not a concentrated, proper-motion-tight group: nothing to keep",
             }
             return
@@ -359,8 +367,17 @@ class StartAnchor:
             self.load_state_dict(current)
         q = (self.predict_proba(catalog) if q is None else q).cpu().numpy()
         group = self.cluster_group
-        report = detect_drift(start, q[:, group], features, names, options["min_agreement"], self._anchor_group,
-                              group, self._best_agreement, options["max_drop"])
+        report = detect_drift(
+            start,
+            q[:, group],
+            features,
+            names,
+            options["min_agreement"],
+            self._anchor_group,
+            group,
+            self._best_agreement,
+            options["max_drop"],
+        )
         report.extra["best_agreement"] = self._best_agreement
         if report.drifted and options["fallback"] and self.hparams.get("cluster_group") is None:
             report.action = self._fall_back(catalog, start, q, features, names, report)
@@ -384,14 +401,28 @@ class StartAnchor:
                 group["lr"] = 0.0
 
     def _fall_back(
-        self, catalog: Tensor, start: np.ndarray, q: np.ndarray, features: np.ndarray, names: list[str],
+        self,
+        catalog: Tensor,
+        start: np.ndarray,
+        q: np.ndarray,
+        features: np.ndarray,
+        names: list[str],
         report: DriftReport,
     ) -> str:
         """Name the start's group again, or restore the best-agreeing weights; return what was done."""
         options = anchor_options(self.hparams.get("anchor"))
         anchor = self._anchor_group
-        kept = detect_drift(start, q[:, anchor], features, names, options["min_agreement"], anchor, anchor,
-                            self._best_agreement, options["max_drop"])
+        kept = detect_drift(
+            start,
+            q[:, anchor],
+            features,
+            names,
+            options["min_agreement"],
+            anchor,
+            anchor,
+            self._best_agreement,
+            options["max_drop"],
+        )
         if anchor != report.end_group and not kept.drifted:
             self._name_group(anchor)
             report.end, report.end_group, report.agreement = kept.end, anchor, kept.agreement
@@ -406,8 +437,10 @@ class StartAnchor:
         report.extra["drifted_agreement"] = report.agreement
         report.end, report.end_group, report.agreement = restored.end, anchor, restored.agreement
         self._refresh_position_model(catalog)
-        return ("restored the weights that agreed best with the start, named the start's group the cluster "
-                "and stopped training")
+        return (
+            "restored the weights that agreed best with the start, named the start's group the cluster "
+            "and stopped training"
+        )
 
     def _refresh_position_model(self, catalog: Tensor) -> None:
         if hasattr(self, "fit_position_model"):
@@ -461,8 +494,10 @@ def describe_start_vs_end(report: Mapping[str, Any]) -> str:
             pm = f", mean pm ({check['mean_pmra']:.3f}, {check['mean_pmdec']:.3f}) mas/yr"
         return f"{name} {check['n_members']} members{pm}"
 
-    line = (f"start vs end of the clustering phase: {side('start', report['start'])}; "
-            f"{side('end', report['end'])}; agreement F1 {report['agreement']:.2f}")
+    line = (
+        f"start vs end of the clustering phase: {side('start', report['start'])}; "
+        f"{side('end', report['end'])}; agreement F1 {report['agreement']:.2f}"
+    )
     if report.get("drifted"):
         line += f"; drifted ({report['reason']}): {report.get('action', 'none')}"
     return line

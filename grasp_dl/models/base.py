@@ -47,9 +47,8 @@ How to add a clustering model: one file + one config
 
 from __future__ import annotations
 
-import sys
-
 import contextlib
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -174,7 +173,9 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, StartAnchor, HardFieldIn
         super().__init__()
         unknown = sorted(set(legacy) - set(LEGACY_HPARAMS))
         if unknown:
-            raise ConfigError(f"unknown option(s) {unknown} of {type(self).__name__}: see its docstring for the options")
+            raise ConfigError(
+                f"unknown option(s) {unknown} of {type(self).__name__}: see its docstring for the options"
+            )
         if cluster_group is None and legacy.get("cluster_index") is not None:
             cluster_group = legacy["cluster_index"]
         self._check_shared(input_dim, n_clusters, init, n_init, hidden_dims, latent_dim, dropout, cluster_group)
@@ -523,4 +524,3 @@ def checkpoint_class(checkpoint: Mapping[str, Any]) -> type[ClusteringModule] | 
         return None
     cls = get_class(path)
     return cls if isinstance(cls, type) and issubclass(cls, ClusteringModule) else None
-

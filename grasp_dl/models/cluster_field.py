@@ -121,7 +121,7 @@ def pack(cov: np.ndarray) -> np.ndarray:
 def unpack(packed: np.ndarray, d: int) -> np.ndarray:
     """Packed upper triangles (m, ...) back to symmetric matrices (..., d, d)."""
     out = np.empty((*packed.shape[1:], d, d))
-    for value, (r, c) in zip(packed, _UPPER[d]):
+    for value, (r, c) in zip(packed, _UPPER[d], strict=False):
         out[..., r, c] = out[..., c, r] = value
     return out
 
@@ -144,7 +144,7 @@ def packed_inverse(packed: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
 def packed_matvec(packed: np.ndarray, x: np.ndarray, d: int) -> np.ndarray:
     """Symmetric matrices (packed, (m, n)) times vectors (d, n), giving (d, n)."""
     out = np.zeros(x.shape)
-    for value, (r, c) in zip(packed, _UPPER[d]):
+    for value, (r, c) in zip(packed, _UPPER[d], strict=False):
         out[r] += value * x[c]
         if r != c:
             out[c] += value * x[r]
@@ -246,10 +246,15 @@ class ClusterFieldMixture:
         cluster = np.exp(self._cluster_log_density(radius)) * area
         return self.weights_[0] * cluster + (1.0 - self.weights_[0])
 
-    def _cluster_log_density(self, radius: np.ndarray, log_scale: float | None = None,
-                             slope: float | None = None) -> np.ndarray:
-        return profile_log_density(radius, self.log_scale_ if log_scale is None else log_scale,
-                                   self.slope_ if slope is None else slope, self.radius_max_)
+    def _cluster_log_density(
+        self, radius: np.ndarray, log_scale: float | None = None, slope: float | None = None
+    ) -> np.ndarray:
+        return profile_log_density(
+            radius,
+            self.log_scale_ if log_scale is None else log_scale,
+            self.slope_ if slope is None else slope,
+            self.radius_max_,
+        )
 
     def _eta2(self, radius: np.ndarray, beta: float | None = None) -> np.ndarray:
         beta = self.beta_ if beta is None else beta
@@ -413,12 +418,18 @@ class ClusterFieldMixture:
                 self.log_scale_ = keep
             return float(value)
 
-        self.log_scale_ = float(minimize_scalar(scale_nll, bounds=(lo, hi), method="bounded",
-                                                options={"xatol": 2e-2}).x)
+        self.log_scale_ = float(
+            minimize_scalar(scale_nll, bounds=(lo, hi), method="bounded", options={"xatol": 2e-2}).x
+        )
         if self.free_slope:
-            self.slope_ = float(minimize_scalar(
-                lambda g: -(q0 * self._cluster_log_density(r, slope=g)).sum(), bounds=SLOPE_BOUNDS,
-                method="bounded", options={"xatol": 2e-2}).x)
+            self.slope_ = float(
+                minimize_scalar(
+                    lambda g: -(q0 * self._cluster_log_density(r, slope=g)).sum(),
+                    bounds=SLOPE_BOUNDS,
+                    method="bounded",
+                    options={"xatol": 2e-2},
+                ).x
+            )
         if self.crowding and update_beta:
             spatial = self._log_spatial(r)
 
@@ -426,8 +437,9 @@ class ClusterFieldMixture:
                 joint = spatial + self._component_logpdf(p, self._eta2(r, beta))
                 return -float(np.logaddexp.reduce(joint, axis=1).sum())
 
-            self.beta_ = float(minimize_scalar(beta_nll, bounds=(0.0, BETA_MAX), method="bounded",
-                                               options={"xatol": 1e-2}).x)
+            self.beta_ = float(
+                minimize_scalar(beta_nll, bounds=(0.0, BETA_MAX), method="bounded", options={"xatol": 1e-2}).x
+            )
 
     def _em(self, p: _Prepared, max_iter: int) -> float:
         previous = -np.inf
@@ -447,8 +459,11 @@ class ClusterFieldMixture:
         return np.exp(joint[:, 0] - np.logaddexp.reduce(joint, axis=1))
 
     def _state(self) -> dict[str, Any]:
-        return {key: (value.copy() if isinstance(value, np.ndarray) else value) for key, value in vars(self).items()
-                if key.endswith("_") and not key.startswith("_")}
+        return {
+            key: (value.copy() if isinstance(value, np.ndarray) else value)
+            for key, value in vars(self).items()
+            if key.endswith("_") and not key.startswith("_")
+        }
 
     def _set_state(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
@@ -458,7 +473,9 @@ class ClusterFieldMixture:
         """Free parameters: weights, cluster (mean, sigma, tau, scale), field means and covariances, beta."""
         d = self.cluster_mean_.shape[0]
         k = self.n_field_
-        return k + d + (2 if d == 3 else 1) + 1 + int(self.free_slope) + k * d + k * d * (d + 1) // 2 + int(self.crowding)
+        return (
+            k + d + (2 if d == 3 else 1) + 1 + int(self.free_slope) + k * d + k * d * (d + 1) // 2 + int(self.crowding)
+        )
 
     def fit(self, data: StarData) -> ClusterFieldMixture:
         """Fit the mixture to ``data``; returns self.
@@ -490,7 +507,9 @@ class ClusterFieldMixture:
         # Stage 1: every start with one number of field components; stage 2: the other numbers
         # (BIC) started from stage 1's best cluster memberships.
         first = self.n_field if self.n_field is not None else FIELD_START
-        others = [] if self.n_field is not None else [k for k in range(FIELD_RANGE[0], FIELD_RANGE[1] + 1) if k != first]
+        others = (
+            [] if self.n_field is not None else [k for k in range(FIELD_RANGE[0], FIELD_RANGE[1] + 1) if k != first]
+        )
         best: tuple[float, dict[str, Any]] | None = None
         self.selection_: list[dict[str, Any]] = []
 
@@ -518,8 +537,12 @@ class ClusterFieldMixture:
         self.n_fit_ = n
         log.info(
             "xd mixture: %d field components, cluster weight %.4f, mean %s, sigma %.3f, scale %.3g deg, beta %.2f",
-            self.n_field_, self.weights_[0], np.round(self.cluster_mean_, 4), self.sigma_,
-            math.exp(self.log_scale_), self.beta_,
+            self.n_field_,
+            self.weights_[0],
+            np.round(self.cluster_mean_, 4),
+            self.sigma_,
+            math.exp(self.log_scale_),
+            self.beta_,
         )
         return self
 
@@ -613,8 +636,10 @@ class MembershipResult:
     def describe(self) -> str:
         """One line: field components, cluster weight, dispersion, scale and crowding coefficient."""
         m = self.mixture
-        return (f"K_f={m.n_field_} w_c={m.weights_[0]:.3f} sigma={m.sigma_:.3f} "
-                f"a={math.exp(m.log_scale_) * 60:.2f}' gamma={m.slope_:.2f} beta={m.beta_:.2f}")
+        return (
+            f"K_f={m.n_field_} w_c={m.weights_[0]:.3f} sigma={m.sigma_:.3f} "
+            f"a={math.exp(m.log_scale_) * 60:.2f}' gamma={m.slope_:.2f} beta={m.beta_:.2f}"
+        )
 
 
 def fit_membership(data: StarData, **options: Any) -> MembershipResult:

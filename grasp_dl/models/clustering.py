@@ -172,7 +172,9 @@ def initial_responsibilities(
     if method not in INIT_METHODS:
         raise ConfigError(f"unknown initialisation {method!r}: choose one of {', '.join(INIT_METHODS)}")
     if method == "xd":
-        raise ConfigError("init='xd' needs each star's astrometry and errors: use HardFieldIngredients.initial_memberships")
+        raise ConfigError(
+            "init='xd' needs each star's astrometry and errors: use HardFieldIngredients.initial_memberships"
+        )
     if len(z) < n_clusters:
         raise ConfigError(f"{len(z)} stars cannot make {n_clusters} groups: lower n_clusters")
     z = np.asarray(z, dtype=np.float64)

@@ -134,7 +134,9 @@ class SpatialDeconvolvedMixture:
         out = np.tile(np.log(self.weights_), (n, 1))
         if self.spatial:
             flat = -math.log(math.pi * self.radius_max_**2)
-            out[:, 0] += plummer_log_density(np.minimum(data.radius, self.radius_max_), self.log_scale_, self.radius_max_)
+            out[:, 0] += plummer_log_density(
+                np.minimum(data.radius, self.radius_max_), self.log_scale_, self.radius_max_
+            )
             out[:, 1:] += flat
         has = data.has_astrometry
         if has.any():
@@ -213,7 +215,10 @@ class SpatialDeconvolvedMixture:
         mass = q.sum(0) + 1e-12
         self.means_ = (q.T @ v) / mass[:, None]
         self.covariances_ = np.stack(
-            [np.cov(v.T, aweights=q[:, j] + 1e-12).reshape(d, d) + COV_FLOOR * np.eye(d) for j in range(self.n_components)]
+            [
+                np.cov(v.T, aweights=q[:, j] + 1e-12).reshape(d, d) + COV_FLOOR * np.eye(d)
+                for j in range(self.n_components)
+            ]
         )
         self.weights_ = mass / mass.sum()
         self.log_scale_ = math.log(max(np.average(data.radius, weights=resp[:, 0] + 1e-12), 1e-4))
@@ -222,7 +227,7 @@ class SpatialDeconvolvedMixture:
             self._fit_cmd(data.cmd, resp)
         self._m_step(data, resp)
         previous = -np.inf
-        for self.n_iter_ in range(1, self.max_iter + 1):
+        for self.n_iter_ in range(1, self.max_iter + 1):  # noqa: B020 (the iteration count is kept)
             log_joint = self._log_joint(data)
             log_norm = np.logaddexp.reduce(log_joint, axis=1)
             resp = np.exp(log_joint - log_norm[:, None])

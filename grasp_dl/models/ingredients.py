@@ -181,7 +181,12 @@ class HardFieldIngredients:
             log.info("xd initial mixture: %s", mixture.state_dict())
             return mixture.predict_proba(stars)
         return initial_responsibilities(
-            z, hp.n_clusters, hp.init, hp.n_init, hp.seed, features=catalog.features.cpu().double().numpy(),
+            z,
+            hp.n_clusters,
+            hp.init,
+            hp.n_init,
+            hp.seed,
+            features=catalog.features.cpu().double().numpy(),
             latent_covariance=latent_covariance,
         )
 

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from grasp_dl.errors import ConfigError
 
-
 #: The hyper-parameters that fix a network's shape (the keyword arguments of the networks here).
 NETWORK_KEYS = ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")
 
@@ -81,7 +80,7 @@ def mlp(
     torch.nn.Sequential
     """
     layers: list[nn.Module] = []
-    pairs = list(zip(sizes[:-1], sizes[1:]))
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=False))
     for i, (n_in, n_out) in enumerate(pairs):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(pairs) - 1 or last_activation:

@@ -195,7 +195,9 @@ class XDModule(ClusteringModule):
         if self.mixture is None:
             state = self.fit_results.get(MIXTURE_KEY)
             if not state:
-                raise ConfigError("this XDModule is not fitted: train it (grasp-dl train model=xd) or load a checkpoint")
+                raise ConfigError(
+                    "this XDModule is not fitted: train it (grasp-dl train model=xd) or load a checkpoint"
+                )
             self.mixture = self.new_mixture().load_state_dict(state)
         return self.mixture
 
@@ -269,10 +271,13 @@ class XDModule(ClusteringModule):
             ``xd_plummer_scale_deg``, ``xd_crowding_beta``, ``xd_n_field``.
         """
         m = self.fitted_mixture()
-        out = {f"xd_mean_{name}": float(v) for name, v in zip(("pmra", "pmdec", "parallax"), m.cluster_mean_)}
+        out = {
+            f"xd_mean_{name}": float(v) for name, v in zip(("pmra", "pmdec", "parallax"), m.cluster_mean_, strict=False)
+        }
         out.update(
-            xd_pm_dispersion=float(m.sigma_), xd_plummer_scale_deg=float(math.exp(m.log_scale_)),
-            xd_crowding_beta=float(m.beta_), xd_n_field=int(m.n_field_),
+            xd_pm_dispersion=float(m.sigma_),
+            xd_plummer_scale_deg=float(math.exp(m.log_scale_)),
+            xd_crowding_beta=float(m.beta_),
+            xd_n_field=int(m.n_field_),
         )
         return out
-
