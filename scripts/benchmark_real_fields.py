@@ -187,8 +187,11 @@ def api_method(model: str | None) -> Callable[[Field, dict[str, Any]], Scored]:
         with tempfile.TemporaryDirectory() as tmp:
             estimator = DeepClusteringModel(output_dir=tmp, **params).fit(field.catalog)
             table, summary = estimator.predict_table(field.catalog)
-        group = summary.get("cluster_group", summary.get("member_group"))
-        return Scored(np.nan_to_num(table["member_prob"].to_numpy(float)), None, f"group {group}")
+        group = summary.get("cluster_group")
+        # dPM(fit) of a product run is the mean the product's summary reports
+        reported = (summary.get("mean_pmra"), summary.get("mean_pmdec"))
+        fitted = reported if None not in reported else None
+        return Scored(np.nan_to_num(table["member_prob"].to_numpy(float)), fitted, f"group {group}")
 
     return run
 

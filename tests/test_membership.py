@@ -72,3 +72,22 @@ def test_cluster_summary_weights_by_member_prob():
     assert summary["mean_pmra"] == 2.0 and summary["mean_pmdec"] == 0.0
     np.testing.assert_allclose(summary["mean_pmra_error"], np.sqrt(2) / 2)
     assert summary["center"] == [10.0, -5.0] and summary["cluster_group"] == 0
+
+
+def test_summary_means_weight_members_by_their_errors():
+    """A faint member with a large error (the likeliest interloper) moves the mean less than a bright one."""
+    predictions = pd.DataFrame({"label": [0, 0, 0], "member_prob": [1.0, 1.0, 1.0]})
+    catalog = pd.DataFrame(
+        {
+            "pmra": [1.0, 1.0, 5.0],
+            "pmra_error": [0.02, 0.02, 2.0],
+            "pmdec": [0.0, 0.0, 3.0],
+            "pmdec_error": [0.02, 0.02, 2.0],
+        }
+    )
+    summary = cluster_summary(predictions, catalog, None, cluster_group=0)
+    # weights 1 / (0.2^2 + e^2): the interloper counts ~1/100 of a bright member
+    assert 1.0 < summary["mean_pmra"] < 1.05 and 0.0 < summary["mean_pmdec"] < 0.04
+    # without error columns every member counts by its probability alone
+    plain = cluster_summary(predictions, catalog[["pmra", "pmdec"]], None, cluster_group=0)
+    assert plain["mean_pmra"] == pytest.approx(7.0 / 3.0)
