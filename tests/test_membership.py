@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from grasp_dl.inference.membership import (
     choose_cluster_group,
