@@ -265,6 +265,11 @@ class DeepClusteringModel(BaseEstimator):
         output_dir = self._run_dir()
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose("train", overrides=[*self.config_overrides(deep), *extra])
+            if cfg.model.get("fallback_model"):
+                # model='auto' falls back to the deep model with this estimator's network sizes
+                fallback = compose("train", overrides=[*self.config_overrides(deep=True), *extra]).model
+                with open_dict(cfg):
+                    cfg.model.fallback_model = fallback
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
             if cfg.get("logger") is None:

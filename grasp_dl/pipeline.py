@@ -395,10 +395,15 @@ def _check_or_fall_back(cfg: DictConfig, datamodule: StellarCatalogDataModule) -
         fallback = cfg.model.get("fallback_model")
         if not fallback or fallback == name:
             raise
+        # a model name, or a whole model config (the notebook facade's, with its network sizes)
+        fallback_cfg = fallback if isinstance(fallback, DictConfig) else compose_model(str(fallback))
         with open_dict(cfg):
-            cfg.model = compose_model(str(fallback))
+            cfg.model = copy.deepcopy(fallback_cfg)
         check_phases(cfg, datamodule)
-        line = f"setting: model=auto fell back to model={fallback}: {name} cannot run on this catalogue ({exc})"
+        line = (
+            f"setting: model=auto fell back to model={model_name(cfg.model)}: "
+            f"{name} cannot run on this catalogue ({exc})"
+        )
         log.warning(line)
         return line
     if cfg.model.get("fallback_model"):
@@ -427,9 +432,13 @@ def train(
     run_dir = RunDir.from_config(cfg)
     if datamodule is None:
         datamodule = instantiate_datamodule(cfg)
-    check_phases(cfg, datamodule)  # the options, before the catalogue is read
+    setting = _check_or_fall_back(cfg, datamodule)  # the options, before the catalogue is read
     datamodule.setup("fit")
-    setting = _check_or_fall_back(cfg, datamodule)  # what they need of the catalogue, before any training
+    # what they need of the catalogue, before any training (the default setting may still fall back)
+    if cfg.model.get("fallback_model"):
+        setting = _check_or_fall_back(cfg, datamodule)
+    else:
+        check_phases(cfg, datamodule)
     two_phase = "pretrain" in cfg.model
     resume = resume_point(cfg.get("ckpt_path"), run_dir, two_phase)
     check_trainable(datamodule.prepared.n_usable, len(datamodule.train_index), cfg.model.get("n_clusters"))

@@ -88,7 +88,11 @@ def test_init_does_no_work_and_composes_the_cli_config(tmp_path):
     # the default is the CLI's default setting; its step-by-step deep phases train DEC
     default = DeepClusteringModel(output_dir=tmp_path)
     assert default.compose_config().model._target_.endswith("XDModule")
-    assert default.compose_config().model.fallback_model == "dec"
+    # its fallback is DEC with this estimator's network sizes
+    fallback = (
+        DeepClusteringModel(n_clusters=2, latent_dim=4, output_dir=tmp_path).compose_config().model.fallback_model
+    )
+    assert fallback._target_.endswith("DECModule") and fallback.n_clusters == 2 and fallback.pretrain.latent_dim == 4
     assert default.compose_config(deep=True).model._target_.endswith("DECModule")
     with pytest.raises(ConfigError, match="unknown model"):
         DeepClusteringModel(model="kmeans").compose_config()
