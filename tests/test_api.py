@@ -183,7 +183,7 @@ def test_load_vade_cli_checkpoint_predicts_identically(field, tmp_path):
     expected, _ = predict_catalog(load_clustering_module(result.checkpoint), field)
     table, _ = model.predict_table(field)
     pd.testing.assert_frame_equal(table, expected)
-    assert model.model_ == "vade" and model.model == "dec" and "member_prob_std" in table.columns
+    assert model.model_ == "vade" and model.model == "auto" and "member_prob_std" in table.columns
     labels, prob = model.predict_clusters(field)
     np.testing.assert_array_equal(labels, expected["label"])
     assert model.get_latent_representation(field).shape == (len(field), 8)

@@ -174,6 +174,7 @@ def test_cli_train_and_predict_on_a_real_field_report_the_literature(tmp_path):
             "data=catalog",
             f"data.path={vb21_field_path('ngc6624')}",
             "data.cluster=NGC_6624",
+            "model=dec",
             "model.pretrain_epochs=3",
             "trainer.max_epochs=3",
             f"hydra.run.dir={run}",

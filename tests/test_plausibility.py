@@ -18,6 +18,7 @@ from grasp_dl.inference.plausibility import (
     weighted_median,
     zero_member_prob_file,
 )
+from grasp_dl.inference.predict import predict_command
 
 NAMES = ["xi", "eta", "pmra", "pmdec", "parallax"]
 CONE = 0.2  # degrees
@@ -265,7 +266,6 @@ def trained_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow
 def test_predict_writes_the_figure_and_zeroes_a_field_without_cluster(trained_checkpoint, tmp_path):
-    from grasp_dl import pipeline
     from grasp_dl.cli import predict_task
     from grasp_dl.data.catalog import read_catalog, write_catalog
     from grasp_dl.data.simulate import simulate_field
@@ -281,7 +281,7 @@ def test_predict_writes_the_figure_and_zeroes_a_field_without_cluster(trained_ch
         cfg = compose_config(
             "predict", [f"ckpt_path={trained_checkpoint}", f"data.path={catalog}", f"output={output}", *extra], tmp_path
         )
-        return pipeline.predict(cfg), cfg
+        return predict_command(cfg), cfg
 
     (summary, output, _), _ = predict(tmp_path / "cone.csv", tmp_path / "cone_members.parquet", "chunk_size=700")
     assert summary["cluster_found"], summary["cluster_reason"]

@@ -73,7 +73,8 @@ def test_one_row_per_input_row_in_order_with_flags(trained, catalogue_with_gaps)
     f1 = 2 * (members & truth).sum() / (members.sum() + truth.sum())
     assert f1 > 0.8, f1
     assert summary["n_rows"] == len(df) and summary["n_scored"] == int((~unscored).sum())
-    w = np.where(members, out["member_prob"].fillna(0), 0.0)
+    # members weighted by member_prob / (0.2^2 + pmra_error^2), the summary's inverse-variance rule
+    w = np.where(members, out["member_prob"].fillna(0), 0.0) / (0.2**2 + df["pmra_error"].fillna(np.inf) ** 2)
     np.testing.assert_allclose(summary["mean_pmra"], np.nansum(w * df["pmra"]) / w[df["pmra"].notna()].sum())
     # a two-epoch model still lands near the simulated cluster motion (-12.51, -19.02) mas/yr
     assert abs(summary["mean_pmra"] - (-12.51)) < 1.5 and abs(summary["mean_pmdec"] - (-19.02)) < 1.5

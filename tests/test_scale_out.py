@@ -95,6 +95,7 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path, trainer):
     args = [
         "train",
         "-m",
+        "model=dec",
         "model.n_clusters=2,3",
         "trainer.max_epochs=1",
         "model.pretrain_epochs=1",

@@ -101,6 +101,7 @@ def test_tiny_real_catalogue_finishes_and_says_so(tmp_path, pal13_path):
         "data=catalog",
         f"data.path={pal13_path}",
         "trainer.max_epochs=2",
+        "model=dec",
         "model.pretrain_epochs=2",
         "trainer.enable_progress_bar=false",
     ]

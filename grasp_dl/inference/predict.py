@@ -56,7 +56,7 @@ def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
     module_class = checkpoint_class(content)
     if module_class is None:
         raise CheckpointError(
-            f"checkpoint {ckpt_path} holds an {checkpoint_kind(content)} model (no clustering model), ckpt_path "
+            f"checkpoint {ckpt_path} holds an {checkpoint_kind(content)} model (no cluster centres), ckpt_path "
             "needs a clustering checkpoint: train one first (e.g. grasp-dl train model=dec) and give its last.ckpt"
         )
     module = load_module(module_class, ckpt_path, kinds=(checkpoint_kind(content),), content=content)
