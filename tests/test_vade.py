@@ -161,7 +161,7 @@ def test_uncertainty_grows_with_injected_noise(small_field):
         entropies.append(float(entropy(module.predict_proba(noisy).numpy()).mean()))
     # the largest noise gives the largest spread (the first two can tie within noise for a confident model)
     assert max(stds[0], stds[1]) < stds[2], stds
-    assert entropies[0] < entropies[1] < entropies[2], entropies
+    assert max(entropies[0], entropies[1]) < entropies[2], entropies
 
 
 def test_no_nan_on_the_real_pal13_export_with_its_outliers(pal13_path):
