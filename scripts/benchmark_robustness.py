@@ -23,12 +23,14 @@ the factorial. ``--cells`` picks cells by name (``share0.02_n10000_off1_compact_
 
 Methods
 -------
-* ``xd``       the error-deconvolved spatial mixture (``model=xd`` when the configs have it,
-               else :class:`SpatialDeconvolvedMixture` called directly as
-               ``scripts/benchmark_accuracy.py`` does; component 0 is the cluster);
+* ``xd``       the error-deconvolved spatial mixture, ``model=xd`` through the product path
+               (conf/model/xd.yaml; only a tree without it calls :class:`SpatialDeconvolvedMixture`
+               directly, component 0 the cluster);
 * ``vade_hard`` ``model=vade experiment=hard_field``;
 * ``dec_hard``  ``model=dec experiment=hard_field``;
-* ``default``  ``grasp-dl train`` with no model choice;
+* ``default``  ``grasp-dl train`` with no model choice: ``model=auto`` (conf/model/auto.yaml), which
+               trains ``model=xd`` on these catalogues (they have error columns) and would fall back
+               to ``model.fallback_model`` without them; the setting it trained is printed per cell;
 * ``gmm``      scikit-learn GaussianMixture (3 components, full covariance) on the standardised
                features, its cluster named by the project's rule;
 * ``vade_hard_noanchor``, ``dec_hard_noanchor`` (not in the default list): the hard-field models
@@ -268,6 +270,8 @@ def run_product(method: str, cell: dict[str, Any], dm: Any, truth_pm: np.ndarray
         module = result.module
         table, summary = predict_catalog(module, dm.table, center=list(dm.prepared.center))
     row.seconds = time.perf_counter() - start
+    if result.setting:
+        row.extra["setting"] = result.setting.removeprefix("setting: ").split(" (")[0].split(":")[0]
     scored = table["label"].to_numpy() >= 0
     member_prob = np.nan_to_num(table["member_prob"].to_numpy(float), nan=0.0)
     truth = dm.table["truth"].to_numpy().astype(str) == "cluster"
@@ -373,6 +377,7 @@ def run_cell(cell: dict[str, Any], methods: Sequence[str], args: argparse.Namesp
             f"dPM {row.pm_error:.3f} found {row.cluster_found} ({row.seconds:.0f} s)"
             + (f" start F1 {row.start_f1:.3f} agreement {row.agreement}" if row.start_f1 is not None else "")
             + (f" {row.anchor_action}" if row.anchor_action and row.anchor_action != "none" else "")
+            + (f" [{row.extra['setting']}]" if row.extra.get("setting") else "")
             + (f" ERROR {row.error}" if row.error else ""),
             flush=True,
         )
