@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from grasp_dl.data.sky import gnomonic_project
+from grasp_dl.inference.membership import MEMBER_THRESHOLD
 
 #: Members' median radius must be below this fraction of the other stars' (see the module notes).
 MAX_RADIUS_RATIO = 0.7
@@ -59,8 +60,6 @@ MAX_PM_DISPERSION_RATIO = 0.5
 MIN_MEMBERS = 10
 #: The other stars must weigh at least this much (sum of 1 - member_prob) to compare against.
 MIN_OTHERS = 10.0
-#: member_prob above which a star is a member (as in the cluster summary).
-MEMBER_THRESHOLD = 0.5
 #: Radius bins of the radial density profile.
 PROFILE_BINS = 10
 #: Rows kept for the diagnostics and the figure of a streamed prediction (uniform random sample).

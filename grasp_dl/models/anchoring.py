@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from grasp_dl.errors import ConfigError
+from grasp_dl.inference.membership import MEMBER_THRESHOLD
+from grasp_dl.inference.plausibility import MAX_PM_DISPERSION_RATIO, MAX_RADIUS_RATIO
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,10 @@ log = logging.getLogger(__name__)
 ANCHOR_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {"weight": 10.0, "min_agreement": 0.5, "max_drop": 0.1, "fallback": True}
 )
-#: The plausibility check: members' median radius under this share of the other stars' ...
-RADIUS_RATIO_MAX = 0.7
-#: ... and their proper-motion dispersion under this share of the other stars'.
-PM_DISPERSION_RATIO_MAX = 0.5
-MEMBER_THRESHOLD = 0.5
+#: The plausibility thresholds of the guards (members' median radius and proper-motion dispersion
+#: against the other stars'), applied here to the start and the end of a deep phase.
+RADIUS_RATIO_MAX = MAX_RADIUS_RATIO
+PM_DISPERSION_RATIO_MAX = MAX_PM_DISPERSION_RATIO
 
 
 def anchor_options(anchor: Mapping[str, Any] | None) -> dict[str, Any]:
