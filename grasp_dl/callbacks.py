@@ -1,4 +1,4 @@
-"""Lightning callbacks of grasp-dl: a progress bar with throughput, and RNG state in checkpoints."""
+"""Lightning callbacks of grasp-dl: a progress bar with throughput, RNG state in checkpoints, stage timing."""
 
 from __future__ import annotations
 
@@ -89,3 +89,45 @@ def _python_state_to_plain(state: tuple) -> list:
 def _python_state_from_plain(state: list) -> tuple:
     version, internal, gauss = state
     return version, tuple(internal), gauss
+
+
+class StageTimerCallback(L.Callback):
+    """Mark the phases of Lightning's loop for :mod:`grasp_dl.stage_timer` (nothing while timing is off).
+
+    ``scripts/time_to_first_result.py`` adds it with ``+callbacks.stage_timer._target_=grasp_dl.callbacks.StageTimerCallback``.
+    Each phase is named after the module being fitted (``XDModule: validation``), so the phases of a
+    two-phase model stay apart. Lightning runs checkpoint callbacks after the others, so the time
+    from the end of validation to the end of the epoch holds the checkpoint writing.
+    """
+
+    @staticmethod
+    def _mark(pl_module: L.LightningModule, phase: str) -> None:
+        from grasp_dl.stage_timer import mark
+
+        mark(f"{type(pl_module).__name__}: {phase}")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._mark(pl_module, "Lightning set-up (strategy, optimisers)")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(pl_module, "fit start (training catalogue)")
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(pl_module, "sanity check (validation batches)")
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(pl_module, "Lightning loop start")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(pl_module, "training epochs")
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._mark(pl_module, "validation")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._mark(pl_module, "checkpoints, early stopping, epoch end")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(pl_module, "Lightning fit end, teardown")

@@ -17,6 +17,7 @@ from grasp_dl.config import conf_dir
 from grasp_dl.errors import ConfigError, GraspDLError
 from grasp_dl.io_policy import install_sigterm_cleanup, refuse_finished_run_dir_early
 from grasp_dl.optional import check_cli_plugins
+from grasp_dl.stage_timer import mark
 
 log = logging.getLogger("grasp_dl")
 
@@ -63,12 +64,15 @@ def train_task(cfg: DictConfig) -> float | None:
 
     Returns ``cfg.optimized_metric`` (a sweeper maximises or minimises it) when one is set.
     """
+    mark("imports: torch, Lightning (grasp_dl.pipeline)")
     from grasp_dl import pipeline
     from grasp_dl.io_policy import prepare_run_dir
 
     prepare_run_dir(cfg.paths.output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
     result = pipeline.train(cfg)
+    mark("summary: end-of-run inference, cluster check, print")
     print(pipeline.summarise(result, cfg))
+    mark("Hydra job end")
     metric = cfg.get("optimized_metric")
     if not metric:
         return None
@@ -127,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"grasp-dl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     config_name, task = COMMANDS[command]
+    mark("CLI checks, Hydra: compose the config, run directory, logging")
     install_sigterm_cleanup()
     if command == "train":
         try:
@@ -143,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = [f"grasp-dl-{command}", *overrides]
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
     app(_report_errors(task))()
+    mark("process exit (interpreter teardown)")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.networks import compile_network
 from grasp_dl.options import check_train_options
 from grasp_dl.run_dir import AUTOENCODER_PHASE, RunDir, phase_dirpath
+from grasp_dl.stage_timer import mark
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +252,11 @@ def pretrain_autoencoder(
     phase_cfg = _phase_config(cfg, AUTOENCODER_PHASE, int(model_cfg.pretrain_epochs), monitor)
     if ckpt_path:
         check_state_fits(autoencoder, ckpt_path)
+    mark("pipeline: build the autoencoder's Trainer")
     trainer = build_trainer(phase_cfg, has_validation=datamodule.has_validation)
+    mark("pipeline: Lightning fit (autoencoder)")
     trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    mark("pipeline: build the clustering module (initial groups)")
     return autoencoder
 
 
@@ -425,6 +429,7 @@ def train(
     step-by-step ``train_deep_clustering``): the run continues where that phase left the random
     state, so it is not seeded again and ends as a one-go run would.
     """
+    mark("pipeline: check options, instantiate the data module")
     check_train_options(cfg)
     if cfg.get("seed") is not None and autoencoder is None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -433,7 +438,9 @@ def train(
     if datamodule is None:
         datamodule = instantiate_datamodule(cfg)
     setting = _check_or_fall_back(cfg, datamodule)  # the options, before the catalogue is read
+    mark("pipeline: read (or simulate) and prepare the catalogue")
     datamodule.setup("fit")
+    mark("pipeline: check the catalogue against the model, build the module")
     # what they need of the catalogue, before any training (the default setting may still fall back)
     if cfg.model.get("fallback_model"):
         setting = _check_or_fall_back(cfg, datamodule)
@@ -456,11 +463,15 @@ def train(
         compile_network(module.net)
     if resume.final:
         check_state_fits(module, resume.final)
+    mark("pipeline: build the Trainer (callbacks, loggers)")
     trainer = build_trainer(cfg, has_validation=datamodule.has_validation)
+    mark("pipeline: Lightning fit")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final, weights_only=True)
+    mark("pipeline: after fit")
     checkpoint = written_checkpoint(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if isinstance(module, ClusteringModule):
+        mark("pipeline: clustering scores (silhouette, Davies-Bouldin, Calinski-Harabasz)")
         metrics.update(clustering_scores(module, datamodule))
     return TrainResult(
         module=module,

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 
 from grasp_dl.figures import plotting
 from grasp_dl.inference.membership import entropy
+from grasp_dl.stage_timer import mark
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +114,33 @@ class TensorBoardFigures(L.Callback):
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._maybe_log(trainer, pl_module)
+            self._maybe_log(trainer, pl_module, then="validation")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs without validation rows (data.val_fraction=0) get their views here instead.
-        self._maybe_log(trainer, pl_module)
+        self._maybe_log(trainer, pl_module, then="checkpoints, early stopping, epoch end")
 
     def _due(self, trainer: L.Trainer) -> bool:
         """Whether this epoch is one to log, and not logged yet (validation and epoch end both call)."""
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._last_logged_step != trainer.global_step
 
-    def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, then: str) -> None:
+        """Draw and write the views when due; ``then`` names the loop phase that resumes (stage timing)."""
         if not trainer.is_global_zero or not self._due(trainer):
             return
         writers = _tensorboard_writers(trainer)
         datamodule = getattr(trainer, "datamodule", None)
         if not writers or datamodule is None or not hasattr(datamodule, "split_tensor"):
             return
+        module_name = type(pl_module).__name__
+        mark(f"{module_name}: TensorBoard figures")
         self._last_logged_step = trainer.global_step
         sample = self.sample(datamodule, pl_module.device)
         view = self.view(pl_module, sample.scaled)
         for writer in writers:
             self.write(writer, sample, view, trainer.global_step)
             writer.flush()
+        mark(f"{module_name}: {then}")
 
     # ------------------------------------------------------------------ what is drawn
     def sample(self, datamodule: Any, device: torch.device) -> StarSample:

@@ -70,6 +70,7 @@ from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_op
 from grasp_dl.models.networks import check_network_shape, network_args
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 from grasp_dl.models.spatial import RadialPrior, radius_reader
+from grasp_dl.stage_timer import mark
 
 #: Hyper-parameters of checkpoints written before the base class, and where they went:
 #: ``cluster_index`` is now ``cluster_group``; the other two are :attr:`ClusteringModule.fit_results`.
@@ -457,8 +458,10 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, StartAnchor, HardFieldIn
         self.train_catalog = self.resolve_training_catalog()
         self._noise = self.train_catalog.noise_factors
         if not bool(self.initialized):
+            mark(f"{type(self).__name__}: mixture initialisation")
             self.initialise_from(self.train_catalog)
             self.initialized.fill_(True)
+            mark(f"{type(self).__name__}: fit start (loggers, hyper-parameters)")
 
     def fine_tuning_mode(self) -> None:
         """The one eval-mode rule of fine-tuning: the network is a fixed map (running batch-norm
