@@ -11,19 +11,20 @@ from __future__ import annotations
 import difflib
 import gzip
 import os
+import sys
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from astropy.io.votable.exceptions import VOWarning
-from astropy.table import Column, MaskedColumn, Table
-from astropy.units import Quantity, UnitsWarning
 
 from grasp_dl.errors import CatalogError
+
+if TYPE_CHECKING:  # astropy is imported when a FITS, VOTable or ECSV file or an astropy Table is met
+    from astropy.table import Column, Table
 
 __all__ = [
     "GAIA_ALIASES",
@@ -228,18 +229,24 @@ def _load(source: Any, fmt: str | None, id_names: set[str]) -> tuple[pd.DataFram
     """Turn any accepted source into a (fresh DataFrame, label naming it in messages) pair."""
     if isinstance(source, pd.DataFrame):
         return source.copy(), "the DataFrame"
-    if isinstance(source, Table):
+    if _is_astropy_table(source):
         return _table_to_frame(source, "the astropy Table"), "the astropy Table"
     if isinstance(source, (str, os.PathLike)):
         return _read_file(Path(source), fmt, id_names), str(source)
     inner = getattr(source, "data", None)
-    if isinstance(inner, (pd.DataFrame, Table)):
+    if isinstance(inner, pd.DataFrame) or _is_astropy_table(inner):
         frame, _ = _load(inner, fmt, id_names)
         return frame, f"the {type(source).__name__}'s .data"
     raise CatalogError(
         f"cannot read a catalogue from a {type(source).__name__}: pass a file path, a pandas DataFrame, "
         "an astropy Table, or an object whose .data holds one of those."
     )
+
+
+def _is_astropy_table(obj: Any) -> bool:
+    """Whether ``obj`` is an astropy Table, without importing astropy (no Table exists before it is imported)."""
+    table_module = sys.modules.get("astropy.table")
+    return table_module is not None and isinstance(obj, table_module.Table)
 
 
 def _clean(frame: pd.DataFrame, label: str, columns: Mapping[str, str] | None) -> pd.DataFrame:
@@ -373,6 +380,10 @@ def _read_astropy(fmt: str) -> Callable[[Path, set[str]], pd.DataFrame]:
     """Make a reader for one astropy format (FITS: the first table HDU; VOTable: the first table)."""
 
     def read(path: Path, id_names: set[str]) -> pd.DataFrame:
+        from astropy.io.votable.exceptions import VOWarning
+        from astropy.table import Table
+        from astropy.units import UnitsWarning
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnitsWarning)
             warnings.simplefilter("ignore", VOWarning)  # spec-conformance chatter of archive exports
@@ -450,6 +461,9 @@ def _parquet_chunks(path: Path, raw: list[str], id_names: set[str], chunk_size: 
 
 
 def _fits_table(path: Path) -> Table:
+    from astropy.table import Table
+    from astropy.units import UnitsWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnitsWarning)
         return Table.read(path, format="fits", memmap=True)
@@ -577,6 +591,9 @@ def _table_to_frame(table: Table, label: str) -> pd.DataFrame:
 
 def _column_values(col: Any, name: str) -> Any:
     """One astropy column as a 1-D array pandas can hold (NaN/NA for masked values), or None to drop it."""
+    from astropy.table import Column
+    from astropy.units import Quantity
+
     if getattr(col, "ndim", 1) != 1:
         return None
     if isinstance(col, Quantity):
@@ -627,6 +644,8 @@ def _text_values(arr: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _mixin_values(col: Any, name: str) -> Any:
     """Convert a mixin column (Time, ...) through astropy's own pandas conversion; None when it spans several."""
+    from astropy.table import Table
+
     try:
         converted = Table([col], names=[name]).to_pandas(index=False)
     except Exception:
@@ -809,6 +828,8 @@ _WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
 
 def _frame_to_table(df: pd.DataFrame) -> Table:
     """DataFrame -> astropy Table: text as unicode columns, missing values masked (NaN kept for floats)."""
+    from astropy.table import Table
+
     table = Table()
     for name in df.columns:
         table[str(name)] = _to_column(df[name], str(name))
@@ -817,6 +838,8 @@ def _frame_to_table(df: pd.DataFrame) -> Table:
 
 def _to_column(series: pd.Series, name: str) -> Column:
     """One pandas column as an astropy (Masked)Column."""
+    from astropy.table import Column
+
     dtype = series.dtype
     missing = series.isna().to_numpy()
     if pd.api.types.is_float_dtype(dtype):
@@ -837,4 +860,6 @@ def _to_column(series: pd.Series, name: str) -> Column:
 
 def _masked(values: np.ndarray, missing: np.ndarray, name: str) -> Column:
     """A MaskedColumn when something is missing, a plain Column otherwise."""
+    from astropy.table import Column, MaskedColumn
+
     return MaskedColumn(values, mask=missing, name=name) if missing.any() else Column(values, name=name)
