@@ -17,6 +17,7 @@ from grasp_dl.config import conf_dir
 from grasp_dl.errors import ConfigError, GraspDLError
 from grasp_dl.io_policy import install_sigterm_cleanup, refuse_finished_run_dir_early
 from grasp_dl.optional import check_cli_plugins
+from grasp_dl.short_process import freeze_for_exit, heavy_imports, pause_collector, resume_collector
 from grasp_dl.stage_timer import mark
 
 log = logging.getLogger("grasp_dl")
@@ -65,15 +66,17 @@ def train_task(cfg: DictConfig) -> float | None:
     Returns ``cfg.optimized_metric`` (a sweeper maximises or minimises it) when one is set.
     """
     mark("imports: torch, Lightning (grasp_dl.pipeline)")
-    from grasp_dl import pipeline
+    with heavy_imports():
+        from grasp_dl import pipeline
     from grasp_dl.io_policy import prepare_run_dir
 
     prepare_run_dir(cfg.paths.output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
-    result = pipeline.train(cfg)
+    metric = cfg.get("optimized_metric")
+    # the clustering scores (a second of silhouette) are only seen through optimized_metric
+    result = pipeline.train(cfg, score_clusters=bool(metric))
     mark("summary: end-of-run inference, cluster check, print")
     print(pipeline.summarise(result, cfg))
     mark("Hydra job end")
-    metric = cfg.get("optimized_metric")
     if not metric:
         return None
     if metric not in result.metrics:
@@ -83,8 +86,9 @@ def train_task(cfg: DictConfig) -> float | None:
 
 def predict_task(cfg: DictConfig) -> None:
     """grasp-dl predict: write the per-star table and the cluster summary, and say where."""
-    from grasp_dl.inference.membership import MEMBER_THRESHOLD
-    from grasp_dl.inference.predict import predict_command
+    with heavy_imports():
+        from grasp_dl.inference.membership import MEMBER_THRESHOLD
+        from grasp_dl.inference.predict import predict_command
 
     summary, output, summary_path = predict_command(cfg)
     print(
@@ -105,8 +109,9 @@ def predict_task(cfg: DictConfig) -> None:
 
 def evaluate_task(cfg: DictConfig) -> None:
     """grasp-dl evaluate: print the metrics table and where it was saved."""
-    from grasp_dl.evaluation import evaluate_command
-    from grasp_dl.metrics import format_metrics
+    with heavy_imports():
+        from grasp_dl.evaluation import evaluate_command
+        from grasp_dl.metrics import format_metrics
 
     metrics, output = evaluate_command(cfg)
     print(format_metrics(metrics))
@@ -147,8 +152,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     sys.argv = [f"grasp-dl-{command}", *overrides]
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
-    app(_report_errors(task))()
+    entry_point = argv is None  # this process runs one command and ends (see grasp_dl.short_process)
+    if entry_point:
+        pause_collector()  # until the command's modules are imported
+    try:
+        app(_report_errors(task))()
+    finally:
+        resume_collector()
     mark("process exit (interpreter teardown)")
+    if entry_point:
+        freeze_for_exit()
 
 
 if __name__ == "__main__":

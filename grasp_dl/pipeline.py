@@ -41,6 +41,21 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     #: Which model setting was trained and why (the default's fallback says so).
     setting: str = ""
+    #: Group probabilities of every usable star at the end of training (:func:`catalogue_probabilities`),
+    #: computed once and reused by the scores and the summary; None until first needed.
+    probabilities: torch.Tensor | None = None
+
+    def catalogue_probabilities(self) -> torch.Tensor:
+        """The trained module's group probabilities of every usable star, computed on first use only.
+
+        Returns
+        -------
+        Tensor
+            Shape (usable stars, n_clusters), in ``datamodule.data`` order.
+        """
+        if self.probabilities is None:
+            self.probabilities = catalogue_probabilities(self.module, self.datamodule)
+        return self.probabilities
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -419,6 +434,8 @@ def train(
     cfg: DictConfig,
     datamodule: StellarCatalogDataModule | None = None,
     autoencoder: AutoencoderModule | None = None,
+    *,
+    score_clusters: bool = True,
 ) -> TrainResult:
     """Run the training phases of ``cfg`` and return the trained module and its outputs.
 
@@ -428,6 +445,28 @@ def train(
     ``cfg.data``; a trained ``autoencoder`` replaces the autoencoder phase (the facade's
     step-by-step ``train_deep_clustering``): the run continues where that phase left the random
     state, so it is not seeded again and ends as a one-go run would.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        A composed ``train`` config.
+    datamodule : StellarCatalogDataModule, optional
+        A data module replacing ``cfg.data``.
+    autoencoder : AutoencoderModule, optional
+        A trained autoencoder replacing the autoencoder phase.
+    score_clusters : bool, default True
+        Add the clustering scores (:func:`clustering_scores`) to the metrics; ``grasp-dl train``
+        asks for them only when ``optimized_metric`` is set (nothing else shows them).
+
+    Returns
+    -------
+    TrainResult
+        The trained module, the data module, the run directory, the final checkpoint and the metrics.
+
+    Raises
+    ------
+    ConfigError, CatalogError
+        For a bad option or a catalogue the model cannot use.
     """
     mark("pipeline: check options, instantiate the data module")
     check_train_options(cfg)
@@ -470,10 +509,7 @@ def train(
     mark("pipeline: after fit")
     checkpoint = written_checkpoint(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if isinstance(module, ClusteringModule):
-        mark("pipeline: clustering scores (silhouette, Davies-Bouldin, Calinski-Harabasz)")
-        metrics.update(clustering_scores(module, datamodule))
-    return TrainResult(
+    result = TrainResult(
         module=module,
         datamodule=datamodule,
         output_dir=run_dir.root,
@@ -481,6 +517,10 @@ def train(
         metrics=metrics,
         setting=setting,
     )
+    if isinstance(module, ClusteringModule) and score_clusters:
+        mark("pipeline: clustering scores (silhouette, Davies-Bouldin, Calinski-Harabasz)")
+        metrics.update(clustering_scores(module, datamodule, result.catalogue_probabilities()))
+    return result
 
 
 def catalogue_probabilities(module: L.LightningModule, datamodule: StellarCatalogDataModule) -> torch.Tensor:
@@ -506,14 +546,32 @@ def catalogue_probabilities(module: L.LightningModule, datamodule: StellarCatalo
     return module.predict_proba(datamodule.data)
 
 
-def clustering_scores(module: L.LightningModule, datamodule: StellarCatalogDataModule) -> dict[str, float]:
+def clustering_scores(
+    module: L.LightningModule, datamodule: StellarCatalogDataModule, probabilities: torch.Tensor | None = None
+) -> dict[str, float]:
     """Scores that need no truth, on the standardised features (comparable across latent spaces).
 
     ``clustering/silhouette`` is what hyper-parameter searches maximise by default.
+
+    Parameters
+    ----------
+    module : LightningModule
+        A trained clustering module.
+    datamodule : StellarCatalogDataModule
+        Its prepared data module.
+    probabilities : Tensor, optional
+        The module's :func:`catalogue_probabilities` when already computed (they are not computed again).
+
+    Returns
+    -------
+    dict of str to float
+        ``clustering/silhouette``, ``clustering/davies_bouldin`` and ``clustering/calinski_harabasz``.
     """
     from grasp_dl.metrics import internal_scores
 
-    labels = catalogue_probabilities(module, datamodule).argmax(dim=1).cpu().numpy()
+    if probabilities is None:
+        probabilities = catalogue_probabilities(module, datamodule)
+    labels = probabilities.argmax(dim=1).cpu().numpy()
     scores = internal_scores(datamodule.data.numpy(), labels, random_state=datamodule.seed)
     return {f"clustering/{name}": float(value) for name, value in scores.items()}
 
@@ -528,7 +586,7 @@ def training_cluster_lines(result: TrainResult) -> list[str]:
     from grasp_dl.inference.plausibility import check_table, finish_summary, report_lines
 
     datamodule, module = result.datamodule, result.module
-    member_prob = catalogue_probabilities(module, datamodule)[:, module.cluster_group].detach().cpu().numpy()
+    member_prob = result.catalogue_probabilities()[:, module.cluster_group].detach().cpu().numpy()
     table = datamodule.table.iloc[datamodule.usable_rows()].reset_index(drop=True)
     check = check_table(member_prob, table, datamodule.prepared.center)
     summary = ClusterSummary(datamodule.prepared.center, module.cluster_group)
@@ -560,7 +618,7 @@ def summarise(result: TrainResult, cfg: DictConfig) -> str:
         )
     if isinstance(result.module, ClusteringModule):
         data = result.datamodule.data
-        labels = catalogue_probabilities(result.module, result.datamodule).argmax(dim=1)
+        labels = result.catalogue_probabilities().argmax(dim=1)
         group = int(result.module.cluster_group)
         lines.append(
             f"cluster: group {group} of {result.module.hparams.n_clusters}, "
