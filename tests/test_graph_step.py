@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from grasp_dl import pipeline
 from grasp_dl.config import conf_dir
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config
@@ -20,6 +21,8 @@ from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.graph_step import graph_step_for, host_syncs, make_capturable, use_graphs
 from grasp_dl.models.vade import VaDEModule
+
+from hydra_configs import TINY, compose_config
 
 
 def _trainer(epochs: int, accelerator: str = "cpu", **options) -> L.Trainer:
@@ -182,9 +185,17 @@ def test_capturable_optimiser_saves_its_configured_setting():
     """Checkpoints written while capturing load into a run without graphs (or on a CPU)."""
     p = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    optimizer.step()
+    plain = optimizer.state_dict()
     make_capturable(optimizer, torch.device("cpu"))
     assert optimizer.param_groups[0]["capturable"] is True
-    assert optimizer.state_dict()["param_groups"][0]["capturable"] is False
+    saved = optimizer.state_dict()
+    assert saved["param_groups"] == plain["param_groups"]
+    assert saved["state"][0]["step"].device.type == "cpu"
+    reloaded = torch.optim.Adam([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+    reloaded.load_state_dict(saved)
+    assert reloaded.param_groups[0]["capturable"] is False
 
 
 def test_the_default_config_is_auto():
@@ -193,13 +204,23 @@ def test_the_default_config_is_auto():
     assert cfg.graphs == "auto"
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("true", "need a GPU and this run trains on cpu"), ("always", "graphs='always' is not a setting")],
+)
+def test_train_refuses_graphs_it_cannot_give(tmp_path, setting, message):
+    """Through the pipeline: a bad value before any training, graphs=true on a CPU at the first phase's start."""
+    cfg = compose_config("train", [*TINY, "data.simulate.n_stars=600", f"graphs={setting}"], tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        pipeline.train(cfg)
+
+
 # ---------------------------------------------------------------------- on a GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["autoencoder", "dec", "idec", "vade"])
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_captured_steps_train_as_eager_steps_on_a_gpu(field, kind, precision):
     dm, autoencoder = field
-    autoencoder = autoencoder.to("cuda")
     plain = _fit(kind, dm, autoencoder, "false", accelerator="gpu", precision=precision)
     graphed = _fit(kind, dm, autoencoder, "true", accelerator="gpu", precision=precision)
     step = graphed[0]._graph_step

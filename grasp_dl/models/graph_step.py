@@ -147,9 +147,14 @@ def graph_obstacles(module: L.LightningModule, trainer: L.Trainer, *, need_cuda:
     if not (type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None)):
         reasons.append(f"trainer.precision={trainer.precision} (loss scaling or a precision plugin)")
     hooked = [
-        f"{type(c).__name__}.{hook}" for c in trainer.callbacks for hook in CALLBACK_HOOKS if is_overridden(hook, c, L.Callback)
+        f"{type(c).__name__}.{hook}"
+        for c in trainer.callbacks
+        for hook in CALLBACK_HOOKS
+        if is_overridden(hook, c, L.Callback)
     ]
-    hooked += [f"{type(module).__name__}.{hook}" for hook in MODULE_HOOKS if is_overridden(hook, module, L.LightningModule)]
+    hooked += [
+        f"{type(module).__name__}.{hook}" for hook in MODULE_HOOKS if is_overridden(hook, module, L.LightningModule)
+    ]
     if hooked:
         reasons.append(f"hooks around backward or the optimiser step ({', '.join(hooked)})")
     optimizers = trainer.optimizers
@@ -240,7 +245,8 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
     """Let ``optimizer`` step on the device (``capturable``), saving and loading as configured.
 
     Step counters already made are moved to the device. A state-dict hook writes the configured
-    ``capturable`` into checkpoints, so a run resumed on a CPU or without graphs loads them.
+    ``capturable`` into checkpoints, with the step counters back on the CPU where it was off, so
+    the checkpoint is the one a run without graphs writes (and loads on a CPU or without graphs).
 
     Parameters
     ----------
@@ -253,8 +259,13 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
 
     def restore(_optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
         for group, value in zip(state_dict["param_groups"], configured, strict=True):
-            if "capturable" in group:
-                group["capturable"] = value
+            if "capturable" not in group:
+                continue
+            group["capturable"] = value
+            for index in group["params"] if not (value or group.get("fused")) else ():
+                step = state_dict["state"].get(index, {}).get("step")
+                if isinstance(step, Tensor):
+                    state_dict["state"][index]["step"] = step.detach().cpu()
         return state_dict
 
     optimizer.register_state_dict_post_hook(restore)
@@ -307,7 +318,7 @@ class GraphStep:
     capture : bool
         Capture CUDA graphs (a CUDA device); False runs the same static-shape step eagerly.
     warmup : int
-        Mini-batches run eagerly (on the capture stream) before the first capture.
+        Mini-batches run eagerly (on the capture stream) before the first capture (at least 1).
 
     Attributes
     ----------
@@ -327,7 +338,9 @@ class GraphStep:
         self.module = module
         self.optimizer = optimizer
         self.capture = capture
-        self.warmup = int(warmup)
+        # At least one eager step: the optimiser's state must exist before a capture, or the
+        # graph would allocate (and zero) it at every replay.
+        self.warmup = max(1, int(warmup))
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.captures = self.replays = self.eager_steps = self.rebinds = 0
         self._rows: int | None = None
@@ -506,7 +519,11 @@ class GraphStep:
         device = x.device.type
         autocast = torch.is_autocast_enabled(device) and str(torch.get_autocast_dtype(device))
         hyper = tuple(
-            tuple((k, v) for k, v in sorted(group.items()) if k != "params" and isinstance(v, int | float | bool | str | tuple))
+            tuple(
+                (k, v)
+                for k, v in sorted(group.items())
+                if k != "params" and isinstance(v, int | float | bool | str | tuple)
+            )
             for group in self.optimizer.param_groups
         )
         modes = tuple(m.training for m in self.module.modules())
@@ -547,7 +564,7 @@ class GraphStep:
         self.optimizer.zero_grad(set_to_none=True)
         self._stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._stream):
-            graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+            graph.capture_begin(pool=self._pool)
             try:
                 self._static_loss, self._graph_names = self._step(*self._static)
             finally:
