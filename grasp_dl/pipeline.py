@@ -248,7 +248,8 @@ def pretrain_autoencoder(
     autoencoder = build_module(model_cfg.pretrain, datamodule)
     if cfg.get("compile"):
         compile_network(autoencoder.net)
-    use_graphs(autoencoder, cfg.get("graphs", "auto"))  # CUDA-graph steps (models/graph_step.py)
+    # CUDA-graph training steps (grasp_dl/models/graph_step.py)
+    use_graphs(autoencoder, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     monitor = model_cfg.pretrain.get("monitor") or "val/loss"
     phase_cfg = _phase_config(cfg, AUTOENCODER_PHASE, int(model_cfg.pretrain_epochs), monitor)
     if ckpt_path:
@@ -456,7 +457,8 @@ def train(
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
     if cfg.get("compile"):
         compile_network(module.net)
-    use_graphs(module, cfg.get("graphs", "auto"))  # CUDA-graph steps (models/graph_step.py)
+    # CUDA-graph training steps (grasp_dl/models/graph_step.py)
+    use_graphs(module, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     if resume.final:
         check_state_fits(module, resume.final)
     trainer = build_trainer(cfg, has_validation=datamodule.has_validation)

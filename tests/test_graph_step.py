@@ -19,7 +19,7 @@ from grasp_dl.data.simulate import load_simulation_config
 from grasp_dl.errors import ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
-from grasp_dl.models.graph_step import graph_step_for, host_syncs, make_capturable, use_graphs
+from grasp_dl.models.graph_step import GraphStep, graph_step_for, host_syncs, make_capturable, use_graphs
 from grasp_dl.models.vade import VaDEModule
 
 from hydra_configs import TINY, compose_config
@@ -175,6 +175,29 @@ def test_a_step_a_callback_watches_is_not_captured(field):
         _trainer(1, callbacks=[GradientWatcher()]).fit(module, datamodule=dm)
 
 
+def test_a_step_that_cannot_be_captured_trains_on_eagerly(field, monkeypatch):
+    dm, autoencoder = field
+    plain = _fit("dec", dm, autoencoder, "false")
+
+    def fail(self, *args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(GraphStep, "_prepare", fail)
+    with pytest.warns(UserWarning, match="could not be captured, training on eagerly"):
+        graphed = _fit("dec", dm, autoencoder, "static")
+    step = graphed[0]._graph_step
+    assert "not permitted" in step.failed and step.replays == 0
+    _assert_same_training(plain, graphed)
+
+
+def test_compile_and_graphs_do_not_mix():
+    module = AutoencoderModule(5)
+    with pytest.raises(ConfigError, match="compile=true and graphs=true cannot be combined"):
+        use_graphs(module, "true", compiled=True)
+    use_graphs(module, "auto", compiled=True)
+    assert module._graphs_setting == "false"
+
+
 def test_unknown_setting_is_named():
     module = AutoencoderModule(5)
     with pytest.raises(ConfigError, match="graphs='sometimes'.*auto, true or false"):
@@ -224,7 +247,7 @@ def test_captured_steps_train_as_eager_steps_on_a_gpu(field, kind, precision):
     plain = _fit(kind, dm, autoencoder, "false", accelerator="gpu", precision=precision)
     graphed = _fit(kind, dm, autoencoder, "true", accelerator="gpu", precision=precision)
     step = graphed[0]._graph_step
-    assert step is not None and step.capture
+    assert step is not None and step.capture and step.failed is None
     assert step.captures == graphed[1].current_epoch and step.replays > step.eager_steps
     if kind == "dec":
         assert step.rebinds > 0

@@ -30,7 +30,8 @@ How a step stays what eager training would have done
 
 A step can be captured only where Lightning would add nothing to it: one device, no loss scaling,
 no hook around backward or the optimiser step, an optimiser that can run on
-the device (``capturable``: Adam, AdamW, ...), no ``torch.compile`` (see :func:`graph_obstacles`).
+the device (``capturable``: Adam, AdamW, ...) (see :func:`graph_obstacles`), no ``torch.compile``.
+Should a capture still fail, the fit goes on with eager steps and says so once.
 
 Where it pays is a measurement (``scripts/benchmark_speed.py --graphs``): the setting ``graphs``
 is ``auto`` (on where :func:`graphs_pay` says so), ``true`` or ``false``. ``mode='static'`` runs
@@ -49,6 +50,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
@@ -81,7 +83,7 @@ def _setting(value: Any) -> str:
     return text
 
 
-def use_graphs(module: L.LightningModule, setting: Any) -> None:
+def use_graphs(module: L.LightningModule, setting: Any, *, compiled: bool = False) -> None:
     """Set whether ``module``'s training steps are captured in CUDA graphs (read at the start of fit).
 
     Parameters
@@ -92,13 +94,18 @@ def use_graphs(module: L.LightningModule, setting: Any) -> None:
         ``auto``: where :func:`graphs_pay` and nothing in :func:`graph_obstacles` stands against it;
         ``true``: always (a ConfigError names what prevents it); ``false``: never; ``static``: the
         step that would be captured, run eagerly (for tests and debugging, on any device).
+    compiled : bool
+        Whether the module's network is ``torch.compile``-d (``compile=true``): then ``auto`` is off.
 
     Raises
     ------
     ConfigError
-        For a setting that is none of these.
+        For a setting that is none of these, or ``true`` with ``compiled``.
     """
-    setattr(module, SETTING_ATTR, _setting(setting))
+    setting = _setting(setting)
+    if compiled and setting in ("true", "static"):
+        raise ConfigError("compile=true and graphs=true cannot be combined: choose one (e.g. graphs=false)")
+    setattr(module, SETTING_ATTR, "false" if compiled else setting)
 
 
 def graphs_pay(device: torch.device) -> bool:
@@ -162,8 +169,6 @@ def graph_obstacles(module: L.LightningModule, trainer: L.Trainer, *, need_cuda:
         reasons.append(f"{len(optimizers)} optimisers (one is captured)")
     elif not _capturable_optimizer(optimizers[0]):
         reasons.append(f"{type(optimizers[0]).__name__} cannot step on the device (use Adam or AdamW)")
-    if any(hasattr(m, "_orig_mod") or type(m).__name__ == "OptimizedModule" for m in module.modules()):
-        reasons.append("compile=true (choose compile or graphs)")
     if not hasattr(module, "batch_loss"):
         reasons.append(f"{type(module).__name__} has no batch_loss")
     return reasons
@@ -330,6 +335,8 @@ class GraphStep:
         Mini-batches run eagerly (warm-up, and batches of another size).
     rebinds : int
         Reassigned tensors copied into the captured ones (e.g. DEC's target refreshes).
+    failed : str or None
+        Why a capture failed (the fit then went on with eager steps); None while none did.
     """
 
     def __init__(
@@ -342,7 +349,9 @@ class GraphStep:
         # graph would allocate (and zero) it at every replay.
         self.warmup = max(1, int(warmup))
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._modules = list(module.modules())
         self.captures = self.replays = self.eager_steps = self.rebinds = 0
+        self.failed: str | None = None
         self._rows: int | None = None
         self._key: tuple[Any, ...] | None = None
         self._graph: Any = None
@@ -402,9 +411,19 @@ class GraphStep:
         if len(x) != self._rows or self.eager_steps < self.warmup:
             optimizer.step(closure=lambda: self._eager(x, index))
             return
+        if self.failed is not None:
+            optimizer.step(closure=lambda: self._eager(x, index))
+            return
         key = self._graph_key(x, index)
         if key != self._key or not self._rebind():
-            self._prepare(x, index, key)
+            try:
+                self._prepare(x, index, key)
+            except RuntimeError as error:  # a step that cannot be captured: train on eagerly
+                self.failed = f"{type(error).__name__}: {error}"
+                self._graph, self._key = None, None
+                rank_zero_warn(f"graphs: the training step could not be captured, training on eagerly ({self.failed})")
+                optimizer.step(closure=lambda: self._eager(x, index))
+                return
         self._static[0].copy_(x)
         self._static[1].copy_(index)
         optimizer.step(closure=self._replay)
@@ -526,7 +545,7 @@ class GraphStep:
             )
             for group in self.optimizer.param_groups
         )
-        modes = tuple(m.training for m in self.module.modules())
+        modes = tuple(m.training for m in self._modules)
         return (tuple(x.shape), x.dtype, index.dtype, self.module.current_epoch, modes, hyper, autocast)
 
     def _rebind(self) -> bool:
@@ -567,8 +586,12 @@ class GraphStep:
             graph.capture_begin(pool=self._pool)
             try:
                 self._static_loss, self._graph_names = self._step(*self._static)
-            finally:
-                graph.capture_end()
+            except BaseException:
+                self._collecting = None
+                with contextlib.suppress(RuntimeError):  # the capture is invalid: end it, keep the first error
+                    graph.capture_end()
+                raise
+            graph.capture_end()
         torch.cuda.current_stream(device).wait_stream(self._stream)
         missing, self._collecting = self._collecting, None
         for name, value in missing.items():  # never seen in the eager warm-up: allocate, capture again
