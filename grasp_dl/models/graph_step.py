@@ -42,6 +42,7 @@ eagerly: on a CPU it is the equivalence test of the graph path against plain tra
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -274,6 +275,10 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
         return state_dict
 
     optimizer.register_state_dict_post_hook(restore)
+    # The eager steps (warm-up, ragged batches) and Lightning's step after a replay are meant.
+    warnings.filterwarnings(
+        "ignore", message="This instance was constructed with capturable=True", category=UserWarning
+    )
     for group in optimizer.param_groups:
         if not group.get("fused"):
             group["capturable"] = True
