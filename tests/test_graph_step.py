@@ -140,6 +140,12 @@ def test_the_step_never_waits_for_the_device(field, kind):
 def test_host_syncs_finds_a_synchronisation():
     t = torch.ones(3)
     assert host_syncs(lambda: (t.sum().item(), int(t[0]), bool(t.any()))) == ["item", "__int__", "__bool__"]
+    assert host_syncs(lambda: (t[t > 0], torch.where(t > 0), t[:, None][t > 0, 0])) == [
+        "__getitem__ with a boolean mask",
+        "where with one argument",
+        "__getitem__ with a boolean mask",
+    ]
+    assert host_syncs(lambda: (t[torch.tensor([0, 2])], torch.where(t > 0, t, 0.0), t[1:])) == []
 
 
 def test_graphs_true_on_a_cpu_is_refused_with_the_fix(field):

@@ -226,7 +226,17 @@ class HostSyncs(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in HOST_SYNCS:
             self.found.append(name)
+        elif name in ("__getitem__", "__setitem__") and _has_mask(args[1] if len(args) > 1 else None):
+            self.found.append(f"{name} with a boolean mask")
+        elif name == "where" and len(args) + len(kwargs or {}) == 1:
+            self.found.append("where with one argument")
         return func(*args, **(kwargs or {}))
+
+
+def _has_mask(index: Any) -> bool:
+    """Whether an index holds a boolean tensor (its result's size depends on the values)."""
+    parts = index if isinstance(index, tuple | list) else (index,)
+    return any(isinstance(part, Tensor) and part.dtype == torch.bool for part in parts)
 
 
 def host_syncs(fn: Callable[[], Any]) -> list[str]:
