@@ -22,6 +22,7 @@ from grasp_dl.errors import ConfigError, GraspDLError
 from grasp_dl.io_policy import written_checkpoint
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
+from grasp_dl.models.graph_step import use_graphs
 from grasp_dl.models.networks import compile_network
 from grasp_dl.options import check_train_options
 from grasp_dl.run_dir import AUTOENCODER_PHASE, RunDir, phase_dirpath
@@ -263,6 +264,8 @@ def pretrain_autoencoder(
     autoencoder = build_module(model_cfg.pretrain, datamodule)
     if cfg.get("compile"):
         compile_network(autoencoder.net)
+    # CUDA-graph training steps (grasp_dl/models/graph_step.py)
+    use_graphs(autoencoder, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     monitor = model_cfg.pretrain.get("monitor") or "val/loss"
     phase_cfg = _phase_config(cfg, AUTOENCODER_PHASE, int(model_cfg.pretrain_epochs), monitor)
     if ckpt_path:
@@ -500,6 +503,8 @@ def train(
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
     if cfg.get("compile"):
         compile_network(module.net)
+    # CUDA-graph training steps (grasp_dl/models/graph_step.py)
+    use_graphs(module, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     if resume.final:
         check_state_fits(module, resume.final)
     mark("pipeline: build the Trainer (callbacks, loggers)")

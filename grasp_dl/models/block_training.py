@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from grasp_dl.data.loader import Batch, is_block
+from grasp_dl.models.graph_step import GraphStep, graph_step_for
 
 #: Hooks Lightning runs around every backward pass and optimiser step of manual optimisation.
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
@@ -63,11 +64,15 @@ class BlockTraining:
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
         self._direct_steps = False
+        # CUDA-graph steps (grasp_dl/models/graph_step.py), decided at the start of each fit.
+        self._graph_step: GraphStep | None = None
 
     def on_train_start(self) -> None:
         """Decide once per fit whether steps may bypass Lightning's (then empty) hooks."""
         super().on_train_start()  # type: ignore[misc]
         self._direct_steps = direct_steps_allowed(self.trainer, self)  # type: ignore[attr-defined, arg-type]
+        # --- graphs (grasp_dl/models/graph_step.py): None unless the `graphs` setting captures steps
+        self._graph_step = graph_step_for(self, self.trainer)  # type: ignore[arg-type]
 
     def batch_loss(self, batch: Batch) -> Tensor:
         """The training loss of one mini-batch (log its terms with ``log_epoch_mean``)."""
@@ -81,6 +86,8 @@ class BlockTraining:
         """One optimiser step per mini-batch of ``block``; returns their star-weighted mean loss."""
         batches = block if is_block(block) else [block]
         optimizer = self.optimizers()  # type: ignore[attr-defined]
+        if self._graph_step is not None:  # --- graphs: captured steps (grasp_dl/models/graph_step.py)
+            return self._graph_step.run_block(batches, optimizer)
         total, stars = None, 0
         for batch in batches:
             if not self.before_batch(batch):

@@ -124,11 +124,19 @@ class RadialPrior(nn.Module):
         self.register_buffer("columns", torch.tensor([0, 0]))
         self.register_buffer("offset", torch.zeros(2))
         self.register_buffer("scale", torch.ones(2))
+        # Host copies of ``group`` and ``source``: reading the buffers in a training step would
+        # synchronise with the device and cannot be captured in a CUDA graph (models/graph_step.py).
+        self._group, self._source = -1, -1
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Load the buffers, then refresh their host copies."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._group, self._source = int(self.group), int(self.source)
 
     @property
     def active(self) -> bool:
         """Whether the prior is configured (a cluster group and a radius source)."""
-        return int(self.group) >= 0 and int(self.source) >= 0
+        return self._group >= 0 and self._source >= 0
 
     def configure(self, preprocessing: Mapping[str, Any], group: int, radius_max: float, log_scale: float) -> None:
         """Read the radius columns and their scaling from ``preprocessing``; start the profile.
@@ -161,13 +169,14 @@ class RadialPrior(nn.Module):
         self.offset.copy_(torch.tensor(offset))
         self.scale.copy_(torch.tensor(scale))
         self.group.fill_(int(group))
+        self._group, self._source = int(group), RADIUS_SOURCES[source]
         self.radius_max.fill_(float(radius_max))
         self.log_scale.data.fill_(float(log_scale))
 
     def radius(self, x: Tensor) -> Tensor:
         """Radius in degrees (n,) of standardised feature rows ``x`` (n, input_dim)."""
         values = x[:, self.columns].float() * self.scale + self.offset
-        source = int(self.source)
+        source = self._source
         if source == RADIUS_SOURCES["xi_eta"]:
             return torch.hypot(values[:, 0], values[:, 1])
         if source == RADIUS_SOURCES["radius"]:
@@ -183,5 +192,5 @@ class RadialPrior(nn.Module):
         flat = -math.log(math.pi) - 2.0 * torch.log(self.radius_max)
         out = out + flat
         cluster = plummer_log_density_t(r, self.log_scale, self.radius_max)
-        group = int(self.group)
+        group = self._group
         return torch.cat([out[:, :group], cluster[:, None], out[:, group + 1 :]], dim=1)
