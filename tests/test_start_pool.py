@@ -1,0 +1,99 @@
+"""The pooled membership of anchored deep models: the pool, the kept start mixture, the host's switch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from grasp_dl.data.astrometry import StarData
+from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+from grasp_dl.models.start_pool import (
+    POOL_KEY,
+    describe_pool,
+    pool_cluster_probability,
+    pool_groups,
+    restore_start_mixture,
+    start_cluster_probability,
+    start_pool_state,
+)
+from tests.test_anchoring import NAMES, _field_and_cluster, _ToyModule
+
+
+def test_pool_is_the_geometric_mean_of_the_two_opinions() -> None:
+    start = np.array([0.999, 0.001, 0.5, 0.9, np.nan])
+    network = np.array([0.3, 0.7, 0.8, 0.9, 0.6])
+    pooled = pool_cluster_probability(start, network)
+    # a confident start outvotes an unsure network; an unsure start leaves the decision to the network
+    assert pooled[0] > 0.9 and pooled[1] < 0.1 and pooled[2] > 0.5
+    # two equal opinions give that opinion back (no double counting), a missing start keeps the network's
+    assert pooled[3] == pytest.approx(0.9) and pooled[4] == pytest.approx(0.6)
+    np.testing.assert_allclose(pool_cluster_probability(network[:4], start[:4]), pooled[:4])
+
+
+def test_pool_groups_keep_the_other_groups_proportions() -> None:
+    q = np.array([[0.2, 0.6, 0.2], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0]])
+    out = pool_groups(q, 1, np.array([0.99, 0.5, 0.01]))
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    assert out[0, 1] > 0.6 and out[0, 0] == pytest.approx(out[0, 2])
+    assert out[1, 1] < 0.5 and out[1, 0] == pytest.approx(out[1, 2])
+    assert out[2, 0] == pytest.approx(out[2, 2])  # the network gave the others nothing: they share evenly
+
+
+def _fitted_start(seed: int = 0) -> tuple[SpatialDeconvolvedMixture, np.ndarray, np.ndarray]:
+    x, truth = _field_and_cluster(seed=seed)
+    stars = StarData(x[:, 2:4], np.zeros((len(x), 2, 2)), np.hypot(x[:, 0], x[:, 1]))
+    mixture = SpatialDeconvolvedMixture(2, use_errors=False, seed=seed).fit(stars)
+    return mixture, x, truth
+
+
+def test_the_kept_start_scores_stars_as_the_fitted_one_after_a_json_round_trip() -> None:
+    mixture, x, truth = _fitted_start()
+    state = json.loads(json.dumps(start_pool_state(mixture, 0)))
+    restored = restore_start_mixture(state)
+    before = start_cluster_probability(mixture, 0, x, NAMES)
+    np.testing.assert_allclose(start_cluster_probability(restored, 0, x, NAMES), before, rtol=1e-10)
+    assert ((before > 0.5) == truth).mean() > 0.98
+    # features without positions cannot be scored by a spatial start
+    assert start_cluster_probability(restored, 0, x[:, 2:], NAMES[2:]) is None
+    assert "component 0" in describe_pool(state) and describe_pool(None) is None
+    with pytest.raises(ValueError, match="unknown start mixture kind"):
+        restore_start_mixture({**state, "kind": "nope"})
+    photometric = SpatialDeconvolvedMixture(2, photometry=True)
+    assert start_pool_state(photometric, 0) is None
+
+
+def test_cluster_field_start_round_trips() -> None:
+    from grasp_dl.models.cluster_field import ClusterFieldMixture
+
+    x, _ = _field_and_cluster(1500, 100)
+    stars = StarData(x[:, 2:4], np.tile(np.eye(2) * 0.01, (len(x), 1, 1)), np.hypot(x[:, 0], x[:, 1]))
+    mixture = ClusterFieldMixture(n_field=1, n_starts=1, max_iter=30).fit(stars)
+    restored = restore_start_mixture(json.loads(json.dumps(start_pool_state(mixture, 0))))
+    np.testing.assert_allclose(
+        start_cluster_probability(restored, 0, x, NAMES), start_cluster_probability(mixture, 0, x, NAMES)
+    )
+
+
+def test_host_pools_only_its_start_group_and_only_when_switched_on() -> None:
+    mixture, x, truth = _fitted_start()
+    # a network that lost a third of the cluster's members (probability 0.45 where the start is sure)
+    network = np.where(truth, 0.9, 0.02)
+    network[np.flatnonzero(truth)[::3]] = 0.45
+    q = np.column_stack([network, 1.0 - network])
+    module = _ToyModule(np.log(q), x)
+    catalog = torch.zeros(len(x), 1)
+    qt = torch.as_tensor(q, dtype=torch.float32)
+    assert module.pooled_proba(catalog, qt) is qt  # no kept start: the network's own
+    module.fit_results[POOL_KEY] = start_pool_state(mixture, 0)
+    pooled = module.pooled_proba(catalog, qt).numpy()
+    np.testing.assert_allclose(pooled.sum(axis=1), 1.0, atol=1e-6)
+    assert ((pooled[:, 0] > 0.5) == truth).mean() > ((q[:, 0] > 0.5) == truth).mean()
+    assert ((pooled[:, 0] > 0.5) & truth).sum() > ((q[:, 0] > 0.5) & truth).sum()
+    module.hparams["anchor"] = {"pool": False}
+    assert module.pooled_proba(catalog, qt) is qt
+    module.hparams["anchor"] = {}
+    module.decided_group.fill_(1)  # another group named the cluster: nothing to pool
+    assert module.pooled_proba(catalog, qt) is qt
