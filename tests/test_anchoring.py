@@ -249,4 +249,12 @@ def test_collapsing_case_ends_no_worse_than_its_start(tmp_path, model: str) -> N
     assert report["start"]["n_members"] == int(start.sum())
     assert report["agreement"] == pytest.approx(membership_agreement(start, own), abs=1e-9)
     assert report["extra"]["pooled_with_start"] is True
+    # the kept start travels with the checkpoint: a loaded model pools the same way
+    from grasp_dl.inference.predict import load_clustering_module
+
+    path = tmp_path / "anchored.ckpt"
+    module.trainer.save_checkpoint(path)
+    loaded = load_clustering_module(path)
+    np.testing.assert_allclose(loaded.predict_proba(train).numpy(), module.predict_proba(train).numpy(), atol=1e-5)
+    assert not np.allclose(loaded.network_proba(train).numpy(), loaded.predict_proba(train).numpy())
     assert "start vs end of the clustering phase" in pipeline.summarise(result, cfg)
