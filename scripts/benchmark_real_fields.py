@@ -270,7 +270,9 @@ def score(field: Field, method: str, options: dict[str, Any]) -> Row:
     recall = tp / max(field.member.sum(), 1)
     f1 = 2 * precision * recall / max(precision + recall, 1e-12)
     truth = np.asarray(field.pm)
-    reported = scored.reported_pm if scored.reported_pm is not None else product_mean_pm(field.catalog, scored.member_prob)
+    reported = (
+        scored.reported_pm if scored.reported_pm is not None else product_mean_pm(field.catalog, scored.member_prob)
+    )
     pm_error = float(np.linalg.norm(np.asarray(reported, float) - truth))
     fit_error = float(np.linalg.norm(np.asarray(scored.fitted_pm) - truth)) if scored.fitted_pm else float("nan")
     ivw_error = float(np.linalg.norm(summary_mean_pm(field.catalog, scored.member_prob, True) - truth))

@@ -271,7 +271,9 @@ def oracle_pm_error(dm: Any, truth_pm: np.ndarray) -> float:
 
     catalog = dm.table.iloc[dm.usable_rows()].reset_index(drop=True)
     truth = (catalog["truth"].to_numpy().astype(str) == "cluster").astype(float)
-    summary = cluster_summary(pd.DataFrame({"label": np.zeros(len(truth), int), "member_prob": truth}), catalog, None, 0)
+    summary = cluster_summary(
+        pd.DataFrame({"label": np.zeros(len(truth), int), "member_prob": truth}), catalog, None, 0
+    )
     return float(np.hypot(summary["mean_pmra"] - truth_pm[0], summary["mean_pmdec"] - truth_pm[1]))
 
 

@@ -94,13 +94,14 @@ def test_summary_means_weight_members_by_their_errors():
     assert plain["mean_pmra"] == pytest.approx(7.0 / 3.0)
 
 
-
 def test_summary_streamed_in_chunks_equals_the_whole():
     from grasp_dl.inference.membership import ClusterSummary
 
     rng = np.random.default_rng(2)
     error = np.exp(rng.uniform(np.log(0.02), np.log(2.0), 3000))
-    catalog = pd.DataFrame({"pmra": 102.0 + rng.normal(0, 0.3, 3000) + rng.normal(0, 1, 3000) * error, "pmra_error": error})
+    catalog = pd.DataFrame(
+        {"pmra": 102.0 + rng.normal(0, 0.3, 3000) + rng.normal(0, 1, 3000) * error, "pmra_error": error}
+    )
     prob = rng.uniform(0.0, 1.0, len(catalog))
     predictions = pd.DataFrame({"label": np.zeros(len(catalog), int), "member_prob": prob})
     whole = cluster_summary(predictions, catalog, None, 0)

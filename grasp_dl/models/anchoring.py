@@ -2,7 +2,7 @@
 
 DEC, IDEC and VaDE start from a mixture (``init=xd``, ``gmm_features``, ...) whose cluster
 group is often already right; their self-training can then drift away from it (VaDE turning
-a 2% cluster into a group of 95% of the stars). Three guards, all without truth:
+a 2% cluster into a group of 95% of the stars). Guards, all without truth:
 
 * **only a plausible start** -- when the start's cluster group fails :func:`group_check` (not
   concentrated on the sky, or not tighter in proper motion than the other stars), there is
@@ -25,8 +25,19 @@ a 2% cluster into a group of 95% of the stars). Three guards, all without truth:
   takes), and says so. A fall of the agreement by more than
   ``max_drop`` below that best also counts as a drift.
 
-The report (start against end: members, mean proper motion, the agreement, what was done) is
-kept in ``fit_results['start_vs_end']``, so it travels with the checkpoint and reaches the summary.
+* **pooled membership** -- the anchor term and the drift check keep the start's group, but a
+  deep phase can still lose members the start was sure of (on the robustness grid hard-field
+  VaDE/DEC ended 0.00-0.09 in F1 below their start). The membership the model reports
+  (``predict_proba``) is therefore the equal-weight logarithmic pool of its own cluster
+  probability (``network_proba``, what training and the drift check use) and the start mixture's
+  (:mod:`grasp_dl.models.start_pool`): the start decides where it is confident, the deep model
+  where the start is unsure. ``model.anchor.pool=false`` reports the deep model's own.
+
+"Plausible" is the package's one test (:func:`group_check` =
+:func:`grasp_dl.inference.plausibility.check_features`, the guards that decide ``cluster_found``).
+The report (start against end: members, mean proper motion, the agreement, what was done, and
+whether the membership is pooled) is kept in ``fit_results['start_vs_end']``, so it travels with
+the checkpoint and reaches the summary.
 """
 
 from __future__ import annotations
@@ -45,7 +56,13 @@ from torch import Tensor
 from grasp_dl.errors import ConfigError
 from grasp_dl.inference.membership import MEMBER_THRESHOLD
 from grasp_dl.inference.plausibility import MAX_PM_DISPERSION_RATIO, MAX_RADIUS_RATIO
-from grasp_dl.models.start_pool import POOL_KEY, pool_groups, restore_start_mixture, start_cluster_probability, start_pool_state
+from grasp_dl.models.start_pool import (
+    POOL_KEY,
+    pool_groups,
+    restore_start_mixture,
+    start_cluster_probability,
+    start_pool_state,
+)
 
 log = logging.getLogger(__name__)
 

@@ -218,4 +218,3 @@ __all__ = [
     "start_cluster_probability",
     "start_pool_state",
 ]
-
