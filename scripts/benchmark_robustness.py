@@ -492,6 +492,16 @@ def summary_table(rows: Sequence[Row], methods: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def reference_xd(got: dict[str, Row]) -> Row | None:
+    """The cell's ``xd`` row, or the default's where the default trained model=xd (it is then the same model)."""
+    if "xd" in got:
+        return got["xd"]
+    default = got.get("default")
+    if default is not None and default.extra.get("setting", "").endswith("xd"):
+        return default
+    return None
+
+
 def target_checks(rows: Sequence[Row]) -> list[str]:
     """The issue's targets, each as a line: met or not, and the cells that miss it."""
     by_cell: dict[str, dict[str, Row]] = {}
@@ -505,11 +515,11 @@ def target_checks(rows: Sequence[Row]) -> list[str]:
         out.append(f"- default median F1 >= 0.90: {'met' if med >= 0.9 else 'NOT met'} ({med:.3f})")
     misses = []
     for cell, got in by_cell.items():
-        xd = got.get("xd")
+        xd = reference_xd(got)
         if xd is None or xd.f1 < 0.6:
             continue
         for m in ("vade_hard", "dec_hard", "default", "vade_hard_noanchor", "dec_hard_noanchor"):
-            if m in got and got[m].f1 < xd.f1 - 0.05:
+            if m in got and got[m] is not xd and got[m].f1 < xd.f1 - 0.05:
                 misses.append(f"{cell} {m} {got[m].f1:.2f} < xd {xd.f1:.2f} - 0.05")
     out.append(
         f"- deep models within 0.05 of xd where xd F1 >= 0.6: {len(misses)} miss(es)"

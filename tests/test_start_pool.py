@@ -97,3 +97,31 @@ def test_host_pools_only_its_start_group_and_only_when_switched_on() -> None:
     module.hparams["anchor"] = {}
     module.decided_group.fill_(1)  # another group named the cluster: nothing to pool
     assert module.pooled_proba(catalog, qt) is qt
+
+
+def test_an_error_aware_start_is_pooled_with_each_stars_errors() -> None:
+    x, truth = _field_and_cluster(seed=1)
+    rng = np.random.default_rng(1)
+    error = np.where(rng.random(len(x)) < 0.3, 1.0, 0.02)  # a third of the stars faint, 1 mas/yr errors
+    observed = x.copy()
+    observed[:, 2:4] += rng.normal(0, 1, (len(x), 2)) * error[:, None]
+    covariances = np.einsum("n,ij->nij", error**2, np.eye(2))
+    stars = StarData(observed[:, 2:4], covariances, np.hypot(x[:, 0], x[:, 1]))
+    mixture = SpatialDeconvolvedMixture(2, use_errors=True, seed=1).fit(stars)
+    state = start_pool_state(mixture, 0)
+    assert state["use_errors"] is True and start_pool_state(_fitted_start()[0], 0)["use_errors"] is False
+    q = np.column_stack([np.full(len(x), 0.5), np.full(len(x), 0.5)])  # an undecided network
+    module = _ToyModule(np.log(q), observed)
+    catalog = torch.zeros(len(x), 1)
+    assert not module.pool_uses_errors
+    module.fit_results[POOL_KEY] = state
+    assert module.pool_uses_errors
+    with_errors = module.pooled_proba_stars(catalog, stars).numpy()[:, 0]
+    exact = module.pooled_proba(catalog, torch.as_tensor(q, dtype=torch.float32)).numpy()[:, 0]
+    faint_members = truth & (error > 0.5)
+    # scored with their errors, faint members scattered off the cluster's motion stay members
+    assert (with_errors[faint_members] > 0.5).mean() > (exact[faint_members] > 0.5).mean() + 0.2
+    assert ((with_errors > 0.5) == truth).mean() > 0.97
+    module.hparams["anchor"] = {"pool": False}
+    assert not module.pool_uses_errors
+    np.testing.assert_allclose(module.pooled_proba_stars(catalog, stars).numpy(), q, atol=1e-6)

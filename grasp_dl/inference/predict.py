@@ -257,6 +257,9 @@ def score_prepared(
     if len(scaled) and hasattr(module, "predict_proba_stars"):
         # An error-aware model (model=xd) scores each star's astrometry with its own errors.
         prob = module.predict_proba_stars(prepared_star_data(module, ready))
+    elif len(scaled) and getattr(module, "pool_uses_errors", False):
+        # An anchored deep model pools its probabilities with its error-aware start's (models/start_pool.py).
+        prob = module.pooled_proba_stars(torch.from_numpy(scaled), prepared_star_data(module, ready)).cpu().numpy()
     elif len(scaled):
         prob = np.concatenate(
             [

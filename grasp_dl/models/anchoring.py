@@ -61,6 +61,7 @@ from grasp_dl.models.start_pool import (
     pool_groups,
     restore_start_mixture,
     start_cluster_probability,
+    start_cluster_probability_stars,
     start_pool_state,
 )
 
@@ -358,19 +359,57 @@ class StartAnchor:
             ``q`` unchanged without a kept start, with ``model.anchor.pool`` off, or when the
             named cluster group is not the start's; else the pooled probabilities.
         """
+        kept = self._kept_start()
+        if kept is None or len(q) == 0:
+            return q
+        group = int(kept[0]["group"])
+        start = start_cluster_probability(kept[1], group, *self.physical_features(x))
+        if start is None:
+            return q
+        pooled = pool_groups(q.detach().cpu().double().numpy(), group, start)
+        return torch.as_tensor(pooled, dtype=q.dtype, device=q.device)
+
+    def _kept_start(self) -> tuple[dict[str, Any], Any] | None:
+        """The kept start record and its mixture when the pool applies to the named group, else None."""
         pool = self._results().get(POOL_KEY)
-        if not pool or not anchor_options(self.hparams.get("anchor"))["pool"] or len(q) == 0:
-            return q
-        group = int(pool["group"])
-        if self.cluster_group != group:
-            return q
+        if not pool or not anchor_options(self.hparams.get("anchor"))["pool"]:
+            return None
+        if self.cluster_group != int(pool["group"]):
+            return None
         cached = getattr(self, "_start_mixture", None)
         if cached is None or cached[0] is not pool:
             cached = (pool, restore_start_mixture(pool))
             self._start_mixture = cached
-        start = start_cluster_probability(cached[1], group, *self.physical_features(x))
-        if start is None:
+        return cached
+
+    @property
+    def pool_uses_errors(self) -> bool:
+        """Whether the reported membership pools with an error-aware start (predict with :meth:`pooled_proba_stars`)."""
+        kept = self._kept_start()
+        return bool(kept and kept[0].get("use_errors"))
+
+    @torch.no_grad()
+    def pooled_proba_stars(self, x: Tensor, stars: Any) -> Tensor:
+        """Group probabilities with the cluster's pooled with the start's scored on each star's own errors.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features of the stars.
+        stars : StarData
+            The same stars' astrometry, error covariances and radii (in the same order).
+
+        Returns
+        -------
+        Tensor
+            Shape (n, n_clusters); the model's own probabilities when no start is kept.
+        """
+        q = self.network_proba(x)
+        kept = self._kept_start()
+        if kept is None or len(q) == 0:
             return q
+        group = int(kept[0]["group"])
+        start = start_cluster_probability_stars(kept[1], group, stars)
         pooled = pool_groups(q.detach().cpu().double().numpy(), group, start)
         return torch.as_tensor(pooled, dtype=q.dtype, device=q.device)
 

@@ -20,10 +20,13 @@ is unsure (log-odds near 0) the deep model decides. The other groups keep the de
 proportions of what is left.
 
 The start is kept in the checkpoint (``fit_results['start_pool']``: the mixture's kind,
-settings, fitted parameters and cluster component), so a loaded model pools the same way. It
-scores stars from the features alone (their proper motions and radius, errors taken as 0), which
-is exact for the hard-field start (``xd.use_errors: false``) and a zero-error approximation
-for an error-aware one. Switch the pool off with ``model.anchor.pool=false``.
+settings, fitted parameters and cluster component), so a loaded model pools the same way. An
+error-aware start (the hard-field setting's) scores each star with its own Gaia errors wherever
+the catalogue rows are at hand (``grasp-dl predict``, the train summary:
+:meth:`~grasp_dl.models.anchoring.StartAnchor.pooled_proba_stars`): a faint star whose 1 mas/yr
+error covers the cluster's proper motion is not called a field star for lying 1 mas/yr away.
+From standardised features alone (``predict_proba``) the errors are taken as 0. Switch the pool
+off with ``model.anchor.pool=false``.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
     Returns
     -------
     dict or None
-        ``kind``, ``settings``, ``state`` and ``group``; None for a start that cannot score stars
+        ``kind``, ``settings``, ``state``, ``group`` and ``use_errors`` (whether the start scores
+        stars with their errors, so a prediction should give them); None for a start that cannot score stars
         from their features (one fitted with photometry) or an unknown kind.
     """
     from grasp_dl.models.cluster_field import ClusterFieldMixture
@@ -66,10 +70,22 @@ def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
             "dispersion_profile": mixture.dispersion_profile,
             "free_slope": mixture.free_slope,
         }
-        return {"kind": "cluster_field", "settings": settings, "state": mixture.state_dict(), "group": int(group)}
+        return {
+            "kind": "cluster_field",
+            "settings": settings,
+            "state": mixture.state_dict(),
+            "group": int(group),
+            "use_errors": True,
+        }
     if isinstance(mixture, SpatialDeconvolvedMixture) and not mixture.photometry:
         settings = {"n_components": mixture.n_components, "spatial": mixture.spatial, "use_errors": mixture.use_errors}
-        return {"kind": "spatial_deconvolved", "settings": settings, "state": mixture.state_dict(), "group": int(group)}
+        return {
+            "kind": "spatial_deconvolved",
+            "settings": settings,
+            "state": mixture.state_dict(),
+            "group": int(group),
+            "use_errors": bool(mixture.use_errors),
+        }
     return None
 
 
@@ -140,6 +156,26 @@ def start_cluster_probability(mixture: Any, group: int, values: np.ndarray, name
     astrometry = values[:, [names.index(c) for c in columns]]
     radius = np.hypot(values[:, names.index("xi")], values[:, names.index("eta")])
     stars = StarData(astrometry, np.zeros((len(values), d, d)), radius)
+    return np.asarray(mixture.predict_proba(stars), float)[:, int(group)]
+
+
+def start_cluster_probability_stars(mixture: Any, group: int, stars: StarData) -> np.ndarray:
+    """The start's cluster probability of stars with their own errors.
+
+    Parameters
+    ----------
+    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+        The fitted start.
+    group : int
+        Its cluster component.
+    stars : StarData
+        Astrometry (the columns the start was fitted on), error covariances and radii.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) probabilities.
+    """
     return np.asarray(mixture.predict_proba(stars), float)[:, int(group)]
 
 
@@ -216,5 +252,6 @@ __all__ = [
     "pool_groups",
     "restore_start_mixture",
     "start_cluster_probability",
+    "start_cluster_probability_stars",
     "start_pool_state",
 ]
