@@ -239,7 +239,9 @@ def test_collapsing_case_ends_no_worse_than_its_start(tmp_path, model: str) -> N
     start = module._anchor_prob.cpu().numpy() > 0.5
     train = dm.split_tensor("train")
     own = module.network_proba(train).numpy()[:, module.cluster_group] > 0.5
-    end = module.predict_proba(train).numpy()[:, module.cluster_group] > 0.5  # pooled with the start
+    stars = dm.star_data("train")
+    assert module.pool_uses_errors  # the hard-field start is error-aware: pooled with each star's errors
+    end = module.pooled_proba_stars(train, stars).numpy()[:, module.cluster_group] > 0.5
     start_f1, own_f1, end_f1 = (membership_agreement(m, truth) for m in (start, own, end))
     assert start_f1 > 0.6  # the start had the cluster
     assert own_f1 >= start_f1 - 0.1, (start_f1, own_f1)
@@ -255,6 +257,7 @@ def test_collapsing_case_ends_no_worse_than_its_start(tmp_path, model: str) -> N
     path = tmp_path / "anchored.ckpt"
     module.trainer.save_checkpoint(path)
     loaded = load_clustering_module(path)
-    np.testing.assert_allclose(loaded.predict_proba(train).numpy(), module.predict_proba(train).numpy(), atol=1e-5)
-    assert not np.allclose(loaded.network_proba(train).numpy(), loaded.predict_proba(train).numpy())
+    pooled = module.pooled_proba_stars(train, stars).numpy()
+    np.testing.assert_allclose(loaded.pooled_proba_stars(train, stars).numpy(), pooled, atol=1e-5)
+    assert not np.allclose(loaded.network_proba(train).numpy(), pooled)
     assert "start vs end of the clustering phase" in pipeline.summarise(result, cfg)

@@ -117,7 +117,9 @@ def test_an_error_aware_start_is_pooled_with_each_stars_errors() -> None:
     module.fit_results[POOL_KEY] = state
     assert module.pool_uses_errors
     with_errors = module.pooled_proba_stars(catalog, stars).numpy()[:, 0]
-    exact = module.pooled_proba(catalog, torch.as_tensor(q, dtype=torch.float32)).numpy()[:, 0]
+    qt = torch.as_tensor(q, dtype=torch.float32)
+    assert module.pooled_proba(catalog, qt) is qt  # without the errors an error-aware start is not pooled
+    exact = pool_cluster_probability(start_cluster_probability(mixture, 0, observed, NAMES), q[:, 0])
     faint_members = truth & (error > 0.5)
     # scored with their errors, faint members scattered off the cluster's motion stay members
     assert (with_errors[faint_members] > 0.5).mean() > (exact[faint_members] > 0.5).mean() + 0.2

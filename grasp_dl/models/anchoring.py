@@ -356,11 +356,14 @@ class StartAnchor:
         Returns
         -------
         Tensor
-            ``q`` unchanged without a kept start, with ``model.anchor.pool`` off, or when the
-            named cluster group is not the start's; else the pooled probabilities.
+            ``q`` unchanged without a kept start, with ``model.anchor.pool`` off, when the named
+            cluster group is not the start's, or when the start is error-aware (it needs each
+            star's errors: :meth:`pooled_proba_stars`); else the pooled probabilities.
         """
         kept = self._kept_start()
-        if kept is None or len(q) == 0:
+        if kept is None or len(q) == 0 or kept[0].get("use_errors"):
+            # An error-aware start scored without the errors would call faint members field stars:
+            # it is pooled only where the stars' errors are given (pooled_proba_stars).
             return q
         group = int(kept[0]["group"])
         start = start_cluster_probability(kept[1], group, *self.physical_features(x))

@@ -25,8 +25,10 @@ error-aware start (the hard-field setting's) scores each star with its own Gaia 
 the catalogue rows are at hand (``grasp-dl predict``, the train summary:
 :meth:`~grasp_dl.models.anchoring.StartAnchor.pooled_proba_stars`): a faint star whose 1 mas/yr
 error covers the cluster's proper motion is not called a field star for lying 1 mas/yr away.
-From standardised features alone (``predict_proba``) the errors are taken as 0. Switch the pool
-off with ``model.anchor.pool=false``.
+From standardised features alone (``predict_proba``) an error-aware start cannot be scored as it
+was fitted, so there the model's own probabilities are reported; an error-blind start
+(``xd.use_errors=false``) is pooled from the features everywhere. Switch the pool off with
+``model.anchor.pool=false``.
 """
 
 from __future__ import annotations
