@@ -127,3 +127,39 @@ def test_an_error_aware_start_is_pooled_with_each_stars_errors() -> None:
     module.hparams["anchor"] = {"pool": False}
     assert not module.pool_uses_errors
     np.testing.assert_allclose(module.pooled_proba_stars(catalog, stars).numpy(), q, atol=1e-6)
+
+
+def test_a_deep_model_that_never_agreed_with_its_start_reports_the_start_alone() -> None:
+    mixture, x, truth = _fitted_start()
+    start = np.column_stack([np.where(truth, 0.95, 0.02), np.where(truth, 0.05, 0.98)])
+    module = _ToyModule(np.log(start), x)
+    module.set_anchor(start, 0)
+    module.fit_results[POOL_KEY] = start_pool_state(mixture, 0)
+    with torch.no_grad():
+        module.logits[:, 0] = 5.0  # group 0 swallows the field...
+    module._best_state = module._copy_state()  # ...and no earlier state of the model agreed better
+    catalog = torch.zeros(len(x), 1)
+    report = module.guard_start(catalog)
+    assert report.drifted and "the membership is the start's" in report.action
+    assert module.fit_results[POOL_KEY]["start_only"] is True
+    q = module.network_proba(catalog)
+    pooled = module.pooled_proba(catalog, q).numpy()[:, 0]
+    np.testing.assert_allclose(pooled, start_cluster_probability(mixture, 0, x, NAMES), rtol=1e-5, atol=1e-6)
+    assert ((pooled > 0.5) == truth).mean() > 0.98 and ((q.numpy()[:, 0] > 0.5) == truth).mean() < 0.1
+    np.testing.assert_allclose(pool_cluster_probability(np.array([0.9]), np.array([0.1]), 1.0), [0.9])
+
+
+def test_the_deep_models_say_shrinks_with_its_agreement_with_the_start() -> None:
+    from grasp_dl.models.start_pool import start_weight
+
+    assert start_weight({}) == 0.5 and start_weight({"agreement": 1.0}) == 0.5
+    assert start_weight({"agreement": 0.6}) == pytest.approx(0.7) and start_weight({"agreement": 0.0}) == 1.0
+    assert start_weight({"agreement": 0.9, "start_only": True}) == 1.0
+    mixture, x, truth = _fitted_start()
+    start = np.column_stack([np.where(truth, 0.95, 0.02), np.where(truth, 0.05, 0.98)])
+    module = _ToyModule(np.log(start), x)
+    module.set_anchor(start, 0)
+    module.fit_results[POOL_KEY] = start_pool_state(mixture, 0)
+    report = module.guard_start(torch.zeros(len(x), 1))
+    assert module.fit_results[POOL_KEY]["agreement"] == report.agreement == 1.0
+    assert report.extra["start_weight"] == 0.5

@@ -28,10 +28,13 @@ a 2% cluster into a group of 95% of the stars). Guards, all without truth:
 * **pooled membership** -- the anchor term and the drift check keep the start's group, but a
   deep phase can still lose members the start was sure of (on the robustness grid hard-field
   VaDE/DEC ended 0.00-0.09 in F1 below their start). The membership the model reports
-  (``predict_proba``) is therefore the equal-weight logarithmic pool of its own cluster
+  (``predict_proba``) is therefore the logarithmic pool of its own cluster
   probability (``network_proba``, what training and the drift check use) and the start mixture's
   (:mod:`grasp_dl.models.start_pool`): the start decides where it is confident, the deep model
-  where the start is unsure. ``model.anchor.pool=false`` reports the deep model's own.
+  where the start is unsure; the deep model's weight shrinks with its agreement with the start
+  (:func:`~grasp_dl.models.start_pool.start_weight`). When a drift is found and no state of the deep model agrees with
+  the start (the fallback has nothing to restore), the membership is the start's alone
+  (``start_only`` in the kept record). ``model.anchor.pool=false`` reports the deep model's own.
 
 "Plausible" is the package's one test (:func:`group_check` =
 :func:`grasp_dl.inference.plausibility.check_features`, the guards that decide ``cluster_found``).
@@ -63,6 +66,7 @@ from grasp_dl.models.start_pool import (
     start_cluster_probability,
     start_cluster_probability_stars,
     start_pool_state,
+    start_weight,
 )
 
 log = logging.getLogger(__name__)
@@ -369,7 +373,7 @@ class StartAnchor:
         start = start_cluster_probability(kept[1], group, *self.physical_features(x))
         if start is None:
             return q
-        pooled = pool_groups(q.detach().cpu().double().numpy(), group, start)
+        pooled = pool_groups(q.detach().cpu().double().numpy(), group, start, start_weight(kept[0]))
         return torch.as_tensor(pooled, dtype=q.dtype, device=q.device)
 
     def _kept_start(self) -> tuple[dict[str, Any], Any] | None:
@@ -413,7 +417,7 @@ class StartAnchor:
             return q
         group = int(kept[0]["group"])
         start = start_cluster_probability_stars(kept[1], group, stars)
-        pooled = pool_groups(q.detach().cpu().double().numpy(), group, start)
+        pooled = pool_groups(q.detach().cpu().double().numpy(), group, start, start_weight(kept[0]))
         return torch.as_tensor(pooled, dtype=q.dtype, device=q.device)
 
     def _copy_state(self) -> dict[str, Tensor]:
@@ -496,7 +500,8 @@ class StartAnchor:
             options["max_drop"],
         )
         report.extra["best_agreement"] = self._best_agreement
-        report.extra["pooled_with_start"] = bool(self._results().get(POOL_KEY)) and options["pool"]
+        pool = self._results().get(POOL_KEY)
+        report.extra["pooled_with_start"] = bool(pool) and options["pool"]
         if report.drifted and options["fallback"] and self.hparams.get("cluster_group") is None:
             report.action = self._fall_back(catalog, start, q, features, names, report)
             if not self._fell_back:
@@ -505,6 +510,10 @@ class StartAnchor:
             self._stop_training()
         elif not report.drifted and group == self._anchor_group and report.agreement > (self._best_agreement or 0.0):
             self._best_state, self._best_agreement = self._copy_state(), report.agreement
+        if pool:
+            # how much say the deep model earns in the pool (start_pool.start_weight)
+            pool["agreement"] = float(report.agreement)
+            report.extra["start_weight"] = start_weight(pool)
         self._results()["start_vs_end"] = report.to_dict()
         return report
 
@@ -547,6 +556,18 @@ class StartAnchor:
             self._refresh_position_model(catalog)
             return f"named the start's group {anchor} the cluster again and stopped training"
         if self._best_state is None or (self._best_agreement or 0.0) <= max(report.agreement, kept.agreement):
+            pool = self._results().get(POOL_KEY)
+            if pool and options["pool"]:
+                # No state of the deep model agrees with the start: its opinion is not worth pooling.
+                pool["start_only"] = True
+                if anchor != report.end_group:
+                    self._name_group(anchor)
+                    report.end, report.end_group, report.agreement = kept.end, anchor, kept.agreement
+                    self._refresh_position_model(catalog)
+                return (
+                    "no state of the deep model agrees with the start: the membership is the start's "
+                    f"(group {anchor}) alone, training stopped"
+                )
             return "kept the drifted group: no earlier state agrees better with the start"
         self.load_state_dict(self._best_state)
         q0 = self.network_proba(catalog).cpu().numpy()

@@ -7,13 +7,16 @@ physical model that knows how confident it is) and the network's ``q``. Measured
 robustness grid, the start's opinion is as good as the deep model's or better, and the deep
 phase tends to lose members the start is sure of while keeping ones it is unsure of.
 
-The reported membership is their logarithmic opinion pool with equal weights,
+The reported membership is their logarithmic opinion pool,
 
-    logit p = (logit s + logit q) / 2,
+    logit p = w logit s + (1 - w) logit q,    w = 1 - a / 2,
 
-the geometric mean of the two opinions (renormalised over member / not member). Equal weights
-do not double-count the evidence the two share (they saw the same features), and the pool is
-"externally Bayesian": updating both on new evidence and pooling equals pooling and updating.
+a weighted geometric mean of the two opinions (renormalised over member / not member), where
+a is the F1 agreement of the deep model's members with the start's on the training stars
+(:func:`start_weight`): a deep model that kept the start's members gets an equal say (w = 1/2),
+one that lost them less. Weights summing to 1 do not double-count the evidence the two share
+(they saw the same features), and the pool is "externally Bayesian": updating both on new
+evidence and pooling equals pooling and updating.
 Where the start is confident (a bright star on the cluster's sequence of proper motion and close
 to the centre, or a field star far away in proper motion) its large log-odds decide; where it
 is unsure (log-odds near 0) the deep model decides. The other groups keep the deep model's
@@ -187,26 +190,54 @@ def log_odds(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def pool_cluster_probability(start: np.ndarray, network: np.ndarray) -> np.ndarray:
-    """Equal-weight logarithmic opinion pool of two cluster probabilities (see the module doc).
+def start_weight(pool: Mapping[str, Any]) -> float:
+    """The start's weight in the pool: 1 - agreement / 2, and 1 once no state of the deep model agreed with it.
+
+    ``agreement`` is the F1 agreement of the deep model's members with the start's on the
+    training stars at the last decision (:mod:`grasp_dl.models.anchoring`): a deep model that
+    keeps the start's confident members earns an equal say (agreement 1: weight 1/2), one that
+    lost them earns less, down to none (agreement 0, or ``start_only``: weight 1). No free
+    parameter; a record without an agreement pools with equal weights.
+
+    Parameters
+    ----------
+    pool : mapping
+        The kept start record (:func:`start_pool_state`).
+
+    Returns
+    -------
+    float
+        In [1/2, 1].
+    """
+    if pool.get("start_only"):
+        return 1.0
+    agreement = float(np.clip(pool.get("agreement", 1.0), 0.0, 1.0))
+    return 1.0 - 0.5 * agreement
+
+
+def pool_cluster_probability(start: np.ndarray, network: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """Logarithmic opinion pool of two cluster probabilities (see the module doc).
 
     Parameters
     ----------
     start, network : numpy.ndarray
         (n,) the start's and the deep model's probability of the cluster.
+    weight : float
+        The start's weight in [0, 1] (1/2: equal weights).
 
     Returns
     -------
     numpy.ndarray
-        (n,) ``sigmoid((logit start + logit network) / 2)``; a NaN in ``start`` keeps ``network``.
+        (n,) ``sigmoid(weight logit start + (1 - weight) logit network)``; a NaN in ``start``
+        keeps ``network``.
     """
     start = np.asarray(start, float)
     network = np.asarray(network, float)
-    pooled = 1.0 / (1.0 + np.exp(-0.5 * (log_odds(start) + log_odds(network))))
+    pooled = 1.0 / (1.0 + np.exp(-(weight * log_odds(start) + (1.0 - weight) * log_odds(network))))
     return np.where(np.isfinite(start), pooled, network)
 
 
-def pool_groups(q: np.ndarray, group: int, start: np.ndarray) -> np.ndarray:
+def pool_groups(q: np.ndarray, group: int, start: np.ndarray, weight: float = 0.5) -> np.ndarray:
     """Group probabilities with the cluster group's replaced by the pool; the others share the rest.
 
     Parameters
@@ -217,6 +248,8 @@ def pool_groups(q: np.ndarray, group: int, start: np.ndarray) -> np.ndarray:
         The cluster group.
     start : numpy.ndarray
         (n,) the start's cluster probability.
+    weight : float
+        The start's weight in the pool.
 
     Returns
     -------
@@ -226,7 +259,7 @@ def pool_groups(q: np.ndarray, group: int, start: np.ndarray) -> np.ndarray:
     """
     q = np.asarray(q, float)
     k = q.shape[1]
-    pooled = pool_cluster_probability(start, q[:, group])
+    pooled = pool_cluster_probability(start, q[:, group], weight)
     others = np.delete(q, group, axis=1)
     total = others.sum(axis=1, keepdims=True)
     share = np.where(total > 0, others / np.where(total > 0, total, 1.0), 1.0 / max(k - 1, 1))
@@ -256,4 +289,5 @@ __all__ = [
     "start_cluster_probability",
     "start_cluster_probability_stars",
     "start_pool_state",
+    "start_weight",
 ]
