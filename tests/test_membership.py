@@ -92,3 +92,38 @@ def test_summary_means_weight_members_by_their_errors():
     # without error columns every member counts by its probability alone
     plain = cluster_summary(predictions, catalog[["pmra", "pmdec"]], None, cluster_group=0)
     assert plain["mean_pmra"] == pytest.approx(7.0 / 3.0)
+
+
+def test_summary_streamed_in_chunks_equals_the_whole():
+    from grasp_dl.inference.membership import ClusterSummary
+
+    rng = np.random.default_rng(2)
+    error = np.exp(rng.uniform(np.log(0.02), np.log(2.0), 3000))
+    catalog = pd.DataFrame(
+        {"pmra": 102.0 + rng.normal(0, 0.3, 3000) + rng.normal(0, 1, 3000) * error, "pmra_error": error}
+    )
+    prob = rng.uniform(0.0, 1.0, len(catalog))
+    predictions = pd.DataFrame({"label": np.zeros(len(catalog), int), "member_prob": prob})
+    whole = cluster_summary(predictions, catalog, None, 0)
+    chunked = ClusterSummary(None, 0)
+    for lo in range(0, len(catalog), 700):
+        chunked.update(predictions.iloc[lo : lo + 700], catalog.iloc[lo : lo + 700])
+    got = chunked.result()
+    for key in ("mean_pmra", "mean_pmra_error", "n_members"):
+        assert got[key] == pytest.approx(whole[key], rel=1e-9)
+    assert abs(whole["mean_pmra"] - 102.0) < 3 * whole["mean_pmra_error"]
+
+
+def test_a_model_fitted_mean_is_reported_and_the_members_average_kept():
+    from grasp_dl.inference.membership import adopt_model_mean
+
+    summary = {"cluster_group": 0, "mean_pmra": 1.0, "mean_pmdec": 2.0, "mean_pmra_error": 0.1}
+    adopt_model_mean({**summary})  # a copy: nothing to adopt without the model's keys
+    assert adopt_model_mean(dict(summary))["mean_source"] == "members"
+    got = adopt_model_mean({**summary, "xd_mean_pmra": 1.5, "xd_mean_pmdec": 2.5, "xd_mean_parallax": 0.3})
+    assert got["mean_pmra"] == 1.5 and got["mean_pmdec"] == 2.5 and got["mean_source"] == "model"
+    assert got["mean_pmra_members"] == 1.0 and got["mean_pmdec_members"] == 2.0
+    assert got["mean_pmra_error"] == 0.1 and "mean_parallax" not in got  # no members' parallax: nothing to replace
+    # the user named another group: the model's cluster mean is not that group's
+    other = adopt_model_mean({**summary, "cluster_group": 2, "xd_mean_pmra": 1.5, "xd_mean_pmdec": 2.5})
+    assert other["mean_pmra"] == 1.0 and other["mean_source"] == "members"

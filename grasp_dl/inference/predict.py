@@ -22,7 +22,7 @@ from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.data.validation import flag_nonfinite_probabilities
 from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
-from grasp_dl.inference.membership import ClusterSummary, entropy
+from grasp_dl.inference.membership import ClusterSummary, adopt_model_mean, entropy
 from grasp_dl.inference.no_astrometry import score_without_astrometry
 from grasp_dl.inference.outputs import prediction_output, write_summary
 from grasp_dl.inference.plausibility import (
@@ -257,6 +257,9 @@ def score_prepared(
     if len(scaled) and hasattr(module, "predict_proba_stars"):
         # An error-aware model (model=xd) scores each star's astrometry with its own errors.
         prob = module.predict_proba_stars(prepared_star_data(module, ready))
+    elif len(scaled) and getattr(module, "pool_uses_errors", False):
+        # An anchored deep model pools its probabilities with its error-aware start's (models/start_pool.py).
+        prob = module.pooled_proba_stars(torch.from_numpy(scaled), prepared_star_data(module, ready)).cpu().numpy()
     elif len(scaled):
         prob = np.concatenate(
             [
@@ -293,7 +296,8 @@ def score_prepared(
 
 
 def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any]:
-    """Add the model's own fitted cluster astrometry (model=xd: the deconvolved mean) to a summary.
+    """Add the model's own fitted cluster astrometry (model=xd: the deconvolved mean) to a summary, and report that
+    mean as the cluster's (:func:`~grasp_dl.inference.membership.adopt_model_mean`).
 
     Parameters
     ----------
@@ -309,7 +313,7 @@ def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any
     """
     if hasattr(module, "cluster_astrometry"):
         summary.update(module.cluster_astrometry())
-    return summary
+    return adopt_model_mean(summary)
 
 
 def predict_catalog(

@@ -2,7 +2,7 @@
 
 DEC, IDEC and VaDE start from a mixture (``init=xd``, ``gmm_features``, ...) whose cluster
 group is often already right; their self-training can then drift away from it (VaDE turning
-a 2% cluster into a group of 95% of the stars). Three guards, all without truth:
+a 2% cluster into a group of 95% of the stars). Guards, all without truth:
 
 * **only a plausible start** -- when the start's cluster group fails :func:`group_check` (not
   concentrated on the sky, or not tighter in proper motion than the other stars), there is
@@ -25,8 +25,22 @@ a 2% cluster into a group of 95% of the stars). Three guards, all without truth:
   takes), and says so. A fall of the agreement by more than
   ``max_drop`` below that best also counts as a drift.
 
-The report (start against end: members, mean proper motion, the agreement, what was done) is
-kept in ``fit_results['start_vs_end']``, so it travels with the checkpoint and reaches the summary.
+* **pooled membership** -- the anchor term and the drift check keep the start's group, but a
+  deep phase can still lose members the start was sure of (on the robustness grid hard-field
+  VaDE/DEC ended 0.00-0.09 in F1 below their start). The membership the model reports
+  (``predict_proba``) is therefore the logarithmic pool of its own cluster
+  probability (``network_proba``, what training and the drift check use) and the start mixture's
+  (:mod:`grasp_dl.models.start_pool`): the start decides where it is confident, the deep model
+  where the start is unsure; the deep model's weight shrinks with its agreement with the start
+  (:func:`~grasp_dl.models.start_pool.start_weight`). When a drift is found and no state of the deep model agrees with
+  the start (the fallback has nothing to restore), the membership is the start's alone
+  (``start_only`` in the kept record). ``model.anchor.pool=false`` reports the deep model's own.
+
+"Plausible" is the package's one test (:func:`group_check` =
+:func:`grasp_dl.inference.plausibility.check_features`, the guards that decide ``cluster_found``).
+The report (start against end: members, mean proper motion, the agreement, what was done, and
+whether the membership is pooled) is kept in ``fit_results['start_vs_end']``, so it travels with
+the checkpoint and reaches the summary.
 """
 
 from __future__ import annotations
@@ -45,12 +59,21 @@ from torch import Tensor
 from grasp_dl.errors import ConfigError
 from grasp_dl.inference.membership import MEMBER_THRESHOLD
 from grasp_dl.inference.plausibility import MAX_PM_DISPERSION_RATIO, MAX_RADIUS_RATIO
+from grasp_dl.models.start_pool import (
+    POOL_KEY,
+    pool_groups,
+    restore_start_mixture,
+    start_cluster_probability,
+    start_cluster_probability_stars,
+    start_pool_state,
+    start_weight,
+)
 
 log = logging.getLogger(__name__)
 
 #: Switches of the anchor (``model.anchor``) and their defaults (read-only).
 ANCHOR_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {"weight": 10.0, "min_agreement": 0.5, "max_drop": 0.1, "fallback": True}
+    {"weight": 10.0, "min_agreement": 0.5, "max_drop": 0.1, "fallback": True, "pool": True}
 )
 #: The plausibility thresholds of the guards (members' median radius and proper-motion dispersion
 #: against the other stars'), applied here to the start and the end of a deep phase.
@@ -65,7 +88,8 @@ def anchor_options(anchor: Mapping[str, Any] | None) -> dict[str, Any]:
     ----------
     anchor
         The user's settings (``weight`` >= 0, ``min_agreement`` and ``max_drop`` in [0, 1],
-        ``fallback``), or None.
+        ``fallback``, ``pool``: report the start's and the deep model's pooled cluster probability,
+        :mod:`grasp_dl.models.start_pool`), or None.
 
     Returns
     -------
@@ -87,6 +111,7 @@ def anchor_options(anchor: Mapping[str, Any] | None) -> dict[str, Any]:
         "min_agreement": float(out["min_agreement"]),
         "max_drop": float(out["max_drop"]),
         "fallback": bool(out["fallback"]),
+        "pool": bool(out["pool"]),
     }
     if out["weight"] < 0:
         raise ConfigError(f"model.anchor.weight must be >= 0 (0 switches the anchor term off), got {out['weight']}")
@@ -114,12 +139,6 @@ def membership_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
-def _robust_dispersion(values: np.ndarray) -> float:
-    """Geometric mean over columns of 1.4826 x the median absolute deviation (outlier-proof)."""
-    mad = np.median(np.abs(values - np.median(values, axis=0)), axis=0) * 1.4826
-    return float(np.exp(np.mean(np.log(np.maximum(mad, 1e-12)))))
-
-
 @dataclass
 class GroupCheck:
     """Whether a group looks like a cluster against the other stars (no truth used)."""
@@ -130,10 +149,14 @@ class GroupCheck:
     mean_pmra: float | None
     mean_pmdec: float | None
     passes: bool
+    reason: str = ""
 
 
 def group_check(member_prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]) -> GroupCheck:
-    """Members (probability > 0.5) against the other stars: concentration, proper-motion tightness, mean.
+    """The plausibility guards of :func:`grasp_dl.inference.plausibility.check_plausibility` on a group, and its mean.
+
+    One definition of "a cluster" for the whole package: the start and the end of a deep phase
+    are judged by the same test (and thresholds) as the named cluster of a prediction.
 
     Parameters
     ----------
@@ -147,34 +170,34 @@ def group_check(member_prob: np.ndarray, features: np.ndarray, feature_names: Se
     Returns
     -------
     GroupCheck
-        ``radius_ratio`` = members' median radius / the others'; ``pm_dispersion_ratio`` = their
-        robust proper-motion dispersion / the others'; ``passes`` when the group has members,
-        some stars are left out of it, the radius ratio is under :data:`RADIUS_RATIO_MAX` and the
-        dispersion ratio under :data:`PM_DISPERSION_RATIO_MAX` (a term the features cannot
-        measure is left out). The mean proper motion is weighted by ``member_prob``.
+        ``radius_ratio`` = members' median radius / the other stars'; ``pm_dispersion_ratio`` =
+        their proper-motion dispersion / the others'; ``passes`` = the guards' ``cluster_found``
+        (enough members and other stars, radius ratio under :data:`RADIUS_RATIO_MAX`, dispersion
+        ratio under :data:`PM_DISPERSION_RATIO_MAX`; a term the features cannot measure is left
+        out) with its ``reason``. The mean proper motion is over the members (probability > 0.5),
+        weighted by ``member_prob``.
     """
+    from grasp_dl.inference.plausibility import check_features
+
     names = list(feature_names)
-    prob = np.asarray(member_prob, dtype=np.float64)
+    prob = np.nan_to_num(np.asarray(member_prob, dtype=np.float64), nan=0.0)
+    check = check_features(prob, features, names)
+    diagnostics = check["diagnostics"]
     member = prob > MEMBER_THRESHOLD
-    n = int(member.sum())
-    others = ~member
-    radius_ratio = pm_ratio = mean_pmra = mean_pmdec = None
-    enough = n >= 3 and int(others.sum()) >= 3
-    if enough and "xi" in names and "eta" in names:
-        radius = np.hypot(features[:, names.index("xi")], features[:, names.index("eta")])
-        radius_ratio = float(np.median(radius[member]) / max(np.median(radius[others]), 1e-12))
-    if "pmra" in names and "pmdec" in names and n > 0:
-        pm = features[:, [names.index("pmra"), names.index("pmdec")]]
+    mean_pmra = mean_pmdec = None
+    if "pmra" in names and "pmdec" in names and member.any():
+        pm = np.asarray(features, dtype=np.float64)[:, [names.index("pmra"), names.index("pmdec")]]
         w = prob[member]
         mean_pmra, mean_pmdec = (float(v) for v in (w[:, None] * pm[member]).sum(0) / w.sum())
-        if enough:
-            pm_ratio = _robust_dispersion(pm[member]) / max(_robust_dispersion(pm[others]), 1e-12)
-    passes = (
-        enough
-        and (radius_ratio is None or radius_ratio < RADIUS_RATIO_MAX)
-        and (pm_ratio is None or pm_ratio < PM_DISPERSION_RATIO_MAX)
+    return GroupCheck(
+        int(diagnostics["n_members"]),
+        diagnostics.get("radius_ratio"),
+        diagnostics.get("pm_dispersion_ratio"),
+        mean_pmra,
+        mean_pmdec,
+        bool(check["cluster_found"]),
+        str(check["cluster_reason"]),
     )
-    return GroupCheck(n, radius_ratio, pm_ratio, mean_pmra, mean_pmdec, bool(passes))
 
 
 @dataclass
@@ -278,8 +301,16 @@ class StartAnchor:
                 "start": asdict(check),
                 "reason": "the start's cluster group is not a concentrated, proper-motion-tight group: nothing to keep",
             }
+            self._results().pop(POOL_KEY, None)
             return
         self.set_anchor(resp, group)
+        # The start mixture itself, for the pooled membership (models/start_pool.py), kept in the checkpoint.
+        mixture = getattr(self, "xd_mixture_", None) if self.hparams.get("init") == "xd" else None
+        pool = start_pool_state(mixture, group) if mixture is not None else None
+        if pool is not None:
+            self._results()[POOL_KEY] = pool
+        else:
+            self._results().pop(POOL_KEY, None)
 
     def set_anchor(self, start_prob: np.ndarray, start_group: int) -> None:
         """Remember the start: its cluster group, its probability per training star, the weights now.
@@ -299,6 +330,95 @@ class StartAnchor:
             self._best_state["initialized"].fill_(True)  # the start is an initialised module
         self._best_agreement = None
         self._fell_back = False
+
+    def network_proba(self, x: Tensor) -> Tensor:
+        """The model's own group probabilities, without the start's pool (hosts that pool override it).
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features.
+
+        Returns
+        -------
+        Tensor
+            Shape (n, n_clusters).
+        """
+        return self.predict_proba(x)
+
+    @torch.no_grad()
+    def pooled_proba(self, x: Tensor, q: Tensor) -> Tensor:
+        """``q`` with the cluster group's probability pooled with the start's (:mod:`grasp_dl.models.start_pool`).
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features.
+        q : Tensor
+            The model's own group probabilities of ``x`` (:meth:`network_proba`).
+
+        Returns
+        -------
+        Tensor
+            ``q`` unchanged without a kept start, with ``model.anchor.pool`` off, when the named
+            cluster group is not the start's, or when the start is error-aware (it needs each
+            star's errors: :meth:`pooled_proba_stars`); else the pooled probabilities.
+        """
+        kept = self._kept_start()
+        if kept is None or len(q) == 0 or kept[0].get("use_errors"):
+            # An error-aware start scored without the errors would call faint members field stars:
+            # it is pooled only where the stars' errors are given (pooled_proba_stars).
+            return q
+        group = int(kept[0]["group"])
+        start = start_cluster_probability(kept[1], group, *self.physical_features(x))
+        if start is None:
+            return q
+        pooled = pool_groups(q.detach().cpu().double().numpy(), group, start, start_weight(kept[0]))
+        return torch.as_tensor(pooled, dtype=q.dtype, device=q.device)
+
+    def _kept_start(self) -> tuple[dict[str, Any], Any] | None:
+        """The kept start record and its mixture when the pool applies to the named group, else None."""
+        pool = self._results().get(POOL_KEY)
+        if not pool or not anchor_options(self.hparams.get("anchor"))["pool"]:
+            return None
+        if self.cluster_group != int(pool["group"]):
+            return None
+        cached = getattr(self, "_start_mixture", None)
+        if cached is None or cached[0] is not pool:
+            cached = (pool, restore_start_mixture(pool))
+            self._start_mixture = cached
+        return cached
+
+    @property
+    def pool_uses_errors(self) -> bool:
+        """Whether the reported membership pools with an error-aware start (predict with :meth:`pooled_proba_stars`)."""
+        kept = self._kept_start()
+        return bool(kept and kept[0].get("use_errors"))
+
+    @torch.no_grad()
+    def pooled_proba_stars(self, x: Tensor, stars: Any) -> Tensor:
+        """Group probabilities with the cluster's pooled with the start's scored on each star's own errors.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features of the stars.
+        stars : StarData
+            The same stars' astrometry, error covariances and radii (in the same order).
+
+        Returns
+        -------
+        Tensor
+            Shape (n, n_clusters); the model's own probabilities when no start is kept.
+        """
+        q = self.network_proba(x)
+        kept = self._kept_start()
+        if kept is None or len(q) == 0:
+            return q
+        group = int(kept[0]["group"])
+        start = start_cluster_probability_stars(kept[1], group, stars)
+        pooled = pool_groups(q.detach().cpu().double().numpy(), group, start, start_weight(kept[0]))
+        return torch.as_tensor(pooled, dtype=q.dtype, device=q.device)
 
     def _copy_state(self) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
@@ -336,7 +456,7 @@ class StartAnchor:
         return weight * term
 
     def _agreement_of_state(self, catalog: Tensor, start: np.ndarray) -> float:
-        q = self.predict_proba(catalog).cpu().numpy()[:, self._anchor_group]
+        q = self.network_proba(catalog).cpu().numpy()[:, self._anchor_group]
         return membership_agreement(start > MEMBER_THRESHOLD, q > MEMBER_THRESHOLD)
 
     @torch.no_grad()
@@ -366,7 +486,7 @@ class StartAnchor:
             self.load_state_dict(self._best_state)
             self._best_agreement = self._agreement_of_state(catalog, start)
             self.load_state_dict(current)
-        q = (self.predict_proba(catalog) if q is None else q).cpu().numpy()
+        q = (self.network_proba(catalog) if q is None else q).cpu().numpy()
         group = self.cluster_group
         report = detect_drift(
             start,
@@ -380,6 +500,8 @@ class StartAnchor:
             options["max_drop"],
         )
         report.extra["best_agreement"] = self._best_agreement
+        pool = self._results().get(POOL_KEY)
+        report.extra["pooled_with_start"] = bool(pool) and options["pool"]
         if report.drifted and options["fallback"] and self.hparams.get("cluster_group") is None:
             report.action = self._fall_back(catalog, start, q, features, names, report)
             if not self._fell_back:
@@ -388,6 +510,10 @@ class StartAnchor:
             self._stop_training()
         elif not report.drifted and group == self._anchor_group and report.agreement > (self._best_agreement or 0.0):
             self._best_state, self._best_agreement = self._copy_state(), report.agreement
+        if pool:
+            # how much say the deep model earns in the pool (start_pool.start_weight)
+            pool["agreement"] = float(report.agreement)
+            report.extra["start_weight"] = start_weight(pool)
         self._results()["start_vs_end"] = report.to_dict()
         return report
 
@@ -430,9 +556,21 @@ class StartAnchor:
             self._refresh_position_model(catalog)
             return f"named the start's group {anchor} the cluster again and stopped training"
         if self._best_state is None or (self._best_agreement or 0.0) <= max(report.agreement, kept.agreement):
+            pool = self._results().get(POOL_KEY)
+            if pool and options["pool"]:
+                # No state of the deep model agrees with the start: its opinion is not worth pooling.
+                pool["start_only"] = True
+                if anchor != report.end_group:
+                    self._name_group(anchor)
+                    report.end, report.end_group, report.agreement = kept.end, anchor, kept.agreement
+                    self._refresh_position_model(catalog)
+                return (
+                    "no state of the deep model agrees with the start: the membership is the start's "
+                    f"(group {anchor}) alone, training stopped"
+                )
             return "kept the drifted group: no earlier state agrees better with the start"
         self.load_state_dict(self._best_state)
-        q0 = self.predict_proba(catalog).cpu().numpy()
+        q0 = self.network_proba(catalog).cpu().numpy()
         restored = detect_drift(start, q0[:, anchor], features, names, options["min_agreement"], anchor, anchor)
         self._name_group(anchor)
         report.extra["drifted_agreement"] = report.agreement
@@ -445,7 +583,7 @@ class StartAnchor:
 
     def _refresh_position_model(self, catalog: Tensor) -> None:
         if hasattr(self, "fit_position_model"):
-            self.fit_position_model(catalog, self.predict_proba(catalog))
+            self.fit_position_model(catalog, self.network_proba(catalog))
 
 
 def start_cluster_group(module: Any, resp: np.ndarray, catalog: Tensor) -> int:
@@ -501,4 +639,6 @@ def describe_start_vs_end(report: Mapping[str, Any]) -> str:
     )
     if report.get("drifted"):
         line += f"; drifted ({report['reason']}): {report.get('action', 'none')}"
+    if (report.get("extra") or {}).get("pooled_with_start"):
+        line += "; member_prob pools the end's cluster probability with the start's (models/start_pool.py)"
     return line

@@ -384,7 +384,7 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, StartAnchor, HardFieldIn
         int
             The decided group (the user's ``cluster_group``, when set, still wins in :attr:`cluster_group`).
         """
-        q = self.predict_proba(x) if q is None else q
+        q = self.network_proba(x) if q is None else q
         group = choose_cluster_group(q.cpu().numpy(), *self.physical_features(x))
         self.decided_group.fill_(group)
         # The position model that scores stars without astrometry follows the decision.

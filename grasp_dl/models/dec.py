@@ -164,9 +164,14 @@ class DECModule(ClusteringModule):
             return encode_in_chunks(self.net.encoder, x.to(self.centers.device))
 
     @torch.no_grad()
-    def predict_proba(self, x: Tensor) -> Tensor:
-        """Soft assignments q at the latent points of ``x`` in eval mode (see :meth:`ClusteringModule.predict_proba`)."""
+    def network_proba(self, x: Tensor) -> Tensor:
+        """Soft assignments q at the latent points of ``x`` in eval mode (the network's own, as trained)."""
         return self.assign(self.embed(x), x)
+
+    @torch.no_grad()
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """:meth:`network_proba`, its cluster group pooled with the start's when anchored (see :mod:`grasp_dl.models.start_pool`)."""
+        return self.pooled_proba(x, self.network_proba(x))
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
@@ -196,7 +201,7 @@ class DECModule(ClusteringModule):
             The fraction of stars whose label changed since the last update (1 at the first).
         """
         features = self.train_catalog.features
-        q = self.predict_proba(features)
+        q = self.network_proba(features)
         # Each rank holds the whole catalogue, so these frequencies are already global sums.
         self.target = target_distribution(q, balance=self.hparams.balance)
         labels = q.argmax(dim=1)

@@ -331,9 +331,14 @@ class VaDEModule(ClusteringModule):
         return self.posterior(self.net.encode(x)[0], x)
 
     @torch.no_grad()
-    def predict_proba(self, x: Tensor) -> Tensor:
-        """Group probabilities p(c | mu(x)) at the latent means in eval mode (see :meth:`ClusteringModule.predict_proba`)."""
+    def network_proba(self, x: Tensor) -> Tensor:
+        """Group probabilities p(c | mu(x)) at the latent means in eval mode (the model's own, as trained)."""
         return self.posterior(self.embed(x), x)
+
+    @torch.no_grad()
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """:meth:`network_proba`, its cluster group pooled with the start's when anchored (see :mod:`grasp_dl.models.start_pool`)."""
+        return self.pooled_proba(x, self.network_proba(x))
 
     @torch.no_grad()
     def predict_proba_samples(

@@ -1,0 +1,293 @@
+"""The cluster membership of an anchored deep model: its own probability pooled with its start's.
+
+A deep phase (DEC, IDEC, VaDE) started from a cluster + field mixture (``init=xd``) and anchored
+to it (:mod:`grasp_dl.models.anchoring`) has two opinions on each star's membership: the
+mixture's posterior ``s`` (a Plummer cluster and a flat field, Gaussian proper motions; a
+physical model that knows how confident it is) and the network's ``q``. Measured on the
+robustness grid, the start's opinion is as good as the deep model's or better, and the deep
+phase tends to lose members the start is sure of while keeping ones it is unsure of.
+
+The reported membership is their logarithmic opinion pool,
+
+    logit p = w logit s + (1 - w) logit q,    w = 1 - a / 2,
+
+a weighted geometric mean of the two opinions (renormalised over member / not member), where
+a is the F1 agreement of the deep model's members with the start's on the training stars
+(:func:`start_weight`): a deep model that kept the start's members gets an equal say (w = 1/2),
+one that lost them less. Weights summing to 1 do not double-count the evidence the two share
+(they saw the same features), and the pool is "externally Bayesian": updating both on new
+evidence and pooling equals pooling and updating.
+Where the start is confident (a bright star on the cluster's sequence of proper motion and close
+to the centre, or a field star far away in proper motion) its large log-odds decide; where it
+is unsure (log-odds near 0) the deep model decides. The other groups keep the deep model's
+proportions of what is left.
+
+The start is kept in the checkpoint (``fit_results['start_pool']``: the mixture's kind,
+settings, fitted parameters and cluster component), so a loaded model pools the same way. An
+error-aware start (the hard-field setting's) scores each star with its own Gaia errors wherever
+the catalogue rows are at hand (``grasp-dl predict``, the train summary:
+:meth:`~grasp_dl.models.anchoring.StartAnchor.pooled_proba_stars`): a faint star whose 1 mas/yr
+error covers the cluster's proper motion is not called a field star for lying 1 mas/yr away.
+From standardised features alone (``predict_proba``) an error-aware start cannot be scored as it
+was fitted, so there the model's own probabilities are reported; an error-blind start
+(``xd.use_errors=false``) is pooled from the features everywhere. Switch the pool off with
+``model.anchor.pool=false``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from grasp_dl.data.astrometry import StarData
+
+#: fit_results key of the start mixture kept for the pool.
+POOL_KEY = "start_pool"
+#: Probabilities are clipped to [EPS, 1 - EPS] before taking log-odds.
+EPS = 1e-9
+
+
+def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
+    """What a checkpoint needs to score stars with the start mixture later (plain types).
+
+    Parameters
+    ----------
+    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+        The fitted start of ``init='xd'``.
+    group : int
+        Its cluster component.
+
+    Returns
+    -------
+    dict or None
+        ``kind``, ``settings``, ``state``, ``group`` and ``use_errors`` (whether the start scores
+        stars with their errors, so a prediction should give them); None for a start that cannot score stars
+        from their features (one fitted with photometry) or an unknown kind.
+    """
+    from grasp_dl.models.cluster_field import ClusterFieldMixture
+    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+
+    if isinstance(mixture, ClusterFieldMixture):
+        settings = {
+            "crowding": mixture.crowding,
+            "dispersion_profile": mixture.dispersion_profile,
+            "free_slope": mixture.free_slope,
+        }
+        return {
+            "kind": "cluster_field",
+            "settings": settings,
+            "state": mixture.state_dict(),
+            "group": int(group),
+            "use_errors": True,
+        }
+    if isinstance(mixture, SpatialDeconvolvedMixture) and not mixture.photometry:
+        settings = {"n_components": mixture.n_components, "spatial": mixture.spatial, "use_errors": mixture.use_errors}
+        return {
+            "kind": "spatial_deconvolved",
+            "settings": settings,
+            "state": mixture.state_dict(),
+            "group": int(group),
+            "use_errors": bool(mixture.use_errors),
+        }
+    return None
+
+
+def restore_start_mixture(pool: Mapping[str, Any]) -> Any:
+    """The fitted start mixture of a :func:`start_pool_state` record.
+
+    Parameters
+    ----------
+    pool : mapping
+        The record.
+
+    Returns
+    -------
+    SpatialDeconvolvedMixture or ClusterFieldMixture
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind.
+    """
+    from grasp_dl.models.cluster_field import ClusterFieldMixture
+    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+
+    state = pool["state"]
+    if pool["kind"] == "cluster_field":
+        return ClusterFieldMixture(**pool["settings"]).load_state_dict(dict(state))
+    if pool["kind"] == "spatial_deconvolved":
+        mixture = SpatialDeconvolvedMixture(**pool["settings"])
+        mixture.weights_ = np.asarray(state["weights"], float)
+        mixture.means_ = np.asarray(state["means"], float)
+        mixture.covariances_ = np.asarray(state["covariances"], float)
+        mixture.log_scale_ = float(state["log_scale"])
+        mixture.radius_max_ = float(state["radius_max"])
+        return mixture
+    raise ValueError(f"unknown start mixture kind {pool['kind']!r}")
+
+
+def _astrometry_dim(mixture: Any) -> int:
+    means = getattr(mixture, "cluster_mean_", None)
+    return int(np.shape(means)[0]) if means is not None else int(np.shape(mixture.means_)[1])
+
+
+def start_cluster_probability(mixture: Any, group: int, values: np.ndarray, names: Sequence[str]) -> np.ndarray | None:
+    """The start's cluster probability of stars given by their physical features, errors taken as 0.
+
+    Parameters
+    ----------
+    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+        The fitted start.
+    group : int
+        Its cluster component.
+    values : numpy.ndarray
+        (n, d) physical features (``xi``/``eta`` in degrees, ``pmra``, ``pmdec``[, ``parallax``]).
+    names : sequence of str
+        Their names.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        (n,) probabilities; None when the features lack what the start was fitted on.
+    """
+    names = list(names)
+    d = _astrometry_dim(mixture)
+    columns = ["pmra", "pmdec", "parallax"][:d]
+    if any(c not in names for c in columns) or "xi" not in names or "eta" not in names:
+        return None
+    values = np.asarray(values, float)
+    astrometry = values[:, [names.index(c) for c in columns]]
+    radius = np.hypot(values[:, names.index("xi")], values[:, names.index("eta")])
+    stars = StarData(astrometry, np.zeros((len(values), d, d)), radius)
+    return np.asarray(mixture.predict_proba(stars), float)[:, int(group)]
+
+
+def start_cluster_probability_stars(mixture: Any, group: int, stars: StarData) -> np.ndarray:
+    """The start's cluster probability of stars with their own errors.
+
+    Parameters
+    ----------
+    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+        The fitted start.
+    group : int
+        Its cluster component.
+    stars : StarData
+        Astrometry (the columns the start was fitted on), error covariances and radii.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) probabilities.
+    """
+    return np.asarray(mixture.predict_proba(stars), float)[:, int(group)]
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped to [EPS, 1 - EPS]."""
+    p = np.clip(np.asarray(p, float), EPS, 1.0 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def start_weight(pool: Mapping[str, Any]) -> float:
+    """The start's weight in the pool: 1 - agreement / 2, and 1 once no state of the deep model agreed with it.
+
+    ``agreement`` is the F1 agreement of the deep model's members with the start's on the
+    training stars at the last decision (:mod:`grasp_dl.models.anchoring`): a deep model that
+    keeps the start's confident members earns an equal say (agreement 1: weight 1/2), one that
+    lost them earns less, down to none (agreement 0, or ``start_only``: weight 1). No free
+    parameter; a record without an agreement pools with equal weights.
+
+    Parameters
+    ----------
+    pool : mapping
+        The kept start record (:func:`start_pool_state`).
+
+    Returns
+    -------
+    float
+        In [1/2, 1].
+    """
+    if pool.get("start_only"):
+        return 1.0
+    agreement = float(np.clip(pool.get("agreement", 1.0), 0.0, 1.0))
+    return 1.0 - 0.5 * agreement
+
+
+def pool_cluster_probability(start: np.ndarray, network: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """Logarithmic opinion pool of two cluster probabilities (see the module doc).
+
+    Parameters
+    ----------
+    start, network : numpy.ndarray
+        (n,) the start's and the deep model's probability of the cluster.
+    weight : float
+        The start's weight in [0, 1] (1/2: equal weights).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) ``sigmoid(weight logit start + (1 - weight) logit network)``; a NaN in ``start``
+        keeps ``network``.
+    """
+    start = np.asarray(start, float)
+    network = np.asarray(network, float)
+    pooled = 1.0 / (1.0 + np.exp(-(weight * log_odds(start) + (1.0 - weight) * log_odds(network))))
+    return np.where(np.isfinite(start), pooled, network)
+
+
+def pool_groups(q: np.ndarray, group: int, start: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """Group probabilities with the cluster group's replaced by the pool; the others share the rest.
+
+    Parameters
+    ----------
+    q : numpy.ndarray
+        (n, k) the deep model's group probabilities.
+    group : int
+        The cluster group.
+    start : numpy.ndarray
+        (n,) the start's cluster probability.
+    weight : float
+        The start's weight in the pool.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, k), rows sum to 1: column ``group`` the pool, the other columns in the deep model's
+        proportions (evenly where it gave them nothing).
+    """
+    q = np.asarray(q, float)
+    k = q.shape[1]
+    pooled = pool_cluster_probability(start, q[:, group], weight)
+    others = np.delete(q, group, axis=1)
+    total = others.sum(axis=1, keepdims=True)
+    share = np.where(total > 0, others / np.where(total > 0, total, 1.0), 1.0 / max(k - 1, 1))
+    out = np.empty_like(q)
+    out[:, group] = pooled
+    out[:, [j for j in range(k) if j != group]] = share * (1.0 - pooled)[:, None]
+    return out
+
+
+def describe_pool(pool: Mapping[str, Any] | None) -> str | None:
+    """One line for summaries: how member_prob was formed (None without a pool)."""
+    if not pool:
+        return None
+    return (
+        f"member_prob is the equal-weight logarithmic pool of the deep model's and its start's "
+        f"({pool['kind']} mixture, component {pool['group']}) cluster probabilities"
+    )
+
+
+__all__ = [
+    "POOL_KEY",
+    "describe_pool",
+    "log_odds",
+    "pool_cluster_probability",
+    "pool_groups",
+    "restore_start_mixture",
+    "start_cluster_probability",
+    "start_cluster_probability_stars",
+    "start_pool_state",
+    "start_weight",
+]
