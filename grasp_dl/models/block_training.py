@@ -128,8 +128,8 @@ class BlockTraining:
         if not losses:
             return None
         # one weighted mean per block, not two tensor operations per step
-        weights = torch.tensor(sizes, dtype=losses[0].dtype, device=losses[0].device)
-        return torch.stack(losses) @ weights / sum(sizes)
+        weights = torch.tensor(sizes, dtype=torch.float32, device=losses[0].device)
+        return torch.stack(losses).float() @ weights / sum(sizes)
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's means (EpochMeanLogging) and ``step``, then step the epoch-interval schedulers."""
