@@ -22,6 +22,7 @@ from grasp_dl.errors import ConfigError, GraspDLError
 from grasp_dl.io_policy import written_checkpoint
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
+from grasp_dl.models.block_settings import block_trainer_options
 from grasp_dl.models.graph_step import use_graphs
 from grasp_dl.models.networks import compile_network
 from grasp_dl.options import check_train_options
@@ -150,13 +151,15 @@ def build_module(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) ->
     return module_class(input_dim=datamodule.input_dim, preprocessing=datamodule.preprocessing_state(), **options)
 
 
-def build_trainer(cfg: DictConfig, has_validation: bool = True) -> L.Trainer:
+def build_trainer(cfg: DictConfig, has_validation: bool = True, batches_per_step: int | None = None) -> L.Trainer:
     """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers.
 
     A progress bar is dropped when ``trainer.enable_progress_bar`` is false and a learning-rate
     monitor when there is no logger, instead of letting Lightning refuse the combination; with
     no validation rows (``data.val_fraction=0``) checkpoints and early stopping watch the
-    training loss.
+    training loss. Settings counted in training steps are made to count optimiser steps for
+    blocks of ``batches_per_step`` mini-batches (default ``data.batches_per_step``), or refused
+    (:mod:`grasp_dl.models.block_settings`).
     """
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
@@ -169,7 +172,10 @@ def build_trainer(cfg: DictConfig, has_validation: bool = True) -> L.Trainer:
             if str(getattr(callback, "monitor", "") or "").startswith("val/"):
                 log.info("no validation rows: %s monitors train/loss", type(callback).__name__)
                 callback.monitor = "train/loss"
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if batches_per_step is None:
+        batches_per_step = int((cfg.get("data") or {}).get("batches_per_step", 1))
+    options = block_trainer_options(cfg.trainer, batches_per_step)
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **options)
 
 
 def _phase_config(cfg: DictConfig, phase: str, max_epochs: int, monitor: str | None = None) -> DictConfig:
@@ -271,7 +277,7 @@ def pretrain_autoencoder(
     if ckpt_path:
         check_state_fits(autoencoder, ckpt_path)
     mark("pipeline: build the autoencoder's Trainer")
-    trainer = build_trainer(phase_cfg, has_validation=datamodule.has_validation)
+    trainer = build_trainer(phase_cfg, datamodule.has_validation, datamodule.batches_per_step)
     mark("pipeline: Lightning fit (autoencoder)")
     trainer.fit(autoencoder, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     mark("pipeline: build the clustering module (initial groups)")
@@ -508,7 +514,7 @@ def train(
     if resume.final:
         check_state_fits(module, resume.final)
     mark("pipeline: build the Trainer (callbacks, loggers)")
-    trainer = build_trainer(cfg, has_validation=datamodule.has_validation)
+    trainer = build_trainer(cfg, datamodule.has_validation, datamodule.batches_per_step)
     mark("pipeline: Lightning fit")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final, weights_only=True)
     mark("pipeline: after fit")

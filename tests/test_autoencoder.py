@@ -133,7 +133,7 @@ def test_blocks_of_batches_train_exactly_like_one_batch_per_step():
 
 
 class CountOptimizerSteps(L.Callback):
-    """Overrides a hook of the step, so Lightning's own backward and step must run."""
+    """Counts Lightning's optimiser-step hook: every step goes through Lightning's optimiser."""
 
     def __init__(self):
         self.calls = 0
@@ -142,17 +142,30 @@ class CountOptimizerSteps(L.Callback):
         self.calls += 1
 
 
-def test_direct_steps_only_where_lightning_would_do_nothing_more():
-    direct, trainer = _fit_autoencoder(8)
-    assert direct._direct_steps is True
-    counter = CountOptimizerSteps()
+class CountBackwardPasses(CountOptimizerSteps):
+    """Overrides a hook of the backward pass, so Lightning's manual_backward must run."""
+
+    def __init__(self):
+        super().__init__()
+        self.backward_calls = 0
+
+    def on_after_backward(self, trainer, pl_module):
+        self.backward_calls += 1
+
+
+def test_plain_backward_only_where_lightning_would_do_nothing_more():
+    steps = CountOptimizerSteps()
+    plain, trainer = _fit_autoencoder(8, callbacks=[steps])
+    assert plain._plain_backward is True
+    assert steps.calls == trainer.global_step  # the optimiser step is Lightning's, hooks included
+    counter = CountBackwardPasses()
     hooked, hooked_trainer = _fit_autoencoder(8, callbacks=[counter])
-    assert hooked._direct_steps is False
-    assert counter.calls == hooked_trainer.global_step == trainer.global_step  # every step's hook ran
-    for (name, a), (_, b) in zip(direct.state_dict().items(), hooked.state_dict().items(), strict=False):
+    assert hooked._plain_backward is False
+    assert counter.backward_calls == counter.calls == hooked_trainer.global_step == trainer.global_step
+    for (name, a), (_, b) in zip(plain.state_dict().items(), hooked.state_dict().items(), strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     bf16, _ = _fit_autoencoder(8, epochs=1, precision="bf16-mixed")
-    assert bf16._direct_steps is True  # autocast only: no loss scaling to keep
+    assert bf16._plain_backward is True  # autocast only: no loss scaling to keep
 
 
 @pytest.mark.parametrize(

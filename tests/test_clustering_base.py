@@ -74,7 +74,7 @@ def test_every_mixin_hook_runs_whatever_the_base_order(order):
     trainer = _trainer(3)
     trainer.fit(module, train_dataloaders=TensorBatchLoader(torch.randn(64, 2), 16, batches_per_block=2))
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 / 8)
-    assert "train/loss" in trainer.callback_metrics and module._direct_steps is True
+    assert "train/loss" in trainer.callback_metrics and module._plain_backward is True
 
 
 def test_every_hook_of_the_model_classes_calls_the_next_one():

@@ -21,6 +21,7 @@ from grasp_dl.data.simulate import simulate_catalog
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
 from grasp_dl.errors import ConfigError
+from grasp_dl.models.block_settings import train_batch_limit
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +323,9 @@ class StellarCatalogDataModule(L.LightningDataModule):
         # Device copies stay with the process that made them (ddp_spawn pickles the module).
         return {**self.__dict__, "_device_copies": {}, "_star_cache": {}}
 
-    def _loader(self, split: str, shuffle: bool, batches_per_block: int | None = None) -> TensorBatchLoader:
+    def _loader(
+        self, split: str, shuffle: bool, batches_per_block: int | None = None, max_batches: int | None = None
+    ) -> TensorBatchLoader:
         rank, world = self._rank_and_world()
         return TensorBatchLoader(
             self.split_tensor(split),
@@ -333,6 +336,7 @@ class StellarCatalogDataModule(L.LightningDataModule):
             world_size=world,
             drop_singleton=shuffle,
             batches_per_block=batches_per_block,
+            max_batches=max_batches,
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -353,9 +357,21 @@ class StellarCatalogDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorBatchLoader:
         """Blocks of ``batches_per_step`` shuffled batches of the training rows; each batch's
-        second item indexes train_index."""
+        second item indexes train_index.
+
+        A whole-number ``trainer.limit_train_batches`` counts mini-batches: the loader yields
+        only the first that many of each epoch, so Lightning's own limit (counted in blocks)
+        never binds (:mod:`grasp_dl.models.block_settings`).
+
+        Raises
+        ------
+        ConfigError
+            For a ``limit_train_batches`` fraction other than 0 and 1.0 with ``batches_per_step`` > 1.
+        """
         self._require_setup()
-        return self._loader("train", shuffle=True, batches_per_block=self.batches_per_step)
+        trainer = getattr(self, "trainer", None)
+        limit = None if trainer is None else train_batch_limit(trainer.limit_train_batches, self.batches_per_step)
+        return self._loader("train", shuffle=True, batches_per_block=self.batches_per_step, max_batches=limit)
 
     def val_dataloader(self) -> TensorBatchLoader | list:
         """Validation rows in order (no validation when val_fraction is 0)."""

@@ -111,7 +111,8 @@ class TensorBatchLoader:
     wrapping around, as ``DistributedSampler`` does) so all ranks run the same number of steps.
     A trailing batch of a single star is merged away in training (batch norm needs two).
     With ``batches_per_block`` set, it yields lists of that many consecutive batches instead
-    (the last list may be shorter); ``len()`` then counts blocks.
+    (the last list may be shorter); ``len()`` then counts blocks. ``max_batches`` keeps only the
+    first mini-batches of each epoch (``trainer.limit_train_batches`` counted in mini-batches).
 
     Parameters
     ----------
@@ -131,11 +132,13 @@ class TensorBatchLoader:
         Merge a trailing batch of one star into the batch before it.
     batches_per_block : int, optional
         Yield blocks of this many consecutive mini-batches instead of single mini-batches.
+    max_batches : int, optional
+        Mini-batches per epoch at most (the first of the epoch's order); None for all.
 
     Raises
     ------
     ConfigError
-        If ``batch_size`` or ``batches_per_block`` is not a positive integer.
+        If ``batch_size`` or ``batches_per_block`` is not a positive integer, or ``max_batches`` is negative.
     """
 
     def __init__(
@@ -149,11 +152,14 @@ class TensorBatchLoader:
         world_size: int = 1,
         drop_singleton: bool = True,
         batches_per_block: int | None = None,
+        max_batches: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
         if batches_per_block is not None and batches_per_block < 1:
             raise ConfigError(f"batches_per_block must be a positive integer or None, got {batches_per_block}")
+        if max_batches is not None and max_batches < 0:
+            raise ConfigError(f"max_batches must be a non-negative integer or None, got {max_batches}")
         self.features = features
         self.batch_size = int(batch_size)
         self.sampler = EpochPermutation(seed, shuffle)
@@ -163,6 +169,7 @@ class TensorBatchLoader:
         self.world_size = world_size
         self.drop_singleton = drop_singleton
         self.batches_per_block = batches_per_block
+        self.max_batches = max_batches
 
     @property
     def rows_per_rank(self) -> int:
@@ -175,7 +182,7 @@ class TensorBatchLoader:
         if self.drop_singleton and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
             start, _ = bounds.pop(-2)
             bounds[-1] = (start, n)
-        return bounds
+        return bounds if self.max_batches is None else bounds[: self.max_batches]
 
     def __len__(self) -> int:
         """Mini-batches (or blocks, with ``batches_per_block``) per epoch on this rank."""

@@ -519,8 +519,9 @@ class StartAnchor:
 
     def _stop_training(self) -> None:
         """Stop the fit, and freeze the weights for the steps Lightning still takes before it stops."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer
             return
         trainer.should_stop = True
         for optimizer in trainer.optimizers:

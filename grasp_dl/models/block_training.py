@@ -14,26 +14,39 @@ from torch import Tensor
 from grasp_dl.data.loader import Batch, is_block
 from grasp_dl.models.graph_step import GraphStep, graph_step_for
 
-#: Hooks Lightning runs around every backward pass and optimiser step of manual optimisation.
-STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+#: Hooks Lightning's ``manual_backward`` runs around every backward pass.
+BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
 
 
-def direct_steps_allowed(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """Whether ``loss.backward()`` and the plain optimiser step do all that Lightning's would.
+def plain_backward_allowed(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """Whether ``loss.backward()`` does all that Lightning's ``manual_backward`` would.
 
-    True on one device in full or bf16 precision (no loss scaling) when no callback and not the
-    module override a hook of the step and the optimiser keeps Lightning's step counters; then
-    Lightning's backward and step would only call empty hooks, which cost about 0.4 ms a step on
-    a CPU (a tenth of a step of the default network at batch 256; ``scripts/benchmark_speed.py``).
+    True on one device in full or bf16 precision (no loss scaling) when neither a callback nor
+    the module overrides a hook of the backward pass: then ``manual_backward`` would only call
+    empty hooks, which cost about 0.3 ms a step on a CPU (``scripts/benchmark_speed.py``).
+    The optimiser step always goes through Lightning's optimiser, which counts it.
+
+    Parameters
+    ----------
+    trainer : lightning.Trainer
+        The trainer running the fit.
+    module : lightning.LightningModule
+        The module being trained.
+
+    Returns
+    -------
+    bool
+        Whether the plain backward pass may replace ``manual_backward``.
     """
     plugin = trainer.precision_plugin
     plain_precision = type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None)
-    hooks_used = any(is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks for hook in STEP_HOOKS)
-    module_hooks = (*STEP_HOOKS, "backward", "optimizer_step", "optimizer_zero_grad")
-    hooks_used = hooks_used or any(is_overridden(hook, module, L.LightningModule) for hook in module_hooks)
-    optimizers = trainer.strategy._lightning_optimizers
-    counters = all(hasattr(opt, "_on_before_step") and hasattr(opt, "_on_after_step") for opt in optimizers)
-    return type(trainer.strategy) is SingleDeviceStrategy and plain_precision and not hooks_used and counters
+    hooks_used = any(
+        is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks for hook in BACKWARD_HOOKS
+    )
+    hooks_used = hooks_used or any(
+        is_overridden(hook, module, L.LightningModule) for hook in (*BACKWARD_HOOKS, "backward")
+    )
+    return type(trainer.strategy) is SingleDeviceStrategy and plain_precision and not hooks_used
 
 
 class BlockTraining:
@@ -44,12 +57,14 @@ class BlockTraining:
     tracking), a third of a step of the default network at batch 256:
     ``scripts/benchmark_speed.py`` measured the product path at 0.77 of a bare PyTorch loop.
     Taking the steps of a block inside one ``training_step`` pays that cost once per block;
-    the mini-batches, their order and the optimiser steps are those of the plain loop, and
-    ``global_step`` still counts optimiser steps. Backward and step go through Lightning
-    (``manual_backward``, the wrapped optimiser), so loss scaling and DDP work as before, except
-    where :func:`direct_steps_allowed` shows that Lightning would only call empty hooks: then
-    the step is ``loss.backward()`` and the optimiser's own ``step`` between Lightning's step
-    counters.
+    the mini-batches, their order and the optimiser steps are those of the plain loop.
+
+    Only public Lightning API: every optimiser step goes through the ``LightningOptimizer``'s
+    ``step()``, so Lightning counts it and ``global_step`` (hence ``max_steps``, checkpoints and
+    DEC's ``update_interval``) counts optimiser steps. The backward pass is ``manual_backward``
+    (loss scaling, DDP, backward hooks) except where :func:`plain_backward_allowed` shows that
+    it would only call empty hooks: then it is ``loss.backward()``. A block ends early when
+    ``global_step`` reaches ``trainer.max_steps``, so ``max_steps`` is exact.
 
     A module implements :meth:`batch_loss` (the loss of one mini-batch) and may override
     :meth:`before_batch` (run before each step; returning False ends the block). Epoch-interval
@@ -63,14 +78,14 @@ class BlockTraining:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
-        self._direct_steps = False
+        self._plain_backward = False
         # CUDA-graph steps (grasp_dl/models/graph_step.py), decided at the start of each fit.
         self._graph_step: GraphStep | None = None
 
     def on_train_start(self) -> None:
-        """Decide once per fit whether steps may bypass Lightning's (then empty) hooks."""
+        """Decide once per fit whether the backward pass may bypass Lightning's (then empty) hooks."""
         super().on_train_start()  # type: ignore[misc]
-        self._direct_steps = direct_steps_allowed(self.trainer, self)  # type: ignore[attr-defined, arg-type]
+        self._plain_backward = plain_backward_allowed(self.trainer, self)  # type: ignore[attr-defined, arg-type]
         # --- graphs (grasp_dl/models/graph_step.py): None unless the `graphs` setting captures steps
         self._graph_step = graph_step_for(self, self.trainer)  # type: ignore[arg-type]
 
@@ -83,34 +98,75 @@ class BlockTraining:
         return True
 
     def training_step(self, block: list[Batch] | Batch, batch_idx: int) -> Tensor | None:
-        """One optimiser step per mini-batch of ``block``; returns their star-weighted mean loss."""
+        """One optimiser step per mini-batch of ``block``; returns their star-weighted mean loss.
+
+        Parameters
+        ----------
+        block : list of Batch, or Batch
+            The mini-batches of this training step (one mini-batch counts as a block of one).
+        batch_idx : int
+            The block's index in the epoch.
+
+        Returns
+        -------
+        Tensor or None
+            The star-weighted mean loss of the steps taken; None when none was taken.
+        """
         batches = block if is_block(block) else [block]
+        trainer = self.trainer  # type: ignore[attr-defined]
+        if trainer.max_steps >= 0:  # end the block where max_steps ends the fit
+            batches = batches[: max(trainer.max_steps - trainer.global_step, 0)]
         optimizer = self.optimizers()  # type: ignore[attr-defined]
         if self._graph_step is not None:  # --- graphs: captured steps (grasp_dl/models/graph_step.py)
             return self._graph_step.run_block(batches, optimizer)
-        total, stars = None, 0
+        losses, sizes = [], []
         for batch in batches:
             if not self.before_batch(batch):
                 break
             loss = self.batch_loss(batch)
             optimizer.zero_grad()
-            if self._direct_steps:
+            if self._plain_backward:
                 loss.backward()
-                optimizer._on_before_step()
-                optimizer.optimizer.step()
-                optimizer._on_after_step()
             else:
                 self.manual_backward(loss)  # type: ignore[attr-defined]
-                optimizer.step()
-            weighted = loss.detach() * len(batch[0])
-            total = weighted if total is None else total + weighted
-            stars += len(batch[0])
-        return None if total is None else total / stars
+            optimizer.step()  # Lightning's optimiser: global_step counts it
+            losses.append(loss.detach())
+            sizes.append(len(batch[0]))
+        if not losses:
+            return None
+        # one weighted mean per block, not two tensor operations per step
+        weights = torch.tensor(sizes, dtype=torch.float32, device=losses[0].device)
+        return torch.stack(losses).float() @ weights / sum(sizes)
 
     def on_train_epoch_end(self) -> None:
-        """Log the epoch's means (EpochMeanLogging), then step the epoch-interval schedulers."""
+        """Log the epoch's means (EpochMeanLogging) and ``step``, then step the epoch-interval schedulers."""
         super().on_train_epoch_end()  # type: ignore[misc]
+        self.log_step()
         self.step_epoch_schedulers()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``step`` with the validation metrics."""
+        super().on_validation_epoch_end()  # type: ignore[misc]
+        self.log_step()
+
+    def log_step(self, on_step: bool = False) -> None:
+        """Log ``step`` = optimiser steps taken, and ``epoch``, with the values written now.
+
+        Lightning's loggers take a logged ``step`` as the x axis (without it the x axis would be
+        Lightning's count of training steps, i.e. blocks); they then add no ``epoch`` of their
+        own, so it is logged too (the run history maps steps to epochs with it).
+
+        Parameters
+        ----------
+        on_step : bool, default False
+            True from inside ``training_step`` (with other per-step values), False from an
+            epoch-end hook.
+        """
+        if self.trainer.sanity_checking:  # type: ignore[attr-defined]
+            return
+        options = {"on_step": on_step, "on_epoch": not on_step, "sync_dist": not on_step}
+        self.log("step", float(self.global_step), **options)  # type: ignore[attr-defined]
+        self.log("epoch", float(self.current_epoch), **options)  # type: ignore[attr-defined]
 
     def step_epoch_schedulers(self) -> None:
         """Step every ``interval: epoch`` scheduler; plateau schedulers get their monitored metric."""

@@ -214,6 +214,7 @@ class DECModule(ClusteringModule):
         for j, size in enumerate(sizes.tolist()):
             self.log(f"dec/size_{j}", float(size), on_step=True, on_epoch=False)
         self.log("dec/label_change", changed, on_step=True, on_epoch=False)
+        self.log_step(on_step=True)  # these values' x axis: the optimiser step of the refresh
         return changed
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
