@@ -521,7 +521,7 @@ class StartAnchor:
         """Stop the fit, and freeze the weights for the steps Lightning still takes before it stops."""
         try:
             trainer = self.trainer
-        except RuntimeError:  # not attached to a Trainer
+        except (RuntimeError, AttributeError):  # not attached to a Trainer (or not a LightningModule)
             return
         trainer.should_stop = True
         for optimizer in trainer.optimizers:
