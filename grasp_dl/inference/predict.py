@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from grasp_dl.checkpoints import checkpoint_kind, load_module, read_checkpoint
-from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
+from grasp_dl.data.astrometry import CORRELATION_COLUMN, ERROR_COLUMNS, StarData, astrometry_columns, star_data
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
@@ -25,6 +25,7 @@ from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
 from grasp_dl.inference.membership import ClusterSummary, entropy
 from grasp_dl.inference.no_astrometry import score_without_astrometry
 from grasp_dl.inference.outputs import prediction_output, write_summary
+from grasp_dl.inference.streaming import ReadAhead, WriteBehind
 from grasp_dl.inference.plausibility import (
     StarSample,
     check_table,
@@ -232,8 +233,14 @@ def prepared_star_data(module: Any, ready: PreparedForModule) -> StarData:
     if ready.center is None:
         raise ConfigError("model=xd needs the cluster centre: train with ra and dec among data.features")
     features = list(_preprocessing(module)["features"])
-    rows = ready.table.iloc[np.flatnonzero(ready.prepared.mask)]
-    return star_data(rows, ready.center, astrometry_columns(features), what="model=xd")
+    quantities = astrometry_columns(features)
+    table = ready.table
+    # Copy only the columns star_data reads (all of them when one is missing, for its message).
+    needed = ["ra", "dec", *quantities, *(ERROR_COLUMNS[q] for q in quantities)]
+    if set(needed) <= set(table.columns):
+        table = table[needed + [CORRELATION_COLUMN] * (CORRELATION_COLUMN in table.columns)]
+    rows = table.iloc[np.flatnonzero(ready.prepared.mask)]
+    return star_data(rows, ready.center, quantities, what="model=xd")
 
 
 def score_prepared(
@@ -264,28 +271,31 @@ def score_prepared(
                 for i in range(0, len(scaled), chunk_size)
             ]
         )
-    out = pd.DataFrame(index=range(len(table)))
+    n, mask = len(table), prepared.mask
+    columns: dict[str, np.ndarray] = {}
     if "source_id" in table.columns:
-        out["source_id"] = table["source_id"].to_numpy()
+        columns["source_id"] = table["source_id"].to_numpy()
     else:
-        out["source_id"] = np.arange(first_row, first_row + len(table))
-    labels = np.full(len(table), -1, dtype=np.int64)
-    labels[prepared.mask] = prob.argmax(axis=1)
-    out["label"] = labels
-    full = np.full((len(table), k), np.nan)
-    full[prepared.mask] = prob
+        columns["source_id"] = np.arange(first_row, first_row + n)
+    labels = np.full(n, -1, dtype=np.int64)
+    labels[mask] = prob.argmax(axis=1)
+    columns["label"] = labels
+    # Group by group (rows of ``full``), so that each output column is one contiguous array.
+    full = np.full((k, n), np.nan)
+    full[:, mask] = prob.T
     for j in range(k):
-        out[f"prob_{j}"] = full[:, j]
-    out["member_prob"] = full[:, group]
-    ent = np.full(len(table), np.nan)
-    ent[prepared.mask] = entropy(prob)
-    out["entropy"] = ent
+        columns[f"prob_{j}"] = full[j]
+    columns["member_prob"] = full[group].copy()
+    ent = np.full(n, np.nan)
+    ent[mask] = entropy(prob)
+    columns["entropy"] = ent
     if hasattr(module, "predict_proba_samples"):
-        std = np.full(len(table), np.nan)
-        rows = first_row + np.flatnonzero(prepared.mask)
-        std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size, rows)
-        out["member_prob_std"] = std
-    out["flag"] = prepared.flags.astype(str)
+        std = np.full(n, np.nan)
+        rows = first_row + np.flatnonzero(mask)
+        std[mask] = _member_prob_std(module, scaled, group, chunk_size, rows)
+        columns["member_prob_std"] = std
+    columns["flag"] = prepared.flags.astype(str)
+    out = pd.DataFrame(columns, index=pd.RangeIndex(n), copy=False)
     flag_nonfinite_probabilities(out)
     if score_no_astrometry:
         score_without_astrometry(out, module, table, prepared, ready.center, group)
@@ -417,15 +427,17 @@ def predict_to_file(
         used_center = resolve_center(prep["center"], center, first)
     summary = ClusterSummary(used_center, group)
     sample = StarSample()
-    with CatalogChunkWriter(output) as writer:
-        for table in itertools.chain([first], chunks):
-            ready = prepare_table(module, table, used_center, allow_empty=True)
-            out = score_prepared(
-                module, ready, group, chunk_size, first_row=summary.n_rows, score_no_astrometry=score_no_astrometry
-            )
-            writer.write(out)
-            summary.update(out, table)
-            sample.update(out, table)
+    # The next chunk is read and the last one written while this one is prepared and scored.
+    with ReadAhead(chunks) as rest, CatalogChunkWriter(output) as writer:
+        with WriteBehind(writer.write) as write:
+            for table in itertools.chain([first], rest):
+                ready = prepare_table(module, table, used_center, allow_empty=True)
+                out = score_prepared(
+                    module, ready, group, chunk_size, first_row=summary.n_rows, score_no_astrometry=score_no_astrometry
+                )
+                write.write(out)
+                summary.update(out, table)
+                sample.update(out, table)
         result = with_model_astrometry(summary.result(), module)
         if result["n_scored"] == 0:
             reasons = ", ".join(f"{n} {flag}" for flag, n in result.get("not_scored", {}).items())
