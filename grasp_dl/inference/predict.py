@@ -158,6 +158,7 @@ def prepare_table(
         parallax_over_error_min=prep.get("parallax_over_error_min"),
         mag_range=prep.get("mag_range"),
         allow_empty=allow_empty,
+        already_read=True,
     )
     _check_features(prepared.feature_names, list(prep["feature_names"]), "the catalogue")
     scaled = FeatureScaler.from_state(prep["scaler"]).transform(prepared.features)
