@@ -21,6 +21,7 @@ from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stel
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.data.validation import flag_nonfinite_probabilities
+from grasp_dl.devices import inference_device
 from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
 from grasp_dl.inference.membership import ClusterSummary, entropy
 from grasp_dl.inference.no_astrometry import score_without_astrometry
@@ -63,6 +64,32 @@ def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
     module = load_module(module_class, ckpt_path, kinds=(checkpoint_kind(content),), content=content)
     module.eval()
     return module
+
+
+def scoring_device(module: ClusteringModule, device: str = "auto") -> torch.device:
+    """Where ``module`` scores: the GPU for 'auto' when there is one, else as ``device`` says.
+
+    An error-aware mixture (model=xd) scores with numpy and always stays on the CPU.
+
+    Parameters
+    ----------
+    module : ClusteringModule
+        The model to score with.
+    device : str
+        'auto', 'cpu', 'cuda', 'cuda:N' (as :func:`grasp_dl.devices.inference_device`).
+
+    Returns
+    -------
+    torch.device
+        The device to move the module to.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown device name.
+    """
+    target = inference_device(device)
+    return torch.device("cpu") if hasattr(module, "predict_proba_stars") else target
 
 
 def _check_features(prepared_names: list[str], stored_names: list[str], source: str) -> None:
@@ -493,6 +520,8 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
         written["output's figure"] = figure
     refuse_overwriting_inputs(written, {"data.path": cfg.data.path, "ckpt_path": cfg.ckpt_path})
     module = load_clustering_module(cfg.ckpt_path)
+    # Moved once, before the first chunk: every forward pass then runs where the weights are.
+    module.to(scoring_device(module, str(cfg.get("device", "auto"))))
     summary = predict_to_file(
         module,
         cfg.data.path,
