@@ -433,7 +433,10 @@ def predict_to_file(
     The same table as :func:`predict_catalog`, but memory stays bounded by the chunk: a file is
     read chunk by chunk (only the columns prediction uses), each chunk is prepared, scored and
     appended to a temporary file that replaces ``output`` once complete, and the cluster summary
-    is accumulated on the way. ``center='auto'`` reads the positions once more first.
+    is accumulated on the way. The next chunk is read and the previous one written in background
+    threads while a chunk is scored (:mod:`grasp_dl.inference.streaming`); the module scores
+    where its weights are (``grasp-dl predict`` moves it to the GPU when there is one).
+    ``center='auto'`` reads the positions once more first.
 
     The plausibility guards and the diagnostic figure (written to ``figure`` when given) use a
     bounded uniform random sample of the scored stars collected on the way
