@@ -22,7 +22,7 @@ from grasp_dl.inference.predict import (
     predict_to_file,
     scoring_device,
 )
-from grasp_dl.inference.streaming import ReadAhead, WriteBehind
+from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
 
 from hydra_configs import TINY, compose_config
 
@@ -87,6 +87,23 @@ def test_write_behind_writes_in_order_one_behind_and_raises_the_writers_error():
         with WriteBehind(full_disk) as writer:
             for i in range(4):
                 writer.write(i)
+
+
+def test_scoring_runs_on_one_cpu_thread_and_the_setting_comes_back():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with single_scoring_thread(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="scoring failed"):
+            with single_scoring_thread(torch.device("cpu")):
+                raise RuntimeError("scoring failed")
+        assert torch.get_num_threads() == 2
+        with single_scoring_thread(torch.device("cuda")):  # a GPU scores: the CPU threads stay
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- same results, less work

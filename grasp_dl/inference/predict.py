@@ -26,7 +26,7 @@ from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
 from grasp_dl.inference.membership import ClusterSummary, entropy
 from grasp_dl.inference.no_astrometry import score_without_astrometry
 from grasp_dl.inference.outputs import prediction_output, write_summary
-from grasp_dl.inference.streaming import ReadAhead, WriteBehind
+from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
 from grasp_dl.inference.plausibility import (
     StarSample,
     check_table,
@@ -459,7 +459,8 @@ def predict_to_file(
     summary = ClusterSummary(used_center, group)
     sample = StarSample()
     # The next chunk is read and the last one written while this one is prepared and scored.
-    with ReadAhead(chunks) as rest, CatalogChunkWriter(output) as writer:
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    with ReadAhead(chunks) as rest, CatalogChunkWriter(output) as writer, single_scoring_thread(device):
         with WriteBehind(writer.write) as write:
             for table in itertools.chain([first], rest):
                 ready = prepare_table(module, table, used_center, allow_empty=True)
