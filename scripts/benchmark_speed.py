@@ -380,7 +380,9 @@ def predict_benchmark(n: int, model: str = "dec") -> None:
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
-        timing = {key.strip(): value.strip() for key, _, value in (line.rpartition(":") for line in proc.stderr.splitlines())}
+        timing = {
+            key.strip(): value.strip() for key, _, value in (line.rpartition(":") for line in proc.stderr.splitlines())
+        }
         rss = int(timing["Maximum resident set size (kbytes)"])
         cpu = float(timing["User time (seconds)"]) + float(timing["System time (seconds)"])
         import pyarrow.parquet as pq

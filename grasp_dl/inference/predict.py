@@ -26,7 +26,6 @@ from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
 from grasp_dl.inference.membership import ClusterSummary, entropy
 from grasp_dl.inference.no_astrometry import score_without_astrometry
 from grasp_dl.inference.outputs import prediction_output, write_summary
-from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
 from grasp_dl.inference.plausibility import (
     StarSample,
     check_table,
@@ -34,6 +33,7 @@ from grasp_dl.inference.plausibility import (
     zero_member_prob,
     zero_member_prob_file,
 )
+from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
 from grasp_dl.io_policy import refuse_overwriting_inputs
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.vade import VaDEModule
