@@ -34,12 +34,14 @@ runs the same static-shape step eagerly, on any device) and adds a table of agre
 autoencoder trained two epochs on min(N, 10^5) stars with and without graphs, same seed, and the
 largest relative difference of their block losses and absolute difference of their weights.
 
-`--predict N` times `grasp-dl predict` on N simulated rows (a Parquet file written chunk by chunk):
-wall time and peak memory of the command.
+`--predict N` times `grasp-dl predict` on N simulated rows (a Parquet file written chunk by chunk)
+with a small model trained first (`--predict-model`, default dec): wall time, CPU time and peak
+memory of the command, and the load average (other processes on a shared machine slow it).
 
     python scripts/benchmark_speed.py                          # N = 1e5, 1e6; batch 256, 1024, 4096
     python scripts/benchmark_speed.py --sizes 100000 --batch-sizes 256 --epochs 4 --dec
     python scripts/benchmark_speed.py --sizes --predict 10000000
+    python scripts/benchmark_speed.py --sizes --predict 10000000 --predict-model xd   # the default model
     python scripts/benchmark_speed.py --precision bf16-mixed   # on a GPU
     python scripts/benchmark_speed.py --compile --sizes 100000 --batch-sizes 256
     python scripts/benchmark_speed.py --graphs --sizes 100000 --batch-sizes 256 4096   # on a GPU
@@ -400,19 +402,24 @@ def write_big_catalogue(n: int, path: Path) -> None:
             writer.write(piece)
 
 
-def predict_benchmark(n: int) -> None:
-    """Time `grasp-dl predict` on n simulated rows with a small trained model; print wall time and peak RSS."""
+def predict_benchmark(n: int, model: str = "dec") -> None:
+    """Time `grasp-dl predict` on n simulated rows with a small trained ``model``; print wall time and peak RSS.
+
+    The load average of the machine is printed with it (a shared machine's timings depend on it),
+    and the CPU time (user + system) of the command beside the wall time.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         run = tmp / "run"
+        epochs = ["trainer.max_epochs=2"] + (["model.pretrain_epochs=2"] if model != "xd" else [])
         train = [
             sys.executable,
             "-m",
             "grasp_dl.cli",
             "train",
+            f"model={model}",
             "data.simulate.n_stars=20000",
-            "trainer.max_epochs=2",
-            "model.pretrain_epochs=2",
+            *epochs,
             "trainer.enable_progress_bar=false",
             f"hydra.run.dir={run}",
         ]
@@ -439,12 +446,20 @@ def predict_benchmark(n: int) -> None:
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
-        rss = next(line for line in proc.stderr.splitlines() if "Maximum resident" in line).split(":")[-1]
+        timing = {
+            key.strip(): value.strip() for key, _, value in (line.rpartition(":") for line in proc.stderr.splitlines())
+        }
+        rss = int(timing["Maximum resident set size (kbytes)"])
+        cpu = float(timing["User time (seconds)"]) + float(timing["System time (seconds)"])
         import pyarrow.parquet as pq
 
         rows = pq.ParquetFile(output).metadata.num_rows
-        print("| command | rows in / out | wall time | stars/s | peak RSS |\n|---|---|---|---|---|")
-        print(f"| grasp-dl predict | {n:,} / {rows:,} | {wall:.1f} s | {n / wall:,.0f} | {int(rss) / 2**20:.2f} GiB |")
+        print(f"model={model}, load average {os.getloadavg()[0]:.1f} at the end")
+        print("| command | rows in / out | wall time | CPU time | stars/s | peak RSS |\n|---|---|---|---|---|---|")
+        print(
+            f"| grasp-dl predict | {n:,} / {rows:,} | {wall:.1f} s | {cpu:.1f} s | {n / wall:,.0f} | "
+            f"{rss / 2**20:.2f} GiB |"
+        )
 
 
 def main() -> None:
@@ -467,6 +482,9 @@ def main() -> None:
         help="(a) with CUDA-graph steps (graphs=true; 'static': the same step run eagerly), plus their agreement",
     )
     parser.add_argument("--predict", type=int, default=0, help="time grasp-dl predict on this many rows")
+    parser.add_argument(
+        "--predict-model", default="dec", help="the model --predict trains and scores with (dec, vade, xd)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -526,7 +544,7 @@ def main() -> None:
                     flush=True,
                 )
     if args.predict:
-        predict_benchmark(args.predict)
+        predict_benchmark(args.predict, args.predict_model)
 
 
 if __name__ == "__main__":

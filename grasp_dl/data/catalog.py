@@ -529,7 +529,10 @@ class CatalogChunkWriter:
 
             if self._handle is None:
                 self._schema = pa.Schema.from_pandas(df, preserve_index=False)
-                self._handle = pq.ParquetWriter(self.tmp, self._schema)
+                # Dictionary encoding pays for text (flags, names) only: on float columns it is
+                # tried, fails (every value differs) and doubles the writing time.
+                text = [f.name for f in self._schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+                self._handle = pq.ParquetWriter(self.tmp, self._schema, use_dictionary=text)
             self._handle.write_table(pa.Table.from_pandas(df, schema=self._schema, preserve_index=False))
         else:
             first = self._handle is None

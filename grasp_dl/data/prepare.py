@@ -266,6 +266,7 @@ def prepare_stellar_data(
     mag_range: Sequence[float | None] | None = None,
     mag_column: str = "G",
     allow_empty: bool = False,
+    already_read: bool = False,
 ) -> PreparedCatalog:
     """Select, derive and clean the features of a catalogue.
 
@@ -276,6 +277,8 @@ def prepare_stellar_data(
     ``outlier_removal``, lie more than ``outlier_sigma`` robust sigmas out in any feature are
     flagged and left out of the matrix; ``cuts`` counts each reason. A catalogue with no usable
     star is an error unless ``allow_empty`` (one chunk of a catalogue scored chunk by chunk).
+    With ``already_read``, ``catalog`` is a DataFrame :func:`read_catalog` (or ``iter_catalog``)
+    returned and ``columns`` already applied: it is used as it is, not copied and cleaned again.
 
     Returns
     -------
@@ -292,7 +295,7 @@ def prepare_stellar_data(
     """
     if not features:
         raise ConfigError("no features selected: give at least one, e.g. [ra, dec, pmra, pmdec]")
-    df = read_catalog(catalog, columns)
+    df = catalog if already_read else read_catalog(catalog, columns)
     source = "the catalogue"
     needed = _resolve_feature_columns(df, features)
     require_columns(df, needed, source=source)
@@ -324,9 +327,13 @@ def prepare_stellar_data(
     missing_any = ~finite.all(axis=1) & (flags == FLAG_OK)
     if missing_any.any():
         # One flag per pattern of missing features, e.g. 'missing:parallax+pmra+pmdec'.
-        for pattern in np.unique(~finite[missing_any], axis=0):
-            rows = missing_any & (~finite == pattern).all(axis=1)
-            apply("missing:" + "+".join(np.array(names)[pattern]), rows)
+        # Each row's pattern as one integer, first feature the highest bit: the patterns come in
+        # the order np.unique(axis=0) gives the boolean rows, at the cost of a sort of integers.
+        bits = 1 << np.arange(len(names) - 1, -1, -1, dtype=np.int64)
+        codes = np.where(missing_any, (~finite).astype(np.int64) @ bits, -1)
+        for code in np.unique(codes[missing_any]):
+            pattern = (int(code) & bits) > 0
+            apply("missing:" + "+".join(np.array(names)[pattern]), codes == code)
     for flag, failed in _quality_cuts(df, ruwe_max, parallax_over_error_min, mag_range, mag_column):
         apply(flag, failed)
     if outlier_removal and (flags == FLAG_OK).sum() > 2:

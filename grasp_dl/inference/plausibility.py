@@ -404,6 +404,10 @@ class StarSample:
         self.rng = np.random.default_rng(seed)
         self.n_seen = 0
         self._rows: pd.DataFrame | None = None
+        # Offered rows not merged yet: merging (a sort of the whole sample) waits until they
+        # could fill a sample, which leaves the result unchanged (the smallest keys win).
+        self._pending: list[pd.DataFrame] = []
+        self._n_pending = 0
 
     def update(self, predictions: pd.DataFrame, catalog: pd.DataFrame) -> None:
         """Offer a chunk: its predictions and the catalogue rows they belong to, in the same order.
@@ -424,22 +428,35 @@ class StarSample:
         # Once the sample is full only keys below its largest can enter: most rows of a long stream skip the copy.
         chosen = np.flatnonzero(scored)
         if self._rows is not None and len(self._rows) >= self.size:
-            keep = keys < self._rows["_key"].max()
+            keep = keys < self._largest_key
             chosen, keys = chosen[keep], keys[keep]
             if not len(chosen):
                 return
         columns = [c for c in SAMPLE_COLUMNS if c in catalog.columns]
-        rows = catalog.iloc[chosen][columns].reset_index(drop=True)
+        rows = catalog[columns].iloc[chosen].reset_index(drop=True)
         rows["member_prob"] = predictions["member_prob"].to_numpy(float)[chosen]
         rows["_key"] = keys
-        merged = rows if self._rows is None else pd.concat([self._rows, rows], ignore_index=True)
+        self._pending.append(rows)
+        self._n_pending += len(rows)
+        if self._n_pending >= self.size:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Fold the pending rows into the sample, keeping the ``size`` smallest keys."""
+        if not self._pending:
+            return
+        parts = ([] if self._rows is None else [self._rows]) + self._pending
+        merged = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        self._pending, self._n_pending = [], 0
         if len(merged) > self.size:
             merged = merged.nsmallest(self.size, "_key").reset_index(drop=True)
         self._rows = merged
+        self._largest_key = float(merged["_key"].max())
 
     @property
     def rows(self) -> pd.DataFrame:
         """The sampled rows (catalogue columns + ``member_prob``); empty before any scored star."""
+        self._merge()
         if self._rows is None:
             return pd.DataFrame(columns=["member_prob"])
         return self._rows.drop(columns="_key")
@@ -447,6 +464,7 @@ class StarSample:
     @property
     def scale(self) -> float:
         """Catalogue stars scored per sampled star."""
+        self._merge()
         return self.n_seen / len(self._rows) if self._rows is not None and len(self._rows) else 1.0
 
     def check(self, center: Sequence[float] | None) -> dict[str, Any]:

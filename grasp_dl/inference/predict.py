@@ -15,12 +15,13 @@ import torch
 from omegaconf import DictConfig
 
 from grasp_dl.checkpoints import checkpoint_kind, load_module, read_checkpoint
-from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
+from grasp_dl.data.astrometry import CORRELATION_COLUMN, ERROR_COLUMNS, StarData, astrometry_columns, star_data
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.data.validation import flag_nonfinite_probabilities
+from grasp_dl.devices import inference_device
 from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
 from grasp_dl.inference.membership import ClusterSummary, adopt_model_mean, entropy
 from grasp_dl.inference.no_astrometry import score_without_astrometry
@@ -32,6 +33,7 @@ from grasp_dl.inference.plausibility import (
     zero_member_prob,
     zero_member_prob_file,
 )
+from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
 from grasp_dl.io_policy import refuse_overwriting_inputs
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.vade import VaDEModule
@@ -62,6 +64,32 @@ def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
     module = load_module(module_class, ckpt_path, kinds=(checkpoint_kind(content),), content=content)
     module.eval()
     return module
+
+
+def scoring_device(module: ClusteringModule, device: str = "auto") -> torch.device:
+    """Where ``module`` scores: the GPU for 'auto' when there is one, else as ``device`` says.
+
+    An error-aware mixture (model=xd) scores with numpy and always stays on the CPU.
+
+    Parameters
+    ----------
+    module : ClusteringModule
+        The model to score with.
+    device : str
+        'auto', 'cpu', 'cuda', 'cuda:N' (as :func:`grasp_dl.devices.inference_device`).
+
+    Returns
+    -------
+    torch.device
+        The device to move the module to.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown device name.
+    """
+    target = inference_device(device)
+    return torch.device("cpu") if hasattr(module, "predict_proba_stars") else target
 
 
 def _check_features(prepared_names: list[str], stored_names: list[str], source: str) -> None:
@@ -157,6 +185,7 @@ def prepare_table(
         parallax_over_error_min=prep.get("parallax_over_error_min"),
         mag_range=prep.get("mag_range"),
         allow_empty=allow_empty,
+        already_read=True,
     )
     _check_features(prepared.feature_names, list(prep["feature_names"]), "the catalogue")
     scaled = FeatureScaler.from_state(prep["scaler"]).transform(prepared.features)
@@ -232,8 +261,14 @@ def prepared_star_data(module: Any, ready: PreparedForModule) -> StarData:
     if ready.center is None:
         raise ConfigError("model=xd needs the cluster centre: train with ra and dec among data.features")
     features = list(_preprocessing(module)["features"])
-    rows = ready.table.iloc[np.flatnonzero(ready.prepared.mask)]
-    return star_data(rows, ready.center, astrometry_columns(features), what="model=xd")
+    quantities = astrometry_columns(features)
+    table = ready.table
+    # Copy only the columns star_data reads (all of them when one is missing, for its message).
+    needed = ["ra", "dec", *quantities, *(ERROR_COLUMNS[q] for q in quantities)]
+    if set(needed) <= set(table.columns):
+        table = table[needed + [CORRELATION_COLUMN] * (CORRELATION_COLUMN in table.columns)]
+    rows = table.iloc[np.flatnonzero(ready.prepared.mask)]
+    return star_data(rows, ready.center, quantities, what="model=xd")
 
 
 def score_prepared(
@@ -267,28 +302,31 @@ def score_prepared(
                 for i in range(0, len(scaled), chunk_size)
             ]
         )
-    out = pd.DataFrame(index=range(len(table)))
+    n, mask = len(table), prepared.mask
+    columns: dict[str, np.ndarray] = {}
     if "source_id" in table.columns:
-        out["source_id"] = table["source_id"].to_numpy()
+        columns["source_id"] = table["source_id"].to_numpy()
     else:
-        out["source_id"] = np.arange(first_row, first_row + len(table))
-    labels = np.full(len(table), -1, dtype=np.int64)
-    labels[prepared.mask] = prob.argmax(axis=1)
-    out["label"] = labels
-    full = np.full((len(table), k), np.nan)
-    full[prepared.mask] = prob
+        columns["source_id"] = np.arange(first_row, first_row + n)
+    labels = np.full(n, -1, dtype=np.int64)
+    labels[mask] = prob.argmax(axis=1)
+    columns["label"] = labels
+    # Group by group (rows of ``full``), so that each output column is one contiguous array.
+    full = np.full((k, n), np.nan)
+    full[:, mask] = prob.T
     for j in range(k):
-        out[f"prob_{j}"] = full[:, j]
-    out["member_prob"] = full[:, group]
-    ent = np.full(len(table), np.nan)
-    ent[prepared.mask] = entropy(prob)
-    out["entropy"] = ent
+        columns[f"prob_{j}"] = full[j]
+    columns["member_prob"] = full[group].copy()
+    ent = np.full(n, np.nan)
+    ent[mask] = entropy(prob)
+    columns["entropy"] = ent
     if hasattr(module, "predict_proba_samples"):
-        std = np.full(len(table), np.nan)
-        rows = first_row + np.flatnonzero(prepared.mask)
-        std[prepared.mask] = _member_prob_std(module, scaled, group, chunk_size, rows)
-        out["member_prob_std"] = std
-    out["flag"] = prepared.flags.astype(str)
+        std = np.full(n, np.nan)
+        rows = first_row + np.flatnonzero(mask)
+        std[mask] = _member_prob_std(module, scaled, group, chunk_size, rows)
+        columns["member_prob_std"] = std
+    columns["flag"] = prepared.flags.astype(str)
+    out = pd.DataFrame(columns, index=pd.RangeIndex(n), copy=False)
     flag_nonfinite_probabilities(out)
     if score_no_astrometry:
         score_without_astrometry(out, module, table, prepared, ready.center, group)
@@ -399,7 +437,10 @@ def predict_to_file(
     The same table as :func:`predict_catalog`, but memory stays bounded by the chunk: a file is
     read chunk by chunk (only the columns prediction uses), each chunk is prepared, scored and
     appended to a temporary file that replaces ``output`` once complete, and the cluster summary
-    is accumulated on the way. ``center='auto'`` reads the positions once more first.
+    is accumulated on the way. The next chunk is read and the previous one written in background
+    threads while a chunk is scored (:mod:`grasp_dl.inference.streaming`); the module scores
+    where its weights are (``grasp-dl predict`` moves it to the GPU when there is one).
+    ``center='auto'`` reads the positions once more first.
 
     The plausibility guards and the diagnostic figure (written to ``figure`` when given) use a
     bounded uniform random sample of the scored stars collected on the way
@@ -421,15 +462,18 @@ def predict_to_file(
         used_center = resolve_center(prep["center"], center, first)
     summary = ClusterSummary(used_center, group)
     sample = StarSample()
-    with CatalogChunkWriter(output) as writer:
-        for table in itertools.chain([first], chunks):
-            ready = prepare_table(module, table, used_center, allow_empty=True)
-            out = score_prepared(
-                module, ready, group, chunk_size, first_row=summary.n_rows, score_no_astrometry=score_no_astrometry
-            )
-            writer.write(out)
-            summary.update(out, table)
-            sample.update(out, table)
+    # The next chunk is read and the last one written while this one is prepared and scored.
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    with ReadAhead(chunks) as rest, CatalogChunkWriter(output) as writer, single_scoring_thread(device):
+        with WriteBehind(writer.write) as write:
+            for table in itertools.chain([first], rest):
+                ready = prepare_table(module, table, used_center, allow_empty=True)
+                out = score_prepared(
+                    module, ready, group, chunk_size, first_row=summary.n_rows, score_no_astrometry=score_no_astrometry
+                )
+                write.write(out)
+                summary.update(out, table)
+                sample.update(out, table)
         result = with_model_astrometry(summary.result(), module)
         if result["n_scored"] == 0:
             reasons = ", ".join(f"{n} {flag}" for flag, n in result.get("not_scored", {}).items())
@@ -484,6 +528,8 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
         written["output's figure"] = figure
     refuse_overwriting_inputs(written, {"data.path": cfg.data.path, "ckpt_path": cfg.ckpt_path})
     module = load_clustering_module(cfg.ckpt_path)
+    # Moved once, before the first chunk: every forward pass then runs where the weights are.
+    module.to(scoring_device(module, str(cfg.get("device", "auto"))))
     summary = predict_to_file(
         module,
         cfg.data.path,
