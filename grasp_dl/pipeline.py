@@ -552,10 +552,8 @@ def catalogue_probabilities(module: L.LightningModule, datamodule: StellarCatalo
     Tensor
         Shape (usable stars, n_clusters), in ``datamodule.data`` order.
     """
-    if hasattr(module, "predict_proba_stars"):
-        return torch.as_tensor(module.predict_proba_stars(datamodule.star_data("all", what=type(module).__name__)))
-    if getattr(module, "pool_uses_errors", False):  # an anchored deep model and its error-aware start
-        return module.pooled_proba_stars(datamodule.data, datamodule.star_data("all", what=type(module).__name__))
+    if getattr(module, "scores_with_errors", False):
+        return module.proba_with_errors(datamodule.data, datamodule.star_data("all", what=type(module).__name__))
     return module.predict_proba(datamodule.data)
 
 

@@ -289,12 +289,9 @@ def score_prepared(
     table, prepared, scaled = ready.table, ready.prepared, ready.scaled
     k = module.hparams.n_clusters
     prob = np.empty((0, k))
-    if len(scaled) and hasattr(module, "predict_proba_stars"):
-        # An error-aware model (model=xd) scores each star's astrometry with its own errors.
-        prob = module.predict_proba_stars(prepared_star_data(module, ready))
-    elif len(scaled) and getattr(module, "pool_uses_errors", False):
-        # An anchored deep model pools its probabilities with its error-aware start's (models/start_pool.py).
-        prob = module.pooled_proba_stars(torch.from_numpy(scaled), prepared_star_data(module, ready)).cpu().numpy()
+    if len(scaled) and module.scores_with_errors:
+        # model=xd, or an anchored deep model pooled with its error-aware start: each star's own errors.
+        prob = module.proba_with_errors(torch.from_numpy(scaled), prepared_star_data(module, ready)).cpu().numpy()
     elif len(scaled):
         prob = np.concatenate(
             [

@@ -313,6 +313,34 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, StartAnchor, HardFieldIn
         """
         raise NotImplementedError
 
+    @property
+    def scores_with_errors(self) -> bool:
+        """Whether this model scores stars with their own errors (:meth:`proba_with_errors`), not the features alone.
+
+        True for an error-aware model (``predict_proba_stars``, e.g. ``model=xd``) and for an anchored
+        deep model that pools with an error-aware start (``pool_uses_errors``, models/start_pool.py).
+        """
+        return hasattr(self, "predict_proba_stars") or bool(getattr(self, "pool_uses_errors", False))
+
+    def proba_with_errors(self, x: Tensor, stars: Any) -> Tensor:
+        """Group probabilities of stars scored with their errors: the one rule of train's summary and predict.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features, shape (n, input_dim).
+        stars : StarData
+            The same stars' astrometry, error covariances and radii.
+
+        Returns
+        -------
+        Tensor
+            Shape (n, n_clusters), rows sum to 1.
+        """
+        if hasattr(self, "predict_proba_stars"):
+            return torch.as_tensor(self.predict_proba_stars(stars))
+        return self.pooled_proba_stars(x, stars)
+
     @staticmethod
     def mean_entropy(q: Tensor) -> Tensor:
         """Mean entropy of group probabilities (lower: crisper groups).

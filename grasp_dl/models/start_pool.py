@@ -161,7 +161,7 @@ def start_cluster_probability(mixture: Any, group: int, values: np.ndarray, name
     astrometry = values[:, [names.index(c) for c in columns]]
     radius = np.hypot(values[:, names.index("xi")], values[:, names.index("eta")])
     stars = StarData(astrometry, np.zeros((len(values), d, d)), radius)
-    return np.asarray(mixture.predict_proba(stars), float)[:, int(group)]
+    return start_cluster_probability_stars(mixture, group, stars)
 
 
 def start_cluster_probability_stars(mixture: Any, group: int, stars: StarData) -> np.ndarray:
