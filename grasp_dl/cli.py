@@ -25,7 +25,8 @@ log = logging.getLogger("grasp_dl")
 USAGE = """usage: grasp-dl COMMAND [HYDRA OVERRIDES...]
 
 commands:
-  train      train on a catalogue (default: autoencoder + DEC on the bundled simulated M4-like field)
+  train      train on a catalogue (default: model=auto, the error-aware mixture xd, or DEC where the catalogue lacks
+             error columns; on the bundled simulated M4-like field when no data is given)
              e.g. grasp-dl train data=catalog data.path=my_cone.csv trainer.max_epochs=20
   predict    per-star groups and membership probabilities from a trained checkpoint
              e.g. grasp-dl predict ckpt_path=RUN/checkpoints/last.ckpt data.path=my_cone.csv output=members.parquet

@@ -143,3 +143,15 @@ def test_ddp_cpu_trainer_really_trains_in_two_processes_on_halves_of_the_data(tm
     # each process trained on its own half, and the gradients were averaged: the weights agree
     assert [int(count) for count, _ in seen] == [8, 8]
     assert seen[0][1] == seen[1][1]
+
+
+def test_the_usage_text_names_the_default_model_of_the_train_config():
+    """`grasp-dl --help` says which model a plain `grasp-dl train` uses, as conf/train.yaml composes it."""
+    from omegaconf import OmegaConf
+
+    from grasp_dl.cli import USAGE
+
+    defaults = OmegaConf.load(Path(pipeline.__file__).parents[1] / "conf" / "train.yaml").defaults
+    model = next(entry.model for entry in defaults if not isinstance(entry, str) and "model" in entry)
+    train_line = USAGE[USAGE.index("  train ") : USAGE.index("  predict ")]
+    assert f"default: model={model}" in train_line
