@@ -344,3 +344,27 @@ def test_full_configuration_beats_the_plain_one_on_a_small_hard_field():
         member = q[:, module.decide_cluster_group(dm.data, q)].numpy() > 0.5
         f1[name] = 2 * (member & truth).sum() / (member.sum() + truth.sum())
     assert f1["full"] > 0.45 and f1["full"] > f1["plain"] + 0.3, f1
+
+
+@pytest.mark.slow
+def test_member_prob_std_is_the_spread_of_the_pooled_membership(hard_field_run):
+    """The uncertainty column describes member_prob as reported: the start's pool applied to every draw."""
+    from grasp_dl.inference.predict import prepare_for_module, prepared_star_data
+
+    module = load_clustering_module(hard_field_run.checkpoint)
+    assert module.pool_uses_errors  # experiment=hard_field pools with its error-aware start
+    df = simulate_field("m4", n_stars=1500, seed=12)
+    out, _ = predict_catalog(module, df)
+    ready = prepare_for_module(module, df, None)
+    x = torch.from_numpy(ready.scaled)
+    start, weight = module.pool_start(x, prepared_star_data(module, ready))
+    rows = torch.from_numpy(np.flatnonzero(ready.prepared.mask))
+    g = module.cluster_group
+    pooled = module.predict_proba_samples(x, rows=rows, pool=(start, weight))[1][:, g].numpy()
+    own = module.predict_proba_samples(x, rows=rows)[1][:, g].numpy()
+    reported = out.loc[ready.prepared.mask, "member_prob_std"].to_numpy()
+    np.testing.assert_allclose(reported, pooled, atol=1e-6)
+    assert np.abs(reported - own).max() > 1e-3
+    # where the start is sure of a star, the pooled membership hardly moves between draws
+    sure = (start > 0.999) | (start < 0.001)
+    assert sure.sum() > 100 and np.median(reported[sure]) <= np.median(own[sure])

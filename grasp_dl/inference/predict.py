@@ -131,23 +131,40 @@ def resolve_center(
 
 
 def _member_prob_std(
-    module: VaDEModule, scaled: np.ndarray, group: int, chunk_size: int, rows: np.ndarray | None = None
+    module: VaDEModule,
+    scaled: np.ndarray,
+    group: int,
+    chunk_size: int,
+    rows: np.ndarray | None = None,
+    pool: tuple[np.ndarray, float] | None = None,
 ) -> np.ndarray:
     """Spread of the member probability over draws of z, scored ``chunk_size`` stars at a time.
 
     ``rows`` are the stars' positions in the whole catalogue: they seed each star's draws, so the
-    result does not depend on ``chunk_size``.
+    result does not depend on ``chunk_size``. ``pool`` (the start's cluster probability of each
+    star and its weight) pools every draw as ``member_prob`` is pooled.
     """
     rows = np.arange(len(scaled)) if rows is None else np.asarray(rows)
     parts = [
         module.predict_proba_samples(
-            torch.from_numpy(scaled[i : i + chunk_size]), rows=torch.from_numpy(rows[i : i + chunk_size])
+            torch.from_numpy(scaled[i : i + chunk_size]),
+            rows=torch.from_numpy(rows[i : i + chunk_size]),
+            pool=None if pool is None else (pool[0][i : i + chunk_size], pool[1]),
         )[1][:, group]
         .cpu()
         .numpy()
         for i in range(0, len(scaled), chunk_size)
     ]
     return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _reported_pool(
+    module: ClusteringModule, scaled: np.ndarray, group: int, stars: StarData | None
+) -> tuple[np.ndarray, float] | None:
+    """The start's opinion pooled into ``member_prob`` of these stars (None where it is the model's own)."""
+    if not len(scaled) or not hasattr(module, "pool_start") or group != module.cluster_group:
+        return None
+    return module.pool_start(torch.from_numpy(scaled), stars)
 
 
 @dataclass
@@ -289,9 +306,10 @@ def score_prepared(
     table, prepared, scaled = ready.table, ready.prepared, ready.scaled
     k = module.hparams.n_clusters
     prob = np.empty((0, k))
-    if len(scaled) and module.scores_with_errors:
+    stars = prepared_star_data(module, ready) if len(scaled) and module.scores_with_errors else None
+    if stars is not None:
         # model=xd, or an anchored deep model pooled with its error-aware start: each star's own errors.
-        prob = module.proba_with_errors(torch.from_numpy(scaled), prepared_star_data(module, ready)).cpu().numpy()
+        prob = module.proba_with_errors(torch.from_numpy(scaled), stars).cpu().numpy()
     elif len(scaled):
         prob = np.concatenate(
             [
@@ -320,7 +338,8 @@ def score_prepared(
     if hasattr(module, "predict_proba_samples"):
         std = np.full(n, np.nan)
         rows = first_row + np.flatnonzero(mask)
-        std[mask] = _member_prob_std(module, scaled, group, chunk_size, rows)
+        pool = _reported_pool(module, scaled, group, stars)
+        std[mask] = _member_prob_std(module, scaled, group, chunk_size, rows, pool)
         columns["member_prob_std"] = std
     columns["flag"] = prepared.flags.astype(str)
     out = pd.DataFrame(columns, index=pd.RangeIndex(n), copy=False)
@@ -367,7 +386,8 @@ def predict_catalog(
     the star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy``, and
     ``flag`` (why a row was not scored, '' otherwise). ``center`` as in :func:`resolve_center`.
     A model that draws latent points (VaDE) adds ``member_prob_std`` after ``entropy``: the spread
-    of the member probability over draws z ~ q(z|x). DEC has no such spread, so its table has no
+    of the member probability over draws z ~ q(z|x), each draw pooled with an anchored model's start
+    as ``member_prob`` is. DEC has no such spread, so its table has no
     such column (rather than a 0 that would read as certainty). ``score_no_astrometry`` as in
     :func:`score_prepared`. For catalogues too large to hold, :func:`predict_to_file` streams.
 

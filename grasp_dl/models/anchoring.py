@@ -364,17 +364,43 @@ class StartAnchor:
             cluster group is not the start's, or when the start is error-aware (it needs each
             star's errors: :meth:`pooled_proba_stars`); else the pooled probabilities.
         """
-        kept = self._kept_start()
-        if kept is None or len(q) == 0 or kept[0].get("use_errors"):
-            # An error-aware start scored without the errors would call faint members field stars:
-            # it is pooled only where the stars' errors are given (pooled_proba_stars).
+        pool = self.pool_start(x) if len(q) else None
+        if pool is None:
             return q
-        group = int(kept[0]["group"])
-        start = start_cluster_probability(kept[1], group, *self.physical_features(x))
-        if start is None:
-            return q
-        pooled = pool_groups(q.detach().cpu().double().numpy(), group, start, start_weight(kept[0]))
+        pooled = pool_groups(q.detach().cpu().double().numpy(), self.cluster_group, *pool)
         return torch.as_tensor(pooled, dtype=q.dtype, device=q.device)
+
+    def pool_start(self, x: Tensor, stars: Any = None) -> tuple[np.ndarray, float] | None:
+        """The start's cluster probability of each star and its weight, as the reported membership pools them.
+
+        Parameters
+        ----------
+        x : Tensor
+            Standardised features of the stars.
+        stars : StarData or None
+            The same stars' astrometry, errors and radii; an error-aware start is scored with
+            them, and without them it is not pooled (see :meth:`pooled_proba`).
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, float) or None
+            The start's cluster probability per star (NaN where it cannot score a star: the
+            network's is kept there) and the start's weight (:func:`start_weight`); None when the
+            reported membership is the network's own for these inputs.
+        """
+        kept = self._kept_start()
+        if kept is None:
+            return None
+        record, mixture = kept
+        group = int(record["group"])
+        if stars is not None:
+            start = start_cluster_probability_stars(mixture, group, stars)
+        elif record.get("use_errors"):
+            # An error-aware start scored without the errors would call faint members field stars.
+            return None
+        else:
+            start = start_cluster_probability(mixture, group, *self.physical_features(x))
+        return None if start is None else (start, start_weight(record))
 
     def _kept_start(self) -> tuple[dict[str, Any], Any] | None:
         """The kept start record and its mixture when the pool applies to the named group, else None."""
@@ -412,12 +438,10 @@ class StartAnchor:
             Shape (n, n_clusters); the model's own probabilities when no start is kept.
         """
         q = self.network_proba(x)
-        kept = self._kept_start()
-        if kept is None or len(q) == 0:
+        pool = self.pool_start(x, stars) if len(q) else None
+        if pool is None:
             return q
-        group = int(kept[0]["group"])
-        start = start_cluster_probability_stars(kept[1], group, stars)
-        pooled = pool_groups(q.detach().cpu().double().numpy(), group, start, start_weight(kept[0]))
+        pooled = pool_groups(q.detach().cpu().double().numpy(), self.cluster_group, *pool)
         return torch.as_tensor(pooled, dtype=q.dtype, device=q.device)
 
     def _copy_state(self) -> dict[str, Tensor]:

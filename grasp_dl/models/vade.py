@@ -28,6 +28,7 @@ from grasp_dl.data.training_catalog import TrainingCatalog
 from grasp_dl.errors import ConfigError
 from grasp_dl.models.base import ClusteringModule
 from grasp_dl.models.networks import mlp
+from grasp_dl.models.start_pool import pool_groups
 
 #: Stars per forward pass when a whole catalogue is scored.
 CHUNK_SIZE = 65536
@@ -342,13 +343,19 @@ class VaDEModule(ClusteringModule):
 
     @torch.no_grad()
     def predict_proba_samples(
-        self, x: Tensor, n_samples: int | None = None, rows: Tensor | None = None
+        self,
+        x: Tensor,
+        n_samples: int | None = None,
+        rows: Tensor | None = None,
+        pool: tuple[np.ndarray, float] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation of p(c | z) over ``n_samples`` draws z ~ q(z|x), per star and group.
 
         The draws of each star are seeded by ``hparams.seed`` and the star's row number ``rows``
         (its position in the whole catalogue; ``0..len(x)-1`` by default), so a star gets the
-        same numbers however the catalogue is cut into chunks.
+        same numbers however the catalogue is cut into chunks. With ``pool`` (an anchored model's
+        start, :meth:`pool_start`) every draw is pooled with the start before the spread is taken,
+        so the spread is that of the membership the model reports.
 
         Parameters
         ----------
@@ -358,6 +365,8 @@ class VaDEModule(ClusteringModule):
             Draws per star (None: ``hparams.n_samples``).
         rows : Tensor or None
             Each star's row number in the whole catalogue.
+        pool : tuple of (numpy.ndarray, float) or None
+            The start's cluster probability of each star of ``x`` and its weight in the pool.
 
         Returns
         -------
@@ -373,12 +382,20 @@ class VaDEModule(ClusteringModule):
             mu, logvar = self._encode_eval(chunk)
             eps = self._row_noise(rows[i : i + step], n_samples, mu.shape[1], mu.device)
             gamma = self.posterior(mu + eps * torch.exp(0.5 * logvar), chunk)
+            if pool is not None:
+                gamma = self._pooled_draws(gamma, pool[0][i : i + step], pool[1])
             means.append(gamma.mean(0))
             stds.append(gamma.std(0))
         if not means:
             empty = torch.empty((0, int(self.hparams.n_clusters)), device=x.device)
             return empty, empty.clone()
         return torch.cat(means), torch.cat(stds)
+
+    def _pooled_draws(self, gamma: Tensor, start: np.ndarray, weight: float) -> Tensor:
+        """Each draw's group probabilities (n_samples, n, k) with the cluster group pooled with the start's."""
+        draws = gamma.detach().cpu().double().numpy()
+        pooled = np.stack([pool_groups(draw, self.cluster_group, start, weight) for draw in draws])
+        return torch.as_tensor(pooled, dtype=gamma.dtype, device=gamma.device)
 
     def _row_noise(self, rows: Tensor, n_samples: int, dim: int, device: torch.device) -> Tensor:
         """Standard normal draws (n_samples, len(rows), dim), the same for a row number in any call.
