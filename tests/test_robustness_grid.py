@@ -114,3 +114,32 @@ def test_benchmark_design() -> None:
     assert bench.select_cells([names[0]]) == [bench.BASE]
     cfg = robustness_field_config(0.05, 10000, 1.0, "compact", "bright", 0)
     assert cfg["name"] == names[0]
+
+
+def test_replicates_and_their_table() -> None:
+    bench = _script()
+    base = dict(bench.BASE)
+    cells = bench.replicate_cells([base], 3)
+    assert [c["seed"] for c in cells] == [0, bench.REPLICATE_SEED, bench.REPLICATE_SEED + 1, bench.REPLICATE_SEED + 2]
+    assert {bench.cell_family(c) for c in cells} == {"share0.05_n10000_off1_compact_bright"}
+    assert bench.replicate_cells([base], 0) == [base]
+
+    def row(seed: int, method: str, dpm: float, floor: float, se: float = 0.05, f1: float = 0.9):
+        cell = {**base, "seed": seed}
+        return bench.Row(bench.cell_name(cell), method, **cell, f1=f1, pm_error=dpm, pm_se=se, oracle_pm_error=floor)
+
+    rows = [
+        row(0, "xd", 0.12, 0.08),
+        row(100, "xd", 0.04, 0.05),
+        row(101, "xd", 0.05, 0.12),
+        row(102, "xd", 0.03, 0.02),
+    ]
+    rows.append(row(0, "gmm", 0.5, 0.08))  # a single run is no distribution: left out
+    table = bench.replicate_table(rows, ["xd", "gmm"]).splitlines()
+    assert len(table) == 3 and "gmm" not in table[2]
+    cells_ = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells_[:3] == ["share0.05_n10000_off1_compact_bright", "xd", "4"]
+    assert cells_[5:10] == ["0.060", "0.120", "25%", "0.068", "25%"]
+    z = (0.12**2 + 0.04**2 + 0.05**2 + 0.03**2) / 4 / 0.05**2
+    assert float(cells_[10]) == pytest.approx(z**0.5, abs=0.005)
+    assert bench.replicate_table(rows[:1], ["xd"]) == ""
