@@ -124,6 +124,10 @@ def test_a_model_fitted_mean_is_reported_and_the_members_average_kept():
     assert got["mean_pmra"] == 1.5 and got["mean_pmdec"] == 2.5 and got["mean_source"] == "model"
     assert got["mean_pmra_members"] == 1.0 and got["mean_pmdec_members"] == 2.0
     assert got["mean_pmra_error"] == 0.1 and "mean_parallax" not in got  # no members' parallax: nothing to replace
+    # the model's standard error of its mean replaces the members' (kept beside it)
+    got = adopt_model_mean({**summary, "xd_mean_pmra": 1.5, "xd_mean_pmra_error": 0.2, "xd_mean_pmdec": 2.5})
+    assert got["mean_pmra_error"] == 0.2 and got["mean_pmra_error_members"] == 0.1
+    assert "mean_pmdec_error" not in got  # the members gave none and neither did the model
     # the user named another group: the model's cluster mean is not that group's
     other = adopt_model_mean({**summary, "cluster_group": 2, "xd_mean_pmra": 1.5, "xd_mean_pmdec": 2.5})
     assert other["mean_pmra"] == 1.0 and other["mean_source"] == "members"

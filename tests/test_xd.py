@@ -11,7 +11,7 @@ import torch
 
 from grasp_dl import pipeline
 from grasp_dl.api import DeepClusteringModel
-from grasp_dl.data.astrometry import star_data
+from grasp_dl.data.astrometry import StarData, star_data
 from grasp_dl.data.examples import vb21_field
 from grasp_dl.data.prepare import estimate_center
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
@@ -83,6 +83,43 @@ def test_fitted_mixture_recovers_the_simulated_cluster_mean_pm_within_its_error(
     offset = np.abs(mixture.cluster_mean_[:2] - truth)
     assert (offset < 3.0 * error + 0.01).all(), (mixture.cluster_mean_, truth, error)
     assert _f1(q, catalog["truth"].to_numpy() == "cluster") > 0.9
+
+
+def _model_field(seed: int, n_cluster: int, separation: float, n_field: int = 1500):
+    """Stars drawn from the mixture's own model: a flat field (pm sd 2 mas/yr) and a Plummer cluster."""
+    rng = np.random.default_rng(seed)
+    u = rng.random(n_cluster)
+    radius = np.r_[0.2 * np.sqrt(rng.random(n_field)), np.minimum(0.01 * np.sqrt(u / (1 - u)), 0.2)]
+    mean = np.array([separation, 0.0])
+    pm = np.concatenate([rng.normal(0, 2.0, (n_field, 2)), mean + rng.normal(0, 0.4, (n_cluster, 2))])
+    pm += rng.normal(0, 0.1, pm.shape)
+    return StarData(pm, np.tile(np.eye(2) * 0.01, (len(pm), 1, 1)), radius), mean
+
+
+def test_the_fitted_means_standard_error_counts_the_uncertain_memberships():
+    options = {"n_field": 1, "n_starts": 1, "max_iter": 60, "crowding": False, "dispersion_profile": False}
+    # 40 members a field dispersion's half from the field's mean: memberships are uncertain
+    z, z_members = [], []
+    for seed in range(40):
+        stars, mean = _model_field(seed, 40, 1.0)
+        mixture = ClusterFieldMixture(seed=seed, **options).fit(stars)
+        error = np.sqrt(np.diag(mixture.cluster_mean_cov_))
+        members_error = np.sqrt(mixture.sigma_**2 + 0.01) / np.sqrt(mixture.predict_proba(stars)[:, 0].sum())
+        z.append((mixture.cluster_mean_ - mean) / error)
+        z_members.append((mixture.cluster_mean_ - mean) / members_error)
+    rms, rms_members = np.sqrt(np.mean(np.square(z))), np.sqrt(np.mean(np.square(z_members)))
+    assert 0.8 < rms < 1.2, rms  # the error is honest...
+    assert rms_members > 1.15 and rms_members > rms + 0.08  # ...where the members' alone understates it
+    # certain memberships: the error is the members' own, sqrt(sigma^2 + e^2) / sqrt(N)
+    stars, _ = _model_field(0, 400, 20.0)
+    mixture = ClusterFieldMixture(**options).fit(stars)
+    np.testing.assert_allclose(np.sqrt(np.diag(mixture.cluster_mean_cov_)), math.sqrt(0.17) / 20, rtol=0.15)
+    # kept with the state; a state written before it was kept restores without it
+    state = mixture.state_dict()
+    restored = ClusterFieldMixture().load_state_dict(state)
+    np.testing.assert_allclose(restored.cluster_mean_cov_, mixture.cluster_mean_cov_)
+    old = {k: v for k, v in state.items() if k != "cluster_mean_cov"}
+    assert ClusterFieldMixture().load_state_dict(old).cluster_mean_cov_ is None
 
 
 def test_a_two_percent_cluster_far_in_the_fields_wings_is_found_where_the_legacy_start_failed():
@@ -188,6 +225,10 @@ def test_model_xd_round_trips_through_train_predict_and_load(tmp_path):
     assert _f1(table["member_prob"].to_numpy(), catalog["truth"].to_numpy() == "cluster") > 0.85
     truth = np.asarray(load_simulation_config("m4")["cluster"]["pm_mean"], float)
     assert math.hypot(summary["xd_mean_pmra"] - truth[0], summary["xd_mean_pmdec"] - truth[1]) < 0.15
+    # the reported mean is the fit's, and so is its standard error (the members' is kept beside it)
+    assert summary["mean_source"] == "model" and summary["mean_pmra"] == summary["xd_mean_pmra"]
+    assert summary["mean_pmra_error"] == summary["xd_mean_pmra_error"] > 0
+    assert summary["mean_pmdec_error_members"] > 0
 
     # The notebook facade loads the same checkpoint and predicts the same table.
     estimator = DeepClusteringModel.load(result.checkpoint)

@@ -226,9 +226,12 @@ def adopt_model_mean(summary: dict[str, Any], model_group: int = 0) -> dict[str,
     Averaging the members with member_prob > 0.5 instead treats every member as a cluster star
     and every error as right. On the seven real fields of ``scripts/benchmark_real_fields.py`` the
     fitted mean is 0.005-0.045 mas/yr from the published one, the members' average 0.012-0.069.
-    The members' average stays in the summary as ``mean_<column>_members``; ``mean_<column>_error``
-    stays the members' standard error (the same stars, the same weights to first order);
-    ``mean_source`` says which is reported.
+    The members' average stays in the summary as ``mean_<column>_members``. Where the model gives
+    its mean's standard error (``xd_mean_<column>_error``: robust, counting the uncertainty of
+    every membership) it becomes ``mean_<column>_error`` and the members' moves to
+    ``mean_<column>_error_members``: over 192 simulated fields the members' error understated the
+    fitted mean's real error (rms of error / standard error 1.35, 1.56 with bright members), the
+    model's much less (1.12). ``mean_source`` says which is reported.
 
     Parameters
     ----------
@@ -252,6 +255,10 @@ def adopt_model_mean(summary: dict[str, Any], model_group: int = 0) -> dict[str,
             summary[f"mean_{column}_members"] = summary[f"mean_{column}"]
             summary[f"mean_{column}"] = float(value)
             adopted = True
+            error = summary.get(f"{key}_error")
+            if error is not None and np.isfinite(error):
+                summary[f"mean_{column}_error_members"] = summary.get(f"mean_{column}_error", float("nan"))
+                summary[f"mean_{column}_error"] = float(error)
     summary["mean_source"] = "model" if adopted else "members"
     return summary
 

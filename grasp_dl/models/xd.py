@@ -267,13 +267,23 @@ class XDModule(ClusteringModule):
         Returns
         -------
         dict
-            ``xd_mean_pmra``, ``xd_mean_pmdec`` (and ``xd_mean_parallax``), ``xd_pm_dispersion``,
+            ``xd_mean_pmra``, ``xd_mean_pmdec`` (and ``xd_mean_parallax``), their standard errors
+            ``xd_mean_<name>_error`` (robust, with the membership uncertainty; absent from checkpoints
+            written before they were kept), ``xd_pm_dispersion``,
             ``xd_plummer_scale_deg``, ``xd_crowding_beta``, ``xd_n_field``.
         """
         m = self.fitted_mixture()
         out = {
             f"xd_mean_{name}": float(v) for name, v in zip(("pmra", "pmdec", "parallax"), m.cluster_mean_, strict=False)
         }
+        cov = getattr(m, "cluster_mean_cov_", None)
+        if cov is not None:
+            out.update(
+                {
+                    f"xd_mean_{name}_error": float(math.sqrt(max(v, 0.0)))
+                    for name, v in zip(("pmra", "pmdec", "parallax"), np.diag(cov), strict=False)
+                }
+            )
         out.update(
             xd_pm_dispersion=float(m.sigma_),
             xd_plummer_scale_deg=float(math.exp(m.log_scale_)),
