@@ -588,13 +588,15 @@ def clustering_scores(
 
 
 def training_cluster_lines(result: TrainResult) -> list[str]:
-    """The plausibility verdict and diagnostics of the trained cluster group on the training catalogue,
-    and its astrometry against the literature when ``data.cluster`` names the cluster."""
+    """The plausibility verdict and diagnostics of the trained cluster group on the training catalogue, its mean
+    astrometry (the model's fitted mean where it has one, as predict reports it), and that against the literature
+    when ``data.cluster`` names the cluster."""
     import numpy as np
     import pandas as pd
 
     from grasp_dl.inference.membership import ClusterSummary
     from grasp_dl.inference.plausibility import check_table, finish_summary, report_lines
+    from grasp_dl.inference.predict import with_model_astrometry
 
     datamodule, module = result.datamodule, result.module
     member_prob = result.catalogue_probabilities()[:, module.cluster_group].detach().cpu().numpy()
@@ -608,7 +610,8 @@ def training_cluster_lines(result: TrainResult) -> list[str]:
 
         literature = literature_cluster(datamodule.cluster)
     user_group = module.hparams.get("cluster_group") is not None
-    return report_lines(finish_summary(summary.result(), check, user_group, literature))
+    result_summary = with_model_astrometry(summary.result(), module)  # the mean predict reports, and its error
+    return report_lines(finish_summary(result_summary, check, user_group, literature))
 
 
 def summarise(result: TrainResult, cfg: DictConfig) -> str:

@@ -352,3 +352,30 @@ def test_a_cluster_in_front_of_a_tighter_background_galaxy_is_still_found():
     # the galaxy alone, as a candidate, is tight but not concentrated
     galaxy_check = check_plausibility((labels == 1).astype(float), np.hypot(*features[:, :2].T), features[:, 2:4])
     assert not galaxy_check["cluster_found"] and "not concentrated" in galaxy_check["cluster_reason"]
+
+
+def test_the_cluster_mean_line_gives_errors_and_whose_estimate_it_is():
+    from grasp_dl.inference.plausibility import astrometry_line, report_lines
+
+    summary = {
+        "cluster_found": True,
+        "n_members": 120,
+        "mean_pmra": -12.5,
+        "mean_pmra_error": 0.02,
+        "mean_pmdec": -19.0,
+        "mean_pmdec_error": 0.03,
+        "mean_source": "model",
+    }
+    line = astrometry_line(summary)
+    assert line == (
+        "cluster mean: pmra -12.500 ± 0.020, pmdec -19.000 ± 0.030 mas/yr "
+        "(fitted by the model, 120 members; statistical errors)"
+    )
+    assert line in report_lines(summary)
+    members = astrometry_line({**summary, "mean_source": "members", "mean_parallax": 0.54, "mean_parallax_error": 0.01})
+    assert ", parallax 0.540 ± 0.010 mas (members' weighted mean" in members
+    assert astrometry_line({**summary, "cluster_found": False}) is None  # no cluster: no mean to report
+    assert astrometry_line({**summary, "mean_pmra": float("nan")}) is None
+    assert astrometry_line({**summary, "mean_pmdec_error": float("nan")}).startswith(
+        "cluster mean: pmra -12.500 ± 0.020, pmdec -19.000 mas/yr"
+    )

@@ -211,6 +211,11 @@ def test_model_xd_round_trips_through_train_predict_and_load(tmp_path):
     assert result.checkpoint is not None
     raw = torch.load(result.checkpoint, weights_only=True)
     assert "xd_mixture" in raw["fit_results"] and raw["hyper_parameters"]["n_clusters"] == module.hparams.n_clusters
+    # train's summary reports the mean predict reports: the model's fit, with its own error
+    fitted = module.cluster_astrometry()
+    assert f"cluster mean: pmra {fitted['xd_mean_pmra']:.3f} ± {fitted['xd_mean_pmra_error']:.3f}" in (
+        pipeline.summarise(result, cfg)
+    )
 
     catalog = simulate_field("m4", n_stars=3000, seed=5)
     loaded = load_clustering_module(result.checkpoint)

@@ -532,6 +532,39 @@ def no_cluster_warning(summary: dict[str, Any]) -> str | None:
     return f"warning: no cluster found, members set to 0: {summary.get('cluster_reason', '')}"
 
 
+def astrometry_line(summary: dict[str, Any]) -> str | None:
+    """One line of the cluster's mean proper motion (and parallax) with standard errors, and whose estimate it is.
+
+    Parameters
+    ----------
+    summary : dict
+        A cluster summary (``mean_pmra``, ``mean_pmdec``, their ``_error``; ``mean_parallax``
+        optional; ``mean_source``: ``model`` for a fitted mean, else the members' weighted mean).
+
+    Returns
+    -------
+    str or None
+        None when no cluster was found or the summary has no finite mean proper motion.
+    """
+    if not summary.get("cluster_found", True):
+        return None
+
+    def value(column: str) -> str | None:
+        mean, error = summary.get(f"mean_{column}"), summary.get(f"mean_{column}_error")
+        if mean is None or not np.isfinite(mean):
+            return None
+        return f"{mean:.3f} ± {error:.3f}" if error is not None and np.isfinite(error) else f"{mean:.3f}"
+
+    pmra, pmdec, parallax = value("pmra"), value("pmdec"), value("parallax")
+    if pmra is None or pmdec is None:
+        return None
+    source = "fitted by the model" if summary.get("mean_source") == "model" else "members' weighted mean"
+    line = f"cluster mean: pmra {pmra}, pmdec {pmdec} mas/yr"
+    if parallax is not None:
+        line += f", parallax {parallax} mas"
+    return line + f" ({source}, {summary.get('n_members', 0)} members; statistical errors)"
+
+
 def diagnostics_line(summary: dict[str, Any]) -> str | None:
     """One line of the numbers behind the verdict (share, radius ratio, pm dispersion ratio).
 
@@ -663,5 +696,7 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
     """
     from grasp_dl.data.clusters import literature_lines
 
-    lines = [line for line in (diagnostics_line(summary), no_cluster_warning(summary)) if line]
+    lines = [
+        line for line in (diagnostics_line(summary), astrometry_line(summary), no_cluster_warning(summary)) if line
+    ]
     return lines + literature_lines(summary)

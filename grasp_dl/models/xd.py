@@ -157,7 +157,7 @@ class XDModule(ClusteringModule):
     def initialise_from(self, catalog: TrainingCatalog) -> None:
         """The whole fit: EM on the training stars (called once, at the start of the first fit)."""
         mixture = self.fit_stars(catalog.stars)
-        log.info("xd mixture: %s", mixture.state_dict())
+        log.debug("xd mixture: %s", mixture.state_dict())  # the one-line description is logged by the fit
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int:
         """Nothing trains by gradient: end the epoch (and training) at once after the EM fit."""
