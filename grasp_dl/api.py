@@ -45,7 +45,8 @@ from grasp_dl.figures import plotting
 from grasp_dl.grasp import cluster_statistics
 from grasp_dl.inference.outputs import write_summary
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, prepare_for_module
-from grasp_dl.run_dir import AUTOENCODER_PHASE, CLUSTERING_PHASE, CSV, RunDir
+from grasp_dl.io_policy import refuse_overwriting_inputs
+from grasp_dl.run_dir import AUTOENCODER_PHASE, CLUSTERING_PHASE, CSV, RunDir, summary_path
 from grasp_dl.run_history import history_from_csv, run_history
 
 __all__ = ["DeepClusteringModel", "NotFittedError"]
@@ -764,7 +765,10 @@ class DeepClusteringModel(BaseEstimator):
         ------
         NotFittedError
             Before the model is trained or loaded.
+        ConfigError
+            When ``path`` or its summary is the catalogue file ``data`` itself (nothing is written).
         """
+        refuse_overwriting_inputs({"path": path, "path's summary": summary_path(path)}, {"data": data})
         table, summary = self.predict_table(data, center)
         output = write_catalog(table, path)
         return output, write_summary(summary, output)

@@ -253,6 +253,13 @@ def test_save_and_load_round_trip(field, stepwise, tmp_path):
     # <stem>.summary.json, the name grasp-dl predict gives: a dotted name keeps its dots
     _, dotted = model.save_predictions(field, tmp_path / "members.v2.csv")
     assert dotted.name == "members.v2.summary.json"
+    # predictions written over the catalogue they score are refused, and the catalogue is kept
+    cone = tmp_path / "cone.csv"
+    field.to_csv(cone, index=False)
+    before = cone.read_bytes()
+    with pytest.raises(ConfigError, match="same file as data"):
+        model.save_predictions(cone, cone)
+    assert cone.read_bytes() == before
 
 
 @pytest.mark.slow
