@@ -113,6 +113,11 @@ def test_every_n_epochs_gates_and_missing_logger_is_a_no_op():
     # no TensorBoard logger: nothing to write to, and no error
     callback.on_validation_epoch_end(_trainer(2, 20, loggers=[], datamodule=None), None)
     assert callback._last_logged_step is None
+    # the last epoch draws too: max_epochs reached, or the run stops (early stopping, a one-pass fit)
+    last = [callback._due(_trainer(epoch, 10 * epoch, max_epochs=5, should_stop=False)) for epoch in range(5)]
+    assert last == [False, False, True, False, True]
+    assert callback._due(_trainer(0, 0, max_epochs=20, should_stop=True))
+    assert not callback._due(_trainer(0, 0, max_epochs=-1, should_stop=False))  # max_epochs=-1: no last epoch
     with pytest.raises(ValueError, match="every_n_epochs"):
         TensorBoardFigures(every_n_epochs=0)
     with pytest.raises(ValueError, match="max_stars"):
@@ -130,3 +135,24 @@ def test_sample_uses_training_rows_without_validation_and_stays_fixed():
     # the physical features are those of the catalogue rows drawn
     pmra = first.features[:, first.feature_names.index("pmra")]
     np.testing.assert_allclose(pmra, first.catalog["pmra"].to_numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_without_a_latent_space_gets_its_figures_at_its_one_epoch(tmp_path):
+    """model=xd fits in one pass: its views are drawn then, scored with the errors, without a latent space."""
+    overrides = ["model=xd", "data.simulate.n_stars=3000", "trainer.enable_progress_bar=false"]
+    overrides.append(f"callbacks.tensorboard_figures.max_stars={MAX_STARS}")
+    cfg = compose_config("train", overrides, tmp_path)
+    result = pipeline.train(cfg)
+    events = _events(tmp_path / "tensorboard")
+    images = set(events.Tags()["images"])
+    assert {f"figures/{name}" for name in ("proper_motions", "sky", "cmd", "reliability")} <= images
+    assert "figures/latent_space" not in images and not (tmp_path / "tensorboard" / "projector_config.pbtxt").exists()
+    # the member probabilities drawn are those predict reports: each star scored with its own errors
+    (callback,) = [c for c in pipeline.build_trainer(cfg).callbacks if isinstance(c, TensorBoardFigures)]
+    sample = callback.sample(result.datamodule, torch.device("cpu"))
+    stars = result.datamodule.star_data(sample.split).subset(sample.rows)
+    view = callback.view(result.module, sample.scaled, stars)
+    expected = result.module.proba_with_errors(sample.scaled, stars)[:, 0].numpy()
+    np.testing.assert_allclose(view.member_prob, expected, rtol=1e-5, atol=1e-6)
+    histogram = events.Histograms("assignments/prob_0")[0].histogram_value
+    assert histogram.num == len(sample.rows) and histogram.sum == pytest.approx(float(expected.sum()), rel=1e-4)

@@ -1,7 +1,7 @@
 """TensorBoard views of a training run: figures, the latent embedding and the soft assignments.
 
 :class:`TensorBoardFigures` is a Lightning callback (``conf/callbacks/tensorboard_figures.yaml``):
-at the end of validation every ``every_n_epochs`` epochs it draws a fixed random sample of at
+at the end of validation every ``every_n_epochs`` epochs, and at the last epoch, it draws a fixed random sample of at
 most ``max_stars`` validation stars (training stars when there is no validation split) and
 writes, to every TensorBoard logger of the trainer,
 
@@ -49,13 +49,15 @@ class StarSample:
     feature_names: list[str]
     catalog: Any  # the catalogue rows of these stars (DataFrame) or None
     truth: np.ndarray | None
+    split: str = "train"  # the datamodule split the stars come from
+    rows: np.ndarray | None = None  # their positions in that split
 
 
 @dataclass
 class StarView:
     """What the model makes of a sample: latent points, group probabilities and the cluster's group."""
 
-    latent: np.ndarray
+    latent: np.ndarray | None  # None for a model without a latent space (model=xd)
     prob: np.ndarray | None
     cluster_group: int | None
 
@@ -121,8 +123,17 @@ class TensorBoardFigures(L.Callback):
         self._maybe_log(trainer, pl_module, then="checkpoints, early stopping, epoch end")
 
     def _due(self, trainer: L.Trainer) -> bool:
-        """Whether this epoch is one to log, and not logged yet (validation and epoch end both call)."""
-        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._last_logged_step != trainer.global_step
+        """Whether this epoch is one to log, and not logged yet (validation and epoch end both call).
+
+        Every ``every_n_epochs``-th epoch, and the last one (max_epochs reached, or the run stops:
+        early stopping, or a model fitted in one pass such as model=xd), so every run ends with views.
+        """
+        if self._last_logged_step == trainer.global_step:
+            return False
+        epoch = trainer.current_epoch + 1
+        max_epochs = getattr(trainer, "max_epochs", None)
+        last = bool(getattr(trainer, "should_stop", False)) or (max_epochs is not None and 0 < max_epochs <= epoch)
+        return epoch % self.every_n_epochs == 0 or last
 
     def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, then: str) -> None:
         """Draw and write the views when due; ``then`` names the loop phase that resumes (stage timing)."""
@@ -136,7 +147,10 @@ class TensorBoardFigures(L.Callback):
         mark(f"{module_name}: TensorBoard figures")
         self._last_logged_step = trainer.global_step
         sample = self.sample(datamodule, pl_module.device)
-        view = self.view(pl_module, sample.scaled)
+        stars = None
+        if getattr(pl_module, "scores_with_errors", False) and hasattr(datamodule, "star_data"):
+            stars = datamodule.star_data(sample.split).subset(sample.rows)  # scored as predict scores them
+        view = self.view(pl_module, sample.scaled, stars)
         for writer in writers:
             self.write(writer, sample, view, trainer.global_step)
             writer.flush()
@@ -159,16 +173,23 @@ class TensorBoardFigures(L.Callback):
             catalog = table.iloc[datamodule.usable_rows()[index.numpy()[rows]]].reset_index(drop=True)
             if "truth" in catalog.columns:
                 truth = catalog["truth"].astype(str).to_numpy()
-        return StarSample(scaled, features, list(datamodule.feature_names), catalog, truth)
+        return StarSample(scaled, features, list(datamodule.feature_names), catalog, truth, split, rows)
 
     @staticmethod
     @torch.no_grad()
-    def view(pl_module: L.LightningModule, scaled: torch.Tensor) -> StarView:
-        """Latent points (eval mode) and, for a clustering module, its group probabilities."""
-        latent = pl_module.embed(scaled).float().cpu().numpy()
+    def view(pl_module: L.LightningModule, scaled: torch.Tensor, stars: Any = None) -> StarView:
+        """Latent points (eval mode) and, for a clustering module, its group probabilities.
+
+        ``stars`` (the same stars' astrometry and errors) scores an error-aware model (model=xd, a
+        hard-field model pooled with its error-aware start) as ``grasp-dl predict`` does.
+        """
+        latent = pl_module.embed(scaled).float().cpu().numpy() if hasattr(pl_module, "embed") else None
         if not hasattr(pl_module, "predict_proba"):
             return StarView(latent, None, None)
-        prob = pl_module.predict_proba(scaled).float().cpu().numpy()
+        if stars is not None:
+            prob = torch.as_tensor(pl_module.proba_with_errors(scaled, stars)).float().cpu().numpy()
+        else:
+            prob = pl_module.predict_proba(scaled).float().cpu().numpy()
         group = int(pl_module.cluster_group)
         return StarView(latent, prob, group if 0 <= group < prob.shape[1] else None)
 
@@ -182,7 +203,7 @@ class TensorBoardFigures(L.Callback):
                 writer.add_histogram(f"assignments/prob_{j}", view.prob[:, j], step)
             writer.add_histogram("assignments/max_prob", view.prob.max(axis=1), step)
             writer.add_histogram("assignments/entropy", entropy(view.prob), step)
-        if self.embedding:
+        if self.embedding and view.latent is not None:
             metadata, header = self.metadata(sample, view)
             writer.add_embedding(view.latent, metadata=metadata, metadata_header=header, global_step=step, tag="latent")
 
@@ -207,7 +228,9 @@ class TensorBoardFigures(L.Callback):
         """The figures of a sample: latent space, and the panels its features or catalogue allow."""
         prob, labels = view.member_prob, view.labels
         colour_by = {"member_prob": prob} if prob is not None else {"labels": labels}
-        figures = {"latent_space": plotting.plot_latent_space(view.latent, labels=labels, member_prob=prob)}
+        figures = {}
+        if view.latent is not None:
+            figures["latent_space"] = plotting.plot_latent_space(view.latent, labels=labels, member_prob=prob)
         values = dict(zip(sample.feature_names, sample.features.T, strict=False))
         catalog = sample.catalog
         if "pmra" in values and "pmdec" in values:
