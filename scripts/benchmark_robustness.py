@@ -43,7 +43,8 @@ Hydra with the method's overrides, ``--ae-epochs`` autoencoder and ``--epochs`` 
 Predictions come from ``grasp_dl.inference.predict.predict_catalog`` (what ``grasp-dl predict`` writes).
 
 Per cell and method: member F1, precision and recall of member_prob > 0.5 against the truth on
-the scored stars (those with astrometry), the mean proper-motion error |summary mean - truth|
+the scored stars (those with astrometry), the calibration of member_prob (expected calibration
+error over 15 bins and the Brier score), the mean proper-motion error |summary mean - truth|
 (mas/yr) with the summary's standard error, the same estimator's dPM given the true members (the
 cell's sampling floor: no membership does better on average), ``cluster_found`` (the summary's when the guards set it; else whether the named group
 passes the plausibility check: members' median radius < 0.7 of the other stars' and their
@@ -203,6 +204,8 @@ class Row:
     n_true: int = 0
     pm_error: float = math.nan
     pm_se: float = math.nan
+    ece: float = math.nan
+    brier: float = math.nan
     oracle_pm_error: float = math.nan
     cluster_found: bool | None = None
     found_source: str = ""
@@ -270,6 +273,11 @@ def _scores(row: Row, member_prob: np.ndarray, truth: np.ndarray) -> None:
     row.precision = tp / max(float(member.sum()), 1.0)
     row.recall = tp / max(float(truth.sum()), 1.0)
     row.f1 = 2.0 * tp / max(float(member.sum() + truth.sum()), 1.0)
+    if len(truth):
+        from grasp_dl.metrics import brier_score, expected_calibration_error
+
+        row.ece = expected_calibration_error(member_prob, truth)
+        row.brier = brier_score(member_prob, truth)
 
 
 def _plausibility(row: Row, member_prob: np.ndarray, dm: Any) -> None:
@@ -483,13 +491,16 @@ def names_field(r: Row) -> bool:
 
 
 def summary_table(rows: Sequence[Row], methods: Sequence[str]) -> str:
-    """Markdown: per method, median / min F1, median dPM, cells naming the field, failures."""
+    """Markdown: per method, median / min F1, median dPM, median / max calibration error of member_prob
+    (ECE, 15 bins, against the truth), cells naming the field, failures."""
     header = [
         "method",
         "cells",
         "median F1",
         "min F1",
         "median dPM",
+        "median ECE",
+        "max ECE",
         "field named",
         "cluster_found false (summary)",
         "errors",
@@ -500,6 +511,7 @@ def summary_table(rows: Sequence[Row], methods: Sequence[str]) -> str:
         ok = [r for r in got if not r.error]
         f1 = [r.f1 for r in ok]
         dpm = [r.pm_error for r in ok if not math.isnan(r.pm_error)]
+        ece = [r.ece for r in ok if not math.isnan(r.ece)]
         lines.append(
             "| "
             + " | ".join(
@@ -509,6 +521,8 @@ def summary_table(rows: Sequence[Row], methods: Sequence[str]) -> str:
                     _fmt(statistics.median(f1)) if f1 else "-",
                     _fmt(min(f1)) if f1 else "-",
                     _fmt(statistics.median(dpm)) if dpm else "-",
+                    _fmt(statistics.median(ece)) if ece else "-",
+                    _fmt(max(ece)) if ece else "-",
                     str(sum(names_field(r) for r in ok)),
                     str(sum(r.cluster_found is False and r.found_source == "summary" for r in ok)),
                     str(len(got) - len(ok)),

@@ -143,3 +143,17 @@ def test_replicates_and_their_table() -> None:
     z = (0.12**2 + 0.04**2 + 0.05**2 + 0.03**2) / 4 / 0.05**2
     assert float(cells_[10]) == pytest.approx(z**0.5, abs=0.005)
     assert bench.replicate_table(rows[:1], ["xd"]) == ""
+
+
+def test_scores_include_the_calibration_of_member_prob() -> None:
+    bench = _script()
+    truth = np.r_[np.ones(100, bool), np.zeros(900, bool)]
+    sure = bench.Row("c", "m", **bench.BASE)
+    bench._scores(sure, truth.astype(float), truth)
+    assert sure.f1 == 1.0 and sure.ece == 0.0 and sure.brier == 0.0
+    # the same members, every probability pulled towards 0.5: F1 unchanged, calibration worse
+    hedged = bench.Row("c", "m", **bench.BASE)
+    bench._scores(hedged, np.where(truth, 0.6, 0.4), truth)
+    assert hedged.f1 == 1.0 and hedged.ece == pytest.approx(0.4) and hedged.brier == pytest.approx(0.16)
+    table = bench.summary_table([sure, hedged], ["m"])
+    assert "median ECE" in table and "| 0.200 | 0.400 |" in table
