@@ -713,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     if anchors:
         print("\nThe start anchor: hard-field models without and with it:\n")
         print(anchors)
-    replicates = replicate_table(rows, args.methods)
+    replicates = replicate_table(rows, args.methods) if args.replicates else ""
     if replicates:
         print("\nRealisations of each cell: dPM against the true members' floor (rms z: dPM / its standard error):\n")
         print(replicates)
