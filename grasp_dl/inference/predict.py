@@ -159,10 +159,10 @@ def _member_prob_std(
 
 
 def _reported_pool(
-    module: ClusteringModule, scaled: np.ndarray, group: int, stars: StarData | None
+    module: ClusteringModule, scaled: np.ndarray, stars: StarData | None
 ) -> tuple[np.ndarray, float] | None:
-    """The start's opinion pooled into ``member_prob`` of these stars (None where it is the model's own)."""
-    if not len(scaled) or not hasattr(module, "pool_start") or group != module.cluster_group:
+    """The start's opinion pooled into the reported probabilities of these stars (None where they are the model's own)."""
+    if not len(scaled) or not hasattr(module, "pool_start"):
         return None
     return module.pool_start(torch.from_numpy(scaled), stars)
 
@@ -338,7 +338,7 @@ def score_prepared(
     if hasattr(module, "predict_proba_samples"):
         std = np.full(n, np.nan)
         rows = first_row + np.flatnonzero(mask)
-        pool = _reported_pool(module, scaled, group, stars)
+        pool = _reported_pool(module, scaled, stars)
         std[mask] = _member_prob_std(module, scaled, group, chunk_size, rows, pool)
         columns["member_prob_std"] = std
     columns["flag"] = prepared.flags.astype(str)
