@@ -558,11 +558,14 @@ def astrometry_line(summary: dict[str, Any]) -> str | None:
     pmra, pmdec, parallax = value("pmra"), value("pmdec"), value("parallax")
     if pmra is None or pmdec is None:
         return None
-    source = "fitted by the model" if summary.get("mean_source") == "model" else "members' weighted mean"
+    if summary.get("mean_source") == "model":
+        source = "fitted by the model to every star"
+    else:
+        source = f"weighted mean of the {summary.get('n_members', 0)} stars with member_prob > {MEMBER_THRESHOLD}"
     line = f"cluster mean: pmra {pmra}, pmdec {pmdec} mas/yr"
     if parallax is not None:
         line += f", parallax {parallax} mas"
-    return line + f" ({source}, {summary.get('n_members', 0)} members; statistical errors)"
+    return line + f" ({source}; statistical errors)"
 
 
 def diagnostics_line(summary: dict[str, Any]) -> str | None:
