@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from grasp_dl.data.sky import angular_separation
 
+from scripts_loader import load_script
+
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_real_fields.py"
-    spec = importlib.util.spec_from_file_location("benchmark_real_fields", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_real_fields")
 
 
 def test_variants_cut_the_field_and_keep_the_papers_members_with_their_stars() -> None:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -18,6 +14,8 @@ from grasp_dl.data.simulate import (
 )
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.errors import ConfigError
+
+from scripts_loader import load_script
 
 
 def _radius_arcmin(df) -> np.ndarray:
@@ -91,12 +89,7 @@ def test_bad_cells_raise() -> None:
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_robustness.py"
-    spec = importlib.util.spec_from_file_location("benchmark_robustness", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_robustness")
 
 
 def test_benchmark_design() -> None:
