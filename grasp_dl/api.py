@@ -1,12 +1,12 @@
 """The notebook face: :class:`DeepClusteringModel`, a scikit-learn-style estimator with the seed's method names.
 
-The facade trains through :mod:`grasp_dl.pipeline` with a config composed from ``conf/``, so a
+The facade trains through :mod:`grasp_dl.jobs.train` with a config composed from ``conf/``, so a
 notebook gets the command line's modules, Trainer, callbacks, loggers and checkpoints: ``fit``
 *is* ``grasp-dl train`` on an in-memory catalogue, and the seed's step-by-step methods
 (``prepare_data`` -> ``pretrain_autoencoder`` -> ``train_deep_clustering``) run the same two
 phases one at a time. Predictions go through :func:`grasp_dl.inference.predict.predict_catalog`, exactly
 as ``grasp-dl predict``. The GRASP helpers are in :mod:`grasp_dl.grasp`, device names in
-:mod:`grasp_dl.devices`, run logs in :mod:`grasp_dl.run_history`, GPU memory in :mod:`grasp_dl.gpu`.
+:mod:`grasp_dl.runtime.devices`, run logs in :mod:`grasp_dl.jobs.run_history`, GPU memory in :mod:`grasp_dl.runtime.gpu`.
 
 What a method takes as ``data``: a catalogue path, a DataFrame or astropy Table of Gaia columns,
 an object whose ``.data`` holds one (a GRASP sample), or a plain array of features (stars x
@@ -32,22 +32,22 @@ from omegaconf import DictConfig, open_dict
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
-from grasp_dl import pipeline
-from grasp_dl.config import conf_dir
 from grasp_dl.data.arrays import feature_frame, is_feature_array
 from grasp_dl.data.catalog import read_catalog, write_catalog
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.loader import TensorBatchLoader
 from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog
-from grasp_dl.devices import inference_device, trainer_overrides
-from grasp_dl.errors import ConfigError, GraspDLError
+from grasp_dl.data.statistics import cluster_statistics
 from grasp_dl.figures import plotting
-from grasp_dl.grasp import cluster_statistics
 from grasp_dl.inference.outputs import write_summary
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, prepare_for_module
-from grasp_dl.io_policy import refuse_overwriting_inputs
-from grasp_dl.run_dir import AUTOENCODER_PHASE, CLUSTERING_PHASE, CSV, RunDir, summary_path
-from grasp_dl.run_history import history_from_csv, run_history
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.jobs.run_history import history_from_csv, run_history
+from grasp_dl.runtime.config import conf_dir
+from grasp_dl.runtime.devices import inference_device, trainer_overrides
+from grasp_dl.runtime.errors import ConfigError, GraspDLError
+from grasp_dl.runtime.io_policy import refuse_overwriting_inputs
+from grasp_dl.runtime.run_dir import AUTOENCODER_PHASE, CLUSTERING_PHASE, CSV, RunDir, summary_path
 
 __all__ = ["DeepClusteringModel", "NotFittedError"]
 
@@ -66,9 +66,9 @@ PHASE_LOG_VERSIONS = {AUTOENCODER_PHASE: AUTOENCODER_PHASE, CLUSTERING_PHASE: CL
 class NotFittedError(GraspDLError, SklearnNotFittedError):
     """A :class:`DeepClusteringModel` method needs a trained (or loaded) model, or an earlier step.
 
-    Both a :class:`grasp_dl.errors.GraspDLError` (the command line and notebooks report it in one
+    Both a :class:`grasp_dl.runtime.errors.GraspDLError` (the command line and notebooks report it in one
     line) and a :class:`sklearn.exceptions.NotFittedError` (scikit-learn's tools recognise it).
-    It lives here rather than in :mod:`grasp_dl.errors` so that importing the package's error
+    It lives here rather than in :mod:`grasp_dl.runtime.errors` so that importing the package's error
     types does not import scikit-learn.
     """
 
@@ -470,8 +470,8 @@ class DeepClusteringModel(BaseEstimator):
         autoencoder_ckpt = RunDir.from_config(cfg).last_checkpoint(AUTOENCODER_PHASE)
         self.autoencoder_ = None
         if autoencoder_ckpt.is_file():
-            from grasp_dl.checkpoints import AUTOENCODER, load_module
             from grasp_dl.models.autoencoder import AutoencoderModule
+            from grasp_dl.runtime.checkpoints import AUTOENCODER, load_module
 
             self.autoencoder_ = load_module(AutoencoderModule, autoencoder_ckpt, kinds=(AUTOENCODER,))
         self._set_trained(result, cfg)
@@ -578,9 +578,9 @@ class DeepClusteringModel(BaseEstimator):
         NotFittedError
             Before the model is trained or loaded.
         ConfigError
-            If ``data`` is a slice of a prepared matrix (see :func:`grasp_dl.alignment.split_prepared`).
+            If ``data`` is a slice of a prepared matrix (see :func:`grasp_dl.data.rows.split_prepared`).
         """
-        from grasp_dl.alignment import split_prepared
+        from grasp_dl.data.rows import split_prepared
 
         data, rows = split_prepared(data, "predict_clusters")
         table, _ = self.predict_table(data, center)
@@ -677,7 +677,7 @@ class DeepClusteringModel(BaseEstimator):
         NotFittedError
             Before the model is trained or loaded.
         """
-        from grasp_dl.alignment import split_prepared
+        from grasp_dl.data.rows import split_prepared
 
         data, rows = split_prepared(data, "get_latent_representation")
         module = self._fitted_module()

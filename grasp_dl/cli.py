@@ -13,12 +13,12 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from grasp_dl.config import conf_dir
-from grasp_dl.errors import ConfigError, GraspDLError
-from grasp_dl.io_policy import install_sigterm_cleanup, refuse_finished_run_dir_early
-from grasp_dl.optional import check_cli_plugins
-from grasp_dl.short_process import freeze_for_exit, heavy_imports, pause_collector, resume_collector
-from grasp_dl.stage_timer import mark
+from grasp_dl.runtime.config import conf_dir
+from grasp_dl.runtime.errors import ConfigError, GraspDLError
+from grasp_dl.runtime.io_policy import install_sigterm_cleanup, refuse_finished_run_dir_early
+from grasp_dl.runtime.optional import check_cli_plugins
+from grasp_dl.runtime.short_process import freeze_for_exit, heavy_imports, pause_collector, resume_collector
+from grasp_dl.runtime.stage_timer import mark
 
 log = logging.getLogger("grasp_dl")
 
@@ -66,10 +66,10 @@ def train_task(cfg: DictConfig) -> float | None:
 
     Returns ``cfg.optimized_metric`` (a sweeper maximises or minimises it) when one is set.
     """
-    mark("imports: torch, Lightning (grasp_dl.pipeline)")
+    mark("imports: torch, Lightning (grasp_dl.jobs.train)")
     with heavy_imports():
-        from grasp_dl import pipeline
-    from grasp_dl.io_policy import prepare_run_dir
+        from grasp_dl.jobs import train as pipeline
+    from grasp_dl.runtime.io_policy import prepare_run_dir
 
     prepare_run_dir(cfg.paths.output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
     metric = cfg.get("optimized_metric")
@@ -88,8 +88,8 @@ def train_task(cfg: DictConfig) -> float | None:
 def predict_task(cfg: DictConfig) -> None:
     """grasp-dl predict: write the per-star table and the cluster summary, and say where."""
     with heavy_imports():
-        from grasp_dl.inference.membership import MEMBER_THRESHOLD
         from grasp_dl.inference.predict import predict_command
+        from grasp_dl.membership.rules import MEMBER_THRESHOLD
 
     summary, output, summary_path = predict_command(cfg)
     print(
@@ -99,7 +99,7 @@ def predict_task(cfg: DictConfig) -> None:
     unscored = summary.get("not_scored", {})
     if unscored:
         print("not scored: " + "; ".join(f"{n} {flag}" for flag, n in unscored.items()))
-    from grasp_dl.inference.plausibility import report_lines
+    from grasp_dl.membership.guards import report_lines
 
     for line in report_lines(summary):
         print(line)
@@ -111,7 +111,7 @@ def predict_task(cfg: DictConfig) -> None:
 def evaluate_task(cfg: DictConfig) -> None:
     """grasp-dl evaluate: print the metrics table and where it was saved."""
     with heavy_imports():
-        from grasp_dl.evaluation import evaluate_command
+        from grasp_dl.jobs.evaluate import evaluate_command
         from grasp_dl.metrics import format_metrics
 
     metrics, output = evaluate_command(cfg)
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     sys.argv = [f"grasp-dl-{command}", *overrides]
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
-    entry_point = argv is None  # this process runs one command and ends (see grasp_dl.short_process)
+    entry_point = argv is None  # this process runs one command and ends (see grasp_dl.runtime.short_process)
     if entry_point:
         pause_collector()  # until the command's modules are imported
     try:

@@ -34,8 +34,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 from torchmetrics.functional.clustering import calinski_harabasz_score, davies_bouldin_score
 
-from grasp_dl.errors import ConfigError
-from grasp_dl.inference.membership import MEMBER_THRESHOLD
+from grasp_dl.membership.rules import MEMBER_THRESHOLD
+from grasp_dl.runtime.errors import ConfigError
 
 #: Predicted label of a row that was not scored (failed cuts, no prediction).
 UNSCORED = -1
@@ -541,7 +541,7 @@ def evaluate_clustering(
     ConfigError
         If an input is empty, malformed or of a length other than ``true_labels``'.
     """
-    from grasp_dl.alignment import on_prepared_rows
+    from grasp_dl.data.rows import on_prepared_rows
 
     # Labels per catalogue row meet a feature matrix from prepare_stellar_data on its rows.
     true_labels, predicted_labels, predicted_member, member_prob = on_prepared_rows(

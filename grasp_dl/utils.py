@@ -15,8 +15,8 @@ from grasp_dl.data.prepare import create_color_features, prepare_stellar_data
 LAZY_UTILITIES = {
     "evaluate_clustering": "grasp_dl.metrics",
     "plot_cluster_comparison": "grasp_dl.figures.plotting",
-    "gpu_memory_usage": "grasp_dl.gpu",
-    "optimize_hyperparameters": "grasp_dl.search",
+    "gpu_memory_usage": "grasp_dl.runtime.gpu",
+    "optimize_hyperparameters": "grasp_dl.jobs.search",
 }
 
 __all__ = [

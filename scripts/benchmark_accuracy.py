@@ -10,7 +10,7 @@ every method clusters the same usable stars (``dm.data``):
 * ``default`` -- what ``grasp-dl train`` trains with no model choice (``model=auto``: the
   error-deconvolved spatial mixture ``model=xd``, or ``model.fallback_model`` when the catalogue
   lacks error columns), through the product path: ``conf/train.yaml`` composed by Hydra,
-  ``grasp_dl.pipeline.train`` on the shared data module, predictions from
+  ``grasp_dl.jobs.train.train`` on the shared data module, predictions from
   ``grasp_dl.inference.predict.predict_catalog`` (what ``grasp-dl predict`` writes). Its group
   count is the model's own (xd: the BIC's); it also reports ``dPM`` (|summary mean PM - truth|,
   mas/yr) and the summary's ``cluster_found``.
@@ -33,7 +33,7 @@ optimiser of ``conf/model/dec.yaml`` (the product's; Adam, lr 1e-4), VaDE with i
 How to read the table
 ---------------------
 * ``F1``  -- member F1 of the group the method *names* as the cluster, with no truth used:
-  the rule of :mod:`grasp_dl.inference.membership` (most concentrated on the sky, tightest in proper
+  the rule of :mod:`grasp_dl.membership.rules` (most concentrated on the sky, tightest in proper
   motion) picks the group, and a star is a member when its probability of that group is > 0.5
   (HDBSCAN: when its label is that group). This is what a user gets.
 * ``F1*`` -- the oracle member F1: the best F1 of any group against the truth. It says whether
@@ -54,7 +54,7 @@ Ablation of the hard-field ingredients (``--ablation``)
 -----------------------------------------------------
 Each ingredient of :mod:`grasp_dl.models.ingredients` switched on and off, for DEC and VaDE
 from one shared autoencoder per field, and for the error-deconvolved mixture alone (``XD``,
-:mod:`grasp_dl.models.deconvolution`, which is also what ``init=xd`` starts the deep models
+:mod:`grasp_dl.mixtures.deconvolution`, which is also what ``init=xd`` starts the deep models
 from). Rows: ``plain`` (init=gmm_features, nothing else), ``full`` (init=xd with its spatial
 profile and error deconvolution, spatial_prior, noise_augmentation), ``full`` minus one
 ingredient (errors: no deconvolution and no noise augmentation; spatial: no Plummer profile
@@ -96,7 +96,7 @@ from sklearn.mixture import GaussianMixture
 
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import SIMULATED_FIELDS, load_simulation_config
-from grasp_dl.inference.membership import MEMBER_THRESHOLD, choose_cluster_group
+from grasp_dl.membership.rules import MEMBER_THRESHOLD, choose_cluster_group
 from grasp_dl.metrics import evaluate_clustering
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
@@ -281,7 +281,7 @@ def compose_default(name: str, seed: int, ae_epochs: int, epochs: int, out: str)
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    from grasp_dl.config import conf_dir
+    from grasp_dl.runtime.config import conf_dir
 
     overrides = [f"data={name}", f"seed={seed}", f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false"]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -300,8 +300,8 @@ def run_default(
     """Train the product's default setting on the field's data module and score what it predicts."""
     import tempfile
 
-    from grasp_dl import pipeline
     from grasp_dl.inference.predict import predict_catalog
+    from grasp_dl.jobs import train as pipeline
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -588,7 +588,7 @@ def _pm_error(dm: StellarCatalogDataModule, member_prob: np.ndarray, truth_pm: S
     """|cluster_summary's mean proper motion - truth| over the usable stars (mas/yr)."""
     import pandas as pd
 
-    from grasp_dl.inference.membership import cluster_summary
+    from grasp_dl.membership.rules import cluster_summary
 
     catalog = dm.table.iloc[dm.usable_rows()].reset_index(drop=True)
     predictions = pd.DataFrame({"label": np.zeros(len(member_prob), int), "member_prob": member_prob})
@@ -668,7 +668,7 @@ def ablation_xd(
     seed: int,
 ) -> AblationRow:
     """The error-deconvolved spatial mixture alone, on the usable stars; component 0 is the cluster."""
-    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
     from grasp_dl.models.ingredients import xd_options
 
     start = time.perf_counter()

@@ -24,7 +24,7 @@ members with large errors, a cluster inside the field's proper motions. The trut
 
 Methods (``--method``, repeatable)
 ----------------------------------
-* ``xd`` -- :func:`grasp_dl.models.cluster_field.fit_membership`, the product's error-deconvolved
+* ``xd`` -- :func:`grasp_dl.mixtures.cluster_field.fit_membership`, the product's error-deconvolved
   spatial mixture (``model=xd``), fitted on every star of the cone;
 * ``xd-legacy`` -- the original ``SpatialDeconvolvedMixture(3)`` with its built-in start,
   component 0 the cluster (what ``init=xd`` used to start from);
@@ -210,20 +210,20 @@ class Scored:
 
 def method_xd(field: Field, options: dict[str, Any]) -> Scored:
     """The product's error-deconvolved spatial mixture (model=xd)."""
-    from grasp_dl.models.cluster_field import fit_membership
+    from grasp_dl.mixtures.cluster_field import fit_membership
 
     stars = star_data(field.catalog, field.center, ("pmra", "pmdec", "parallax"))
     result = fit_membership(stars, **options)
     fitted = tuple(float(v) for v in result.cluster_mean[:2])
     cov = result.mixture.cluster_mean_cov_
     se = float(np.hypot(*np.sqrt(np.diag(cov)[:2]))) if cov is not None else float("nan")
-    # model=xd's summary reports the fitted mean (grasp_dl.inference.membership.adopt_model_mean) and its error
+    # model=xd's summary reports the fitted mean (grasp_dl.membership.rules.adopt_model_mean) and its error
     return Scored(result.member_prob, fitted, result.describe(), reported_pm=fitted, reported_pm_se=se)
 
 
 def method_xd_legacy(field: Field, options: dict[str, Any]) -> Scored:
     """SpatialDeconvolvedMixture(3) with its built-in start; component 0 is the cluster."""
-    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
 
     stars = star_data(field.catalog, field.center, ("pmra", "pmdec", "parallax"))
     mixture = SpatialDeconvolvedMixture(3, **options).fit(stars)
@@ -305,8 +305,8 @@ def summary_mean_pm(catalog: pd.DataFrame, member_prob: np.ndarray, inverse_vari
 
 
 def product_mean_pm(catalog: pd.DataFrame, member_prob: np.ndarray) -> np.ndarray:
-    """The product summary's members' mean pm (:class:`grasp_dl.inference.membership.ClusterSummary`)."""
-    from grasp_dl.inference.membership import cluster_summary
+    """The product summary's members' mean pm (:class:`grasp_dl.membership.rules.ClusterSummary`)."""
+    from grasp_dl.membership.rules import cluster_summary
 
     predictions = pd.DataFrame({"label": np.zeros(len(catalog), int), "member_prob": np.nan_to_num(member_prob)})
     summary = cluster_summary(predictions, catalog.reset_index(drop=True), None, 0)

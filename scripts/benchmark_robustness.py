@@ -37,7 +37,7 @@ Methods
   with the start anchor off (``model.anchor.weight=0 model.anchor.fallback=false``), to measure
   what the anchor (``grasp_dl/models/anchoring.py``) changes.
 
-Deep models run the product path: ``grasp_dl.pipeline.train`` on ``conf/train.yaml`` composed by
+Deep models run the product path: ``grasp_dl.jobs.train.train`` on ``conf/train.yaml`` composed by
 Hydra with the method's overrides, ``--ae-epochs`` autoencoder and ``--epochs`` clustering epochs
 (short by default), no logger or callbacks; each cell's data module is built once and shared.
 Predictions come from ``grasp_dl.inference.predict.predict_catalog`` (what ``grasp-dl predict`` writes).
@@ -230,7 +230,7 @@ def quiet() -> None:
 
 def has_model_xd() -> bool:
     """Whether the product has ``model=xd`` (conf/model/xd.yaml)."""
-    from grasp_dl.config import conf_dir
+    from grasp_dl.runtime.config import conf_dir
 
     return (Path(conf_dir()) / "model" / "xd.yaml").is_file()
 
@@ -241,8 +241,8 @@ def compose(method: str, cell: dict[str, Any], args: argparse.Namespace, out: st
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    from grasp_dl.config import conf_dir
     from grasp_dl.data.simulate import robustness_field_config
+    from grasp_dl.runtime.config import conf_dir
 
     overrides = [
         *OVERRIDES[method],
@@ -302,7 +302,7 @@ def oracle_pm_error(dm: Any, truth_pm: np.ndarray) -> float:
     """
     import pandas as pd
 
-    from grasp_dl.inference.membership import cluster_summary
+    from grasp_dl.membership.rules import cluster_summary
 
     catalog = dm.table.iloc[dm.usable_rows()].reset_index(drop=True)
     truth = (catalog["truth"].to_numpy().astype(str) == "cluster").astype(float)
@@ -321,8 +321,8 @@ def _found(row: Row, summary: dict[str, Any]) -> None:
 
 def run_product(method: str, cell: dict[str, Any], dm: Any, truth_pm: np.ndarray, args: argparse.Namespace) -> Row:
     """Train one product method on the cell's data module, predict the catalogue, score it."""
-    from grasp_dl import pipeline
     from grasp_dl.inference.predict import predict_catalog
+    from grasp_dl.jobs import train as pipeline
 
     row = Row(cell_name(cell), method, **cell)
     start = time.perf_counter()
@@ -367,8 +367,8 @@ def run_xd_direct(cell: dict[str, Any], dm: Any, truth_pm: np.ndarray) -> Row:
     """The error-deconvolved spatial mixture alone on the usable stars (component 0 = the cluster)."""
     import pandas as pd
 
-    from grasp_dl.inference.membership import cluster_summary
-    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+    from grasp_dl.membership.rules import cluster_summary
+    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
     from grasp_dl.models.ingredients import xd_options
 
     row = Row(cell_name(cell), "xd", **cell)
@@ -395,7 +395,7 @@ def run_gmm(cell: dict[str, Any], dm: Any, truth_pm: np.ndarray) -> Row:
     import pandas as pd
     from sklearn.mixture import GaussianMixture
 
-    from grasp_dl.inference.membership import choose_cluster_group, cluster_summary
+    from grasp_dl.membership.rules import choose_cluster_group, cluster_summary
 
     row = Row(cell_name(cell), "gmm", **cell)
     start = time.perf_counter()
@@ -417,7 +417,7 @@ def run_gmm(cell: dict[str, Any], dm: Any, truth_pm: np.ndarray) -> Row:
 
 def run_cell(cell: dict[str, Any], methods: Sequence[str], args: argparse.Namespace) -> list[Row]:
     """Every method on one cell (one data module shared by all)."""
-    from grasp_dl.pipeline import build_datamodule
+    from grasp_dl.jobs.train import build_datamodule
 
     with tempfile.TemporaryDirectory() as tmp:
         dm = build_datamodule(compose("default", cell, args, tmp))

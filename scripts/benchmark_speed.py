@@ -4,7 +4,7 @@ For each catalogue size N and batch size it trains the default autoencoder (5-64
 norm, dropout, the configured Adam) three ways:
 
   (a) lightning  the product path as a user runs it: conf/train.yaml composed by Hydra with
-                 model=autoencoder (and model=dec for --dec), run by grasp_dl.pipeline.train with
+                 model=autoencoder (and model=dec for --dec), run by grasp_dl.jobs.train.train with
                  the default callbacks (progress bar, checkpoints, early stopping, TensorBoard
                  figures) and the TensorBoard logger
   (b) bare       a plain PyTorch loop over pre-batched tensors on the device (no framework, no
@@ -220,7 +220,7 @@ def _config(
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from grasp_dl.config import conf_dir
+    from grasp_dl.runtime.config import conf_dir
 
     overrides = [
         f"data.simulate.n_stars={n}",
@@ -251,7 +251,7 @@ def _steady_rate(n_rows: int, times: list[float]) -> float:
 
 def run_paired(n: int, batch_size: int, epochs: int, dec: bool, precision: str, compile_: bool) -> dict:
     """(a), (b) and (c) interleaved step for step in one process; stars per second of each."""
-    from grasp_dl import pipeline
+    from grasp_dl.jobs import train as pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _config(n, batch_size, epochs, dec, precision, compile_, tmp, paired=True)
@@ -265,7 +265,7 @@ def run_paired(n: int, batch_size: int, epochs: int, dec: bool, precision: str, 
 
 def run_alone(method: str, n: int, batch_size: int, epochs: int, precision: str) -> None:
     """One method alone, for its peak resident memory: (a) the product path, (b) or (c) a floor loop."""
-    from grasp_dl import pipeline
+    from grasp_dl.jobs import train as pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _config(n, batch_size, epochs, False, precision, False, tmp)
@@ -321,8 +321,8 @@ def run_agreement(n: int, batch_size: int, epochs: int, precision: str, graphs: 
     """The autoencoder trained with and without graphs from one seed: how far their losses and weights drift apart."""
     import torch
 
-    from grasp_dl import pipeline
-    from grasp_dl.models.graph_step import use_graphs
+    from grasp_dl.engine.graph_step import use_graphs
+    from grasp_dl.jobs import train as pipeline
 
     losses, weights, steps, counts = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:

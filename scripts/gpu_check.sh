@@ -13,7 +13,7 @@
 #
 # Afterwards: when (a) with graphs beats the eager bare loop (b) clearly at both batch sizes and
 # precisions and the agreement table shows the losses agree, set GRAPHS_PAY_ON_CUDA = True in
-# grasp_dl/models/graph_step.py (graphs=auto then captures on CUDA) and put the tables in the README.
+# grasp_dl/engine/graph_step.py (graphs=auto then captures on CUDA) and put the tables in the README.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}

@@ -2,8 +2,8 @@
 
 It runs ``grasp-dl train`` (the bundled example, the default model; extra overrides with --set)
 as a user does, one process per run, into a temporary run directory, with stage timing on
-(:mod:`grasp_dl.stage_timer`: the environment variable ``GRASP_DL_STAGE_TIMES`` and the callback
-:class:`grasp_dl.callbacks.StageTimerCallback`). Each phase lasts from its mark to the next one, so
+(:mod:`grasp_dl.runtime.stage_timer`: the environment variable ``GRASP_DL_STAGE_TIMES`` and the callback
+:class:`grasp_dl.jobs.callbacks.StageTimerCallback`). Each phase lasts from its mark to the next one, so
 the phases add up to the process's wall time: from the moment it is spawned (Python start-up)
 to the moment it has exited (interpreter teardown included).
 
@@ -35,10 +35,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grasp_dl.stage_timer import ENV_VAR, STARTUP_PHASE, phase_durations, read_marks  # noqa: E402
+from grasp_dl.runtime.stage_timer import ENV_VAR, STARTUP_PHASE, phase_durations, read_marks  # noqa: E402
 
 #: The callback that marks Lightning's loop, added to the run's callbacks.
-CALLBACK_OVERRIDE = "+callbacks.stage_timer._target_=grasp_dl.callbacks.StageTimerCallback"
+CALLBACK_OVERRIDE = "+callbacks.stage_timer._target_=grasp_dl.jobs.callbacks.StageTimerCallback"
 #: The phase during which the result has been printed (the user has it from then on).
 RESULT_PRINTED = "Hydra job end"
 

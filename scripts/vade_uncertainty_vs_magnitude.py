@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from grasp_dl.config import conf_dir
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import SIMULATED_FIELDS, load_simulation_config
 from grasp_dl.inference.predict import predict_catalog
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.vade import VaDEModule
+from grasp_dl.runtime.config import conf_dir
 
 MAG_EDGES = (10.0, 15.0, 17.0, 18.0, 19.0, 20.0, 21.0)
 

@@ -8,7 +8,7 @@ import lightning as L
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from grasp_dl.config import conf_dir
+from grasp_dl.runtime.config import conf_dir
 
 #: Overrides that make any training config a few-second run on a small simulated field.
 TINY = [

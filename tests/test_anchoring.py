@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from grasp_dl.errors import ConfigError
 from grasp_dl.models.anchoring import (
     ANCHOR_DEFAULTS,
     StartAnchor,
@@ -19,6 +18,7 @@ from grasp_dl.models.anchoring import (
     group_check,
     membership_agreement,
 )
+from grasp_dl.runtime.errors import ConfigError
 
 NAMES = ["xi", "eta", "pmra", "pmdec", "parallax"]
 
@@ -211,8 +211,8 @@ def test_collapsing_case_ends_no_worse_than_its_start(tmp_path, model: str) -> N
     """A faint 2% cluster in a bulge field (hard-field VaDE/DEC drift from their xd start without the anchor)."""
     from omegaconf import open_dict
 
-    from grasp_dl import pipeline
     from grasp_dl.data.simulate import robustness_field_config
+    from grasp_dl.jobs import train as pipeline
     from tests.hydra_configs import compose_config
 
     cfg = compose_config(

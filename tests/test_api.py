@@ -14,10 +14,9 @@ from matplotlib.figure import Figure
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from grasp_dl import DeepClusteringModel, pipeline
+from grasp_dl import DeepClusteringModel
 from grasp_dl.api import NotFittedError
 from grasp_dl.data.simulate import simulate_field
-from grasp_dl.errors import CatalogError, ConfigError, GraspDLError
 from grasp_dl.figures.plotting import (
     plot_cluster_comparison,
     plot_cmd,
@@ -27,9 +26,11 @@ from grasp_dl.figures.plotting import (
     plot_sky,
     plot_training_history,
 )
-from grasp_dl.gpu import gpu_memory_usage
 from grasp_dl.grasp import add_membership_columns, cluster_statistics
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.runtime.errors import CatalogError, ConfigError, GraspDLError
+from grasp_dl.runtime.gpu import gpu_memory_usage
 
 from hydra_configs import TINY, compose_config
 

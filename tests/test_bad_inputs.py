@@ -24,15 +24,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grasp_dl import pipeline
 from grasp_dl.api import DeepClusteringModel
 from grasp_dl.cli import main
 from grasp_dl.data.catalog import iter_catalog, read_catalog, write_catalog
 from grasp_dl.data.prepare import prepare_stellar_data
 from grasp_dl.data.simulate import simulate_field
-from grasp_dl.errors import CatalogError, CheckpointError, ConfigError, GraspDLError
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, predict_to_file
-from grasp_dl.io_policy import prepare_run_dir
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.runtime.errors import CatalogError, CheckpointError, ConfigError, GraspDLError
+from grasp_dl.runtime.io_policy import prepare_run_dir
 
 from hydra_configs import compose_config
 

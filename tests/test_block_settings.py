@@ -1,8 +1,8 @@
 """Block training through public Lightning API, and trainer settings that count what their names say.
 
 A Lightning training step is a block of ``data.batches_per_step`` mini-batches with one optimiser
-step each (grasp_dl.models.block_training); ``max_steps``, ``limit_train_batches`` and
-``log_every_n_steps`` still count optimiser steps / mini-batches (grasp_dl.models.block_settings).
+step each (grasp_dl.engine.block_training); ``max_steps``, ``limit_train_batches`` and
+``log_every_n_steps`` still count optimiser steps / mini-batches (grasp_dl.engine.block_settings).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 import grasp_dl
-from grasp_dl import pipeline
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.loader import TensorBatchLoader
 from grasp_dl.data.simulate import load_simulation_config
-from grasp_dl.errors import ConfigError
+from grasp_dl.engine.block_settings import block_trainer_options, check_block_settings, train_batch_limit
+from grasp_dl.jobs import train as pipeline
 from grasp_dl.models.autoencoder import AutoencoderModule
-from grasp_dl.models.block_settings import block_trainer_options, check_block_settings, train_batch_limit
 from grasp_dl.models.dec import DECModule
+from grasp_dl.runtime.errors import ConfigError
 
 from hydra_configs import compose_config
 

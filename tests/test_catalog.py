@@ -21,7 +21,7 @@ from grasp_dl.data.catalog import (
     require_numeric,
     write_catalog,
 )
-from grasp_dl.errors import CatalogError
+from grasp_dl.runtime.errors import CatalogError
 
 BIG_ID = 2814893910504602496  # a real Gaia DR3 source_id: needs all 64 bits, float64 would corrupt it
 

@@ -15,20 +15,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from grasp_dl import pipeline
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.loader import TensorBatchLoader
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog, TrainingCatalogSource
-from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.engine.block_training import BlockTraining
+from grasp_dl.engine.epoch_means import EpochMeanLogging
+from grasp_dl.jobs import train as pipeline
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
-from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.dec import DECModule
-from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.ingredients import HardFieldIngredients
 from grasp_dl.models.optim import build_optimizers
 from grasp_dl.models.vade import VaDEModule
+from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 from hydra_configs import TINY, compose_config
 

@@ -20,7 +20,7 @@ from grasp_dl.data.clusters import (
 )
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.examples import vb21_field, vb21_field_path
-from grasp_dl.errors import CatalogError
+from grasp_dl.runtime.errors import CatalogError
 
 
 def test_the_shipped_table_has_170_clusters():

@@ -15,7 +15,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from grasp_dl import pipeline
+from grasp_dl.jobs import train as pipeline
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.vade import VaDEModule
@@ -150,8 +150,9 @@ def test_the_usage_text_names_the_default_model_of_the_train_config():
     from omegaconf import OmegaConf
 
     from grasp_dl.cli import USAGE
+    from grasp_dl.runtime.config import conf_dir
 
-    defaults = OmegaConf.load(Path(pipeline.__file__).parents[1] / "conf" / "train.yaml").defaults
+    defaults = OmegaConf.load(conf_dir() / "train.yaml").defaults
     model = next(entry.model for entry in defaults if not isinstance(entry, str) and "model" in entry)
     train_line = USAGE[USAGE.index("  train ") : USAGE.index("  predict ")]
     assert f"default: model={model}" in train_line

@@ -8,7 +8,7 @@ import torch
 
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
-from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 SIM = load_simulation_config("m4") | {"n_stars": 3000}
 

@@ -8,11 +8,11 @@ from sklearn.metrics import adjusted_rand_score
 
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config
-from grasp_dl.errors import ConfigError
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule
 from grasp_dl.models.clustering import groups_from_responsibilities, soft_assign, target_distribution
 from grasp_dl.models.dec import DECModule
+from grasp_dl.runtime.errors import ConfigError
 
 
 def test_soft_assignment_matches_a_hand_computed_case():
@@ -178,7 +178,7 @@ def test_python_defaults_match_the_yaml_defaults():
 
     from omegaconf import OmegaConf
 
-    from grasp_dl.config import conf_dir
+    from grasp_dl.runtime.config import conf_dir
 
     yaml = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / "dec.yaml"))
     signature = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from grasp_dl.data import examples
-from grasp_dl.errors import CatalogError
+from grasp_dl.runtime.errors import CatalogError
 
 
 def test_pal13_is_the_raw_archive_export() -> None:

@@ -1,4 +1,4 @@
-"""CUDA-graph training steps (grasp_dl/models/graph_step.py).
+"""CUDA-graph training steps (grasp_dl/engine/graph_step.py).
 
 On a CPU the step that would be captured runs eagerly with its fixed-size buffers (``static``),
 through the same Lightning path, and must leave every weight, batch-norm statistic, DEC target
@@ -12,15 +12,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from grasp_dl import pipeline
-from grasp_dl.config import conf_dir
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config
-from grasp_dl.errors import ConfigError
+from grasp_dl.engine.graph_step import GraphStep, graph_step_for, host_syncs, make_capturable, use_graphs
+from grasp_dl.jobs import train as pipeline
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
-from grasp_dl.models.graph_step import GraphStep, graph_step_for, host_syncs, make_capturable, use_graphs
 from grasp_dl.models.vade import VaDEModule
+from grasp_dl.runtime.config import conf_dir
+from grasp_dl.runtime.errors import ConfigError
 
 from hydra_configs import TINY, compose_config
 

@@ -11,20 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
-from grasp_dl import DeepClusteringModel, pipeline
+from grasp_dl import DeepClusteringModel
 from grasp_dl.data.astrometry import StarData, error_covariances, star_data
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.prepare import prepare_stellar_data
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
-from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.inference.no_astrometry import FLAG_NO_ASTROMETRY, no_astrometry_rows
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture, plummer_log_density
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
-from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture, plummer_log_density
 from grasp_dl.models.model_selection import choose_n_clusters
 from grasp_dl.models.spatial import RadialPrior, radius_from_features
 from grasp_dl.models.vade import VaDEModule
+from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 from hydra_configs import TINY, compose_config
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grasp_dl.inference.membership import (
+from grasp_dl.membership.rules import (
     choose_cluster_group,
     cluster_scores,
     cluster_summary,
@@ -95,7 +95,7 @@ def test_summary_means_weight_members_by_their_errors():
 
 
 def test_summary_streamed_in_chunks_equals_the_whole():
-    from grasp_dl.inference.membership import ClusterSummary
+    from grasp_dl.membership.rules import ClusterSummary
 
     rng = np.random.default_rng(2)
     error = np.exp(rng.uniform(np.log(0.02), np.log(2.0), 3000))
@@ -115,7 +115,7 @@ def test_summary_streamed_in_chunks_equals_the_whole():
 
 
 def test_a_model_fitted_mean_is_reported_and_the_members_average_kept():
-    from grasp_dl.inference.membership import adopt_model_mean
+    from grasp_dl.membership.rules import adopt_model_mean
 
     summary = {"cluster_group": 0, "mean_pmra": 1.0, "mean_pmdec": 2.0, "mean_pmra_error": 0.1}
     adopt_model_mean({**summary})  # a copy: nothing to adopt without the model's keys

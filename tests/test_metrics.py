@@ -10,7 +10,6 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from grasp_dl.errors import ConfigError
 from grasp_dl.metrics import (
     HIGHER_IS_BETTER,
     INFO_KEYS,
@@ -22,6 +21,7 @@ from grasp_dl.metrics import (
     internal_scores,
     reliability_curve,
 )
+from grasp_dl.runtime.errors import ConfigError
 
 CLASSES = np.array(["cluster", "field", "galaxy", "tails"])
 

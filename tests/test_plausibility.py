@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grasp_dl.inference.membership import choose_cluster_group, decide_cluster_group
-from grasp_dl.inference.plausibility import (
+from grasp_dl.inference.predict import predict_command
+from grasp_dl.membership.guards import (
     MAX_PM_DISPERSION_RATIO,
     MAX_RADIUS_RATIO,
     StarSample,
@@ -18,7 +18,7 @@ from grasp_dl.inference.plausibility import (
     weighted_median,
     zero_member_prob_file,
 )
-from grasp_dl.inference.predict import predict_command
+from grasp_dl.membership.rules import choose_cluster_group, decide_cluster_group
 
 NAMES = ["xi", "eta", "pmra", "pmdec", "parallax"]
 CONE = 0.2  # degrees
@@ -256,7 +256,7 @@ def test_diagnostic_figure_has_four_panels_and_the_verdict(tmp_path):
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory):
     """A DEC checkpoint trained by the real pipeline on a small simulated M4-like field (a few seconds)."""
-    from grasp_dl import pipeline
+    from grasp_dl.jobs import train as pipeline
 
     from hydra_configs import TINY, compose_config
 
@@ -325,7 +325,7 @@ def test_predict_writes_the_figure_and_zeroes_a_field_without_cluster(trained_ch
 
 
 def test_the_decision_judges_a_bounded_subset_of_a_large_catalogue(monkeypatch):
-    import grasp_dl.inference.membership as membership
+    import grasp_dl.membership.rules as membership
 
     rng = np.random.default_rng(9)
     features = np.vstack([_cluster(rng, 600, a=0.02), _field(rng, 9400)])
@@ -355,7 +355,7 @@ def test_a_cluster_in_front_of_a_tighter_background_galaxy_is_still_found():
 
 
 def test_the_cluster_mean_line_gives_errors_and_whose_estimate_it_is():
-    from grasp_dl.inference.plausibility import astrometry_line, report_lines
+    from grasp_dl.membership.guards import astrometry_line, report_lines
 
     summary = {
         "cluster_found": True,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from grasp_dl.errors import ConfigError
 from grasp_dl.figures.plotting import reliability_diagram
+from grasp_dl.runtime.errors import ConfigError
 
 
 def test_reliability_diagram_plots_the_curve_and_counts(tmp_path):

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grasp_dl import pipeline
 from grasp_dl.data.catalog import read_catalog, write_catalog
 from grasp_dl.data.simulate import simulate_field
-from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, predict_to_file
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 from hydra_configs import TINY, compose_config
 

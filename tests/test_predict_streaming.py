@@ -9,12 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from grasp_dl import pipeline
 from grasp_dl.data.catalog import CatalogChunkWriter, write_catalog
 from grasp_dl.data.prepare import prepare_stellar_data
 from grasp_dl.data.simulate import simulate_field
-from grasp_dl.errors import CatalogError, ConfigError
-from grasp_dl.inference.plausibility import StarSample
 from grasp_dl.inference.predict import (
     load_clustering_module,
     predict_catalog,
@@ -23,6 +20,9 @@ from grasp_dl.inference.predict import (
     scoring_device,
 )
 from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.membership.guards import StarSample
+from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 from hydra_configs import TINY, compose_config
 

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from grasp_dl import create_color_features, prepare_stellar_data
-from grasp_dl.alignment import PreparedFeatures
+from grasp_dl.data.feature_matrix import PreparedFeatures
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center
-from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 
 def _cone(n=400, ra0=10.0, dec0=-20.0, seed=0):

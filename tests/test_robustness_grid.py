@@ -13,7 +13,7 @@ from grasp_dl.data.simulate import (
     simulate_catalog,
 )
 from grasp_dl.data.sky import gnomonic_project
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 from scripts_loader import load_script
 

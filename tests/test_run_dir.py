@@ -7,10 +7,10 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from grasp_dl import pipeline
-from grasp_dl.errors import ConfigError
 from grasp_dl.inference.outputs import prediction_output, write_summary
-from grasp_dl.run_dir import RunDir, metrics_path, reliability_path, summary_path
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.runtime.errors import ConfigError
+from grasp_dl.runtime.run_dir import RunDir, metrics_path, reliability_path, summary_path
 
 from hydra_configs import compose_config
 

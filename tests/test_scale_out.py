@@ -13,7 +13,8 @@ import torch
 from omegaconf import open_dict
 from sklearn.metrics import adjusted_rand_score
 
-from grasp_dl import optimize_hyperparameters, pipeline
+from grasp_dl import optimize_hyperparameters
+from grasp_dl.jobs import train as pipeline
 
 from hydra_configs import TINY, compose_config
 
@@ -72,7 +73,7 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(tmp_path):
     data = uninterrupted.datamodule.data
     torch.testing.assert_close(resumed.module.predict_proba(data), uninterrupted.module.predict_proba(data))
     # an explicit clustering checkpoint resumes the clustering phase, not the autoencoder phase
-    from grasp_dl.pipeline import resume_point
+    from grasp_dl.jobs.train import resume_point
 
     final = tmp_path / "crash" / "checkpoints" / "last.ckpt"
     assert resume_point(str(final), tmp_path, two_phase=True).final == str(final)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from grasp_dl.data.scaling import FeatureScaler
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 
 def test_robust_scaler_ignores_outliers():

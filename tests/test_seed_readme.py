@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import grasp_dl
-from grasp_dl import search
 from grasp_dl.data.simulate import simulate_field
+from grasp_dl.jobs import search
 
 # ----------------------------------------------------------------------------- the seed's blocks
 

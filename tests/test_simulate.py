@@ -18,7 +18,7 @@ from grasp_dl.data.simulate import (
     simulate_field,
 )
 from grasp_dl.data.sky import angular_separation, gnomonic_deproject, gnomonic_project
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 FLOAT_COLUMNS = [c for c in COLUMNS if c not in ("source_id", "astrometric_params_solved", "truth")]
 ASTROMETRY = ["parallax", "parallax_error", "pmra", "pmra_error", "pmdec", "pmdec_error"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grasp_dl.data.astrometry import StarData
-from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
 from grasp_dl.models.start_pool import (
     POOL_KEY,
     describe_pool,
@@ -66,7 +66,7 @@ def test_the_kept_start_scores_stars_as_the_fitted_one_after_a_json_round_trip()
 
 
 def test_cluster_field_start_round_trips() -> None:
-    from grasp_dl.models.cluster_field import ClusterFieldMixture
+    from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
 
     x, _ = _field_and_cluster(1500, 100)
     stars = StarData(x[:, 2:4], np.tile(np.eye(2) * 0.01, (len(x), 1, 1)), np.hypot(x[:, 0], x[:, 1]))

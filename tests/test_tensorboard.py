@@ -9,11 +9,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from grasp_dl import pipeline
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.figures.tensorboard import TensorBoardFigures, read_scalars
-from grasp_dl.run_history import run_history
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.jobs.run_history import run_history
 
 from hydra_configs import TINY, compose_config
 

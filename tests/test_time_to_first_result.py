@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from grasp_dl import pipeline, stage_timer
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.runtime import stage_timer
 
 from hydra_configs import compose_config
 
@@ -122,7 +123,7 @@ def test_astropy_tables_are_still_read_when_astropy_comes_late():
 def test_heavy_imports_freeze_and_resume_a_paused_collector():
     code = (
         "import gc\n"
-        "from grasp_dl import short_process\n"
+        "from grasp_dl.runtime import short_process\n"
         "with short_process.heavy_imports():\n"
         "    import json\n"
         "assert gc.isenabled() and gc.get_freeze_count() == 0  # not paused: nothing happens\n"
@@ -226,7 +227,7 @@ def test_breakdown_covers_every_phase_and_adds_up_to_the_wall_time(tmp_path, cap
         stage_timer.STARTUP_PHASE,
         stage_timer.IMPORT_PHASE,
         "CLI checks, Hydra: compose the config, run directory, logging",
-        "imports: torch, Lightning (grasp_dl.pipeline)",
+        "imports: torch, Lightning (grasp_dl.jobs.train)",
         "pipeline: read (or simulate) and prepare the catalogue",
         "pipeline: build the Trainer (callbacks, loggers)",
         "XDModule: mixture initialisation",

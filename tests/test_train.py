@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from grasp_dl import pipeline
+from grasp_dl.jobs import train as pipeline
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
 

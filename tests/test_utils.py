@@ -11,17 +11,18 @@ import pandas as pd
 import pytest
 
 import grasp_dl
-from grasp_dl import search, utils
-from grasp_dl.errors import GraspDLError, MissingDependencyError
-from grasp_dl.optional import import_optional
+from grasp_dl import utils
+from grasp_dl.jobs import search
+from grasp_dl.runtime.errors import GraspDLError, MissingDependencyError
+from grasp_dl.runtime.optional import import_optional
 
 SEED_UTILITIES = {
     "prepare_stellar_data": "grasp_dl.data.prepare",
     "create_color_features": "grasp_dl.data.prepare",
     "evaluate_clustering": "grasp_dl.metrics",
     "plot_cluster_comparison": "grasp_dl.figures.plotting",
-    "gpu_memory_usage": "grasp_dl.gpu",
-    "optimize_hyperparameters": "grasp_dl.search",
+    "gpu_memory_usage": "grasp_dl.runtime.gpu",
+    "optimize_hyperparameters": "grasp_dl.jobs.search",
 }
 
 

@@ -7,17 +7,17 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from grasp_dl import pipeline
 from grasp_dl.data.datamodule import StellarCatalogDataModule
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
 from grasp_dl.data.training_catalog import TrainingCatalog
-from grasp_dl.errors import ConfigError
-from grasp_dl.evaluation import evaluate_command
-from grasp_dl.inference.membership import entropy
 from grasp_dl.inference.outputs import write_predictions
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.jobs.evaluate import evaluate_command
+from grasp_dl.membership.rules import entropy
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.vade import VaDEModule, mixture_log_joint
+from grasp_dl.runtime.errors import ConfigError
 
 from hydra_configs import TINY, compose_config
 

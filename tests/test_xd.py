@@ -9,23 +9,23 @@ import pandas as pd
 import pytest
 import torch
 
-from grasp_dl import pipeline
 from grasp_dl.api import DeepClusteringModel
 from grasp_dl.data.astrometry import StarData, star_data
 from grasp_dl.data.examples import vb21_field
 from grasp_dl.data.prepare import estimate_center
 from grasp_dl.data.simulate import load_simulation_config, simulate_field
-from grasp_dl.errors import CatalogError, ConfigError
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog
-from grasp_dl.models.cluster_field import (
+from grasp_dl.jobs import train as pipeline
+from grasp_dl.mixtures.cluster_field import (
     ClusterFieldMixture,
     pack,
     packed_inverse,
     packed_logpdf,
     unpack,
 )
-from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
 from grasp_dl.models.xd import XDModule
+from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 from hydra_configs import compose_config
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 
 def is_feature_array(data: Any) -> bool:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from grasp_dl.errors import CatalogError
+from grasp_dl.runtime.errors import CatalogError
 
 if TYPE_CHECKING:  # astropy is imported when a FITS, VOTable or ECSV file or an astropy Table is met
     from astropy.table import Column, Table

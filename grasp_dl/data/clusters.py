@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from grasp_dl.errors import CatalogError
+from grasp_dl.runtime.errors import CatalogError
 
 #: Gaia EDR3 systematic floor of a cluster's mean proper motion, per axis (mas/yr).
 PM_SYSTEMATIC = 0.025

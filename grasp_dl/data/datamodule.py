@@ -14,14 +14,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
 from grasp_dl.data.catalog import read_catalog
-from grasp_dl.data.loader import TensorBatchLoader, is_block
+from grasp_dl.data.loader import TensorBatchLoader, is_block, train_batch_limit
 from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.simulate import simulate_catalog
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
-from grasp_dl.errors import ConfigError
-from grasp_dl.models.block_settings import train_batch_limit
+from grasp_dl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class StellarCatalogDataModule(L.LightningDataModule):
     on all usable stars, and split into training and validation rows by ``seed``. ``cluster``
     names a globular cluster (:mod:`grasp_dl.data.clusters`, forgiving spelling): its published
     centre is used when ``center`` is None, and predictions compare the recovered astrometry
-    with the published one; an unknown name raises :class:`~grasp_dl.errors.CatalogError`.
+    with the published one; an unknown name raises :class:`~grasp_dl.runtime.errors.CatalogError`.
 
     Training batches come in blocks of ``batches_per_step`` mini-batches of ``batch_size``
     stars: one Lightning training step takes one optimiser step per mini-batch, so the
@@ -361,7 +360,7 @@ class StellarCatalogDataModule(L.LightningDataModule):
 
         A whole-number ``trainer.limit_train_batches`` counts mini-batches: the loader yields
         only the first that many of each epoch, so Lightning's own limit (counted in blocks)
-        never binds (:mod:`grasp_dl.models.block_settings`).
+        never binds (:mod:`grasp_dl.engine.block_settings`).
 
         Raises
         ------

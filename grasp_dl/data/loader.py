@@ -5,7 +5,7 @@ cores whatever the model, and on a GPU it would be the whole cost of an epoch. H
 is one gather by a shuffled permutation followed by contiguous slices (views).
 
 Training loaders can hand out *blocks*: lists of consecutive mini-batches that one Lightning
-``training_step`` consumes with one optimiser step each (:mod:`grasp_dl.models.block_training`),
+``training_step`` consumes with one optimiser step each (:mod:`grasp_dl.engine.block_training`),
 so the framework's fixed cost per step is paid once per block.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 #: A mini-batch: standardised features and the rows of the split they come from.
 Batch = tuple[Tensor, Tensor]
@@ -219,3 +219,40 @@ class TensorBatchLoader:
                 block = []
         if block:
             yield block
+
+
+def train_batch_limit(limit: Any, batches_per_step: int) -> int | None:
+    """Mini-batches per epoch that ``trainer.limit_train_batches`` allows, or None for all.
+
+    Parameters
+    ----------
+    limit : int, float or None
+        The trainer's ``limit_train_batches``: a whole number of mini-batches, or a fraction of
+        the epoch (None is Lightning's default, the whole epoch).
+    batches_per_step : int
+        Mini-batches per Lightning training step (``data.batches_per_step``).
+
+    Returns
+    -------
+    int or None
+        The number of mini-batches for a whole number; None for a fraction, which Lightning
+        applies itself (only 0 and 1.0 when ``batches_per_step`` > 1).
+
+    Raises
+    ------
+    ConfigError
+        For a negative number, or a fraction other than 0 and 1.0 with ``batches_per_step`` > 1
+        (Lightning would take that fraction of the blocks, not of the mini-batches).
+    """
+    limit = 1.0 if limit is None else limit  # Lightning's default: the whole epoch
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        if limit < 0:
+            raise ConfigError(f"trainer.limit_train_batches={limit} is not valid: give a whole number of at least 0")
+        return int(limit)
+    fraction = float(limit)
+    if batches_per_step > 1 and fraction not in (0.0, 1.0):
+        raise ConfigError(
+            f"trainer.limit_train_batches={limit} would count blocks of data.batches_per_step={batches_per_step} "
+            "mini-batches: give a whole number of mini-batches (e.g. 5), or set data.batches_per_step=1"
+        )
+    return None

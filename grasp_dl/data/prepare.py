@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grasp_dl.alignment import PreparedFeatures
 from grasp_dl.data.catalog import read_catalog, require_columns, require_numeric
+from grasp_dl.data.feature_matrix import PreparedFeatures
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.data.validation import feature_range_flags, range_flags
-from grasp_dl.errors import CatalogError, ConfigError
+from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class PreparedCatalog(tuple):
     Unpacks as the seed's ``features, feature_names = prepare_stellar_data(...)`` (a tuple of
     two); the rest is in attributes: ``mask`` (True for the input rows in ``features``),
     ``flags`` (why each other row was left out, '' for kept rows), ``center`` and ``cuts``
-    (rows left out per reason). ``features`` is a :class:`grasp_dl.alignment.PreparedFeatures`:
+    (rows left out per reason). ``features`` is a :class:`grasp_dl.data.rows.PreparedFeatures`:
     it knows its catalogue rows, so that ``DeepClusteringModel.predict_clusters(features)``
     returns one result per input row.
 

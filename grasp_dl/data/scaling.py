@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 #: Scale factor that turns a median absolute deviation into a Gaussian sigma.
 MAD_TO_SIGMA = 1.482602218505602

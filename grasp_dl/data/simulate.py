@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grasp_dl.config import conf_dir
 from grasp_dl.data.sky import angular_separation, gnomonic_deproject
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.config import conf_dir
+from grasp_dl.runtime.errors import ConfigError
 
 __all__ = [
     "COLUMNS",

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from grasp_dl.data.astrometry import StarData
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

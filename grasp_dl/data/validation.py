@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grasp_dl.errors import CatalogError
+from grasp_dl.runtime.errors import CatalogError
 
 __all__ = [
     "FLAG_NONFINITE_PROBABILITY",

@@ -3,7 +3,7 @@
 Four panels from the stars of a prediction (a bounded random sample of them for a streamed
 catalogue): proper motions, sky and colour-magnitude diagram coloured by ``member_prob``, and the
 radial density profile of the members against the other stars, with the plausibility verdict
-(:mod:`grasp_dl.inference.plausibility`) in the title.
+(:mod:`grasp_dl.membership.guards`) in the title.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def reliability_diagram(
 # (Imported here rather than at the top so this section stays separate from the one above.)
 import numpy as np  # noqa: E402
 
-from grasp_dl.errors import ConfigError  # noqa: E402
+from grasp_dl.runtime.errors import ConfigError  # noqa: E402
 
 #: Colour map of membership probabilities; unscored stars (NaN) are drawn in grey beneath.
 PROB_CMAP = "viridis"
@@ -328,7 +328,7 @@ def plot_cluster_comparison(
     """
     import pandas as pd
 
-    from grasp_dl.alignment import on_prepared_rows
+    from grasp_dl.data.rows import on_prepared_rows
 
     # Labels per catalogue row meet a feature matrix from prepare_stellar_data on its rows.
     true_labels, predicted_labels = on_prepared_rows(data, true_labels, predicted_labels)

@@ -31,8 +31,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from grasp_dl.figures import plotting
-from grasp_dl.inference.membership import entropy
-from grasp_dl.stage_timer import mark
+from grasp_dl.membership.rules import entropy
+from grasp_dl.runtime.stage_timer import mark
 
 log = logging.getLogger(__name__)
 

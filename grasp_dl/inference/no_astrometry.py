@@ -23,7 +23,7 @@ import pandas as pd
 from grasp_dl.data.astrometry import ASTROMETRY, CORRELATION_COLUMN, ERROR_COLUMNS
 from grasp_dl.data.prepare import PreparedCatalog
 from grasp_dl.data.sky import gnomonic_project
-from grasp_dl.inference.membership import entropy
+from grasp_dl.membership.rules import entropy
 
 FLAG_NO_ASTROMETRY = "scored:no_astrometry"
 #: Features whose absence makes a row a "no astrometry" row (and nothing else missing).

@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 
 from grasp_dl.data.catalog import write_catalog
-from grasp_dl.errors import ConfigError
-from grasp_dl.io_policy import check_output_file
-from grasp_dl.run_dir import summary_path
+from grasp_dl.runtime.errors import ConfigError
+from grasp_dl.runtime.io_policy import check_output_file
+from grasp_dl.runtime.run_dir import summary_path
 
 #: Formats of a predictions table written by ``grasp-dl predict`` (streamed in chunks).
 PREDICTION_SUFFIXES = (".parquet", ".csv")
@@ -49,7 +49,7 @@ def write_summary(summary: dict[str, Any], output: str | os.PathLike[str]) -> Pa
     Parameters
     ----------
     summary : dict
-        The JSON-serialisable summary (see :class:`grasp_dl.inference.membership.ClusterSummary`).
+        The JSON-serialisable summary (see :class:`grasp_dl.membership.rules.ClusterSummary`).
     output : str or PathLike
         The predictions table the summary belongs to.
 

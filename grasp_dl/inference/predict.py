@@ -14,31 +14,31 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from grasp_dl.checkpoints import checkpoint_kind, load_module, read_checkpoint
 from grasp_dl.data.astrometry import CORRELATION_COLUMN, ERROR_COLUMNS, StarData, astrometry_columns, star_data
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
 from grasp_dl.data.validation import flag_nonfinite_probabilities
-from grasp_dl.devices import inference_device
-from grasp_dl.errors import CatalogError, CheckpointError, ConfigError
-from grasp_dl.inference.membership import ClusterSummary, adopt_model_mean, entropy
 from grasp_dl.inference.no_astrometry import score_without_astrometry
 from grasp_dl.inference.outputs import prediction_output, write_summary
-from grasp_dl.inference.plausibility import (
+from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
+from grasp_dl.membership.guards import (
     StarSample,
     check_table,
     finish_summary,
     zero_member_prob,
     zero_member_prob_file,
 )
-from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
-from grasp_dl.io_policy import refuse_overwriting_inputs
+from grasp_dl.membership.rules import ClusterSummary, adopt_model_mean, entropy
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.vade import VaDEModule
-from grasp_dl.options import check_predict_options
-from grasp_dl.run_dir import figure_path, summary_path
+from grasp_dl.runtime.checkpoints import checkpoint_kind, load_module, read_checkpoint
+from grasp_dl.runtime.devices import inference_device
+from grasp_dl.runtime.errors import CatalogError, CheckpointError, ConfigError
+from grasp_dl.runtime.io_policy import refuse_overwriting_inputs
+from grasp_dl.runtime.options import check_predict_options
+from grasp_dl.runtime.run_dir import figure_path, summary_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ FAR_FROM_CENTER_DEG = 1.0
 def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
     """Load a clustering checkpoint (DEC, IDEC, VaDE, XD, ... written by ``grasp-dl train``) on the CPU, in eval mode.
 
-    The file is read once with ``weights_only=True`` (:mod:`grasp_dl.checkpoints`); every way it can
+    The file is read once with ``weights_only=True`` (:mod:`grasp_dl.runtime.checkpoints`); every way it can
     fail is one line.
     """
     content = read_checkpoint(ckpt_path)
@@ -76,7 +76,7 @@ def scoring_device(module: ClusteringModule, device: str = "auto") -> torch.devi
     module : ClusteringModule
         The model to score with.
     device : str
-        'auto', 'cpu', 'cuda', 'cuda:N' (as :func:`grasp_dl.devices.inference_device`).
+        'auto', 'cpu', 'cuda', 'cuda:N' (as :func:`grasp_dl.runtime.devices.inference_device`).
 
     Returns
     -------
@@ -351,7 +351,7 @@ def score_prepared(
 
 def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any]:
     """Add the model's own fitted cluster astrometry (model=xd: the deconvolved mean) to a summary, and report that
-    mean as the cluster's (:func:`~grasp_dl.inference.membership.adopt_model_mean`).
+    mean as the cluster's (:func:`~grasp_dl.membership.rules.adopt_model_mean`).
 
     Parameters
     ----------
@@ -391,7 +391,7 @@ def predict_catalog(
     such column (rather than a 0 that would read as certainty). ``score_no_astrometry`` as in
     :func:`score_prepared`. For catalogues too large to hold, :func:`predict_to_file` streams.
 
-    The named group is checked by the plausibility guards (:mod:`grasp_dl.inference.plausibility`);
+    The named group is checked by the plausibility guards (:mod:`grasp_dl.membership.guards`);
     when it is no cluster, ``member_prob`` is 0 everywhere (unless ``cluster_group`` was given) and
     the summary says ``cluster_found: false`` and why; it always carries the diagnostics.
     ``cluster`` names a literature cluster (:mod:`grasp_dl.data.clusters`; by default the
@@ -461,7 +461,7 @@ def predict_to_file(
 
     The plausibility guards and the diagnostic figure (written to ``figure`` when given) use a
     bounded uniform random sample of the scored stars collected on the way
-    (:class:`~grasp_dl.inference.plausibility.StarSample`); when the named group is no cluster,
+    (:class:`~grasp_dl.membership.guards.StarSample`); when the named group is no cluster,
     the written file is rewritten chunk by chunk with ``member_prob`` 0. ``cluster_group`` and
     ``cluster`` as in :func:`predict_catalog`.
     """

@@ -37,7 +37,7 @@ a 2% cluster into a group of 95% of the stars). Guards, all without truth:
   (``start_only`` in the kept record). ``model.anchor.pool=false`` reports the deep model's own.
 
 "Plausible" is the package's one test (:func:`group_check` =
-:func:`grasp_dl.inference.plausibility.check_features`, the guards that decide ``cluster_found``).
+:func:`grasp_dl.membership.guards.check_features`, the guards that decide ``cluster_found``).
 The report (start against end: members, mean proper motion, the agreement, what was done, and
 whether the membership is pooled) is kept in ``fit_results['start_vs_end']``, so it travels with
 the checkpoint and reaches the summary.
@@ -56,9 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from grasp_dl.errors import ConfigError
-from grasp_dl.inference.membership import MEMBER_THRESHOLD
-from grasp_dl.inference.plausibility import MAX_PM_DISPERSION_RATIO, MAX_RADIUS_RATIO
+from grasp_dl.membership.guards import MAX_PM_DISPERSION_RATIO, MAX_RADIUS_RATIO
+from grasp_dl.membership.rules import MEMBER_THRESHOLD
 from grasp_dl.models.start_pool import (
     POOL_KEY,
     pool_groups,
@@ -68,6 +67,7 @@ from grasp_dl.models.start_pool import (
     start_pool_state,
     start_weight,
 )
+from grasp_dl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class GroupCheck:
 
 
 def group_check(member_prob: np.ndarray, features: np.ndarray, feature_names: Sequence[str]) -> GroupCheck:
-    """The plausibility guards of :func:`grasp_dl.inference.plausibility.check_plausibility` on a group, and its mean.
+    """The plausibility guards of :func:`grasp_dl.membership.guards.check_plausibility` on a group, and its mean.
 
     One definition of "a cluster" for the whole package: the start and the end of a deep phase
     are judged by the same test (and thresholds) as the named cluster of a prediction.
@@ -177,7 +177,7 @@ def group_check(member_prob: np.ndarray, features: np.ndarray, feature_names: Se
         out) with its ``reason``. The mean proper motion is over the members (probability > 0.5),
         weighted by ``member_prob``.
     """
-    from grasp_dl.inference.plausibility import check_features
+    from grasp_dl.membership.guards import check_features
 
     names = list(feature_names)
     prob = np.nan_to_num(np.asarray(member_prob, dtype=np.float64), nan=0.0)
@@ -630,7 +630,7 @@ def start_cluster_group(module: Any, resp: np.ndarray, catalog: Tensor) -> int:
     """
     if module.hparams.get("init") == "xd":
         return 0
-    from grasp_dl.inference.membership import choose_cluster_group
+    from grasp_dl.membership.rules import choose_cluster_group
 
     return int(choose_cluster_group(resp, *module.physical_features(catalog)))
 

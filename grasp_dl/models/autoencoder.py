@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from grasp_dl.models.block_training import BlockTraining
-from grasp_dl.models.epoch_means import EpochMeanLogging
+from grasp_dl.engine.block_training import BlockTraining
+from grasp_dl.engine.epoch_means import EpochMeanLogging
 from grasp_dl.models.networks import StellarAutoencoder, network_args
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 

@@ -5,14 +5,14 @@ It owns what every clustering phase shares:
 * the shared hyper-parameters (``n_clusters``, ``init``, ``n_init``, the network's shape,
   ``optimizer``/``scheduler``, ``preprocessing``, the user's ``cluster_group``, ``seed`` and the
   hard-field switches ``xd``, ``noise_augmentation``, ``spatial_prior``) and **all** their checks,
-  which raise :class:`~grasp_dl.errors.ConfigError` at construction, before any training;
+  which raise :class:`~grasp_dl.runtime.errors.ConfigError` at construction, before any training;
 * the shared buffers (``initialized``, the decided cluster group, ``position_model``) and the
   radius-dependent prior (:class:`~grasp_dl.models.spatial.RadialPrior`);
 * the start: :meth:`from_autoencoder`, then at the first ``fit`` the training catalogue
   (:meth:`attach_training_catalog`, else the data module's
   :class:`~grasp_dl.data.training_catalog.TrainingCatalogSource`) and :meth:`initialise_from`;
-* block training (:class:`~grasp_dl.models.block_training.BlockTraining`), per-epoch means
-  (:class:`~grasp_dl.models.epoch_means.EpochMeanLogging`), the hard-field ingredients
+* block training (:class:`~grasp_dl.engine.block_training.BlockTraining`), per-epoch means
+  (:class:`~grasp_dl.engine.epoch_means.EpochMeanLogging`), the hard-field ingredients
   (:class:`~grasp_dl.models.ingredients.HardFieldIngredients`); every hook of these calls
   ``super()``, so no base order can drop another's hook (the LR schedulers' stepping included);
 * one eval-mode rule for fine-tuning (:meth:`fine_tuning_mode`, at the start of every training batch);
@@ -60,23 +60,23 @@ from torch import Tensor
 
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog, TrainingCatalogSource
-from grasp_dl.errors import ConfigError
-from grasp_dl.inference.membership import choose_cluster_group
+from grasp_dl.engine.block_training import BlockTraining
+from grasp_dl.engine.epoch_means import EpochMeanLogging
+from grasp_dl.membership.rules import choose_cluster_group
 from grasp_dl.models.anchoring import ANCHOR_DEFAULTS, StartAnchor, anchor_options
-from grasp_dl.models.block_training import BlockTraining
 from grasp_dl.models.clustering import INIT_METHODS
-from grasp_dl.models.epoch_means import EpochMeanLogging
 from grasp_dl.models.ingredients import XD_DEFAULTS, HardFieldIngredients, xd_options
 from grasp_dl.models.networks import check_network_shape, network_args
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER, build_optimizers, plain_config
 from grasp_dl.models.spatial import RadialPrior, radius_reader
-from grasp_dl.stage_timer import mark
+from grasp_dl.runtime.checkpoints import CLASS_KEY
+from grasp_dl.runtime.errors import ConfigError
+from grasp_dl.runtime.stage_timer import mark
 
 #: Hyper-parameters of checkpoints written before the base class, and where they went:
 #: ``cluster_index`` is now ``cluster_group``; the other two are :attr:`ClusteringModule.fit_results`.
 LEGACY_HPARAMS = ("cluster_index", "xd_fit", "n_clusters_curve")
-#: Checkpoint key of the class that wrote it, and of the results computed while training.
-CLASS_KEY = "clustering_module"
+#: Checkpoint key of the results computed while training (CLASS_KEY names the class that wrote it).
 FIT_RESULTS_KEY = "fit_results"
 #: Classes of checkpoints written before CLASS_KEY, by a parameter only each has.
 LEGACY_CLASSES = {"centers": "grasp_dl.models.dec.DECModule", "mixture_means": "grasp_dl.models.vade.VaDEModule"}
@@ -398,7 +398,7 @@ class ClusteringModule(BlockTraining, EpochMeanLogging, StartAnchor, HardFieldIn
 
     @torch.no_grad()
     def decide_cluster_group(self, x: Tensor, q: Tensor | None = None) -> int:
-        """Apply the cluster rule of :mod:`grasp_dl.inference.membership` to stars ``x``, remember it and refit the position model.
+        """Apply the cluster rule of :mod:`grasp_dl.membership.rules` to stars ``x``, remember it and refit the position model.
 
         Parameters
         ----------

@@ -10,7 +10,7 @@ from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 #: kmeans: DEC's k-means in latent space; gmm: a Gaussian mixture in latent space;
 #: gmm_features: a Gaussian mixture on the standardised input features, carried into latent space;

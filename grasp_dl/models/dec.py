@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grasp_dl.data.training_catalog import TrainingCatalog
-from grasp_dl.errors import ConfigError
 from grasp_dl.models.base import ClusteringModule
 from grasp_dl.models.clustering import (
     KERNELS,
@@ -26,6 +25,7 @@ from grasp_dl.models.clustering import (
 )
 from grasp_dl.models.networks import StellarAutoencoder, encode_in_chunks
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER
+from grasp_dl.runtime.errors import ConfigError
 
 VARIANTS = ("dec", "idec")
 #: Fine-tuning a pretrained encoder wants a smaller step than pretraining (as conf/model/dec.yaml).

@@ -27,11 +27,11 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
-from grasp_dl.errors import ConfigError
-from grasp_dl.inference.membership import choose_cluster_group
+from grasp_dl.membership.rules import choose_cluster_group
+from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture, plummer_log_density
 from grasp_dl.models.clustering import initial_responsibilities
-from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture, plummer_log_density
 from grasp_dl.models.spatial import radius_from_features
+from grasp_dl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> 
     """The mixture ``init='xd'`` starts from: group 0 the cluster, ``n_clusters - 1`` field groups.
 
     With every physical ingredient on (spatial, use_errors, no photometry: the default) it is
-    model=xd's :class:`~grasp_dl.models.cluster_field.ClusterFieldMixture` (Plummer cluster with an
+    model=xd's :class:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture` (Plummer cluster with an
     isotropic dispersion, crowding-scaled errors, several starts); an ablation that switches an
     ingredient off gets :class:`SpatialDeconvolvedMixture` with that switch.
 
@@ -114,7 +114,7 @@ def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> 
         Unfitted.
     """
     if options["spatial"] and options["use_errors"] and not options["photometry"]:
-        from grasp_dl.models.cluster_field import ClusterFieldMixture
+        from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
 
         return ClusterFieldMixture(n_field=int(n_clusters) - 1, max_iter=int(options["max_iter"]), seed=int(seed))
     return SpatialDeconvolvedMixture(n_clusters, seed=seed, **options)

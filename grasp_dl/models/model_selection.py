@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

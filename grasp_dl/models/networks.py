@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 #: The hyper-parameters that fix a network's shape (the keyword arguments of the networks here).
 NETWORK_KEYS = ("input_dim", "hidden_dims", "latent_dim", "dropout", "batch_norm")

@@ -46,7 +46,7 @@ def build_optimizers(
 
     Frozen parameters (``requires_grad=False``, such as DEC's unused decoder) are left out.
     The scheduler steps once per epoch; the modules step it themselves (they optimise manually,
-    :class:`~grasp_dl.models.block_training.BlockTraining`), a plateau scheduler on the metric
+    :class:`~grasp_dl.engine.block_training.BlockTraining`), a plateau scheduler on the metric
     named by the module's ``scheduler_monitor``.
 
     Parameters

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 #: How the radius is read from the features: from the offsets, the radius, or its log10.
 RADIUS_SOURCES = {"xi_eta": 0, "radius": 1, "log_radius": 2}

@@ -66,8 +66,8 @@ def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
         stars with their errors, so a prediction should give them); None for a start that cannot score stars
         from their features (one fitted with photometry) or an unknown kind.
     """
-    from grasp_dl.models.cluster_field import ClusterFieldMixture
-    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+    from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
+    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
 
     if isinstance(mixture, ClusterFieldMixture):
         settings = {
@@ -111,8 +111,8 @@ def restore_start_mixture(pool: Mapping[str, Any]) -> Any:
     ValueError
         For an unknown kind.
     """
-    from grasp_dl.models.cluster_field import ClusterFieldMixture
-    from grasp_dl.models.deconvolution import SpatialDeconvolvedMixture
+    from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
+    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
 
     state = pool["state"]
     if pool["kind"] == "cluster_field":

@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from grasp_dl.data.training_catalog import TrainingCatalog
-from grasp_dl.errors import ConfigError
 from grasp_dl.models.base import ClusteringModule
 from grasp_dl.models.networks import mlp
 from grasp_dl.models.start_pool import pool_groups
+from grasp_dl.runtime.errors import ConfigError
 
 #: Stars per forward pass when a whole catalogue is scored.
 CHUNK_SIZE = 65536

@@ -1,7 +1,7 @@
 """XDModule (``model=xd``): the error-deconvolved spatial cluster + field mixture as a clustering model.
 
 No network and no autoencoder phase: the whole fit is the EM of
-:class:`~grasp_dl.models.cluster_field.ClusterFieldMixture` (Vasiliev & Baumgardt's 2021 model:
+:class:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture` (Vasiliev & Baumgardt's 2021 model:
 a Plummer cluster with an isotropic, radius-dependent proper-motion dispersion, a BIC-chosen
 number of flat field Gaussians, every star's Gaia error covariance convolved in and scaled where
 the sources are crowded), run once at the start of training on the training stars' astrometry
@@ -27,9 +27,9 @@ from torch import Tensor
 
 from grasp_dl.data.astrometry import StarData
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
-from grasp_dl.errors import ConfigError
+from grasp_dl.mixtures.cluster_field import FIELD_RANGE, ClusterFieldMixture
 from grasp_dl.models.base import ClusteringModule
-from grasp_dl.models.cluster_field import FIELD_RANGE, ClusterFieldMixture
+from grasp_dl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

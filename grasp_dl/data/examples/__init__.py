@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from grasp_dl.errors import CatalogError
+from grasp_dl.runtime.errors import CatalogError
 
 __all__ = ["pal13_path", "read_pal13", "vb21_clusters_path", "vb21_field", "vb21_field_path", "vb21_names"]
 

@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import lightning as L
 import torch
 
-from grasp_dl.errors import CheckpointError
-from grasp_dl.models.base import CLASS_KEY, ClusteringModule
+from grasp_dl.runtime.errors import CheckpointError
+
+#: Checkpoint key of the clustering class that wrote it (written by every ClusteringModule).
+CLASS_KEY = "clustering_module"
 
 __all__ = ["MODEL_KINDS", "check_state_fits", "checkpoint_kind", "load_module", "read_checkpoint"]
 
@@ -191,9 +193,8 @@ def check_state_fits(module: L.LightningModule, path: str | Path, *, option: str
     content = read_checkpoint(path, option=option)
     stored = content["state_dict"]
     own = module.state_dict()
-    written_by = (
-        f"{type(module).__module__}.{type(module).__qualname__}" if isinstance(module, ClusteringModule) else None
-    )
+    # A clustering module names its class in its checkpoints (it keeps fit_results beside the weights).
+    written_by = f"{type(module).__module__}.{type(module).__qualname__}" if hasattr(module, "fit_results") else None
     kind, wanted = checkpoint_kind(content), checkpoint_kind({"state_dict": own, CLASS_KEY: written_by})
     if kind != wanted:
         raise CheckpointError(

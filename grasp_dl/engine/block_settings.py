@@ -1,6 +1,6 @@
 """Trainer settings that Lightning counts in training steps, made to count optimiser steps.
 
-With block training (:mod:`grasp_dl.models.block_training`) one Lightning training step is a
+With block training (:mod:`grasp_dl.engine.block_training`) one Lightning training step is a
 block of ``data.batches_per_step`` mini-batches with one optimiser step each, and Lightning counts
 blocks where its settings name steps or batches. Each such setting means what its name says:
 
@@ -23,7 +23,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.data.loader import train_batch_limit
+from grasp_dl.runtime.errors import ConfigError
 
 __all__ = ["block_trainer_options", "check_block_settings", "train_batch_limit"]
 
@@ -38,43 +39,6 @@ def _setting(settings: Mapping[str, Any], name: str) -> Any:
 
 def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def train_batch_limit(limit: Any, batches_per_step: int) -> int | None:
-    """Mini-batches per epoch that ``trainer.limit_train_batches`` allows, or None for all.
-
-    Parameters
-    ----------
-    limit : int, float or None
-        The trainer's ``limit_train_batches``: a whole number of mini-batches, or a fraction of
-        the epoch (None is Lightning's default, the whole epoch).
-    batches_per_step : int
-        Mini-batches per Lightning training step (``data.batches_per_step``).
-
-    Returns
-    -------
-    int or None
-        The number of mini-batches for a whole number; None for a fraction, which Lightning
-        applies itself (only 0 and 1.0 when ``batches_per_step`` > 1).
-
-    Raises
-    ------
-    ConfigError
-        For a negative number, or a fraction other than 0 and 1.0 with ``batches_per_step`` > 1
-        (Lightning would take that fraction of the blocks, not of the mini-batches).
-    """
-    limit = LIGHTNING_DEFAULTS["limit_train_batches"] if limit is None else limit
-    if _whole(limit):
-        if limit < 0:
-            raise ConfigError(f"trainer.limit_train_batches={limit} is not valid: give a whole number of at least 0")
-        return int(limit)
-    fraction = float(limit)
-    if batches_per_step > 1 and fraction not in (0.0, 1.0):
-        raise ConfigError(
-            f"trainer.limit_train_batches={limit} would count blocks of data.batches_per_step={batches_per_step} "
-            "mini-batches: give a whole number of mini-batches (e.g. 5), or set data.batches_per_step=1"
-        )
-    return None
 
 
 def check_block_settings(settings: Mapping[str, Any], batches_per_step: int) -> None:

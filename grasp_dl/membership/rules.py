@@ -7,7 +7,7 @@ the sky around the centre and tightest in proper motion. For each group with eno
           + 0.5 * log(det cov(pmra, pmdec) of the group / det of all stars)
 
 and the lowest score wins among the groups that pass the plausibility guards of
-:mod:`grasp_dl.inference.plausibility` (concentrated on the sky against the other stars and
+:mod:`grasp_dl.membership.guards` (concentrated on the sky against the other stars and
 tighter than them in proper motion); when none passes, the run reports ``cluster_found: false``.
 A background galaxy is tight in proper motion but spread over the cone; the field is neither;
 tidal tails are neither as concentrated nor as tight. When the
@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from grasp_dl.membership.guards import MEMBER_THRESHOLD, check_features
+
 #: A group needs at least this many stars (and this share of the catalogue) to be named the cluster.
 MIN_GROUP_STARS = 5
 MIN_GROUP_SHARE = 0.002
-#: Member probability above which a star counts as a member (the one definition in grasp-dl).
-MEMBER_THRESHOLD = 0.5
 #: The plausibility guards of the decision look at most this many stars (a fixed random subset).
 GUARD_SAMPLE = 100_000
 
@@ -69,7 +69,7 @@ def decide_cluster_group(
 ) -> tuple[int, dict[str, Any]]:
     """The group that is the globular cluster, and the plausibility verdict on it.
 
-    Among the groups that pass the plausibility guards (:mod:`grasp_dl.inference.plausibility`:
+    Among the groups that pass the plausibility guards (:mod:`grasp_dl.membership.guards`:
     concentrated on the sky against the other stars and tighter than them in proper motion), the
     one of lowest :func:`cluster_scores` wins. When none passes, the best-scoring group is still
     returned (a module needs a group to score against) with ``cluster_found`` False in the verdict.
@@ -87,10 +87,8 @@ def decide_cluster_group(
     -------
     group : int
     check : dict
-        :func:`~grasp_dl.inference.plausibility.check_plausibility`'s answer for that group.
+        :func:`~grasp_dl.membership.guards.check_plausibility`'s answer for that group.
     """
-    from grasp_dl.inference.plausibility import check_features
-
     prob = np.asarray(prob)
     scores = cluster_scores(prob.argmax(axis=1), features, feature_names, prob.shape[1])
     if not np.isfinite(scores).any():

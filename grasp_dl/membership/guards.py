@@ -50,7 +50,9 @@ import numpy as np
 import pandas as pd
 
 from grasp_dl.data.sky import gnomonic_project
-from grasp_dl.inference.membership import MEMBER_THRESHOLD
+
+#: Member probability above which a star counts as a member (the one definition in grasp-dl).
+MEMBER_THRESHOLD = 0.5
 
 #: Members' median radius must be below this fraction of the other stars' (see the module notes).
 MAX_RADIUS_RATIO = 0.7
@@ -490,7 +492,7 @@ def apply_verdict(summary: dict[str, Any], check: dict[str, Any], user_group: bo
     Parameters
     ----------
     summary : dict
-        The cluster summary (:class:`grasp_dl.inference.membership.ClusterSummary`), changed in place.
+        The cluster summary (:class:`grasp_dl.membership.rules.ClusterSummary`), changed in place.
     check : dict
         :func:`check_plausibility`'s answer.
     user_group : bool

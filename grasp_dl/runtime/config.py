@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 
 def conf_dir() -> Path:
@@ -22,7 +22,7 @@ def conf_dir() -> Path:
     ConfigError
         If neither folder holds ``train.yaml`` (a broken install).
     """
-    checkout = Path(__file__).resolve().parents[1] / "conf"
+    checkout = Path(__file__).resolve().parents[2] / "conf"
     if (checkout / "train.yaml").is_file():
         return checkout
     packaged = Path(str(importlib.resources.files("grasp_dl") / "conf"))

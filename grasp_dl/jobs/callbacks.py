@@ -92,9 +92,9 @@ def _python_state_from_plain(state: list) -> tuple:
 
 
 class StageTimerCallback(L.Callback):
-    """Mark the phases of Lightning's loop for :mod:`grasp_dl.stage_timer` (nothing while timing is off).
+    """Mark the phases of Lightning's loop for :mod:`grasp_dl.runtime.stage_timer` (nothing while timing is off).
 
-    ``scripts/time_to_first_result.py`` adds it with ``+callbacks.stage_timer._target_=grasp_dl.callbacks.StageTimerCallback``.
+    ``scripts/time_to_first_result.py`` adds it with ``+callbacks.stage_timer._target_=grasp_dl.jobs.callbacks.StageTimerCallback``.
     Each phase is named after the module being fitted (``XDModule: validation``), so the phases of a
     two-phase model stay apart. Lightning runs checkpoint callbacks after the others, so the time
     from the end of validation to the end of the epoch holds the checkpoint writing.
@@ -102,7 +102,7 @@ class StageTimerCallback(L.Callback):
 
     @staticmethod
     def _mark(pl_module: L.LightningModule, phase: str) -> None:
-        from grasp_dl.stage_timer import mark
+        from grasp_dl.runtime.stage_timer import mark
 
         mark(f"{type(pl_module).__name__}: {phase}")
 

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 
 def trainer_overrides(device: str) -> list[str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 
 def gpu_memory_usage(device: int | str | torch.device | None = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Checks of command options that must hold before any data is read or any epoch runs.
 
-Each check raises :class:`~grasp_dl.errors.ConfigError` with one line naming the option, the
+Each check raises :class:`~grasp_dl.runtime.errors.ConfigError` with one line naming the option, the
 value given and the fix, so that ``grasp-dl`` prints it as ``grasp-dl: error: ...``.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 __all__ = ["check_predict_options", "check_train_options", "positive_int"]
 

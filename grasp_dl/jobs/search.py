@@ -19,11 +19,11 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from grasp_dl.config import conf_dir
 from grasp_dl.data.datamodule import StellarCatalogDataModule
-from grasp_dl.errors import ConfigError
 from grasp_dl.metrics import HIGHER_IS_BETTER
-from grasp_dl.optional import import_optional
+from grasp_dl.runtime.config import conf_dir
+from grasp_dl.runtime.errors import ConfigError
+from grasp_dl.runtime.optional import import_optional
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _is_array(data: Any) -> bool:
 def _datamodule(data: Any, overrides: Sequence[str], output_dir: Path) -> StellarCatalogDataModule:
     """One prepared catalogue shared by every trial: a path, a table, a feature array or a simulated field name."""
     from grasp_dl.data.simulate import SIMULATED_FIELDS
-    from grasp_dl.pipeline import build_datamodule
+    from grasp_dl.jobs.train import build_datamodule
 
     if isinstance(data, str) and data in SIMULATED_FIELDS:
         return build_datamodule(_compose([f"data={data}", *overrides], output_dir))
@@ -156,7 +156,7 @@ def optimize_hyperparameters(
         None (default): every combination, in order (no extra needed). A number: that many
         combinations sampled by Optuna's TPE, which needs ``pip install 'grasp-dl[sweep]'``.
     metric : str
-        A score that needs no truth (see :func:`grasp_dl.pipeline.clustering_scores`).
+        A score that needs no truth (see :func:`grasp_dl.jobs.train.clustering_scores`).
     overrides : sequence of str
         Hydra overrides for every trial, e.g. ``'model=idec'``, ``'trainer.max_epochs=10'`` (the
         searched model is DEC unless one is named here).
@@ -177,7 +177,7 @@ def optimize_hyperparameters(
     MissingDependencyError
         If ``n_trials`` is given and Optuna is not installed.
     """
-    from grasp_dl import pipeline
+    from grasp_dl.jobs import train as pipeline
 
     if metric.split("/")[-1] not in HIGHER_IS_BETTER:
         raise ConfigError(f"metric {metric!r} has no known direction: use e.g. clustering/silhouette")

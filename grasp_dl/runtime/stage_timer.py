@@ -8,7 +8,7 @@ costs one environment lookup while timing is off; with the environment variable
 
 ``scripts/time_to_first_result.py`` sets the variable, runs ``grasp-dl train`` and turns the
 marks into the breakdown table of the README (:func:`phase_durations`). The pipeline marks its
-own steps; :class:`grasp_dl.callbacks.StageTimerCallback` marks Lightning's loop (set-up, sanity
+own steps; :class:`grasp_dl.jobs.callbacks.StageTimerCallback` marks Lightning's loop (set-up, sanity
 check, epochs, validation, checkpoints, teardown).
 
 This module imports nothing heavy: ``grasp_dl`` imports it first, so its first mark is the moment

@@ -12,9 +12,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from grasp_dl.data.catalog import read_catalog, require_columns
-from grasp_dl.errors import CatalogError
-from grasp_dl.io_policy import check_output_file, refuse_overwriting_inputs
-from grasp_dl.run_dir import metrics_path, reliability_path
+from grasp_dl.runtime.errors import CatalogError
+from grasp_dl.runtime.io_policy import check_output_file, refuse_overwriting_inputs
+from grasp_dl.runtime.run_dir import metrics_path, reliability_path
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Results on the rows of the catalogue a prepared feature matrix came from (grasp_dl.alignment)."""
+"""Results on the rows of the catalogue a prepared feature matrix came from (grasp_dl.data.rows)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 
 import grasp_dl
 from grasp_dl import DeepClusteringModel, evaluate_clustering, plot_cluster_comparison, prepare_stellar_data
-from grasp_dl.alignment import CatalogRows, on_prepared_rows, split_prepared
+from grasp_dl.data.feature_matrix import CatalogRows
+from grasp_dl.data.rows import on_prepared_rows, split_prepared
 from grasp_dl.data.simulate import simulate_field
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

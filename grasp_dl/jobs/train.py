@@ -15,19 +15,19 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from grasp_dl.checkpoints import AUTOENCODER, check_state_fits, load_module, read_checkpoint
 from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.validation import check_trainable
-from grasp_dl.errors import ConfigError, GraspDLError
-from grasp_dl.io_policy import written_checkpoint
+from grasp_dl.engine.block_settings import block_trainer_options
+from grasp_dl.engine.graph_step import use_graphs
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
-from grasp_dl.models.block_settings import block_trainer_options
-from grasp_dl.models.graph_step import use_graphs
 from grasp_dl.models.networks import compile_network
-from grasp_dl.options import check_train_options
-from grasp_dl.run_dir import AUTOENCODER_PHASE, RunDir, phase_dirpath
-from grasp_dl.stage_timer import mark
+from grasp_dl.runtime.checkpoints import AUTOENCODER, check_state_fits, load_module, read_checkpoint
+from grasp_dl.runtime.errors import ConfigError, GraspDLError
+from grasp_dl.runtime.io_policy import written_checkpoint
+from grasp_dl.runtime.options import check_train_options
+from grasp_dl.runtime.run_dir import AUTOENCODER_PHASE, RunDir, phase_dirpath
+from grasp_dl.runtime.stage_timer import mark
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def build_trainer(cfg: DictConfig, has_validation: bool = True, batches_per_step
     no validation rows (``data.val_fraction=0``) checkpoints and early stopping watch the
     training loss. Settings counted in training steps are made to count optimiser steps for
     blocks of ``batches_per_step`` mini-batches (default ``data.batches_per_step``), or refused
-    (:mod:`grasp_dl.models.block_settings`).
+    (:mod:`grasp_dl.engine.block_settings`).
     """
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
@@ -270,7 +270,7 @@ def pretrain_autoencoder(
     autoencoder = build_module(model_cfg.pretrain, datamodule)
     if cfg.get("compile"):
         compile_network(autoencoder.net)
-    # CUDA-graph training steps (grasp_dl/models/graph_step.py)
+    # CUDA-graph training steps (grasp_dl/engine/graph_step.py)
     use_graphs(autoencoder, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     monitor = model_cfg.pretrain.get("monitor") or "val/loss"
     phase_cfg = _phase_config(cfg, AUTOENCODER_PHASE, int(model_cfg.pretrain_epochs), monitor)
@@ -401,7 +401,7 @@ def compose_model(name: str) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from grasp_dl.config import conf_dir
+    from grasp_dl.runtime.config import conf_dir
 
     if GlobalHydra.instance().is_initialized():
         return compose("train", overrides=[f"model={name}"]).model
@@ -509,7 +509,7 @@ def train(
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
     if cfg.get("compile"):
         compile_network(module.net)
-    # CUDA-graph training steps (grasp_dl/models/graph_step.py)
+    # CUDA-graph training steps (grasp_dl/engine/graph_step.py)
     use_graphs(module, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     if resume.final:
         check_state_fits(module, resume.final)
@@ -594,9 +594,9 @@ def training_cluster_lines(result: TrainResult) -> list[str]:
     import numpy as np
     import pandas as pd
 
-    from grasp_dl.inference.membership import ClusterSummary
-    from grasp_dl.inference.plausibility import check_table, finish_summary, report_lines
     from grasp_dl.inference.predict import with_model_astrometry
+    from grasp_dl.membership.guards import check_table, finish_summary, report_lines
+    from grasp_dl.membership.rules import ClusterSummary
 
     datamodule, module = result.datamodule, result.module
     member_prob = result.catalogue_probabilities()[:, module.cluster_group].detach().cpu().numpy()

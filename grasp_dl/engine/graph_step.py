@@ -55,7 +55,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from grasp_dl.errors import ConfigError
+from grasp_dl.runtime.errors import ConfigError
 
 #: Values of the ``graphs`` setting (conf/train.yaml).
 GRAPH_SETTINGS = ("auto", "true", "false")
@@ -90,7 +90,7 @@ def use_graphs(module: L.LightningModule, setting: Any, *, compiled: bool = Fals
     Parameters
     ----------
     module : lightning.LightningModule
-        A block-training module (:class:`~grasp_dl.models.block_training.BlockTraining`).
+        A block-training module (:class:`~grasp_dl.engine.block_training.BlockTraining`).
     setting : {'auto', 'true', 'false', 'static'} or bool
         ``auto``: where :func:`graphs_pay` and nothing in :func:`graph_obstacles` stands against it;
         ``true``: always (a ConfigError names what prevents it); ``false``: never; ``static``: the

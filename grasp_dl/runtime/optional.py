@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from grasp_dl.errors import MissingDependencyError
+from grasp_dl.runtime.errors import MissingDependencyError
 
 #: The extra of grasp-dl that installs each optional module (pyproject.toml's optional-dependencies).
 EXTRAS = {

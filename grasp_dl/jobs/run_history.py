@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from grasp_dl.run_dir import AUTOENCODER_PHASE, CLUSTERING_PHASE, RunDir
+from grasp_dl.runtime.run_dir import AUTOENCODER_PHASE, CLUSTERING_PHASE, RunDir
 
 #: Per phase: the CSV log versions to try (the command line's, the facade's), then the
 #: TensorBoard sub-folder (None: the final phase's folder).

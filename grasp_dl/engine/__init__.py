@@ -1,0 +1,1 @@
+"""Opt-in training speed: block steps, CUDA graphs, epoch means."""

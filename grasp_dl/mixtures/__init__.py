@@ -1,0 +1,1 @@
+"""The EM mixtures of stellar astrometry: plain numpy/torch, no Lightning."""

@@ -1,0 +1,1 @@
+"""What every layer leans on: errors, configs, devices, files, checkpoints."""
