@@ -9,11 +9,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from grasp_dl.runtime.config import conf_dir
+from grasp_dl.runtime.console import log_lines_once, quiet_frameworks, split_verbose
 from grasp_dl.runtime.errors import ConfigError, GraspDLError
 from grasp_dl.runtime.io_policy import install_sigterm_cleanup, refuse_finished_run_dir_early
 from grasp_dl.runtime.optional import check_cli_plugins
@@ -23,6 +25,7 @@ from grasp_dl.runtime.stage_timer import mark
 log = logging.getLogger("grasp_dl")
 
 USAGE = """usage: grasp-dl COMMAND [HYDRA OVERRIDES...]
+       grasp-dl -v COMMAND [HYDRA OVERRIDES...]   (verbose: the frameworks' messages too)
 
 commands:
   train      train on a catalogue (default: model=auto, the error-aware mixture xd, or DEC where the catalogue lacks
@@ -35,6 +38,8 @@ commands:
 
 Each command is a Hydra application: 'grasp-dl train --help' lists its config groups,
 'grasp-dl train --cfg job' prints the composed config, '-m' runs a multirun sweep.
+-v (or hydra.verbose=true) also shows Lightning's information lines and the warnings a run silences
+(grasp_dl/runtime/console.py lists them).
 """
 
 
@@ -61,6 +66,18 @@ def _exit_with(exc: BaseException) -> None:
     sys.exit(2)
 
 
+def _with_verbosity(task: Callable[[DictConfig], Any], verbose: bool) -> Callable[[DictConfig], Any]:
+    """Run the task quiet (see grasp_dl.runtime.console) unless -v or hydra.verbose asks for everything."""
+
+    def wrapped(cfg: DictConfig) -> Any:
+        with quiet_frameworks(verbose or bool(HydraConfig.get().verbose)):
+            return task(cfg)
+
+    wrapped.__name__ = task.__name__
+    wrapped.__module__ = task.__module__
+    return wrapped
+
+
 def train_task(cfg: DictConfig) -> float | None:
     """grasp-dl train: run the phases of the configured model and print where the outputs are.
 
@@ -70,6 +87,8 @@ def train_task(cfg: DictConfig) -> float | None:
     with heavy_imports():
         from grasp_dl.jobs import train as pipeline
     from grasp_dl.runtime.io_policy import prepare_run_dir
+
+    log_lines_once()
 
     prepare_run_dir(cfg.paths.output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
     metric = cfg.get("optimized_metric")
@@ -90,6 +109,7 @@ def predict_task(cfg: DictConfig) -> None:
     with heavy_imports():
         from grasp_dl.inference.predict import predict_command
         from grasp_dl.membership.rules import MEMBER_THRESHOLD
+    log_lines_once()
 
     summary, output, summary_path = predict_command(cfg)
     print(
@@ -128,7 +148,7 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], Any]]] = {
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``grasp-dl`` console script."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    verbose, args = split_verbose(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
@@ -137,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"grasp-dl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     config_name, task = COMMANDS[command]
+    task = _with_verbosity(task, verbose)
     mark("CLI checks, Hydra: compose the config, run directory, logging")
     install_sigterm_cleanup()
     if command == "train":
