@@ -65,8 +65,10 @@ def default_cache_dir() -> Path:
     """
     if os.environ.get("GRASP_DL_CACHE"):
         return Path(os.environ["GRASP_DL_CACHE"]).expanduser()
-    import platformdirs
-
+    try:
+        import platformdirs
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grasp-dl" / "gaia"
     return Path(platformdirs.user_cache_dir("grasp-dl")) / "gaia"
 
 
@@ -114,7 +116,9 @@ def gaia_client() -> Any:
     try:
         from astroquery.gaia import Gaia
     except ImportError as error:
-        raise GraspDLError("grasp-dl fetch needs astroquery, which is not installed: pip install astroquery") from error
+        raise GraspDLError(
+            "grasp-dl fetch needs astroquery, which is not installed: pip install 'grasp-dl[gaia]'"
+        ) from error
     return Gaia
 
 

@@ -172,6 +172,10 @@ def multirun_overrides(overrides: list[str]) -> list[str] | None:
     list of str or None
         None when every cluster is finished (the table is merged and printed here then).
     """
+    if not any(o.startswith("hydra/launcher=") for o in overrides):
+        from grasp_dl.runtime.optional import import_optional
+
+        import_optional("hydra_plugins.hydra_joblib_launcher", "grasp-dl survey (its default launcher, joblib)")
     cfg = compose_survey(overrides)
     targets = survey_targets(cfg.survey)
     todo = [n for n in targets if not is_finished(cfg.survey.dir, n, bool(cfg.survey.retry_failed))]
