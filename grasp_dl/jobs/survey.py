@@ -159,6 +159,13 @@ def compose_survey(overrides: list[str]) -> DictConfig:
         raise ConfigError(str(error).splitlines()[0]) from error
 
 
+def _cone_size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
+
+
 def multirun_overrides(overrides: list[str]) -> list[str] | None:
     """The command line of the survey's multirun: ``--multirun cluster=A,B,...`` over the unfinished clusters.
 
@@ -185,6 +192,8 @@ def multirun_overrides(overrides: list[str]) -> list[str] | None:
     if not todo:
         report(merge_results(cfg.survey.dir, list(targets)), cfg.survey.dir)
         return None
+    # the largest cones first: the last jobs to start are short, so the workers finish together
+    todo.sort(key=lambda n: -_cone_size(targets[n]))
     rest = [o for o in overrides if o not in ("-m", "--multirun")]
     return ["--multirun", *rest, f"cluster={','.join(_sweep_value(n) for n in todo)}"]
 
@@ -396,7 +405,8 @@ def merge_results(survey_dir: str | os.PathLike[str], names: list[str] | None = 
 def plot_survey(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path | None:
     """Recovered mean proper motions against the published ones (Vasiliev & Baumgardt 2021), with error bars.
 
-    Two panels (pmra, pmdec) on the 1:1 line; clusters whose group is no cluster are open symbols.
+    Above, pmra and pmdec on the 1:1 line; below, the difference with the errors added in quadrature
+    (a cluster's errors are too small to be seen above). Clusters whose group is no cluster are open symbols.
 
     Parameters
     ----------
@@ -417,39 +427,38 @@ def plot_survey(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path | Non
     import numpy as np
 
     numeric = table.apply(pd.to_numeric, errors="coerce")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5), constrained_layout=True, height_ratios=(3, 2))
     drawn = False
-    for ax, axis in zip(axes, ("pmra", "pmdec"), strict=True):
-        x, xerr = numeric[f"published_{axis}"], numeric[f"published_{axis}_error"]
-        y, yerr = numeric[f"mean_{axis}"], numeric[f"mean_{axis}_error"]
+    found_all = table["cluster_found"].fillna(False).astype(bool)
+    for column, axis in enumerate(("pmra", "pmdec")):
+        top, bottom = axes[0, column], axes[1, column]
+        x, xerr = numeric[f"published_{axis}"], numeric[f"published_{axis}_error"].fillna(0)
+        y, yerr = numeric[f"mean_{axis}"], numeric[f"mean_{axis}_error"].fillna(0)
         ok = np.isfinite(x) & np.isfinite(y)
         if not ok.any():
             continue
         drawn = True
-        found = table["cluster_found"].fillna(False).astype(bool) & ok
-        for mask, face, label in ((found, "C0", "cluster found"), (ok & ~found, "none", "no cluster found")):
+        # the errors (0.01-0.1 mas/yr) are seen in the lower panel: the difference and its combined error
+        for mask, face, label in (
+            (found_all & ok, "C0", "cluster found"),
+            (ok & ~found_all, "none", "no cluster found"),
+        ):
             if mask.any():
-                ax.errorbar(
-                    x[mask],
-                    y[mask],
-                    xerr=xerr[mask].fillna(0),
-                    yerr=yerr[mask].fillna(0),
-                    fmt="o",
-                    ms=5,
-                    mfc=face,
-                    mec="C0",
-                    ecolor="0.4",
-                    capsize=2,
-                    label=label,
-                )
+                style = dict(fmt="o", ms=4, mfc=face, mec="C0", ecolor="0.4", capsize=2, label=label)
+                top.errorbar(x[mask], y[mask], xerr=xerr[mask], yerr=yerr[mask], **style)
+                combined = np.sqrt(xerr[mask] ** 2 + yerr[mask] ** 2)
+                bottom.errorbar(x[mask], (y - x)[mask], yerr=combined, **style)
         lo, hi = np.nanmin([x[ok].min(), y[ok].min()]), np.nanmax([x[ok].max(), y[ok].max()])
         pad = 0.05 * (hi - lo or 1.0)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8)
-        for xi, yi, label in zip(x[ok], y[ok], table.loc[ok, "name"], strict=True):
-            ax.annotate(str(label), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(f"published mean {axis} (mas/yr, Vasiliev & Baumgardt 2021)")
-        ax.set_ylabel(f"recovered mean {axis} (mas/yr)")
-        ax.legend(loc="upper left", fontsize=8)
+        top.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8)
+        bottom.axhline(0.0, color="k", ls="--", lw=0.8)
+        for xi, yi, dy, label in zip(x[ok], y[ok], (y - x)[ok], table.loc[ok, "name"], strict=True):
+            top.annotate(str(label), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            bottom.annotate(str(label), (xi, dy), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        top.set_ylabel(f"recovered mean {axis} (mas/yr)")
+        bottom.set_xlabel(f"published mean {axis} (mas/yr, Vasiliev & Baumgardt 2021)")
+        bottom.set_ylabel(f"recovered - published {axis} (mas/yr)")
+        top.legend(loc="upper left", fontsize=8)
     if drawn:
         n = int((~table["error"].fillna("").astype(bool)).sum())
         fig.suptitle(f"grasp-dl survey: {n} of {len(table)} clusters ran")
