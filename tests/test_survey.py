@@ -126,6 +126,14 @@ def test_unreachable_archive_is_one_line_and_rc_2(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "cache" / "NGC_6397.parquet").exists()
 
 
+def test_a_refused_query_is_not_an_unreachable_archive():
+    class Refused(OSError):
+        response = type("Response", (), {"status_code": 400})()
+
+    with pytest.raises(Refused):
+        fetch.query_cone(10.0, -20.0, 0.1, client=FakeGaia(error=Refused("ADQL syntax error")))
+
+
 def test_fetch_command_prints_the_cached_cone(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(fetch, "gaia_client", lambda: FakeGaia(fake_stars(12)))
@@ -233,6 +241,25 @@ def test_survey_from_names_reads_the_fetch_cache(tmp_path, monkeypatch):
     assert path == tmp_path / "Djorg_1.parquet" and len(pd.read_parquet(path)) == 50
     survey.cone_path(cfg, "Djorg_1")
     assert len(client.queries) == 1
+
+
+def test_survey_of_names_fetches_missing_cones_first_or_stops_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fetch, "gaia_client", lambda: FakeGaia(error=OSError("Network is unreachable")))
+    names = ["survey.names=[Djorg_1,M4]", f"survey.cache_dir={tmp_path / 'cache'}", f"survey.dir={tmp_path / 's'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["survey", *names])
+    assert exit_info.value.code == 2
+    assert "the Gaia archive cannot be reached (OSError: Network is unreachable)" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "results").exists()  # no job started
+
+    client = FakeGaia(small_cone("djorg1", 40))
+    monkeypatch.setattr(fetch, "gaia_client", lambda: client)
+    survey.fetch_missing(["Djorg_1", "NGC_6121_M_4"], str(tmp_path / "cache"))
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.parquet")) == ["Djorg_1.parquet", "NGC_6121_M_4.parquet"]
+    n = len(client.queries)
+    survey.fetch_missing(["Djorg_1", "NGC_6121_M_4"], str(tmp_path / "cache"))
+    assert len(client.queries) == n
 
 
 @pytest.mark.slow

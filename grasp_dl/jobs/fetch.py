@@ -131,7 +131,10 @@ def _unreachable(error: BaseException) -> ArchiveUnreachableError:
 
 
 def _is_network_error(error: BaseException) -> bool:
-    """Connection failures, timeouts and HTTP errors (requests' are OSErrors too)."""
+    """Connection failures, timeouts and server errors (requests' are OSErrors too); a refused query (HTTP 4xx) is not."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(status, int) and 400 <= status < 500:
+        return False
     if isinstance(error, (OSError, TimeoutError, ConnectionError)):
         return True
     return type(error).__module__.split(".")[0] in ("requests", "urllib3", "http")

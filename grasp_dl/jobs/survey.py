@@ -166,6 +166,34 @@ def _cone_size(path: Path | None) -> int:
         return 0
 
 
+def fetch_missing(names: list[str], cache_dir: str | None) -> None:
+    """Fetch the cones of a survey of names that are not cached yet, here, before any job starts.
+
+    One process queries the archive (it limits concurrent jobs) and writes the cache, which the
+    jobs then read, on this machine or any that shares the cache. An archive that cannot be
+    reached stops the survey with its one-line error; any other failure of one cluster is left
+    to its job, which records it in its row.
+
+    Raises
+    ------
+    ArchiveUnreachableError
+        When a cone is missing and the archive cannot be reached.
+    """
+    from grasp_dl.jobs.fetch import ArchiveUnreachableError, cache_path, fetch_cluster
+
+    for name in names:
+        if cache_path(name, cache_dir).is_file():
+            continue
+        try:
+            path = fetch_cluster(name, cache_dir)
+        except ArchiveUnreachableError:
+            raise
+        except Exception as error:  # this cluster's job tries again and records the error
+            print(f"survey: fetching {name} failed ({_one_line(error)})")
+        else:
+            print(f"survey: fetched {name} into {path}")
+
+
 def multirun_overrides(overrides: list[str]) -> list[str] | None:
     """The command line of the survey's multirun: ``--multirun cluster=A,B,...`` over the unfinished clusters.
 
@@ -192,6 +220,8 @@ def multirun_overrides(overrides: list[str]) -> list[str] | None:
     if not todo:
         report(merge_results(cfg.survey.dir, list(targets)), cfg.survey.dir)
         return None
+    if cfg.survey.get("names"):
+        fetch_missing(todo, cfg.survey.get("cache_dir"))
     # the largest cones first: the last jobs to start are short, so the workers finish together
     todo.sort(key=lambda n: -_cone_size(targets[n]))
     rest = [o for o in overrides if o not in ("-m", "--multirun")]
