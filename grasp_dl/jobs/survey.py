@@ -107,7 +107,8 @@ def survey_targets(survey: DictConfig | dict[str, Any]) -> dict[str, Path | None
     """
     cones, names = survey.get("cones"), survey.get("names")
     if bool(cones) == bool(names):
-        raise ConfigError("give survey.cones=DIR (a directory of NAME.csv cones) or survey.names=[NAME,...], not both")
+        which = "not both" if cones else "one of them"
+        raise ConfigError(f"give survey.cones=DIR (a directory of NAME.csv cones) or survey.names=[NAME,...], {which}")
     if cones:
         return dict(_cone_files(Path(str(cones)).expanduser()))
     from grasp_dl.data.clusters import resolve_cluster_name
@@ -207,6 +208,10 @@ def multirun_overrides(overrides: list[str]) -> list[str] | None:
     list of str or None
         None when every cluster is finished (the table is merged and printed here then).
     """
+    if any(
+        o in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion") for o in overrides
+    ):
+        return overrides  # Hydra's help or the composed config: nothing to run
     if not any(o.startswith("hydra/launcher=") for o in overrides):
         from grasp_dl.runtime.optional import import_optional
 
