@@ -22,6 +22,7 @@ import math
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,12 @@ def multirun_overrides(overrides: list[str]) -> list[str] | None:
     # the largest cones first: the last jobs to start are short, so the workers finish together
     todo.sort(key=lambda n: -_cone_size(targets[n]))
     rest = [o for o in overrides if o not in ("-m", "--multirun")]
+    # the jobs may run elsewhere (Ray, SLURM): the survey's paths are made absolute here
+    for key in ("dir", "cones", "cache_dir"):
+        value = cfg.survey.get(key)
+        if value and not Path(str(value)).expanduser().is_absolute():
+            rest = [o for o in rest if not o.startswith(f"survey.{key}=")]
+            rest.append(f"survey.{key}={_sweep_value(str(Path(str(value)).expanduser().resolve()))}")
     return ["--multirun", *rest, f"cluster={','.join(_sweep_value(n) for n in todo)}"]
 
 
@@ -385,6 +392,9 @@ def survey_task(cfg: DictConfig) -> dict[str, Any]:
     """
     name = str(cfg.cluster)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # its GPU/TPU lines, once per cluster
+    # Lightning's notes on a model fitted without an optimiser (model=xd), once per cluster otherwise
+    warnings.filterwarnings("ignore", message=r".*configure_optimizers.*returned `None`")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     survey_dir = cfg.survey.dir
     if is_finished(survey_dir, name, bool(cfg.survey.retry_failed)):
         return read_result(survey_dir, name) or {}
