@@ -147,13 +147,12 @@ def _sweep_value(name: str) -> str:
 def compose_survey(overrides: list[str]) -> DictConfig:
     """The ``survey`` config composed with the command line's overrides (outside a Hydra app)."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from grasp_dl.runtime.config import conf_dir
 
     plain = [o for o in overrides if not o.startswith("-") and not o.startswith("hydra/") and "hydra." not in o]
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return compose("survey", overrides=plain)
@@ -227,7 +226,10 @@ def multirun_overrides(overrides: list[str]) -> list[str] | None:
         report(merge_results(cfg.survey.dir, list(targets)), cfg.survey.dir)
         return None
     if cfg.survey.get("names"):
+        from grasp_dl.jobs.fetch import cache_path
+
         fetch_missing(todo, cfg.survey.get("cache_dir"))
+        targets = {n: cache_path(n, cfg.survey.get("cache_dir")) for n in targets}
     # the largest cones first: the last jobs to start are short, so the workers finish together
     todo.sort(key=lambda n: -_cone_size(targets[n]))
     rest = [o for o in overrides if o not in ("-m", "--multirun")]
