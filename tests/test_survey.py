@@ -276,3 +276,17 @@ def test_survey_trains_and_predicts_each_cone(cones, tmp_path):
         assert np.isfinite(row["mean_pmra"]) and np.isfinite(row["pm_offset_sigma"])
         assert (out / "runs" / name / "predictions.parquet").is_file()
     assert (out / survey.FIGURE).is_file()
+
+
+@pytest.mark.slow
+def test_survey_on_the_default_joblib_launcher(tmp_path):
+    """The default launcher: jobs in joblib's worker processes, the merge in this one."""
+    folder = tmp_path / "cones"
+    folder.mkdir()
+    small_cone("djorg1", 400).to_csv(folder / "Djorg_1.csv", index=False)
+    (folder / "NGC_6624.csv").write_text("")
+    out = tmp_path / "survey"
+    main(["survey", f"survey.cones={folder}", f"survey.dir={out}", "model.n_starts=1", "model.max_iter=30"])
+    table = pd.read_csv(out / survey.TABLE).set_index("name")
+    assert pd.isna(table.loc["Djorg_1", "error"]) and table.loc["Djorg_1", "stars"] == 400
+    assert isinstance(table.loc["NGC_6624", "error"], str)
