@@ -35,6 +35,10 @@ commands:
              e.g. grasp-dl predict ckpt_path=RUN/checkpoints/last.ckpt data.path=my_cone.csv output=members.parquet
   evaluate   clustering and membership metrics of predictions against a known truth
              e.g. grasp-dl evaluate predictions=members.parquet truth=simulated_cone.csv
+  survey     train and predict many clusters (a directory of NAME.csv cones, or names), one results table
+             e.g. grasp-dl survey survey.cones=my_cones/ survey.dir=surveys/bulge
+  fetch      a cluster's Gaia cone from the archive into the local cache, read offline by survey
+             e.g. grasp-dl fetch NGC_6397 M4
 
 Each command is a Hydra application: 'grasp-dl train --help' lists its config groups,
 'grasp-dl train --cfg job' prints the composed config, '-m' runs a multirun sweep.
@@ -139,10 +143,27 @@ def evaluate_task(cfg: DictConfig) -> None:
     print(f"metrics: {output}")
 
 
+def survey_task(cfg: DictConfig) -> Any:
+    """grasp-dl survey: one cluster of the survey's multirun (grasp_dl.jobs.survey)."""
+    from grasp_dl.jobs.survey import survey_task as run
+
+    return run(cfg)
+
+
+def fetch_task(cfg: DictConfig) -> None:
+    """grasp-dl fetch: each named cluster's cone into the cache, and where it is."""
+    from grasp_dl.jobs.fetch import fetch_command
+
+    for name, path, rows in fetch_command(cfg):
+        print(f"{name}: {rows} stars in {path}")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], Any]]] = {
     "train": ("train", train_task),
     "predict": ("predict", predict_task),
     "evaluate": ("evaluate", evaluate_task),
+    "survey": ("survey", survey_task),
+    "fetch": ("fetch", fetch_task),
 }
 
 
@@ -169,6 +190,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             _exit_with(exc)
     try:
         check_cli_plugins(overrides)
+        if command in ("survey", "fetch"):
+            from grasp_dl.jobs import fetch, survey
+
+            overrides = (
+                survey.multirun_overrides(overrides) if command == "survey" else fetch.fetch_overrides(overrides)
+            )
+            if overrides is None:  # every cluster of the survey was finished already
+                return
     except GraspDLError as exc:
         print(f"grasp-dl: error: {exc}", file=sys.stderr)
         sys.exit(2)

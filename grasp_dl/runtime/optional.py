@@ -75,6 +75,7 @@ CLI_PLUGINS = {
     "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
     "hydra/launcher=submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
     "hydra/launcher=submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=survey_slurm": "hydra_plugins.hydra_submitit_launcher",
 }
 
 
