@@ -302,13 +302,16 @@ def _check_path(path: Path) -> None:
 
 #: Bytes read from the start of a file to tell whether it is a table at all, before any parser runs.
 SNIFF_BYTES = 1 << 16
+#: Files from this size on are sniffed; a smaller one costs little memory, and its parser's own error is kept.
+SNIFF_FROM_SIZE = 1 << 20
 
 
 def _sniff(path: Path, fmt: str) -> None:
     """Refuse, from its first bytes (and last, for Parquet), a file that cannot be a table of its format.
 
     A parser handed a large file that is no table (zeros, an image, a disk dump) may read all of
-    it, and hold it, before failing; these checks read at most a few kilobytes.
+    it, and hold it, before failing; these checks read at most a few kilobytes. Files under
+    :data:`SNIFF_FROM_SIZE` are left to the parser.
 
     Raises
     ------
@@ -318,6 +321,8 @@ def _sniff(path: Path, fmt: str) -> None:
         with ``SIMPLE``.
     """
     size = path.stat().st_size
+    if size < SNIFF_FROM_SIZE:
+        return
     with open(path, "rb") as handle:
         head = handle.read(SNIFF_BYTES)
         tail = b""
@@ -340,8 +345,8 @@ def _sniff(path: Path, fmt: str) -> None:
         why = f"its first {len(head) // 1024} KiB hold no line end"
     if why:
         raise CatalogError(
-            f"{path} ({size:,} bytes) is not a {fmt} table: {why}; check the path, or pass format= if the suffix "
-            "is misleading."
+            f"cannot read {path} as {fmt}: it is not a {fmt} table ({why}; {size:,} bytes): check the path, or pass "
+            "format= if the suffix is misleading."
         )
 
 

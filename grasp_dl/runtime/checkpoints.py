@@ -278,8 +278,9 @@ class SaveLastCheckpoint(L.Callback):
 
     Lightning's ModelCheckpoint refreshes ``last.ckpt`` only when it saves a monitored checkpoint,
     so a run whose metric stopped improving keeps an old one; a stopped run would lose every
-    epoch since. The file goes into the phase's checkpoint folder (the trainer's
-    ``checkpoint_callback.dirpath``), the same ``last.ckpt`` that ``ckpt_path=last`` resumes.
+    epoch since. The file is the one ModelCheckpoint (``save_last: true``) keeps as the phase's
+    last checkpoint, the ``last.ckpt`` that ``ckpt_path=last`` resumes; before ModelCheckpoint has
+    written its first, there is nothing to refresh.
 
     Parameters
     ----------
@@ -294,8 +295,13 @@ class SaveLastCheckpoint(L.Callback):
 
     @staticmethod
     def _path(trainer: L.Trainer) -> Path | None:
-        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
-        return Path(dirpath) / "last.ckpt" if dirpath else None
+        """The file ModelCheckpoint keeps as this run's last checkpoint (None until it has written one).
+
+        Its own choice is followed (``last-v1.ckpt`` beside another run's ``last.ckpt``), so a file
+        this run did not write is never replaced.
+        """
+        path = getattr(trainer.checkpoint_callback, "last_model_path", "")
+        return Path(path) if path else None
 
     def _save(self, trainer: L.Trainer) -> None:
         path = self._path(trainer)
