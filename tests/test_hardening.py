@@ -500,3 +500,36 @@ def test_a_huge_file_that_is_no_table_is_refused_in_bounded_memory(capsys, tmp_p
     assert_one_line_error(result, "is not a", "table")
     assert time.perf_counter() - start < 30
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500 * 1024  # KiB: under 500 MB more
+
+
+def test_tensorboard_log_stays_bounded(tmp_path):
+    """One event file per phase and one projector folder per phase, however many epochs the views are drawn at."""
+    overrides = [
+        "model=dec",
+        "data.simulate.n_stars=800",
+        "trainer.max_epochs=7",
+        "model.pretrain_epochs=7",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "callbacks.tensorboard_figures.every_n_epochs=2",
+        "callbacks.tensorboard_figures.max_stars=100",
+        "callbacks.early_stopping.patience=100",
+    ]
+    pipeline.train(compose_config("train", overrides, tmp_path))
+    for phase in (tmp_path / "tensorboard", tmp_path / "tensorboard" / "autoencoder"):
+        assert len(list(phase.glob("events.out.tfevents.*"))) == 1, phase
+        assert len(list(phase.glob("*/latent/tensors.tsv"))) == 1, phase
+
+
+def test_staged_outputs_get_the_usual_permissions(tmp_path):
+    from grasp_dl.runtime.io_policy import StagedOutputs
+
+    umask = os.umask(0o022)
+    try:
+        with StagedOutputs({"output": tmp_path / "a.json"}) as staged:
+            staged.temp("output").write_text("{}\n")
+            staged.commit()
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert no_temp_files(tmp_path)

@@ -315,6 +315,10 @@ def temp_file(path: PathLike) -> Path:
         dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{_temp_suffix(path)}"
     )
     os.close(fd)
+    # mkstemp makes the file private (0600); the output it becomes gets the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
     return Path(name)
 
 
