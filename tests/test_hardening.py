@@ -533,3 +533,36 @@ def test_staged_outputs_get_the_usual_permissions(tmp_path):
         os.umask(umask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert no_temp_files(tmp_path)
+
+
+def test_sigterm_during_train_keeps_a_fresh_last_checkpoint_and_frees_the_run_directory(tmp_path):
+    """A real SIGTERM to grasp-dl train: exit 143, last.ckpt of the newest epoch, the run's lock removed."""
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "model=dec",
+        "data.simulate.n_stars=800",
+        "trainer.max_epochs=5",
+        "model.pretrain_epochs=100000",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        "callbacks.early_stopping.patience=100000",
+        f"hydra.run.dir={run}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    code = "import sys; from grasp_dl.cli import main; main(sys.argv[1:])"
+    child = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=tmp_path)
+    last = run / "checkpoints" / "autoencoder" / "last.ckpt"
+    deadline = time.time() + 180
+    while time.time() < deadline and child.poll() is None:
+        if last.exists() and (run / ".grasp-dl.lock").exists():
+            time.sleep(3)  # some epochs more
+            break
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=120) == 143
+    assert not (run / ".grasp-dl.lock").exists()
+    newest = torch.load(last, weights_only=True)
+    assert newest["epoch"] >= torch.load(last.with_name("best.ckpt"), weights_only=True)["epoch"]
+    assert newest["epoch"] >= 3 and HASH_KEY in newest

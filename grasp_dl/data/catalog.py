@@ -849,7 +849,7 @@ def _fix_source_id(frame: pd.DataFrame) -> pd.DataFrame:
             return frame
     if pd.api.types.is_object_dtype(series.dtype) or pd.api.types.is_string_dtype(series.dtype):
         text = series.dropna().astype(str)
-        floating = text[text.str.contains(r"[.eE]", regex=True)]
+        floating = text[text.str.fullmatch(r"\s*[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)\s*")]
         if len(floating):
             _warn_inexact_ids(floating.iloc[0])
             return frame
