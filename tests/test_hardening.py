@@ -442,6 +442,8 @@ def test_an_unwritable_run_directory_is_one_line(capsys, tmp_path, ckpt, cone, m
     result = run_cli(capsys, *predict_args(ckpt, data, tmp_path / "m.csv"))
     assert_one_line_error(result, "current directory /proc is not writable")
     assert not (tmp_path / "m.csv").exists()
+    code, out, _ = run_cli(capsys, "predict", "--cfg", "job")  # Hydra's flags write no run directory
+    assert code == 0 and "ckpt_path" in out
 
 
 def test_a_symlink_loop_as_data_path_is_one_line(capsys, tmp_path, ckpt):

@@ -314,8 +314,10 @@ class SaveLastCheckpoint(L.Callback):
             self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        """Write ``last.ckpt`` when the run is stopped by a signal or by the user (not on a failure)."""
-        if isinstance(exception, (SystemExit, KeyboardInterrupt)) or getattr(trainer, "received_sigterm", False):
+        """Write ``last.ckpt`` when a single-process run is stopped by a signal or by the user (not on a failure)."""
+        stopped = isinstance(exception, (SystemExit, KeyboardInterrupt)) or getattr(trainer, "received_sigterm", False)
+        # Saving is collective across processes: with several, a stopped peer would leave the others waiting.
+        if stopped and trainer.world_size == 1:
             try:
                 self._save(trainer)
             except Exception as exc:  # the run is ending anyway: say so, keep the original exit

@@ -231,7 +231,8 @@ def check_run_dir_early(overrides: Sequence[str]) -> None:
 
     Hydra makes the run directory (``hydra.run.dir``, by default ``outputs/<command>/<time>``
     below the current directory) before the command starts and fails with a traceback when it
-    cannot. A multirun's directories are left to Hydra.
+    cannot. A multirun's directories are left to Hydra, and Hydra's flags (``--cfg``, ``--help``)
+    write none.
 
     Parameters
     ----------
@@ -244,7 +245,7 @@ def check_run_dir_early(overrides: Sequence[str]) -> None:
         When ``hydra.run.dir`` is given and cannot be created or written, or, without it, when the
         current directory (or its ``outputs`` folder) is not writable.
     """
-    if any(arg in ("-m", "--multirun") for arg in overrides):
+    if any(arg.startswith("-") for arg in overrides):  # a multirun, or --help/--cfg/--info: no run directory here
         return
     run_dir = _override_values(overrides).get("hydra.run.dir")
     if run_dir and "${" not in run_dir:
