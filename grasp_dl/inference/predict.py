@@ -558,7 +558,10 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     """``grasp-dl predict``: score ``cfg.data.path`` with ``cfg.ckpt_path``, streaming the table to ``cfg.output``.
 
     The catalogue is read, scored and written ``cfg.chunk_size`` rows at a time, so its size is
-    bounded by the disk, not the memory.
+    bounded by the disk, not the memory. The outputs (table, summary, figure) are checked before
+    any is written, written to temporary files and moved into place together at the end; the
+    output is locked for the run, so a second run into it is refused
+    (:mod:`grasp_dl.runtime.io_policy`).
 
     Parameters
     ----------
@@ -574,8 +577,9 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     Raises
     ------
     ConfigError
-        For a missing checkpoint, an output that is not .parquet or .csv, or a ``cluster_group``
-        the model does not have.
+        For a missing checkpoint, an output that is not .parquet or .csv, an output (or its summary
+        or figure) that is a directory or in use by another run, a ``data.center`` that is not two
+        numbers, or a ``cluster_group`` the model does not have.
     CatalogError
         When the catalogue has no usable star.
     """
