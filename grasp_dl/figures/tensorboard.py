@@ -8,7 +8,7 @@ writes, to every TensorBoard logger of the trainer,
 * images: the latent space (PCA), proper-motion plane, sky and colour-magnitude diagram coloured
   by member probability, and the reliability diagram when the catalogue has a ``truth`` column;
 * the latent points with their group, member probability and truth for the projector
-  (``add_embedding``);
+  (``add_embedding``), at the last epoch of each phase only;
 * histograms of the soft assignments: the probability of each group, the largest one and the
   entropy.
 
@@ -130,10 +130,14 @@ class TensorBoardFigures(L.Callback):
         """
         if self._last_logged_step == trainer.global_step:
             return False
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or self._last(trainer)
+
+    @staticmethod
+    def _last(trainer: L.Trainer) -> bool:
+        """Whether this is the phase's last epoch (max_epochs reached, or the run stops)."""
         epoch = trainer.current_epoch + 1
         max_epochs = getattr(trainer, "max_epochs", None)
-        last = bool(getattr(trainer, "should_stop", False)) or (max_epochs is not None and 0 < max_epochs <= epoch)
-        return epoch % self.every_n_epochs == 0 or last
+        return bool(getattr(trainer, "should_stop", False)) or (max_epochs is not None and 0 < max_epochs <= epoch)
 
     def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, then: str) -> None:
         """Draw and write the views when due; ``then`` names the loop phase that resumes (stage timing)."""
@@ -152,7 +156,7 @@ class TensorBoardFigures(L.Callback):
             stars = datamodule.star_data(sample.split).subset(sample.rows)  # scored as predict scores them
         view = self.view(pl_module, sample.scaled, stars)
         for writer in writers:
-            self.write(writer, sample, view, trainer.global_step)
+            self.write(writer, sample, view, trainer.global_step, embedding=self._last(trainer))
             writer.flush()
         mark(f"{module_name}: {then}")
 
@@ -193,8 +197,13 @@ class TensorBoardFigures(L.Callback):
         group = int(pl_module.cluster_group)
         return StarView(latent, prob, group if 0 <= group < prob.shape[1] else None)
 
-    def write(self, writer: Any, sample: StarSample, view: StarView, step: int) -> None:
-        """Every enabled view of ``sample`` to one SummaryWriter."""
+    def write(self, writer: Any, sample: StarSample, view: StarView, step: int, embedding: bool = True) -> None:
+        """Every enabled view of ``sample`` to one SummaryWriter.
+
+        The projector embedding is a folder of text files per call, so it is written only where
+        ``embedding`` says (the phase's last view): the log then grows with the figures and
+        histograms alone, not by a folder every few epochs.
+        """
         if self.figures:
             for tag, fig in self.make_figures(sample, view).items():
                 writer.add_image(f"figures/{tag}", figure_to_array(fig), step, dataformats="HWC")
@@ -203,7 +212,7 @@ class TensorBoardFigures(L.Callback):
                 writer.add_histogram(f"assignments/prob_{j}", view.prob[:, j], step)
             writer.add_histogram("assignments/max_prob", view.prob.max(axis=1), step)
             writer.add_histogram("assignments/entropy", entropy(view.prob), step)
-        if self.embedding and view.latent is not None:
+        if self.embedding and embedding and view.latent is not None:
             metadata, header = self.metadata(sample, view)
             writer.add_embedding(view.latent, metadata=metadata, metadata_header=header, global_step=step, tag="latent")
 

@@ -19,9 +19,9 @@ from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
-from grasp_dl.data.validation import flag_nonfinite_probabilities
+from grasp_dl.data.validation import FLAG_DUPLICATE_ID, flag_duplicate_ids, flag_nonfinite_probabilities
 from grasp_dl.inference.no_astrometry import score_without_astrometry
-from grasp_dl.inference.outputs import prediction_output, write_summary
+from grasp_dl.inference.outputs import prediction_output, summary_json
 from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
 from grasp_dl.membership.guards import (
     StarSample,
@@ -33,11 +33,11 @@ from grasp_dl.membership.guards import (
 from grasp_dl.membership.rules import ClusterSummary, adopt_model_mean, entropy
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.vade import VaDEModule
-from grasp_dl.runtime.checkpoints import checkpoint_kind, load_module, read_checkpoint
+from grasp_dl.runtime.checkpoints import CLASS_KEY, checkpoint_kind, load_module, read_checkpoint
 from grasp_dl.runtime.devices import inference_device
 from grasp_dl.runtime.errors import CatalogError, CheckpointError, ConfigError
-from grasp_dl.runtime.io_policy import refuse_overwriting_inputs
-from grasp_dl.runtime.options import check_predict_options
+from grasp_dl.runtime.io_policy import RunLock, StagedOutputs, refuse_overwriting_inputs
+from grasp_dl.runtime.options import check_center, check_predict_options
 from grasp_dl.runtime.run_dir import figure_path, summary_path
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,17 @@ def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
     fail is one line.
     """
     content = read_checkpoint(ckpt_path)
-    module_class = checkpoint_class(content)
+    written_by = content.get(CLASS_KEY)
+    try:
+        module_class = checkpoint_class(content)
+    except Exception:  # a class path that does not import, or names a function
+        module_class = None
+    if module_class is None and written_by is not None:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} names the class {str(written_by)[:100]!r}, which is not a grasp-dl clustering "
+            "model: refused; give ckpt_path= a checkpoint written by grasp-dl train"
+        )
+    _check_stored_center(content, ckpt_path)
     if module_class is None:
         raise CheckpointError(
             f"checkpoint {ckpt_path} holds an {checkpoint_kind(content)} model (no cluster centres), ckpt_path "
@@ -64,6 +74,21 @@ def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
     module = load_module(module_class, ckpt_path, kinds=(checkpoint_kind(content),), content=content)
     module.eval()
     return module
+
+
+def _check_stored_center(content: dict[str, Any], ckpt_path: str | Path) -> None:
+    """Refuse a checkpoint whose stored projection centre is not null or two finite numbers."""
+    prep = content["hyper_parameters"].get("preprocessing")
+    center = prep.get("center") if isinstance(prep, dict) else None
+    try:
+        if isinstance(center, str):
+            raise ConfigError("a string")
+        check_center(center, "the centre")
+    except ConfigError:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} stores the centre {str(center)[:60]!r}, not [ra, dec] in degrees: the file was "
+            "edited or damaged; give ckpt_path= a checkpoint written by grasp-dl train"
+        ) from None
 
 
 def scoring_device(module: ClusteringModule, device: str = "auto") -> torch.device:
@@ -349,6 +374,16 @@ def score_prepared(
     return out
 
 
+def _warn_duplicates(n_repeats: int) -> None:
+    if n_repeats:
+        log.warning(
+            "%d rows repeat a source_id seen earlier in the catalogue: only the first of each is scored, the "
+            "repeats are flagged %s (ids written as floats, e.g. 6.0e+18, collide this way: export them as integers)",
+            n_repeats,
+            FLAG_DUPLICATE_ID,
+        )
+
+
 def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any]:
     """Add the model's own fitted cluster astrometry (model=xd: the deconvolved mean) to a summary, and report that
     mean as the cluster's (:func:`~grasp_dl.membership.rules.adopt_model_mean`).
@@ -402,6 +437,7 @@ def predict_catalog(
     literature, center = _literature_cluster(module, cluster, center)
     ready = prepare_for_module(module, catalog, center)
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
+    _warn_duplicates(flag_duplicate_ids(out))
     scored = out["label"].to_numpy() >= 0
     check = check_table(out.loc[scored, "member_prob"].to_numpy(float), ready.table.loc[scored], ready.center)
     user_group = _user_chose_group(module, cluster_group)
@@ -448,6 +484,7 @@ def predict_to_file(
     score_no_astrometry: bool = False,
     cluster: str | None = None,
     figure: str | Path | None = None,
+    columns: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Score ``catalog`` ``chunk_size`` rows at a time and write the per-star table (.parquet or .csv) as it goes.
 
@@ -463,12 +500,13 @@ def predict_to_file(
     bounded uniform random sample of the scored stars collected on the way
     (:class:`~grasp_dl.membership.guards.StarSample`); when the named group is no cluster,
     the written file is rewritten chunk by chunk with ``member_prob`` 0. ``cluster_group`` and
-    ``cluster`` as in :func:`predict_catalog`.
+    ``cluster`` as in :func:`predict_catalog`. ``columns`` maps the catalogue's own names to Gaia
+    names (``data.columns``), on top of the mapping stored in the checkpoint.
     """
     group = _cluster_group(module, cluster_group)
     literature, center = _literature_cluster(module, cluster, center)
     prep = _preprocessing(module)
-    columns = prep.get("columns")
+    columns = {**(prep.get("columns") or {}), **(columns or {})} or None
     keep = set(PREDICTION_COLUMNS) | set(prep["features"])
     chunks = iter_catalog(catalog, columns, chunk_size=chunk_size, keep=keep)
     first = next(chunks)
@@ -479,6 +517,8 @@ def predict_to_file(
         used_center = resolve_center(prep["center"], center, first)
     summary = ClusterSummary(used_center, group)
     sample = StarSample()
+    seen_ids: set[Any] = set()
+    n_repeats = 0
     # The next chunk is read and the last one written while this one is prepared and scored.
     device = next(iter(module.parameters()), torch.empty(0)).device
     with ReadAhead(chunks) as rest, CatalogChunkWriter(output) as writer, single_scoring_thread(device):
@@ -488,6 +528,7 @@ def predict_to_file(
                 out = score_prepared(
                     module, ready, group, chunk_size, first_row=summary.n_rows, score_no_astrometry=score_no_astrometry
                 )
+                n_repeats += flag_duplicate_ids(out, seen_ids)
                 write.write(out)
                 summary.update(out, table)
                 sample.update(out, table)
@@ -498,6 +539,7 @@ def predict_to_file(
                 f"no usable star in the catalogue of {result['n_rows']} rows ({reasons}): relax the quality "
                 "cuts or score a catalogue with the model's features"
             )
+    _warn_duplicates(n_repeats)
     check = sample.check(used_center)
     stars = sample.rows
     user_group = _user_chose_group(module, cluster_group)
@@ -516,7 +558,10 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     """``grasp-dl predict``: score ``cfg.data.path`` with ``cfg.ckpt_path``, streaming the table to ``cfg.output``.
 
     The catalogue is read, scored and written ``cfg.chunk_size`` rows at a time, so its size is
-    bounded by the disk, not the memory.
+    bounded by the disk, not the memory. The outputs (table, summary, figure) are checked before
+    any is written, written to temporary files and moved into place together at the end; the
+    output is locked for the run, so a second run into it is refused
+    (:mod:`grasp_dl.runtime.io_policy`).
 
     Parameters
     ----------
@@ -532,36 +577,41 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     Raises
     ------
     ConfigError
-        For a missing checkpoint, an output that is not .parquet or .csv, or a ``cluster_group``
-        the model does not have.
+        For a missing checkpoint, an output that is not .parquet or .csv, an output (or its summary
+        or figure) that is a directory or in use by another run, a ``data.center`` that is not two
+        numbers, or a ``cluster_group`` the model does not have.
     CatalogError
         When the catalogue has no usable star.
     """
     chunk_size = check_predict_options(cfg)
     output = prediction_output(cfg.output)
     figure = figure_path(output) if cfg.get("figures", True) else None
-    written = {"output": output, "output's summary": summary_path(output)}
-    if figure is not None:
-        written["output's figure"] = figure
+    written = {"output": output, "output's summary": summary_path(output), "output's figure": figure}
     refuse_overwriting_inputs(written, {"data.path": cfg.data.path, "ckpt_path": cfg.ckpt_path})
-    module = load_clustering_module(cfg.ckpt_path)
-    # Moved once, before the first chunk: every forward pass then runs where the weights are.
-    module.to(scoring_device(module, str(cfg.get("device", "auto"))))
-    summary = predict_to_file(
-        module,
-        cfg.data.path,
-        output,
-        cluster_group=cfg.get("cluster_group"),
-        center=cfg.data.get("center"),
-        chunk_size=chunk_size,
-        score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
-        cluster=cfg.data.get("cluster"),
-        figure=figure,
-    )
-    if figure is not None:
-        summary["figure"] = str(figure)
-    if module.fit_results.get("start_vs_end"):
-        summary["start_vs_end"] = module.fit_results["start_vs_end"]
-    summary["checkpoint"] = str(cfg.ckpt_path)
-    summary["catalog"] = str(cfg.data.path)
-    return summary, output, write_summary(summary, output)
+    center = check_center(cfg.data.get("center"))
+    columns = cfg.data.get("columns")
+    with RunLock(output, "output"), StagedOutputs(written) as staged:
+        module = load_clustering_module(cfg.ckpt_path)
+        # Moved once, before the first chunk: every forward pass then runs where the weights are.
+        module.to(scoring_device(module, str(cfg.get("device", "auto"))))
+        summary = predict_to_file(
+            module,
+            cfg.data.path,
+            staged.temp("output"),
+            cluster_group=cfg.get("cluster_group"),
+            center=center,
+            chunk_size=chunk_size,
+            score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
+            cluster=cfg.data.get("cluster"),
+            figure=None if figure is None else staged.temp("output's figure"),
+            columns=None if columns is None else dict(columns),
+        )
+        if figure is not None:
+            summary["figure"] = str(figure)
+        if module.fit_results.get("start_vs_end"):
+            summary["start_vs_end"] = module.fit_results["start_vs_end"]
+        summary["checkpoint"] = str(cfg.ckpt_path)
+        summary["catalog"] = str(cfg.data.path)
+        summary_json(summary, staged.temp("output's summary"))
+        staged.commit()
+    return summary, output, summary_path(output)

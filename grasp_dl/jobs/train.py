@@ -123,6 +123,11 @@ def _module_options(model_cfg: DictConfig) -> tuple[type, dict[str, Any]]:
         module_class = hydra.utils.get_class(target)
     except Exception as exc:  # hydra raises ImportError or ValueError subclasses
         raise ConfigError(f"model._target_={target} is not a class: {exc}") from exc
+    if not issubclass(module_class, L.LightningModule):
+        raise ConfigError(
+            f"model._target_={target} is not a grasp-dl model (no LightningModule): choose one of conf/model/ "
+            "(e.g. model=dec)"
+        )
     for key in PHASE_KEYS:
         options.pop(key, None)
     return module_class, options
@@ -417,6 +422,7 @@ def _check_or_fall_back(cfg: DictConfig, datamodule: StellarCatalogDataModule) -
     Returns the line that says which setting was trained and why.
     """
     name = model_name(cfg.model)
+    _module_options(cfg.model)  # a bad _target_ is the user's error, never a reason to fall back
     try:
         check_phases(cfg, datamodule)
     except GraspDLError as exc:
@@ -496,7 +502,10 @@ def train(
         check_phases(cfg, datamodule)
     two_phase = "pretrain" in cfg.model
     resume = resume_point(cfg.get("ckpt_path"), run_dir, two_phase)
-    check_trainable(datamodule.prepared.n_usable, len(datamodule.train_index), cfg.model.get("n_clusters"))
+    mixture = model_name(cfg.model) == "xd" or cfg.model.get("init") == "xd"
+    check_trainable(
+        datamodule.prepared.n_usable, len(datamodule.train_index), cfg.model.get("n_clusters"), mixture=mixture
+    )
     if not two_phase:
         module = build_module(cfg.model, datamodule)
     elif resume.final:
