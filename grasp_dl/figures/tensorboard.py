@@ -87,7 +87,7 @@ def _tensorboard_writers(trainer: L.Trainer) -> list[Any]:
 class TensorBoardFigures(L.Callback):
     """Figures, the latent embedding and soft-assignment histograms in TensorBoard every N epochs.
 
-    ``every_n_epochs`` keeps it cheap (drawing takes about a second); ``max_stars`` bounds the
+    ``every_n_epochs`` keeps it cheap (drawing is slow next to an epoch); ``max_stars`` bounds the
     sample (the projector and the figures); ``embedding``, ``histograms`` and ``figures`` switch
     each view off.
     """
