@@ -1,17 +1,15 @@
 """The notebook face: :class:`DeepClusteringModel`, a scikit-learn-style estimator with the seed's method names.
 
-The facade trains through :mod:`grasp_dl.jobs.train` with a config composed from ``conf/``, so a
-notebook gets the command line's modules, Trainer, callbacks, loggers and checkpoints: ``fit``
-*is* ``grasp-dl train`` on an in-memory catalogue, and the seed's step-by-step methods
-(``prepare_data`` -> ``pretrain_autoencoder`` -> ``train_deep_clustering``) run the same two
-phases one at a time. Predictions go through :func:`grasp_dl.inference.predict.predict_catalog`, exactly
-as ``grasp-dl predict``. The GRASP helpers are in :mod:`grasp_dl.grasp`, device names in
-:mod:`grasp_dl.runtime.devices`, run logs in :mod:`grasp_dl.jobs.run_history`, GPU memory in :mod:`grasp_dl.runtime.gpu`.
+``fit`` *is* ``grasp-dl train`` on an in-memory catalogue: the facade trains through
+:mod:`grasp_dl.jobs.train` with a config composed from ``conf/``, so a notebook gets the command
+line's modules, Trainer, callbacks, loggers and checkpoints. The seed's step-by-step methods
+(``prepare_data``, ``pretrain_autoencoder``, ``train_deep_clustering``) run the same two phases
+one at a time; predictions go through :func:`grasp_dl.inference.predict.predict_catalog`, as
+``grasp-dl predict``.
 
-What a method takes as ``data``: a catalogue path, a DataFrame or astropy Table of Gaia columns,
-an object whose ``.data`` holds one (a GRASP sample), or a plain array of features (stars x
-features, in the order of the model's ``features``; a model trained on sky positions needs the
-catalogue itself, since ``xi``/``eta`` are computed from ``ra``/``dec`` around its centre).
+A method's ``data`` is a catalogue path, a DataFrame or astropy Table of Gaia columns, an object
+whose ``.data`` holds one (a GRASP sample), or an array of features (stars x features in the
+model's ``features`` order; a model trained on sky positions needs the catalogue itself).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Values that cannot be trusted are flagged, never silently turned into numbers.
 
-- :func:`range_flags` flags, before any float32 cast, input values that are infinite or outside
-  physical ranges (|pm| > 10^4 mas/yr, |parallax| > 10^3 mas, |dec| > 90 deg, |ra| > 360 deg) or too large for
-  float32 at all: ``nonfinite:<column>`` and ``out_of_range:<column>``; errors that are not positive
-  and correlations outside [-1, 1] are ``out_of_range:<column>`` too (:func:`uncertainty_flags`).
+- :func:`range_flags` flags, before any float32 cast, values that are infinite
+  (``nonfinite:<column>``) or outside physical ranges or float32 (``out_of_range:<column>``,
+  :data:`PHYSICAL_LIMITS`); :func:`uncertainty_flags` does the same for non-positive errors and
+  correlations outside [-1, 1].
 - :func:`flag_duplicate_ids` unscores the repeats of a ``source_id``.
-- :func:`flag_nonfinite_probabilities` is the last check of scoring: a row either has finite
+- :func:`flag_nonfinite_probabilities`, the last check of scoring: a row has finite
   probabilities or a flag saying why not.
 - :func:`check_trainable` refuses catalogues too small to train on.
 """

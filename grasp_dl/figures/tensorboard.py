@@ -1,16 +1,13 @@
 """TensorBoard views of a training run: figures, the latent embedding and the soft assignments.
 
 :class:`TensorBoardFigures` is a Lightning callback (``conf/callbacks/tensorboard_figures.yaml``):
-at the end of validation every ``every_n_epochs`` epochs, and at the last epoch, it draws a fixed random sample of at
-most ``max_stars`` validation stars (training stars when there is no validation split) and
-writes, to every TensorBoard logger of the trainer,
+every ``every_n_epochs`` validation ends and at the last epoch it takes a fixed random sample of
+at most ``max_stars`` validation (else training) stars and writes to every TensorBoard logger
 
-* images: the latent space (PCA), proper-motion plane, sky and colour-magnitude diagram coloured
-  by member probability, and the reliability diagram when the catalogue has a ``truth`` column;
-* the latent points with their group, member probability and truth for the projector
-  (``add_embedding``), at the last epoch of each phase only;
-* histograms of the soft assignments: the probability of each group, the largest one and the
-  entropy.
+* images: the latent space (PCA), proper motions, sky and colour-magnitude diagram coloured by
+  member probability, and the reliability diagram when there is a ``truth`` column;
+* the latent points for the projector (``add_embedding``), at each phase's last epoch only;
+* histograms of the soft assignments (each group's probability, the largest, the entropy).
 
 It runs on global rank zero only and does nothing without a TensorBoard logger.
 """
@@ -87,7 +84,7 @@ def _tensorboard_writers(trainer: L.Trainer) -> list[Any]:
 class TensorBoardFigures(L.Callback):
     """Figures, the latent embedding and soft-assignment histograms in TensorBoard every N epochs.
 
-    ``every_n_epochs`` keeps it cheap (drawing takes about a second); ``max_stars`` bounds the
+    ``every_n_epochs`` keeps it cheap (drawing is slow next to an epoch); ``max_stars`` bounds the
     sample (the projector and the figures); ``embedding``, ``histograms`` and ``figures`` switch
     each view off.
     """

@@ -417,21 +417,19 @@ def predict_catalog(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary), in memory.
 
-    The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where
-    the star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy``, and
-    ``flag`` (why a row was not scored, '' otherwise). ``center`` as in :func:`resolve_center`.
-    A model that draws latent points (VaDE) adds ``member_prob_std`` after ``entropy``: the spread
-    of the member probability over draws z ~ q(z|x), each draw pooled with an anchored model's start
-    as ``member_prob`` is. DEC has no such spread, so its table has no
-    such column (rather than a 0 that would read as certainty). ``score_no_astrometry`` as in
-    :func:`score_prepared`. For catalogues too large to hold, :func:`predict_to_file` streams.
+    The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where the
+    star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy`` and ``flag``
+    (why a row was not scored). A model that draws latent points (VaDE) adds ``member_prob_std``,
+    the spread of the (pooled) member probability over draws z ~ q(z|x); DEC has no such column,
+    rather than a 0 that would read as certainty. ``center`` as in :func:`resolve_center`,
+    ``score_no_astrometry`` as in :func:`score_prepared`; :func:`predict_to_file` streams large
+    catalogues.
 
-    The named group is checked by the plausibility guards (:mod:`grasp_dl.membership.guards`);
-    when it is no cluster, ``member_prob`` is 0 everywhere (unless ``cluster_group`` was given) and
-    the summary says ``cluster_found: false`` and why; it always carries the diagnostics.
-    ``cluster`` names a literature cluster (:mod:`grasp_dl.data.clusters`; by default the
-    checkpoint's ``data.cluster``): its centre is used when ``center`` is None and the summary
-    compares the recovered astrometry with the published one.
+    The named group is checked by the plausibility guards (:mod:`grasp_dl.membership.guards`):
+    when it is no cluster, ``member_prob`` is 0 (unless ``cluster_group`` was given) and the summary
+    says ``cluster_found: false`` and why. ``cluster`` (by default the checkpoint's
+    ``data.cluster``) gives the centre when ``center`` is None and the published astrometry the
+    summary is compared with.
     """
     group = _cluster_group(module, cluster_group)
     literature, center = _literature_cluster(module, cluster, center)
@@ -488,20 +486,17 @@ def predict_to_file(
 ) -> dict[str, Any]:
     """Score ``catalog`` ``chunk_size`` rows at a time and write the per-star table (.parquet or .csv) as it goes.
 
-    The same table as :func:`predict_catalog`, but memory stays bounded by the chunk: a file is
-    read chunk by chunk (only the columns prediction uses), each chunk is prepared, scored and
-    appended to a temporary file that replaces ``output`` once complete, and the cluster summary
-    is accumulated on the way. The next chunk is read and the previous one written in background
-    threads while a chunk is scored (:mod:`grasp_dl.inference.streaming`); the module scores
-    where its weights are (``grasp-dl predict`` moves it to the GPU when there is one).
-    ``center='auto'`` reads the positions once more first.
+    The table of :func:`predict_catalog`, with memory bounded by the chunk: each chunk is read (only
+    the columns prediction uses), prepared, scored and appended to a temporary file that replaces
+    ``output`` once complete, the cluster summary accumulated on the way. Reading and writing run
+    in background threads (:mod:`grasp_dl.inference.streaming`); the module scores where its
+    weights are. ``center='auto'`` reads the positions once more first.
 
-    The plausibility guards and the diagnostic figure (written to ``figure`` when given) use a
-    bounded uniform random sample of the scored stars collected on the way
-    (:class:`~grasp_dl.membership.guards.StarSample`); when the named group is no cluster,
-    the written file is rewritten chunk by chunk with ``member_prob`` 0. ``cluster_group`` and
-    ``cluster`` as in :func:`predict_catalog`. ``columns`` maps the catalogue's own names to Gaia
-    names (``data.columns``), on top of the mapping stored in the checkpoint.
+    The plausibility guards and the diagnostic figure (``figure``) use a bounded random sample of
+    the scored stars (:class:`~grasp_dl.membership.guards.StarSample`); when the named group is no
+    cluster, the file is rewritten chunk by chunk with ``member_prob`` 0. ``cluster_group`` and
+    ``cluster`` as in :func:`predict_catalog`; ``columns`` maps the catalogue's names to Gaia names
+    on top of the checkpoint's mapping.
     """
     group = _cluster_group(module, cluster_group)
     literature, center = _literature_cluster(module, cluster, center)

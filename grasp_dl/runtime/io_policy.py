@@ -1,18 +1,15 @@
 """What grasp-dl may write, and where: the input/output policy of every command.
 
-- An output never replaces an input of the same command (paths compared once resolved, so
-  ``dir/../dir/x.csv`` and links are caught).
-- An output must be a writable file path, not a directory; this is checked before any work.
-- Temporary files are removed on every failure path: SIGTERM is turned into ``SystemExit`` so
-  the writers' clean-up (``finally`` / ``except BaseException``) runs on it too.
-- A run directory that already holds a finished run is refused unless the user says
-  ``overwrite=true`` (its checkpoints are then removed first) or resumes it with ``ckpt_path``.
-- Temporary files get unique names (``.<name>.<pid>.<random>.tmp<suffix>``) beside their output, never a
-  name another file may carry; those left by a killed process are removed by the next run to that output.
-- All outputs of one command are checked before the first is written and moved into place together
-  (:class:`StagedOutputs`).
-- A run directory and an output path are locked for the length of a run (:class:`RunLock`): a second
-  run into them is refused; a lock left by a dead process is taken over.
+- An output never replaces an input of the same command (paths compared resolved, links caught).
+- An output must be a writable file path, not a directory, checked before any work.
+- All outputs of one command are checked before the first is written, written to uniquely named
+  temporary files beside them (``.<name>.<pid>.<random>.tmp<suffix>``) and moved into place
+  together (:class:`StagedOutputs`). Temporary files are removed on every failure path (SIGTERM
+  becomes ``SystemExit``); those of a killed process are removed by the next run to that output.
+- A run directory holding a finished run is refused unless ``overwrite=true`` (its checkpoints
+  are removed first) or ``ckpt_path`` resumes it.
+- A run directory and an output are locked for the length of a run (:class:`RunLock`); a lock
+  left by a dead process is taken over.
 """
 
 from __future__ import annotations
