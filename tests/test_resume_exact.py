@@ -84,7 +84,14 @@ def test_sigkill_in_any_phase_then_resume_predicts_as_the_uninterrupted_run(tmp_
     whole = train_cli(tmp_path / "whole", overrides)
     assert whole.returncode == 0, whole.stderr[-3000:]
     expected, labels = member_prob(tmp_path / "whole", overrides)
-    for name, kill in (("in_pretraining", ("AutoencoderModule", 1)), ("in_clustering", (phase, 2))):
+    # mid-pretraining; in the clustering phase's first epoch (before its first checkpoint: the run goes
+    # on from the autoencoder's); mid-clustering
+    kills = {
+        "in_pretraining": ("AutoencoderModule", 1),
+        "at_clustering_start": (phase, 0),
+        "in_clustering": (phase, 2),
+    }
+    for name, kill in kills.items():
         run_dir = killed_and_resumed(tmp_path, name, overrides, kill)
         got, got_labels = member_prob(run_dir, overrides)
         delta = float(np.max(np.abs(got - expected)))
