@@ -41,6 +41,7 @@ from grasp_dl.inference.outputs import write_summary
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, prepare_for_module
 from grasp_dl.jobs import train as pipeline
 from grasp_dl.jobs.run_history import history_from_csv, run_history
+from grasp_dl.runtime.capabilities import HasLatentSpace
 from grasp_dl.runtime.config import conf_dir
 from grasp_dl.runtime.devices import inference_device, trainer_overrides
 from grasp_dl.runtime.errors import ConfigError, GraspDLError
@@ -441,8 +442,9 @@ class DeepClusteringModel(BaseEstimator):
         self.checkpoint_ = checkpoint
         self.model_ = str(hp.get("variant", "vade"))
         self.n_clusters_ = int(hp.n_clusters)
-        self.latent_dim_ = int(hp.latent_dim)
-        self.hidden_dims_ = tuple(int(h) for h in hp.hidden_dims)
+        # a model without a network (model=xd) has neither
+        self.latent_dim_ = int(hp.latent_dim) if "latent_dim" in hp else None
+        self.hidden_dims_ = tuple(int(h) for h in hp.hidden_dims) if "hidden_dims" in hp else None
         self.features_ = tuple(prep.get("features", ()))
         self.feature_names_ = list(prep.get("feature_names", []))
         self.n_features_in_ = int(hp.input_dim)
@@ -679,6 +681,8 @@ class DeepClusteringModel(BaseEstimator):
 
         data, rows = split_prepared(data, "get_latent_representation")
         module = self._fitted_module()
+        if not isinstance(module, HasLatentSpace):
+            raise ConfigError(f"{type(module).__name__} has no latent space (no network): use a deep model, e.g. dec")
         prepared, scaled = self._prepare(data, center)
         latent = np.full((prepared.n_rows, module.hparams.latent_dim), np.nan)
         if len(scaled):

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from grasp_dl.figures import plotting
 from grasp_dl.membership.rules import entropy
+from grasp_dl.runtime.capabilities import ErrorAwareScoring, GroupProbabilities, HasLatentSpace
 from grasp_dl.runtime.stage_timer import mark
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,8 @@ class TensorBoardFigures(L.Callback):
         self._last_logged_step = trainer.global_step
         sample = self.sample(datamodule, pl_module.device)
         stars = None
-        if getattr(pl_module, "scores_with_errors", False) and hasattr(datamodule, "star_data"):
+        error_aware = isinstance(pl_module, ErrorAwareScoring) and pl_module.scores_with_errors
+        if error_aware and hasattr(datamodule, "star_data"):
             stars = datamodule.star_data(sample.split).subset(sample.rows)  # scored as predict scores them
         view = self.view(pl_module, sample.scaled, stars)
         for writer in writers:
@@ -184,8 +186,8 @@ class TensorBoardFigures(L.Callback):
         ``stars`` (the same stars' astrometry and errors) scores an error-aware model (model=xd, a
         hard-field model pooled with its error-aware start) as ``grasp-dl predict`` does.
         """
-        latent = pl_module.embed(scaled).float().cpu().numpy() if hasattr(pl_module, "embed") else None
-        if not hasattr(pl_module, "predict_proba"):
+        latent = pl_module.embed(scaled).float().cpu().numpy() if isinstance(pl_module, HasLatentSpace) else None
+        if not isinstance(pl_module, GroupProbabilities):
             return StarView(latent, None, None)
         if stars is not None:
             prob = torch.as_tensor(pl_module.proba_with_errors(scaled, stars)).float().cpu().numpy()

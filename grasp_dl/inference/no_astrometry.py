@@ -23,6 +23,7 @@ from grasp_dl.data.astrometry import ASTROMETRY, CORRELATION_COLUMN, ERROR_COLUM
 from grasp_dl.data.prepare import PreparedCatalog
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.membership.rules import entropy
+from grasp_dl.runtime.capabilities import ScoresPositions
 
 FLAG_NO_ASTROMETRY = "scored:no_astrometry"
 #: Features whose absence makes a row a "no astrometry" row (and nothing else missing).
@@ -57,7 +58,7 @@ def score_without_astrometry(
 
     Needs the module's fitted position model and a centre; otherwise the rows stay unscored.
     """
-    if center is None or not hasattr(module, "position_member_prob") or not {"ra", "dec"} <= set(table.columns):
+    if center is None or not isinstance(module, ScoresPositions) or not {"ra", "dec"} <= set(table.columns):
         return 0
     rows = no_astrometry_rows(prepared.flags, prepared.feature_names)
     ra = table["ra"].to_numpy(dtype=float, na_value=np.nan)

@@ -33,6 +33,12 @@ from grasp_dl.membership.guards import (
 from grasp_dl.membership.rules import ClusterSummary, adopt_model_mean, entropy
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.vade import VaDEModule
+from grasp_dl.runtime.capabilities import (
+    FitsClusterAstrometry,
+    PoolsWithStart,
+    SamplesMembership,
+    ScoresStarsWithErrors,
+)
 from grasp_dl.runtime.checkpoints import CLASS_KEY, checkpoint_kind, load_module, read_checkpoint
 from grasp_dl.runtime.devices import inference_device
 from grasp_dl.runtime.errors import CatalogError, CheckpointError, ConfigError
@@ -114,7 +120,7 @@ def scoring_device(module: ClusteringModule, device: str = "auto") -> torch.devi
         For an unknown device name.
     """
     target = inference_device(device)
-    return torch.device("cpu") if hasattr(module, "predict_proba_stars") else target
+    return torch.device("cpu") if isinstance(module, ScoresStarsWithErrors) else target
 
 
 def _check_features(prepared_names: list[str], stored_names: list[str], source: str) -> None:
@@ -187,7 +193,7 @@ def _reported_pool(
     module: ClusteringModule, scaled: np.ndarray, stars: StarData | None
 ) -> tuple[np.ndarray, float] | None:
     """The start's opinion pooled into the reported probabilities of these stars (None where they are the model's own)."""
-    if not len(scaled) or not hasattr(module, "pool_start"):
+    if not len(scaled) or not isinstance(module, PoolsWithStart):
         return None
     return module.pool_start(torch.from_numpy(scaled), stars)
 
@@ -360,7 +366,7 @@ def score_prepared(
     ent = np.full(n, np.nan)
     ent[mask] = entropy(prob)
     columns["entropy"] = ent
-    if hasattr(module, "predict_proba_samples"):
+    if isinstance(module, SamplesMembership):
         std = np.full(n, np.nan)
         rows = first_row + np.flatnonzero(mask)
         pool = _reported_pool(module, scaled, stars)
@@ -400,7 +406,7 @@ def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any
     dict
         ``summary``, updated in place.
     """
-    if hasattr(module, "cluster_astrometry"):
+    if isinstance(module, FitsClusterAstrometry):
         summary.update(module.cluster_astrometry())
     return adopt_model_mean(summary)
 

@@ -527,7 +527,7 @@ def train(
     mark("pipeline: Lightning fit")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final, weights_only=True)
     mark("pipeline: after fit")
-    checkpoint = written_checkpoint(trainer)
+    checkpoint = written_checkpoint(trainer) or adopt_spawned_fit(trainer, module)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     result = TrainResult(
         module=module,
@@ -541,6 +541,43 @@ def train(
         mark("pipeline: clustering scores (silhouette, Davies-Bouldin, Calinski-Harabasz)")
         metrics.update(clustering_scores(module, datamodule, result.catalogue_probabilities()))
     return result
+
+
+def adopt_spawned_fit(trainer: L.Trainer, module: L.LightningModule) -> Path | None:
+    """After a fit in spawned processes (``trainer=ddp_cpu``): make ``module`` the run's final checkpoint.
+
+    A spawning strategy hands the main process the weights and metrics only; what else the
+    module computed while training (``fit_results``, the start and the anchor, DEC's target)
+    stayed in the workers. It is all in the last checkpoint the workers wrote, which is loaded
+    here through the module's own checkpoint hooks, so the module in memory predicts as the file.
+
+    Parameters
+    ----------
+    trainer : Trainer
+        The trainer after ``fit``.
+    module : LightningModule
+        The module it fitted.
+
+    Returns
+    -------
+    Path or None
+        The last checkpoint; None when the fit did not spawn or wrote none (``callbacks=none``).
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    callback = trainer.checkpoint_callback
+    if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+        return None
+    if not isinstance(callback, ModelCheckpoint) or not callback.save_last or not callback.dirpath:
+        return None
+    path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    if not path.is_file():
+        return None
+    content = read_checkpoint(path)
+    module.on_load_checkpoint(content)
+    module.load_state_dict(content["state_dict"])
+    return path
 
 
 def catalogue_probabilities(module: L.LightningModule, datamodule: StellarCatalogDataModule) -> torch.Tensor:
@@ -561,7 +598,7 @@ def catalogue_probabilities(module: L.LightningModule, datamodule: StellarCatalo
     Tensor
         Shape (usable stars, n_clusters), in ``datamodule.data`` order.
     """
-    if getattr(module, "scores_with_errors", False):
+    if isinstance(module, ClusteringModule) and module.scores_with_errors:
         return module.proba_with_errors(datamodule.data, datamodule.star_data("all", what=type(module).__name__))
     return module.predict_proba(datamodule.data)
 
