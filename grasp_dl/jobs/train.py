@@ -561,13 +561,13 @@ def adopt_spawned_fit(trainer: L.Trainer, module: L.LightningModule) -> Path | N
     Returns
     -------
     Path or None
-        The last checkpoint; None when the fit did not spawn or wrote none (``callbacks=none``).
+        The last checkpoint; None for a single-process fit or one that wrote none (``callbacks=none``).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
     callback = trainer.checkpoint_callback
-    if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+    # Any multi-process fit: a spawned one needs it, and for the others the module already is that file.
+    if trainer.world_size <= 1:
         return None
     if not isinstance(callback, ModelCheckpoint) or not callback.save_last or not callback.dirpath:
         return None
