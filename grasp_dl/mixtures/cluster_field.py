@@ -300,10 +300,13 @@ class ClusterFieldMixture:
         return 1 + self.n_field_
 
     def _params(self, like: Tensor) -> dict[str, Tensor]:
-        """The parameters as float64 tensors on ``like``'s device (made once per iteration and device)."""
-        key = str(like.device)
+        """The parameters as float64 tensors on ``like``'s device (remade when a parameter or device changes)."""
+        arrays = (self.weights_, self.cluster_mean_, self.field_means_, self.field_covariances_)
+        grids = tuple(None if g is None else g.tobytes() for g in (self._scale_grid, self._beta_grid))
+        key = (str(like.device), b"".join(np.asarray(a, float).tobytes() for a in arrays), grids)
         cache = self.__dict__.setdefault("_param_cache", {})
         if key not in cache:
+            cache.clear()
             as_t = lambda a: torch.as_tensor(np.asarray(a, float), dtype=torch.float64, device=like.device)  # noqa: E731
             cache[key] = {
                 "weights": as_t(self.weights_),

@@ -49,6 +49,8 @@ WHAT = "model=xd"
 MIXTURE_KEY = "xd_mixture"
 #: State-dict key of the parameter the M-step's gradient steps move (scale, slope, beta).
 SHAPE_KEY = "em_shape"
+#: State-dict key of :meth:`XDModule.get_extra_state` (torch's name for a module's extra state).
+EXTRA_STATE_KEY = "_extra_state"
 
 
 class XDModule(ClusteringModule):
@@ -256,8 +258,29 @@ class XDModule(ClusteringModule):
         nll = -mixture.log_likelihood_ / max(getattr(mixture, "n_fit_", 1), 1)
         self.log("xd/nll", nll if math.isfinite(nll) else math.inf, on_epoch=True, sync_dist=True)
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """The mixture's state in the module's own state dict (plain types).
+
+        So that it travels wherever the weights do: into checkpoints, and back from the
+        processes of a spawned DDP fit to the launching one.
+
+        Returns
+        -------
+        dict
+        """
+        return {key: self.fit_results[key] for key in (MIXTURE_KEY, "xd_selection") if key in self.fit_results}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Adopt the mixture's state from :meth:`get_extra_state` (empty before a fit)."""
+        if not state:
+            return
+        self.fit_results.update(state)
+        self.mixture = None
+        if MIXTURE_KEY in state:
+            self.hparams["n_clusters"] = 1 + int(state[MIXTURE_KEY]["n_field"])
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the mixture's state; checkpoints written before :attr:`em_shape` existed get it from the mixture."""
+        """Restore the mixture's state; checkpoints written before :attr:`em_shape` and the extra state existed get them from ``fit_results``."""
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
         mixture_state = self.fit_results.get(MIXTURE_KEY)
@@ -267,6 +290,7 @@ class XDModule(ClusteringModule):
             if mixture_state:
                 values = [mixture_state["log_scale"], mixture_state.get("slope", 4.0), mixture_state["beta"]]
             state[SHAPE_KEY] = torch.tensor(values, dtype=torch.float64)
+        state.setdefault(EXTRA_STATE_KEY, self.get_extra_state())
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Log the mean entropy of the validation stars' groups (from their features, without errors)."""
