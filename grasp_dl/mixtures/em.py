@@ -177,7 +177,8 @@ def minimise_bounded(
     parameter : Tensor
         The optimised leaf tensor (same shape as ``start``).
     optimizer : torch.optim.Optimizer
-        Optimizer over ``parameter``.
+        Optimizer over ``parameter`` (or a wrapper with its ``step``, ``zero_grad`` and ``optimizer``,
+        such as Lightning's, which then counts the step).
 
     Returns
     -------
@@ -188,7 +189,7 @@ def minimise_bounded(
     frac = ((start - lower) / width).clamp(1e-6, 1 - 1e-6)
     with torch.no_grad():
         parameter.copy_(torch.log(frac) - torch.log1p(-frac))
-    optimizer.state.clear()
+    getattr(optimizer, "optimizer", optimizer).state.clear()  # a wrapper's (Lightning's) optimizer too
 
     def closure() -> Tensor:
         optimizer.zero_grad()

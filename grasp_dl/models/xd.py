@@ -118,6 +118,7 @@ class XDModule(ClusteringModule):
         self._em_data: EMBatch | None = None
         self._em_rows: Tensor | None = None
         self._em_stats: Stats | None = None
+        self._iterating = False
 
     # ------------------------------------------------------------------ fitting
     def catalog_needs(self) -> CatalogNeeds:
@@ -211,50 +212,61 @@ class XDModule(ClusteringModule):
         return new_optimizer(self.em_shape)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        """Stop at once when the EM has already converged (a resumed fit that had finished)."""
+        """Skip the epoch when no EM iteration runs in it (a resumed fit that had already finished)."""
         super().on_train_batch_start(batch, batch_idx)
-        mixture = self.fitted_mixture()
-        if mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter:
+        if not self._iterating:
             self.trainer.should_stop = True
             return -1
         return None
 
     def on_train_epoch_start(self) -> None:
-        """Begin one EM iteration (its candidate values of the scale, slope and beta)."""
+        """Begin one EM iteration (its candidate values of the scale, slope and beta), unless the fit is done."""
         super().on_train_epoch_start()
         self._em_stats = None
         mixture = self.fitted_mixture()
-        if not (mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter):
+        self._iterating = not (mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter)
+        if self._iterating:
             mixture.start_iteration()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        """Add the batch's E-step sufficient statistics to the epoch's (no loss: nothing to back-propagate)."""
+        """Add the batch's E-step sufficient statistics to the epoch's; after the epoch's last batch, the M-step.
+
+        The M-step runs inside the last training step so that its L-BFGS step is one of
+        Lightning's counted optimiser steps (``global_step``, which checkpoints follow).
+        """
         rows = torch.cat([r for _, r in batch]) if is_block(batch) else batch[1]
         index = self._em_rows[rows.to(self._em_rows.device)]
         index = index[index >= 0]
         with torch.no_grad():
             stats = self.fitted_mixture().e_step(self._em_data.rows(index))
         self._em_stats = add_stats(self._em_stats, stats)
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            self.em_m_step()
+
+    def em_m_step(self) -> None:
+        """Reduce the epoch's statistics over processes, run the M-step and the convergence test."""
+        mixture = self.fitted_mixture()
+        stats = self._em_stats
+        if stats is None:  # a process without batches still joins the reduction
+            with torch.no_grad():
+                stats = mixture.e_step(self._em_data.rows(torch.zeros(0, dtype=torch.long, device=self.device)))
+            stats = {key: torch.zeros_like(value) for key, value in stats.items()}
+        flat, layout = flatten_stats(stats)
+        flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
+        mixture.end_iteration(unflatten_stats(flat, layout), self.optimizers())
+        self.adopt(mixture)
+        self._em_stats = None
+        self._iterating = False
+        if mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter:
+            self.trainer.should_stop = True
+            mixture.log_summary()
 
     def on_train_epoch_end(self) -> None:
-        """Reduce the epoch's statistics over processes, run the M-step, test convergence, log ``xd/nll``."""
-        mixture = self.fitted_mixture()
-        if self._em_stats is not None or self.trainer.world_size > 1:
-            stats = self._em_stats
-            if stats is None:  # a process without batches still joins the reduction
-                with torch.no_grad():
-                    stats = mixture.e_step(self._em_data.rows(torch.zeros(0, dtype=torch.long, device=self.device)))
-                stats = {key: torch.zeros_like(value) for key, value in stats.items()}
-            flat, layout = flatten_stats(stats)
-            flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
-            optimizer = self.optimizers()
-            mixture.end_iteration(unflatten_stats(flat, layout), getattr(optimizer, "optimizer", optimizer))
-            self.adopt(mixture)
-            self._em_stats = None
-            if mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter:
-                self.trainer.should_stop = True
-                mixture.log_summary()
+        """Log ``xd/nll`` (the M-step ran in the epoch's last training step; here only if that was skipped)."""
+        if self._iterating:
+            self.em_m_step()
         super().on_train_epoch_end()
+        mixture = self.fitted_mixture()
         nll = -mixture.log_likelihood_ / max(getattr(mixture, "n_fit_", 1), 1)
         self.log("xd/nll", nll if math.isfinite(nll) else math.inf, on_epoch=True, sync_dist=True)
 
