@@ -20,6 +20,7 @@ from grasp_dl.jobs import train as pipeline
 from grasp_dl.mixtures.cluster_field import ClusterFieldMixture, shape_parameter
 from grasp_dl.mixtures.em import add_stats, flatten_stats, new_optimizer, run_em, unflatten_stats
 from grasp_dl.mixtures.profile import plummer_log_density, plummer_log_density_t, profile_log_density
+from grasp_dl.models.xd import XDModule
 
 from hydra_configs import compose_config
 
@@ -107,6 +108,13 @@ def test_a_killed_fit_resumed_from_last_ends_where_the_uninterrupted_fit_does(tm
     assert resumed.module.fitted_mixture().n_iter_ == epochs
     assert np.abs(a[:, 0] - b[:, 0]).max() < 1e-5
     np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
+    # a checkpoint written before the EM state had its own state-dict entries still loads
+    old = torch.load(whole.checkpoint, weights_only=True)
+    for key in ("em_shape", "_extra_state"):
+        del old["state_dict"][key]
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = XDModule.load_from_checkpoint(tmp_path / "old.ckpt")
+    np.testing.assert_allclose(loaded.predict_proba_stars(stars), a)
 
 
 @pytest.mark.slow

@@ -82,6 +82,9 @@ class XDModule(ClusteringModule):
         For an option out of range, features without proper motion, or ``model.pretrain``.
     """
 
+    #: TensorBoard views after the last epoch only: an epoch is one EM iteration (many, cheap).
+    views_at_last_epoch_only = True
+
     def __init__(
         self,
         input_dim: int,
