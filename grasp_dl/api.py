@@ -110,8 +110,11 @@ class DeepClusteringModel(BaseEstimator):
         Catalogue columns (or derived ones: xi, eta, radius, colours) the model learns from.
     center : [ra, dec], optional
         Centre of the tangent-plane projection; None estimates it from the catalogue.
-    pretrain_epochs, epochs : int, default 20
-        Epochs of the autoencoder phase and of the clustering phase.
+    pretrain_epochs : int, default 20
+        Epochs of the autoencoder phase.
+    epochs : int or None, default None
+        Epochs of the clustering phase; None takes the model's own (``model=xd``: one per EM
+        iteration, up to ``model.max_iter``), else 20.
     batch_size : int, default 256
         Stars per mini-batch.
     val_fraction : float, default 0.1
@@ -171,7 +174,7 @@ class DeepClusteringModel(BaseEstimator):
         center: Sequence[float] | None = None,
         cluster: str | None = None,
         pretrain_epochs: int = 20,
-        epochs: int = 20,
+        epochs: int | None = None,
         batch_size: int = 256,
         val_fraction: float = 0.1,
         dropout: float = 0.1,
@@ -234,7 +237,7 @@ class DeepClusteringModel(BaseEstimator):
             f"model={model}",
             "data=catalog",
             *network,
-            f"trainer.max_epochs={int(self.epochs)}",
+            *([] if self.epochs is None else [f"trainer.max_epochs={int(self.epochs)}"]),
             f"trainer.enable_progress_bar={str(bool(self.progress_bar)).lower()}",
             f"data.features={_hydra_list(self.features)}",
             f"data.batch_size={int(self.batch_size)}",

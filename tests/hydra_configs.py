@@ -59,3 +59,15 @@ class KillAt(L.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CrashAtEpochStart(L.Callback):
+    """Simulate a run killed between epochs: raise as epoch ``epoch`` of the clustering phase starts
+    (the checkpoint of the epoch before is written; nothing of this one is)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if type(pl_module).__name__ != "AutoencoderModule" and trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")

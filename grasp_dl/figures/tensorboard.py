@@ -120,14 +120,17 @@ class TensorBoardFigures(L.Callback):
         # Runs without validation rows (data.val_fraction=0) get their views here instead.
         self._maybe_log(trainer, pl_module, then="checkpoints, early stopping, epoch end")
 
-    def _due(self, trainer: L.Trainer) -> bool:
+    def _due(self, trainer: L.Trainer, pl_module: L.LightningModule | None = None) -> bool:
         """Whether this epoch is one to log, and not logged yet (validation and epoch end both call).
 
         Every ``every_n_epochs``-th epoch, and the last one (max_epochs reached, or the run stops:
-        early stopping, or a model fitted in one pass such as model=xd), so every run ends with views.
+        early stopping, or convergence), so every run ends with views. A module whose epochs are
+        many cheap iterations (``views_at_last_epoch_only``, e.g. model=xd's EM) gets the last only.
         """
         if self._last_logged_step == trainer.global_step:
             return False
+        if getattr(pl_module, "views_at_last_epoch_only", False):
+            return self._last(trainer)
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or self._last(trainer)
 
     @staticmethod
@@ -139,7 +142,7 @@ class TensorBoardFigures(L.Callback):
 
     def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, then: str) -> None:
         """Draw and write the views when due; ``then`` names the loop phase that resumes (stage timing)."""
-        if not trainer.is_global_zero or not self._due(trainer):
+        if not trainer.is_global_zero or not self._due(trainer, pl_module):
             return
         writers = _tensorboard_writers(trainer)
         datamodule = getattr(trainer, "datamodule", None)

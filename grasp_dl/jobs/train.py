@@ -104,7 +104,15 @@ def instantiate_datamodule(cfg: DictConfig, catalog: Any = None, **options: Any)
 
 #: Keys of a model config that describe its phases, its monitored metric or how to choose
 #: n_clusters, not the module's constructor arguments.
-PHASE_KEYS = ("pretrain", "pretrain_epochs", "pretrained_ckpt", "n_clusters_range", "monitor", "fallback_model")
+PHASE_KEYS = (
+    "pretrain",
+    "pretrain_epochs",
+    "pretrained_ckpt",
+    "n_clusters_range",
+    "monitor",
+    "fallback_model",
+    "max_epochs",
+)
 
 
 def _module_options(model_cfg: DictConfig) -> tuple[type, dict[str, Any]]:

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
 from grasp_dl.membership.rules import choose_cluster_group
-from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture, plummer_log_density
+from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
+from grasp_dl.mixtures.profile import plummer_log_density
 from grasp_dl.models.clustering import initial_responsibilities
 from grasp_dl.runtime.errors import ConfigError
 

@@ -260,7 +260,9 @@ def check_state_fits(module: L.LightningModule, path: str | Path, *, option: str
         )
     missing = sorted(set(own) - set(stored))
     unexpected = sorted(set(stored) - set(own))
-    shapes = [k for k in own if k in stored and tuple(own[k].shape) != tuple(stored[k].shape)]
+    # (a module's extra state, e.g. model=xd's mixture, is no tensor: it has no shape to compare)
+    tensors = [k for k in own if k in stored and hasattr(own[k], "shape") and hasattr(stored[k], "shape")]
+    shapes = [k for k in tensors if tuple(own[k].shape) != tuple(stored[k].shape)]
     if missing or unexpected or shapes:
         if shapes:
             key = shapes[0]
