@@ -9,14 +9,13 @@ have been without the threads.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-import torch
+from grasp_dl.runtime.devices import single_cpu_thread
 
 T = TypeVar("T")
 
@@ -157,24 +156,5 @@ class WriteBehind:
             pass
 
 
-@contextlib.contextmanager
-def single_scoring_thread(device: torch.device) -> Iterator[None]:
-    """Within it, torch scores on one CPU thread when ``device`` is the CPU (restored after).
-
-    The network is small: a second intra-op thread barely shortens a chunk's forward pass but
-    spins on the core that the reading and writing threads need.
-
-    Parameters
-    ----------
-    device : torch.device
-        Where the module's weights are; on a GPU nothing changes.
-    """
-    if device.type != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+#: Torch scores prediction chunks on one CPU thread (the reading and writing threads need the other cores).
+single_scoring_thread = single_cpu_thread

@@ -57,6 +57,7 @@ from grasp_dl.mixtures.profile import (
     profile_log_density,
     profile_log_density_t,
 )
+from grasp_dl.runtime.devices import single_cpu_thread
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,10 @@ class EMBatch:
 
     def rows(self, index: Tensor | slice) -> EMBatch:
         """The batch of the stars at ``index``."""
-        return EMBatch(self.values[:, index], self.errors[:, index], self.radius[index])
+        if isinstance(index, slice):
+            return EMBatch(self.values[:, index], self.errors[:, index], self.radius[index])
+        index = torch.as_tensor(index, device=self.radius.device)
+        return EMBatch(self.values.index_select(1, index), self.errors.index_select(1, index), self.radius[index])
 
     def chunks(self, size: int = CHUNK) -> Iterator[EMBatch]:
         """Consecutive batches of at most ``size`` stars."""
@@ -503,6 +507,10 @@ class ClusterFieldMixture:
             ``mc_meat`` (d, d), the candidate scales' ``scale_s`` and ``scale_d`` and, in an
             iteration that updates beta, the candidate betas' ``beta_ll``.
         """
+        with single_cpu_thread(batch.values.device):
+            return self._e_step(batch, loglik_only)
+
+    def _e_step(self, batch: EMBatch, loglik_only: bool = False) -> Stats:
         params = self._params(batch.values)
         d, v, r = batch.d, batch.values, batch.radius
         diag = list(_DIAG[d])
@@ -599,6 +607,10 @@ class ClusterFieldMixture:
         bool
             True once the mean log-likelihood per star changed by less than ``tol``.
         """
+        with single_cpu_thread("cpu"):  # a few scalar searches and L-BFGS steps on three values
+            return self._end_iteration(stats, optimizer)
+
+    def _end_iteration(self, stats: Stats, optimizer: torch.optim.Optimizer | None = None) -> bool:
         stats = {key: value.detach().to("cpu", torch.float64) for key, value in stats.items()}
         current = float(stats["loglik"] / stats["count"])
         self.log_likelihood_ = float(stats["loglik"])
@@ -824,6 +836,10 @@ class ClusterFieldMixture:
         ValueError
             If fewer than 20 stars have astrometry.
         """
+        with single_cpu_thread("cpu"):  # starts and BIC on a subsample of a few thousand stars
+            return self._explore(data)
+
+    def _explore(self, data: StarData) -> ClusterFieldMixture:
         has = data.has_astrometry
         if has.sum() < 20:
             raise ValueError(f"{int(has.sum())} stars with astrometry are too few for a cluster + field mixture")

@@ -39,6 +39,7 @@ from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
 from grasp_dl.mixtures.cluster_field import FIELD_RANGE, ClusterFieldMixture, EMBatch, shape_parameter
 from grasp_dl.mixtures.em import Stats, add_stats, flatten_stats, new_optimizer, unflatten_stats
 from grasp_dl.models.base import ClusteringModule
+from grasp_dl.runtime.devices import single_cpu_thread
 from grasp_dl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ class XDModule(ClusteringModule):
         self.mixture: ClusterFieldMixture | None = None
         #: The scale, slope and crowding beta as the M-step's L-BFGS moves them (float64).
         self.em_shape = nn.Parameter(shape_parameter())
+        # The M-step steps the optimiser itself, once per epoch (the training steps only add statistics).
+        self.automatic_optimization = False
         self._em_data: EMBatch | None = None
         self._em_rows: Tensor | None = None
         self._em_stats: Stats | None = None
@@ -238,9 +241,9 @@ class XDModule(ClusteringModule):
         Lightning's counted optimiser steps (``global_step``, which checkpoints follow).
         """
         rows = torch.cat([r for _, r in batch]) if is_block(batch) else batch[1]
-        index = self._em_rows[rows.to(self._em_rows.device)]
-        index = index[index >= 0]
-        with torch.no_grad():
+        with torch.no_grad(), single_cpu_thread(self.device):
+            index = self._em_rows[rows.to(self._em_rows.device)]
+            index = index[index >= 0]
             stats = self.fitted_mixture().e_step(self._em_data.rows(index))
         self._em_stats = add_stats(self._em_stats, stats)
         if batch_idx + 1 >= self.trainer.num_training_batches:
@@ -308,7 +311,15 @@ class XDModule(ClusteringModule):
         state.setdefault(EXTRA_STATE_KEY, self.get_extra_state())
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Log the mean entropy of the validation stars' groups (from their features, without errors)."""
+        """Log the mean entropy of the validation stars' groups (from their features, without errors).
+
+        Only after the fit's last EM iteration: nothing monitors it (checkpoints and early stopping
+        watch ``xd/nll``), and scoring every validation star at every iteration would cost more than
+        the iteration itself.
+        """
+        trainer = self.trainer
+        if not (trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)):
+            return
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         self.log("val/entropy", self.mean_entropy(self.predict_proba(x)), on_epoch=True, sync_dist=True)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 import torch
 
@@ -65,3 +67,27 @@ def inference_device(device: str) -> torch.device:
     if name.startswith("gpu"):
         name = "cuda" + name[3:]
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def single_cpu_thread(device: torch.device | str) -> Iterator[None]:
+    """Within it, torch computes on one CPU thread when ``device`` is the CPU (restored after).
+
+    The package's tensors on the CPU are small (a chunk of a network's forward pass, an E-step over
+    a few thousand stars): a second intra-op thread barely shortens them, and on a busy machine it
+    spins against the other processes and threads, which can make such a loop ten times slower.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        Where the computation runs; on a GPU nothing changes.
+    """
+    if torch.device(device).type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
