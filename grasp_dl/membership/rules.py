@@ -17,13 +17,20 @@ group of smallest feature-space volume wins.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from grasp_dl.membership.guards import MEMBER_THRESHOLD, check_features
+from grasp_dl.membership.summary import (  # noqa: F401  (MODEL_MEAN_KEYS: read from here by callers)
+    MEAN_COLUMNS,
+    MODEL_MEAN_KEYS,
+    ClusterSummary,
+    ColumnMean,
+    as_summary,
+)
 
 #: A group needs at least this many stars (and this share of the catalogue) to be named the cluster.
 MIN_GROUP_STARS = 5
@@ -135,8 +142,8 @@ def entropy(prob: np.ndarray) -> np.ndarray:
     return -(prob * np.log(prob)).sum(axis=1)
 
 
-class ClusterSummary:
-    """Members and mean astrometry of the cluster, accumulated chunk by chunk (plain types, for JSON).
+class SummaryAccumulator:
+    """Members and mean astrometry of the cluster, accumulated chunk by chunk into a :class:`ClusterSummary`.
 
     The means are over the stars with member_prob > 0.5 (summing the small probabilities of
     thousands of field stars would pull the means towards the field), weighted by member_prob and,
@@ -146,7 +153,7 @@ class ClusterSummary:
     as running sums so that a catalogue of 10^7 stars is summarised without holding it.
     """
 
-    COLUMNS = ("pmra", "pmdec", "parallax")
+    COLUMNS = MEAN_COLUMNS
     #: Intrinsic spread of the members (mas/yr, mas) added to each star's measurement error in the
     #: weights: a cluster's internal dispersion is ~0.1-0.5 mas/yr, so a 0.02 mas/yr star does not
     #: outweigh a 0.2 mas/yr one a hundredfold, while a 1 mas/yr faint star (most likely a field
@@ -188,33 +195,34 @@ class ClusterSummary:
             sums = np.array([w.sum(), (w * v).sum(), (w**2).sum(), (w**2 * v).sum(), (w**2 * v**2).sum()])
             self._sums[column] = self._sums.get(column, 0.0) + sums
 
-    def result(self) -> dict[str, Any]:
-        """The summary as a plain dictionary."""
-        summary: dict[str, Any] = {
-            "cluster_group": self.cluster_group,
-            "n_rows": self.n_rows,
-            "n_scored": self.n_scored,
-            "n_members": self.n_members,
-            "sum_member_prob": self.sum_member_prob,
-            "center": [float(c) for c in self.center] if self.center is not None else None,
-        }
+    def result(self) -> ClusterSummary:
+        """The summary of the chunks added so far.
+
+        Returns
+        -------
+        ClusterSummary
+        """
+        means = {}
         for column, (s_w, s_wv, s_w2, s_w2v, s_w2v2) in self._sums.items():
             if s_w > 0:
                 mean = s_wv / s_w
                 spread = max(s_w2v2 - 2.0 * mean * s_w2v + mean**2 * s_w2, 0.0)
-                summary[f"mean_{column}"], summary[f"mean_{column}_error"] = float(mean), float(np.sqrt(spread) / s_w)
+                means[column] = ColumnMean(float(mean), float(np.sqrt(spread) / s_w))
             else:
-                summary[f"mean_{column}"] = summary[f"mean_{column}_error"] = float("nan")
-        if self.not_scored:
-            summary["not_scored"] = dict(self.not_scored)
-        return summary
+                means[column] = ColumnMean(float("nan"), float("nan"))
+        return ClusterSummary(
+            cluster_group=self.cluster_group,
+            n_rows=self.n_rows,
+            n_scored=self.n_scored,
+            n_members=self.n_members,
+            sum_member_prob=self.sum_member_prob,
+            center=tuple(float(c) for c in self.center) if self.center is not None else None,
+            means=means,
+            not_scored=dict(self.not_scored),
+        )
 
 
-#: Summary keys of a model's own fitted cluster astrometry (model=xd's mixture component) and the column they give.
-MODEL_MEAN_KEYS = {"pmra": "xd_mean_pmra", "pmdec": "xd_mean_pmdec", "parallax": "xd_mean_parallax"}
-
-
-def adopt_model_mean(summary: dict[str, Any], model_group: int = 0) -> dict[str, Any]:
+def adopt_model_mean(summary: ClusterSummary | Mapping[str, Any], model_group: int = 0) -> ClusterSummary:
     """Report the model's own fitted cluster mean, where it has one, as the cluster's mean.
 
     A mixture that models the cluster and the field together (model=xd: a Plummer cluster whose
@@ -222,49 +230,30 @@ def adopt_model_mean(summary: dict[str, Any], model_group: int = 0) -> dict[str,
     Gaussians) estimates the cluster's mean by maximum likelihood over every star, each counted by
     its membership and its own error, with the contaminants explained by the field components.
     Averaging the members with member_prob > 0.5 instead treats every member as a cluster star
-    and every error as right. On the seven real fields of ``scripts/benchmark_real_fields.py`` the
-    fitted mean is 0.005-0.045 mas/yr from the published one, the members' average 0.012-0.069.
-    The members' average stays in the summary as ``mean_<column>_members``. Where the model gives
-    its mean's standard error (``xd_mean_<column>_error``: robust, counting the uncertainty of
-    every membership) it becomes ``mean_<column>_error`` and the members' moves to
-    ``mean_<column>_error_members``: over 192 simulated fields the members' error understated the
-    fitted mean's real error (rms of error / standard error 1.35, 1.56 with bright members), the
-    model's much less (1.12). ``mean_source`` says which is reported.
+    and every error as right, and understates the mean's error. The members' average stays in the
+    summary as ``mean_<column>_members`` (and its error as ``mean_<column>_error_members`` when
+    the model gives its own); ``mean_source`` says which is reported.
 
     Parameters
     ----------
-    summary : dict
-        A cluster summary (:class:`ClusterSummary`) with the model's astrometry added (``xd_mean_*``).
+    summary : ClusterSummary or mapping
+        A cluster summary with the model's astrometry (``xd_mean_*``); a JSON object is read first.
     model_group : int
         The group the model's fitted mean belongs to (model=xd: 0, its cluster component); a
         summary of another group (the user's ``cluster_group``) keeps the members' average.
 
     Returns
     -------
-    dict
-        ``summary``, changed in place.
+    ClusterSummary
+        A new summary (:meth:`ClusterSummary.with_model_mean`).
     """
-    adopted = False
-    for column, key in MODEL_MEAN_KEYS.items():
-        if summary.get("cluster_group", model_group) != model_group:
-            break
-        value = summary.get(key)
-        if value is not None and np.isfinite(value) and f"mean_{column}" in summary:
-            summary[f"mean_{column}_members"] = summary[f"mean_{column}"]
-            summary[f"mean_{column}"] = float(value)
-            adopted = True
-            error = summary.get(f"{key}_error")
-            if error is not None and np.isfinite(error):
-                summary[f"mean_{column}_error_members"] = summary.get(f"mean_{column}_error", float("nan"))
-                summary[f"mean_{column}_error"] = float(error)
-    summary["mean_source"] = "model" if adopted else "members"
-    return summary
+    return as_summary(summary).with_model_mean(model_group)
 
 
 def cluster_summary(
     predictions: pd.DataFrame, catalog: pd.DataFrame, center: Sequence[float] | None, cluster_group: int
-) -> dict[str, Any]:
-    """Members and mean astrometry of the cluster from a whole predictions table (see :class:`ClusterSummary`)."""
-    summary = ClusterSummary(center, cluster_group)
+) -> ClusterSummary:
+    """Members and mean astrometry of the cluster from a whole predictions table (see :class:`SummaryAccumulator`)."""
+    summary = SummaryAccumulator(center, cluster_group)
     summary.update(predictions, catalog)
     return summary.result()
