@@ -244,7 +244,7 @@ def test_streamed_prediction_equals_the_in_memory_one(trained, catalogue_with_ga
     # without a blocked region the summary matches the in-memory one number for number
     summary = predict_to_file(module, df, tmp_path / "plain.parquet", chunk_size=333)
     assert summary.keys() == expected_summary.keys()
-    _assert_close_summaries(summary, expected_summary)
+    _assert_close_summaries(summary.to_dict(), expected_summary.to_dict())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
