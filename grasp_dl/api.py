@@ -41,6 +41,7 @@ from grasp_dl.inference.outputs import write_summary
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, prepare_for_module
 from grasp_dl.jobs import train as pipeline
 from grasp_dl.jobs.run_history import history_from_csv, run_history
+from grasp_dl.membership.summary import ClusterSummary
 from grasp_dl.runtime.capabilities import HasLatentSpace
 from grasp_dl.runtime.config import conf_dir
 from grasp_dl.runtime.devices import inference_device, trainer_overrides
@@ -512,7 +513,7 @@ class DeepClusteringModel(BaseEstimator):
         center: str | Sequence[float] | None = None,
         cluster_group: int | None = None,
         score_no_astrometry: bool = False,
-    ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    ) -> tuple[pd.DataFrame, ClusterSummary]:
         """``grasp-dl predict`` in memory: the per-star table (one row per input row) and the cluster summary.
 
         ``center`` as in ``grasp-dl predict``: None for the training centre, 'auto' for the
@@ -536,8 +537,9 @@ class DeepClusteringModel(BaseEstimator):
         -------
         table : DataFrame
             One row per input row (:func:`grasp_dl.inference.predict.predict_catalog`).
-        summary : dict
-            The cluster summary (what ``<stem>.summary.json`` holds).
+        summary : ClusterSummary
+            The cluster summary (its ``to_dict()`` is what ``<stem>.summary.json`` holds; it also
+            reads as that dictionary).
 
         Raises
         ------
@@ -744,7 +746,7 @@ class DeepClusteringModel(BaseEstimator):
         table, summary = self.predict_table(data, center)
         catalog = self._catalog_for(data, self._fitted_module())
         stats = cluster_statistics(catalog, table["label"].to_numpy(), columns)
-        stats["is_cluster"] = stats.index == summary["cluster_group"]
+        stats["is_cluster"] = stats.index == summary.cluster_group
         return stats
 
     def save_predictions(
@@ -937,4 +939,4 @@ class DeepClusteringModel(BaseEstimator):
         """Proper motions, sky and colour-magnitude diagram of ``data`` coloured by membership probability."""
         table, summary = self.predict_table(data, center)
         catalog = self._catalog_for(data, self._fitted_module())
-        return plotting.plot_membership(catalog, table["member_prob"], summary["center"], title=title)
+        return plotting.plot_membership(catalog, table["member_prob"], summary.center, title=title)

@@ -118,10 +118,10 @@ def predict_task(cfg: DictConfig) -> None:
 
     summary, output, summary_path = predict_command(cfg)
     print(
-        f"scored {summary['n_scored']} of {summary['n_rows']} stars; cluster (group {summary['cluster_group']}): "
-        f"{summary['n_members']} members with member_prob > {MEMBER_THRESHOLD}, sum of member_prob {summary['sum_member_prob']:.1f}"
+        f"scored {summary.n_scored} of {summary.n_rows} stars; cluster (group {summary.cluster_group}): "
+        f"{summary.n_members} members with member_prob > {MEMBER_THRESHOLD}, sum of member_prob {summary.sum_member_prob:.1f}"
     )
-    unscored = summary.get("not_scored", {})
+    unscored = summary.not_scored
     if unscored:
         print("not scored: " + "; ".join(f"{n} {flag}" for flag, n in unscored.items()))
     from grasp_dl.membership.guards import report_lines
@@ -129,8 +129,8 @@ def predict_task(cfg: DictConfig) -> None:
     for line in report_lines(summary):
         print(line)
     print(f"predictions: {output}\nsummary: {summary_path}")
-    if summary.get("figure"):
-        print(f"figure: {summary['figure']}")
+    if summary.figure:
+        print(f"figure: {summary.figure}")
 
 
 def evaluate_task(cfg: DictConfig) -> None:

@@ -19,6 +19,7 @@ from grasp_dl.membership.guards import (
     zero_member_prob_file,
 )
 from grasp_dl.membership.rules import choose_cluster_group, decide_cluster_group
+from grasp_dl.membership.summary import ClusterSummary
 
 NAMES = ["xi", "eta", "pmra", "pmdec", "parallax"]
 CONE = 0.2  # degrees
@@ -77,8 +78,12 @@ def test_a_group_of_90_percent_spread_evenly_is_not_a_cluster():
     d = check["diagnostics"]
     assert d["cluster_share"] == pytest.approx(0.9)
     assert d["radius_ratio"] > MAX_RADIUS_RATIO and d["pm_dispersion_ratio"] < MAX_PM_DISPERSION_RATIO
-    summary = apply_verdict({"n_members": 5400, "sum_member_prob": 5130.0, "mean_pmra": 1.0}, check)
-    assert summary["n_members"] == 0 and summary["sum_member_prob"] == 0 and np.isnan(summary["mean_pmra"])
+    given = ClusterSummary.from_dict(
+        {"cluster_group": 0, "n_members": 5400, "sum_member_prob": 5130.0, "mean_pmra": 1.0}
+    )
+    summary = apply_verdict(given, check)
+    assert summary.n_members == 0 and summary.sum_member_prob == 0 and np.isnan(summary.mean("pmra"))
+    assert given.n_members == 5400 and given.mean("pmra") == 1.0 and given.cluster_found is None  # not changed
     assert no_cluster_warning(summary).startswith("warning: no cluster found")
 
 
@@ -239,7 +244,9 @@ def test_diagnostic_figure_has_four_panels_and_the_verdict(tmp_path):
 
     rng = np.random.default_rng(8)
     stars = _stars(rng)
-    summary = {"n_members": 400, **check_table(stars["member_prob"].to_numpy(), stars, (250.0, -30.0))}
+    summary = ClusterSummary(cluster_group=0, n_members=400).with_verdict(
+        check_table(stars["member_prob"].to_numpy(), stars, (250.0, -30.0))
+    )
     fig = diagnostic_figure(stars, summary, (250.0, -30.0))
     titles = [ax.get_title() for ax in fig.axes]
     for title in ("proper motions", "sky", "colour-magnitude diagram", "radial profile"):
@@ -247,7 +254,7 @@ def test_diagnostic_figure_has_four_panels_and_the_verdict(tmp_path):
     assert "400 members" in fig._suptitle.get_text()
     _is_png(write_diagnostic_figure(stars, summary, tmp_path / "ok.png", (250.0, -30.0)))
     # no cluster: said in the title; a catalogue without photometry gets a panel that says so
-    summary = {"n_members": 0, "cluster_found": False, "cluster_reason": "not concentrated on the sky"}
+    summary = ClusterSummary(cluster_group=0, cluster_found=False, cluster_reason="not concentrated on the sky")
     fig = diagnostic_figure(stars.drop(columns=["phot_g_mean_mag", "bp_rp"]), summary, None)
     assert "NO CLUSTER FOUND" in fig._suptitle.get_text()
     assert any("no G magnitude" in t.get_text() for ax in fig.axes for t in ax.texts)
@@ -358,6 +365,7 @@ def test_the_cluster_mean_line_gives_errors_and_whose_estimate_it_is():
     from grasp_dl.membership.guards import astrometry_line, report_lines
 
     summary = {
+        "cluster_group": 0,
         "cluster_found": True,
         "n_members": 120,
         "mean_pmra": -12.5,
@@ -366,18 +374,23 @@ def test_the_cluster_mean_line_gives_errors_and_whose_estimate_it_is():
         "mean_pmdec_error": 0.03,
         "mean_source": "model",
     }
-    line = astrometry_line(summary)
+    line = astrometry_line(ClusterSummary.from_dict(summary))
     assert line == (
         "cluster mean: pmra -12.500 ± 0.020, pmdec -19.000 ± 0.030 mas/yr "
         "(fitted by the model to every star; statistical errors)"
     )
-    assert line in report_lines(summary)
-    members = astrometry_line({**summary, "mean_source": "members", "mean_parallax": 0.54, "mean_parallax_error": 0.01})
+    assert line in report_lines(ClusterSummary.from_dict(summary))
+    members = astrometry_line(
+        ClusterSummary.from_dict(
+            {**summary, "mean_source": "members", "mean_parallax": 0.54, "mean_parallax_error": 0.01}
+        )
+    )
     assert members.endswith(
         ", parallax 0.540 ± 0.010 mas (weighted mean of the 120 stars with member_prob > 0.5; statistical errors)"
     )
-    assert astrometry_line({**summary, "cluster_found": False}) is None  # no cluster: no mean to report
-    assert astrometry_line({**summary, "mean_pmra": float("nan")}) is None
-    assert astrometry_line({**summary, "mean_pmdec_error": float("nan")}).startswith(
+    # no cluster: no mean to report
+    assert astrometry_line(ClusterSummary.from_dict({**summary, "cluster_found": False})) is None
+    assert astrometry_line(ClusterSummary.from_dict({**summary, "mean_pmra": float("nan")})) is None
+    assert astrometry_line(ClusterSummary.from_dict({**summary, "mean_pmdec_error": float("nan")})).startswith(
         "cluster mean: pmra -12.500 ± 0.020, pmdec -19.000 mas/yr"
     )

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -136,6 +137,9 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     assert len(table) == len(df) and (table["source_id"].to_numpy() == df["source_id"].to_numpy()).all()
     summary = json.loads((tmp_path / "members.summary.json").read_text())
     assert summary["n_rows"] == len(df) and summary["checkpoint"] == str(ckpt)
+    # the file's keys, in order, are those of a recorded summary of the same kind of run
+    recorded = json.loads((Path(__file__).parent / "data" / "summaries" / "dec_None.summary.json").read_text())
+    assert list(summary) == list(recorded)
     assert f"cluster (group {summary['cluster_group']})" in proc.stdout
     assert "not scored:" in proc.stdout and f"predictions: {output}" in proc.stdout
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
@@ -240,7 +244,7 @@ def test_streamed_prediction_equals_the_in_memory_one(trained, catalogue_with_ga
     # without a blocked region the summary matches the in-memory one number for number
     summary = predict_to_file(module, df, tmp_path / "plain.parquet", chunk_size=333)
     assert summary.keys() == expected_summary.keys()
-    _assert_close_summaries(summary, expected_summary)
+    _assert_close_summaries(summary.to_dict(), expected_summary.to_dict())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -182,6 +182,7 @@ def test_survey_machinery_failures_are_rows_and_reruns_skip_finished(cones, tmp_
             raise ValueError("cannot read this cone\nsecond line")
         lit = literature_cluster(name)
         summary = {
+            "cluster_group": 0,
             "n_rows": 100,
             "n_scored": 100,
             "n_members": 40,
@@ -194,9 +195,10 @@ def test_survey_machinery_failures_are_rows_and_reruns_skip_finished(cones, tmp_
             "xd_pm_dispersion": 0.1,
         }
         from grasp_dl.data.clusters import compare_with_literature
+        from grasp_dl.membership.summary import ClusterSummary
 
-        summary.update(compare_with_literature(summary, lit))
-        return survey.summary_row(name, lit.name, summary)
+        summary = ClusterSummary.from_dict(summary)
+        return survey.summary_row(name, lit.name, summary.with_literature(compare_with_literature(summary, lit)))
 
     monkeypatch.setattr(survey, "run_cluster", fake_run)
     out = tmp_path / "survey"

@@ -20,6 +20,7 @@ import difflib
 import functools
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -249,14 +250,16 @@ def _combined(recovered_error: Any, published_error: float, floor: float) -> flo
     return math.sqrt(err**2 + published_error**2 + floor**2)
 
 
-def compare_with_literature(summary: dict[str, Any], cluster: LiteratureCluster) -> dict[str, Any]:
+def compare_with_literature(summary: Mapping[str, Any], cluster: LiteratureCluster) -> dict[str, Any]:
     """The recovered mean proper motion and parallax against the published ones.
 
     Parameters
     ----------
-    summary : dict
+    summary : mapping
         A cluster summary with ``mean_pmra``, ``mean_pmdec``, ``mean_parallax`` and their
-        ``*_error`` (missing or NaN values are left out of the comparison).
+        ``*_error`` (missing or NaN values are left out of the comparison): a
+        :class:`~grasp_dl.membership.summary.ClusterSummary` or its JSON object, both read as a
+        mapping since this layer sits below the one that defines the summary.
     cluster : LiteratureCluster
         The published values.
 
@@ -317,13 +320,14 @@ def compare_with_literature(summary: dict[str, Any], cluster: LiteratureCluster)
     return {"literature": report, "literature_warning": warning}
 
 
-def literature_lines(summary: dict[str, Any]) -> list[str]:
+def literature_lines(summary: Mapping[str, Any]) -> list[str]:
     """Lines for the command line: the comparison with the literature, then its warning if any.
 
     Parameters
     ----------
-    summary : dict
-        A summary with ``literature`` (from :func:`compare_with_literature`); others give no line.
+    summary : mapping
+        A summary with ``literature`` (from :func:`compare_with_literature`), read as a mapping
+        like it; others give no line.
 
     Returns
     -------

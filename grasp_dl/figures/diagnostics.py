@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from grasp_dl.data.sky import gnomonic_project
+from grasp_dl.membership.summary import ClusterSummary
 
 #: Stars drawn at most (a random subset of the sample beyond this, so the figure stays quick and small).
 MAX_PLOTTED = 50_000
@@ -29,16 +30,16 @@ def _plotting() -> Any:
     return plotting
 
 
-def _profile_panel(ax: Any, summary: dict[str, Any]) -> None:
+def _profile_panel(ax: Any, summary: ClusterSummary) -> None:
     """Members against the other stars per unit area; without a cluster, the rejected group's stars."""
-    profile = (summary.get("diagnostics") or {}).get("radial_profile")
+    profile = (summary.diagnostics or {}).get("radial_profile")
     if not profile:
         ax.text(0.5, 0.5, "no positions: no radial profile", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
     edges = np.asarray(profile["edges_arcmin"])
     mid = 0.5 * (edges[1:] + edges[:-1])
-    members = "members" if summary.get("cluster_found", True) else "rejected group (p > 0.5)"
+    members = "members" if summary.found else "rejected group (p > 0.5)"
     for key, label, style in (
         ("member_density_per_arcmin2", members, "o-"),
         ("other_density_per_arcmin2", "other stars", "s--"),
@@ -52,7 +53,7 @@ def _profile_panel(ax: Any, summary: dict[str, Any]) -> None:
     ax.legend(fontsize="small")
 
 
-def diagnostic_figure(stars: pd.DataFrame, summary: dict[str, Any], center: Sequence[float] | None = None) -> Figure:
+def diagnostic_figure(stars: pd.DataFrame, summary: ClusterSummary, center: Sequence[float] | None = None) -> Figure:
     """Proper motions, sky, CMD (coloured by member_prob) and the radial profile of a prediction.
 
     Parameters
@@ -60,7 +61,7 @@ def diagnostic_figure(stars: pd.DataFrame, summary: dict[str, Any], center: Sequ
     stars : pandas.DataFrame
         Scored stars: ``member_prob`` and whichever of ``ra, dec, pmra, pmdec, phot_g_mean_mag,
         bp_rp`` (or BP and RP magnitudes) exist; panels without their columns say so.
-    summary : dict
+    summary : ClusterSummary
         The prediction summary (``cluster_found``, ``cluster_reason``, ``diagnostics``).
     center : sequence of float, optional
         [ra, dec]: the sky panel shows tangent-plane offsets around it, else ra/dec.
@@ -100,16 +101,16 @@ def diagnostic_figure(stars: pd.DataFrame, summary: dict[str, Any], center: Sequ
     else:
         missing(ax_cmd, "G magnitude and BP-RP colour")
     _profile_panel(ax_prof, summary)
-    found = summary.get("cluster_found", True)
-    head = f"cluster: {summary.get('n_members', 0)} members" if found else "NO CLUSTER FOUND (members set to 0)"
-    reason = summary.get("cluster_reason", "")
+    found = summary.found
+    head = f"cluster: {summary.n_members} members" if found else "NO CLUSTER FOUND (members set to 0)"
+    reason = summary.cluster_reason or ""
     text = head + ("\n" + textwrap.fill(reason, 120) if reason else "")
     fig.suptitle(text, fontsize="medium", color="black" if found else "firebrick")
     return fig
 
 
 def write_diagnostic_figure(
-    stars: pd.DataFrame, summary: dict[str, Any], path: str | Path, center: Sequence[float] | None = None
+    stars: pd.DataFrame, summary: ClusterSummary, path: str | Path, center: Sequence[float] | None = None
 ) -> Path:
     """Save :func:`diagnostic_figure` as a PNG at ``path``.
 

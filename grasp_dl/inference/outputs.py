@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from grasp_dl.data.catalog import write_catalog
+from grasp_dl.membership.summary import ClusterSummary
 from grasp_dl.runtime.errors import ConfigError
 from grasp_dl.runtime.io_policy import StagedOutputs, check_output_file, strict_json
 from grasp_dl.runtime.run_dir import summary_path
@@ -42,13 +43,14 @@ def prediction_output(output: str | os.PathLike[str]) -> Path:
     return check_output_file(output)
 
 
-def summary_json(summary: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+def summary_json(summary: ClusterSummary | dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write a cluster summary as strict JSON (non-finite numbers as ``null``) to ``path`` itself.
 
     Parameters
     ----------
-    summary : dict
-        The summary (see :class:`grasp_dl.membership.rules.ClusterSummary`).
+    summary : ClusterSummary or dict
+        The summary (:class:`grasp_dl.membership.summary.ClusterSummary`), written as its
+        :meth:`~grasp_dl.membership.summary.ClusterSummary.to_dict`.
     path : str or PathLike
         The file to write (a temporary file of :class:`~grasp_dl.runtime.io_policy.StagedOutputs`).
 
@@ -58,19 +60,19 @@ def summary_json(summary: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         ``path``.
     """
     path = Path(path)
-    path.write_text(strict_json(summary))
+    path.write_text(strict_json(summary.to_dict() if isinstance(summary, ClusterSummary) else summary))
     return path
 
 
-def write_summary(summary: dict[str, Any], output: str | os.PathLike[str]) -> Path:
+def write_summary(summary: ClusterSummary | dict[str, Any], output: str | os.PathLike[str]) -> Path:
     """Write the cluster summary as ``<output stem>.summary.json`` beside the predictions (atomically).
 
     The JSON is strict: a value that is not a finite number (no cluster found) is ``null``.
 
     Parameters
     ----------
-    summary : dict
-        The JSON-serialisable summary (see :class:`grasp_dl.membership.rules.ClusterSummary`).
+    summary : ClusterSummary or dict
+        The summary (:class:`grasp_dl.membership.summary.ClusterSummary`).
     output : str or PathLike
         The predictions table the summary belongs to.
 
@@ -87,7 +89,7 @@ def write_summary(summary: dict[str, Any], output: str | os.PathLike[str]) -> Pa
 
 
 def write_predictions(
-    table: pd.DataFrame, summary: dict[str, Any], output: str | os.PathLike[str]
+    table: pd.DataFrame, summary: ClusterSummary | dict[str, Any], output: str | os.PathLike[str]
 ) -> tuple[Path, Path]:
     """Write an in-memory per-star table and its JSON summary beside it, both checked first and moved together.
 
@@ -95,7 +97,7 @@ def write_predictions(
     ----------
     table : DataFrame
         The per-star predictions (:func:`grasp_dl.inference.predict.predict_catalog`).
-    summary : dict
+    summary : ClusterSummary or dict
         The cluster summary.
     output : str or PathLike
         A .parquet or .csv path.

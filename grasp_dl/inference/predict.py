@@ -30,7 +30,8 @@ from grasp_dl.membership.guards import (
     zero_member_prob,
     zero_member_prob_file,
 )
-from grasp_dl.membership.rules import ClusterSummary, adopt_model_mean, entropy
+from grasp_dl.membership.rules import SummaryAccumulator, entropy
+from grasp_dl.membership.summary import ClusterSummary
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.vade import VaDEModule
 from grasp_dl.runtime.capabilities import (
@@ -390,25 +391,25 @@ def _warn_duplicates(n_repeats: int) -> None:
         )
 
 
-def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any]:
-    """Add the model's own fitted cluster astrometry (model=xd: the deconvolved mean) to a summary, and report that
-    mean as the cluster's (:func:`~grasp_dl.membership.rules.adopt_model_mean`).
+def with_model_astrometry(summary: ClusterSummary, module: Any) -> ClusterSummary:
+    """The summary with the model's own fitted cluster astrometry (model=xd: the deconvolved mean), and that mean
+    reported as the cluster's (:meth:`~grasp_dl.membership.summary.ClusterSummary.with_model_mean`).
 
     Parameters
     ----------
-    summary : dict
-        The cluster summary of the predictions.
+    summary : ClusterSummary
+        The cluster summary of the predictions; it is not changed.
     module : LightningModule
         The model; those without ``cluster_astrometry`` add nothing.
 
     Returns
     -------
-    dict
-        ``summary``, updated in place.
+    ClusterSummary
+        A new summary.
     """
     if isinstance(module, FitsClusterAstrometry):
-        summary.update(module.cluster_astrometry())
-    return adopt_model_mean(summary)
+        summary = summary.with_model_astrometry(module.cluster_astrometry())
+    return summary.with_model_mean()
 
 
 def predict_catalog(
@@ -420,7 +421,7 @@ def predict_catalog(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     score_no_astrometry: bool = False,
     cluster: str | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+) -> tuple[pd.DataFrame, ClusterSummary]:
     """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary), in memory.
 
     The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where the
@@ -447,7 +448,7 @@ def predict_catalog(
     user_group = _user_chose_group(module, cluster_group)
     if not check["cluster_found"] and not user_group:
         zero_member_prob(out)
-    summary = ClusterSummary(ready.center, group)
+    summary = SummaryAccumulator(ready.center, group)
     summary.update(out, ready.table)
     return out, finish_summary(with_model_astrometry(summary.result(), module), check, user_group, literature)
 
@@ -489,7 +490,7 @@ def predict_to_file(
     cluster: str | None = None,
     figure: str | Path | None = None,
     columns: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> ClusterSummary:
     """Score ``catalog`` ``chunk_size`` rows at a time and write the per-star table (.parquet or .csv) as it goes.
 
     The table of :func:`predict_catalog`, with memory bounded by the chunk: each chunk is read (only
@@ -516,7 +517,7 @@ def predict_to_file(
         used_center = resolve_center(prep["center"], center, positions)
     else:
         used_center = resolve_center(prep["center"], center, first)
-    summary = ClusterSummary(used_center, group)
+    summary = SummaryAccumulator(used_center, group)
     sample = StarSample()
     seen_ids: set[Any] = set()
     n_repeats = 0
@@ -534,10 +535,10 @@ def predict_to_file(
                 summary.update(out, table)
                 sample.update(out, table)
         result = with_model_astrometry(summary.result(), module)
-        if result["n_scored"] == 0:
-            reasons = ", ".join(f"{n} {flag}" for flag, n in result.get("not_scored", {}).items())
+        if result.n_scored == 0:
+            reasons = ", ".join(f"{n} {flag}" for flag, n in result.not_scored.items())
             raise CatalogError(
-                f"no usable star in the catalogue of {result['n_rows']} rows ({reasons}): relax the quality "
+                f"no usable star in the catalogue of {result.n_rows} rows ({reasons}): relax the quality "
                 "cuts or score a catalogue with the model's features"
             )
     _warn_duplicates(n_repeats)
@@ -555,7 +556,7 @@ def predict_to_file(
     return result
 
 
-def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
+def predict_command(cfg: DictConfig) -> tuple[ClusterSummary, Path, Path]:
     """``grasp-dl predict``: score ``cfg.data.path`` with ``cfg.ckpt_path``, streaming the table to ``cfg.output``.
 
     The catalogue is read, scored and written ``cfg.chunk_size`` rows at a time, so its size is
@@ -607,12 +608,12 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
             figure=None if figure is None else staged.temp("output's figure"),
             columns=None if columns is None else dict(columns),
         )
-        if figure is not None:
-            summary["figure"] = str(figure)
-        if module.fit_results.get("start_vs_end"):
-            summary["start_vs_end"] = module.fit_results["start_vs_end"]
-        summary["checkpoint"] = str(cfg.ckpt_path)
-        summary["catalog"] = str(cfg.data.path)
+        summary = summary.with_run(
+            figure=None if figure is None else str(figure),
+            start_vs_end=module.fit_results.get("start_vs_end") or None,
+            checkpoint=str(cfg.ckpt_path),
+            catalog=str(cfg.data.path),
+        )
         summary_json(summary, staged.temp("output's summary"))
         staged.commit()
     return summary, output, summary_path(output)

@@ -27,6 +27,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from grasp_dl.membership.summary import MEAN_COLUMNS, ClusterSummary
 from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -274,28 +275,32 @@ def _table_name(name: str) -> str | None:
         return None
 
 
-def _dispersion(summary: dict[str, Any]) -> float | None:
+def _dispersion(summary: ClusterSummary) -> float | None:
     """The cluster's intrinsic pm dispersion: the model's fitted one (e.g. ``xd_pm_dispersion``), else the members'."""
-    fitted = [v for k, v in summary.items() if k.endswith("_pm_dispersion") and _finite(v) is not None]
+    fitted = [v for k, v in summary.model_astrometry.items() if k.endswith("_pm_dispersion") and _finite(v) is not None]
     if fitted:
         return _finite(fitted[0])
-    return _finite((summary.get("diagnostics") or {}).get("member_pm_dispersion"))
+    return _finite((summary.diagnostics or {}).get("member_pm_dispersion"))
 
 
-def summary_row(name: str, table_name: str | None, summary: dict[str, Any]) -> dict[str, Any]:
+def summary_row(name: str, table_name: str | None, summary: ClusterSummary) -> dict[str, Any]:
     """A results row from a prediction summary (:func:`grasp_dl.inference.predict.predict_to_file`)."""
-    lit = summary.get("literature") or {}
+    lit = summary.literature or {}
     pub = lit.get("published") or {}
+    means = {}
+    for column in MEAN_COLUMNS:
+        means[f"mean_{column}"] = _finite(summary.mean(column))
+        means[f"mean_{column}_error"] = _finite(summary.mean_error(column))
     return {
         "name": name,
         "table_name": table_name,
-        "stars": summary.get("n_rows"),
-        "scored": summary.get("n_scored"),
-        "members": summary.get("n_members"),
-        **{key: _finite(summary.get(key)) for key in COLUMNS if key.startswith("mean_")},
+        "stars": summary.n_rows,
+        "scored": summary.n_scored,
+        "members": summary.n_members,
+        **{key: means.get(key) for key in COLUMNS if key.startswith("mean_")},
         "pm_dispersion": _dispersion(summary),
-        "cluster_found": summary.get("cluster_found"),
-        "reason": summary.get("cluster_reason"),
+        "cluster_found": summary.cluster_found,
+        "reason": summary.cluster_reason,
         "published_pmra": pub.get("pmra"),
         "published_pmra_error": pub.get("pmra_error"),
         "published_pmdec": pub.get("pmdec"),
@@ -306,7 +311,7 @@ def summary_row(name: str, table_name: str | None, summary: dict[str, Any]) -> d
             key: _finite(lit.get(key))
             for key in ("delta_pmra_sigma", "delta_pmdec_sigma", "pm_offset", "pm_offset_sigma", "delta_parallax_sigma")
         },
-        "literature_warning": summary.get("literature_warning"),
+        "literature_warning": summary.literature_warning,
     }
 
 
@@ -360,7 +365,7 @@ def run_cluster(cfg: DictConfig, name: str) -> dict[str, Any]:
     row = summary_row(name, table_name, summary)
     row["setting"] = result.setting
     row["catalog"] = str(path)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (output_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1, default=str))
     return row
 
 

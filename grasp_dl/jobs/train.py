@@ -645,13 +645,13 @@ def training_cluster_lines(result: TrainResult) -> list[str]:
 
     from grasp_dl.inference.predict import with_model_astrometry
     from grasp_dl.membership.guards import check_table, finish_summary, report_lines
-    from grasp_dl.membership.rules import ClusterSummary
+    from grasp_dl.membership.rules import SummaryAccumulator
 
     datamodule, module = result.datamodule, result.module
     member_prob = result.catalogue_probabilities()[:, module.cluster_group].detach().cpu().numpy()
     table = datamodule.table.iloc[datamodule.usable_rows()].reset_index(drop=True)
     check = check_table(member_prob, table, datamodule.prepared.center)
-    summary = ClusterSummary(datamodule.prepared.center, module.cluster_group)
+    summary = SummaryAccumulator(datamodule.prepared.center, module.cluster_group)
     summary.update(pd.DataFrame({"label": np.zeros(len(table), int), "member_prob": member_prob}), table)
     literature = None
     if getattr(datamodule, "cluster", None):

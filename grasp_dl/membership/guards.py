@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from grasp_dl.data.sky import gnomonic_project
+from grasp_dl.membership.summary import ClusterSummary
 
 #: Member probability above which a star counts as a member (the one definition in grasp-dl).
 MEMBER_THRESHOLD = 0.5
@@ -486,13 +487,13 @@ class StarSample:
         return check_table(rows["member_prob"].to_numpy(float), rows, center, scale=self.scale)
 
 
-def apply_verdict(summary: dict[str, Any], check: dict[str, Any], user_group: bool = False) -> dict[str, Any]:
-    """Put the plausibility verdict into a cluster summary; without a cluster, no members.
+def apply_verdict(summary: ClusterSummary, check: dict[str, Any], user_group: bool = False) -> ClusterSummary:
+    """The cluster summary with the plausibility verdict; without a cluster, no members.
 
     Parameters
     ----------
-    summary : dict
-        The cluster summary (:class:`grasp_dl.membership.rules.ClusterSummary`), changed in place.
+    summary : ClusterSummary
+        The cluster summary; it is not changed.
     check : dict
         :func:`check_plausibility`'s answer.
     user_group : bool
@@ -500,82 +501,71 @@ def apply_verdict(summary: dict[str, Any], check: dict[str, Any], user_group: bo
 
     Returns
     -------
-    dict
-        ``summary``.
+    ClusterSummary
+        A new summary (:meth:`ClusterSummary.with_verdict`).
     """
-    summary["cluster_found"] = bool(check["cluster_found"])
-    summary["cluster_reason"] = check["cluster_reason"]
-    summary["diagnostics"] = check["diagnostics"]
-    if not check["cluster_found"] and user_group:
-        summary["cluster_reason"] += " (memberships kept: the group was chosen by the user)"
-    elif not check["cluster_found"]:
-        summary["n_members"] = 0
-        summary["sum_member_prob"] = 0.0
-        for key in list(summary):
-            if key.startswith("mean_"):
-                summary[key] = float("nan")
-    return summary
+    return summary.with_verdict(check, user_group)
 
 
-def no_cluster_warning(summary: dict[str, Any]) -> str | None:
+def no_cluster_warning(summary: ClusterSummary) -> str | None:
     """The one-line warning printed when no cluster was found (None when one was).
 
     Parameters
     ----------
-    summary : dict
+    summary : ClusterSummary
         A summary that went through :func:`apply_verdict`.
 
     Returns
     -------
     str or None
     """
-    if summary.get("cluster_found", True):
+    if summary.found:
         return None
-    return f"warning: no cluster found, members set to 0: {summary.get('cluster_reason', '')}"
+    return f"warning: no cluster found, members set to 0: {summary.cluster_reason or ''}"
 
 
-def astrometry_line(summary: dict[str, Any]) -> str | None:
+def astrometry_line(summary: ClusterSummary) -> str | None:
     """One line of the cluster's mean proper motion (and parallax) with standard errors, and whose estimate it is.
 
     Parameters
     ----------
-    summary : dict
-        A cluster summary (``mean_pmra``, ``mean_pmdec``, their ``_error``; ``mean_parallax``
-        optional; ``mean_source``: ``model`` for a fitted mean, else the members' weighted mean).
+    summary : ClusterSummary
+        A cluster summary (the means of pmra, pmdec and optionally parallax with their errors;
+        ``mean_source``: ``model`` for a fitted mean, else the members' weighted mean).
 
     Returns
     -------
     str or None
         None when no cluster was found or the summary has no finite mean proper motion.
     """
-    if not summary.get("cluster_found", True):
+    if not summary.found:
         return None
 
     def value(column: str) -> str | None:
-        mean, error = summary.get(f"mean_{column}"), summary.get(f"mean_{column}_error")
-        if mean is None or not np.isfinite(mean):
+        mean, error = summary.mean(column), summary.mean_error(column)
+        if not np.isfinite(mean):
             return None
-        return f"{mean:.3f} ± {error:.3f}" if error is not None and np.isfinite(error) else f"{mean:.3f}"
+        return f"{mean:.3f} ± {error:.3f}" if np.isfinite(error) else f"{mean:.3f}"
 
     pmra, pmdec, parallax = value("pmra"), value("pmdec"), value("parallax")
     if pmra is None or pmdec is None:
         return None
-    if summary.get("mean_source") == "model":
+    if summary.mean_source == "model":
         source = "fitted by the model to every star"
     else:
-        source = f"weighted mean of the {summary.get('n_members', 0)} stars with member_prob > {MEMBER_THRESHOLD}"
+        source = f"weighted mean of the {summary.n_members} stars with member_prob > {MEMBER_THRESHOLD}"
     line = f"cluster mean: pmra {pmra}, pmdec {pmdec} mas/yr"
     if parallax is not None:
         line += f", parallax {parallax} mas"
     return line + f" ({source}; statistical errors)"
 
 
-def diagnostics_line(summary: dict[str, Any]) -> str | None:
+def diagnostics_line(summary: ClusterSummary) -> str | None:
     """One line of the numbers behind the verdict (share, radius ratio, pm dispersion ratio).
 
     Parameters
     ----------
-    summary : dict
+    summary : ClusterSummary
         A summary with ``diagnostics``.
 
     Returns
@@ -583,7 +573,7 @@ def diagnostics_line(summary: dict[str, Any]) -> str | None:
     str or None
         None when the summary has no diagnostics.
     """
-    d = summary.get("diagnostics")
+    d = summary.diagnostics
     if not d:
         return None
     parts = []
@@ -638,14 +628,14 @@ def zero_member_prob_file(path: str | Path, chunk_size: int = 262_144) -> None:
 
 
 def finish_summary(
-    summary: dict[str, Any], check: dict[str, Any], user_group: bool = False, literature: Any = None
-) -> dict[str, Any]:
+    summary: ClusterSummary, check: dict[str, Any], user_group: bool = False, literature: Any = None
+) -> ClusterSummary:
     """The plausibility verdict (:func:`apply_verdict`), then the comparison with the literature if a cluster is named.
 
     Parameters
     ----------
-    summary : dict
-        The cluster summary, changed in place.
+    summary : ClusterSummary
+        The cluster summary; it is not changed.
     check : dict
         :func:`check_plausibility`'s answer.
     user_group : bool
@@ -655,15 +645,15 @@ def finish_summary(
 
     Returns
     -------
-    dict
-        ``summary`` with ``cluster_found``, ``cluster_reason``, ``diagnostics`` and, with
-        ``literature``, ``literature`` and ``literature_warning``.
+    ClusterSummary
+        A new summary with the verdict (``cluster_found``, ``cluster_reason``, ``diagnostics``)
+        and, with ``literature``, the comparison (``literature``, ``literature_warning``).
     """
-    apply_verdict(summary, check, user_group)
+    summary = apply_verdict(summary, check, user_group)
     if literature is not None:
         from grasp_dl.data.clusters import compare_with_literature
 
-        summary.update(compare_with_literature(summary, literature))
+        summary = summary.with_literature(compare_with_literature(summary, literature))
     return summary
 
 
@@ -687,12 +677,12 @@ def zero_member_prob(predictions: pd.DataFrame) -> pd.DataFrame:
     return predictions
 
 
-def report_lines(summary: dict[str, Any]) -> list[str]:
+def report_lines(summary: ClusterSummary) -> list[str]:
     """Lines for the command line: the numbers behind the verdict, the no-cluster warning, the literature check.
 
     Parameters
     ----------
-    summary : dict
+    summary : ClusterSummary
         A summary that went through :func:`finish_summary`.
 
     Returns

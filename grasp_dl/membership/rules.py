@@ -15,13 +15,20 @@ left out; with neither, the group of smallest feature-space volume wins.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from grasp_dl.membership.guards import MEMBER_THRESHOLD, check_features
+from grasp_dl.membership.summary import (  # noqa: F401  (MODEL_MEAN_KEYS: read from here by callers)
+    MEAN_COLUMNS,
+    MODEL_MEAN_KEYS,
+    ClusterSummary,
+    ColumnMean,
+    as_summary,
+)
 
 #: A group needs at least this many stars (and this share of the catalogue) to be named the cluster.
 MIN_GROUP_STARS = 5
@@ -133,8 +140,8 @@ def entropy(prob: np.ndarray) -> np.ndarray:
     return -(prob * np.log(prob)).sum(axis=1)
 
 
-class ClusterSummary:
-    """Members and mean astrometry of the cluster, accumulated chunk by chunk (plain types, for JSON).
+class SummaryAccumulator:
+    """Members and mean astrometry of the cluster, accumulated chunk by chunk into a :class:`ClusterSummary`.
 
     The means are over the stars with member_prob > 0.5 (the small probabilities of thousands of
     field stars would pull them towards the field), weighted by member_prob and, where the error
@@ -143,7 +150,7 @@ class ClusterSummary:
     memory bounded for any catalogue size.
     """
 
-    COLUMNS = ("pmra", "pmdec", "parallax")
+    COLUMNS = MEAN_COLUMNS
     #: Intrinsic spread of the members (mas/yr, mas) added to each star's measurement error in the
     #: weights: a cluster's internal dispersion is ~0.1-0.5 mas/yr, so a 0.02 mas/yr star does not
     #: outweigh a 0.2 mas/yr one a hundredfold, while a 1 mas/yr faint star (most likely a field
@@ -185,33 +192,34 @@ class ClusterSummary:
             sums = np.array([w.sum(), (w * v).sum(), (w**2).sum(), (w**2 * v).sum(), (w**2 * v**2).sum()])
             self._sums[column] = self._sums.get(column, 0.0) + sums
 
-    def result(self) -> dict[str, Any]:
-        """The summary as a plain dictionary."""
-        summary: dict[str, Any] = {
-            "cluster_group": self.cluster_group,
-            "n_rows": self.n_rows,
-            "n_scored": self.n_scored,
-            "n_members": self.n_members,
-            "sum_member_prob": self.sum_member_prob,
-            "center": [float(c) for c in self.center] if self.center is not None else None,
-        }
+    def result(self) -> ClusterSummary:
+        """The summary of the chunks added so far.
+
+        Returns
+        -------
+        ClusterSummary
+        """
+        means = {}
         for column, (s_w, s_wv, s_w2, s_w2v, s_w2v2) in self._sums.items():
             if s_w > 0:
                 mean = s_wv / s_w
                 spread = max(s_w2v2 - 2.0 * mean * s_w2v + mean**2 * s_w2, 0.0)
-                summary[f"mean_{column}"], summary[f"mean_{column}_error"] = float(mean), float(np.sqrt(spread) / s_w)
+                means[column] = ColumnMean(float(mean), float(np.sqrt(spread) / s_w))
             else:
-                summary[f"mean_{column}"] = summary[f"mean_{column}_error"] = float("nan")
-        if self.not_scored:
-            summary["not_scored"] = dict(self.not_scored)
-        return summary
+                means[column] = ColumnMean(float("nan"), float("nan"))
+        return ClusterSummary(
+            cluster_group=self.cluster_group,
+            n_rows=self.n_rows,
+            n_scored=self.n_scored,
+            n_members=self.n_members,
+            sum_member_prob=self.sum_member_prob,
+            center=tuple(float(c) for c in self.center) if self.center is not None else None,
+            means=means,
+            not_scored=dict(self.not_scored),
+        )
 
 
-#: Summary keys of a model's own fitted cluster astrometry (model=xd's mixture component) and the column they give.
-MODEL_MEAN_KEYS = {"pmra": "xd_mean_pmra", "pmdec": "xd_mean_pmdec", "parallax": "xd_mean_parallax"}
-
-
-def adopt_model_mean(summary: dict[str, Any], model_group: int = 0) -> dict[str, Any]:
+def adopt_model_mean(summary: ClusterSummary | Mapping[str, Any], model_group: int = 0) -> ClusterSummary:
     """Report the model's own fitted cluster mean, where it has one, as the cluster's mean.
 
     A mixture that models cluster and field together (model=xd) estimates the cluster's mean by
@@ -225,38 +233,24 @@ def adopt_model_mean(summary: dict[str, Any], model_group: int = 0) -> dict[str,
 
     Parameters
     ----------
-    summary : dict
-        A cluster summary (:class:`ClusterSummary`) with the model's astrometry added (``xd_mean_*``).
+    summary : ClusterSummary or mapping
+        A cluster summary with the model's astrometry (``xd_mean_*``); a JSON object is read first.
     model_group : int
         The group the model's fitted mean belongs to (model=xd: 0, its cluster component); a
         summary of another group (the user's ``cluster_group``) keeps the members' average.
 
     Returns
     -------
-    dict
-        ``summary``, changed in place.
+    ClusterSummary
+        A new summary (:meth:`ClusterSummary.with_model_mean`).
     """
-    adopted = False
-    for column, key in MODEL_MEAN_KEYS.items():
-        if summary.get("cluster_group", model_group) != model_group:
-            break
-        value = summary.get(key)
-        if value is not None and np.isfinite(value) and f"mean_{column}" in summary:
-            summary[f"mean_{column}_members"] = summary[f"mean_{column}"]
-            summary[f"mean_{column}"] = float(value)
-            adopted = True
-            error = summary.get(f"{key}_error")
-            if error is not None and np.isfinite(error):
-                summary[f"mean_{column}_error_members"] = summary.get(f"mean_{column}_error", float("nan"))
-                summary[f"mean_{column}_error"] = float(error)
-    summary["mean_source"] = "model" if adopted else "members"
-    return summary
+    return as_summary(summary).with_model_mean(model_group)
 
 
 def cluster_summary(
     predictions: pd.DataFrame, catalog: pd.DataFrame, center: Sequence[float] | None, cluster_group: int
-) -> dict[str, Any]:
-    """Members and mean astrometry of the cluster from a whole predictions table (see :class:`ClusterSummary`)."""
-    summary = ClusterSummary(center, cluster_group)
+) -> ClusterSummary:
+    """Members and mean astrometry of the cluster from a whole predictions table (see :class:`SummaryAccumulator`)."""
+    summary = SummaryAccumulator(center, cluster_group)
     summary.update(predictions, catalog)
     return summary.result()
