@@ -77,7 +77,8 @@ def run_once(checkout: Path, overrides: list[str], workdir: Path) -> dict[str, A
     env = dict(os.environ)
     env[ENV_VAR] = str(marks_file)
     env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])])
-    timed = (checkout / "grasp_dl" / "stage_timer.py").is_file()
+    # stage timing lives in grasp_dl/runtime/ (grasp_dl/ in checkouts before the layered layout)
+    timed = any((checkout / "grasp_dl" / where / "stage_timer.py").is_file() for where in ("runtime", "."))
     command = [*grasp_dl_command(), "train", f"hydra.run.dir={workdir / 'run'}", *overrides]
     if timed:
         command.append(CALLBACK_OVERRIDE)
