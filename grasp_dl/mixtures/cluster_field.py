@@ -57,6 +57,11 @@ FIELD_START = 2
 EXPLORE_ITER = 60
 #: Fewest stars (summed memberships) whose scatter gives the fitted mean a standard error.
 MIN_MEMBERS_FOR_ERROR = 2.0
+#: EM iterations of the no-cluster null (the same model with a flat cluster profile), started from the fit.
+NULL_ITER = 30
+#: Steepness of the paper's soft priors, -exp(STEEP (sigma/sigma_0 - 1)) - exp(STEEP (a/R - SCALE_PRIOR_AT)).
+PRIOR_STEEPNESS = 5.0
+SCALE_PRIOR_AT = 0.75
 
 
 def plummer_log_density(radius: np.ndarray, log_scale: float, radius_max: float) -> np.ndarray:
@@ -205,6 +210,20 @@ class ClusterFieldMixture:
         Stars of the subsample on which the number of components and the starts are chosen.
     seed : int
         Seed of the subsample and the starts.
+    eta_max : float or None
+        Cap of the crowding inflation eta_i (VB21 measured 1.1-1.2 in dense centres); None leaves
+        it as far as ``BETA_MAX`` takes it.
+    scale_prior : bool
+        The paper's soft prior -exp(5 (a / R - 0.75)) against a Plummer scale above 0.75 of the cone.
+    sigma_prior : float or None
+        sigma_0 (mas/yr) of the paper's soft prior -exp(5 (sigma / sigma_0 - 1)) against a central
+        dispersion above the published line-of-sight one over the distance (a named cluster).
+    start_pm : sequence of float or None
+        A known mean (pmra, pmdec[, parallax]) of the cluster (a named cluster): one more start
+        centred on it. A start, not a constraint.
+    null_test : bool
+        Also fit the no-cluster null (the same model whose cluster has a flat profile) and keep
+        ``log_likelihood_ratio_``, the log-likelihood the cluster's concentration adds.
     """
 
     def __init__(
@@ -218,6 +237,11 @@ class ClusterFieldMixture:
         tol: float = 1e-5,
         explore_size: int = 5_000,
         seed: int = 0,
+        eta_max: float | None = None,
+        scale_prior: bool = False,
+        sigma_prior: float | None = None,
+        start_pm: Sequence[float] | None = None,
+        null_test: bool = False,
     ) -> None:
         if n_field is not None and n_field < 1:
             raise ValueError(f"n_field must be at least 1 (or None for the BIC), got {n_field}")
@@ -230,6 +254,12 @@ class ClusterFieldMixture:
         self.tol = float(tol)
         self.explore_size = int(explore_size)
         self.seed = int(seed)
+        self.eta_max = None if eta_max is None else float(eta_max)
+        self.scale_prior = bool(scale_prior)
+        self.sigma_prior = None if sigma_prior is None else float(sigma_prior)
+        self.start_pm = None if start_pm is None else np.asarray(start_pm, float)
+        self.null_test = bool(null_test)
+        self._flat = False  # the null: the cluster's profile flat over the cone
 
     # ------------------------------------------------------------------ model pieces
     @property
@@ -239,7 +269,7 @@ class ClusterFieldMixture:
 
     def _profile(self, radius: np.ndarray) -> np.ndarray:
         """(1 + r^2/a^2)^-1/2: the cluster's dispersion^2 profile (ones when switched off)."""
-        if not self.dispersion_profile:
+        if not self.dispersion_profile or self._flat:
             return np.ones_like(radius)
         return 1.0 / np.sqrt(1.0 + radius**2 * math.exp(-2.0 * self.log_scale_))
 
@@ -252,6 +282,8 @@ class ClusterFieldMixture:
     def _cluster_log_density(
         self, radius: np.ndarray, log_scale: float | None = None, slope: float | None = None
     ) -> np.ndarray:
+        if self._flat:
+            return np.full(np.shape(radius), -math.log(math.pi * self.radius_max_**2))
         return profile_log_density(
             radius,
             self.log_scale_ if log_scale is None else log_scale,
@@ -261,7 +293,8 @@ class ClusterFieldMixture:
 
     def _eta2(self, radius: np.ndarray, beta: float | None = None) -> np.ndarray:
         beta = self.beta_ if beta is None else beta
-        return 1.0 + beta * self._density_ratio(radius)
+        eta2 = 1.0 + beta * self._density_ratio(radius)
+        return eta2 if self.eta_max is None else np.minimum(eta2, self.eta_max**2)
 
     def _cluster_prior(self, radius: np.ndarray, sigma: float, tau: float, d: int) -> np.ndarray:
         """Diagonal of the cluster's intrinsic covariance at each radius, (d, n)."""
@@ -325,6 +358,16 @@ class ClusterFieldMixture:
             dist2 = ((v - centre) ** 2).sum(1) / (spread**2 + err**2)
             near = np.exp(-r / max(np.percentile(r, quantile), 1e-6))
             starts.append(np.clip(np.exp(-0.5 * dist2) * near, 1e-6, 0.95))
+        if self.start_pm is not None:
+            # (0) A named cluster: its published mean (and parallax), the central stars near it.
+            known = self.start_pm[:d]
+            width = max(self.sigma_prior or 0.0, 0.1) ** 2
+            dist2 = ((v - known[:2]) ** 2).sum(1) / (width + err**2)
+            if len(known) > 2:
+                plx_err2 = np.maximum(p.errors[_DIAG[d][2]], 1e-12)
+                dist2 += (p.values[2] - known[2]) ** 2 / (0.05**2 + plx_err2)
+            near = np.exp(-r / max(np.percentile(r, 30), 1e-6))
+            starts.insert(0, np.clip(np.exp(-0.5 * dist2) * near, 1e-6, 0.95))
         # (3) A Gaussian mixture on the proper motions: its most concentrated, tightest component.
         k = 3
         gmm = GaussianMixture(k, covariance_type="full", random_state=int(rng.integers(1 << 31)), reg_covar=1e-3)
@@ -338,7 +381,7 @@ class ClusterFieldMixture:
             centre = v[rng.choice(inner)]
             dist2 = ((v - centre) ** 2).sum(1) / (0.3**2 + err**2)
             starts.append(np.clip(np.exp(-0.5 * dist2), 1e-6, 0.95))
-        return starts[: self.n_starts]
+        return starts[: self.n_starts + int(self.start_pm is not None)]
 
     def _initialise(self, p: _Prepared, cluster_resp: np.ndarray, n_field: int, seed: int) -> None:
         """Parameters from starting cluster memberships and a Gaussian mixture of the rest."""
@@ -400,10 +443,26 @@ class ClusterFieldMixture:
         diff = b - self.cluster_mean_[:, None]
         spread = diff[0] ** 2 + diff[1] ** 2 + big_b[0] + big_b[1]
         sigma2 = (q0 * spread / self._profile(r)).sum() / (2.0 * mass[0])
-        self.sigma_ = float(np.clip(math.sqrt(sigma2), *SIGMA_BOUNDS))
+        if self.sigma_prior is None:
+            self.sigma_ = float(np.clip(math.sqrt(sigma2), *SIGMA_BOUNDS))
+        else:
+            # the expected complete-data log-likelihood, -mass (2 log sigma + sigma2 / sigma^2), plus the prior
+            sigma0, weight = self.sigma_prior, mass[0]
+            self.sigma_ = float(
+                minimize_scalar(
+                    lambda s: (
+                        weight * (2.0 * math.log(s) + sigma2 / s**2) + math.exp(PRIOR_STEEPNESS * (s / sigma0 - 1.0))
+                    ),
+                    bounds=SIGMA_BOUNDS,
+                    method="bounded",
+                    options={"xatol": 1e-4},
+                ).x
+            )
         if d == 3:
             tau2 = (q0 * (diff[2] ** 2 + big_b[2])).sum() / mass[0]
             self.tau_ = float(np.clip(math.sqrt(tau2), *TAU_BOUNDS))
+        if self._flat:  # the null has no scale or slope to fit
+            return self._fit_beta(p, update_beta)
         # Plummer scale: the spatial term and the dispersion profile both depend on it.
         used = q0 > 1e-4
         sub = p.rows(used)
@@ -419,6 +478,8 @@ class ClusterFieldMixture:
                     value -= (q_sub * self._cluster_logpdf(sub, err_sub, self.sigma_, self.tau_)).sum()
             finally:
                 self.log_scale_ = keep
+            if self.scale_prior:
+                value += math.exp(PRIOR_STEEPNESS * (math.exp(log_scale) / self.radius_max_ - SCALE_PRIOR_AT))
             return float(value)
 
         self.log_scale_ = float(
@@ -433,6 +494,11 @@ class ClusterFieldMixture:
                     options={"xatol": 2e-2},
                 ).x
             )
+        self._fit_beta(p, update_beta)
+
+    def _fit_beta(self, p: _Prepared, update_beta: bool) -> None:
+        """The crowding coefficient beta by the likelihood (every ``update_beta`` iteration)."""
+        r = p.radius
         if self.crowding and update_beta:
             spatial = self._log_spatial(r)
 
@@ -440,8 +506,11 @@ class ClusterFieldMixture:
                 joint = spatial + self._component_logpdf(p, self._eta2(r, beta))
                 return -float(np.logaddexp.reduce(joint, axis=1).sum())
 
+            beta_max = BETA_MAX
+            if self.eta_max is not None:  # the densest star's inflation at most eta_max (else a constant one)
+                beta_max = min(beta_max, (self.eta_max**2 - 1.0) / float(self._density_ratio(r).max()))
             self.beta_ = float(
-                minimize_scalar(beta_nll, bounds=(0.0, BETA_MAX), method="bounded", options={"xatol": 1e-2}).x
+                minimize_scalar(beta_nll, bounds=(0.0, beta_max), method="bounded", options={"xatol": 1e-3}).x
             )
 
     def _em(self, p: _Prepared, max_iter: int) -> float:
@@ -570,6 +639,7 @@ class ClusterFieldMixture:
         self.log_likelihood_ = self._em(full, self.max_iter)
         self.n_fit_ = n
         self.cluster_mean_cov_ = self._mean_covariance(full)
+        self.log_likelihood_ratio_ = self.null_log_likelihood_ratio(full) if self.null_test else None
         log.info(
             "xd mixture: %d field components, cluster weight %.4f, mean %s, sigma %.3f, scale %.3g deg, beta %.2f",
             self.n_field_,
@@ -580,6 +650,23 @@ class ClusterFieldMixture:
             self.beta_,
         )
         return self
+
+    def null_log_likelihood_ratio(self, p: _Prepared) -> float:
+        """log L(fit) - log L(null): what the cluster's concentration on the sky adds to the likelihood.
+
+        The null is the same model whose cluster has a flat profile over the cone (so no position
+        carries information), refitted by EM from the fit's parameters. Comparing against it, the
+        verdict cannot be passed by the spatial profile's own choice of central stars: in a cone
+        without a cluster the ratio stays a few units however many stars the profile picked.
+        """
+        fitted = self._state()
+        try:
+            self._flat = True
+            null = self._em(p, NULL_ITER)
+        finally:
+            self._flat = False
+            self._set_state(fitted)
+        return float(self.log_likelihood_ - null)
 
     # ------------------------------------------------------------------ inference
     def predict_proba(self, data: StarData) -> np.ndarray:
@@ -624,6 +711,7 @@ class ClusterFieldMixture:
             "radius_max": float(self.radius_max_),
             "log_likelihood": float(self.log_likelihood_),
             "cluster_mean_cov": None if cov is None else cov.tolist(),
+            "log_likelihood_ratio": getattr(self, "log_likelihood_ratio_", None),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> ClusterFieldMixture:
@@ -641,6 +729,7 @@ class ClusterFieldMixture:
         self.log_likelihood_ = float(state["log_likelihood"])
         cov = state.get("cluster_mean_cov")  # absent from checkpoints written before it was kept
         self.cluster_mean_cov_ = None if cov is None else np.asarray(cov, float)
+        self.log_likelihood_ratio_ = state.get("log_likelihood_ratio")
         return self
 
 
@@ -678,6 +767,7 @@ class MembershipResult:
         return (
             f"K_f={m.n_field_} w_c={m.weights_[0]:.3f} sigma={m.sigma_:.3f} "
             f"a={math.exp(m.log_scale_) * 60:.2f}' gamma={m.slope_:.2f} beta={m.beta_:.2f}"
+            + ("" if getattr(m, "log_likelihood_ratio_", None) is None else f" lnLR={m.log_likelihood_ratio_:.1f}")
         )
 
 
