@@ -84,3 +84,34 @@ def test_a_named_cluster_of_a_dozen_stars_is_found_from_its_published_mean():
     predicted = result.member_prob > 0.5
     assert 10 <= predicted.sum() and (predicted & truth).sum() >= 0.8 * truth.sum()
     assert check["cluster_found"], check["cluster_reason"]
+
+
+def test_the_product_judges_against_the_null_when_model_null_test_is_set(tmp_path):
+    from grasp_dl.api import DeepClusteringModel
+
+    catalog = simulate_field("m4", seed=4, n_stars=2500).drop(columns="truth")
+    center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
+    verdicts = {}
+    for label, cone in (("cluster", catalog), ("shuffled", _uniform(catalog, center, 4))):
+        estimator = DeepClusteringModel(
+            model="xd",
+            output_dir=tmp_path / label,
+            progress_bar=False,
+            overrides=["model.null_test=true", "model.eta_max=1.3", "model.scale_prior=true"],
+        ).fit(cone)
+        _, summary = estimator.predict_table(cone)
+        verdicts[label] = summary
+    assert verdicts["cluster"]["cluster_found"] and verdicts["cluster"]["xd_log_likelihood_ratio"] > 100
+    assert not verdicts["shuffled"]["cluster_found"]
+    assert "flat one" in verdicts["shuffled"]["cluster_reason"]
+
+
+def test_a_named_cluster_starts_the_mixture_from_the_published_row():
+    from grasp_dl.data.clusters import literature_cluster
+    from grasp_dl.models.xd import named_cluster_options
+
+    ngc288 = literature_cluster("NGC 288")
+    options = named_cluster_options(ngc288)
+    assert options["start_pm"] == [ngc288.pmra, ngc288.pmdec, ngc288.parallax]
+    assert options["sigma_prior"] == pytest.approx(3.3 / 8.99 / 4.74)
+    assert named_cluster_options(None) == {}

@@ -370,6 +370,11 @@ def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any
     return adopt_model_mean(summary)
 
 
+def null_options(module: Any) -> dict[str, float]:
+    """The model's comparison with its no-cluster null for the verdict (model=xd with ``null_test``), else empty."""
+    return module.null_options() if hasattr(module, "null_options") else {}
+
+
 def predict_catalog(
     module: ClusteringModule,
     catalog: Any,
@@ -403,7 +408,9 @@ def predict_catalog(
     ready = prepare_for_module(module, catalog, center)
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
     scored = out["label"].to_numpy() >= 0
-    check = check_table(out.loc[scored, "member_prob"].to_numpy(float), ready.table.loc[scored], ready.center)
+    check = check_table(
+        out.loc[scored, "member_prob"].to_numpy(float), ready.table.loc[scored], ready.center, **null_options(module)
+    )
     user_group = _user_chose_group(module, cluster_group)
     if not check["cluster_found"] and not user_group:
         zero_member_prob(out)
@@ -498,7 +505,7 @@ def predict_to_file(
                 f"no usable star in the catalogue of {result['n_rows']} rows ({reasons}): relax the quality "
                 "cuts or score a catalogue with the model's features"
             )
-    check = sample.check(used_center)
+    check = sample.check(used_center, **null_options(module))
     stars = sample.rows
     user_group = _user_chose_group(module, cluster_group)
     if not check["cluster_found"] and not user_group:

@@ -321,6 +321,11 @@ def build_clustering_module(
         module.fit_results["n_clusters_curve"] = curve
     # The data module's preprocessing is the one the clustering phase saw; keep it current.
     module.hparams.preprocessing = datamodule.preprocessing_state()
+    if hasattr(module, "literature") and getattr(datamodule, "cluster", None):
+        # data.cluster=NAME: the published cluster starts model=xd's cluster component (a start and a prior)
+        from grasp_dl.data.clusters import literature_cluster
+
+        module.literature = literature_cluster(datamodule.cluster)
     return module
 
 
@@ -594,14 +599,14 @@ def training_cluster_lines(result: TrainResult) -> list[str]:
     import numpy as np
     import pandas as pd
 
-    from grasp_dl.inference.predict import with_model_astrometry
+    from grasp_dl.inference.predict import null_options, with_model_astrometry
     from grasp_dl.membership.guards import check_table, finish_summary, report_lines
     from grasp_dl.membership.rules import ClusterSummary
 
     datamodule, module = result.datamodule, result.module
     member_prob = result.catalogue_probabilities()[:, module.cluster_group].detach().cpu().numpy()
     table = datamodule.table.iloc[datamodule.usable_rows()].reset_index(drop=True)
-    check = check_table(member_prob, table, datamodule.prepared.center)
+    check = check_table(member_prob, table, datamodule.prepared.center, **null_options(module))
     summary = ClusterSummary(datamodule.prepared.center, module.cluster_group)
     summary.update(pd.DataFrame({"label": np.zeros(len(table), int), "member_prob": member_prob}), table)
     literature = None

@@ -502,13 +502,15 @@ class StarSample:
         self._merge()
         return self.n_seen / len(self._rows) if self._rows is not None and len(self._rows) else 1.0
 
-    def check(self, center: Sequence[float] | None) -> dict[str, Any]:
+    def check(self, center: Sequence[float] | None, **null: Any) -> dict[str, Any]:
         """:func:`check_table` on the sample.
 
         Parameters
         ----------
         center : sequence of float, optional
             The projection centre.
+        **null
+            The model's comparison with its no-cluster null (:func:`check_plausibility`).
 
         Returns
         -------
@@ -516,7 +518,7 @@ class StarSample:
             As :func:`check_plausibility`, with ``diagnostics.n_judged`` the sample's size.
         """
         rows = self.rows
-        return check_table(rows["member_prob"].to_numpy(float), rows, center, scale=self.scale)
+        return check_table(rows["member_prob"].to_numpy(float), rows, center, scale=self.scale, **null)
 
 
 def apply_verdict(summary: dict[str, Any], check: dict[str, Any], user_group: bool = False) -> dict[str, Any]:

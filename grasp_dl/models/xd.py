@@ -57,6 +57,13 @@ class XDModule(ClusteringModule):
         EM starts; the best likelihood wins.
     max_iter : int
         EM iterations of the final fit.
+    eta_max : float or None
+        Cap of the crowding inflation of Gaia's errors (VB21 measured 1.1-1.2); None: uncapped.
+    scale_prior : bool
+        VB21's soft prior against a Plummer scale above 0.75 of the cone.
+    null_test : bool
+        Judge the cluster against the same model with a flat cluster profile (the verdict's
+        spatial test, :mod:`grasp_dl.membership.guards`) instead of the members' radius ratio.
     **shared : Any
         The options every clustering module shares (:class:`~grasp_dl.models.base.ClusteringModule`).
 
@@ -74,6 +81,9 @@ class XDModule(ClusteringModule):
         dispersion_profile: bool = True,
         n_starts: int = 3,
         max_iter: int = 100,
+        eta_max: float | None = None,
+        scale_prior: bool = False,
+        null_test: bool = False,
         **shared: Any,
     ) -> None:
         if n_clusters is not None and (isinstance(n_clusters, str) or int(n_clusters) < 2):
@@ -92,9 +102,15 @@ class XDModule(ClusteringModule):
                 "dispersion_profile": bool(dispersion_profile),
                 "n_starts": int(n_starts),
                 "max_iter": int(max_iter),
+                "eta_max": None if eta_max is None else float(eta_max),
+                "scale_prior": bool(scale_prior),
+                "null_test": bool(null_test),
             }
         )
         self.mixture: ClusterFieldMixture | None = None
+        #: the published cluster (data.cluster=NAME, :class:`grasp_dl.data.clusters.LiteratureCluster`): its
+        #: mean starts the cluster component and its dispersion sets the dispersion prior
+        self.literature: Any = None
 
     # ------------------------------------------------------------------ fitting
     def catalog_needs(self) -> CatalogNeeds:
@@ -121,6 +137,10 @@ class XDModule(ClusteringModule):
             n_starts=hp.n_starts,
             max_iter=hp.max_iter,
             seed=hp.seed,
+            eta_max=hp.get("eta_max"),
+            scale_prior=bool(hp.get("scale_prior", False)),
+            null_test=bool(hp.get("null_test", False)),
+            **named_cluster_options(self.literature),
         )
 
     def fit_stars(self, stars: StarData) -> ClusterFieldMixture:
@@ -261,6 +281,17 @@ class XDModule(ClusteringModule):
         prob = self.predict_proba_stars(self.stars_from_features(x))
         return torch.as_tensor(prob, dtype=torch.float32, device=x.device)
 
+    def null_options(self) -> dict[str, float]:
+        """The verdict's comparison with the no-cluster null (:func:`grasp_dl.membership.guards.check_table`).
+
+        Returns
+        -------
+        dict
+            ``log_likelihood_ratio`` when the fit ran the null test (``null_test``), else empty.
+        """
+        ratio = getattr(self.fitted_mixture(), "log_likelihood_ratio_", None)
+        return {} if ratio is None else {"log_likelihood_ratio": float(ratio)}
+
     def cluster_astrometry(self) -> dict[str, float]:
         """The cluster's deconvolved mean astrometry and dispersion (mas/yr, mas), for summaries.
 
@@ -290,4 +321,30 @@ class XDModule(ClusteringModule):
             xd_crowding_beta=float(m.beta_),
             xd_n_field=int(m.n_field_),
         )
+        if getattr(m, "log_likelihood_ratio_", None) is not None:
+            out["xd_log_likelihood_ratio"] = float(m.log_likelihood_ratio_)
         return out
+
+
+def named_cluster_options(literature: Any) -> dict[str, Any]:
+    """Mixture options from a published cluster (data.cluster=NAME): a start at its mean, a dispersion prior.
+
+    The start is one more EM start (the likelihood still chooses); the prior's sigma_0 is the
+    line-of-sight dispersion over the distance (VB21, GaiaTools), so neither is a constraint.
+
+    Parameters
+    ----------
+    literature : grasp_dl.data.clusters.LiteratureCluster or None
+
+    Returns
+    -------
+    dict
+        ``start_pm`` and ``sigma_prior`` (where the table has a dispersion), or empty.
+    """
+    if literature is None:
+        return {}
+    out: dict[str, Any] = {"start_pm": [literature.pmra, literature.pmdec, literature.parallax]}
+    sigma = getattr(literature, "pm_dispersion", None)
+    if sigma is not None and math.isfinite(sigma) and sigma > 0:
+        out["sigma_prior"] = float(sigma)
+    return out
