@@ -32,7 +32,8 @@ probabilities cannot widen the members' dispersion.
 Where the model that chose the members can say what their concentration is worth (``model=xd``,
 :meth:`grasp_dl.mixtures.cluster_field.ClusterFieldMixture.null_log_likelihood_ratio`), the
 spatial test is a comparison with a no-cluster null instead: the fitted model's log-likelihood
-over the same model's with a flat cluster profile must exceed :data:`MIN_LOG_LIKELIHOOD_RATIO`.
+over the same model's refitted to the stars with their positions shuffled among them (a
+permutation: same footprint, same proper motions) must reach :data:`MIN_LOG_LIKELIHOOD_RATIO`.
 The radius ratio judges a group the spatial profile itself chose (in a cone without a cluster
 it picks central stars, so the group looks concentrated), and it refuses a cluster that fills
 its cone; the ratio against the null does neither. The radius ratio is still reported.
@@ -66,7 +67,7 @@ MEMBER_THRESHOLD = 0.5
 MAX_RADIUS_RATIO = 0.7
 #: Members' (error-deconvolved) proper-motion dispersion must be below this fraction of the others'.
 MAX_PM_DISPERSION_RATIO = 0.5
-#: log L(cluster model) - log L(flat-profile null) a concentration must add (calibrated on cluster-free cones).
+#: log L(fit) - log L(fit to shuffled positions) a cluster must reach (calibrated on cluster-free cones).
 MIN_LOG_LIKELIHOOD_RATIO = 10.0
 #: Fewer stars with member_prob > 0.5 than this cannot be judged (medians and dispersions of noise).
 MIN_MEMBERS = 10
@@ -255,7 +256,8 @@ def check_plausibility(
     scale : float
         Catalogue stars per star given (for the radial profile of a sample).
     log_likelihood_ratio : float, optional
-        The membership model's log-likelihood over its no-cluster null's; given, the spatial
+        The membership model's log-likelihood over its no-cluster null's (the same model on
+        the stars with shuffled positions); given, the spatial
         test is ``log_likelihood_ratio >= min_log_likelihood_ratio`` instead of the radius ratio.
     min_log_likelihood_ratio : float
         Threshold of that test.
@@ -306,8 +308,9 @@ def check_plausibility(
             )
             if not log_likelihood_ratio >= min_log_likelihood_ratio:
                 failures.append(
-                    f"not concentrated on the sky: the cluster's profile adds {log_likelihood_ratio:.1f} to the "
-                    f"log-likelihood over a flat one (a cluster needs >= {min_log_likelihood_ratio:g})"
+                    f"not concentrated on the sky: the stars' positions add {log_likelihood_ratio:.1f} to the "
+                    f"log-likelihood over the same stars with shuffled positions (a cluster needs >= "
+                    f"{min_log_likelihood_ratio:g})"
                 )
         elif not ratio < MAX_RADIUS_RATIO:
             failures.append(

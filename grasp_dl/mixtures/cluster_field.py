@@ -57,7 +57,7 @@ FIELD_START = 2
 EXPLORE_ITER = 60
 #: Fewest stars (summed memberships) whose scatter gives the fitted mean a standard error.
 MIN_MEMBERS_FOR_ERROR = 2.0
-#: EM iterations of the no-cluster null (the same model with a flat cluster profile), started from the fit.
+#: EM iterations of the no-cluster null (the same model on the stars with shuffled positions), from the fit.
 NULL_ITER = 30
 #: Steepness of the paper's soft priors, -exp(STEEP (sigma/sigma_0 - 1)) - exp(STEEP (a/R - SCALE_PRIOR_AT)).
 PRIOR_STEEPNESS = 5.0
@@ -222,8 +222,9 @@ class ClusterFieldMixture:
         A known mean (pmra, pmdec[, parallax]) of the cluster (a named cluster): one more start
         centred on it. A start, not a constraint.
     null_test : bool
-        Also fit the no-cluster null (the same model whose cluster has a flat profile) and keep
-        ``log_likelihood_ratio_``, the log-likelihood the cluster's concentration adds.
+        Also fit the no-cluster null (the same model on the stars with their positions shuffled)
+        and keep ``log_likelihood_ratio_``, the log-likelihood the stars' positions add
+        (:meth:`null_log_likelihood_ratio`).
     """
 
     def __init__(
@@ -259,7 +260,6 @@ class ClusterFieldMixture:
         self.sigma_prior = None if sigma_prior is None else float(sigma_prior)
         self.start_pm = None if start_pm is None else np.asarray(start_pm, float)
         self.null_test = bool(null_test)
-        self._flat = False  # the null: the cluster's profile flat over the cone
 
     # ------------------------------------------------------------------ model pieces
     @property
@@ -269,7 +269,7 @@ class ClusterFieldMixture:
 
     def _profile(self, radius: np.ndarray) -> np.ndarray:
         """(1 + r^2/a^2)^-1/2: the cluster's dispersion^2 profile (ones when switched off)."""
-        if not self.dispersion_profile or self._flat:
+        if not self.dispersion_profile:
             return np.ones_like(radius)
         return 1.0 / np.sqrt(1.0 + radius**2 * math.exp(-2.0 * self.log_scale_))
 
@@ -282,8 +282,6 @@ class ClusterFieldMixture:
     def _cluster_log_density(
         self, radius: np.ndarray, log_scale: float | None = None, slope: float | None = None
     ) -> np.ndarray:
-        if self._flat:
-            return np.full(np.shape(radius), -math.log(math.pi * self.radius_max_**2))
         return profile_log_density(
             radius,
             self.log_scale_ if log_scale is None else log_scale,
@@ -461,8 +459,6 @@ class ClusterFieldMixture:
         if d == 3:
             tau2 = (q0 * (diff[2] ** 2 + big_b[2])).sum() / mass[0]
             self.tau_ = float(np.clip(math.sqrt(tau2), *TAU_BOUNDS))
-        if self._flat:  # the null has no scale or slope to fit
-            return self._fit_beta(p, update_beta)
         # Plummer scale: the spatial term and the dispersion profile both depend on it.
         used = q0 > 1e-4
         sub = p.rows(used)
@@ -652,21 +648,24 @@ class ClusterFieldMixture:
         return self
 
     def null_log_likelihood_ratio(self, p: _Prepared) -> float:
-        """log L(fit) - log L(null): what the cluster's concentration on the sky adds to the likelihood.
+        """log L(fit) - log L(the same model on the stars with their positions shuffled): what positions add.
 
-        The null is the same model whose cluster has a flat profile over the cone (so no position
-        carries information), refitted by EM from the fit's parameters. Comparing against it, the
-        verdict cannot be passed by the spatial profile's own choice of central stars: in a cone
-        without a cluster the ratio stays a few units however many stars the profile picked.
+        The null is a permutation: the radii are shuffled among the stars (seeded), so the cone's
+        footprint, its radial distribution of all stars and every proper motion stay, and only the
+        link between a star's position and its astrometry is broken; the model is refitted by EM
+        from the fit's parameters. A group the spatial profile chose among central stars, or the
+        edge of a footprint off the assumed centre, gains as much on the shuffled stars, so the
+        ratio stays near 0 in a cone without a cluster; a cluster, even one that fills its cone,
+        loses its concentration against the field when shuffled.
         """
         fitted = self._state()
+        fitted_loglik = float(np.logaddexp.reduce(self._log_joint(p), axis=1).sum())
+        shuffled = _Prepared(p.values, p.errors, np.random.default_rng(self.seed).permutation(p.radius))
         try:
-            self._flat = True
-            null = self._em(p, NULL_ITER)
+            null = self._em(shuffled, NULL_ITER)
         finally:
-            self._flat = False
             self._set_state(fitted)
-        return float(self.log_likelihood_ - null)
+        return float(fitted_loglik - null)
 
     # ------------------------------------------------------------------ inference
     def predict_proba(self, data: StarData) -> np.ndarray:

@@ -62,8 +62,9 @@ class XDModule(ClusteringModule):
     scale_prior : bool
         VB21's soft prior against a Plummer scale above 0.75 of the cone.
     null_test : bool
-        Judge the cluster against the same model with a flat cluster profile (the verdict's
-        spatial test, :mod:`grasp_dl.membership.guards`) instead of the members' radius ratio.
+        Judge the cluster against the same model refitted to the stars with shuffled positions
+        (the verdict's spatial test, :mod:`grasp_dl.membership.guards`) instead of the members'
+        radius ratio.
     **shared : Any
         The options every clustering module shares (:class:`~grasp_dl.models.base.ClusteringModule`).
 
