@@ -1,17 +1,15 @@
 """The notebook face: :class:`DeepClusteringModel`, a scikit-learn-style estimator with the seed's method names.
 
-The facade trains through :mod:`grasp_dl.jobs.train` with a config composed from ``conf/``, so a
-notebook gets the command line's modules, Trainer, callbacks, loggers and checkpoints: ``fit``
-*is* ``grasp-dl train`` on an in-memory catalogue, and the seed's step-by-step methods
-(``prepare_data`` -> ``pretrain_autoencoder`` -> ``train_deep_clustering``) run the same two
-phases one at a time. Predictions go through :func:`grasp_dl.inference.predict.predict_catalog`, exactly
-as ``grasp-dl predict``. The GRASP helpers are in :mod:`grasp_dl.grasp`, device names in
-:mod:`grasp_dl.runtime.devices`, run logs in :mod:`grasp_dl.jobs.run_history`, GPU memory in :mod:`grasp_dl.runtime.gpu`.
+``fit`` *is* ``grasp-dl train`` on an in-memory catalogue: the facade trains through
+:mod:`grasp_dl.jobs.train` with a config composed from ``conf/``, so a notebook gets the command
+line's modules, Trainer, callbacks, loggers and checkpoints. The seed's step-by-step methods
+(``prepare_data``, ``pretrain_autoencoder``, ``train_deep_clustering``) run the same two phases
+one at a time; predictions go through :func:`grasp_dl.inference.predict.predict_catalog`, as
+``grasp-dl predict``.
 
-What a method takes as ``data``: a catalogue path, a DataFrame or astropy Table of Gaia columns,
-an object whose ``.data`` holds one (a GRASP sample), or a plain array of features (stars x
-features, in the order of the model's ``features``; a model trained on sky positions needs the
-catalogue itself, since ``xi``/``eta`` are computed from ``ra``/``dec`` around its centre).
+A method's ``data`` is a catalogue path, a DataFrame or astropy Table of Gaia columns, an object
+whose ``.data`` holds one (a GRASP sample), or an array of features (stars x features in the
+model's ``features`` order; a model trained on sky positions needs the catalogue itself).
 """
 
 from __future__ import annotations
@@ -43,6 +41,7 @@ from grasp_dl.inference.outputs import write_summary
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog, prepare_for_module
 from grasp_dl.jobs import train as pipeline
 from grasp_dl.jobs.run_history import history_from_csv, run_history
+from grasp_dl.runtime.capabilities import HasLatentSpace
 from grasp_dl.runtime.config import conf_dir
 from grasp_dl.runtime.devices import inference_device, trainer_overrides
 from grasp_dl.runtime.errors import ConfigError, GraspDLError
@@ -111,8 +110,11 @@ class DeepClusteringModel(BaseEstimator):
         Catalogue columns (or derived ones: xi, eta, radius, colours) the model learns from.
     center : [ra, dec], optional
         Centre of the tangent-plane projection; None estimates it from the catalogue.
-    pretrain_epochs, epochs : int, default 20
-        Epochs of the autoencoder phase and of the clustering phase.
+    pretrain_epochs : int, default 20
+        Epochs of the autoencoder phase.
+    epochs : int or None, default None
+        Epochs of the clustering phase; None takes the model's own (``model=xd``: one per EM
+        iteration, up to ``model.max_iter``), else 20.
     batch_size : int, default 256
         Stars per mini-batch.
     val_fraction : float, default 0.1
@@ -172,7 +174,7 @@ class DeepClusteringModel(BaseEstimator):
         center: Sequence[float] | None = None,
         cluster: str | None = None,
         pretrain_epochs: int = 20,
-        epochs: int = 20,
+        epochs: int | None = None,
         batch_size: int = 256,
         val_fraction: float = 0.1,
         dropout: float = 0.1,
@@ -235,7 +237,7 @@ class DeepClusteringModel(BaseEstimator):
             f"model={model}",
             "data=catalog",
             *network,
-            f"trainer.max_epochs={int(self.epochs)}",
+            *([] if self.epochs is None else [f"trainer.max_epochs={int(self.epochs)}"]),
             f"trainer.enable_progress_bar={str(bool(self.progress_bar)).lower()}",
             f"data.features={_hydra_list(self.features)}",
             f"data.batch_size={int(self.batch_size)}",
@@ -443,8 +445,9 @@ class DeepClusteringModel(BaseEstimator):
         self.checkpoint_ = checkpoint
         self.model_ = str(hp.get("variant", "vade"))
         self.n_clusters_ = int(hp.n_clusters)
-        self.latent_dim_ = int(hp.latent_dim)
-        self.hidden_dims_ = tuple(int(h) for h in hp.hidden_dims)
+        # a model without a network (model=xd) has neither
+        self.latent_dim_ = int(hp.latent_dim) if "latent_dim" in hp else None
+        self.hidden_dims_ = tuple(int(h) for h in hp.hidden_dims) if "hidden_dims" in hp else None
         self.features_ = tuple(prep.get("features", ()))
         self.feature_names_ = list(prep.get("feature_names", []))
         self.n_features_in_ = int(hp.input_dim)
@@ -681,6 +684,8 @@ class DeepClusteringModel(BaseEstimator):
 
         data, rows = split_prepared(data, "get_latent_representation")
         module = self._fitted_module()
+        if not isinstance(module, HasLatentSpace):
+            raise ConfigError(f"{type(module).__name__} has no latent space (no network): use a deep model, e.g. dec")
         prepared, scaled = self._prepare(data, center)
         latent = np.full((prepared.n_rows, module.hparams.latent_dim), np.nan)
         if len(scaled):

@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from grasp_dl.runtime.config import conf_dir
 from grasp_dl.runtime.console import log_lines_once, quiet_frameworks, split_verbose
 from grasp_dl.runtime.errors import ConfigError, GraspDLError
-from grasp_dl.runtime.io_policy import install_sigterm_cleanup, refuse_finished_run_dir_early
+from grasp_dl.runtime.io_policy import check_run_dir_early, install_sigterm_cleanup, refuse_finished_run_dir_early
 from grasp_dl.runtime.optional import check_cli_plugins
 from grasp_dl.runtime.short_process import freeze_for_exit, heavy_imports, pause_collector, resume_collector
 from grasp_dl.runtime.stage_timer import mark
@@ -90,14 +90,15 @@ def train_task(cfg: DictConfig) -> float | None:
     mark("imports: torch, Lightning (grasp_dl.jobs.train)")
     with heavy_imports():
         from grasp_dl.jobs import train as pipeline
-    from grasp_dl.runtime.io_policy import prepare_run_dir
+    from grasp_dl.runtime.io_policy import RunLock, prepare_run_dir
 
     log_lines_once()
 
-    prepare_run_dir(cfg.paths.output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
-    metric = cfg.get("optimized_metric")
-    # the clustering scores (a second of silhouette) are only seen through optimized_metric
-    result = pipeline.train(cfg, score_clusters=bool(metric))
+    with RunLock(cfg.paths.output_dir, "hydra.run.dir", directory=True):
+        prepare_run_dir(cfg.paths.output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
+        metric = cfg.get("optimized_metric")
+        # the clustering scores (a second of silhouette) are only seen through optimized_metric
+        result = pipeline.train(cfg, score_clusters=bool(metric))
     mark("summary: end-of-run inference, cluster check, print")
     print(pipeline.summarise(result, cfg))
     mark("Hydra job end")
@@ -181,13 +182,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     task = _with_verbosity(task, verbose)
     mark("CLI checks, Hydra: compose the config, run directory, logging")
     install_sigterm_cleanup()
-    if command == "train":
-        try:
+    try:
+        check_run_dir_early(overrides)
+        if command == "train":
             refuse_finished_run_dir_early(overrides)
-        except GraspDLError as exc:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            _exit_with(exc)
+    except GraspDLError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _exit_with(exc)
     try:
         check_cli_plugins(overrides)
         if command in ("survey", "fetch"):

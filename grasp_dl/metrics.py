@@ -1,24 +1,10 @@
 """Clustering, membership and calibration metrics for benchmarks against a known truth.
 
-Which library computes what (checked against scikit-learn 1.9 with torchmetrics 1.9):
-
-* ARI: scikit-learn. torchmetrics builds the pair confusion matrix in int64 and multiplies
-  counts of order n**4, which overflows above about 55,000 rows (ARI came out as 28 on
-  100,000 random labels); catalogues have 10**4 to 10**7 rows.
-* NMI, homogeneity, completeness: scikit-learn. torchmetrics works in float32 and gets the
-  mutual information as log(n) + log(n_ij) - log(a_i) - log(b_j), which cancels: it is off by
-  up to 1.3e-6 on random labels, and its NMI is 0 where sklearn gives 1 (two one-group labelings).
-* V-measure: scikit-learn. torchmetrics returns 1.0 when homogeneity = completeness = 0.
-* AMI: scikit-learn. torchmetrics' expected mutual information is a Python triple loop in
-  float32 (2 s for 10**4 rows, 2e-6 off).
-* Hungarian accuracy: scipy. torchmetrics' ``cluster_accuracy`` needs the optional
-  ``torch_linear_assignment`` package and as many groups as classes.
-* Davies-Bouldin and Calinski-Harabasz: torchmetrics (same as sklearn to about 1e-7 relative).
-  ``DaviesBouldinScore.higher_is_better`` is True in torchmetrics 1.9, which is wrong:
-  read :data:`HIGHER_IS_BETTER` here instead.
-* Silhouette: scikit-learn (torchmetrics 1.9 has none).
-* ECE: numpy. torchmetrics' ``binary_calibration_error`` puts p == 1.0 (common for saturated
-  softmax outputs) in an extra 16th bin, so it differs from the textbook 15-bin value.
+Every score comes from scikit-learn, scipy or numpy except Davies-Bouldin and Calinski-Harabasz
+(torchmetrics): torchmetrics' ARI overflows on catalogue-sized inputs, its information scores
+lose precision in float32, and its calibration error bins p == 1 apart from the textbook 15 bins.
+Read score directions from :data:`HIGHER_IS_BETTER`, not from torchmetrics' own attributes.
+The checks behind these choices are in ``docs/src/trust.md`` ("The metrics' libraries").
 """
 
 from __future__ import annotations
@@ -491,24 +477,19 @@ def evaluate_clustering(
 ) -> dict[str, float | int]:
     """Score predicted groups against the truth; every value is a plain float or int.
 
-    Rows whose predicted label is -1 were not scored: they are left out of the partition and
-    internal scores (counted in ``n_unscored``), and for membership they are non-members
-    (a true member left unscored is a miss; its probability or flag is ignored).
+    Rows with label -1 were not scored: they are left out of the partition and internal scores
+    (counted in ``n_unscored``) and count as non-members (a true member left unscored is a miss).
 
     * ``ari, nmi, ami, homogeneity, completeness, v_measure`` and ``accuracy`` (Hungarian
-      matching of groups to classes; extra groups or classes count as wrong) on scored rows.
-    * When the truth holds ``member_label``: ``member_precision/recall/f1`` of the predicted
-      members, which are ``predicted_member`` if given, else ``member_prob > 0.5`` if given,
-      else the predicted group with the best F1 against the true members. That last choice
-      looks at the truth: an oracle, for benchmarks only. ``member_f1_oracle`` (best F1 of any
-      group) and ``member_group_oracle`` are always there, to separate "found the cluster"
-      from "named the right group"; so are ``n_true_members`` and ``n_predicted_members``.
-    * With ``member_prob`` too: ``brier`` and ``ece`` (15 equal-width bins) on scored rows.
-    * With ``data`` (stars x features, same rows): ``silhouette`` (on at most
-      ``silhouette_sample`` random scored rows), ``davies_bouldin`` and ``calinski_harabasz``;
-      NaN with a warning when the scored rows hold fewer than 2 groups. When ``data`` is the
-      feature matrix of :func:`grasp_dl.prepare_stellar_data`, labels given per catalogue row
-      (a row-aligned ``predict_clusters``) are taken on the matrix's rows.
+      matching) on scored rows.
+    * With ``member_label`` in the truth: ``member_precision/recall/f1`` of the predicted members
+      (``predicted_member``, else ``member_prob > 0.5``, else the group with the best F1 against
+      the truth: an oracle, for benchmarks only), plus ``member_f1_oracle``,
+      ``member_group_oracle``, ``n_true_members`` and ``n_predicted_members``.
+    * With ``member_prob``: ``brier`` and ``ece`` (15 equal-width bins).
+    * With ``data``: ``silhouette`` (subsampled), ``davies_bouldin`` and ``calinski_harabasz``;
+      NaN with a warning under 2 groups. Labels given per catalogue row of a
+      :func:`grasp_dl.prepare_stellar_data` matrix are taken on the matrix's rows.
 
     Direction of each score: :data:`HIGHER_IS_BETTER`.
 

@@ -39,3 +39,35 @@ class CrashAfterEpoch(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if type(pl_module).__name__ == "AutoencoderModule" and trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
+
+
+class KillAt(L.Callback):
+    """Simulate ``kill -9``: SIGKILL this process after training batch ``batch`` of ``epoch`` of ``phase``.
+
+    ``phase`` is the class name of the module being fitted (``AutoencoderModule``, ``DECModule``, ...);
+    nothing is flushed or saved, as with a real kill.
+    """
+
+    def __init__(self, phase: str, epoch: int, batch: int = 0) -> None:
+        self.phase, self.epoch, self.batch = phase, epoch, batch
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
+        batch_idx = args[-1] if args else kwargs["batch_idx"]
+        hit = trainer.current_epoch == self.epoch and batch_idx == self.batch
+        if type(pl_module).__name__ == self.phase and hit:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CrashAtEpochStart(L.Callback):
+    """Simulate a run killed between epochs: raise as epoch ``epoch`` of the clustering phase starts
+    (the checkpoint of the epoch before is written; nothing of this one is)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if type(pl_module).__name__ != "AutoencoderModule" and trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")

@@ -25,9 +25,12 @@ from grasp_dl.jobs import train as pipeline
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.dec import DECModule
+from grasp_dl.models.deep import DeepClusteringModule
 from grasp_dl.models.ingredients import HardFieldIngredients
 from grasp_dl.models.optim import build_optimizers
 from grasp_dl.models.vade import VaDEModule
+from grasp_dl.models.xd import XDModule
+from grasp_dl.runtime import capabilities
 from grasp_dl.runtime.errors import CatalogError, ConfigError
 
 from hydra_configs import TINY, compose_config
@@ -81,7 +84,7 @@ def test_every_hook_of_the_model_classes_calls_the_next_one():
     """A hook defined in any class of the models (mixins, the base, DEC, VaDE, the autoencoder)
     calls ``super()`` of itself, so a new base order cannot silently drop one."""
     hooks = {name for name in dir(L.LightningModule) if name.startswith("on_")}
-    classes = [ClusteringModule, DECModule, VaDEModule, AutoencoderModule, *MIXINS]
+    classes = [ClusteringModule, DeepClusteringModule, DECModule, VaDEModule, XDModule, AutoencoderModule, *MIXINS]
     checked = 0
     for cls in classes:
         for name in hooks & set(vars(cls)):
@@ -356,3 +359,60 @@ def test_a_model_without_a_network_trains_by_em_at_fit_start_and_reloads(small, 
     again = FeatureMixture.load_from_checkpoint(tmp_path / "mixture.ckpt")
     torch.testing.assert_close(again.predict_proba(features), module.predict_proba(features))
     assert again.cluster_group == module.cluster_group and again.fit_results == module.fit_results
+
+
+# ----------------------------------------------------------------------------- the lean base and the deep base
+
+XD_PREP = {"feature_names": ["xi", "eta", "pmra", "pmdec"], "scaler": {"center": [0.0] * 4, "scale": [1.0] * 4}}
+
+
+def test_a_model_without_a_network_sits_on_the_lean_base_only():
+    """XD has no network: no network shape, optimiser, anchor, hard-field switches or speed mixins."""
+    module = XDModule(4, preprocessing=XD_PREP)
+    assert not isinstance(module, (DeepClusteringModule, BlockTraining, EpochMeanLogging, HardFieldIngredients))
+    deep_only = {"hidden_dims", "latent_dim", "dropout", "optimizer", "anchor", "spatial_prior", "xd"}
+    assert not deep_only & set(module.hparams) and not any(k.startswith("radial_prior") for k in module.state_dict())
+    assert module.configure_optimizers() is None
+    for deep in (DECModule, VaDEModule):
+        assert issubclass(deep, (DeepClusteringModule, BlockTraining, EpochMeanLogging, HardFieldIngredients))
+
+
+def test_capabilities_are_protocols_not_attribute_names():
+    xd, dec, vade = XDModule(4, preprocessing=XD_PREP), DECModule(4, hidden_dims=[4], latent_dim=2), VaDEModule(4)
+    assert isinstance(xd, capabilities.ScoresStarsWithErrors) and isinstance(xd, capabilities.FitsClusterAstrometry)
+    assert not isinstance(dec, capabilities.ScoresStarsWithErrors) and isinstance(dec, capabilities.PoolsWithStart)
+    assert isinstance(vade, capabilities.SamplesMembership) and not isinstance(dec, capabilities.SamplesMembership)
+    assert isinstance(dec, capabilities.HasLatentSpace) and not isinstance(xd, capabilities.HasLatentSpace)
+    for module in (xd, dec, vade):
+        assert isinstance(module, capabilities.ScoresPositions) and isinstance(module, capabilities.ErrorAwareScoring)
+    assert xd.scores_with_errors and not dec.scores_with_errors  # no start kept yet
+
+
+def test_a_model_without_a_network_written_before_the_split_still_loads(tmp_path):
+    """Its checkpoint carried the deep base's options and the radial prior: they are dropped on loading."""
+    module = XDModule(4, preprocessing=XD_PREP)
+    checkpoint = {
+        "state_dict": {
+            **module.state_dict(),
+            "radial_prior.log_scale": torch.tensor(-3.0),
+            "radial_prior.group": torch.tensor(-1),
+        },
+        "hyper_parameters": {
+            **dict(module.hparams),
+            "hidden_dims": [64, 32, 16],
+            "latent_dim": 8,
+            "dropout": 0.1,
+            "batch_norm": True,
+            "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+            "scheduler": None,
+            "xd": {"spatial": True},
+            "noise_augmentation": False,
+            "spatial_prior": False,
+            "anchor": {"weight": 10.0},
+        },
+        "pytorch-lightning_version": L.__version__,
+        "clustering_module": "grasp_dl.models.xd.XDModule",
+    }
+    torch.save(checkpoint, tmp_path / "old_xd.ckpt")
+    again = XDModule.load_from_checkpoint(tmp_path / "old_xd.ckpt", weights_only=True)
+    assert isinstance(again, XDModule) and "hidden_dims" not in again.hparams

@@ -12,6 +12,7 @@ from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule
 from grasp_dl.models.clustering import groups_from_responsibilities, soft_assign, target_distribution
 from grasp_dl.models.dec import DECModule
+from grasp_dl.models.deep import DeepClusteringModule
 from grasp_dl.runtime.errors import ConfigError
 
 
@@ -183,6 +184,7 @@ def test_python_defaults_match_the_yaml_defaults():
     yaml = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / "dec.yaml"))
     signature = {
         **inspect.signature(ClusteringModule.__init__).parameters,
+        **inspect.signature(DeepClusteringModule.__init__).parameters,
         **inspect.signature(DECModule.__init__).parameters,
     }
     assert {"variant", "kernel", "init", "cluster_group", "spatial_prior"} <= set(signature) & set(yaml)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from grasp_dl.data.astrometry import star_data
 from grasp_dl.data.prepare import estimate_center
@@ -65,8 +66,9 @@ def test_eta_max_bounds_the_crowding_inflation():
     catalog = simulate_field("ngc6558", seed=0, n_stars=3000).drop(columns="truth")
     result, _ = _fit(catalog, null_test=True, eta_max=1.2)
     m = result.mixture
-    radius = np.linspace(0.0, m.radius_max_, 50)
-    assert m._eta2(radius).max() <= 1.2**2 + 1e-9
+    radius = torch.linspace(0.0, m.radius_max_, 50, dtype=torch.float64)
+    assert float(m._eta2_t(m._density_ratio_t(radius)).max()) <= 1.2**2 + 1e-9
+    assert m.beta_ <= m._beta_max() + 1e-9
 
 
 def test_the_dispersion_prior_pulls_a_wide_cluster_toward_the_published_sigma():

@@ -256,9 +256,9 @@ def test_deep_clustering_model_fits_model_xd_without_an_autoencoder(tmp_path):
 def test_a_cluster_without_weight_has_no_mean_error_and_no_crash():
     stars, _ = _model_field(0, 40, 1.0)
     mixture = ClusterFieldMixture(n_field=1, n_starts=1, max_iter=5, crowding=False).fit(stars)
-    prepared = mixture._prepare(stars)
     mixture.weights_ = np.array([1e-300, 1.0])  # a cluster no star belongs to: no information on its mean
-    assert mixture._mean_covariance(prepared) is None
+    mixture.start_iteration()
+    assert mixture._mean_covariance(mixture.e_step(mixture.em_batch(stars))) is None
     mixture.cluster_mean_cov_ = None
     module = XDModule.__new__(XDModule)
     module.mixture = mixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import logging
 import os
 import sys
 import uuid
@@ -134,6 +135,7 @@ def iter_catalog(
         path = Path(source)
         _check_path(path)
         fmt, _ = _resolve_format(path, format)
+        _sniff(path, fmt)
         if fmt in _CHUNK_READERS:
             yield from _read_chunks(path, fmt, columns, keep, int(chunk_size))
             return
@@ -204,7 +206,7 @@ def write_catalog(df: pd.DataFrame, path: str | os.PathLike[str], *, format: str
             f"cannot write {path}: the directory {path.parent} does not exist (current directory {Path.cwd()}); "
             "create it first or choose another path."
         )
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}")
+    tmp = _temp_path(path, suffix)
     try:
         _WRITERS[fmt](df, tmp)
         os.replace(tmp, path)
@@ -215,6 +217,15 @@ def write_catalog(df: pd.DataFrame, path: str | os.PathLike[str], *, format: str
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _temp_path(path: Path, suffix: str) -> Path:
+    """A unique hidden temporary name beside ``path`` carrying this process's id.
+
+    The pattern (``.<name>.<pid>.<random>.tmp<suffix>``) is the one
+    :func:`grasp_dl.runtime.io_policy.remove_stale_temps` clears once its process is gone.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp{suffix}")
 
 
 def _names(names: str | Iterable[str]) -> list[str]:
@@ -264,6 +275,7 @@ def _read_file(path: Path, fmt: str | None, id_names: set[str]) -> pd.DataFrame:
     """Read one catalogue file, wrapping any parser failure into a CatalogError naming the file."""
     _check_path(path)
     fmt, _ = _resolve_format(path, fmt)
+    _sniff(path, fmt)
     try:
         return _READERS[fmt](path, id_names)
     except CatalogError:
@@ -286,6 +298,56 @@ def _check_path(path: Path) -> None:
         )
     if path.is_dir():
         raise CatalogError(f"{path} is a directory, not a catalogue file: give the path of the file itself.")
+
+
+#: Bytes read from the start of a file to tell whether it is a table at all, before any parser runs.
+SNIFF_BYTES = 1 << 16
+#: Files from this size on are sniffed; a smaller one costs little memory, and its parser's own error is kept.
+SNIFF_FROM_SIZE = 1 << 20
+
+
+def _sniff(path: Path, fmt: str) -> None:
+    """Refuse, from its first bytes (and last, for Parquet), a file that cannot be a table of its format.
+
+    A parser handed a large file that is no table (zeros, an image, a disk dump) may read all of
+    it, and hold it, before failing; these checks read at most a few kilobytes. Files under
+    :data:`SNIFF_FROM_SIZE` are left to the parser.
+
+    Raises
+    ------
+    CatalogError
+        For a text format whose start holds NUL bytes or no line end, a gzip file without the
+        gzip signature, a Parquet file without ``PAR1`` at both ends, or a FITS file not starting
+        with ``SIMPLE``.
+    """
+    size = path.stat().st_size
+    if size < SNIFF_FROM_SIZE:
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+        tail = b""
+        if fmt == "parquet" and size >= 8:
+            handle.seek(size - 4)
+            tail = handle.read(4)
+    gz = path.name.lower().endswith(".gz")
+    why = None
+    if not head:
+        return  # empty files get their own message from the reader
+    if gz:
+        why = None if head[:2] == b"\x1f\x8b" else "it lacks the gzip signature"
+    elif fmt == "parquet":
+        why = None if head[:4] == b"PAR1" and tail == b"PAR1" else "it lacks the Parquet signature (PAR1) at its ends"
+    elif fmt == "fits":
+        why = None if head.startswith(b"SIMPLE") else "it does not start with a FITS header (SIMPLE)"
+    elif b"\0" in head:
+        why = "it holds NUL bytes, so it is not text"
+    elif size > len(head) and b"\n" not in head and b"\r" not in head:
+        why = f"its first {len(head) // 1024} KiB hold no line end"
+    if why:
+        raise CatalogError(
+            f"cannot read {path} as {fmt}: it is not a {fmt} table ({why}; {size:,} bytes): check the path, or pass "
+            "format= if the suffix is misleading."
+        )
 
 
 def _resolve_format(path: Path, fmt: str | None) -> tuple[str, str]:
@@ -503,7 +565,7 @@ class CatalogChunkWriter:
             raise CatalogError(
                 f"cannot write {self.path}: the directory {self.path.parent} does not exist; create it first."
             )
-        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp{suffix}")
+        self.tmp = _temp_path(self.path, suffix)
         self.rows = 0
         self._handle: Any = None
         self._schema: Any = None
@@ -775,6 +837,22 @@ def _fix_source_id(frame: pd.DataFrame) -> pd.DataFrame:
     series = frame[_ID_COLUMN]
     if pd.api.types.is_bool_dtype(series.dtype):
         return frame
+    if pd.api.types.is_float_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = values[np.isfinite(values)]
+        if len(finite) and (np.abs(finite).max() >= 2**53 or (finite != np.round(finite)).any()):
+            # Not exact integers: kept as text, never as floats that look like (other) exact ids.
+            _warn_inexact_ids(repr(float(finite[0])))
+            frame[_ID_COLUMN] = pd.Series(
+                [None if not np.isfinite(v) else repr(float(v)) for v in values], index=series.index, dtype=object
+            )
+            return frame
+    if pd.api.types.is_object_dtype(series.dtype) or pd.api.types.is_string_dtype(series.dtype):
+        text = series.dropna().astype(str)
+        floating = text[text.str.fullmatch(r"\s*[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)\s*")]
+        if len(floating):
+            _warn_inexact_ids(floating.iloc[0])
+            return frame
     if not (pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any()):
         try:
             series = series.astype("Int64")
@@ -782,6 +860,16 @@ def _fix_source_id(frame: pd.DataFrame) -> pd.DataFrame:
             return frame
     frame[_ID_COLUMN] = series.astype(np.int64) if not series.isna().any() else series
     return frame
+
+
+def _warn_inexact_ids(example: str) -> None:
+    """Say once per read that ``source_id`` was written as floating point (ids then collide)."""
+    logging.getLogger(__name__).warning(
+        "source_id holds values written as floating-point numbers (e.g. %r), which cannot keep 19-digit Gaia ids "
+        "exactly: different stars may share an id (repeats are flagged duplicate:source_id); export source_id as "
+        "integers",
+        example,
+    )
 
 
 def _numeric_problem(series: pd.Series, name: str, source: str) -> str | None:

@@ -1,20 +1,17 @@
 """Milky Way globular clusters by name, and the recovered astrometry checked against the literature.
 
 The table is Vasiliev & Baumgardt (2021, MNRAS 505, 5978), shipped as
-:func:`grasp_dl.data.examples.vb21_clusters_path`: 170 clusters with their centres, distances,
-Gaia EDR3 mean proper motions and parallaxes with errors, and the radius out to which they
-measured members. Names are forgiving: ``"NGC 6397"``, ``"NGC6397"``, ``"ngc_6397"``, the
-table's own ``"NGC_6397"``, Messier numbers (``"M4"`` -> NGC 6121, :data:`MESSIER`), and common
-names (``"47 Tuc"``, ``"omega Cen"``) all resolve.
+:func:`grasp_dl.data.examples.vb21_clusters_path`: 170 clusters with centres, distances, Gaia
+EDR3 mean proper motions and parallaxes, and the radius out to which members were measured.
+Names are forgiving: ``"NGC 6397"``, ``"NGC6397"``, ``"ngc_6397"``, Messier numbers (``"M4"``,
+:data:`MESSIER`) and common names (``"47 Tuc"``, ``"omega Cen"``) all resolve.
 
-Comparison (:func:`compare_with_literature`): each difference is given in mas/yr (mas) and in
-combined sigmas, the recovered error and the published error added in quadrature together with
-a systematic floor for Gaia EDR3 (:data:`PM_SYSTEMATIC` = 0.025 mas/yr per proper-motion axis,
-:data:`PARALLAX_SYSTEMATIC` = 0.011 mas; the spatially correlated systematics Vasiliev &
-Baumgardt 2021 and Lindegren et al. 2021 found on cluster scales). A difference over
-:data:`WARN_SIGMA` sigmas *and* over :data:`WARN_PM` mas/yr (:data:`WARN_PARALLAX` mas in
-parallax) becomes a warning: the group found is probably not the named cluster, an alarm
-independent of the plausibility guards.
+:func:`compare_with_literature` gives each difference in mas/yr (mas) and in combined sigmas:
+recovered and published errors and a Gaia EDR3 systematic floor (:data:`PM_SYSTEMATIC`,
+:data:`PARALLAX_SYSTEMATIC`: the spatially correlated systematics on cluster scales found by
+Vasiliev & Baumgardt 2021 and Lindegren et al. 2021) in quadrature. Over :data:`WARN_SIGMA`
+sigmas *and* :data:`WARN_PM` mas/yr (:data:`WARN_PARALLAX` mas) is a warning: the group found
+is probably not the named cluster, an alarm independent of the plausibility guards.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Batches as slices of a tensor that already holds the whole catalogue.
 
-A per-row ``Dataset.__getitem__`` plus default collate tops out near 2e5 stars/s on two CPU
-cores whatever the model, and on a GPU it would be the whole cost of an epoch. Here an epoch
-is one gather by a shuffled permutation followed by contiguous slices (views).
+A per-row ``Dataset.__getitem__`` plus default collate costs more than a small network's step
+(``docs/src/speed.md``); here an epoch is one gather by a shuffled permutation followed by
+contiguous slices (views).
 
 Training loaders can hand out *blocks*: lists of consecutive mini-batches that one Lightning
 ``training_step`` consumes with one optimiser step each (:mod:`grasp_dl.engine.block_training`),

@@ -1,12 +1,10 @@
 """Put results on the rows of the catalogue a feature matrix came from.
 
-:func:`grasp_dl.prepare_stellar_data` leaves out rows it cannot use (missing astrometry, failed
-cuts, outliers), so its feature matrix has fewer rows than the catalogue. The matrix it returns
-is a :class:`PreparedFeatures`: a numpy array that remembers which catalogue rows it holds
-(:class:`CatalogRows`). Results computed on it can then be put back on the catalogue's rows
-(-1 / NaN where a row was left out), and labels given per catalogue row can be brought down to
-the matrix's rows. A plain array (``np.asarray(X)``, or one from another library) carries no
-rows: results on it stay one per array row.
+:func:`grasp_dl.prepare_stellar_data` leaves out rows it cannot use, so its matrix has fewer rows
+than the catalogue. The matrix is a :class:`PreparedFeatures`, a numpy array that remembers its
+catalogue rows (:class:`CatalogRows`): results computed on it go back onto the catalogue's rows
+(-1 / NaN where a row was left out), and labels given per catalogue row come down to the
+matrix's rows. A plain array carries no rows: results on it stay one per array row.
 """
 
 from __future__ import annotations

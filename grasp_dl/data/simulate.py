@@ -1,34 +1,26 @@
 """Simulated Gaia DR3 cone searches around globular clusters, with the true group of every star.
 
-The simulator is the bundled example catalogue and the ground truth of every accuracy
-benchmark, so each ingredient follows the physics a real Gaia cone shows:
+The simulator is the bundled example and the ground truth of the accuracy benchmarks, so each
+component follows what a real Gaia cone shows:
 
-* **cluster** -- a King (1962) surface-density profile truncated at the tidal radius (and
-  by the cone), an isotropic internal proper-motion dispersion (optionally falling with
-  radius), one distance, and a narrow old-population sequence in the colour-magnitude
-  diagram (main sequence with binaries, turn-off, subgiant and red-giant branches,
-  horizontal branch, blue stragglers) shifted by the distance modulus and reddening.
-* **field** -- one or more populations spread uniformly in area over the cone, each with its
-  own 2-D Gaussian proper-motion distribution (plus an optional velocity dispersion in km/s,
-  so that nearby stars move faster), a distance distribution (parallax = 1/distance), a
-  reddening that grows along the line of sight, and a broad CMD (disc dwarfs and giants, or
-  an old bulge/halo sequence with a metallicity spread).
-* **galaxy** (optional) -- a background galaxy such as the SMC behind 47 Tuc: a tight proper
-  motion, a tiny parallax, an exponential density gradient across the cone and an
-  intermediate-age CMD (red clump, red giants, young main sequence).
-* **tails** (optional) -- a thin stream through the cluster along a position angle, with the
-  cluster's proper motion plus a gradient along the stream.
+* **cluster** -- a King (1962) profile truncated at the tidal radius, an isotropic internal
+  proper-motion dispersion (optionally falling with radius), one distance, and an old
+  sequence in the colour-magnitude diagram (binaries, turn-off, giant and horizontal branches,
+  blue stragglers) shifted by distance modulus and reddening.
+* **field** -- populations uniform over the cone, each with a 2-D Gaussian proper motion (plus
+  an optional velocity dispersion in km/s, so near stars move faster), a distance distribution,
+  reddening growing with distance, and a broad CMD.
+* **galaxy** (optional) -- a background galaxy such as the SMC behind 47 Tuc: tight proper
+  motion, tiny parallax, a density gradient across the cone, an intermediate-age CMD.
+* **tails** (optional) -- a thin stream through the cluster with a proper-motion gradient.
 
-Magnitudes are cut at ``mag_limit`` after generation (components are over-drawn until each
-has its share of *observed* stars), crowding near a dense core removes faint stars, and the
-astrometry is observed with Gaia-DR3-like, magnitude-dependent errors: 5- and 6-parameter
-solutions with errors of about 0.02 mas (G=15), 0.07 (17), 0.5 (20) and 1.3 (21), RUWE near
-1 with a tail, and 2-parameter solutions (no parallax or proper motion) for a fraction of
-the faint stars that rises steeply beyond G = 20 and in crowded cores.
+Magnitudes are cut at ``mag_limit`` (components over-drawn until each has its share of observed
+stars), crowding removes faint stars near a dense core, and the astrometry gets Gaia-DR3-like,
+magnitude-dependent errors (about 0.02 mas at G=15, 0.07 at 17, 0.5 at 20, 1.3 at 21), RUWE,
+and 2-parameter solutions for a share of the faint and crowded stars.
 
-Fractions: ``cluster``, ``galaxy`` and ``tails`` each take ``fraction * n_stars`` of the
-returned rows; the field takes the remainder, shared between its populations by their
-relative ``weight``. Fractions must lie in [0, 1] and sum to at most 1.
+``cluster``, ``galaxy`` and ``tails`` each take ``fraction * n_stars`` of the rows; the field
+takes the rest, shared by its populations' ``weight``. Fractions lie in [0, 1] and sum to at most 1.
 """
 
 from __future__ import annotations

@@ -122,8 +122,7 @@ def _project(latent: np.ndarray, method: str, random_state: int) -> tuple[np.nda
 
         perplexity = float(min(30.0, max(2.0, (len(latent) - 1) / 3.0)))
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state)
-        # Small samples on one thread: OpenMP spin-waits made 200 points take 40 s instead of 0.6 s
-        # on a busy two-core machine.
+        # Small samples on one thread: OpenMP spin-waits cost far more than the fit on a busy machine.
         with threadpool_limits(limits=1 if len(latent) <= TSNE_SINGLE_THREAD_MAX else None, user_api="openmp"):
             points = tsne.fit_transform(latent)
         return points, ["t-SNE 1", "t-SNE 2"]

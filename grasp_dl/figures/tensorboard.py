@@ -1,16 +1,13 @@
 """TensorBoard views of a training run: figures, the latent embedding and the soft assignments.
 
 :class:`TensorBoardFigures` is a Lightning callback (``conf/callbacks/tensorboard_figures.yaml``):
-at the end of validation every ``every_n_epochs`` epochs, and at the last epoch, it draws a fixed random sample of at
-most ``max_stars`` validation stars (training stars when there is no validation split) and
-writes, to every TensorBoard logger of the trainer,
+every ``every_n_epochs`` validation ends and at the last epoch it takes a fixed random sample of
+at most ``max_stars`` validation (else training) stars and writes to every TensorBoard logger
 
-* images: the latent space (PCA), proper-motion plane, sky and colour-magnitude diagram coloured
-  by member probability, and the reliability diagram when the catalogue has a ``truth`` column;
-* the latent points with their group, member probability and truth for the projector
-  (``add_embedding``);
-* histograms of the soft assignments: the probability of each group, the largest one and the
-  entropy.
+* images: the latent space (PCA), proper motions, sky and colour-magnitude diagram coloured by
+  member probability, and the reliability diagram when there is a ``truth`` column;
+* the latent points for the projector (``add_embedding``), at each phase's last epoch only;
+* histograms of the soft assignments (each group's probability, the largest, the entropy).
 
 It runs on global rank zero only and does nothing without a TensorBoard logger.
 """
@@ -32,6 +29,7 @@ from matplotlib.figure import Figure
 
 from grasp_dl.figures import plotting
 from grasp_dl.membership.rules import entropy
+from grasp_dl.runtime.capabilities import ErrorAwareScoring, GroupProbabilities, HasLatentSpace
 from grasp_dl.runtime.stage_timer import mark
 
 log = logging.getLogger(__name__)
@@ -87,7 +85,7 @@ def _tensorboard_writers(trainer: L.Trainer) -> list[Any]:
 class TensorBoardFigures(L.Callback):
     """Figures, the latent embedding and soft-assignment histograms in TensorBoard every N epochs.
 
-    ``every_n_epochs`` keeps it cheap (drawing takes about a second); ``max_stars`` bounds the
+    ``every_n_epochs`` keeps it cheap (drawing is slow next to an epoch); ``max_stars`` bounds the
     sample (the projector and the figures); ``embedding``, ``histograms`` and ``figures`` switch
     each view off.
     """
@@ -122,22 +120,29 @@ class TensorBoardFigures(L.Callback):
         # Runs without validation rows (data.val_fraction=0) get their views here instead.
         self._maybe_log(trainer, pl_module, then="checkpoints, early stopping, epoch end")
 
-    def _due(self, trainer: L.Trainer) -> bool:
+    def _due(self, trainer: L.Trainer, pl_module: L.LightningModule | None = None) -> bool:
         """Whether this epoch is one to log, and not logged yet (validation and epoch end both call).
 
         Every ``every_n_epochs``-th epoch, and the last one (max_epochs reached, or the run stops:
-        early stopping, or a model fitted in one pass such as model=xd), so every run ends with views.
+        early stopping, or convergence), so every run ends with views. A module whose epochs are
+        many cheap iterations (``views_at_last_epoch_only``, e.g. model=xd's EM) gets the last only.
         """
         if self._last_logged_step == trainer.global_step:
             return False
+        if getattr(pl_module, "views_at_last_epoch_only", False):
+            return self._last(trainer)
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or self._last(trainer)
+
+    @staticmethod
+    def _last(trainer: L.Trainer) -> bool:
+        """Whether this is the phase's last epoch (max_epochs reached, or the run stops)."""
         epoch = trainer.current_epoch + 1
         max_epochs = getattr(trainer, "max_epochs", None)
-        last = bool(getattr(trainer, "should_stop", False)) or (max_epochs is not None and 0 < max_epochs <= epoch)
-        return epoch % self.every_n_epochs == 0 or last
+        return bool(getattr(trainer, "should_stop", False)) or (max_epochs is not None and 0 < max_epochs <= epoch)
 
     def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, then: str) -> None:
         """Draw and write the views when due; ``then`` names the loop phase that resumes (stage timing)."""
-        if not trainer.is_global_zero or not self._due(trainer):
+        if not trainer.is_global_zero or not self._due(trainer, pl_module):
             return
         writers = _tensorboard_writers(trainer)
         datamodule = getattr(trainer, "datamodule", None)
@@ -148,11 +153,12 @@ class TensorBoardFigures(L.Callback):
         self._last_logged_step = trainer.global_step
         sample = self.sample(datamodule, pl_module.device)
         stars = None
-        if getattr(pl_module, "scores_with_errors", False) and hasattr(datamodule, "star_data"):
+        error_aware = isinstance(pl_module, ErrorAwareScoring) and pl_module.scores_with_errors
+        if error_aware and hasattr(datamodule, "star_data"):
             stars = datamodule.star_data(sample.split).subset(sample.rows)  # scored as predict scores them
         view = self.view(pl_module, sample.scaled, stars)
         for writer in writers:
-            self.write(writer, sample, view, trainer.global_step)
+            self.write(writer, sample, view, trainer.global_step, embedding=self._last(trainer))
             writer.flush()
         mark(f"{module_name}: {then}")
 
@@ -183,8 +189,8 @@ class TensorBoardFigures(L.Callback):
         ``stars`` (the same stars' astrometry and errors) scores an error-aware model (model=xd, a
         hard-field model pooled with its error-aware start) as ``grasp-dl predict`` does.
         """
-        latent = pl_module.embed(scaled).float().cpu().numpy() if hasattr(pl_module, "embed") else None
-        if not hasattr(pl_module, "predict_proba"):
+        latent = pl_module.embed(scaled).float().cpu().numpy() if isinstance(pl_module, HasLatentSpace) else None
+        if not isinstance(pl_module, GroupProbabilities):
             return StarView(latent, None, None)
         if stars is not None:
             prob = torch.as_tensor(pl_module.proba_with_errors(scaled, stars)).float().cpu().numpy()
@@ -193,8 +199,13 @@ class TensorBoardFigures(L.Callback):
         group = int(pl_module.cluster_group)
         return StarView(latent, prob, group if 0 <= group < prob.shape[1] else None)
 
-    def write(self, writer: Any, sample: StarSample, view: StarView, step: int) -> None:
-        """Every enabled view of ``sample`` to one SummaryWriter."""
+    def write(self, writer: Any, sample: StarSample, view: StarView, step: int, embedding: bool = True) -> None:
+        """Every enabled view of ``sample`` to one SummaryWriter.
+
+        The projector embedding is a folder of text files per call, so it is written only where
+        ``embedding`` says (the phase's last view): the log then grows with the figures and
+        histograms alone, not by a folder every few epochs.
+        """
         if self.figures:
             for tag, fig in self.make_figures(sample, view).items():
                 writer.add_image(f"figures/{tag}", figure_to_array(fig), step, dataformats="HWC")
@@ -203,7 +214,7 @@ class TensorBoardFigures(L.Callback):
                 writer.add_histogram(f"assignments/prob_{j}", view.prob[:, j], step)
             writer.add_histogram("assignments/max_prob", view.prob.max(axis=1), step)
             writer.add_histogram("assignments/entropy", entropy(view.prob), step)
-        if self.embedding and view.latent is not None:
+        if self.embedding and embedding and view.latent is not None:
             metadata, header = self.metadata(sample, view)
             writer.add_embedding(view.latent, metadata=metadata, metadata_header=header, global_step=step, tag="latent")
 

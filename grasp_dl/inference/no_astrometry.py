@@ -1,15 +1,14 @@
 """Score stars without astrometry (Gaia 2-parameter solutions) from their position alone.
 
-Such a star has no proper motion or parallax, so the deep models cannot place it; its position
-still says something: near the centre the cluster dominates, in the outskirts the field. The
-clustering module's position model (cluster share and Plummer scale fitted to its own member
-probabilities at the end of training, see :mod:`grasp_dl.models.ingredients`) gives
+With no proper motion or parallax the deep models cannot place such a star, but its position
+still says something: the cluster dominates near the centre, the field in the outskirts. The
+module's position model (cluster share and Plummer scale fitted to its own member probabilities,
+:mod:`grasp_dl.models.ingredients`) gives
 
     member_prob = share Plummer(r) / (share Plummer(r) + (1 - share) / (pi R^2))
 
-which is as uncertain as position alone makes it (a wide, rarely decisive probability). These
-rows get the flag ``scored:no_astrometry``; the other groups share 1 - member_prob equally and,
-for VaDE, ``member_prob_std`` is the Bernoulli spread sqrt(p (1 - p)).
+a wide, rarely decisive probability. These rows are flagged ``scored:no_astrometry``; the other
+groups share 1 - member_prob equally and VaDE's ``member_prob_std`` is sqrt(p (1 - p)).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from grasp_dl.data.astrometry import ASTROMETRY, CORRELATION_COLUMN, ERROR_COLUM
 from grasp_dl.data.prepare import PreparedCatalog
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.membership.rules import entropy
+from grasp_dl.runtime.capabilities import ScoresPositions
 
 FLAG_NO_ASTROMETRY = "scored:no_astrometry"
 #: Features whose absence makes a row a "no astrometry" row (and nothing else missing).
@@ -58,7 +58,7 @@ def score_without_astrometry(
 
     Needs the module's fitted position model and a centre; otherwise the rows stay unscored.
     """
-    if center is None or not hasattr(module, "position_member_prob") or not {"ra", "dec"} <= set(table.columns):
+    if center is None or not isinstance(module, ScoresPositions) or not {"ra", "dec"} <= set(table.columns):
         return 0
     rows = no_astrometry_rows(prepared.flags, prepared.feature_names)
     ra = table["ra"].to_numpy(dtype=float, na_value=np.nan)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import pandas as pd
 
 from grasp_dl.data.catalog import write_catalog
 from grasp_dl.runtime.errors import ConfigError
-from grasp_dl.runtime.io_policy import check_output_file
+from grasp_dl.runtime.io_policy import StagedOutputs, check_output_file, strict_json
 from grasp_dl.runtime.run_dir import summary_path
 
 #: Formats of a predictions table written by ``grasp-dl predict`` (streamed in chunks).
@@ -43,8 +42,30 @@ def prediction_output(output: str | os.PathLike[str]) -> Path:
     return check_output_file(output)
 
 
+def summary_json(summary: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a cluster summary as strict JSON (non-finite numbers as ``null``) to ``path`` itself.
+
+    Parameters
+    ----------
+    summary : dict
+        The summary (see :class:`grasp_dl.membership.rules.ClusterSummary`).
+    path : str or PathLike
+        The file to write (a temporary file of :class:`~grasp_dl.runtime.io_policy.StagedOutputs`).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    path.write_text(strict_json(summary))
+    return path
+
+
 def write_summary(summary: dict[str, Any], output: str | os.PathLike[str]) -> Path:
     """Write the cluster summary as ``<output stem>.summary.json`` beside the predictions (atomically).
+
+    The JSON is strict: a value that is not a finite number (no cluster found) is ``null``.
 
     Parameters
     ----------
@@ -59,19 +80,16 @@ def write_summary(summary: dict[str, Any], output: str | os.PathLike[str]) -> Pa
         The summary file.
     """
     path = summary_path(output)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with StagedOutputs({"output's summary": path}) as staged:
+        summary_json(summary, staged.temp("output's summary"))
+        staged.commit()
     return path
 
 
 def write_predictions(
     table: pd.DataFrame, summary: dict[str, Any], output: str | os.PathLike[str]
 ) -> tuple[Path, Path]:
-    """Write an in-memory per-star table (atomically) and its JSON summary beside it.
+    """Write an in-memory per-star table and its JSON summary beside it, both checked first and moved together.
 
     Parameters
     ----------
@@ -90,8 +108,11 @@ def write_predictions(
     Raises
     ------
     ConfigError
-        When ``output`` is neither .parquet nor .csv.
+        When ``output`` is neither .parquet nor .csv, or an output is a directory or not writable.
     """
     output = prediction_output(output)
-    write_catalog(table, output)
-    return output, write_summary(summary, output)
+    with StagedOutputs({"output": output, "output's summary": summary_path(output)}) as staged:
+        write_catalog(table, staged.temp("output"))
+        summary_json(summary, staged.temp("output's summary"))
+        staged.commit()
+    return output, summary_path(output)

@@ -19,9 +19,9 @@ from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
-from grasp_dl.data.validation import flag_nonfinite_probabilities
+from grasp_dl.data.validation import FLAG_DUPLICATE_ID, flag_duplicate_ids, flag_nonfinite_probabilities
 from grasp_dl.inference.no_astrometry import score_without_astrometry
-from grasp_dl.inference.outputs import prediction_output, write_summary
+from grasp_dl.inference.outputs import prediction_output, summary_json
 from grasp_dl.inference.streaming import ReadAhead, WriteBehind, single_scoring_thread
 from grasp_dl.membership.guards import (
     StarSample,
@@ -33,11 +33,17 @@ from grasp_dl.membership.guards import (
 from grasp_dl.membership.rules import ClusterSummary, adopt_model_mean, entropy
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.vade import VaDEModule
-from grasp_dl.runtime.checkpoints import checkpoint_kind, load_module, read_checkpoint
+from grasp_dl.runtime.capabilities import (
+    FitsClusterAstrometry,
+    PoolsWithStart,
+    SamplesMembership,
+    ScoresStarsWithErrors,
+)
+from grasp_dl.runtime.checkpoints import CLASS_KEY, checkpoint_kind, load_module, read_checkpoint
 from grasp_dl.runtime.devices import inference_device
 from grasp_dl.runtime.errors import CatalogError, CheckpointError, ConfigError
-from grasp_dl.runtime.io_policy import refuse_overwriting_inputs
-from grasp_dl.runtime.options import check_predict_options
+from grasp_dl.runtime.io_policy import RunLock, StagedOutputs, refuse_overwriting_inputs
+from grasp_dl.runtime.options import check_center, check_predict_options
 from grasp_dl.runtime.run_dir import figure_path, summary_path
 
 log = logging.getLogger(__name__)
@@ -55,7 +61,17 @@ def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
     fail is one line.
     """
     content = read_checkpoint(ckpt_path)
-    module_class = checkpoint_class(content)
+    written_by = content.get(CLASS_KEY)
+    try:
+        module_class = checkpoint_class(content)
+    except Exception:  # a class path that does not import, or names a function
+        module_class = None
+    if module_class is None and written_by is not None:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} names the class {str(written_by)[:100]!r}, which is not a grasp-dl clustering "
+            "model: refused; give ckpt_path= a checkpoint written by grasp-dl train"
+        )
+    _check_stored_center(content, ckpt_path)
     if module_class is None:
         raise CheckpointError(
             f"checkpoint {ckpt_path} holds an {checkpoint_kind(content)} model (no cluster centres), ckpt_path "
@@ -64,6 +80,21 @@ def load_clustering_module(ckpt_path: str | Path) -> ClusteringModule:
     module = load_module(module_class, ckpt_path, kinds=(checkpoint_kind(content),), content=content)
     module.eval()
     return module
+
+
+def _check_stored_center(content: dict[str, Any], ckpt_path: str | Path) -> None:
+    """Refuse a checkpoint whose stored projection centre is not null or two finite numbers."""
+    prep = content["hyper_parameters"].get("preprocessing")
+    center = prep.get("center") if isinstance(prep, dict) else None
+    try:
+        if isinstance(center, str):
+            raise ConfigError("a string")
+        check_center(center, "the centre")
+    except ConfigError:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} stores the centre {str(center)[:60]!r}, not [ra, dec] in degrees: the file was "
+            "edited or damaged; give ckpt_path= a checkpoint written by grasp-dl train"
+        ) from None
 
 
 def scoring_device(module: ClusteringModule, device: str = "auto") -> torch.device:
@@ -89,7 +120,7 @@ def scoring_device(module: ClusteringModule, device: str = "auto") -> torch.devi
         For an unknown device name.
     """
     target = inference_device(device)
-    return torch.device("cpu") if hasattr(module, "predict_proba_stars") else target
+    return torch.device("cpu") if isinstance(module, ScoresStarsWithErrors) else target
 
 
 def _check_features(prepared_names: list[str], stored_names: list[str], source: str) -> None:
@@ -162,7 +193,7 @@ def _reported_pool(
     module: ClusteringModule, scaled: np.ndarray, stars: StarData | None
 ) -> tuple[np.ndarray, float] | None:
     """The start's opinion pooled into the reported probabilities of these stars (None where they are the model's own)."""
-    if not len(scaled) or not hasattr(module, "pool_start"):
+    if not len(scaled) or not isinstance(module, PoolsWithStart):
         return None
     return module.pool_start(torch.from_numpy(scaled), stars)
 
@@ -335,7 +366,7 @@ def score_prepared(
     ent = np.full(n, np.nan)
     ent[mask] = entropy(prob)
     columns["entropy"] = ent
-    if hasattr(module, "predict_proba_samples"):
+    if isinstance(module, SamplesMembership):
         std = np.full(n, np.nan)
         rows = first_row + np.flatnonzero(mask)
         pool = _reported_pool(module, scaled, stars)
@@ -347,6 +378,16 @@ def score_prepared(
     if score_no_astrometry:
         score_without_astrometry(out, module, table, prepared, ready.center, group)
     return out
+
+
+def _warn_duplicates(n_repeats: int) -> None:
+    if n_repeats:
+        log.warning(
+            "%d rows repeat a source_id seen earlier in the catalogue: only the first of each is scored, the "
+            "repeats are flagged %s (ids written as floats, e.g. 6.0e+18, collide this way: export them as integers)",
+            n_repeats,
+            FLAG_DUPLICATE_ID,
+        )
 
 
 def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any]:
@@ -365,7 +406,7 @@ def with_model_astrometry(summary: dict[str, Any], module: Any) -> dict[str, Any
     dict
         ``summary``, updated in place.
     """
-    if hasattr(module, "cluster_astrometry"):
+    if isinstance(module, FitsClusterAstrometry):
         summary.update(module.cluster_astrometry())
     return adopt_model_mean(summary)
 
@@ -387,26 +428,25 @@ def predict_catalog(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Prepare ``catalog`` exactly as in training and return (per-star table, cluster summary), in memory.
 
-    The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where
-    the star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy``, and
-    ``flag`` (why a row was not scored, '' otherwise). ``center`` as in :func:`resolve_center`.
-    A model that draws latent points (VaDE) adds ``member_prob_std`` after ``entropy``: the spread
-    of the member probability over draws z ~ q(z|x), each draw pooled with an anchored model's start
-    as ``member_prob`` is. DEC has no such spread, so its table has no
-    such column (rather than a 0 that would read as certainty). ``score_no_astrometry`` as in
-    :func:`score_prepared`. For catalogues too large to hold, :func:`predict_to_file` streams.
+    The table has one row per input row, in input order: ``source_id``, ``label`` (-1 where the
+    star could not be scored), ``prob_0..prob_{k-1}``, ``member_prob``, ``entropy`` and ``flag``
+    (why a row was not scored). A model that draws latent points (VaDE) adds ``member_prob_std``,
+    the spread of the (pooled) member probability over draws z ~ q(z|x); DEC has no such column,
+    rather than a 0 that would read as certainty. ``center`` as in :func:`resolve_center`,
+    ``score_no_astrometry`` as in :func:`score_prepared`; :func:`predict_to_file` streams large
+    catalogues.
 
-    The named group is checked by the plausibility guards (:mod:`grasp_dl.membership.guards`);
-    when it is no cluster, ``member_prob`` is 0 everywhere (unless ``cluster_group`` was given) and
-    the summary says ``cluster_found: false`` and why; it always carries the diagnostics.
-    ``cluster`` names a literature cluster (:mod:`grasp_dl.data.clusters`; by default the
-    checkpoint's ``data.cluster``): its centre is used when ``center`` is None and the summary
-    compares the recovered astrometry with the published one.
+    The named group is checked by the plausibility guards (:mod:`grasp_dl.membership.guards`):
+    when it is no cluster, ``member_prob`` is 0 (unless ``cluster_group`` was given) and the summary
+    says ``cluster_found: false`` and why. ``cluster`` (by default the checkpoint's
+    ``data.cluster``) gives the centre when ``center`` is None and the published astrometry the
+    summary is compared with.
     """
     group = _cluster_group(module, cluster_group)
     literature, center = _literature_cluster(module, cluster, center)
     ready = prepare_for_module(module, catalog, center)
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
+    _warn_duplicates(flag_duplicate_ids(out))
     scored = out["label"].to_numpy() >= 0
     check = check_table(
         out.loc[scored, "member_prob"].to_numpy(float), ready.table.loc[scored], ready.center, **null_options(module)
@@ -455,27 +495,26 @@ def predict_to_file(
     score_no_astrometry: bool = False,
     cluster: str | None = None,
     figure: str | Path | None = None,
+    columns: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Score ``catalog`` ``chunk_size`` rows at a time and write the per-star table (.parquet or .csv) as it goes.
 
-    The same table as :func:`predict_catalog`, but memory stays bounded by the chunk: a file is
-    read chunk by chunk (only the columns prediction uses), each chunk is prepared, scored and
-    appended to a temporary file that replaces ``output`` once complete, and the cluster summary
-    is accumulated on the way. The next chunk is read and the previous one written in background
-    threads while a chunk is scored (:mod:`grasp_dl.inference.streaming`); the module scores
-    where its weights are (``grasp-dl predict`` moves it to the GPU when there is one).
-    ``center='auto'`` reads the positions once more first.
+    The table of :func:`predict_catalog`, with memory bounded by the chunk: each chunk is read (only
+    the columns prediction uses), prepared, scored and appended to a temporary file that replaces
+    ``output`` once complete, the cluster summary accumulated on the way. Reading and writing run
+    in background threads (:mod:`grasp_dl.inference.streaming`); the module scores where its
+    weights are. ``center='auto'`` reads the positions once more first.
 
-    The plausibility guards and the diagnostic figure (written to ``figure`` when given) use a
-    bounded uniform random sample of the scored stars collected on the way
-    (:class:`~grasp_dl.membership.guards.StarSample`); when the named group is no cluster,
-    the written file is rewritten chunk by chunk with ``member_prob`` 0. ``cluster_group`` and
-    ``cluster`` as in :func:`predict_catalog`.
+    The plausibility guards and the diagnostic figure (``figure``) use a bounded random sample of
+    the scored stars (:class:`~grasp_dl.membership.guards.StarSample`); when the named group is no
+    cluster, the file is rewritten chunk by chunk with ``member_prob`` 0. ``cluster_group`` and
+    ``cluster`` as in :func:`predict_catalog`; ``columns`` maps the catalogue's names to Gaia names
+    on top of the checkpoint's mapping.
     """
     group = _cluster_group(module, cluster_group)
     literature, center = _literature_cluster(module, cluster, center)
     prep = _preprocessing(module)
-    columns = prep.get("columns")
+    columns = {**(prep.get("columns") or {}), **(columns or {})} or None
     keep = set(PREDICTION_COLUMNS) | set(prep["features"])
     chunks = iter_catalog(catalog, columns, chunk_size=chunk_size, keep=keep)
     first = next(chunks)
@@ -486,6 +525,8 @@ def predict_to_file(
         used_center = resolve_center(prep["center"], center, first)
     summary = ClusterSummary(used_center, group)
     sample = StarSample()
+    seen_ids: set[Any] = set()
+    n_repeats = 0
     # The next chunk is read and the last one written while this one is prepared and scored.
     device = next(iter(module.parameters()), torch.empty(0)).device
     with ReadAhead(chunks) as rest, CatalogChunkWriter(output) as writer, single_scoring_thread(device):
@@ -495,6 +536,7 @@ def predict_to_file(
                 out = score_prepared(
                     module, ready, group, chunk_size, first_row=summary.n_rows, score_no_astrometry=score_no_astrometry
                 )
+                n_repeats += flag_duplicate_ids(out, seen_ids)
                 write.write(out)
                 summary.update(out, table)
                 sample.update(out, table)
@@ -505,6 +547,7 @@ def predict_to_file(
                 f"no usable star in the catalogue of {result['n_rows']} rows ({reasons}): relax the quality "
                 "cuts or score a catalogue with the model's features"
             )
+    _warn_duplicates(n_repeats)
     check = sample.check(used_center, **null_options(module))
     stars = sample.rows
     user_group = _user_chose_group(module, cluster_group)
@@ -523,7 +566,10 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     """``grasp-dl predict``: score ``cfg.data.path`` with ``cfg.ckpt_path``, streaming the table to ``cfg.output``.
 
     The catalogue is read, scored and written ``cfg.chunk_size`` rows at a time, so its size is
-    bounded by the disk, not the memory.
+    bounded by the disk, not the memory. The outputs (table, summary, figure) are checked before
+    any is written, written to temporary files and moved into place together at the end; the
+    output is locked for the run, so a second run into it is refused
+    (:mod:`grasp_dl.runtime.io_policy`).
 
     Parameters
     ----------
@@ -539,36 +585,41 @@ def predict_command(cfg: DictConfig) -> tuple[dict[str, Any], Path, Path]:
     Raises
     ------
     ConfigError
-        For a missing checkpoint, an output that is not .parquet or .csv, or a ``cluster_group``
-        the model does not have.
+        For a missing checkpoint, an output that is not .parquet or .csv, an output (or its summary
+        or figure) that is a directory or in use by another run, a ``data.center`` that is not two
+        numbers, or a ``cluster_group`` the model does not have.
     CatalogError
         When the catalogue has no usable star.
     """
     chunk_size = check_predict_options(cfg)
     output = prediction_output(cfg.output)
     figure = figure_path(output) if cfg.get("figures", True) else None
-    written = {"output": output, "output's summary": summary_path(output)}
-    if figure is not None:
-        written["output's figure"] = figure
+    written = {"output": output, "output's summary": summary_path(output), "output's figure": figure}
     refuse_overwriting_inputs(written, {"data.path": cfg.data.path, "ckpt_path": cfg.ckpt_path})
-    module = load_clustering_module(cfg.ckpt_path)
-    # Moved once, before the first chunk: every forward pass then runs where the weights are.
-    module.to(scoring_device(module, str(cfg.get("device", "auto"))))
-    summary = predict_to_file(
-        module,
-        cfg.data.path,
-        output,
-        cluster_group=cfg.get("cluster_group"),
-        center=cfg.data.get("center"),
-        chunk_size=chunk_size,
-        score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
-        cluster=cfg.data.get("cluster"),
-        figure=figure,
-    )
-    if figure is not None:
-        summary["figure"] = str(figure)
-    if module.fit_results.get("start_vs_end"):
-        summary["start_vs_end"] = module.fit_results["start_vs_end"]
-    summary["checkpoint"] = str(cfg.ckpt_path)
-    summary["catalog"] = str(cfg.data.path)
-    return summary, output, write_summary(summary, output)
+    center = check_center(cfg.data.get("center"))
+    columns = cfg.data.get("columns")
+    with RunLock(output, "output"), StagedOutputs(written) as staged:
+        module = load_clustering_module(cfg.ckpt_path)
+        # Moved once, before the first chunk: every forward pass then runs where the weights are.
+        module.to(scoring_device(module, str(cfg.get("device", "auto"))))
+        summary = predict_to_file(
+            module,
+            cfg.data.path,
+            staged.temp("output"),
+            cluster_group=cfg.get("cluster_group"),
+            center=center,
+            chunk_size=chunk_size,
+            score_no_astrometry=bool(cfg.get("score_no_astrometry", False)),
+            cluster=cfg.data.get("cluster"),
+            figure=None if figure is None else staged.temp("output's figure"),
+            columns=None if columns is None else dict(columns),
+        )
+        if figure is not None:
+            summary["figure"] = str(figure)
+        if module.fit_results.get("start_vs_end"):
+            summary["start_vs_end"] = module.fit_results["start_vs_end"]
+        summary["checkpoint"] = str(cfg.ckpt_path)
+        summary["catalog"] = str(cfg.data.path)
+        summary_json(summary, staged.temp("output's summary"))
+        staged.commit()
+    return summary, output, summary_path(output)

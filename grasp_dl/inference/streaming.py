@@ -161,9 +161,8 @@ class WriteBehind:
 def single_scoring_thread(device: torch.device) -> Iterator[None]:
     """Within it, torch scores on one CPU thread when ``device`` is the CPU (restored after).
 
-    The network is small: a second intra-op thread barely shortens a chunk's forward pass, but
-    spins on the core that the reading and writing threads need (on two cores the streamed
-    predict used about a fifth more CPU time with it, for no gain in wall time).
+    The network is small: a second intra-op thread barely shortens a chunk's forward pass but
+    spins on the core that the reading and writing threads need.
 
     Parameters
     ----------

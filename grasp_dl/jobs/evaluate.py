@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ from omegaconf import DictConfig
 
 from grasp_dl.data.catalog import read_catalog, require_columns
 from grasp_dl.runtime.errors import CatalogError
-from grasp_dl.runtime.io_policy import check_output_file, refuse_overwriting_inputs
+from grasp_dl.runtime.io_policy import StagedOutputs, check_output_file, refuse_overwriting_inputs, strict_json
 from grasp_dl.runtime.run_dir import metrics_path, reliability_path
 
 log = logging.getLogger(__name__)
@@ -39,12 +38,20 @@ def align_truth(predictions: pd.DataFrame, truth: pd.DataFrame, truth_column: st
     Raises
     ------
     CatalogError
-        When ``truth_column`` is missing, a predicted ``source_id`` is not in the truth, or the
+        When ``truth_column`` is missing, the truth repeats a ``source_id``, a predicted ``source_id`` is not in the truth, or the
         row counts differ without ``source_id`` to match them.
     """
     require_columns(truth, [truth_column], source="the truth table")
     if "source_id" in predictions.columns and "source_id" in truth.columns:
-        lookup = truth.drop_duplicates("source_id").set_index("source_id")[truth_column]
+        repeated = truth["source_id"].duplicated(keep=False)
+        if repeated.any():
+            example = truth.loc[repeated, "source_id"].iloc[0]
+            raise CatalogError(
+                f"the truth table has {int(repeated.sum())} rows sharing {truth.loc[repeated, 'source_id'].nunique()} "
+                f"source_id(s) (e.g. {example}), so a star's true group is ambiguous (ids written as floats, e.g. "
+                "6.0e+18, collide this way): give a truth table with one row per source_id, ids as integers"
+            )
+        lookup = truth.set_index("source_id")[truth_column]
         missing = ~predictions["source_id"].isin(lookup.index)
         if missing.any():
             raise CatalogError(
@@ -103,16 +110,16 @@ def evaluate_command(cfg: DictConfig) -> tuple[dict[str, float], Path]:
         member_label=cfg.truth_member_label,
         member_prob=member_prob,
     )
-    tmp = output.with_name(f".{output.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    outputs = {"output": output}
     if "brier" in metrics:
-        scored = predictions["label"].to_numpy() >= 0
-        is_member = np.asarray(true_labels).astype(str) == str(cfg.truth_member_label)
-        write_reliability_diagram(member_prob[scored], is_member[scored], reliability_path(output))
+        outputs["the reliability diagram"] = reliability_path(output)
+    with StagedOutputs(outputs) as staged:
+        staged.temp("output").write_text(strict_json(metrics))
+        if "brier" in metrics:
+            scored = predictions["label"].to_numpy() >= 0
+            is_member = np.asarray(true_labels).astype(str) == str(cfg.truth_member_label)
+            write_reliability_diagram(member_prob[scored], is_member[scored], staged.temp("the reliability diagram"))
+        staged.commit()
     return metrics, output
 
 

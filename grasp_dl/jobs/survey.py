@@ -1,15 +1,12 @@
 """``grasp-dl survey``: train and predict on many clusters at once, one row of results per cluster.
 
-The clusters are the cones of a directory (``survey.cones``; each file named as the cluster,
-e.g. ``NGC_6397.csv``) or a list of names (``survey.names``; each cone fetched into the cache
-by :mod:`grasp_dl.jobs.fetch`, or read from it). :func:`multirun_overrides` turns them into a
-Hydra multirun over ``cluster=...`` with the unfinished clusters only, so that any Hydra
-launcher runs them: joblib on one machine (the default), Ray or SLURM (submitit) across
-machines. Each job (:func:`survey_task`) trains and predicts in the same process, the trained
-module passed on in memory, and writes its row to ``<survey.dir>/results/<cluster>.json``,
-a failure included (its one-line error): one bad cone never stops the survey. When the
-sweep ends, :class:`MergeSurvey` merges the rows into ``survey.csv`` and draws the recovered
-mean proper motions against the published ones (``survey_pm.png``).
+The clusters are the cones of a directory (``survey.cones``, each file named as its cluster) or a
+list of names (``survey.names``, cones fetched into the cache by :mod:`grasp_dl.jobs.fetch`).
+:func:`multirun_overrides` makes a Hydra multirun over the unfinished clusters, so any Hydra
+launcher runs them (joblib by default, Ray or SLURM across machines). Each job
+(:func:`survey_task`) trains and predicts in one process and writes its row, a failure included,
+to ``<survey.dir>/results/<cluster>.json``: one bad cone never stops the survey.
+:class:`MergeSurvey` then merges the rows into ``survey.csv`` and draws ``survey_pm.png``.
 
 This module imports no torch at import time: the launching process only lists and merges.
 """

@@ -104,7 +104,15 @@ def instantiate_datamodule(cfg: DictConfig, catalog: Any = None, **options: Any)
 
 #: Keys of a model config that describe its phases, its monitored metric or how to choose
 #: n_clusters, not the module's constructor arguments.
-PHASE_KEYS = ("pretrain", "pretrain_epochs", "pretrained_ckpt", "n_clusters_range", "monitor", "fallback_model")
+PHASE_KEYS = (
+    "pretrain",
+    "pretrain_epochs",
+    "pretrained_ckpt",
+    "n_clusters_range",
+    "monitor",
+    "fallback_model",
+    "max_epochs",
+)
 
 
 def _module_options(model_cfg: DictConfig) -> tuple[type, dict[str, Any]]:
@@ -123,6 +131,11 @@ def _module_options(model_cfg: DictConfig) -> tuple[type, dict[str, Any]]:
         module_class = hydra.utils.get_class(target)
     except Exception as exc:  # hydra raises ImportError or ValueError subclasses
         raise ConfigError(f"model._target_={target} is not a class: {exc}") from exc
+    if not issubclass(module_class, L.LightningModule):
+        raise ConfigError(
+            f"model._target_={target} is not a grasp-dl model (no LightningModule): choose one of conf/model/ "
+            "(e.g. model=dec)"
+        )
     for key in PHASE_KEYS:
         options.pop(key, None)
     return module_class, options
@@ -422,6 +435,7 @@ def _check_or_fall_back(cfg: DictConfig, datamodule: StellarCatalogDataModule) -
     Returns the line that says which setting was trained and why.
     """
     name = model_name(cfg.model)
+    _module_options(cfg.model)  # a bad _target_ is the user's error, never a reason to fall back
     try:
         check_phases(cfg, datamodule)
     except GraspDLError as exc:
@@ -501,7 +515,10 @@ def train(
         check_phases(cfg, datamodule)
     two_phase = "pretrain" in cfg.model
     resume = resume_point(cfg.get("ckpt_path"), run_dir, two_phase)
-    check_trainable(datamodule.prepared.n_usable, len(datamodule.train_index), cfg.model.get("n_clusters"))
+    mixture = model_name(cfg.model) == "xd" or cfg.model.get("init") == "xd"
+    check_trainable(
+        datamodule.prepared.n_usable, len(datamodule.train_index), cfg.model.get("n_clusters"), mixture=mixture
+    )
     if not two_phase:
         module = build_module(cfg.model, datamodule)
     elif resume.final:
@@ -523,7 +540,7 @@ def train(
     mark("pipeline: Lightning fit")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.final, weights_only=True)
     mark("pipeline: after fit")
-    checkpoint = written_checkpoint(trainer)
+    checkpoint = written_checkpoint(trainer) or adopt_spawned_fit(trainer, module)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     result = TrainResult(
         module=module,
@@ -537,6 +554,43 @@ def train(
         mark("pipeline: clustering scores (silhouette, Davies-Bouldin, Calinski-Harabasz)")
         metrics.update(clustering_scores(module, datamodule, result.catalogue_probabilities()))
     return result
+
+
+def adopt_spawned_fit(trainer: L.Trainer, module: L.LightningModule) -> Path | None:
+    """After a fit in spawned processes (``trainer=ddp_cpu``): make ``module`` the run's final checkpoint.
+
+    A spawning strategy hands the main process the weights and metrics only; what else the
+    module computed while training (``fit_results``, the start and the anchor, DEC's target)
+    stayed in the workers. It is all in the last checkpoint the workers wrote, which is loaded
+    here through the module's own checkpoint hooks, so the module in memory predicts as the file.
+
+    Parameters
+    ----------
+    trainer : Trainer
+        The trainer after ``fit``.
+    module : LightningModule
+        The module it fitted.
+
+    Returns
+    -------
+    Path or None
+        The last checkpoint; None for a single-process fit or one that wrote none (``callbacks=none``).
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callback = trainer.checkpoint_callback
+    # Any multi-process fit: a spawned one needs it, and for the others the module already is that file.
+    if trainer.world_size <= 1:
+        return None
+    if not isinstance(callback, ModelCheckpoint) or not callback.save_last or not callback.dirpath:
+        return None
+    path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    if not path.is_file():
+        return None
+    content = read_checkpoint(path)
+    module.on_load_checkpoint(content)
+    module.load_state_dict(content["state_dict"])
+    return path
 
 
 def catalogue_probabilities(module: L.LightningModule, datamodule: StellarCatalogDataModule) -> torch.Tensor:
@@ -557,7 +611,7 @@ def catalogue_probabilities(module: L.LightningModule, datamodule: StellarCatalo
     Tensor
         Shape (usable stars, n_clusters), in ``datamodule.data`` order.
     """
-    if getattr(module, "scores_with_errors", False):
+    if isinstance(module, ClusteringModule) and module.scores_with_errors:
         return module.proba_with_errors(datamodule.data, datamodule.star_data("all", what=type(module).__name__))
     return module.predict_proba(datamodule.data)
 

@@ -663,7 +663,8 @@ def zero_member_prob_file(path: str | Path, chunk_size: int = 262_144) -> None:
         chunks = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size))
     else:
         chunks = pd.read_csv(path, chunksize=chunk_size, keep_default_na=False, na_values=[""], dtype={"flag": str})
-    with CatalogChunkWriter(path.with_name(path.stem + ".zeroed" + path.suffix)) as writer:
+    # The writer's temporary file has a unique name; it replaces ``path`` once every chunk is read.
+    with CatalogChunkWriter(path) as writer:
         for chunk in chunks:
             scored = chunk["label"].to_numpy() >= 0
             for column in ("member_prob", "member_prob_std"):
@@ -672,7 +673,6 @@ def zero_member_prob_file(path: str | Path, chunk_size: int = 262_144) -> None:
             if "flag" in chunk.columns:
                 chunk["flag"] = chunk["flag"].fillna("").astype(str)
             writer.write(chunk)
-    writer.path.replace(path)
 
 
 def finish_summary(

@@ -1,18 +1,16 @@
 """Which group is the globular cluster, member probabilities, and the cluster's summary.
 
-The rule (documented in the README): a globular cluster is the group most concentrated on
-the sky around the centre and tightest in proper motion. For each group with enough stars,
+A globular cluster is the group most concentrated on the sky around the centre and tightest in
+proper motion. For each group with enough stars,
 
     score = log(median radius of the group / median radius of all stars)
           + 0.5 * log(det cov(pmra, pmdec) of the group / det of all stars)
 
 and the lowest score wins among the groups that pass the plausibility guards of
-:mod:`grasp_dl.membership.guards` (concentrated on the sky against the other stars and
-tighter than them in proper motion); when none passes, the run reports ``cluster_found: false``.
-A background galaxy is tight in proper motion but spread over the cone; the field is neither;
-tidal tails are neither as concentrated nor as tight. When the
-features hold no position (or no proper motion) that term is left out; with neither, the
-group of smallest feature-space volume wins.
+:mod:`grasp_dl.membership.guards`; when none passes, the run reports ``cluster_found: false``.
+A background galaxy is tight in proper motion but spread over the cone, the field is neither,
+tidal tails are less of both. A term whose features are missing (position or proper motion) is
+left out; with neither, the group of smallest feature-space volume wins.
 """
 
 from __future__ import annotations
@@ -138,12 +136,11 @@ def entropy(prob: np.ndarray) -> np.ndarray:
 class ClusterSummary:
     """Members and mean astrometry of the cluster, accumulated chunk by chunk (plain types, for JSON).
 
-    The means are over the stars with member_prob > 0.5 (summing the small probabilities of
-    thousands of field stars would pull the means towards the field), weighted by member_prob and,
-    where the catalogue has the column's error (``pmra_error``, ...), by the inverse variance
-    1 / (intrinsic spread^2 + error^2): faint stars with large errors, the likeliest interlopers,
-    count less. Each mean comes with its standard error, sqrt(sum w^2 (v - mean)^2) / sum w, kept
-    as running sums so that a catalogue of 10^7 stars is summarised without holding it.
+    The means are over the stars with member_prob > 0.5 (the small probabilities of thousands of
+    field stars would pull them towards the field), weighted by member_prob and, where the error
+    column exists, by 1 / (intrinsic spread^2 + error^2), so that faint, likely interlopers count
+    less. Each mean has its standard error, sqrt(sum w^2 (v - mean)^2) / sum w; running sums keep
+    memory bounded for any catalogue size.
     """
 
     COLUMNS = ("pmra", "pmdec", "parallax")
@@ -217,19 +214,14 @@ MODEL_MEAN_KEYS = {"pmra": "xd_mean_pmra", "pmdec": "xd_mean_pmdec", "parallax":
 def adopt_model_mean(summary: dict[str, Any], model_group: int = 0) -> dict[str, Any]:
     """Report the model's own fitted cluster mean, where it has one, as the cluster's mean.
 
-    A mixture that models the cluster and the field together (model=xd: a Plummer cluster whose
-    proper motions are a Gaussian seen through each star's crowding-scaled errors, and field
-    Gaussians) estimates the cluster's mean by maximum likelihood over every star, each counted by
-    its membership and its own error, with the contaminants explained by the field components.
-    Averaging the members with member_prob > 0.5 instead treats every member as a cluster star
-    and every error as right. On the seven real fields of ``scripts/benchmark_real_fields.py`` the
-    fitted mean is 0.005-0.045 mas/yr from the published one, the members' average 0.012-0.069.
-    The members' average stays in the summary as ``mean_<column>_members``. Where the model gives
-    its mean's standard error (``xd_mean_<column>_error``: robust, counting the uncertainty of
-    every membership) it becomes ``mean_<column>_error`` and the members' moves to
-    ``mean_<column>_error_members``: over 192 simulated fields the members' error understated the
-    fitted mean's real error (rms of error / standard error 1.35, 1.56 with bright members), the
-    model's much less (1.12). ``mean_source`` says which is reported.
+    A mixture that models cluster and field together (model=xd) estimates the cluster's mean by
+    maximum likelihood over every star, each counted by its membership and own error, with the
+    contaminants explained by the field components; the members' average treats every member as a
+    cluster star and every error as right. The members' average stays as ``mean_<column>_members``.
+    Where the model gives its mean's robust standard error (``xd_mean_<column>_error``) it becomes
+    ``mean_<column>_error`` and the members' moves to ``mean_<column>_error_members``.
+    ``mean_source`` says which is reported. The comparison on real and simulated fields is in
+    ``docs/src/trust.md``.
 
     Parameters
     ----------

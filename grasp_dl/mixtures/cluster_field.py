@@ -6,11 +6,11 @@ covariance C_i (pmra_pmdec_corr included) and a radius r_i from the centre. The 
     p(v_i, r_i) = w_c Sigma_c(r_i) N(v_i; m_c, S_c(r_i) + eta_i^2 C_i)
                 + sum_j w_j Sigma_f N(v_i; m_j, S_j + eta_i^2 C_i)
 
-* **cluster**: a Plummer surface density ``Sigma_c`` (1 + r^2/a^2)^-2 with a free scale a,
-  normalised over the cone; an isotropic intrinsic proper-motion dispersion that falls with
-  radius as a Plummer sphere's does, sigma^2(r) = sigma_0^2 (1 + r^2/a^2)^-1/2; one distance,
-  so a small intrinsic parallax spread tau. Its shape is fixed by physics: it cannot turn into
-  a broad or elongated population.
+* **cluster**: a generalised Plummer surface density ``Sigma_c`` (1 + r^2/a^2)^(-gamma/2) with a
+  free scale a and slope gamma, normalised over the cone (:mod:`grasp_dl.mixtures.profile`); an
+  isotropic intrinsic proper-motion dispersion that falls with radius as a Plummer sphere's,
+  sigma^2(r) = sigma_0^2 (1 + r^2/a^2)^-1/2; one distance, so a small intrinsic parallax spread
+  tau. Its shape is fixed by physics: it cannot turn into a broad or elongated population.
 * **field**: ``n_field`` Gaussians with free means and full covariances, flat over the cone.
   ``n_field=None`` chooses 1..4 by the BIC.
 * **crowding**: Gaia's formal errors are underestimated where the sources are dense (VB21: by
@@ -20,25 +20,43 @@ covariance C_i (pmra_pmdec_corr included) and a radius r_i from the centre. The 
 * **membership** is the posterior of the cluster; stars without astrometry get it from their
   radius alone.
 
-The fit runs several starts (the centre's densest proper motion, a Gaussian mixture's most
-concentrated component, ...) and keeps the best likelihood; the number of field components and
-the starts are explored on a subsample of at most ``explore_size`` stars, then the winner is
-refined on every star. Everything is numpy float64 and seeded; 10^5 stars take seconds.
+The fit has two stages. *Exploration*: several starts (the centre's densest proper motion, a
+Gaussian mixture's most concentrated component, ...) and the number of field components are
+tried on a seeded subsample of at most ``explore_size`` stars (:meth:`ClusterFieldMixture.explore`).
+*Refinement*: the winner is iterated on every star through the sufficient-statistics contract
+of :mod:`grasp_dl.mixtures.em`: the E-step (:meth:`ClusterFieldMixture.e_step`) sums, per batch,
+what the extreme-deconvolution updates need (Bovy et al. 2011), and for the parameters without a
+closed form (scale, slope, beta) the expected log-likelihood at a few candidate values around the
+current ones; the M-step interpolates those and minimises by L-BFGS. Sums add over batches and
+processes, so the same iteration runs in a plain loop (:meth:`ClusterFieldMixture.fit`) or as
+one Lightning epoch per iteration (``model=xd``). The E-step is torch float64 on the batch's
+device; everything is seeded.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
 from sklearn.mixture import GaussianMixture
+from torch import Tensor
 
 from grasp_dl.data.astrometry import StarData
+from grasp_dl.mixtures.em import Stats, minimise_bounded, new_optimizer, run_em
+from grasp_dl.mixtures.profile import (
+    dispersion_profile,
+    log_profile_norm,
+    log_profile_norm_t,
+    plummer_log_density,
+    profile_log_density,
+    profile_log_density_t,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,107 +80,106 @@ NULL_ITER = 30
 #: Steepness of the paper's soft priors, -exp(STEEP (sigma/sigma_0 - 1)) - exp(STEEP (a/R - SCALE_PRIOR_AT)).
 PRIOR_STEEPNESS = 5.0
 SCALE_PRIOR_AT = 0.75
-
-
-def plummer_log_density(radius: np.ndarray, log_scale: float, radius_max: float) -> np.ndarray:
-    """log of a Plummer surface density (1 + r^2/a^2)^-2 normalised to 1 over the disc r <= radius_max.
-
-    Parameters
-    ----------
-    radius : numpy.ndarray
-        Radii (degrees), clipped at ``radius_max`` by the caller.
-    log_scale : float
-        log of the Plummer scale a (log degrees).
-    radius_max : float
-        The cone's radius (degrees).
-
-    Returns
-    -------
-    numpy.ndarray
-        log surface density (deg^-2), same shape as ``radius``.
-    """
-    a2 = math.exp(2.0 * log_scale)
-    norm = math.pi * a2 * radius_max**2 / (a2 + radius_max**2)
-    return -2.0 * np.log1p(np.asarray(radius, float) ** 2 / a2) - math.log(norm)
-
+#: Candidate log-scales of an iteration: the current one plus these offsets (log degrees).
+SCALE_OFFSETS = np.array([0.005, 0.015, 0.04, 0.1, 0.25, 0.6, 1.5])
+#: Candidate betas of an iteration that updates it: this coarse grid plus the current value +- BETA_LOCAL.
+BETA_COARSE = np.array([0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0])
+BETA_LOCAL = np.array([0.005, 0.02, 0.06])
+#: beta is updated in iterations 1, 1 + BETA_EVERY, ... (it moves slowly; each update costs a pass per candidate).
+BETA_EVERY = 10
+#: Stars per E-step chunk of the plain driver.
+CHUNK = 65_536
+#: Cluster memberships below this add nothing worth computing to the scale's dispersion term.
+SCALE_MIN_WEIGHT = 1e-4
 
 #: Upper-triangle elements of a symmetric d x d matrix, in the "packed" order used below.
 _UPPER = {2: ((0, 0), (0, 1), (1, 1)), 3: ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))}
 _DIAG = {2: (0, 2), 3: (0, 3, 5)}
 
 
-def profile_log_density(radius: np.ndarray, log_scale: float, slope: float, radius_max: float) -> np.ndarray:
-    """log of a generalised Plummer surface density (1 + r^2/a^2)^(-slope/2), normalised over r <= radius_max.
-
-    ``slope`` = 4 is Plummer's; smaller slopes have the wider wings of King profiles with a high
-    concentration (and of cores thinned by crowding, as Gaia sees them).
-
-    Parameters
-    ----------
-    radius : numpy.ndarray
-        Radii (degrees), clipped at ``radius_max`` by the caller.
-    log_scale : float
-        log of the scale a (log degrees).
-    slope : float
-        Outer logarithmic slope gamma (> 0).
-    radius_max : float
-        The cone's radius (degrees).
-
-    Returns
-    -------
-    numpy.ndarray
-        log surface density (deg^-2).
-    """
-    a2 = math.exp(2.0 * log_scale)
-    x = radius_max**2 / a2
-    e = 1.0 - slope / 2.0
-    integral = math.log1p(x) if abs(e) < 1e-9 else math.expm1(e * math.log1p(x)) / e
-    return -0.5 * slope * np.log1p(np.asarray(radius, float) ** 2 / a2) - math.log(math.pi * a2 * integral)
-
-
-def pack(cov: np.ndarray) -> np.ndarray:
+def pack(cov: np.ndarray | Tensor) -> np.ndarray | Tensor:
     """Symmetric matrices (..., d, d) as their upper triangles (m, ...), m = d (d + 1) / 2, d = 2 or 3."""
-    return np.stack([cov[..., r, c] for r, c in _UPPER[cov.shape[-1]]])
+    items = [cov[..., r, c] for r, c in _UPPER[cov.shape[-1]]]
+    return torch.stack(items) if isinstance(cov, Tensor) else np.stack(items)
 
 
-def unpack(packed: np.ndarray, d: int) -> np.ndarray:
+def unpack(packed: np.ndarray | Tensor, d: int) -> np.ndarray | Tensor:
     """Packed upper triangles (m, ...) back to symmetric matrices (..., d, d)."""
-    out = np.empty((*packed.shape[1:], d, d))
+    if isinstance(packed, Tensor):
+        out = packed.new_empty((*packed.shape[1:], d, d))
+    else:
+        out = np.empty((*packed.shape[1:], d, d))
     for value, (r, c) in zip(packed, _UPPER[d], strict=False):
-        out[..., r, c] = out[..., c, r] = value
+        out[..., r, c] = value
+        out[..., c, r] = value
     return out
 
 
-def packed_inverse(packed: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+def packed_inverse(packed: np.ndarray | Tensor, d: int) -> tuple[Any, Any]:
     """Inverse (packed) and log-determinant of packed symmetric positive-definite 2x2 or 3x3 matrices.
 
-    Closed form on contiguous element arrays: far faster than batched LAPACK for matrices this small.
+    Closed form on contiguous element arrays (numpy or torch): far faster than batched LAPACK for
+    matrices this small.
     """
+    stack, logf = (torch.stack, torch.log) if isinstance(packed, Tensor) else (np.stack, np.log)
     if d == 2:
         a, b, c = packed
         det = a * c - b * b
-        return np.stack([c, -b, a]) / det, np.log(det)
+        return stack([c, -b, a]) / det, logf(det)
     a, b, c, e, f, i = packed
-    cof = np.stack([e * i - f * f, c * f - b * i, b * f - c * e, a * i - c * c, b * c - a * f, a * e - b * b])
+    cof = stack([e * i - f * f, c * f - b * i, b * f - c * e, a * i - c * c, b * c - a * f, a * e - b * b])
     det = a * cof[0] + b * cof[1] + c * cof[2]
-    return cof / det, np.log(det)
+    return cof / det, logf(det)
 
 
-def packed_matvec(packed: np.ndarray, x: np.ndarray, d: int) -> np.ndarray:
-    """Symmetric matrices (packed, (m, n)) times vectors (d, n), giving (d, n)."""
-    out = np.zeros(x.shape)
+def packed_matvec(packed: np.ndarray | Tensor, x: np.ndarray | Tensor, d: int) -> np.ndarray | Tensor:
+    """Symmetric matrices (packed, (m, ...)) times vectors (d, ...), giving (d, ...) (broadcasting)."""
+    rows: list[Any] = [0.0] * d
     for value, (r, c) in zip(packed, _UPPER[d], strict=False):
-        out[r] += value * x[c]
+        rows[r] = rows[r] + value * x[c]
         if r != c:
-            out[c] += value * x[r]
-    return out
+            rows[c] = rows[c] + value * x[r]
+    return torch.stack(rows) if isinstance(x, Tensor) else np.stack(rows)
 
 
-def packed_logpdf(diff: np.ndarray, cov: np.ndarray, d: int) -> np.ndarray:
-    """log N(diff; 0, cov) for vectors (d, n) and packed covariances (m, n)."""
+def packed_logpdf(diff: np.ndarray | Tensor, cov: np.ndarray | Tensor, d: int) -> np.ndarray | Tensor:
+    """log N(diff; 0, cov) for vectors (d, ...) and packed covariances (m, ...)."""
     inv, logdet = packed_inverse(cov, d)
     maha = (diff * packed_matvec(inv, diff, d)).sum(0)
     return -0.5 * (maha + logdet + d * math.log(2.0 * math.pi))
+
+
+def _quadratic(x: Tensor, nodes: Tensor, values: Tensor) -> Tensor:
+    """The parabola through (nodes[i], values[i]), i = 0, 1, 2, at ``x`` (Lagrange form, differentiable)."""
+    x0, x1, x2 = nodes
+    y0, y1, y2 = values
+    return (
+        y0 * (x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2))
+        + y1 * (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2))
+        + y2 * (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1))
+    )
+
+
+def shape_parameter(device: torch.device | str | None = None) -> Tensor:
+    """The leaf tensor the gradient steps of the scale, slope and beta update (three float64 values).
+
+    Parameters
+    ----------
+    device : torch.device, str or None
+        Where it lives.
+
+    Returns
+    -------
+    Tensor
+    """
+    return torch.zeros(3, dtype=torch.float64, device=device, requires_grad=True)
+
+
+def _bracket(values: np.ndarray) -> tuple[int, int, int]:
+    """Indices of the three candidates around the smallest value (the two first or last at an edge)."""
+    best = int(np.argmin(values))
+    centre = min(max(best, 1), len(values) - 2)
+    return centre - 1, centre, centre + 1
 
 
 @dataclass
@@ -180,17 +197,61 @@ class _Prepared:
     def rows(self, index: np.ndarray) -> _Prepared:
         return _Prepared(self.values[:, index], self.errors[:, index], self.radius[index])
 
+    def tensors(self, device: torch.device | str | None = None) -> EMBatch:
+        """The same stars as an :class:`EMBatch` (float64) on ``device``."""
+        return EMBatch(
+            *(torch.as_tensor(a, dtype=torch.float64, device=device) for a in (self.values, self.errors, self.radius))
+        )
+
+
+@dataclass
+class EMBatch:
+    """A batch of the E-step: stars with astrometry as float64 tensors on one device.
+
+    Parameters
+    ----------
+    values : Tensor
+        Astrometry, (d, n).
+    errors : Tensor
+        Packed error covariances, (m, n).
+    radius : Tensor
+        Radii clipped at the cone's radius, (n,).
+    """
+
+    values: Tensor
+    errors: Tensor
+    radius: Tensor
+
+    @property
+    def d(self) -> int:
+        """Astrometric dimensions (2 or 3)."""
+        return self.values.shape[0]
+
+    def __len__(self) -> int:
+        return self.radius.shape[0]
+
+    def rows(self, index: Tensor | slice) -> EMBatch:
+        """The batch of the stars at ``index``."""
+        return EMBatch(self.values[:, index], self.errors[:, index], self.radius[index])
+
+    def chunks(self, size: int = CHUNK) -> Iterator[EMBatch]:
+        """Consecutive batches of at most ``size`` stars."""
+        for start in range(0, len(self), size):
+            yield self.rows(slice(start, start + size))
+
 
 class ClusterFieldMixture:
     """Cluster (Plummer x isotropic, error-deconvolved) + field (flat x Gaussians) mixture.
 
     scikit-learn style: settings in ``__init__``; :meth:`fit` learns ``weights_`` (cluster
     first), the cluster's ``cluster_mean_``, ``sigma_`` (central pm dispersion, mas/yr), ``tau_``
-    (parallax spread, mas), ``log_scale_`` (Plummer scale, log degrees), the field's
+    (parallax spread, mas), ``log_scale_`` (profile scale, log degrees), ``slope_``, the field's
     ``field_means_`` and ``field_covariances_``, the crowding coefficient ``beta_``,
     ``radius_max_``, ``log_likelihood_``, ``n_field_`` and ``cluster_mean_cov_`` (the fitted
-    mean's robust covariance, :meth:`_mean_covariance`); :meth:`predict_proba` gives
-    each star's probabilities, column 0 the cluster.
+    mean's robust covariance); :meth:`predict_proba` gives each star's probabilities, column 0
+    the cluster. The EM contract (:mod:`grasp_dl.mixtures.em`): :meth:`explore`,
+    :meth:`start_iteration`, :meth:`e_step`, :meth:`end_iteration`, :meth:`get_state`,
+    :meth:`set_state`.
 
     Parameters
     ----------
@@ -260,6 +321,8 @@ class ClusterFieldMixture:
         self.sigma_prior = None if sigma_prior is None else float(sigma_prior)
         self.start_pm = None if start_pm is None else np.asarray(start_pm, float)
         self.null_test = bool(null_test)
+        self.log_likelihood_ratio_: float | None = None
+        self.reset_progress()
 
     # ------------------------------------------------------------------ model pieces
     @property
@@ -267,67 +330,90 @@ class ClusterFieldMixture:
         """Cluster plus field components."""
         return 1 + self.n_field_
 
-    def _profile(self, radius: np.ndarray) -> np.ndarray:
-        """(1 + r^2/a^2)^-1/2: the cluster's dispersion^2 profile (ones when switched off)."""
-        if not self.dispersion_profile:
-            return np.ones_like(radius)
-        return 1.0 / np.sqrt(1.0 + radius**2 * math.exp(-2.0 * self.log_scale_))
+    def _params(self, like: Tensor) -> dict[str, Tensor]:
+        """The parameters as float64 tensors on ``like``'s device (remade when a parameter or device changes)."""
+        arrays = (self.weights_, self.cluster_mean_, self.field_means_, self.field_covariances_)
+        grids = tuple(None if g is None else g.tobytes() for g in (self._scale_grid, self._beta_grid))
+        key = (str(like.device), b"".join(np.asarray(a, float).tobytes() for a in arrays), grids)
+        cache = self.__dict__.setdefault("_param_cache", {})
+        if key not in cache:
+            cache.clear()
+            as_t = lambda a: torch.as_tensor(np.asarray(a, float), dtype=torch.float64, device=like.device)  # noqa: E731
+            cache[key] = {
+                "weights": as_t(self.weights_),
+                "mean": as_t(self.cluster_mean_),
+                "field_means": as_t(self.field_means_),
+                "field_cov": as_t(self.field_covariances_),
+                "field_packed": pack(as_t(self.field_covariances_)),  # (m, k_f)
+                "scale_grid": as_t(self._scale_grid) if self._scale_grid is not None else None,
+                "beta_grid": as_t(self._beta_grid) if self._beta_grid is not None else None,
+            }
+        return cache[key]
 
-    def _density_ratio(self, radius: np.ndarray) -> np.ndarray:
+    def _changed(self) -> None:
+        self.__dict__["_param_cache"] = {}
+
+    def _profile_t(self, radius: Tensor, log_scale: float | None = None) -> Tensor:
+        if not self.dispersion_profile:
+            return torch.ones_like(radius)
+        return dispersion_profile(radius, self.log_scale_ if log_scale is None else log_scale)
+
+    def _cluster_log_density_t(self, radius: Tensor) -> Tensor:
+        ls = torch.tensor(self.log_scale_, dtype=torch.float64, device=radius.device)
+        return profile_log_density_t(radius, ls, self.slope_, self.radius_max_)
+
+    def _density_ratio_t(self, radius: Tensor) -> Tensor:
         """The model's source density at each radius over the cone's mean density."""
         area = math.pi * self.radius_max_**2
-        cluster = np.exp(self._cluster_log_density(radius)) * area
-        return self.weights_[0] * cluster + (1.0 - self.weights_[0])
+        w0 = float(self.weights_[0])
+        return w0 * torch.exp(self._cluster_log_density_t(radius)) * area + (1.0 - w0)
 
-    def _cluster_log_density(
-        self, radius: np.ndarray, log_scale: float | None = None, slope: float | None = None
-    ) -> np.ndarray:
-        return profile_log_density(
-            radius,
-            self.log_scale_ if log_scale is None else log_scale,
-            self.slope_ if slope is None else slope,
-            self.radius_max_,
-        )
+    def _eta2_t(self, ratio: Tensor, beta: float | Tensor | None = None) -> Tensor:
+        """The crowding inflation eta^2 = 1 + beta * density ratio, capped at ``eta_max``^2."""
+        eta2 = 1.0 + (self.beta_ if beta is None else beta) * ratio
+        return eta2 if self.eta_max is None else eta2.clamp(max=self.eta_max**2)
 
-    def _eta2(self, radius: np.ndarray, beta: float | None = None) -> np.ndarray:
-        beta = self.beta_ if beta is None else beta
-        eta2 = 1.0 + beta * self._density_ratio(radius)
-        return eta2 if self.eta_max is None else np.minimum(eta2, self.eta_max**2)
+    def _beta_max(self) -> float:
+        """The largest beta: BETA_MAX, or where the densest radius (the centre) reaches ``eta_max``."""
+        if self.eta_max is None:
+            return BETA_MAX
+        peak = float(self._density_ratio_t(torch.zeros(1, dtype=torch.float64))[0])
+        return min(BETA_MAX, (self.eta_max**2 - 1.0) / max(peak, 1.0))
 
-    def _cluster_prior(self, radius: np.ndarray, sigma: float, tau: float, d: int) -> np.ndarray:
+    def _cluster_prior_t(self, radius: Tensor, d: int) -> Tensor:
         """Diagonal of the cluster's intrinsic covariance at each radius, (d, n)."""
-        out = np.empty((d, len(radius)))
-        out[0] = out[1] = sigma**2 * self._profile(radius)
-        if d == 3:
-            out[2] = tau**2
-        return out
+        g = self.sigma_**2 * self._profile_t(radius)
+        rows = [g, g] + ([torch.full_like(radius, self.tau_**2)] if d == 3 else [])
+        return torch.stack(rows)
 
-    def _cluster_logpdf(self, p: _Prepared, err: np.ndarray, sigma: float, tau: float) -> np.ndarray:
-        d = p.d
-        cov = err.copy()
-        cov[list(_DIAG[d])] += self._cluster_prior(p.radius, sigma, tau, d)
-        return packed_logpdf(p.values - self.cluster_mean_[:, None], cov, d)
-
-    def _component_logpdf(self, p: _Prepared, eta2: np.ndarray) -> np.ndarray:
-        """log N(v_i; m_j, S_j + eta_i^2 C_i) for every star and component, (n, k)."""
-        d = p.d
-        err = eta2 * p.errors
-        out = np.empty((len(p.radius), self.n_components))
-        out[:, 0] = self._cluster_logpdf(p, err, self.sigma_, self.tau_)
-        for j in range(self.n_field_):
-            cov = err + pack(self.field_covariances_[j])[:, None]
-            out[:, j + 1] = packed_logpdf(p.values - self.field_means_[j][:, None], cov, d)
-        return out
-
-    def _log_spatial(self, radius: np.ndarray) -> np.ndarray:
+    def _log_spatial_t(self, radius: Tensor, weights: Tensor) -> Tensor:
         """log w_j + log Sigma_j(r) for every star and component, (n, k)."""
-        out = np.tile(np.log(self.weights_), (len(radius), 1))
-        out[:, 0] += self._cluster_log_density(radius)
+        out = torch.log(weights).expand(len(radius), -1).clone()
+        out[:, 0] += self._cluster_log_density_t(radius)
         out[:, 1:] -= math.log(math.pi * self.radius_max_**2)
         return out
 
-    def _log_joint(self, p: _Prepared) -> np.ndarray:
-        return self._log_spatial(p.radius) + self._component_logpdf(p, self._eta2(p.radius))
+    def _field_logpdfs(self, batch: EMBatch, err: Tensor, params: dict[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """(T_j^-1 packed, T_j^-1 (v - m_j)) and log N for every field component, T_j = S_j + eta^2 C."""
+        d = batch.d
+        out = []
+        for j in range(self.n_field_):
+            inv, logdet = packed_inverse(err + params["field_packed"][:, j : j + 1], d)
+            u = packed_matvec(inv, batch.values - params["field_means"][j][:, None], d)
+            diff = batch.values - params["field_means"][j][:, None]
+            out.append((inv, u, -0.5 * ((diff * u).sum(0) + logdet + d * math.log(2.0 * math.pi))))
+        return out
+
+    def _log_joint_t(self, batch: EMBatch) -> Tensor:
+        """log w_j Sigma_j(r_i) N(v_i; m_j, S_j + eta_i^2 C_i) for every star and component, (n, k)."""
+        params = self._params(batch.values)
+        d = batch.d
+        err = self._eta2_t(self._density_ratio_t(batch.radius)) * batch.errors
+        total = err.clone()
+        total[list(_DIAG[d])] += self._cluster_prior_t(batch.radius, d)
+        columns = [packed_logpdf(batch.values - params["mean"][:, None], total, d)]
+        columns += [lp for _, _, lp in self._field_logpdfs(batch, err, params)]
+        return self._log_spatial_t(batch.radius, params["weights"]) + torch.stack(columns, 1)
 
     # ------------------------------------------------------------------ data
     def _prepare(self, data: StarData, rows: np.ndarray | None = None) -> _Prepared:
@@ -335,6 +421,22 @@ class ClusterFieldMixture:
         radius = np.minimum(np.nan_to_num(data.radius[has], nan=self.radius_max_), self.radius_max_)
         values = np.ascontiguousarray(data.values[has].astype(float).T)
         return _Prepared(values, np.ascontiguousarray(pack(data.covariances[has].astype(float))), radius)
+
+    def em_batch(self, data: StarData, device: torch.device | str | None = None) -> EMBatch:
+        """The stars of ``data`` with astrometry as one :class:`EMBatch` on ``device`` (after :meth:`explore`).
+
+        Parameters
+        ----------
+        data : StarData
+            Stars (those without astrometry are left out).
+        device : torch.device, str or None
+            Where the tensors go.
+
+        Returns
+        -------
+        EMBatch
+        """
+        return self._prepare(data).tensors(device)
 
     # ------------------------------------------------------------------ starts
     def _starts(self, p: _Prepared, rng: np.random.Generator) -> list[np.ndarray]:
@@ -410,163 +512,365 @@ class ClusterFieldMixture:
             [np.cov(v.T, aweights=resp[:, j] + 1e-12).reshape(d, d) + COV_FLOOR * np.eye(d) for j in range(n_field)]
         )
 
-    # ------------------------------------------------------------------ EM
-    def _m_step(self, p: _Prepared, resp: np.ndarray, update_beta: bool) -> None:
-        v, r, d = p.values, p.radius, p.d
-        err = self._eta2(r) * p.errors
-        mass = resp.sum(0) + 1e-12
+    # ------------------------------------------------------------------ EM (the contract of grasp_dl.mixtures.em)
+    def reset_progress(self) -> None:
+        """Start the iteration count and the convergence test afresh (before a new EM run)."""
+        self.n_iter_ = 0
+        self.previous_ = -math.inf
+        self.converged_ = False
+        self._scale_grid: np.ndarray | None = None
+        self._beta_grid: np.ndarray | None = None
+        self._changed()
+
+    def _updates_beta(self) -> bool:
+        return self.crowding and self.n_iter_ % BETA_EVERY == 1
+
+    def start_iteration(self) -> None:
+        """Begin iteration ``n_iter_ + 1``: fix the candidate scales (and betas) its E-step scores."""
+        self.n_iter_ += 1
+        lo, hi = math.log(self.radius_max_ * 1e-3), math.log(self.radius_max_ * 10)
+        offsets = np.concatenate([-SCALE_OFFSETS[::-1], [0.0], SCALE_OFFSETS])
+        self._scale_grid = np.unique(np.clip(self.log_scale_ + offsets, lo, hi))
+        self._beta_grid = None
+        if self._updates_beta():
+            local = self.beta_ + np.concatenate([-BETA_LOCAL, [0.0], BETA_LOCAL])
+            self._beta_grid = np.unique(np.clip(np.concatenate([BETA_COARSE, local]), 0.0, self._beta_max()))
+        self._changed()
+
+    def e_step(self, batch: EMBatch, loglik_only: bool = False) -> Stats:
+        """Sufficient statistics of ``batch`` under the current parameters (sums over its stars).
+
+        Parameters
+        ----------
+        batch : EMBatch
+            Stars with astrometry (float64 tensors, any device).
+        loglik_only : bool
+            Only ``loglik`` and ``count`` (no M-step will follow).
+
+        Returns
+        -------
+        dict
+            ``loglik``, ``count``, ``mass`` (k), field sums ``field_b`` (k_f, d), ``field_bb``
+            (k_f, d, d), ``field_inv`` (k_f, m), cluster sums ``c_b`` (d), ``c_w``, ``c_wb`` (2),
+            ``c_wss``, ``c_ss2``, the mean's covariance sums ``mc_complete`` (m), ``mc_loss`` and
+            ``mc_meat`` (d, d), the candidate scales' ``scale_s`` and ``scale_d`` and, in an
+            iteration that updates beta, the candidate betas' ``beta_ll``.
+        """
+        params = self._params(batch.values)
+        d, v, r = batch.d, batch.values, batch.radius
+        diag = list(_DIAG[d])
+        ratio = self._density_ratio_t(r)
+        err = self._eta2_t(ratio) * batch.errors
+        spatial = self._log_spatial_t(r, params["weights"])
+        prior = self._cluster_prior_t(r, d)
+        total = err.clone()
+        total[diag] += prior
+        inv0, logdet0 = packed_inverse(total, d)
+        diff0 = v - params["mean"][:, None]
+        u0 = packed_matvec(inv0, diff0, d)
+        log2pi = d * math.log(2.0 * math.pi)
+        field = self._field_logpdfs(batch, err, params)
+        columns = [-0.5 * ((diff0 * u0).sum(0) + logdet0 + log2pi)] + [lp for _, _, lp in field]
+        joint = spatial + torch.stack(columns, 1)
+        norm = torch.logsumexp(joint, 1)
+        stats: Stats = {
+            "loglik": norm.sum(),
+            "count": torch.tensor(float(len(batch)), dtype=torch.float64, device=v.device),
+        }
+        if loglik_only:
+            return stats
+        q = torch.exp(joint - norm[:, None])
+        stats["mass"] = q.sum(0)
+        # Field: extreme-deconvolution sums (Bovy et al. 2011): b_i = m + S T_i^-1 (v_i - m), and
+        # sum_i q_i B_i = Q S - S (sum_i q_i T_i^-1) S from the summed inverses.
+        bs, bbs, invs = [], [], []
+        for j, (inv, u, _) in enumerate(field):
+            qj = q[:, j + 1]
+            b = params["field_means"][j][:, None] + params["field_cov"][j] @ u
+            bs.append((b * qj).sum(1))
+            bbs.append((b * qj) @ b.T)
+            invs.append((inv * qj).sum(1))
+        stats["field_b"], stats["field_bb"], stats["field_inv"] = torch.stack(bs), torch.stack(bbs), torch.stack(invs)
+        # Cluster: the same with the intrinsic covariance diag(sigma^2 g(r), sigma^2 g(r), tau^2).
+        q0 = q[:, 0]
+        b0 = params["mean"][:, None] + prior * u0
+        big_b = prior - prior**2 * inv0[diag]
+        w = q0 / self._profile_t(r)
+        stats["c_b"] = (b0 * q0).sum(1)
+        stats["c_w"] = w.sum()
+        stats["c_wb"] = (b0[:2] * w).sum(1)
+        stats["c_wss"] = (w * (b0[0] ** 2 + b0[1] ** 2 + big_b[0] + big_b[1])).sum()
+        stats["c_ss2"] = (q0 * (b0[2] ** 2 + big_b[2])).sum() if d == 3 else torch.zeros_like(stats["c_w"])
+        # The fitted mean's sandwich covariance: complete information, information lost to
+        # uncertain memberships, and the scores' scatter (see _mean_covariance).
+        stats["mc_complete"] = (inv0 * q0).sum(1)
+        stats["mc_loss"] = (u0 * (q0 * (1.0 - q0))) @ u0.T
+        stats["mc_meat"] = (u0 * q0**2) @ u0.T
+        # Candidate scales: the spatial term's sum_i q_i log(1 + r_i^2/a^2) and, with a dispersion
+        # profile, the cluster's expected log-density at each candidate.
+        grid = params["scale_grid"]
+        a2 = torch.exp(2.0 * grid)[:, None]
+        stats["scale_s"] = (torch.log1p(r[None, :] ** 2 / a2) * q0).sum(1)
+        stats["scale_d"] = torch.zeros_like(grid)
+        if self.dispersion_profile:
+            used = q0 > SCALE_MIN_WEIGHT
+            ru, qu = r[used], q0[used]
+            g = torch.rsqrt(1.0 + ru[None, :] ** 2 / a2) * self.sigma_**2  # (G, n_u)
+            cand = err[:, used][:, None, :].expand(-1, len(grid), -1).clone()
+            cand[diag[0]] += g
+            cand[diag[1]] += g
+            if d == 3:
+                cand[diag[2]] += self.tau_**2
+            stats["scale_d"] = (packed_logpdf(diff0[:, used][:, None, :], cand, d) * qu).sum(1)
+        if self._beta_grid is not None:
+            betas = params["beta_grid"][:, None]
+            errs = self._eta2_t(ratio[None, :], betas) * batch.errors[:, None, :]  # (m, B, n)
+            cand0 = errs.clone()
+            for k, row in enumerate(diag):
+                cand0[row] += prior[k]
+            cols = [packed_logpdf(diff0[:, None, :], cand0, d)]
+            for j in range(self.n_field_):
+                diff = (v - params["field_means"][j][:, None])[:, None, :]
+                cols.append(packed_logpdf(diff, errs + params["field_packed"][:, j, None, None], d))
+            joint_b = torch.stack(cols, -1) + spatial[None]  # (B, n, k)
+            stats["beta_ll"] = torch.logsumexp(joint_b, -1).sum(1)
+        return stats
+
+    def end_iteration(self, stats: Stats, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """The M-step from the summed statistics of every star, then the convergence test.
+
+        Parameters
+        ----------
+        stats : dict
+            :meth:`e_step` statistics summed over all batches (and processes).
+        optimizer : torch.optim.Optimizer, optional
+            The optimizer of the parameters without a closed-form update, over one leaf tensor of
+            three values (a Lightning module's parameter); None makes a private one.
+
+        Returns
+        -------
+        bool
+            True once the mean log-likelihood per star changed by less than ``tol``.
+        """
+        stats = {key: value.detach().to("cpu", torch.float64) for key, value in stats.items()}
+        current = float(stats["loglik"] / stats["count"])
+        self.log_likelihood_ = float(stats["loglik"])
+        self.n_fit_ = int(round(float(stats["count"])))
+        self.cluster_mean_cov_ = self._mean_covariance(stats)
+        self._m_step(stats, optimizer)
+        self.converged_ = abs(current - self.previous_) < self.tol
+        self.previous_ = current
+        self._changed()
+        return self.converged_
+
+    def _m_step(self, stats: Stats, optimizer: torch.optim.Optimizer | None) -> None:
+        d = stats["c_b"].shape[0]
+        mass = stats["mass"].numpy() + 1e-12
         self.weights_ = mass / mass.sum()
-        # Field: extreme-deconvolution updates (Bovy et al. 2011); sum_i q_i B_i = Q S - S (sum q T^-1) S.
         for j in range(self.n_field_):
-            qj = resp[:, j + 1]
-            s, m = self.field_covariances_[j], self.field_means_[j]
-            t_inv, _ = packed_inverse(err + pack(s)[:, None], d)
-            b = m[:, None] + s @ packed_matvec(t_inv, v - m[:, None], d)
-            mean = (b * qj).sum(1) / mass[j + 1]
-            diff = b - mean[:, None]
-            sum_b = mass[j + 1] * s - s @ unpack((t_inv * qj).sum(1), d) @ s
-            cov = ((diff * qj) @ diff.T + sum_b) / mass[j + 1]
+            s = self.field_covariances_[j]
+            mean = stats["field_b"][j].numpy() / mass[j + 1]
+            sum_b = mass[j + 1] * s - s @ unpack(stats["field_inv"][j].numpy(), d) @ s
+            cov = (stats["field_bb"][j].numpy() - mass[j + 1] * np.outer(mean, mean) + sum_b) / mass[j + 1]
             self.field_means_[j] = mean
             self.field_covariances_[j] = 0.5 * (cov + cov.T) + COV_FLOOR * np.eye(d)
-        # Cluster: the same with the intrinsic covariance diag(sigma^2 g(r), sigma^2 g(r), tau^2).
-        q0 = resp[:, 0]
-        prior = self._cluster_prior(r, self.sigma_, self.tau_, d)
-        total = err.copy()
-        total[list(_DIAG[d])] += prior
-        t_inv, _ = packed_inverse(total, d)
-        m = self.cluster_mean_
-        b = m[:, None] + prior * packed_matvec(t_inv, v - m[:, None], d)
-        big_b = prior - prior**2 * t_inv[list(_DIAG[d])]
-        self.cluster_mean_ = (b * q0).sum(1) / mass[0]
-        diff = b - self.cluster_mean_[:, None]
-        spread = diff[0] ** 2 + diff[1] ** 2 + big_b[0] + big_b[1]
-        sigma2 = (q0 * spread / self._profile(r)).sum() / (2.0 * mass[0])
+        m0 = mass[0]
+        self.cluster_mean_ = stats["c_b"].numpy() / m0
+        mu = self.cluster_mean_[:2]
+        spread = float(stats["c_wss"]) - 2.0 * float(mu @ stats["c_wb"].numpy()) + float(mu @ mu) * float(stats["c_w"])
+        sigma2 = max(spread / (2.0 * m0), 0.0)
         if self.sigma_prior is None:
             self.sigma_ = float(np.clip(math.sqrt(sigma2), *SIGMA_BOUNDS))
         else:
-            # the expected complete-data log-likelihood, -mass (2 log sigma + sigma2 / sigma^2), plus the prior
-            sigma0, weight = self.sigma_prior, mass[0]
+            # the expected complete-data log-likelihood, -m0 (2 log sigma + sigma2 / sigma^2), plus the prior
+            sigma0 = self.sigma_prior
             self.sigma_ = float(
                 minimize_scalar(
-                    lambda s: (
-                        weight * (2.0 * math.log(s) + sigma2 / s**2) + math.exp(PRIOR_STEEPNESS * (s / sigma0 - 1.0))
-                    ),
+                    lambda x: m0 * (2.0 * math.log(x) + sigma2 / x**2) + math.exp(PRIOR_STEEPNESS * (x / sigma0 - 1.0)),
                     bounds=SIGMA_BOUNDS,
                     method="bounded",
-                    options={"xatol": 1e-4},
+                    options={"xatol": 1e-5},
                 ).x
             )
         if d == 3:
-            tau2 = (q0 * (diff[2] ** 2 + big_b[2])).sum() / mass[0]
-            self.tau_ = float(np.clip(math.sqrt(tau2), *TAU_BOUNDS))
-        # Plummer scale: the spatial term and the dispersion profile both depend on it.
-        used = q0 > 1e-4
-        sub = p.rows(used)
-        err_sub, q_sub = err[:, used], q0[used]
-        lo, hi = math.log(self.radius_max_ * 1e-3), math.log(self.radius_max_ * 10)
+            tau2 = float(stats["c_ss2"]) / m0 - self.cluster_mean_[2] ** 2
+            self.tau_ = float(np.clip(math.sqrt(max(tau2, 0.0)), *TAU_BOUNDS))
+        self._update_shape(stats, float(stats["mass"][0]), optimizer)
 
-        def scale_nll(log_scale: float) -> float:
-            keep = self.log_scale_
-            self.log_scale_ = log_scale
-            try:
-                value = -(q0 * self._cluster_log_density(r, log_scale)).sum()
-                if self.dispersion_profile:
-                    value -= (q_sub * self._cluster_logpdf(sub, err_sub, self.sigma_, self.tau_)).sum()
-            finally:
-                self.log_scale_ = keep
-            if self.scale_prior:
-                value += math.exp(PRIOR_STEEPNESS * (math.exp(log_scale) / self.radius_max_ - SCALE_PRIOR_AT))
-            return float(value)
+    def _update_shape(self, stats: Stats, mass0: float, optimizer: torch.optim.Optimizer | None) -> None:
+        """Scale and slope (and beta) maximising the expected log-likelihood, interpolated between candidates.
 
-        self.log_scale_ = float(
-            minimize_scalar(scale_nll, bounds=(lo, hi), method="bounded", options={"xatol": 2e-2}).x
+        The E-step scored each candidate scale (and beta); between the three candidates around
+        the best, the objective is their parabola, exact in the slope (the profile's normalisation
+        is analytic). A bounded search finds its minimum; with ``optimizer`` (L-BFGS over a leaf
+        tensor of three values: a Lightning module's parameter) gradient steps then polish it.
+        """
+        grid = np.asarray(self._scale_grid, float)
+        s_sum, d_sum = stats["scale_s"].numpy(), stats["scale_d"].numpy()
+        radius_max, norm = self.radius_max_, max(mass0, 1.0)
+
+        def scale_nll(ls: float, slope: float, nodes: np.ndarray, s3: np.ndarray, d3: np.ndarray) -> float:
+            s, dd = _quadratic(ls, nodes, s3), _quadratic(ls, nodes, d3)
+            value = 0.5 * slope * s + mass0 * log_profile_norm(ls, slope, radius_max) - dd
+            return (value + self._scale_penalty(ls)) / norm
+
+        nll = (
+            0.5 * self.slope_ * s_sum
+            + mass0 * np.array([log_profile_norm(x, self.slope_, radius_max) for x in grid])
+            - d_sum
+            + np.array([self._scale_penalty(x) for x in grid])
         )
-        if self.free_slope:
-            self.slope_ = float(
+        index = list(_bracket(nll))
+        nodes, s3, d3 = grid[index], s_sum[index], d_sum[index]
+
+        # Two rounds of coordinate search (scale, then slope); the gradient steps below are joint.
+        ls, slope = float(nodes[1]), self.slope_
+        for _ in range(2):
+            ls = float(
                 minimize_scalar(
-                    lambda g: -(q0 * self._cluster_log_density(r, slope=g)).sum(),
-                    bounds=SLOPE_BOUNDS,
+                    lambda x, g=slope: scale_nll(x, g, nodes, s3, d3),
+                    bounds=(nodes[0], nodes[2]),
                     method="bounded",
-                    options={"xatol": 2e-2},
+                    options={"xatol": 1e-6},
                 ).x
             )
-        self._fit_beta(p, update_beta)
-
-    def _fit_beta(self, p: _Prepared, update_beta: bool) -> None:
-        """The crowding coefficient beta by the likelihood (every ``update_beta`` iteration)."""
-        r = p.radius
-        if self.crowding and update_beta:
-            spatial = self._log_spatial(r)
-
-            def beta_nll(beta: float) -> float:
-                joint = spatial + self._component_logpdf(p, self._eta2(r, beta))
-                return -float(np.logaddexp.reduce(joint, axis=1).sum())
-
-            beta_max = BETA_MAX
-            if self.eta_max is not None:  # the densest star's inflation at most eta_max (else a constant one)
-                beta_max = min(beta_max, (self.eta_max**2 - 1.0) / float(self._density_ratio(r).max()))
-            self.beta_ = float(
-                minimize_scalar(beta_nll, bounds=(0.0, beta_max), method="bounded", options={"xatol": 1e-3}).x
-            )
-
-    def _em(self, p: _Prepared, max_iter: int) -> float:
-        previous = -np.inf
-        for self.n_iter_ in range(1, max_iter + 1):
-            joint = self._log_joint(p)
-            norm = np.logaddexp.reduce(joint, axis=1)
-            current = float(norm.mean())
-            self._m_step(p, np.exp(joint - norm[:, None]), update_beta=self.n_iter_ % 10 == 1)
-            if abs(current - previous) < self.tol:
+            if not self.free_slope:
                 break
-            previous = current
-        return float(np.logaddexp.reduce(self._log_joint(p), axis=1).sum())
+            slope = float(
+                minimize_scalar(
+                    lambda g, x=ls: scale_nll(x, g, nodes, s3, d3),
+                    bounds=SLOPE_BOUNDS,
+                    method="bounded",
+                    options={"xatol": 1e-5},
+                ).x
+            )
+        values = [ls, slope, self.beta_]
+        beta_fit = "beta_ll" in stats and self._beta_grid is not None
+        if beta_fit:
+            betas, ll = np.asarray(self._beta_grid, float), stats["beta_ll"].numpy()
+            b_index = list(_bracket(-ll))
+            b_nodes, l3 = betas[b_index], ll[b_index]
+            count = max(float(stats["count"]), 1.0)
+            values[2] = float(
+                minimize_scalar(
+                    lambda b: -_quadratic(b, b_nodes, l3) / count,
+                    bounds=(b_nodes[0], b_nodes[2]),
+                    method="bounded",
+                    options={"xatol": 1e-6},
+                ).x
+            )
+        if optimizer is not None:
+            values = self._polish(values, (nodes, s3, d3), (b_nodes, l3, count) if beta_fit else None, mass0, optimizer)
+        self.log_scale_ = float(values[0])
+        if self.free_slope:
+            self.slope_ = float(values[1])
+        if beta_fit:
+            self.beta_ = float(values[2])
 
-    def predict_cluster_explore(self, p: _Prepared) -> np.ndarray:
-        """Cluster posterior of prepared stars (the EM's own arrays)."""
-        joint = self._log_joint(p)
-        return np.exp(joint[:, 0] - np.logaddexp.reduce(joint, axis=1))
+    def _scale_penalty(self, log_scale: float) -> float:
+        """The paper's soft prior exp(5 (a / R - 0.75)) on the Plummer scale (0 without ``scale_prior``)."""
+        if not self.scale_prior:
+            return 0.0
+        return math.exp(PRIOR_STEEPNESS * (math.exp(log_scale) / self.radius_max_ - SCALE_PRIOR_AT))
 
-    def _mean_covariance(self, p: _Prepared) -> np.ndarray | None:
-        """Robust (sandwich) covariance of the fitted cluster mean over the prepared stars, (d, d).
+    def _polish(
+        self,
+        values: list[float],
+        scale: tuple[np.ndarray, np.ndarray, np.ndarray],
+        beta: tuple[np.ndarray, np.ndarray, float] | None,
+        mass0: float,
+        optimizer: torch.optim.Optimizer,
+    ) -> list[float]:
+        """Gradient (L-BFGS) steps of ``optimizer`` on the same interpolated objective, from ``values``."""
+        parameter = optimizer.param_groups[0]["params"][0]
+        f64 = {"dtype": torch.float64, "device": parameter.device}
+        nodes, s3, d3 = (torch.as_tensor(a, **f64) for a in scale)
+        lower = [float(nodes[0]), SLOPE_BOUNDS[0] if self.free_slope else values[1], values[2]]
+        upper = [float(nodes[2]), SLOPE_BOUNDS[1] if self.free_slope else values[1], values[2]]
+        if beta is not None:
+            b_nodes, l3 = (torch.as_tensor(a, **f64) for a in beta[:2])
+            lower[2], upper[2] = float(b_nodes[0]), float(b_nodes[1 + 1])
+        norm = max(mass0, 1.0)
+
+        def objective(x: Tensor) -> Tensor:
+            ls, slope = x[0], x[1]
+            s, dd = _quadratic(ls, nodes, s3), _quadratic(ls, nodes, d3)
+            value = 0.5 * slope * s + mass0 * log_profile_norm_t(ls, slope, self.radius_max_) - dd
+            if self.scale_prior:
+                value = value + torch.exp(PRIOR_STEEPNESS * (torch.exp(ls) / self.radius_max_ - SCALE_PRIOR_AT))
+            value = value / norm
+            if beta is not None:
+                value = value - _quadratic(x[2], b_nodes, l3) / beta[2]
+            return value
+
+        best = minimise_bounded(
+            objective,
+            torch.tensor(values, **f64),
+            torch.tensor(lower, **f64),
+            torch.tensor(upper, **f64),
+            parameter,
+            optimizer,
+        )
+        return [float(v) for v in best]
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything that continues the fit: the parameters and the iteration's progress (plain types).
+
+        Returns
+        -------
+        dict
+            :meth:`state_dict` plus ``n_iter``, ``previous_log_likelihood``, ``converged``,
+            ``n_fit`` and the exploration's ``selection``.
+        """
+        return {
+            **self.state_dict(),
+            "n_iter": int(self.n_iter_),
+            "previous_log_likelihood": float(self.previous_),
+            "converged": bool(self.converged_),
+            "n_fit": int(getattr(self, "n_fit_", 0)),
+            "selection": [dict(row) for row in getattr(self, "selection_", [])],
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> ClusterFieldMixture:
+        """Restore :meth:`get_state` (or a plain :meth:`state_dict`); returns self."""
+        self.load_state_dict(state)
+        return self
+
+    def _mean_covariance(self, stats: Stats) -> np.ndarray | None:
+        """Robust (sandwich) covariance of the fitted cluster mean, (d, d), from an E-step's sums.
 
         Each star's score for the mean is s_i = q_i T_i^-1 (v_i - m), with q_i its cluster posterior
         and T_i the cluster's intrinsic plus its error covariance. The bread is the observed
         information (Louis 1982: the complete-data information sum q_i T_i^-1 less the information
         lost to uncertain memberships, sum q_i (1 - q_i) T_i^-1 (v_i - m)(v_i - m)^T T_i^-1), the meat
         the scores' own scatter sum s_i s_i^T, so the error holds where the field's Gaussians or
-        the cluster's profile are only approximately right. The members' standard error alone
-        ignores the membership uncertainty: on the robustness grid's cells with bright members it
-        understated the fitted mean's error by a third (rms of error / standard error 1.56).
-        None when the cluster's memberships add up to fewer than MIN_MEMBERS_FOR_ERROR stars.
+        the cluster's profile are only approximately right; the members' standard error alone
+        would ignore the membership uncertainty. None when the cluster's memberships add up to
+        fewer than MIN_MEMBERS_FOR_ERROR stars.
         """
-        d = p.d
-        total = self._eta2(p.radius) * p.errors
-        total[list(_DIAG[d])] += self._cluster_prior(p.radius, self.sigma_, self.tau_, d)
-        t_inv = unpack(packed_inverse(total, d)[0], d)  # (n, d, d)
-        q = self.predict_cluster_explore(p)
-        if not q.sum() >= MIN_MEMBERS_FOR_ERROR:
+        d = stats["c_b"].shape[0]
+        if not float(stats["mass"][0]) >= MIN_MEMBERS_FOR_ERROR:
             return None
-        score = np.einsum("nij,jn->ni", t_inv, p.values - self.cluster_mean_[:, None])
-        complete = np.einsum("n,nij->ij", q, t_inv)
-        observed = complete - np.einsum("n,ni,nj->ij", q * (1.0 - q), score, score)
+        complete = unpack(stats["mc_complete"].numpy(), d)
+        observed = complete - stats["mc_loss"].numpy()
         bread = observed if np.linalg.eigvalsh(observed).min() > 0 else complete
         if not np.linalg.eigvalsh(bread).min() > 0:
             return None
-        weighted = q[:, None] * score
         inverse = np.linalg.inv(bread)
-        cov = inverse @ (weighted.T @ weighted) @ inverse
+        cov = inverse @ stats["mc_meat"].numpy() @ inverse
         return 0.5 * (cov + cov.T)
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            key: (value.copy() if isinstance(value, np.ndarray) else value)
-            for key, value in vars(self).items()
-            if key.endswith("_") and not key.startswith("_")
-        }
+    def _em(self, batch: EMBatch, max_iter: int) -> float:
+        """A fresh EM run of at most ``max_iter`` iterations on one batch; its final total log-likelihood."""
+        self.reset_progress()
+        run_em(self, lambda: batch.chunks(), max_iter)
+        return float(sum(self.e_step(chunk, loglik_only=True)["loglik"] for chunk in batch.chunks()))
 
-    def _set_state(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value.copy() if isinstance(value, np.ndarray) else value)
+    def predict_cluster_explore(self, p: _Prepared | EMBatch) -> np.ndarray:
+        """Cluster posterior of prepared stars (the EM's own arrays)."""
+        batch = p.tensors() if isinstance(p, _Prepared) else p
+        joint = self._log_joint_t(batch)
+        return torch.exp(joint[:, 0] - torch.logsumexp(joint, 1)).cpu().numpy()
 
     def n_parameters(self) -> int:
         """Free parameters: weights, cluster (mean, sigma, tau, scale), field means and covariances, beta."""
@@ -576,14 +880,17 @@ class ClusterFieldMixture:
             k + d + (2 if d == 3 else 1) + 1 + int(self.free_slope) + k * d + k * d * (d + 1) // 2 + int(self.crowding)
         )
 
-    def fit(self, data: StarData) -> ClusterFieldMixture:
-        """Fit the mixture to ``data``; returns self.
+    def explore(self, data: StarData) -> ClusterFieldMixture:
+        """Stage 1: the starts and the number of field components, on a seeded subsample; returns self.
+
+        Deterministic in ``data`` and ``seed``, so processes holding the same stars explore alike.
+        Leaves the winner's parameters with the iteration count at 0, ready for the refinement on
+        every star (:func:`~grasp_dl.mixtures.em.run_em`, or one Lightning epoch per iteration).
 
         Parameters
         ----------
         data : StarData
-            Astrometry, error covariances and radii of the stars (stars without astrometry are
-            left out of the fit and scored from their radius by :meth:`predict_proba`).
+            Astrometry, error covariances and radii of the stars.
 
         Returns
         -------
@@ -603,6 +910,7 @@ class ClusterFieldMixture:
         n = len(full.radius)
         rng = np.random.default_rng(self.seed)
         explore = full.rows(np.sort(rng.choice(n, self.explore_size, replace=False))) if n > self.explore_size else full
+        batch = explore.tensors()
         # Stage 1: every start with one number of field components; stage 2: the other numbers
         # (BIC) started from stage 1's best cluster memberships.
         first = self.n_field if self.n_field is not None else FIELD_START
@@ -610,32 +918,84 @@ class ClusterFieldMixture:
             [] if self.n_field is not None else [k for k in range(FIELD_RANGE[0], FIELD_RANGE[1] + 1) if k != first]
         )
         best: tuple[float, dict[str, Any]] | None = None
-        self.selection_: list[dict[str, Any]] = []
+        selection: list[dict[str, Any]] = []
 
         def run(start: np.ndarray, n_field: int, label: str) -> None:
             nonlocal best
             self._initialise(explore, start, n_field, self.seed)
-            loglik = self._em(explore, min(self.max_iter, EXPLORE_ITER))
+            loglik = self._em(batch, min(self.max_iter, EXPLORE_ITER))
             bic = -2.0 * loglik + self.n_parameters() * math.log(len(explore.radius))
-            self.selection_.append({"n_field": n_field, "start": label, "log_likelihood": loglik, "bic": bic})
+            selection.append({"n_field": n_field, "start": label, "log_likelihood": loglik, "bic": bic})
             if best is None or bic < best[0]:
-                best = (bic, self._state())
+                best = (bic, self.state_dict())
 
         for index, start in enumerate(self._starts(explore, rng)):
             run(start, first, f"start {index}")
-        selection = self.selection_
-        self._set_state(best[1])
-        self.selection_ = selection
-        fitted = self.predict_cluster_explore(explore)
+        self.load_state_dict(best[1])
+        fitted = self.predict_cluster_explore(batch)
         for n_field in others:
             run(fitted, n_field, "stage 1 best")
-        selection = self.selection_
-        self._set_state(best[1])
+        self.load_state_dict(best[1])
         self.selection_ = selection
-        self.log_likelihood_ = self._em(full, self.max_iter)
-        self.n_fit_ = n
-        self.cluster_mean_cov_ = self._mean_covariance(full)
-        self.log_likelihood_ratio_ = self.null_log_likelihood_ratio(full) if self.null_test else None
+        self.reset_progress()
+        return self
+
+    def fit(self, data: StarData) -> ClusterFieldMixture:
+        """Fit the mixture to ``data``: :meth:`explore`, then EM on every star in a plain loop; returns self.
+
+        Parameters
+        ----------
+        data : StarData
+            Astrometry, error covariances and radii of the stars (stars without astrometry are
+            left out of the fit and scored from their radius by :meth:`predict_proba`).
+
+        Returns
+        -------
+        ClusterFieldMixture
+
+        Raises
+        ------
+        ValueError
+            If fewer than 20 stars have astrometry.
+        """
+        self.explore(data)
+        full = self.em_batch(data)
+        run_em(self, lambda: full.chunks(), self.max_iter, new_optimizer(shape_parameter()))
+        if self.null_test:
+            self.run_null_test(full)
+        self.log_summary()
+        return self
+
+    def run_null_test(self, batch: EMBatch) -> float:
+        """Keep :meth:`null_log_likelihood_ratio` of ``batch`` as ``log_likelihood_ratio_``; returns it."""
+        self.log_likelihood_ratio_ = self.null_log_likelihood_ratio(batch)
+        return self.log_likelihood_ratio_
+
+    def null_log_likelihood_ratio(self, batch: EMBatch) -> float:
+        """log L(fit) - log L(the same model on the stars with their positions shuffled): what positions add.
+
+        The null is a permutation: the radii are shuffled among the stars (seeded), so the cone's
+        footprint, its radial distribution of all stars and every proper motion stay, and only the
+        link between a star's position and its astrometry is broken; the model is refitted by EM
+        (NULL_ITER iterations) from the fit's parameters. A group the spatial profile chose among
+        central stars, or the edge of a footprint off the assumed centre, gains as much on the
+        shuffled stars, so the ratio stays near 0 in a cone without a cluster; a cluster, even one
+        that fills its cone, loses its concentration against the field when shuffled.
+        """
+        fitted = self.get_state()
+        with torch.no_grad():
+            loglik = float(sum(self.e_step(chunk, loglik_only=True)["loglik"] for chunk in batch.chunks()))
+            generator = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(len(batch), generator=generator).to(batch.radius.device)
+            shuffled = EMBatch(batch.values, batch.errors, batch.radius[order])
+            try:
+                null = self._em(shuffled, NULL_ITER)
+            finally:
+                self.set_state(fitted)
+        return float(loglik - null)
+
+    def log_summary(self) -> None:
+        """Log the fitted mixture in one line."""
         log.info(
             "xd mixture: %d field components, cluster weight %.4f, mean %s, sigma %.3f, scale %.3g deg, beta %.2f",
             self.n_field_,
@@ -645,27 +1005,6 @@ class ClusterFieldMixture:
             math.exp(self.log_scale_),
             self.beta_,
         )
-        return self
-
-    def null_log_likelihood_ratio(self, p: _Prepared) -> float:
-        """log L(fit) - log L(the same model on the stars with their positions shuffled): what positions add.
-
-        The null is a permutation: the radii are shuffled among the stars (seeded), so the cone's
-        footprint, its radial distribution of all stars and every proper motion stay, and only the
-        link between a star's position and its astrometry is broken; the model is refitted by EM
-        from the fit's parameters. A group the spatial profile chose among central stars, or the
-        edge of a footprint off the assumed centre, gains as much on the shuffled stars, so the
-        ratio stays near 0 in a cone without a cluster; a cluster, even one that fills its cone,
-        loses its concentration against the field when shuffled.
-        """
-        fitted = self._state()
-        fitted_loglik = float(np.logaddexp.reduce(self._log_joint(p), axis=1).sum())
-        shuffled = _Prepared(p.values, p.errors, np.random.default_rng(self.seed).permutation(p.radius))
-        try:
-            null = self._em(shuffled, NULL_ITER)
-        finally:
-            self._set_state(fitted)
-        return float(fitted_loglik - null)
 
     # ------------------------------------------------------------------ inference
     def predict_proba(self, data: StarData) -> np.ndarray:
@@ -682,12 +1021,13 @@ class ClusterFieldMixture:
             (n, 1 + n_field) probabilities.
         """
         radius = np.minimum(np.nan_to_num(data.radius, nan=self.radius_max_), self.radius_max_)
-        joint = self._log_spatial(radius)
+        r = torch.as_tensor(radius, dtype=torch.float64)
+        joint = self._log_spatial_t(r, self._params(r)["weights"])
         has = data.has_astrometry
         if has.any():
-            p = self._prepare(data, has)
-            joint[has] += self._component_logpdf(p, self._eta2(p.radius))
-        return np.exp(joint - np.logaddexp.reduce(joint, axis=1)[:, None])
+            batch = self._prepare(data, has).tensors()
+            joint[torch.as_tensor(has)] = torch.cat([self._log_joint_t(chunk) for chunk in batch.chunks()])
+        return torch.exp(joint - torch.logsumexp(joint, 1, keepdim=True)).numpy()
 
     def bic(self) -> float:
         """Bayesian information criterion of the final fit (lower is better)."""
@@ -708,27 +1048,37 @@ class ClusterFieldMixture:
             "field_covariances": self.field_covariances_.tolist(),
             "beta": float(self.beta_),
             "radius_max": float(self.radius_max_),
-            "log_likelihood": float(self.log_likelihood_),
+            "log_likelihood": float(getattr(self, "log_likelihood_", math.nan)),
             "cluster_mean_cov": None if cov is None else cov.tolist(),
             "log_likelihood_ratio": getattr(self, "log_likelihood_ratio_", None),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> ClusterFieldMixture:
-        """Restore a fit from :meth:`state_dict` (no data needed); returns self."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> ClusterFieldMixture:
+        """Restore a fit from :meth:`state_dict` or :meth:`get_state` (no data needed); returns self."""
         self.n_field_ = int(state["n_field"])
         self.weights_ = np.asarray(state["weights"], float)
         self.cluster_mean_ = np.asarray(state["cluster_mean"], float)
         self.sigma_, self.tau_ = float(state["sigma"]), float(state["tau"])
         self.log_scale_ = float(state["log_scale"])
         self.slope_ = float(state.get("slope", 4.0))
-        self.field_means_ = np.asarray(state["field_means"], float)
-        self.field_covariances_ = np.asarray(state["field_covariances"], float)
+        self.field_means_ = np.asarray(state["field_means"], float).reshape(self.n_field_, -1)
+        d = self.field_means_.shape[1]
+        self.field_covariances_ = np.asarray(state["field_covariances"], float).reshape(self.n_field_, d, d)
         self.beta_ = float(state["beta"])
         self.radius_max_ = float(state["radius_max"])
         self.log_likelihood_ = float(state["log_likelihood"])
         cov = state.get("cluster_mean_cov")  # absent from checkpoints written before it was kept
         self.cluster_mean_cov_ = None if cov is None else np.asarray(cov, float)
         self.log_likelihood_ratio_ = state.get("log_likelihood_ratio")
+        # The iteration's progress (get_state); absent from a plain state_dict.
+        self.n_iter_ = int(state.get("n_iter", 0))
+        self.previous_ = float(state.get("previous_log_likelihood", -math.inf))
+        self.converged_ = bool(state.get("converged", False))
+        if "n_fit" in state:
+            self.n_fit_ = int(state["n_fit"])
+        if "selection" in state:
+            self.selection_ = [dict(row) for row in state["selection"]]
+        self._changed()
         return self
 
 
@@ -790,4 +1140,11 @@ def fit_membership(data: StarData, **options: Any) -> MembershipResult:
     return MembershipResult(mixture, proba[:, 0], proba)
 
 
-__all__: Sequence[str] = ("ClusterFieldMixture", "MembershipResult", "fit_membership", "plummer_log_density")
+__all__: Sequence[str] = (
+    "ClusterFieldMixture",
+    "EMBatch",
+    "MembershipResult",
+    "fit_membership",
+    "plummer_log_density",
+    "profile_log_density",
+)

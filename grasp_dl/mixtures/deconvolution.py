@@ -34,6 +34,7 @@ from scipy.optimize import minimize_scalar
 from sklearn.mixture import GaussianMixture
 
 from grasp_dl.data.astrometry import StarData
+from grasp_dl.mixtures.profile import plummer_log_density
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ COV_FLOOR = 1e-4
 #: Bins of the colour-magnitude histograms (magnitude, colour) and their smoothing in bins.
 CMD_BINS = (40, 40)
 CMD_SMOOTH = 1.0
-
-
-def plummer_log_density(radius: np.ndarray, log_scale: float, radius_max: float) -> np.ndarray:
-    """log of a Plummer surface density (1 + r^2/a^2)^-2, normalised to 1 over the disc r <= radius_max (deg^-2)."""
-    a2 = math.exp(2.0 * log_scale)
-    norm = math.pi * a2 * radius_max**2 / (a2 + radius_max**2)
-    return -2.0 * np.log1p(np.asarray(radius, float) ** 2 / a2) - math.log(norm)
 
 
 def _gauss_logpdf(diff: np.ndarray, cov: np.ndarray) -> np.ndarray:

@@ -75,6 +75,8 @@ log = logging.getLogger(__name__)
 ANCHOR_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {"weight": 10.0, "min_agreement": 0.5, "max_drop": 0.1, "fallback": True, "pool": True}
 )
+#: Checkpoint key of the anchor's state (the start's membership, the drift guard's best state).
+ANCHOR_KEY = "anchor_state"
 #: The plausibility thresholds of the guards (members' median radius and proper-motion dispersion
 #: against the other stars'), applied here to the start and the end of a deep phase.
 RADIUS_RATIO_MAX = MAX_RADIUS_RATIO
@@ -443,6 +445,38 @@ class StartAnchor:
             return q
         pooled = pool_groups(q.detach().cpu().double().numpy(), self.cluster_group, *pool)
         return torch.as_tensor(pooled, dtype=q.dtype, device=q.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the start and the drift guard's state with the checkpoint, so a resumed run carries on with them.
+
+        The start's membership of the training stars, its group, the best-agreeing weights and
+        their agreement exist only once the groups are initialised; a resumed run does not
+        initialise again, so without them it would train without the anchor term.
+        """
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        if self._anchor_prob is None:
+            return
+        checkpoint[ANCHOR_KEY] = {
+            "prob": self._anchor_prob.detach().cpu(),
+            "group": int(self._anchor_group),
+            "best_state": None if self._best_state is None else {k: v.cpu() for k, v in self._best_state.items()},
+            "best_agreement": self._best_agreement,
+            "fell_back": bool(self._fell_back),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the start and the drift guard's state of :meth:`on_save_checkpoint` (none in older checkpoints)."""
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        state = checkpoint.get(ANCHOR_KEY)
+        if not state:
+            return
+        self._anchor_prob = state["prob"].to(self.device)
+        self._anchor_group = int(state["group"])
+        best = state.get("best_state")
+        self._best_state = None if best is None else {k: v.to(self.device) for k, v in best.items()}
+        self._best_agreement = None if state.get("best_agreement") is None else float(state["best_agreement"])
+        self._fell_back = bool(state.get("fell_back", False))
 
     def _copy_state(self) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.state_dict().items()}

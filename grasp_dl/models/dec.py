@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grasp_dl.data.training_catalog import TrainingCatalog
-from grasp_dl.models.base import ClusteringModule
 from grasp_dl.models.clustering import (
     KERNELS,
     groups_from_responsibilities,
     soft_assign,
     target_distribution,
 )
+from grasp_dl.models.deep import DeepClusteringModule
 from grasp_dl.models.networks import StellarAutoencoder, encode_in_chunks
 from grasp_dl.models.optim import DEFAULT_OPTIMIZER
 from grasp_dl.runtime.errors import ConfigError
@@ -32,7 +32,7 @@ VARIANTS = ("dec", "idec")
 DEC_OPTIMIZER: dict[str, Any] = {**DEFAULT_OPTIMIZER, "lr": 1e-4}
 
 
-class DECModule(ClusteringModule):
+class DECModule(DeepClusteringModule):
     """Cluster the latent space of a pretrained autoencoder with DEC or IDEC.
 
     Centres are an ``nn.Parameter`` created here, before the optimiser exists, and filled
@@ -68,7 +68,7 @@ class DECModule(ClusteringModule):
         The options every clustering model shares (``init``, ``n_init``, network shape,
         ``optimizer`` (default Adam, lr 1e-4), ``scheduler``, ``preprocessing``,
         ``cluster_group``, ``seed``, ``xd``, ``noise_augmentation``, ``spatial_prior``): see
-        :class:`~grasp_dl.models.base.ClusteringModule`. ``spatial_prior`` needs ``kernel='mixture'``.
+        :class:`~grasp_dl.models.deep.DeepClusteringModule`. ``spatial_prior`` needs ``kernel='mixture'``.
 
     Raises
     ------
@@ -126,7 +126,7 @@ class DECModule(ClusteringModule):
         self.register_buffer("previous_labels", torch.empty(0, dtype=torch.long), persistent=False)
 
     def load_autoencoder_weights(self, autoencoder: L.LightningModule) -> None:
-        """Copy the autoencoder's encoder and decoder, the same network (see :meth:`ClusteringModule.from_autoencoder`)."""
+        """Copy the autoencoder's encoder and decoder, the same network (see :meth:`DeepClusteringModule.from_autoencoder`)."""
         self.net.load_state_dict(autoencoder.net.state_dict())
 
     # ------------------------------------------------------------------ inference

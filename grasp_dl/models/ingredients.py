@@ -1,5 +1,5 @@
 """What DEC and VaDE share for hard fields: the error-deconvolved start, noise augmentation,
-the radius-dependent mixture weight, and the position model that scores stars without astrometry.
+and the radius-dependent mixture weight.
 
 * ``init='xd'``: the groups start from model=xd's mixture (:func:`xd_start_mixture`; cluster = Plummer
   profile x narrow proper-motion Gaussian, field = flat x broad Gaussians, every Gaussian
@@ -9,8 +9,6 @@ the radius-dependent mixture weight, and the position model that scores stars wi
   ``x + L_i eps`` (L_i the Cholesky factor of its error covariance in standardised units), so
   the network cannot rely on differences smaller than a star's errors.
 * ``spatial_prior``: :class:`RadialPrior` adds log Sigma_c(r) to the group logits.
-* The position model (``position_model`` buffer: cluster share, Plummer log-scale, cone radius),
-  fitted to the final member probabilities, scores stars that have no astrometry.
 """
 
 from __future__ import annotations
@@ -28,9 +26,9 @@ from torch import Tensor
 
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
 from grasp_dl.membership.rules import choose_cluster_group
-from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture, plummer_log_density
+from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
+from grasp_dl.mixtures.profile import plummer_log_density
 from grasp_dl.models.clustering import initial_responsibilities
-from grasp_dl.models.spatial import radius_from_features
 from grasp_dl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -121,10 +119,10 @@ def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> 
 
 
 class HardFieldIngredients:
-    """Mixin of :class:`~grasp_dl.models.base.ClusteringModule` (needs hparams init, n_init, seed,
-    n_clusters, xd, noise_augmentation, spatial_prior, preprocessing; a ``radial_prior``, a
-    ``position_model`` buffer and ``cluster_group``). It defines no Lightning hook: the base takes
-    the training catalogue (:meth:`ingredient_needs` says what it must hold) and sets ``_noise``."""
+    """Mixin of :class:`~grasp_dl.models.deep.DeepClusteringModule` (needs hparams init, n_init, seed,
+    n_clusters, xd, noise_augmentation, spatial_prior, preprocessing; a ``radial_prior`` and
+    ``physical_features``). It defines no Lightning hook: the base takes the training catalogue
+    (:meth:`ingredient_needs` says what it must hold) and sets ``_noise``."""
 
     _noise: Tensor | None = None
 
@@ -232,49 +230,3 @@ class HardFieldIngredients:
         factors = self._noise[index.to(self._noise.device)]
         eps = torch.randn(len(x), factors.shape[-1], 1, device=x.device)
         return x + (factors @ eps)[..., 0].to(x.dtype)
-
-    # ------------------------------------------------------------------ stars without astrometry
-    @torch.no_grad()
-    def fit_position_model(self, x: Tensor, q: Tensor) -> None:
-        """Cluster share and Plummer scale of the member probabilities ``q`` of stars ``x``.
-
-        Called whenever the cluster's group is decided, so every checkpoint carries a current fit;
-        skipped when the features hold no position.
-
-        Parameters
-        ----------
-        x : Tensor
-            Standardised features.
-        q : Tensor
-            Their group probabilities.
-        """
-        radius = radius_from_features(x.detach().cpu().numpy(), self.hparams.preprocessing)
-        if radius is None or len(radius) == 0:
-            return
-        member = q[:, self.cluster_group].detach().cpu().double().numpy()
-        radius_max = float(radius.max())
-        share = float(np.clip(member.mean(), 1e-6, 1 - 1e-6))
-        self.position_model.copy_(
-            torch.tensor([share, fit_plummer(radius, member, radius_max), radius_max], dtype=torch.float32)
-        )
-
-    def position_member_prob(self, radius: np.ndarray) -> np.ndarray:
-        """Member probability from the radius alone: share x Plummer(r) against (1 - share) x flat field.
-
-        Parameters
-        ----------
-        radius : numpy.ndarray
-            Radii in degrees.
-
-        Returns
-        -------
-        numpy.ndarray
-            NaN everywhere when no position model was fitted.
-        """
-        share, log_scale, radius_max = (float(v) for v in self.position_model)
-        if not np.isfinite(share):
-            return np.full(len(radius), np.nan)
-        r = np.minimum(np.asarray(radius, float), radius_max)
-        cluster = math.log(share) + plummer_log_density(r, log_scale, radius_max)
-        field = math.log(1.0 - share) - math.log(math.pi * radius_max**2)
-        return 1.0 / (1.0 + np.exp(field - cluster))

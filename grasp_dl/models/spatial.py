@@ -22,32 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from grasp_dl.mixtures.profile import plummer_log_density_t
 from grasp_dl.runtime.errors import ConfigError
 
 #: How the radius is read from the features: from the offsets, the radius, or its log10.
 RADIUS_SOURCES = {"xi_eta": 0, "radius": 1, "log_radius": 2}
-
-
-def plummer_log_density_t(radius: Tensor, log_scale: Tensor, radius_max: Tensor) -> Tensor:
-    """log of a Plummer surface density, normalised to 1 over the disc r <= radius_max (deg^-2).
-
-    Parameters
-    ----------
-    radius : Tensor
-        Radii in degrees.
-    log_scale : Tensor
-        log of the Plummer scale a (degrees).
-    radius_max : Tensor
-        Radius of the cone (degrees).
-
-    Returns
-    -------
-    Tensor
-        Same shape as ``radius``.
-    """
-    a2 = torch.exp(2.0 * log_scale)
-    norm = math.pi * a2 * radius_max**2 / (a2 + radius_max**2)
-    return -2.0 * torch.log1p(radius.clamp(max=radius_max) ** 2 / a2) - torch.log(norm)
 
 
 def radius_reader(preprocessing: Mapping[str, Any] | None) -> tuple[str, list[int], list[float], list[float]] | None:

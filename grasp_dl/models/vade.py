@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from grasp_dl.data.training_catalog import TrainingCatalog
-from grasp_dl.models.base import ClusteringModule
+from grasp_dl.models.deep import DeepClusteringModule
 from grasp_dl.models.networks import mlp
 from grasp_dl.models.start_pool import pool_groups
 from grasp_dl.runtime.errors import ConfigError
@@ -128,7 +128,7 @@ def mixture_moments(z: np.ndarray, resp: np.ndarray, var_floor: float = 1e-4) ->
     return np.log(mass / mass.sum()), means, np.log(np.maximum(var, var_floor))
 
 
-class VaDEModule(ClusteringModule):
+class VaDEModule(DeepClusteringModule):
     """Cluster stars with a variational autoencoder whose prior is a Gaussian mixture (VaDE).
 
     Starts from a trained autoencoder (:meth:`from_autoencoder`); the mixture is fitted to the
@@ -155,7 +155,7 @@ class VaDEModule(ClusteringModule):
     **shared : Any
         The options every clustering model shares (``init``, ``n_init``, network shape,
         ``optimizer``, ``scheduler``, ``preprocessing``, ``cluster_group``, ``seed``, ``xd``,
-        ``noise_augmentation``, ``spatial_prior``): see :class:`~grasp_dl.models.base.ClusteringModule`.
+        ``noise_augmentation``, ``spatial_prior``): see :class:`~grasp_dl.models.deep.DeepClusteringModule`.
 
     Raises
     ------
@@ -206,7 +206,7 @@ class VaDEModule(ClusteringModule):
     def load_autoencoder_weights(self, autoencoder: L.LightningModule) -> None:
         """Copy the autoencoder's encoder into the trunk and mean head, and its decoder; start
         nearly deterministic: small posterior variances, so q(z|x) sits on the autoencoder's points
-        (see :meth:`ClusteringModule.from_autoencoder`)."""
+        (see :meth:`DeepClusteringModule.from_autoencoder`)."""
         self.net.encoder_layers().load_state_dict(autoencoder.net.encoder.state_dict())
         self.net.decoder.load_state_dict(autoencoder.net.decoder.state_dict())
         nn.init.normal_(self.net.logvar.weight, std=1e-3)

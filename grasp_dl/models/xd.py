@@ -1,11 +1,19 @@
 """XDModule (``model=xd``): the error-deconvolved spatial cluster + field mixture as a clustering model.
 
-No network and no autoencoder phase: the whole fit is the EM of
+No network and no autoencoder phase: the fit is the EM of
 :class:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture` (Vasiliev & Baumgardt's 2021 model:
 a Plummer cluster with an isotropic, radius-dependent proper-motion dispersion, a BIC-chosen
 number of flat field Gaussians, every star's Gaia error covariance convolved in and scaled where
-the sources are crowded), run once at the start of training on the training stars' astrometry
-and errors. Group 0 is the cluster by construction; groups 1.. are the field components.
+the sources are crowded) on the training stars' astrometry and errors. At the first fit's start
+the mixture explores its starts and number of field components on a seeded subsample
+(identical on every process); then every training epoch is one EM iteration on every training
+star: each batch adds its E-step's sufficient statistics, the epoch's sums are reduced across
+processes, and the M-step runs at the epoch's end. Training ends when the mean log-likelihood
+per star has converged (``tol``) or after ``max_iter`` iterations (or ``trainer.max_epochs``).
+The scale, slope and crowding coefficient have no closed-form update: they are the module's
+parameter (:attr:`XDModule.em_shape`), moved by L-BFGS steps at each M-step, so DDP has a
+trainable parameter to wrap. Group 0 is the cluster by construction; groups 1.. are the field
+components. The EM's state is in every checkpoint, so an interrupted fit resumes where it was.
 
 The fitted mixture is saved in the checkpoint (``fit_results['xd_mixture']``), so
 ``XDModule.load_from_checkpoint`` and ``grasp-dl predict`` need nothing else. Prediction is
@@ -23,11 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from grasp_dl.data.astrometry import StarData
+from grasp_dl.data.loader import is_block
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
-from grasp_dl.mixtures.cluster_field import FIELD_RANGE, ClusterFieldMixture
+from grasp_dl.mixtures.cluster_field import FIELD_RANGE, ClusterFieldMixture, EMBatch, shape_parameter
+from grasp_dl.mixtures.em import Stats, add_stats, flatten_stats, new_optimizer, unflatten_stats
 from grasp_dl.models.base import ClusteringModule
 from grasp_dl.runtime.errors import ConfigError
 
@@ -35,8 +45,12 @@ log = logging.getLogger(__name__)
 
 #: The setting named in error messages about missing error columns.
 WHAT = "model=xd"
-#: Checkpoint key (inside fit_results) of the fitted mixture.
+#: Checkpoint key (inside fit_results) of the fitted mixture (and its EM progress).
 MIXTURE_KEY = "xd_mixture"
+#: State-dict key of the parameter the M-step's gradient steps move (scale, slope, beta).
+SHAPE_KEY = "em_shape"
+#: State-dict key of :meth:`XDModule.get_extra_state` (torch's name for a module's extra state).
+EXTRA_STATE_KEY = "_extra_state"
 
 
 class XDModule(ClusteringModule):
@@ -56,7 +70,9 @@ class XDModule(ClusteringModule):
     n_starts : int
         EM starts; the best likelihood wins.
     max_iter : int
-        EM iterations of the final fit.
+        EM iterations (training epochs) of the fit on every training star, at most.
+    tol : float
+        Convergence: the change of the mean log-likelihood per star that ends training.
     eta_max : float or None
         Cap of the crowding inflation of Gaia's errors (VB21 measured 1.1-1.2); None: uncapped.
     scale_prior : bool
@@ -74,6 +90,9 @@ class XDModule(ClusteringModule):
         For an option out of range, features without proper motion, or ``model.pretrain``.
     """
 
+    #: TensorBoard views after the last epoch only: an epoch is one EM iteration (many, cheap).
+    views_at_last_epoch_only = True
+
     def __init__(
         self,
         input_dim: int,
@@ -82,6 +101,7 @@ class XDModule(ClusteringModule):
         dispersion_profile: bool = True,
         n_starts: int = 3,
         max_iter: int = 100,
+        tol: float = 1e-5,
         eta_max: float | None = None,
         scale_prior: bool = False,
         null_test: bool = False,
@@ -106,9 +126,20 @@ class XDModule(ClusteringModule):
                 "eta_max": None if eta_max is None else float(eta_max),
                 "scale_prior": bool(scale_prior),
                 "null_test": bool(null_test),
+                "tol": float(tol),
             }
         )
         self.mixture: ClusterFieldMixture | None = None
+        # The M-step steps its L-BFGS itself (em_m_step); Lightning's automatic step would call it with
+        # the training step's None as the loss (the deep models' BlockTraining, which switched this off
+        # for every module before the deep-resume merge, is no longer XD's base).
+        self.automatic_optimization = False
+        #: The scale, slope and crowding beta as the M-step's L-BFGS moves them (float64).
+        self.em_shape = nn.Parameter(shape_parameter())
+        self._em_data: EMBatch | None = None
+        self._em_rows: Tensor | None = None
+        self._em_stats: Stats | None = None
+        self._iterating = False
         #: the published cluster (data.cluster=NAME, :class:`grasp_dl.data.clusters.LiteratureCluster`): its
         #: mean starts the cluster component and its dispersion sets the dispersion prior
         self.literature: Any = None
@@ -137,6 +168,7 @@ class XDModule(ClusteringModule):
             dispersion_profile=hp.dispersion_profile,
             n_starts=hp.n_starts,
             max_iter=hp.max_iter,
+            tol=float(hp.get("tol", 1e-5)),
             seed=hp.seed,
             eta_max=hp.get("eta_max"),
             scale_prior=bool(hp.get("scale_prior", False)),
@@ -145,7 +177,7 @@ class XDModule(ClusteringModule):
         )
 
     def fit_stars(self, stars: StarData) -> ClusterFieldMixture:
-        """Fit the mixture to ``stars`` and adopt it (group 0 the cluster).
+        """Fit the mixture to ``stars`` in a plain loop (no Trainer) and adopt it (group 0 the cluster).
 
         Parameters
         ----------
@@ -159,14 +191,14 @@ class XDModule(ClusteringModule):
         """
         mixture = self.new_mixture().fit(stars)
         self.adopt(mixture)
-        self.fit_results["xd_selection"] = [dict(row) for row in mixture.selection_]
         return mixture
 
     def adopt(self, mixture: ClusterFieldMixture) -> None:
-        """Take over a fitted mixture: groups, checkpoint state, the cluster group and the position model."""
+        """Take over a mixture: groups, checkpoint state (with its EM progress), the cluster group and the position model."""
         self.mixture = mixture
         self.hparams["n_clusters"] = int(mixture.n_components)
-        self.fit_results[MIXTURE_KEY] = mixture.state_dict()
+        self.fit_results[MIXTURE_KEY] = mixture.get_state()
+        self.fit_results["xd_selection"] = [dict(row) for row in getattr(mixture, "selection_", [])]
         self.decided_group.fill_(0)
         self.position_model.copy_(
             torch.tensor(
@@ -174,26 +206,149 @@ class XDModule(ClusteringModule):
                 dtype=self.position_model.dtype,
             )
         )
+        with torch.no_grad():
+            self.em_shape.copy_(torch.tensor([mixture.log_scale_, mixture.slope_, mixture.beta_], dtype=torch.float64))
 
     def initialise_from(self, catalog: TrainingCatalog) -> None:
-        """The whole fit: EM on the training stars (called once, at the start of the first fit)."""
-        mixture = self.fit_stars(catalog.stars)
-        log.debug("xd mixture: %s", mixture.state_dict())  # the one-line description is logged by the fit
+        """The exploration (starts, number of field components) on a seeded subsample: once, at the first fit's start.
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int:
-        """Nothing trains by gradient: end the epoch (and training) at once after the EM fit."""
+        Every process holds the same training stars and explores alike; rank 0's result is
+        broadcast all the same, so all processes start the EM from one state.
+        """
+        mixture = self.new_mixture().explore(catalog.stars)
+        mixture.set_state(self.trainer.strategy.broadcast(mixture.get_state(), src=0))
+        self.adopt(mixture)
+
+    def on_fit_start(self) -> None:
+        """Explore on a first fit (:meth:`initialise_from`); put the training stars on the device for the EM."""
+        super().on_fit_start()
+        mixture = self.fitted_mixture()
+        stars = self.train_catalog.stars
+        has = np.asarray(stars.has_astrometry)
+        self._em_data = mixture.em_batch(stars, self.device)
+        rows = torch.full((len(has),), -1, dtype=torch.long)
+        rows[torch.as_tensor(has)] = torch.arange(int(has.sum()))
+        self._em_rows = rows.to(self.device)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """L-BFGS over :attr:`em_shape`: the M-step's gradient steps on the scale, slope and beta.
+
+        Returns
+        -------
+        torch.optim.LBFGS
+        """
+        return new_optimizer(self.em_shape)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        """Skip the epoch when no EM iteration runs in it (a resumed fit that had already finished)."""
         super().on_train_batch_start(batch, batch_idx)
-        self.trainer.should_stop = True
-        return -1
+        if not self._iterating:
+            self.trainer.should_stop = True
+            return -1
+        return None
+
+    def on_train_epoch_start(self) -> None:
+        """Begin one EM iteration (its candidate values of the scale, slope and beta), unless the fit is done."""
+        super().on_train_epoch_start()
+        self._em_stats = None
+        mixture = self.fitted_mixture()
+        self._iterating = not (mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter)
+        if self._iterating:
+            mixture.start_iteration()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        """No gradient step (never reached: :meth:`on_train_batch_start` skips the epoch)."""
+        """Add the batch's E-step sufficient statistics to the epoch's; after the epoch's last batch, the M-step.
+
+        The M-step runs inside the last training step so that its L-BFGS step is one of
+        Lightning's counted optimiser steps (``global_step``, which checkpoints follow).
+        """
+        rows = torch.cat([r for _, r in batch]) if is_block(batch) else batch[1]
+        index = self._em_rows[rows.to(self._em_rows.device)]
+        index = index[index >= 0]
+        with torch.no_grad():
+            stats = self.fitted_mixture().e_step(self._em_data.rows(index))
+        self._em_stats = add_stats(self._em_stats, stats)
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            self.em_m_step()
+
+    def em_m_step(self) -> None:
+        """Reduce the epoch's statistics over processes, run the M-step and the convergence test."""
+        mixture = self.fitted_mixture()
+        stats = self._em_stats
+        if stats is None:  # a process without batches still joins the reduction
+            with torch.no_grad():
+                stats = mixture.e_step(self._em_data.rows(torch.zeros(0, dtype=torch.long, device=self.device)))
+            stats = {key: torch.zeros_like(value) for key, value in stats.items()}
+        flat, layout = flatten_stats(stats)
+        flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
+        mixture.end_iteration(unflatten_stats(flat, layout), self.optimizers())
+        self.adopt(mixture)
+        self._em_stats = None
+        self._iterating = False
+        if mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter:
+            self.trainer.should_stop = True
+            self._null_test()
+            mixture.log_summary()
 
     def on_train_epoch_end(self) -> None:
-        """Log the fit's mean negative log-likelihood per star (what checkpoints and early stopping watch)."""
+        """Log ``xd/nll`` (the M-step ran in the epoch's last training step; here only if that was skipped)."""
+        if self._iterating:
+            self.em_m_step()
         super().on_train_epoch_end()
         mixture = self.fitted_mixture()
-        self.log("xd/nll", -mixture.log_likelihood_ / max(getattr(mixture, "n_fit_", 1), 1), on_epoch=True)
+        nll = -mixture.log_likelihood_ / max(getattr(mixture, "n_fit_", 1), 1)
+        self.log("xd/nll", nll if math.isfinite(nll) else math.inf, on_epoch=True, sync_dist=True)
+
+    def _null_test(self) -> None:
+        """``null_test``: the fit against the same model on shuffled positions, once, after the last iteration.
+
+        Run before the epoch's checkpoint so that it carries the ratio; every process holds all
+        the training stars and computes the same ratio.
+        """
+        mixture = self.fitted_mixture()
+        if mixture.null_test and mixture.log_likelihood_ratio_ is None and self._em_data is not None:
+            mixture.run_null_test(self._em_data)
+            self.adopt(mixture)
+
+    def on_fit_end(self) -> None:
+        """Run the null test when training stopped before the EM finished (``trainer.max_epochs``)."""
+        super().on_fit_end()
+        if self.mixture is not None or self.fit_results.get(MIXTURE_KEY):
+            self._null_test()
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The mixture's state in the module's own state dict (plain types).
+
+        So that it travels wherever the weights do: into checkpoints, and back from the
+        processes of a spawned DDP fit to the launching one.
+
+        Returns
+        -------
+        dict
+        """
+        return {key: self.fit_results[key] for key in (MIXTURE_KEY, "xd_selection") if key in self.fit_results}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Adopt the mixture's state from :meth:`get_extra_state` (empty before a fit)."""
+        if not state:
+            return
+        self.fit_results.update(state)
+        self.mixture = None
+        if MIXTURE_KEY in state:
+            self.hparams["n_clusters"] = 1 + int(state[MIXTURE_KEY]["n_field"])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the mixture's state; checkpoints written before :attr:`em_shape` and the extra state existed get them from ``fit_results``."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        mixture_state = self.fit_results.get(MIXTURE_KEY)
+        self.mixture = None
+        if SHAPE_KEY not in state:
+            values = [0.0, 4.0, 0.0]
+            if mixture_state:
+                values = [mixture_state["log_scale"], mixture_state.get("slope", 4.0), mixture_state["beta"]]
+            state[SHAPE_KEY] = torch.tensor(values, dtype=torch.float64)
+        state.setdefault(EXTRA_STATE_KEY, self.get_extra_state())
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Log the mean entropy of the validation stars' groups (from their features, without errors)."""

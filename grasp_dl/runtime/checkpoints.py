@@ -9,6 +9,7 @@ unpickling of arbitrary objects back on.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +22,20 @@ from grasp_dl.runtime.errors import CheckpointError
 #: Checkpoint key of the clustering class that wrote it (written by every ClusteringModule).
 CLASS_KEY = "clustering_module"
 
-__all__ = ["MODEL_KINDS", "check_state_fits", "checkpoint_kind", "load_module", "read_checkpoint"]
+__all__ = [
+    "HASH_KEY",
+    "MODEL_KINDS",
+    "SaveLastCheckpoint",
+    "StateDictHash",
+    "check_state_fits",
+    "checkpoint_kind",
+    "load_module",
+    "read_checkpoint",
+    "state_dict_sha256",
+]
+
+#: Checkpoint key of the sha256 of the weights (:func:`state_dict_sha256`), written by :class:`StateDictHash`.
+HASH_KEY = "state_dict_sha256"
 
 #: A parameter only one kind of module has -> the name of that kind, in messages.
 MODEL_KINDS: dict[str, str] = {"centers": "DEC", "mixture_means": "VaDE"}
@@ -92,7 +106,50 @@ def read_checkpoint(path: str | Path, *, option: str = "ckpt_path") -> dict[str,
         )
     if not isinstance(content["state_dict"], dict) or not isinstance(content["hyper_parameters"], dict):
         raise CheckpointError(f"checkpoint {path} has a malformed state_dict or hyper_parameters: re-train the model")
+    stored = content.get(HASH_KEY)
+    if stored is not None and stored != state_dict_sha256(content["state_dict"]):
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its weights do not match the sha256 written with them (a changed or "
+            f"corrupted file); give {option}= an intact copy, or re-train the model"
+        )
     return content
+
+
+def state_dict_sha256(state_dict: dict[str, Any]) -> str:
+    """The sha256 of a state_dict's tensors: each name, dtype, shape and raw bytes, in name order.
+
+    Parameters
+    ----------
+    state_dict
+        Parameter name -> tensor (other values are hashed by their ``repr``).
+
+    Returns
+    -------
+    str
+        The hex digest.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        value = state_dict[name]
+        digest.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+class StateDictHash(L.Callback):
+    """Write the sha256 of the weights into every checkpoint, so that a corrupted file is refused on load.
+
+    :func:`read_checkpoint` checks it; checkpoints written without it still load.
+    """
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Add :data:`HASH_KEY` to the checkpoint being written."""
+        checkpoint[HASH_KEY] = state_dict_sha256(checkpoint["state_dict"])
 
 
 def checkpoint_kind(content: dict[str, Any]) -> str:
@@ -203,7 +260,9 @@ def check_state_fits(module: L.LightningModule, path: str | Path, *, option: str
         )
     missing = sorted(set(own) - set(stored))
     unexpected = sorted(set(stored) - set(own))
-    shapes = [k for k in own if k in stored and tuple(own[k].shape) != tuple(stored[k].shape)]
+    # (a module's extra state, e.g. model=xd's mixture, is no tensor: it has no shape to compare)
+    tensors = [k for k in own if k in stored and hasattr(own[k], "shape") and hasattr(stored[k], "shape")]
+    shapes = [k for k in tensors if tuple(own[k].shape) != tuple(stored[k].shape)]
     if missing or unexpected or shapes:
         if shapes:
             key = shapes[0]
@@ -214,3 +273,56 @@ def check_state_fits(module: L.LightningModule, path: str | Path, *, option: str
             f"{option}={path} does not fit the configured model ({detail}): resume with the options it was "
             "trained with (model.n_clusters, network sizes, data.features)"
         )
+
+
+class SaveLastCheckpoint(L.Callback):
+    """Write ``last.ckpt`` at every ``every_n_epochs``-th epoch end and when the run is stopped (SIGTERM, Ctrl-C).
+
+    Lightning's ModelCheckpoint refreshes ``last.ckpt`` only when it saves a monitored checkpoint,
+    so a run whose metric stopped improving keeps an old one; a stopped run would lose every
+    epoch since. The file is the one ModelCheckpoint (``save_last: true``) keeps as the phase's
+    last checkpoint, the ``last.ckpt`` that ``ckpt_path=last`` resumes; before ModelCheckpoint has
+    written its first, there is nothing to refresh.
+
+    Parameters
+    ----------
+    every_n_epochs : int
+        Epochs between two writes.
+    """
+
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise CheckpointError(f"every_n_epochs={every_n_epochs!r} is not valid: give a whole number of at least 1")
+        self.every_n_epochs = every_n_epochs
+
+    @staticmethod
+    def _path(trainer: L.Trainer) -> Path | None:
+        """The file ModelCheckpoint keeps as this run's last checkpoint (None until it has written one).
+
+        Its own choice is followed (``last-v1.ckpt`` beside another run's ``last.ckpt``), so a file
+        this run did not write is never replaced.
+        """
+        path = getattr(trainer.checkpoint_callback, "last_model_path", "")
+        return Path(path) if path else None
+
+    def _save(self, trainer: L.Trainer) -> None:
+        path = self._path(trainer)
+        if path is not None and not trainer.sanity_checking:
+            trainer.save_checkpoint(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write ``last.ckpt`` every ``every_n_epochs`` epochs."""
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Write ``last.ckpt`` when a single-process run is stopped by a signal or by the user (not on a failure)."""
+        stopped = isinstance(exception, (SystemExit, KeyboardInterrupt)) or getattr(trainer, "received_sigterm", False)
+        # Saving is collective across processes: with several, a stopped peer would leave the others waiting.
+        if stopped and trainer.world_size == 1:
+            try:
+                self._save(trainer)
+            except Exception as exc:  # the run is ending anyway: say so, keep the original exit
+                import logging
+
+                logging.getLogger(__name__).warning("could not write last.ckpt on the way out: %s", exc)

@@ -77,10 +77,10 @@ def quiet_frameworks(verbose: bool) -> Iterator[None]:
 def log_lines_once() -> None:
     """Stop Lightning printing each of its log lines a second time.
 
-    On import, ``lightning`` gives its logger a console handler of its own (stderr) while the record
-    also reaches the root logger's handlers, which Hydra's ``job_logging`` (``conf/hydra/``) set up:
-    every Lightning line came out twice. Call after Lightning is imported; where the root logger has
-    handlers, the records go to them alone (the console and the run's log file).
+    ``lightning`` gives its logger a console handler of its own while the record also reaches the
+    root logger's handlers (Hydra's ``job_logging``, ``conf/hydra/``). Call after Lightning is
+    imported; where the root logger has handlers, the records go to them alone (the console and
+    the run's log file).
     """
     if not logging.getLogger().handlers:
         return

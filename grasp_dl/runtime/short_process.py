@@ -1,21 +1,18 @@
 """Python's cyclic garbage collector in a process that runs one command and ends (``grasp-dl ...``).
 
-Importing torch and Lightning creates about half a million objects, and the collector walks all
-of them again and again while they are created, while the command runs, and once more while the
-interpreter tears itself down at exit: about a second and a half of a default ``grasp-dl train``
-on two CPU cores (``scripts/time_to_first_result.py``). None of those objects is ever garbage.
-So the command line
+Importing torch and Lightning creates hundreds of thousands of long-lived objects that the
+collector would walk again and again, and once more at exit; none is ever garbage. So the
+command line
 
-1. pauses the collector from its start until the command's modules are imported
+1. pauses the collector until the command's modules are imported
    (:func:`pause_collector`, :func:`heavy_imports`),
-2. then freezes what exists (``gc.freeze``: the collector ignores those objects from then on;
-   they are still freed by reference counting) and turns the collector back on, so the command's
-   own garbage is collected as usual,
+2. then freezes what exists (``gc.freeze``: still freed by reference counting, never walked
+   again) and turns the collector back on for the command's own garbage,
 3. and freezes everything again before the interpreter exits (:func:`freeze_for_exit`).
 
-Only the console entry point does this (``grasp_dl.cli.main`` without ``argv``): a process that
-calls the CLI in-process (tests, notebooks) keeps its collector as it was, and nothing here
-changes what a command computes.
+Only the console entry point does this (``grasp_dl.cli.main`` without ``argv``): an in-process
+call (tests, notebooks) keeps its collector as it was. Nothing here changes what a command
+computes; the time it saves is in ``docs/src/speed.md``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,16 @@
 """Where a run's wall time goes: named phases, marked as they start, off unless asked for.
 
-A phase is marked when it begins (:func:`mark`); it lasts until the next mark, so the phases of
-one process tile its time without gaps and their durations add up to the wall time. Marking
-costs one environment lookup while timing is off; with the environment variable
-``GRASP_DL_STAGE_TIMES`` naming a file, each mark appends one JSON line
+A phase is marked when it begins (:func:`mark`) and lasts until the next mark, so the phases of
+one process tile its time and add up to the wall time. While timing is off a mark costs one
+environment lookup; with ``GRASP_DL_STAGE_TIMES`` naming a file, each mark appends one JSON line
 ``{"phase": ..., "time": <epoch seconds>, "pid": ...}`` to it.
 
 ``scripts/time_to_first_result.py`` sets the variable, runs ``grasp-dl train`` and turns the
-marks into the breakdown table of the README (:func:`phase_durations`). The pipeline marks its
-own steps; :class:`grasp_dl.jobs.callbacks.StageTimerCallback` marks Lightning's loop (set-up, sanity
-check, epochs, validation, checkpoints, teardown).
+marks into a breakdown (:func:`phase_durations`; ``docs/src/speed.md``). The pipeline marks its
+own steps, :class:`grasp_dl.jobs.callbacks.StageTimerCallback` Lightning's loop.
 
-This module imports nothing heavy: ``grasp_dl`` imports it first, so its first mark is the moment
-the package started importing.
+This module imports nothing heavy: ``grasp_dl`` imports it first, so its first mark is the
+moment the package started importing.
 """
 
 from __future__ import annotations
