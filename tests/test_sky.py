@@ -117,3 +117,21 @@ def test_a_named_cluster_starts_the_mixture_from_the_published_row():
     assert options["start_pm"] == [ngc288.pmra, ngc288.pmdec, ngc288.parallax]
     assert options["sigma_prior"] == pytest.approx(3.3 / 8.99 / 4.74)
     assert named_cluster_options(None) == {}
+
+
+def test_the_null_threshold_grows_with_the_square_root_of_the_group():
+    from grasp_dl.membership.guards import NULL_RATIO_PER_SQRT_MEMBER, check_plausibility
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    radius = 0.1 * np.sqrt(rng.random(n))
+    pm = rng.normal(0.0, 3.0, (n, 2))
+    for members, ratio, found in ((40, 14.0, True), (1600, 16.7, False), (1600, 40.0, True)):
+        prob = np.zeros(n)
+        prob[:members] = 1.0
+        pm_group = pm.copy()
+        pm_group[:members] = rng.normal(0.0, 0.1, (members, 2))
+        check = check_plausibility(prob, radius, pm_group, log_likelihood_ratio=ratio)
+        assert check["cluster_found"] is found, check["cluster_reason"]
+        needed = max(MIN_LOG_LIKELIHOOD_RATIO, NULL_RATIO_PER_SQRT_MEMBER * np.sqrt(members))
+        assert check["diagnostics"]["min_log_likelihood_ratio"] == pytest.approx(needed)

@@ -33,7 +33,8 @@ Where the model that chose the members can say what their concentration is worth
 :meth:`grasp_dl.mixtures.cluster_field.ClusterFieldMixture.null_log_likelihood_ratio`), the
 spatial test is a comparison with a no-cluster null instead: the fitted model's log-likelihood
 over the same model's refitted to the stars with their positions shuffled among them (a
-permutation: same footprint, same proper motions) must reach :data:`MIN_LOG_LIKELIHOOD_RATIO`.
+permutation: same footprint, same proper motions) must reach :data:`MIN_LOG_LIKELIHOOD_RATIO`
+and :data:`NULL_RATIO_PER_SQRT_MEMBER` sqrt(members).
 The radius ratio judges a group the spatial profile itself chose (in a cone without a cluster
 it picks central stars, so the group looks concentrated), and it refuses a cluster that fills
 its cone; the ratio against the null does neither. The radius ratio is still reported.
@@ -69,6 +70,9 @@ MAX_RADIUS_RATIO = 0.7
 MAX_PM_DISPERSION_RATIO = 0.5
 #: log L(fit) - log L(fit to shuffled positions) a cluster must reach (calibrated on cluster-free cones).
 MIN_LOG_LIKELIHOOD_RATIO = 10.0
+#: ... and at least this times sqrt(members): the null's ratio is a sum over the group's stars, so its
+#: spread grows as their square root (a broad 1,600-star group of a cluster-free cone reached 16.7).
+NULL_RATIO_PER_SQRT_MEMBER = 0.5
 #: Fewer stars with member_prob > 0.5 than this cannot be judged (medians and dispersions of noise).
 MIN_MEMBERS = 10
 #: The other stars must weigh at least this much (sum of 1 - member_prob) to compare against.
@@ -260,7 +264,7 @@ def check_plausibility(
         the stars with shuffled positions); given, the spatial
         test is ``log_likelihood_ratio >= min_log_likelihood_ratio`` instead of the radius ratio.
     min_log_likelihood_ratio : float
-        Threshold of that test.
+        Threshold of that test (raised to ``NULL_RATIO_PER_SQRT_MEMBER`` sqrt(members) for large groups).
 
     Returns
     -------
@@ -306,11 +310,12 @@ def check_plausibility(
                 log_likelihood_ratio=_finite(float(log_likelihood_ratio)),
                 min_log_likelihood_ratio=float(min_log_likelihood_ratio),
             )
-            if not log_likelihood_ratio >= min_log_likelihood_ratio:
+            needed = max(float(min_log_likelihood_ratio), NULL_RATIO_PER_SQRT_MEMBER * float(np.sqrt(n_members)))
+            diagnostics["min_log_likelihood_ratio"] = needed
+            if not log_likelihood_ratio >= needed:
                 failures.append(
                     f"not concentrated on the sky: the stars' positions add {log_likelihood_ratio:.1f} to the "
-                    f"log-likelihood over the same stars with shuffled positions (a cluster needs >= "
-                    f"{min_log_likelihood_ratio:g})"
+                    f"log-likelihood over the same stars with shuffled positions (a cluster needs >= {needed:.1f})"
                 )
         elif not ratio < MAX_RADIUS_RATIO:
             failures.append(
