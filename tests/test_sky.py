@@ -76,6 +76,9 @@ def test_the_dispersion_prior_pulls_a_wide_cluster_toward_the_published_sigma():
     free, _ = _fit(catalog)
     prior, _ = _fit(catalog, sigma_prior=0.5 * free.mixture.sigma_)
     assert prior.mixture.sigma_ < 0.85 * free.mixture.sigma_
+    # a prior far below the fitted dispersion (a distant cluster's sigma_0) is a wall, not an overflow
+    tiny, _ = _fit(catalog, sigma_prior=0.005)
+    assert tiny.mixture.sigma_ < prior.mixture.sigma_
 
 
 def test_a_named_cluster_of_a_dozen_stars_is_found_from_its_published_mean():

@@ -686,7 +686,10 @@ class ClusterFieldMixture:
             sigma0 = self.sigma_prior
             self.sigma_ = float(
                 minimize_scalar(
-                    lambda x: m0 * (2.0 * math.log(x) + sigma2 / x**2) + math.exp(PRIOR_STEEPNESS * (x / sigma0 - 1.0)),
+                    lambda x: (
+                        m0 * (2.0 * math.log(x) + sigma2 / x**2)
+                        + math.exp(min(PRIOR_STEEPNESS * (x / sigma0 - 1.0), 300.0))
+                    ),
                     bounds=SIGMA_BOUNDS,
                     method="bounded",
                     options={"xatol": 1e-5},
