@@ -682,15 +682,14 @@ class ClusterFieldMixture:
         if self.sigma_prior is None:
             self.sigma_ = float(np.clip(math.sqrt(sigma2), *SIGMA_BOUNDS))
         else:
-            # the expected complete-data log-likelihood, -m0 (2 log sigma + sigma2 / sigma^2), plus the prior
+            # the expected complete-data log-likelihood, -m0 (2 log sigma + sigma2 / sigma^2), plus the prior;
+            # searched up to where the prior reaches e^20 (beyond, it swamps the likelihood's precision)
             sigma0 = self.sigma_prior
+            upper = min(SIGMA_BOUNDS[1], max(sigma0 * (1.0 + 20.0 / PRIOR_STEEPNESS), 2.0 * SIGMA_BOUNDS[0]))
             self.sigma_ = float(
                 minimize_scalar(
-                    lambda x: (
-                        m0 * (2.0 * math.log(x) + sigma2 / x**2)
-                        + math.exp(min(PRIOR_STEEPNESS * (x / sigma0 - 1.0), 300.0))
-                    ),
-                    bounds=SIGMA_BOUNDS,
+                    lambda x: m0 * (2.0 * math.log(x) + sigma2 / x**2) + math.exp(PRIOR_STEEPNESS * (x / sigma0 - 1.0)),
+                    bounds=(SIGMA_BOUNDS[0], upper),
                     method="bounded",
                     options={"xatol": 1e-5},
                 ).x
