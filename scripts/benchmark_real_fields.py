@@ -49,6 +49,18 @@ Run
     python scripts/benchmark_real_fields.py --simulated --method xd
     python scripts/benchmark_real_fields.py --method default --fields ngc6522 --set trainer.max_epochs=5
     python scripts/benchmark_real_fields.py --variants full half_cone sample30 sample10 faint
+    python scripts/benchmark_real_fields.py --sky --empty 0 --option null_test=true   # 31 fields + cluster-free
+    python scripts/benchmark_real_fields.py --simulated --no-real --empty 0 1 --option null_test=true
+
+The whole sky (``--sky``): the seven shipped fields and every field of :data:`MORE_DIRS` (24 more,
+not shipped), each matched to its row of the VB21 table by name. The summary gives, on fields of
+>= 50 published members, how many are found (the verdict), the median F1 and the share >= 0.9, the
+bulge fields' precision (|l| < 20, |b| < 12 deg) and the share whose mean pm is within
+max(0.05, 2 sigma of the paper's mean) (``tol``). ``--empty SEED``: each field also made
+cluster-free (:func:`cluster_free_field`): the stars of memberprob >= 0.05 dropped, the others'
+positions spread uniformly over the cone; any cluster named there is false. ``--option KEY=VALUE``
+sets a :class:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture` option (JSON value);
+``--named`` starts the cluster from the table's row, as ``data.cluster=NAME`` does.
 """
 
 from __future__ import annotations
@@ -95,6 +107,11 @@ class Field:
     member: np.ndarray  # bool per catalogue row: the reference's members
     pm: tuple[float, float]
     center: tuple[float, float]
+    memberprob: np.ndarray | None = None  # the reference's membership probability per row (real fields)
+    table_name: str | None = None  # the row of the VB21 table (real fields)
+    bulge: bool = False
+    pm_tolerance: float = 0.05  # max(0.05, 2 sigma of the paper's mean), mas/yr
+    sigma_pm: float | None = None  # the paper's line-of-sight dispersion / distance / 4.74, mas/yr
 
 
 def literature_table() -> pd.DataFrame:
@@ -106,16 +123,77 @@ def literature_table() -> pd.DataFrame:
     return table.set_index("Name")
 
 
+#: Folders of benchmark fields outside the package (``NAME.csv`` + ``NAME.ref.csv``, NAME a row of the table).
+MORE_DIRS = (Path("/work/shared/data/vb21_more"),)
+
+
+def more_names(folders: Sequence[Path] | None = None) -> list[str]:
+    """Field names (the table's) of the benchmark folders that exist (default :data:`MORE_DIRS`)."""
+    folders = MORE_DIRS if folders is None else folders
+    return sorted(
+        path.name.removesuffix(".csv")
+        for folder in folders
+        if folder.is_dir()
+        for path in folder.glob("*.csv")
+        if not path.name.endswith(".ref.csv")
+    )
+
+
+def load_field(name: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Catalogue, reference and table name of a shipped field or of one in :data:`MORE_DIRS`."""
+    if name in TABLE_NAMES:
+        catalog, reference = vb21_field(name)
+        return catalog, reference, TABLE_NAMES[name]
+    for folder in MORE_DIRS:
+        if (folder / f"{name}.csv").is_file():
+            return pd.read_csv(folder / f"{name}.csv"), pd.read_csv(folder / f"{name}.ref.csv"), name
+    raise SystemExit(f"unknown field {name!r}")
+
+
+def galactic(ra: float, dec: float) -> tuple[float, float]:
+    """Galactic (l, b) in degrees, l in (-180, 180], of an ICRS position in degrees."""
+    rot = np.array(
+        [
+            [-0.0548755604162154, -0.8734370902348850, -0.4838350155487132],
+            [0.4941094278755837, -0.4448296299600112, 0.7469822444972189],
+            [-0.8676661490190047, -0.1980763734312015, 0.4559837761750669],
+        ]
+    )
+    a, d = np.radians(ra), np.radians(dec)
+    x = rot @ np.array([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)])
+    lon = float(np.degrees(np.arctan2(x[1], x[0])))
+    return (lon - 360.0 if lon > 180.0 else lon), float(np.degrees(np.arcsin(x[2])))
+
+
+def is_bulge(ra: float, dec: float) -> bool:
+    """Toward the bulge: |l| < 20 deg and |b| < 12 deg (the crowded, bulge-dominated skies)."""
+    lon, lat = galactic(ra, dec)
+    return abs(lon) < 20.0 and abs(lat) < 12.0
+
+
 def real_field(name: str, center_mode: str) -> Field:
-    """A shipped real field with the paper's members (memberprob > 0.5) and mean proper motion."""
-    catalog, reference = vb21_field(name)
-    row = literature_table().loc[TABLE_NAMES[name]]
+    """A real field with the paper's members (memberprob > 0.5) and mean proper motion."""
+    catalog, reference, table_name = load_field(name)
+    row = literature_table().loc[table_name]
     prob = catalog[["source_id"]].merge(reference, on="source_id", how="left")["memberprob"].fillna(0.0)
     if center_mode == "literature":
         center = (float(row["ra"]), float(row["dec"]))
     else:
         center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
-    return Field(name, catalog, prob.to_numpy() > THRESHOLD, (float(row["pmra"]), float(row["pmdec"])), center)
+    sigma_pm = float(row["sigma"]) / float(row["dist"]) / 4.74
+    pm_tolerance = max(0.05, 2.0 * float(np.hypot(row["pmra_e"], row["pmdec_e"])))
+    return Field(
+        name,
+        catalog,
+        prob.to_numpy() > THRESHOLD,
+        (float(row["pmra"]), float(row["pmdec"])),
+        center,
+        memberprob=prob.to_numpy(),
+        table_name=table_name,
+        bulge=is_bulge(float(row["ra"]), float(row["dec"])),
+        pm_tolerance=pm_tolerance,
+        sigma_pm=sigma_pm,
+    )
 
 
 #: Ways of cutting a real field (--variants): label and what is kept.
@@ -191,7 +269,54 @@ def simulated_field(label: str, base: str, overrides: dict[str, Any], seed: int)
     pm = overrides.get("cluster", {}).get("pm_mean", config["cluster"]["pm_mean"])
     center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
     member = catalog["truth"].to_numpy() == "cluster"
-    return Field(f"{label} s{seed}", catalog.drop(columns="truth"), member, (float(pm[0]), float(pm[1])), center)
+    return Field(
+        f"{label} s{seed}",
+        catalog.drop(columns="truth"),
+        member,
+        (float(pm[0]), float(pm[1])),
+        center,
+        memberprob=member.astype(float),
+    )
+
+
+#: Stars whose reference membership is at least this are dropped from a cluster-free cone.
+EMPTY_MEMBERPROB = 0.05
+
+
+def cluster_free_field(field: Field, seed: int = 0, center_mode: str = "auto") -> Field:
+    """``field`` with its cluster taken out: a real cone where no position carries information.
+
+    Every star of reference memberprob >= :data:`EMPTY_MEMBERPROB` is dropped and the others are
+    spread uniformly over the cone (the disc of the catalogue's largest radius around its centre),
+    seeded; their proper motions, parallaxes and photometry stay real. No star is a member, so any
+    cluster named in it is a false detection.
+    """
+    from grasp_dl.data.sky import gnomonic_deproject, gnomonic_project
+
+    keep = np.nan_to_num(field.memberprob, nan=0.0) < EMPTY_MEMBERPROB
+    kept = field.catalog[keep].reset_index(drop=True).copy()
+    ra0, dec0 = field.center
+    xi, eta = gnomonic_project(field.catalog["ra"].to_numpy(float), field.catalog["dec"].to_numpy(float), ra0, dec0)
+    radius_max = float(np.nanmax(np.hypot(xi, eta)))
+    rng = np.random.default_rng(seed)
+    r = radius_max * np.sqrt(rng.random(len(kept)))
+    phi = 2.0 * np.pi * rng.random(len(kept))
+    ra, dec = gnomonic_deproject(r * np.cos(phi), r * np.sin(phi), ra0, dec0)
+    kept["ra"], kept["dec"] = ra, dec
+    center = (
+        (ra0, dec0) if center_mode == "literature" else estimate_center(np.asarray(ra, float), np.asarray(dec, float))
+    )
+    return Field(
+        f"{field.name} [empty s{seed}]",
+        kept,
+        np.zeros(len(kept), bool),
+        field.pm,
+        center,
+        table_name=field.table_name,
+        bulge=field.bulge,
+        pm_tolerance=field.pm_tolerance,
+        sigma_pm=field.sigma_pm,
+    )
 
 
 # ----------------------------------------------------------------------------- methods
@@ -206,19 +331,55 @@ class Scored:
     reported_pm: tuple[float, float] | None = None
     #: its standard error, both axes combined (NaN: the summary's members' error)
     reported_pm_se: float = float("nan")
+    #: the method's own verdict (None: the guards on the catalogue judge) and its reason
+    found: bool | None = None
+    reason: str = ""
 
 
 def method_xd(field: Field, options: dict[str, Any]) -> Scored:
     """The product's error-deconvolved spatial mixture (model=xd)."""
     from grasp_dl.mixtures.cluster_field import fit_membership
 
-    stars = star_data(field.catalog, field.center, ("pmra", "pmdec", "parallax"))
-    result = fit_membership(stars, **options)
+    options = dict(options)
+    threshold = options.pop("lnlr_threshold", None)
+    center = field.center
+    named = options.pop("named", None)
+    if named is not None:  # data.cluster=NAME: the table's centre, mean and dispersion start the cluster
+        row = literature_table().loc[named]
+        center = (float(row["ra"]), float(row["dec"]))
+        options.setdefault("start_pm", [float(row["pmra"]), float(row["pmdec"]), float(row["plx"])])
+        options.setdefault("sigma_prior", float(row["sigma"]) / float(row["dist"]) / 4.74)
+    stars = star_data(field.catalog, center, ("pmra", "pmdec", "parallax"))
+    try:
+        result = fit_membership(stars, **options)
+    except ValueError as error:  # too few stars: the product names no cluster
+        return Scored(np.zeros(len(field.catalog)), None, str(error), found=False, reason=str(error))
     fitted = tuple(float(v) for v in result.cluster_mean[:2])
     cov = result.mixture.cluster_mean_cov_
     se = float(np.hypot(*np.sqrt(np.diag(cov)[:2]))) if cov is not None else float("nan")
     # model=xd's summary reports the fitted mean (grasp_dl.membership.rules.adopt_model_mean) and its error
-    return Scored(result.member_prob, fitted, result.describe(), reported_pm=fitted, reported_pm_se=se)
+    found = reason = None
+    if result.mixture.null_test:
+        from grasp_dl.membership.guards import check_table
+
+        kwargs = {} if threshold is None else {"min_log_likelihood_ratio": float(threshold)}
+        check = check_table(
+            result.member_prob,
+            field.catalog,
+            center,
+            log_likelihood_ratio=result.mixture.log_likelihood_ratio_,
+            **kwargs,
+        )
+        found, reason = bool(check["cluster_found"]), str(check["cluster_reason"])
+    return Scored(
+        result.member_prob,
+        fitted,
+        result.describe(),
+        reported_pm=fitted,
+        reported_pm_se=se,
+        found=found,
+        reason=reason or "",
+    )
 
 
 def method_xd_legacy(field: Field, options: dict[str, Any]) -> Scored:
@@ -287,6 +448,10 @@ class Row:
     seconds: float
     info: str
     pm_se: float = float("nan")
+    found: bool = True
+    reason: str = ""
+    bulge: bool = False
+    pm_tolerance: float = 0.05
 
 
 def summary_mean_pm(catalog: pd.DataFrame, member_prob: np.ndarray, inverse_variance: bool = False) -> np.ndarray:
@@ -330,6 +495,7 @@ def score(field: Field, method: str, options: dict[str, Any]) -> Row:
     pm_error = float(np.linalg.norm(np.asarray(reported, float) - truth))
     fit_error = float(np.linalg.norm(np.asarray(scored.fitted_pm) - truth)) if scored.fitted_pm else float("nan")
     ivw_error = float(np.linalg.norm(summary_mean_pm(field.catalog, scored.member_prob, True) - truth))
+    found, reason = verdict(field, scored)
     return Row(
         field.name,
         method,
@@ -344,41 +510,91 @@ def score(field: Field, method: str, options: dict[str, Any]) -> Row:
         seconds,
         scored.info,
         scored.reported_pm_se,
+        found,
+        reason,
+        field.bulge,
+        field.pm_tolerance,
     )
+
+
+def verdict(field: Field, scored: Scored) -> tuple[bool, str]:
+    """Whether the product would name a cluster: the method's own verdict, else the guards on the catalogue."""
+    if scored.found is not None:
+        return bool(scored.found), scored.reason
+    from grasp_dl.membership.guards import check_table
+
+    check = check_table(np.nan_to_num(scored.member_prob), field.catalog, field.center)
+    return bool(check["cluster_found"]), str(check["cluster_reason"])
 
 
 def print_table(rows: Sequence[Row]) -> None:
-    """A fixed-width table, one line per field and method."""
+    """A fixed-width table, one line per field and method, then each method's summary."""
     print(
-        f"{'field':34s} {'method':10s} {'F1':>6s} {'prec':>6s} {'rec':>6s} {'dPM':>7s} {'se':>6s} {'dPM(fit)':>8s} {'dPM(ivw)':>8s} "
-        f"{'members':>8s} {'ref':>6s} {'sec':>6s}  info"
+        f"{'field':34s} {'method':10s} {'found':>5s} {'F1':>6s} {'prec':>6s} {'rec':>6s} {'dPM':>7s} {'tol':>5s} "
+        f"{'se':>6s} {'dPM(fit)':>8s} {'members':>8s} {'ref':>6s} {'sec':>6s}  info"
     )
     for r in rows:
         fit = f"{r.pm_error_fit:8.3f}" if np.isfinite(r.pm_error_fit) else f"{'-':>8s}"
+        name = f"{r.field}{' (b)' if r.bulge else ''}"
         print(
-            f"{r.field:34s} {r.method:10s} {r.f1:6.3f} {r.precision:6.3f} {r.recall:6.3f} {r.pm_error:7.3f} "
-            f"{r.pm_se:6.3f} {fit} {r.pm_error_ivw:8.3f} {r.members:8d} {r.reference_members:6d} {r.seconds:6.1f}  {r.info}"
+            f"{name:34s} {r.method:10s} {'yes' if r.found else 'NO':>5s} {r.f1:6.3f} {r.precision:6.3f} "
+            f"{r.recall:6.3f} {r.pm_error:7.3f} {r.pm_tolerance:5.3f} {r.pm_se:6.3f} {fit} {r.members:8d} "
+            f"{r.reference_members:6d} {r.seconds:6.1f}  {r.info}" + ("" if r.found else f" | {r.reason}")
         )
     for method in dict.fromkeys(r.method for r in rows):
         mine = [r for r in rows if r.method == method]
-        f1 = [r.f1 for r in mine]
-        pm = [r.pm_error for r in mine]
-        fit = [r.pm_error_fit for r in mine if np.isfinite(r.pm_error_fit)]
-        ivw = [r.pm_error_ivw for r in mine]
-        z = [r.pm_error / r.pm_se for r in mine if np.isfinite(r.pm_se) and r.pm_se > 0]
-        print(
-            f"-- {method}: F1 min {min(f1):.3f} median {np.median(f1):.3f}; dPM max {max(pm):.3f} "
-            f"(fit {max(fit) if fit else float('nan'):.3f}, ivw {max(ivw):.3f}); "
-            f"fields with F1 >= 0.85 and dPM < 0.1: {sum(r.f1 >= 0.85 and r.pm_error < 0.1 for r in mine)}/"
-            f"{len(mine)}; rms dPM / se {float(np.sqrt(np.mean(np.square(z)))) if z else float('nan'):.2f}; "
-            f"total {sum(r.seconds for r in mine):.1f} s"
+        print(sky_summary(mine, method))
+
+
+#: Clusters with at least this many published members count in the sky targets.
+MIN_REFERENCE = 50
+
+
+def sky_summary(rows: Sequence[Row], method: str) -> str:
+    """The issue's numbers: on fields of >= MIN_REFERENCE published members, and on cluster-free cones."""
+    real = [r for r in rows if r.reference_members >= MIN_REFERENCE]
+    empty = [r for r in rows if r.reference_members == 0]
+    lines = [f"-- {method}: {len(rows)} fields, {sum(r.seconds for r in rows):.0f} s"]
+    if real:
+        # F1 and pm agreement of a cluster not found count as failures (the product names no cluster)
+        f1 = np.array([r.f1 if r.found else 0.0 for r in real])
+        pm_ok = [r.found and r.pm_error <= r.pm_tolerance for r in real]
+        bulge = [f"{r.field.split(' ')[0]} {r.precision:.2f}" for r in real if r.bulge]
+        lines.append(
+            f"   >= {MIN_REFERENCE} members: {len(real)} fields; found {sum(r.found for r in real)}/{len(real)}; "
+            f"median F1 {np.median(f1):.3f}; F1 >= 0.9 on {np.mean(f1 >= 0.9):.0%} ({int((f1 >= 0.9).sum())}); "
+            f"pm within max(0.05, 2 sigma) on {np.mean(pm_ok):.0%} ({sum(pm_ok)})"
         )
+        if bulge:
+            lines.append(f"   bulge precision: {', '.join(bulge)}")
+    small = [r for r in rows if 0 < r.reference_members < MIN_REFERENCE]
+    if small:
+        lines.append(
+            "   < 50 members: "
+            + ", ".join(f"{r.field} {'found' if r.found else 'NOT found'} F1 {r.f1:.2f}" for r in small)
+        )
+    if empty:
+        named = [r for r in empty if r.found]
+        lines.append(
+            f"   cluster-free cones: a cluster named in {len(named)}/{len(empty)}"
+            + (f" ({', '.join(f'{r.field} {r.members}' for r in named)})" if named else "")
+        )
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", action="append", help="xd (default), xd-legacy, default, model:<name>")
     parser.add_argument("--fields", nargs="*", help=f"real fields (default: all of {', '.join(vb21_names())})")
+    parser.add_argument(
+        "--sky", action="store_true", help=f"the shipped fields and every field of {', '.join(map(str, MORE_DIRS))}"
+    )
+    parser.add_argument(
+        "--empty", type=int, nargs="*", default=[], help="also each field made cluster-free with these seeds"
+    )
+    parser.add_argument("--named", action="store_true", help="xd: start from the table's row (data.cluster=NAME)")
+    parser.add_argument("--no-real", action="store_true", help="only the cluster-free cones (with --empty)")
+    parser.add_argument("--option", action="append", default=[], help="KEY=VALUE for the xd mixture (JSON values)")
     parser.add_argument("--simulated", action="store_true", help="run the simulated checks instead")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="simulation seeds (--simulated)")
     parser.add_argument("--center", choices=("auto", "literature"), default="auto")
@@ -391,25 +607,43 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     methods = args.method or ["xd"]
+    xd_options = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.option)}
     if args.simulated:
         fields = (
-            simulated_field(label, base, overrides, seed)
+            field
             for seed in args.seeds
             for label, base, overrides in SIMULATED_CASES
+            for sim in [simulated_field(label, base, overrides, seed)]
+            for field in ([] if args.no_real else [sim])
+            + [cluster_free_field(sim, empty, args.center) for empty in args.empty]
         )
     else:
+        names = args.fields or (vb21_names() + more_names() if args.sky else vb21_names())
         fields = (
-            field_variant(real_field(name, args.center), variant, args.center)
-            for name in (args.fields or vb21_names())
-            for variant in args.variants
+            field
+            for name in names
+            for base in [real_field(name, args.center)]
+            for field in (
+                ([] if args.no_real else [field_variant(base, variant, args.center) for variant in args.variants])
+                + [cluster_free_field(base, seed, args.center) for seed in args.empty]
+            )
         )
     rows = []
     for field in fields:
         for method in methods:
-            options: dict[str, Any] = {"set": args.set} if method in ("default",) or method.startswith("model:") else {}
+            options: dict[str, Any] = (
+                {"set": args.set} if method in ("default",) or method.startswith("model:") else dict(xd_options)
+            )
+            if method == "xd" and args.named and field.table_name:
+                options["named"] = field.table_name
             rows.append(score(field, method, options))
             r = rows[-1]
-            print(f"  {r.field} {r.method}: F1 {r.f1:.3f} dPM {r.pm_error:.3f} ({r.seconds:.1f} s)", file=sys.stderr)
+            print(
+                f"  {r.field} {r.method}: found {r.found} F1 {r.f1:.3f} prec {r.precision:.3f} dPM {r.pm_error:.3f} "
+                f"members {r.members}/{r.reference_members} ({r.seconds:.1f} s) {r.info}",
+                file=sys.stderr,
+                flush=True,
+            )
     print_table(rows)
     if args.output:
         args.output.write_text(json.dumps([asdict(r) for r in rows], indent=1))

@@ -41,3 +41,34 @@ def test_variants_cut_the_field_and_keep_the_papers_members_with_their_stars() -
     assert angular_separation(*half.center, *field.center) < 0.01
     with pytest.raises(SystemExit, match="unknown 'tiny'"):
         bench.field_variant(field, "tiny")
+
+
+def test_a_cluster_free_cone_drops_the_papers_members_and_spreads_the_others_uniformly() -> None:
+    bench = _script()
+    field = bench.real_field("djorg1", "literature")
+    empty = bench.cluster_free_field(field, seed=3, center_mode="literature")
+    kept = field.memberprob < bench.EMPTY_MEMBERPROB
+    assert len(empty.catalog) == int(kept.sum()) and not empty.member.any()
+    # proper motions, parallaxes and photometry stay real, the positions do not
+    np.testing.assert_array_equal(empty.catalog["pmra"], field.catalog.loc[kept, "pmra"])
+    radius = angular_separation(
+        empty.catalog["ra"].to_numpy(float), empty.catalog["dec"].to_numpy(float), *field.center
+    )
+    cone = angular_separation(field.catalog["ra"].to_numpy(float), field.catalog["dec"].to_numpy(float), *field.center)
+    assert radius.max() <= cone.max() * 1.001
+    # uniform over the disc: half the stars inside R / sqrt(2)
+    assert abs(np.mean(radius < cone.max() / np.sqrt(2)) - 0.5) < 0.05
+    again = bench.cluster_free_field(field, seed=3, center_mode="literature")
+    np.testing.assert_array_equal(again.catalog["ra"], empty.catalog["ra"])
+
+
+def test_a_benchmark_field_outside_the_package_reads_its_table_row(tmp_path, monkeypatch) -> None:
+    bench = _script()
+    catalog, reference = __import__("grasp_dl.data.examples", fromlist=["vb21_field"]).vb21_field("ngc6652")
+    catalog.to_csv(tmp_path / "NGC_6652.csv", index=False)
+    reference.to_csv(tmp_path / "NGC_6652.ref.csv", index=False)
+    monkeypatch.setattr(bench, "MORE_DIRS", (tmp_path,))
+    assert bench.more_names() == ["NGC_6652"]
+    field = bench.real_field("NGC_6652", "literature")
+    assert field.table_name == "NGC_6652" and field.bulge and field.member.sum() > 1000
+    assert 0.05 <= field.pm_tolerance < 0.1 and 0.1 < field.sigma_pm < 0.4

@@ -101,6 +101,8 @@ class LiteratureCluster:
         Mean parallax and its error, mas.
     rmax_arcmin : float
         Radius out to which members were measured.
+    sigma_los_kms : float
+        Central line-of-sight velocity dispersion, km/s (NaN where unknown).
     """
 
     name: str
@@ -115,6 +117,12 @@ class LiteratureCluster:
     pm_corr: float
     parallax_error: float
     rmax_arcmin: float
+    sigma_los_kms: float = math.nan
+
+    @property
+    def pm_dispersion(self) -> float:
+        """The expected central proper-motion dispersion, sigma_los / distance / 4.74 (mas/yr)."""
+        return self.sigma_los_kms / self.distance_kpc / 4.74
 
     @property
     def center(self) -> tuple[float, float]:
@@ -242,6 +250,7 @@ def literature_cluster(name: str) -> LiteratureCluster:
         pm_corr=float(row["pmcorr"]),
         parallax_error=float(row["plx_e"]),
         rmax_arcmin=float(row["rmax"]),
+        sigma_los_kms=float(row["sigma"]),
     )
 
 

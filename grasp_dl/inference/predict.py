@@ -412,6 +412,11 @@ def with_model_astrometry(summary: ClusterSummary, module: Any) -> ClusterSummar
     return summary.with_model_mean()
 
 
+def null_options(module: Any) -> dict[str, float]:
+    """The model's comparison with its no-cluster null for the verdict (model=xd with ``null_test``), else empty."""
+    return module.null_options() if hasattr(module, "null_options") else {}
+
+
 def predict_catalog(
     module: ClusteringModule,
     catalog: Any,
@@ -444,7 +449,9 @@ def predict_catalog(
     out = score_prepared(module, ready, group, chunk_size, score_no_astrometry=score_no_astrometry)
     _warn_duplicates(flag_duplicate_ids(out))
     scored = out["label"].to_numpy() >= 0
-    check = check_table(out.loc[scored, "member_prob"].to_numpy(float), ready.table.loc[scored], ready.center)
+    check = check_table(
+        out.loc[scored, "member_prob"].to_numpy(float), ready.table.loc[scored], ready.center, **null_options(module)
+    )
     user_group = _user_chose_group(module, cluster_group)
     if not check["cluster_found"] and not user_group:
         zero_member_prob(out)
@@ -542,7 +549,7 @@ def predict_to_file(
                 "cuts or score a catalogue with the model's features"
             )
     _warn_duplicates(n_repeats)
-    check = sample.check(used_center)
+    check = sample.check(used_center, **null_options(module))
     stars = sample.rows
     user_group = _user_chose_group(module, cluster_group)
     if not check["cluster_found"] and not user_group:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.validation import check_trainable
 from grasp_dl.engine.block_settings import block_trainer_options
+from grasp_dl.engine.graph_step import use_graphs
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.networks import compile_network
@@ -282,6 +283,8 @@ def pretrain_autoencoder(
     autoencoder = build_module(model_cfg.pretrain, datamodule)
     if cfg.get("compile"):
         compile_network(autoencoder.net)
+    # CUDA-graph training steps (grasp_dl/engine/graph_step.py)
+    use_graphs(autoencoder, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     monitor = model_cfg.pretrain.get("monitor") or "val/loss"
     phase_cfg = _phase_config(cfg, AUTOENCODER_PHASE, int(model_cfg.pretrain_epochs), monitor)
     if ckpt_path:
@@ -331,6 +334,11 @@ def build_clustering_module(
         module.fit_results["n_clusters_curve"] = curve
     # The data module's preprocessing is the one the clustering phase saw; keep it current.
     module.hparams.preprocessing = datamodule.preprocessing_state()
+    if hasattr(module, "literature") and getattr(datamodule, "cluster", None):
+        # data.cluster=NAME: the published cluster starts model=xd's cluster component (a start and a prior)
+        from grasp_dl.data.clusters import literature_cluster
+
+        module.literature = literature_cluster(datamodule.cluster)
     return module
 
 
@@ -523,6 +531,8 @@ def train(
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
     if cfg.get("compile"):
         compile_network(module.net)
+    # CUDA-graph training steps (grasp_dl/engine/graph_step.py)
+    use_graphs(module, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     if resume.final:
         check_state_fits(module, resume.final)
     mark("pipeline: build the Trainer (callbacks, loggers)")
@@ -643,14 +653,14 @@ def training_cluster_lines(result: TrainResult) -> list[str]:
     import numpy as np
     import pandas as pd
 
-    from grasp_dl.inference.predict import with_model_astrometry
+    from grasp_dl.inference.predict import null_options, with_model_astrometry
     from grasp_dl.membership.guards import check_table, finish_summary, report_lines
     from grasp_dl.membership.rules import SummaryAccumulator
 
     datamodule, module = result.datamodule, result.module
     member_prob = result.catalogue_probabilities()[:, module.cluster_group].detach().cpu().numpy()
     table = datamodule.table.iloc[datamodule.usable_rows()].reset_index(drop=True)
-    check = check_table(member_prob, table, datamodule.prepared.center)
+    check = check_table(member_prob, table, datamodule.prepared.center, **null_options(module))
     summary = SummaryAccumulator(datamodule.prepared.center, module.cluster_group)
     summary.update(pd.DataFrame({"label": np.zeros(len(table), int), "member_prob": member_prob}), table)
     literature = None

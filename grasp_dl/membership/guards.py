@@ -29,6 +29,16 @@ members can be 70% of the catalogue. "The other stars" are every star weighted b
 ``member_prob`` (as in the cluster summary), so that thousands of field stars with tiny member
 probabilities cannot widen the members' dispersion.
 
+Where the model that chose the members can say what their concentration is worth (``model=xd``,
+:meth:`grasp_dl.mixtures.cluster_field.ClusterFieldMixture.null_log_likelihood_ratio`), the
+spatial test is a comparison with a no-cluster null instead: the fitted model's log-likelihood
+over the same model's refitted to the stars with their positions shuffled among them (a
+permutation: same footprint, same proper motions) must reach :data:`MIN_LOG_LIKELIHOOD_RATIO`
+and :data:`NULL_RATIO_PER_SQRT_MEMBER` sqrt(members).
+The radius ratio judges a group the spatial profile itself chose (in a cone without a cluster
+it picks central stars, so the group looks concentrated), and it refuses a cluster that fills
+its cone; the ratio against the null does neither. The radius ratio is still reported.
+
 When no group passes both tests the run reports ``cluster_found: false`` with the reason and
 names no member (every ``member_prob`` is 0); it never names the field. Whatever the verdict,
 the summary carries the numbers behind it (:func:`check_plausibility`): the cluster's share,
@@ -59,6 +69,11 @@ MEMBER_THRESHOLD = 0.5
 MAX_RADIUS_RATIO = 0.7
 #: Members' (error-deconvolved) proper-motion dispersion must be below this fraction of the others'.
 MAX_PM_DISPERSION_RATIO = 0.5
+#: log L(fit) - log L(fit to shuffled positions) a cluster must reach (calibrated on cluster-free cones).
+MIN_LOG_LIKELIHOOD_RATIO = 10.0
+#: ... and at least this times sqrt(members): the null's ratio is a sum over the group's stars, so its
+#: spread grows as their square root (a broad 1,600-star group of a cluster-free cone reached 16.7).
+NULL_RATIO_PER_SQRT_MEMBER = 0.5
 #: Fewer stars with member_prob > 0.5 than this cannot be judged (medians and dispersions of noise).
 MIN_MEMBERS = 10
 #: The other stars must weigh at least this much (sum of 1 - member_prob) to compare against.
@@ -228,6 +243,8 @@ def check_plausibility(
     pm: np.ndarray | None = None,
     pm_error: np.ndarray | None = None,
     scale: float = 1.0,
+    log_likelihood_ratio: float | None = None,
+    min_log_likelihood_ratio: float = MIN_LOG_LIKELIHOOD_RATIO,
 ) -> dict[str, Any]:
     """Judge whether the stars weighted by ``member_prob`` form a cluster, and say why.
 
@@ -243,6 +260,12 @@ def check_plausibility(
         (n, 2) their errors; given, the dispersions compared are error-deconvolved.
     scale : float
         Catalogue stars per star given (for the radial profile of a sample).
+    log_likelihood_ratio : float, optional
+        The membership model's log-likelihood over its no-cluster null's (the same model on
+        the stars with shuffled positions); given, the spatial
+        test is ``log_likelihood_ratio >= min_log_likelihood_ratio`` instead of the radius ratio.
+    min_log_likelihood_ratio : float
+        Threshold of that test (raised to ``NULL_RATIO_PER_SQRT_MEMBER`` sqrt(members) for large groups).
 
     Returns
     -------
@@ -283,7 +306,19 @@ def check_plausibility(
             radial_profile=radial_profile(radius, p, scale=scale),
         )
         diagnostics["tests"].append("spatial")
-        if not ratio < MAX_RADIUS_RATIO:
+        if log_likelihood_ratio is not None:
+            diagnostics.update(
+                log_likelihood_ratio=_finite(float(log_likelihood_ratio)),
+                min_log_likelihood_ratio=float(min_log_likelihood_ratio),
+            )
+            needed = max(float(min_log_likelihood_ratio), NULL_RATIO_PER_SQRT_MEMBER * float(np.sqrt(n_members)))
+            diagnostics["min_log_likelihood_ratio"] = needed
+            if not log_likelihood_ratio >= needed:
+                failures.append(
+                    f"not concentrated on the sky: the stars' positions add {log_likelihood_ratio:.1f} to the "
+                    f"log-likelihood over the same stars with shuffled positions (a cluster needs >= {needed:.1f})"
+                )
+        elif not ratio < MAX_RADIUS_RATIO:
             failures.append(
                 f"not concentrated on the sky: the members' median radius is {ratio:.2f} of the other "
                 f"stars' (a cluster needs < {MAX_RADIUS_RATIO}; widen the cone if it is smaller than the cluster)"
@@ -355,7 +390,11 @@ def check_features(member_prob: np.ndarray, features: np.ndarray, feature_names:
 
 
 def check_table(
-    member_prob: np.ndarray, table: pd.DataFrame, center: Sequence[float] | None, scale: float = 1.0
+    member_prob: np.ndarray,
+    table: pd.DataFrame,
+    center: Sequence[float] | None,
+    scale: float = 1.0,
+    **null: Any,
 ) -> dict[str, Any]:
     """:func:`check_plausibility` on catalogue rows: radius from ra/dec around ``center``, pm and errors.
 
@@ -369,6 +408,8 @@ def check_table(
         [ra, dec] of the projection centre; None skips the spatial test.
     scale : float
         Catalogue stars per row given.
+    **null
+        ``log_likelihood_ratio`` and ``min_log_likelihood_ratio`` of :func:`check_plausibility`.
 
     Returns
     -------
@@ -385,7 +426,7 @@ def check_table(
             pm_error = table[["pmra_error", "pmdec_error"]].to_numpy(float)
             if not np.isfinite(pm_error).any():
                 pm_error = None
-    return check_plausibility(member_prob, radius, pm, pm_error, scale=scale)
+    return check_plausibility(member_prob, radius, pm, pm_error, scale=scale, **null)
 
 
 class StarSample:
@@ -470,13 +511,15 @@ class StarSample:
         self._merge()
         return self.n_seen / len(self._rows) if self._rows is not None and len(self._rows) else 1.0
 
-    def check(self, center: Sequence[float] | None) -> dict[str, Any]:
+    def check(self, center: Sequence[float] | None, **null: Any) -> dict[str, Any]:
         """:func:`check_table` on the sample.
 
         Parameters
         ----------
         center : sequence of float, optional
             The projection centre.
+        **null
+            The model's comparison with its no-cluster null (:func:`check_plausibility`).
 
         Returns
         -------
@@ -484,7 +527,7 @@ class StarSample:
             As :func:`check_plausibility`, with ``diagnostics.n_judged`` the sample's size.
         """
         rows = self.rows
-        return check_table(rows["member_prob"].to_numpy(float), rows, center, scale=self.scale)
+        return check_table(rows["member_prob"].to_numpy(float), rows, center, scale=self.scale, **null)
 
 
 def apply_verdict(summary: ClusterSummary, check: dict[str, Any], user_group: bool = False) -> ClusterSummary:

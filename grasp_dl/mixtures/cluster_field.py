@@ -76,6 +76,11 @@ FIELD_START = 2
 EXPLORE_ITER = 60
 #: Fewest stars (summed memberships) whose scatter gives the fitted mean a standard error.
 MIN_MEMBERS_FOR_ERROR = 2.0
+#: EM iterations of the no-cluster null (the same model on the stars with shuffled positions), from the fit.
+NULL_ITER = 30
+#: Steepness of the paper's soft priors, -exp(STEEP (sigma/sigma_0 - 1)) - exp(STEEP (a/R - SCALE_PRIOR_AT)).
+PRIOR_STEEPNESS = 5.0
+SCALE_PRIOR_AT = 0.75
 #: Candidate log-scales of an iteration: the current one plus these offsets (log degrees).
 SCALE_OFFSETS = np.array([0.005, 0.015, 0.04, 0.1, 0.25, 0.6, 1.5])
 #: Candidate betas of an iteration that updates it: this coarse grid plus the current value +- BETA_LOCAL.
@@ -270,6 +275,21 @@ class ClusterFieldMixture:
         Stars of the subsample on which the number of components and the starts are chosen.
     seed : int
         Seed of the subsample and the starts.
+    eta_max : float or None
+        Cap of the crowding inflation eta_i (VB21 measured 1.1-1.2 in dense centres); None leaves
+        it as far as ``BETA_MAX`` takes it.
+    scale_prior : bool
+        The paper's soft prior -exp(5 (a / R - 0.75)) against a Plummer scale above 0.75 of the cone.
+    sigma_prior : float or None
+        sigma_0 (mas/yr) of the paper's soft prior -exp(5 (sigma / sigma_0 - 1)) against a central
+        dispersion above the published line-of-sight one over the distance (a named cluster).
+    start_pm : sequence of float or None
+        A known mean (pmra, pmdec[, parallax]) of the cluster (a named cluster): one more start
+        centred on it. A start, not a constraint.
+    null_test : bool
+        Also fit the no-cluster null (the same model on the stars with their positions shuffled)
+        and keep ``log_likelihood_ratio_``, the log-likelihood the stars' positions add
+        (:meth:`null_log_likelihood_ratio`).
     """
 
     def __init__(
@@ -283,6 +303,11 @@ class ClusterFieldMixture:
         tol: float = 1e-5,
         explore_size: int = 5_000,
         seed: int = 0,
+        eta_max: float | None = None,
+        scale_prior: bool = False,
+        sigma_prior: float | None = None,
+        start_pm: Sequence[float] | None = None,
+        null_test: bool = False,
     ) -> None:
         if n_field is not None and n_field < 1:
             raise ValueError(f"n_field must be at least 1 (or None for the BIC), got {n_field}")
@@ -295,6 +320,12 @@ class ClusterFieldMixture:
         self.tol = float(tol)
         self.explore_size = int(explore_size)
         self.seed = int(seed)
+        self.eta_max = None if eta_max is None else float(eta_max)
+        self.scale_prior = bool(scale_prior)
+        self.sigma_prior = None if sigma_prior is None else float(sigma_prior)
+        self.start_pm = None if start_pm is None else np.asarray(start_pm, float)
+        self.null_test = bool(null_test)
+        self.log_likelihood_ratio_: float | None = None
         self.reset_progress()
 
     # ------------------------------------------------------------------ model pieces
@@ -341,6 +372,18 @@ class ClusterFieldMixture:
         w0 = float(self.weights_[0])
         return w0 * torch.exp(self._cluster_log_density_t(radius)) * area + (1.0 - w0)
 
+    def _eta2_t(self, ratio: Tensor, beta: float | Tensor | None = None) -> Tensor:
+        """The crowding inflation eta^2 = 1 + beta * density ratio, capped at ``eta_max``^2."""
+        eta2 = 1.0 + (self.beta_ if beta is None else beta) * ratio
+        return eta2 if self.eta_max is None else eta2.clamp(max=self.eta_max**2)
+
+    def _beta_max(self) -> float:
+        """The largest beta: BETA_MAX, or where the densest radius (the centre) reaches ``eta_max``."""
+        if self.eta_max is None:
+            return BETA_MAX
+        peak = float(self._density_ratio_t(torch.zeros(1, dtype=torch.float64))[0])
+        return min(BETA_MAX, (self.eta_max**2 - 1.0) / max(peak, 1.0))
+
     def _cluster_prior_t(self, radius: Tensor, d: int) -> Tensor:
         """Diagonal of the cluster's intrinsic covariance at each radius, (d, n)."""
         g = self.sigma_**2 * self._profile_t(radius)
@@ -369,7 +412,7 @@ class ClusterFieldMixture:
         """log w_j Sigma_j(r_i) N(v_i; m_j, S_j + eta_i^2 C_i) for every star and component, (n, k)."""
         params = self._params(batch.values)
         d = batch.d
-        err = (1.0 + self.beta_ * self._density_ratio_t(batch.radius)) * batch.errors
+        err = self._eta2_t(self._density_ratio_t(batch.radius)) * batch.errors
         total = err.clone()
         total[list(_DIAG[d])] += self._cluster_prior_t(batch.radius, d)
         columns = [packed_logpdf(batch.values - params["mean"][:, None], total, d)]
@@ -419,6 +462,16 @@ class ClusterFieldMixture:
             dist2 = ((v - centre) ** 2).sum(1) / (spread**2 + err**2)
             near = np.exp(-r / max(np.percentile(r, quantile), 1e-6))
             starts.append(np.clip(np.exp(-0.5 * dist2) * near, 1e-6, 0.95))
+        if self.start_pm is not None:
+            # (0) A named cluster: its published mean (and parallax), the central stars near it.
+            known = self.start_pm[:d]
+            width = max(self.sigma_prior or 0.0, 0.1) ** 2
+            dist2 = ((v - known[:2]) ** 2).sum(1) / (width + err**2)
+            if len(known) > 2:
+                plx_err2 = np.maximum(p.errors[_DIAG[d][2]], 1e-12)
+                dist2 += (p.values[2] - known[2]) ** 2 / (0.05**2 + plx_err2)
+            near = np.exp(-r / max(np.percentile(r, 30), 1e-6))
+            starts.insert(0, np.clip(np.exp(-0.5 * dist2) * near, 1e-6, 0.95))
         # (3) A Gaussian mixture on the proper motions: its most concentrated, tightest component.
         k = 3
         gmm = GaussianMixture(k, covariance_type="full", random_state=int(rng.integers(1 << 31)), reg_covar=1e-3)
@@ -432,7 +485,7 @@ class ClusterFieldMixture:
             centre = v[rng.choice(inner)]
             dist2 = ((v - centre) ** 2).sum(1) / (0.3**2 + err**2)
             starts.append(np.clip(np.exp(-0.5 * dist2), 1e-6, 0.95))
-        return starts[: self.n_starts]
+        return starts[: self.n_starts + int(self.start_pm is not None)]
 
     def _initialise(self, p: _Prepared, cluster_resp: np.ndarray, n_field: int, seed: int) -> None:
         """Parameters from starting cluster memberships and a Gaussian mixture of the rest."""
@@ -485,7 +538,7 @@ class ClusterFieldMixture:
         self._beta_grid = None
         if self._updates_beta():
             local = self.beta_ + np.concatenate([-BETA_LOCAL, [0.0], BETA_LOCAL])
-            self._beta_grid = np.unique(np.clip(np.concatenate([BETA_COARSE, local]), 0.0, BETA_MAX))
+            self._beta_grid = np.unique(np.clip(np.concatenate([BETA_COARSE, local]), 0.0, self._beta_max()))
         self._changed()
 
     def e_step(self, batch: EMBatch, loglik_only: bool = False) -> Stats:
@@ -515,7 +568,7 @@ class ClusterFieldMixture:
         d, v, r = batch.d, batch.values, batch.radius
         diag = list(_DIAG[d])
         ratio = self._density_ratio_t(r)
-        err = (1.0 + self.beta_ * ratio) * batch.errors
+        err = self._eta2_t(ratio) * batch.errors
         spatial = self._log_spatial_t(r, params["weights"])
         prior = self._cluster_prior_t(r, d)
         total = err.clone()
@@ -579,7 +632,7 @@ class ClusterFieldMixture:
             stats["scale_d"] = (packed_logpdf(diff0[:, used][:, None, :], cand, d) * qu).sum(1)
         if self._beta_grid is not None:
             betas = params["beta_grid"][:, None]
-            errs = (1.0 + betas * ratio[None, :]) * batch.errors[:, None, :]  # (m, B, n)
+            errs = self._eta2_t(ratio[None, :], betas) * batch.errors[:, None, :]  # (m, B, n)
             cand0 = errs.clone()
             for k, row in enumerate(diag):
                 cand0[row] += prior[k]
@@ -637,7 +690,22 @@ class ClusterFieldMixture:
         self.cluster_mean_ = stats["c_b"].numpy() / m0
         mu = self.cluster_mean_[:2]
         spread = float(stats["c_wss"]) - 2.0 * float(mu @ stats["c_wb"].numpy()) + float(mu @ mu) * float(stats["c_w"])
-        self.sigma_ = float(np.clip(math.sqrt(max(spread / (2.0 * m0), 0.0)), *SIGMA_BOUNDS))
+        sigma2 = max(spread / (2.0 * m0), 0.0)
+        if self.sigma_prior is None:
+            self.sigma_ = float(np.clip(math.sqrt(sigma2), *SIGMA_BOUNDS))
+        else:
+            # the expected complete-data log-likelihood, -m0 (2 log sigma + sigma2 / sigma^2), plus the prior;
+            # searched up to where the prior reaches e^20 (beyond, it swamps the likelihood's precision)
+            sigma0 = self.sigma_prior
+            upper = min(SIGMA_BOUNDS[1], max(sigma0 * (1.0 + 20.0 / PRIOR_STEEPNESS), 2.0 * SIGMA_BOUNDS[0]))
+            self.sigma_ = float(
+                minimize_scalar(
+                    lambda x: m0 * (2.0 * math.log(x) + sigma2 / x**2) + math.exp(PRIOR_STEEPNESS * (x / sigma0 - 1.0)),
+                    bounds=(SIGMA_BOUNDS[0], upper),
+                    method="bounded",
+                    options={"xatol": 1e-5},
+                ).x
+            )
         if d == 3:
             tau2 = float(stats["c_ss2"]) / m0 - self.cluster_mean_[2] ** 2
             self.tau_ = float(np.clip(math.sqrt(max(tau2, 0.0)), *TAU_BOUNDS))
@@ -657,12 +725,14 @@ class ClusterFieldMixture:
 
         def scale_nll(ls: float, slope: float, nodes: np.ndarray, s3: np.ndarray, d3: np.ndarray) -> float:
             s, dd = _quadratic(ls, nodes, s3), _quadratic(ls, nodes, d3)
-            return (0.5 * slope * s + mass0 * log_profile_norm(ls, slope, radius_max) - dd) / norm
+            value = 0.5 * slope * s + mass0 * log_profile_norm(ls, slope, radius_max) - dd
+            return (value + self._scale_penalty(ls)) / norm
 
         nll = (
             0.5 * self.slope_ * s_sum
             + mass0 * np.array([log_profile_norm(x, self.slope_, radius_max) for x in grid])
             - d_sum
+            + np.array([self._scale_penalty(x) for x in grid])
         )
         index = list(_bracket(nll))
         nodes, s3, d3 = grid[index], s_sum[index], d_sum[index]
@@ -711,6 +781,12 @@ class ClusterFieldMixture:
         if beta_fit:
             self.beta_ = float(values[2])
 
+    def _scale_penalty(self, log_scale: float) -> float:
+        """The paper's soft prior exp(5 (a / R - 0.75)) on the Plummer scale (0 without ``scale_prior``)."""
+        if not self.scale_prior:
+            return 0.0
+        return math.exp(PRIOR_STEEPNESS * (math.exp(log_scale) / self.radius_max_ - SCALE_PRIOR_AT))
+
     def _polish(
         self,
         values: list[float],
@@ -733,7 +809,10 @@ class ClusterFieldMixture:
         def objective(x: Tensor) -> Tensor:
             ls, slope = x[0], x[1]
             s, dd = _quadratic(ls, nodes, s3), _quadratic(ls, nodes, d3)
-            value = (0.5 * slope * s + mass0 * log_profile_norm_t(ls, slope, self.radius_max_) - dd) / norm
+            value = 0.5 * slope * s + mass0 * log_profile_norm_t(ls, slope, self.radius_max_) - dd
+            if self.scale_prior:
+                value = value + torch.exp(PRIOR_STEEPNESS * (torch.exp(ls) / self.radius_max_ - SCALE_PRIOR_AT))
+            value = value / norm
             if beta is not None:
                 value = value - _quadratic(x[2], b_nodes, l3) / beta[2]
             return value
@@ -900,8 +979,38 @@ class ClusterFieldMixture:
         self.explore(data)
         full = self.em_batch(data)
         run_em(self, lambda: full.chunks(), self.max_iter, new_optimizer(shape_parameter()))
+        if self.null_test:
+            self.run_null_test(full)
         self.log_summary()
         return self
+
+    def run_null_test(self, batch: EMBatch) -> float:
+        """Keep :meth:`null_log_likelihood_ratio` of ``batch`` as ``log_likelihood_ratio_``; returns it."""
+        self.log_likelihood_ratio_ = self.null_log_likelihood_ratio(batch)
+        return self.log_likelihood_ratio_
+
+    def null_log_likelihood_ratio(self, batch: EMBatch) -> float:
+        """log L(fit) - log L(the same model on the stars with their positions shuffled): what positions add.
+
+        The null is a permutation: the radii are shuffled among the stars (seeded), so the cone's
+        footprint, its radial distribution of all stars and every proper motion stay, and only the
+        link between a star's position and its astrometry is broken; the model is refitted by EM
+        (NULL_ITER iterations) from the fit's parameters. A group the spatial profile chose among
+        central stars, or the edge of a footprint off the assumed centre, gains as much on the
+        shuffled stars, so the ratio stays near 0 in a cone without a cluster; a cluster, even one
+        that fills its cone, loses its concentration against the field when shuffled.
+        """
+        fitted = self.get_state()
+        with torch.no_grad():
+            loglik = float(sum(self.e_step(chunk, loglik_only=True)["loglik"] for chunk in batch.chunks()))
+            generator = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(len(batch), generator=generator).to(batch.radius.device)
+            shuffled = EMBatch(batch.values, batch.errors, batch.radius[order])
+            try:
+                null = self._em(shuffled, NULL_ITER)
+            finally:
+                self.set_state(fitted)
+        return float(loglik - null)
 
     def log_summary(self) -> None:
         """Log the fitted mixture in one line."""
@@ -959,6 +1068,7 @@ class ClusterFieldMixture:
             "radius_max": float(self.radius_max_),
             "log_likelihood": float(getattr(self, "log_likelihood_", math.nan)),
             "cluster_mean_cov": None if cov is None else cov.tolist(),
+            "log_likelihood_ratio": getattr(self, "log_likelihood_ratio_", None),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> ClusterFieldMixture:
@@ -977,6 +1087,7 @@ class ClusterFieldMixture:
         self.log_likelihood_ = float(state["log_likelihood"])
         cov = state.get("cluster_mean_cov")  # absent from checkpoints written before it was kept
         self.cluster_mean_cov_ = None if cov is None else np.asarray(cov, float)
+        self.log_likelihood_ratio_ = state.get("log_likelihood_ratio")
         # The iteration's progress (get_state); absent from a plain state_dict.
         self.n_iter_ = int(state.get("n_iter", 0))
         self.previous_ = float(state.get("previous_log_likelihood", -math.inf))
@@ -1023,6 +1134,7 @@ class MembershipResult:
         return (
             f"K_f={m.n_field_} w_c={m.weights_[0]:.3f} sigma={m.sigma_:.3f} "
             f"a={math.exp(m.log_scale_) * 60:.2f}' gamma={m.slope_:.2f} beta={m.beta_:.2f}"
+            + ("" if getattr(m, "log_likelihood_ratio_", None) is None else f" lnLR={m.log_likelihood_ratio_:.1f}")
         )
 
 

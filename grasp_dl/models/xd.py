@@ -74,6 +74,14 @@ class XDModule(ClusteringModule):
         EM iterations (training epochs) of the fit on every training star, at most.
     tol : float
         Convergence: the change of the mean log-likelihood per star that ends training.
+    eta_max : float or None
+        Cap of the crowding inflation of Gaia's errors (VB21 measured 1.1-1.2); None: uncapped.
+    scale_prior : bool
+        VB21's soft prior against a Plummer scale above 0.75 of the cone.
+    null_test : bool
+        Judge the cluster against the same model refitted to the stars with shuffled positions
+        (the verdict's spatial test, :mod:`grasp_dl.membership.guards`) instead of the members'
+        radius ratio.
     **shared : Any
         The options every clustering module shares (:class:`~grasp_dl.models.base.ClusteringModule`).
 
@@ -95,6 +103,9 @@ class XDModule(ClusteringModule):
         n_starts: int = 3,
         max_iter: int = 100,
         tol: float = 1e-5,
+        eta_max: float | None = None,
+        scale_prior: bool = False,
+        null_test: bool = False,
         **shared: Any,
     ) -> None:
         if n_clusters is not None and (isinstance(n_clusters, str) or int(n_clusters) < 2):
@@ -113,18 +124,26 @@ class XDModule(ClusteringModule):
                 "dispersion_profile": bool(dispersion_profile),
                 "n_starts": int(n_starts),
                 "max_iter": int(max_iter),
+                "eta_max": None if eta_max is None else float(eta_max),
+                "scale_prior": bool(scale_prior),
+                "null_test": bool(null_test),
                 "tol": float(tol),
             }
         )
         self.mixture: ClusterFieldMixture | None = None
+        # The M-step steps its L-BFGS itself (em_m_step); Lightning's automatic step would call it with
+        # the training step's None as the loss (the deep models' BlockTraining, which switched this off
+        # for every module before the deep-resume merge, is no longer XD's base).
+        self.automatic_optimization = False
         #: The scale, slope and crowding beta as the M-step's L-BFGS moves them (float64).
         self.em_shape = nn.Parameter(shape_parameter())
-        # The M-step steps the optimiser itself, once per epoch (the training steps only add statistics).
-        self.automatic_optimization = False
         self._em_data: EMBatch | None = None
         self._em_rows: Tensor | None = None
         self._em_stats: Stats | None = None
         self._iterating = False
+        #: the published cluster (data.cluster=NAME, :class:`grasp_dl.data.clusters.LiteratureCluster`): its
+        #: mean starts the cluster component and its dispersion sets the dispersion prior
+        self.literature: Any = None
 
     # ------------------------------------------------------------------ fitting
     def catalog_needs(self) -> CatalogNeeds:
@@ -152,6 +171,10 @@ class XDModule(ClusteringModule):
             max_iter=hp.max_iter,
             tol=float(hp.get("tol", 1e-5)),
             seed=hp.seed,
+            eta_max=hp.get("eta_max"),
+            scale_prior=bool(hp.get("scale_prior", False)),
+            null_test=bool(hp.get("null_test", False)),
+            **named_cluster_options(self.literature),
         )
 
     def fit_stars(self, stars: StarData) -> ClusterFieldMixture:
@@ -265,6 +288,7 @@ class XDModule(ClusteringModule):
         self._iterating = False
         if mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter:
             self.trainer.should_stop = True
+            self._null_test()
             mixture.log_summary()
 
     def on_train_epoch_end(self) -> None:
@@ -275,6 +299,23 @@ class XDModule(ClusteringModule):
         mixture = self.fitted_mixture()
         nll = -mixture.log_likelihood_ / max(getattr(mixture, "n_fit_", 1), 1)
         self.log("xd/nll", nll if math.isfinite(nll) else math.inf, on_epoch=True, sync_dist=True)
+
+    def _null_test(self) -> None:
+        """``null_test``: the fit against the same model on shuffled positions, once, after the last iteration.
+
+        Run before the epoch's checkpoint so that it carries the ratio; every process holds all
+        the training stars and computes the same ratio.
+        """
+        mixture = self.fitted_mixture()
+        if mixture.null_test and mixture.log_likelihood_ratio_ is None and self._em_data is not None:
+            mixture.run_null_test(self._em_data)
+            self.adopt(mixture)
+
+    def on_fit_end(self) -> None:
+        """Run the null test when training stopped before the EM finished (``trainer.max_epochs``)."""
+        super().on_fit_end()
+        if self.mixture is not None or self.fit_results.get(MIXTURE_KEY):
+            self._null_test()
 
     def get_extra_state(self) -> dict[str, Any]:
         """The mixture's state in the module's own state dict (plain types).
@@ -405,6 +446,17 @@ class XDModule(ClusteringModule):
         prob = self.predict_proba_stars(self.stars_from_features(x))
         return torch.as_tensor(prob, dtype=torch.float32, device=x.device)
 
+    def null_options(self) -> dict[str, float]:
+        """The verdict's comparison with the no-cluster null (:func:`grasp_dl.membership.guards.check_table`).
+
+        Returns
+        -------
+        dict
+            ``log_likelihood_ratio`` when the fit ran the null test (``null_test``), else empty.
+        """
+        ratio = getattr(self.fitted_mixture(), "log_likelihood_ratio_", None)
+        return {} if ratio is None else {"log_likelihood_ratio": float(ratio)}
+
     def cluster_astrometry(self) -> dict[str, float]:
         """The cluster's deconvolved mean astrometry and dispersion (mas/yr, mas), for summaries.
 
@@ -434,4 +486,30 @@ class XDModule(ClusteringModule):
             xd_crowding_beta=float(m.beta_),
             xd_n_field=int(m.n_field_),
         )
+        if getattr(m, "log_likelihood_ratio_", None) is not None:
+            out["xd_log_likelihood_ratio"] = float(m.log_likelihood_ratio_)
         return out
+
+
+def named_cluster_options(literature: Any) -> dict[str, Any]:
+    """Mixture options from a published cluster (data.cluster=NAME): a start at its mean, a dispersion prior.
+
+    The start is one more EM start (the likelihood still chooses); the prior's sigma_0 is the
+    line-of-sight dispersion over the distance (VB21, GaiaTools), so neither is a constraint.
+
+    Parameters
+    ----------
+    literature : grasp_dl.data.clusters.LiteratureCluster or None
+
+    Returns
+    -------
+    dict
+        ``start_pm`` and ``sigma_prior`` (where the table has a dispersion), or empty.
+    """
+    if literature is None:
+        return {}
+    out: dict[str, Any] = {"start_pm": [literature.pmra, literature.pmdec, literature.parallax]}
+    sigma = getattr(literature, "pm_dispersion", None)
+    if sigma is not None and math.isfinite(sigma) and sigma > 0:
+        out["sigma_prior"] = float(sigma)
+    return out

@@ -1,0 +1,140 @@
+"""The whole-sky issue: a no-cluster null for the verdict, bounded crowding, the paper's priors, a named start."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from grasp_dl.data.astrometry import star_data
+from grasp_dl.data.prepare import estimate_center
+from grasp_dl.data.simulate import simulate_field
+from grasp_dl.data.sky import gnomonic_deproject, gnomonic_project
+from grasp_dl.membership.guards import MIN_LOG_LIKELIHOOD_RATIO, check_table
+from grasp_dl.mixtures.cluster_field import fit_membership
+
+
+def _uniform(catalog: pd.DataFrame, center, seed: int) -> pd.DataFrame:
+    """The catalogue's stars spread uniformly over its cone (proper motions kept)."""
+    xi, eta = gnomonic_project(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float), *center)
+    rng = np.random.default_rng(seed)
+    r = np.hypot(xi, eta).max() * np.sqrt(rng.random(len(catalog)))
+    phi = 2 * np.pi * rng.random(len(catalog))
+    out = catalog.copy()
+    out["ra"], out["dec"] = gnomonic_deproject(r * np.cos(phi), r * np.sin(phi), *center)
+    return out
+
+
+def _fit(catalog: pd.DataFrame, center=None, **options):
+    center = center or estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
+    result = fit_membership(star_data(catalog, center, ("pmra", "pmdec", "parallax")), **options)
+    check = check_table(result.member_prob, catalog, center, log_likelihood_ratio=result.mixture.log_likelihood_ratio_)
+    return result, check
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_cone_whose_positions_carry_no_information_names_no_cluster(seed):
+    catalog = simulate_field("m4", seed=seed, n_stars=2500)
+    center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
+    # the cluster's stars stay (a tight proper-motion group) but sit anywhere: no concentration
+    shuffled = _uniform(catalog.drop(columns="truth"), center, seed)
+    result, check = _fit(shuffled, center, null_test=True)
+    assert result.mixture.log_likelihood_ratio_ < MIN_LOG_LIKELIHOOD_RATIO
+    assert not check["cluster_found"] and "shuffled positions" in check["cluster_reason"]
+    # the same stars at their true positions are a cluster, by a wide margin
+    result, check = _fit(catalog.drop(columns="truth"), center, null_test=True)
+    assert result.mixture.log_likelihood_ratio_ > 10 * MIN_LOG_LIKELIHOOD_RATIO and check["cluster_found"]
+
+
+def test_a_cluster_that_fills_its_cone_passes_the_null_where_the_radius_ratio_refused_it():
+    # 85% members in a cone little larger than the cluster's core: the members' median radius is
+    # close to the others', yet their proper motions are a tenth as wide
+    catalog = simulate_field(
+        "m4", seed=0, n_stars=3000, radius_deg=0.08, cluster={"fraction": 0.85, "core_radius_arcmin": 3.0}
+    )
+    truth = catalog.pop("truth").to_numpy() == "cluster"
+    result, check = _fit(catalog, null_test=True)
+    old = check_table(result.member_prob, catalog, estimate_center(catalog["ra"].values, catalog["dec"].values))
+    assert check["cluster_found"], check["cluster_reason"]
+    assert not old["cluster_found"] and "not concentrated" in old["cluster_reason"]
+    predicted = result.member_prob > 0.5
+    assert (predicted & truth).sum() / truth.sum() > 0.9
+
+
+def test_eta_max_bounds_the_crowding_inflation():
+    catalog = simulate_field("ngc6558", seed=0, n_stars=3000).drop(columns="truth")
+    result, _ = _fit(catalog, null_test=True, eta_max=1.2)
+    m = result.mixture
+    radius = torch.linspace(0.0, m.radius_max_, 50, dtype=torch.float64)
+    assert float(m._eta2_t(m._density_ratio_t(radius)).max()) <= 1.2**2 + 1e-9
+    assert m.beta_ <= m._beta_max() + 1e-9
+
+
+def test_the_dispersion_prior_pulls_a_wide_cluster_toward_the_published_sigma():
+    catalog = simulate_field("m4", seed=0, n_stars=3000).drop(columns="truth")
+    free, _ = _fit(catalog)
+    prior, _ = _fit(catalog, sigma_prior=0.5 * free.mixture.sigma_)
+    assert prior.mixture.sigma_ < 0.85 * free.mixture.sigma_
+    # a prior far below the fitted dispersion (a distant cluster's sigma_0) is a wall, not an overflow
+    tiny, _ = _fit(catalog, sigma_prior=0.005)
+    assert tiny.mixture.sigma_ < prior.mixture.sigma_
+
+
+def test_a_named_cluster_of_a_dozen_stars_is_found_from_its_published_mean():
+    catalog = simulate_field("m4", seed=2, n_stars=1500, cluster={"fraction": 0.01})
+    truth = catalog.pop("truth").to_numpy() == "cluster"
+    pm = catalog.loc[truth, ["pmra", "pmdec", "parallax"]].median().to_numpy()
+    result, check = _fit(catalog, null_test=True, start_pm=pm, sigma_prior=0.2)
+    predicted = result.member_prob > 0.5
+    assert 10 <= predicted.sum() and (predicted & truth).sum() >= 0.8 * truth.sum()
+    assert check["cluster_found"], check["cluster_reason"]
+
+
+def test_the_product_judges_against_the_null_when_model_null_test_is_set(tmp_path):
+    from grasp_dl.api import DeepClusteringModel
+
+    catalog = simulate_field("m4", seed=4, n_stars=2500).drop(columns="truth")
+    center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
+    verdicts = {}
+    for label, cone in (("cluster", catalog), ("shuffled", _uniform(catalog, center, 4))):
+        estimator = DeepClusteringModel(
+            model="xd",
+            output_dir=tmp_path / label,
+            progress_bar=False,
+            overrides=["model.null_test=true", "model.eta_max=1.3", "model.scale_prior=true"],
+        ).fit(cone)
+        _, summary = estimator.predict_table(cone)
+        verdicts[label] = summary
+    assert verdicts["cluster"]["cluster_found"] and verdicts["cluster"]["xd_log_likelihood_ratio"] > 100
+    assert not verdicts["shuffled"]["cluster_found"]
+    assert "shuffled positions" in verdicts["shuffled"]["cluster_reason"]
+
+
+def test_a_named_cluster_starts_the_mixture_from_the_published_row():
+    from grasp_dl.data.clusters import literature_cluster
+    from grasp_dl.models.xd import named_cluster_options
+
+    ngc288 = literature_cluster("NGC 288")
+    options = named_cluster_options(ngc288)
+    assert options["start_pm"] == [ngc288.pmra, ngc288.pmdec, ngc288.parallax]
+    assert options["sigma_prior"] == pytest.approx(3.3 / 8.99 / 4.74)
+    assert named_cluster_options(None) == {}
+
+
+def test_the_null_threshold_grows_with_the_square_root_of_the_group():
+    from grasp_dl.membership.guards import NULL_RATIO_PER_SQRT_MEMBER, check_plausibility
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    radius = 0.1 * np.sqrt(rng.random(n))
+    pm = rng.normal(0.0, 3.0, (n, 2))
+    for members, ratio, found in ((40, 14.0, True), (1600, 16.7, False), (1600, 40.0, True)):
+        prob = np.zeros(n)
+        prob[:members] = 1.0
+        pm_group = pm.copy()
+        pm_group[:members] = rng.normal(0.0, 0.1, (members, 2))
+        check = check_plausibility(prob, radius, pm_group, log_likelihood_ratio=ratio)
+        assert check["cluster_found"] is found, check["cluster_reason"]
+        needed = max(MIN_LOG_LIKELIHOOD_RATIO, NULL_RATIO_PER_SQRT_MEMBER * np.sqrt(members))
+        assert check["diagnostics"]["min_log_likelihood_ratio"] == pytest.approx(needed)
