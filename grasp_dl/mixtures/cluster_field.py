@@ -1039,13 +1039,14 @@ class ClusterFieldMixture:
             (n, 1 + n_field) probabilities.
         """
         radius = np.minimum(np.nan_to_num(data.radius, nan=self.radius_max_), self.radius_max_)
-        r = torch.as_tensor(radius, dtype=torch.float64)
-        joint = self._log_spatial_t(r, self._params(r)["weights"])
-        has = data.has_astrometry
-        if has.any():
-            batch = self._prepare(data, has).tensors()
-            joint[torch.as_tensor(has)] = torch.cat([self._log_joint_t(chunk) for chunk in batch.chunks()])
-        return torch.exp(joint - torch.logsumexp(joint, 1, keepdim=True)).numpy()
+        with single_cpu_thread("cpu"):
+            r = torch.as_tensor(radius, dtype=torch.float64)
+            joint = self._log_spatial_t(r, self._params(r)["weights"])
+            has = data.has_astrometry
+            if has.any():
+                batch = self._prepare(data, has).tensors()
+                joint[torch.as_tensor(has)] = torch.cat([self._log_joint_t(chunk) for chunk in batch.chunks()])
+            return torch.exp(joint - torch.logsumexp(joint, 1, keepdim=True)).numpy()
 
     def bic(self) -> float:
         """Bayesian information criterion of the final fit (lower is better)."""

@@ -457,7 +457,9 @@ class ClusteringModule(L.LightningModule):
         trainer = self._trainer
         if trainer is None or trainer.world_size <= 1:
             return
-        checkpoint: dict[str, Any] = {"state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+        # tensors to the CPU for the broadcast; a module's extra state (plain types) as it is
+        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.state_dict().items()}
+        checkpoint: dict[str, Any] = {"state_dict": state}
         self.on_save_checkpoint(checkpoint)
         checkpoint = trainer.strategy.broadcast(checkpoint, src=0)
         self.on_load_checkpoint(checkpoint)

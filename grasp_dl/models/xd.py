@@ -352,15 +352,7 @@ class XDModule(ClusteringModule):
         state.setdefault(EXTRA_STATE_KEY, self.get_extra_state())
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Log the mean entropy of the validation stars' groups (from their features, without errors).
-
-        Only after the fit's last EM iteration: nothing monitors it (checkpoints and early stopping
-        watch ``xd/nll``), and scoring every validation star at every iteration would cost more than
-        the iteration itself.
-        """
-        trainer = self.trainer
-        if not (trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)):
-            return
+        """Log the mean entropy of the validation stars' groups (from their features, without errors)."""
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         self.log("val/entropy", self.mean_entropy(self.predict_proba(x)), on_epoch=True, sync_dist=True)
 
