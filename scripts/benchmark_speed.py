@@ -29,11 +29,6 @@ epochs), since a shared process has one peak.
 the device at each step boundary. `--dec` adds the DEC phase of (a) (after as many autoencoder
 epochs), as stars per second of its training epochs.
 
-`--graphs` trains (a) with its steps captured in CUDA graphs (``graphs=true``, a GPU; ``--graphs static``
-runs the same static-shape step eagerly, on any device) and adds a table of agreement: the
-autoencoder trained two epochs on min(N, 10^5) stars with and without graphs, same seed, and the
-largest relative difference of their block losses and absolute difference of their weights.
-
 `--predict N` times `grasp-dl predict` on N simulated rows (a Parquet file written chunk by chunk)
 with a small model trained first (`--predict-model`, default dec): wall time, CPU time and peak
 memory of the command, and the load average (other processes on a shared machine slow it).
@@ -44,7 +39,6 @@ memory of the command, and the load average (other processes on a shared machine
     python scripts/benchmark_speed.py --sizes --predict 10000000 --predict-model xd   # the default model
     python scripts/benchmark_speed.py --precision bf16-mixed   # on a GPU
     python scripts/benchmark_speed.py --compile --sizes 100000 --batch-sizes 256
-    python scripts/benchmark_speed.py --graphs --sizes 100000 --batch-sizes 256 4096   # on a GPU
     python scripts/benchmark_speed.py --sizes 100000 --batch-sizes 256 --set data.batches_per_step=1
 
 Run it alone on the machine: it is a timing.
@@ -297,68 +291,10 @@ def child(kind: str, n: int, batch_size: int, epochs: int, dec: bool, precision:
     with contextlib.redirect_stdout(sys.stderr):
         if kind == "paired":
             out = {"rates": run_paired(n, batch_size, epochs, dec, precision, compile_)}
-        elif kind.startswith("agreement="):
-            out = {"agreement": run_agreement(n, batch_size, epochs, precision, kind.split("=", 1)[1])}
         else:
             run_alone(kind, n, batch_size, epochs, precision)
             out = {}
     print(json.dumps({**out, "peak_rss_mib": _peak_rss_mib()}))
-
-
-class BlockLosses(L.Callback):
-    """The mean loss of every training step (block), as the module returned it."""
-
-    def __init__(self) -> None:
-        self.losses: list = []
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            self.losses.append(loss.detach().float().clone())
-
-
-def run_agreement(n: int, batch_size: int, epochs: int, precision: str, graphs: str) -> dict:
-    """The autoencoder trained with and without graphs from one seed: how far their losses and weights drift apart."""
-    import torch
-
-    from grasp_dl.engine.graph_step import use_graphs
-    from grasp_dl.jobs import train as pipeline
-
-    losses, weights, steps, counts = {}, {}, {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = _config(n, batch_size, epochs, False, precision, False, tmp)
-        datamodule = pipeline.build_datamodule(cfg)
-        for setting in ("false", graphs):
-            L.seed_everything(0, verbose=False)
-            module = pipeline.build_module(cfg.model, datamodule)
-            use_graphs(module, setting)
-            recorder = BlockLosses()
-            trainer = L.Trainer(
-                accelerator="auto",
-                devices=1,
-                precision=precision,
-                max_epochs=epochs,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                callbacks=[recorder],
-            )
-            trainer.fit(module, datamodule=datamodule)
-            losses[setting] = torch.stack(recorder.losses).cpu()
-            weights[setting] = torch.cat([p.detach().float().flatten().cpu() for p in module.parameters()])
-            steps[setting] = trainer.global_step
-            step = module._graph_step
-            counts[setting] = step and {"captures": step.captures, "replays": step.replays, "eager": step.eager_steps}
-    eager, graphed = losses["false"], losses[graphs]
-    return {
-        "steps": [steps["false"], steps[graphs]],
-        "loss_rel": float(((graphed - eager).abs() / eager.abs()).max()),
-        "final_loss": [float(eager[-1]), float(graphed[-1])],
-        "weight_abs": float((weights[graphs] - weights["false"]).abs().max()),
-        "graph_steps": counts[graphs],
-    }
 
 
 def _run_child(args: argparse.Namespace, kind: str, n: int, batch_size: int, epochs: int, dec: bool) -> dict:
@@ -474,13 +410,6 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", help="trainer.precision, e.g. bf16-mixed on a GPU")
     parser.add_argument("--compile", action="store_true", help="(a) with compile=true (torch.compile)")
     parser.add_argument("--no-rss", dest="rss", action="store_false", help="skip the peak-memory runs")
-    parser.add_argument(
-        "--graphs",
-        nargs="?",
-        const="true",
-        choices=["true", "static"],
-        help="(a) with CUDA-graph steps (graphs=true; 'static': the same step run eagerly), plus their agreement",
-    )
     parser.add_argument("--predict", type=int, default=0, help="time grasp-dl predict on this many rows")
     parser.add_argument(
         "--predict-model", default="dec", help="the model --predict trains and scores with (dec, vade, xd)"
@@ -499,15 +428,13 @@ def main() -> None:
         kind, n, batch, epochs, dec, precision, compile_ = args.child
         child(kind, int(n), int(batch), int(epochs), bool(int(dec)), precision, bool(int(compile_)))
         return
-    if args.graphs:
-        args.overrides.append(f"graphs={args.graphs}")
     os.environ["BENCHMARK_OVERRIDES"] = " ".join(args.overrides)
     import torch
 
     device = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, precision {args.precision}"
-        f"{', compile' if args.compile else ''}{', graphs=' + args.graphs if args.graphs else ''}; paired timing, lowest a/b of {args.repeats} runs"
+        f"{', compile' if args.compile else ''}; paired timing, lowest a/b of {args.repeats} runs"
         f"{'; ' + ' '.join(args.overrides) if args.overrides else ''}"
     )
     if args.sizes:
@@ -526,23 +453,6 @@ def main() -> None:
             if args.dec:
                 row += f" {res['rates'].get('dec', float('nan')):,.0f} |"
             print(row, flush=True)
-    if args.graphs and args.sizes:
-        print(
-            f"\nAgreement, graphs={args.graphs} against eager steps (autoencoder, 2 epochs, one seed):\n"
-            "| N | batch | steps eager / graphs | max rel. diff of step losses | last loss eager / graphs "
-            "| max abs. weight diff | captures / replays / eager steps |\n|---|---|---|---|---|---|---|"
-        )
-        for n in args.sizes:
-            for batch in args.batch_sizes:
-                stars = min(n, 100_000)
-                res = _run_child(args, f"agreement={args.graphs}", stars, batch, 2, False)["agreement"]
-                counts = res["graph_steps"] or {}
-                print(
-                    f"| {stars:,} | {batch} | {res['steps'][0]} / {res['steps'][1]} | {res['loss_rel']:.2e} "
-                    f"| {res['final_loss'][0]:.6f} / {res['final_loss'][1]:.6f} | {res['weight_abs']:.2e} "
-                    f"| {counts.get('captures')} / {counts.get('replays')} / {counts.get('eager')} |",
-                    flush=True,
-                )
     if args.predict:
         predict_benchmark(args.predict, args.predict_model)
 

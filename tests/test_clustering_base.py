@@ -367,12 +367,14 @@ XD_PREP = {"feature_names": ["xi", "eta", "pmra", "pmdec"], "scaler": {"center":
 
 
 def test_a_model_without_a_network_sits_on_the_lean_base_only():
-    """XD has no network: no network shape, optimiser, anchor, hard-field switches or speed mixins."""
+    """XD has no network: no network shape, deep optimiser options, anchor, hard-field switches or speed mixins;
+    its one optimiser moves the mixture's profile shape (the M-step's L-BFGS), nothing else."""
     module = XDModule(4, preprocessing=XD_PREP)
     assert not isinstance(module, (DeepClusteringModule, BlockTraining, EpochMeanLogging, HardFieldIngredients))
     deep_only = {"hidden_dims", "latent_dim", "dropout", "optimizer", "anchor", "spatial_prior", "xd"}
     assert not deep_only & set(module.hparams) and not any(k.startswith("radial_prior") for k in module.state_dict())
-    assert module.configure_optimizers() is None
+    (group,) = module.configure_optimizers().param_groups
+    assert [id(p) for p in group["params"]] == [id(module.em_shape)]
     for deep in (DECModule, VaDEModule):
         assert issubclass(deep, (DeepClusteringModule, BlockTraining, EpochMeanLogging, HardFieldIngredients))
 

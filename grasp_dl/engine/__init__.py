@@ -1,1 +1,1 @@
-"""Opt-in training speed: block steps, CUDA graphs, epoch means."""
+"""Opt-in training speed: block steps and epoch means."""

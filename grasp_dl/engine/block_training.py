@@ -12,7 +12,6 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from grasp_dl.data.loader import Batch, is_block
-from grasp_dl.engine.graph_step import GraphStep, graph_step_for
 
 #: Hooks Lightning's ``manual_backward`` runs around every backward pass.
 BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
@@ -79,15 +78,11 @@ class BlockTraining:
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
         self._plain_backward = False
-        # CUDA-graph steps (grasp_dl/engine/graph_step.py), decided at the start of each fit.
-        self._graph_step: GraphStep | None = None
 
     def on_train_start(self) -> None:
         """Decide once per fit whether the backward pass may bypass Lightning's (then empty) hooks."""
         super().on_train_start()  # type: ignore[misc]
         self._plain_backward = plain_backward_allowed(self.trainer, self)  # type: ignore[attr-defined, arg-type]
-        # --- graphs (grasp_dl/engine/graph_step.py): None unless the `graphs` setting captures steps
-        self._graph_step = graph_step_for(self, self.trainer)  # type: ignore[arg-type]
 
     def batch_loss(self, batch: Batch) -> Tensor:
         """The training loss of one mini-batch (log its terms with ``log_epoch_mean``)."""
@@ -117,8 +112,6 @@ class BlockTraining:
         if trainer.max_steps >= 0:  # end the block where max_steps ends the fit
             batches = batches[: max(trainer.max_steps - trainer.global_step, 0)]
         optimizer = self.optimizers()  # type: ignore[attr-defined]
-        if self._graph_step is not None:  # --- graphs: captured steps (grasp_dl/engine/graph_step.py)
-            return self._graph_step.run_block(batches, optimizer)
         losses, sizes = [], []
         for batch in batches:
             if not self.before_batch(batch):

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from grasp_dl.data.datamodule import MIN_USEFUL_STARS, StellarCatalogDataModule
 from grasp_dl.data.validation import check_trainable
 from grasp_dl.engine.block_settings import block_trainer_options
-from grasp_dl.engine.graph_step import use_graphs
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.networks import compile_network
@@ -283,8 +282,6 @@ def pretrain_autoencoder(
     autoencoder = build_module(model_cfg.pretrain, datamodule)
     if cfg.get("compile"):
         compile_network(autoencoder.net)
-    # CUDA-graph training steps (grasp_dl/engine/graph_step.py)
-    use_graphs(autoencoder, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     monitor = model_cfg.pretrain.get("monitor") or "val/loss"
     phase_cfg = _phase_config(cfg, AUTOENCODER_PHASE, int(model_cfg.pretrain_epochs), monitor)
     if ckpt_path:
@@ -531,8 +528,6 @@ def train(
         module = build_clustering_module(cfg.model, autoencoder, datamodule)
     if cfg.get("compile"):
         compile_network(module.net)
-    # CUDA-graph training steps (grasp_dl/engine/graph_step.py)
-    use_graphs(module, cfg.get("graphs", "auto"), compiled=bool(cfg.get("compile")))
     if resume.final:
         check_state_fits(module, resume.final)
     mark("pipeline: build the Trainer (callbacks, loggers)")

@@ -104,7 +104,7 @@ class RadialPrior(nn.Module):
         self.register_buffer("offset", torch.zeros(2))
         self.register_buffer("scale", torch.ones(2))
         # Host copies of ``group`` and ``source``: reading the buffers in a training step would
-        # synchronise with the device and cannot be captured in a CUDA graph (models/graph_step.py).
+        # synchronise with the device and would stall an asynchronous device.
         self._group, self._source = -1, -1
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
