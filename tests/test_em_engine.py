@@ -55,6 +55,36 @@ def test_statistics_of_two_halves_add_up_to_the_whole():
     assert all(torch.equal(unflatten_stats(flat, layout)[key], value) for key, value in whole.items())
 
 
+def test_another_modality_weighs_in_on_the_memberships_through_log_extra():
+    mixture, stars = _explored()
+    mixture.start_iteration()
+    batch = mixture.em_batch(stars)
+    k = mixture.n_components
+    plain = mixture.e_step(batch)
+    # a log-density that is the same for every component changes the likelihood, never the memberships
+    same = mixture.e_step(batch.with_log_extra(torch.full((len(batch), k), -1.5, dtype=torch.float64)))
+    torch.testing.assert_close(same["mass"], plain["mass"])
+    torch.testing.assert_close(same["loglik"], plain["loglik"] - 1.5 * len(batch))
+    # one that favours the cluster moves mass to it, batch by batch as on the whole
+    favour = torch.zeros((len(batch), k), dtype=torch.float64)
+    favour[:, 0] = 2.0
+    tilted = batch.with_log_extra(favour)
+    whole = mixture.e_step(tilted)
+    assert float(whole["mass"][0]) > float(plain["mass"][0]) + 1.0
+    half = len(batch) // 2
+    parts = add_stats(
+        mixture.e_step(tilted.rows(slice(0, half))), mixture.e_step(tilted.rows(torch.arange(half, len(batch))))
+    )
+    torch.testing.assert_close(parts["mass"], whole["mass"], rtol=1e-10, atol=1e-8)
+    # predict_proba takes the same term for every star, those without astrometry included
+    all_extra = np.zeros((len(stars.radius), k))
+    all_extra[:, 0] = 2.0
+    p_plain, p_tilted = mixture.predict_proba(stars)[:, 0], mixture.predict_proba(stars, all_extra)[:, 0]
+    assert (p_tilted >= p_plain - 1e-12).all() and p_tilted.mean() > p_plain.mean()
+    with pytest.raises(ValueError, match="log_extra has"):
+        batch.with_log_extra(favour[:-1])
+
+
 def test_the_plain_loop_over_chunks_is_the_loop_over_the_whole_and_its_state_resumes():
     mixture, stars = _explored()
     state = mixture.get_state()

@@ -217,11 +217,16 @@ class EMBatch:
         Packed error covariances, (m, n).
     radius : Tensor
         Radii clipped at the cone's radius, (n,).
+    log_extra : Tensor, optional
+        Each star's log-density under each component in another modality (the colour-magnitude
+        diagram of ``experiment=multimodal``), (n, k); added to the astrometric log joint, so the
+        E-step's memberships use it while the astrometric M-step stays as it is. None: astrometry only.
     """
 
     values: Tensor
     errors: Tensor
     radius: Tensor
+    log_extra: Tensor | None = None
 
     @property
     def d(self) -> int:
@@ -233,10 +238,27 @@ class EMBatch:
 
     def rows(self, index: Tensor | slice) -> EMBatch:
         """The batch of the stars at ``index``."""
+        extra = self.log_extra
         if isinstance(index, slice):
-            return EMBatch(self.values[:, index], self.errors[:, index], self.radius[index])
+            return EMBatch(
+                self.values[:, index],
+                self.errors[:, index],
+                self.radius[index],
+                None if extra is None else extra[index],
+            )
         index = torch.as_tensor(index, device=self.radius.device)
-        return EMBatch(self.values.index_select(1, index), self.errors.index_select(1, index), self.radius[index])
+        return EMBatch(
+            self.values.index_select(1, index),
+            self.errors.index_select(1, index),
+            self.radius[index],
+            None if extra is None else extra[index],
+        )
+
+    def with_log_extra(self, log_extra: Tensor | None) -> EMBatch:
+        """The same stars with ``log_extra`` (n, k) as their other modality's log-densities (None: none)."""
+        if log_extra is not None and tuple(log_extra.shape[:1]) != (len(self),):
+            raise ValueError(f"log_extra has {log_extra.shape[0]} rows for a batch of {len(self)} stars")
+        return EMBatch(self.values, self.errors, self.radius, log_extra)
 
     def chunks(self, size: int = CHUNK) -> Iterator[EMBatch]:
         """Consecutive batches of at most ``size`` stars."""
@@ -417,7 +439,8 @@ class ClusterFieldMixture:
         total[list(_DIAG[d])] += self._cluster_prior_t(batch.radius, d)
         columns = [packed_logpdf(batch.values - params["mean"][:, None], total, d)]
         columns += [lp for _, _, lp in self._field_logpdfs(batch, err, params)]
-        return self._log_spatial_t(batch.radius, params["weights"]) + torch.stack(columns, 1)
+        joint = self._log_spatial_t(batch.radius, params["weights"]) + torch.stack(columns, 1)
+        return joint if batch.log_extra is None else joint + batch.log_extra
 
     # ------------------------------------------------------------------ data
     def _prepare(self, data: StarData, rows: np.ndarray | None = None) -> _Prepared:
@@ -570,6 +593,8 @@ class ClusterFieldMixture:
         ratio = self._density_ratio_t(r)
         err = self._eta2_t(ratio) * batch.errors
         spatial = self._log_spatial_t(r, params["weights"])
+        if batch.log_extra is not None:  # another modality's densities weigh in on the memberships
+            spatial = spatial + batch.log_extra
         prior = self._cluster_prior_t(r, d)
         total = err.clone()
         total[diag] += prior
@@ -1005,7 +1030,7 @@ class ClusterFieldMixture:
             loglik = float(sum(self.e_step(chunk, loglik_only=True)["loglik"] for chunk in batch.chunks()))
             generator = torch.Generator().manual_seed(self.seed)
             order = torch.randperm(len(batch), generator=generator).to(batch.radius.device)
-            shuffled = EMBatch(batch.values, batch.errors, batch.radius[order])
+            shuffled = EMBatch(batch.values, batch.errors, batch.radius[order], batch.log_extra)
             try:
                 null = self._em(shuffled, NULL_ITER)
             finally:
@@ -1025,13 +1050,15 @@ class ClusterFieldMixture:
         )
 
     # ------------------------------------------------------------------ inference
-    def predict_proba(self, data: StarData) -> np.ndarray:
+    def predict_proba(self, data: StarData, log_extra: np.ndarray | Tensor | None = None) -> np.ndarray:
         """Component probabilities of each star (rows sum to 1), column 0 the cluster.
 
         Parameters
         ----------
         data : StarData
-            Stars to score; those without astrometry are scored from their radius alone.
+            Stars to score; those without astrometry are scored from their radius (and ``log_extra``) alone.
+        log_extra : array or Tensor, optional
+            (n, k) log-densities of every star in another modality (see :class:`EMBatch`).
 
         Returns
         -------
@@ -1046,6 +1073,11 @@ class ClusterFieldMixture:
             if has.any():
                 batch = self._prepare(data, has).tensors()
                 joint[torch.as_tensor(has)] = torch.cat([self._log_joint_t(chunk) for chunk in batch.chunks()])
+            if log_extra is not None:
+                extra = torch.as_tensor(log_extra, dtype=torch.float64).cpu()
+                if extra.shape != joint.shape:
+                    raise ValueError(f"log_extra has shape {tuple(extra.shape)}, the stars need {tuple(joint.shape)}")
+                joint = joint + torch.nan_to_num(extra, nan=0.0)
             return torch.exp(joint - torch.logsumexp(joint, 1, keepdim=True)).numpy()
 
     def bic(self) -> float:
