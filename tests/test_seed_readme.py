@@ -203,7 +203,6 @@ def test_gpu_memory_usage_runs_as_written():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the seed's GPU block names the GPU: needs one")
 def test_the_whole_gpu_block_runs_on_a_gpu(capsys):
     run_block(GPU_ACCELERATION, {})
     assert "CUDA available: True" in capsys.readouterr().out
