@@ -60,7 +60,7 @@ from torch import Tensor
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog, TrainingCatalogSource
 from grasp_dl.membership.rules import choose_cluster_group
-from grasp_dl.mixtures.deconvolution import plummer_log_density
+from grasp_dl.mixtures.profile import plummer_log_density
 from grasp_dl.models.clustering import INIT_METHODS
 from grasp_dl.models.ingredients import fit_plummer
 from grasp_dl.models.optim import plain_config

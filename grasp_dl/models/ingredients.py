@@ -26,7 +26,7 @@ from torch import Tensor
 
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
 from grasp_dl.membership.rules import choose_cluster_group
-from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
+from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
 from grasp_dl.mixtures.profile import plummer_log_density
 from grasp_dl.models.clustering import initial_responsibilities
 from grasp_dl.runtime.errors import ConfigError
@@ -89,13 +89,11 @@ def fit_plummer(radius: np.ndarray, weights: np.ndarray, radius_max: float) -> f
     return float(result.x)
 
 
-def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> Any:
+def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> ClusterFieldMixture:
     """The mixture ``init='xd'`` starts from: group 0 the cluster, ``n_clusters - 1`` field groups.
 
-    With every physical ingredient on (spatial, use_errors, no photometry: the default) it is
-    model=xd's :class:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture` (Plummer cluster with an
-    isotropic dispersion, crowding-scaled errors, several starts); an ablation that switches an
-    ingredient off gets :class:`SpatialDeconvolvedMixture` with that switch.
+    model=xd's :class:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture`, with the ablation
+    switches of ``model.xd`` (spatial, use_errors, photometry) as its options.
 
     Parameters
     ----------
@@ -108,14 +106,17 @@ def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> 
 
     Returns
     -------
-    ClusterFieldMixture or SpatialDeconvolvedMixture
+    ClusterFieldMixture
         Unfitted.
     """
-    if options["spatial"] and options["use_errors"] and not options["photometry"]:
-        from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
-
-        return ClusterFieldMixture(n_field=int(n_clusters) - 1, max_iter=int(options["max_iter"]), seed=int(seed))
-    return SpatialDeconvolvedMixture(n_clusters, seed=seed, **options)
+    return ClusterFieldMixture(
+        n_field=int(n_clusters) - 1,
+        max_iter=int(options["max_iter"]),
+        seed=int(seed),
+        spatial=bool(options["spatial"]),
+        use_errors=bool(options["use_errors"]),
+        photometry=bool(options["photometry"]),
+    )
 
 
 class HardFieldIngredients:

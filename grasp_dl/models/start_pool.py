@@ -47,6 +47,8 @@ from grasp_dl.data.astrometry import StarData
 POOL_KEY = "start_pool"
 #: Probabilities are clipped to [EPS, 1 - EPS] before taking log-odds.
 EPS = 1e-9
+#: The kind of the kept start of the second mixture that the one mixture replaced.
+RETIRED_KIND = "spatial_deconvolved"
 
 
 def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
@@ -54,7 +56,7 @@ def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
 
     Parameters
     ----------
-    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+    mixture : ClusterFieldMixture
         The fitted start of ``init='xd'``.
     group : int
         Its cluster component.
@@ -64,34 +66,29 @@ def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
     dict or None
         ``kind``, ``settings``, ``state``, ``group`` and ``use_errors`` (whether the start scores
         stars with their errors, so a prediction should give them); None for a start that cannot score stars
-        from their features (one fitted with photometry) or an unknown kind.
+        from their features (one fitted with photometry) or another kind of object.
     """
     from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
-    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
 
-    if isinstance(mixture, ClusterFieldMixture):
-        settings = {
-            "crowding": mixture.crowding,
-            "dispersion_profile": mixture.dispersion_profile,
-            "free_slope": mixture.free_slope,
-        }
-        return {
-            "kind": "cluster_field",
-            "settings": settings,
-            "state": mixture.state_dict(),
-            "group": int(group),
-            "use_errors": True,
-        }
-    if isinstance(mixture, SpatialDeconvolvedMixture) and not mixture.photometry:
-        settings = {"n_components": mixture.n_components, "spatial": mixture.spatial, "use_errors": mixture.use_errors}
-        return {
-            "kind": "spatial_deconvolved",
-            "settings": settings,
-            "state": mixture.state_dict(),
-            "group": int(group),
-            "use_errors": bool(mixture.use_errors),
-        }
-    return None
+    if not isinstance(mixture, ClusterFieldMixture) or mixture.photometry:
+        return None
+    settings = {
+        "crowding": mixture.crowding,
+        "dispersion_profile": mixture.dispersion_profile,
+        "free_slope": mixture.free_slope,
+    }
+    # the ablation switches only when off, so a default start's record is what it always was
+    if not mixture.spatial:
+        settings["spatial"] = False
+    if not mixture.use_errors:
+        settings["use_errors"] = False
+    return {
+        "kind": "cluster_field",
+        "settings": settings,
+        "state": mixture.state_dict(),
+        "group": int(group),
+        "use_errors": mixture.use_errors,
+    }
 
 
 def restore_start_mixture(pool: Mapping[str, Any]) -> Any:
@@ -104,33 +101,30 @@ def restore_start_mixture(pool: Mapping[str, Any]) -> Any:
 
     Returns
     -------
-    SpatialDeconvolvedMixture or ClusterFieldMixture
+    ClusterFieldMixture
 
     Raises
     ------
     ValueError
-        For an unknown kind.
+        For an unknown kind, or a start of the retired second mixture (``spatial_deconvolved``):
+        its full-covariance cluster has no exact counterpart in the one mixture, so the message
+        says to retrain.
     """
     from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
-    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
 
-    state = pool["state"]
     if pool["kind"] == "cluster_field":
-        return ClusterFieldMixture(**pool["settings"]).load_state_dict(dict(state))
-    if pool["kind"] == "spatial_deconvolved":
-        mixture = SpatialDeconvolvedMixture(**pool["settings"])
-        mixture.weights_ = np.asarray(state["weights"], float)
-        mixture.means_ = np.asarray(state["means"], float)
-        mixture.covariances_ = np.asarray(state["covariances"], float)
-        mixture.log_scale_ = float(state["log_scale"])
-        mixture.radius_max_ = float(state["radius_max"])
-        return mixture
+        return ClusterFieldMixture(**pool["settings"]).load_state_dict(dict(pool["state"]))
+    if pool["kind"] == RETIRED_KIND:
+        raise ValueError(
+            f"this checkpoint's start mixture is of the retired kind {RETIRED_KIND!r} (an ablation start of "
+            "model.xd.spatial/use_errors/photometry from an older grasp-dl), which this version cannot score: "
+            "retrain the model with this version (grasp-dl train ...)"
+        )
     raise ValueError(f"unknown start mixture kind {pool['kind']!r}")
 
 
 def _astrometry_dim(mixture: Any) -> int:
-    means = getattr(mixture, "cluster_mean_", None)
-    return int(np.shape(means)[0]) if means is not None else int(np.shape(mixture.means_)[1])
+    return int(np.shape(mixture.cluster_mean_)[0])
 
 
 def start_cluster_probability(mixture: Any, group: int, values: np.ndarray, names: Sequence[str]) -> np.ndarray | None:
@@ -138,7 +132,7 @@ def start_cluster_probability(mixture: Any, group: int, values: np.ndarray, name
 
     Parameters
     ----------
-    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+    mixture : ClusterFieldMixture
         The fitted start.
     group : int
         Its cluster component.
@@ -169,7 +163,7 @@ def start_cluster_probability_stars(mixture: Any, group: int, stars: StarData) -
 
     Parameters
     ----------
-    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+    mixture : ClusterFieldMixture
         The fitted start.
     group : int
         Its cluster component.
