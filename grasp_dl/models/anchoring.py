@@ -67,6 +67,7 @@ from grasp_dl.models.start_pool import (
     start_pool_state,
     start_weight,
 )
+from grasp_dl.runtime.capabilities import FitsPositionModel, KeepsFitResults, LogsEpochMeans
 from grasp_dl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,8 @@ class StartAnchor:
     """Mixin for clustering LightningModules: keep the start's cluster group (see the module doc).
 
     Needs ``hparams.anchor`` (see :func:`anchor_options`), ``hparams.cluster_group`` (the user's
-    choice, which the anchor never overrides), ``predict_proba``, ``physical_features``,
+    choice, which the anchor never overrides), ``network_proba`` (the host's own probabilities,
+    :meth:`~grasp_dl.models.base.ClusteringModule.network_proba`), ``physical_features``,
     ``cluster_group`` and a ``decided_group`` buffer. Cooperative hooks: :meth:`setup_ingredients`
     (after the groups are initialised) remembers the start; the host adds :meth:`anchor_loss` to
     each step's loss and calls :meth:`guard_start` whenever it decides the cluster group on the
@@ -332,21 +334,6 @@ class StartAnchor:
             self._best_state["initialized"].fill_(True)  # the start is an initialised module
         self._best_agreement = None
         self._fell_back = False
-
-    def network_proba(self, x: Tensor) -> Tensor:
-        """The model's own group probabilities, without the start's pool (hosts that pool override it).
-
-        Parameters
-        ----------
-        x : Tensor
-            Standardised features.
-
-        Returns
-        -------
-        Tensor
-            Shape (n, n_clusters).
-        """
-        return self.predict_proba(x)
 
     @torch.no_grad()
     def pooled_proba(self, x: Tensor, q: Tensor) -> Tensor:
@@ -482,8 +469,7 @@ class StartAnchor:
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
     def _results(self) -> dict[str, Any]:
-        results = getattr(self, "fit_results", None)
-        return results if results is not None else self.hparams
+        return self.fit_results if isinstance(self, KeepsFitResults) else self.hparams
 
     def _name_group(self, group: int) -> None:
         self.decided_group.fill_(int(group))
@@ -509,7 +495,7 @@ class StartAnchor:
         target = self._anchor_prob[index.to(self._anchor_prob.device)].to(q.device)
         p = q[:, self._anchor_group].float().clamp(1e-6, 1 - 1e-6)
         term = F.binary_cross_entropy(p, target.float())
-        if hasattr(self, "log_epoch_mean"):
+        if isinstance(self, LogsEpochMeans):
             self.log_epoch_mean("train/anchor", term, len(q))
         return weight * term
 
@@ -641,7 +627,7 @@ class StartAnchor:
         )
 
     def _refresh_position_model(self, catalog: Tensor) -> None:
-        if hasattr(self, "fit_position_model"):
+        if isinstance(self, FitsPositionModel):
             self.fit_position_model(catalog, self.network_proba(catalog))
 
 
