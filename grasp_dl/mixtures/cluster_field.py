@@ -1,36 +1,12 @@
-"""The cluster + field mixture of ``model=xd``: Vasiliev & Baumgardt's (2021) membership model, fitted by EM.
+"""The cluster + field mixture of ``model=xd`` (Vasiliev & Baumgardt 2021), fitted by EM.
 
-Every star i has observed astrometry v_i (pmra, pmdec[, parallax]) with its Gaia error
-covariance C_i (pmra_pmdec_corr included) and a radius r_i from the centre. The density is
-
-    p(v_i, r_i) = w_c Sigma_c(r_i) N(v_i; m_c, S_c(r_i) + eta_i^2 C_i)
-                + sum_j w_j Sigma_f N(v_i; m_j, S_j + eta_i^2 C_i)
-
-* **cluster**: a generalised Plummer surface density ``Sigma_c`` (1 + r^2/a^2)^(-gamma/2) with a
-  free scale a and slope gamma, normalised over the cone (:mod:`grasp_dl.mixtures.profile`); an
-  isotropic intrinsic proper-motion dispersion that falls with radius as a Plummer sphere's,
-  sigma^2(r) = sigma_0^2 (1 + r^2/a^2)^-1/2; one distance, so a small intrinsic parallax spread
-  tau. Its shape is fixed by physics: it cannot turn into a broad or elongated population.
-* **field**: ``n_field`` Gaussians with free means and full covariances, flat over the cone.
-  ``n_field=None`` chooses 1..4 by the BIC.
-* **crowding**: Gaia's formal errors are underestimated where the sources are dense (VB21: by
-  10-20 % in cluster cores). Each star's error covariance is scaled by
-  eta_i^2 = 1 + beta * Sigma(r_i) / Sigma_mean, the model's own source density at its radius
-  over the cone's mean, with beta >= 0 fitted (0 = the formal errors).
-* **membership** is the posterior of the cluster; stars without astrometry get it from their
-  radius alone.
-
-The fit has two stages. *Exploration*: several starts (the centre's densest proper motion, a
-Gaussian mixture's most concentrated component, ...) and the number of field components are
-tried on a seeded subsample of at most ``explore_size`` stars (:meth:`ClusterFieldMixture.explore`).
-*Refinement*: the winner is iterated on every star through the sufficient-statistics contract
-of :mod:`grasp_dl.mixtures.em`: the E-step (:meth:`ClusterFieldMixture.e_step`) sums, per batch,
-what the extreme-deconvolution updates need (Bovy et al. 2011), and for the parameters without a
-closed form (scale, slope, beta) the expected log-likelihood at a few candidate values around the
-current ones; the M-step interpolates those and minimises by L-BFGS. Sums add over batches and
-processes, so the same iteration runs in a plain loop (:meth:`ClusterFieldMixture.fit`) or as
-one Lightning epoch per iteration (``model=xd``). The E-step is torch float64 on the batch's
-device; everything is seeded.
+A Plummer-profile cluster with an isotropic, radius-dependent proper-motion dispersion against
+flat field Gaussians, every star's Gaia error covariance convolved in and scaled where the
+sources are crowded; the cluster's posterior is the membership. ``spatial``, ``use_errors`` and
+``photometry`` switch ingredients off or on (the deep models' ablations). The fit explores its
+starts on a subsample, then iterates on every star through the sufficient-statistics contract of
+:mod:`grasp_dl.mixtures.em`, so a plain loop and a Lightning epoch run the same iteration. The
+model and its fit in full: ``docs/src/models.md``.
 """
 
 from __future__ import annotations
@@ -310,8 +286,7 @@ class ClusterFieldMixture:
     seed : int
         Seed of the subsample and the starts.
     eta_max : float or None
-        Cap of the crowding inflation eta_i (VB21 measured 1.1-1.2 in dense centres); None leaves
-        it as far as ``BETA_MAX`` takes it.
+        Cap of the crowding inflation eta_i; None leaves it as far as ``BETA_MAX`` takes it.
     scale_prior : bool
         The paper's soft prior -exp(5 (a / R - 0.75)) against a Plummer scale above 0.75 of the cone.
     sigma_prior : float or None
@@ -1087,13 +1062,9 @@ class ClusterFieldMixture:
     def null_log_likelihood_ratio(self, batch: EMBatch) -> float:
         """log L(fit) - log L(the same model on the stars with their positions shuffled): what positions add.
 
-        The null is a permutation: the radii are shuffled among the stars (seeded), so the cone's
-        footprint, its radial distribution of all stars and every proper motion stay, and only the
-        link between a star's position and its astrometry is broken; the model is refitted by EM
-        (NULL_ITER iterations) from the fit's parameters. A group the spatial profile chose among
-        central stars, or the edge of a footprint off the assumed centre, gains as much on the
-        shuffled stars, so the ratio stays near 0 in a cone without a cluster; a cluster, even one
-        that fills its cone, loses its concentration against the field when shuffled.
+        The radii are shuffled among the stars (seeded) and the model refitted from the fit
+        (NULL_ITER iterations): only the link between position and astrometry is broken, so the
+        ratio stays near 0 in a cone without a cluster and is large for a real one.
         """
         fitted = self.get_state()
         with torch.no_grad():

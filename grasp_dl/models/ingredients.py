@@ -1,14 +1,10 @@
-"""What DEC and VaDE share for hard fields: the error-deconvolved start, noise augmentation,
-and the radius-dependent mixture weight.
+"""What DEC and VaDE share for hard fields: the ``init=xd`` start, noise augmentation, the radial prior.
 
-* ``init='xd'``: the groups start from model=xd's mixture (:func:`xd_start_mixture`; cluster = Plummer
-  profile x narrow proper-motion Gaussian, field = flat x broad Gaussians, every Gaussian
-  convolved with each star's error covariance), fitted by EM on the training catalogue.
-  Group 0 is then the cluster. ``xd`` holds its switches (spatial, use_errors, photometry).
-* ``noise_augmentation``: each training batch is re-observed with every star's own errors,
-  ``x + L_i eps`` (L_i the Cholesky factor of its error covariance in standardised units), so
-  the network cannot rely on differences smaller than a star's errors.
-* ``spatial_prior``: :class:`RadialPrior` adds log Sigma_c(r) to the group logits.
+``init='xd'`` starts the groups from model=xd's mixture (:func:`xd_start_mixture`, with the
+``model.xd`` switches as its options; group 0 the cluster); ``noise_augmentation`` re-observes
+each batch with every star's own errors, so the network cannot rely on differences smaller than
+them; ``spatial_prior`` adds the cluster's profile to the group logits
+(:class:`~grasp_dl.models.spatial.RadialPrior`).
 """
 
 from __future__ import annotations

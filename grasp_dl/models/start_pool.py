@@ -1,37 +1,11 @@
-"""The cluster membership of an anchored deep model: its own probability pooled with its start's.
+"""The membership of an anchored deep model: its own cluster probability pooled with its start's.
 
-A deep phase (DEC, IDEC, VaDE) started from a cluster + field mixture (``init=xd``) and anchored
-to it (:mod:`grasp_dl.models.anchoring`) has two opinions on each star's membership: the
-mixture's posterior ``s`` (a Plummer cluster and a flat field, Gaussian proper motions; a
-physical model that knows how confident it is) and the network's ``q``. Measured on the
-robustness grid, the start's opinion is as good as the deep model's or better, and the deep
-phase tends to lose members the start is sure of while keeping ones it is unsure of.
-
-The reported membership is their logarithmic opinion pool,
-
-    logit p = w logit s + (1 - w) logit q,    w = 1 - a / 2,
-
-a weighted geometric mean of the two opinions (renormalised over member / not member), where
-a is the F1 agreement of the deep model's members with the start's on the training stars
-(:func:`start_weight`): a deep model that kept the start's members gets an equal say (w = 1/2),
-one that lost them less. Weights summing to 1 do not double-count the evidence the two share
-(they saw the same features), and the pool is "externally Bayesian": updating both on new
-evidence and pooling equals pooling and updating.
-Where the start is confident (a bright star on the cluster's sequence of proper motion and close
-to the centre, or a field star far away in proper motion) its large log-odds decide; where it
-is unsure (log-odds near 0) the deep model decides. The other groups keep the deep model's
-proportions of what is left.
-
-The start is kept in the checkpoint (``fit_results['start_pool']``: the mixture's kind,
-settings, fitted parameters and cluster component), so a loaded model pools the same way. An
-error-aware start (the hard-field setting's) scores each star with its own Gaia errors wherever
-the catalogue rows are at hand (``grasp-dl predict``, the train summary:
-:meth:`~grasp_dl.models.anchoring.StartAnchor.pooled_proba_stars`): a faint star whose 1 mas/yr
-error covers the cluster's proper motion is not called a field star for lying 1 mas/yr away.
-From standardised features alone (``predict_proba``) an error-aware start cannot be scored as it
-was fitted, so there the model's own probabilities are reported; an error-blind start
-(``xd.use_errors=false``) is pooled from the features everywhere. Switch the pool off with
-``model.anchor.pool=false``.
+``logit p = w logit s + (1 - w) logit q`` with ``w = 1 - a / 2``: s the start mixture's
+probability, q the network's, a their F1 agreement on the training stars (:func:`start_weight`).
+A logarithmic opinion pool: the start decides where it is confident, the network where the start
+is unsure, and the evidence both saw is not counted twice. The start is kept in the checkpoint
+(``fit_results['start_pool']``); an error-aware start is scored with each star's own errors
+where the catalogue rows are at hand. Why and how: ``docs/src/models.md``.
 """
 
 from __future__ import annotations
