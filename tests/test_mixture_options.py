@@ -12,11 +12,15 @@ import torch
 from mixture_reference import RECORD, reference_fit
 
 from grasp_dl.data.astrometry import StarData, error_covariances
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog
+from grasp_dl.jobs import train as pipeline
 from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
 from grasp_dl.mixtures.cmd_histogram import CMD_BINS, CmdHistogram
 from grasp_dl.mixtures.em import add_stats
 from grasp_dl.models.ingredients import XD_DEFAULTS, xd_options, xd_start_mixture
 from grasp_dl.models.start_pool import restore_start_mixture, start_cluster_probability_stars, start_pool_state
+
+from hydra_configs import TINY, compose_config
 
 #: Small fits: one field component, one start.
 SMALL = {"n_field": 1, "n_starts": 1, "max_iter": 60, "seed": 0}
@@ -207,3 +211,13 @@ def test_the_histogram_is_a_normalised_density_that_batches_can_sum():
         CmdHistogram.spanning(np.full((10, 2), np.nan))
     with pytest.raises(RuntimeError, match="not fitted"):
         CmdHistogram.spanning(cmd).log_density(cmd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switch", ["model.xd.photometry=true", "model.xd.spatial=false"])
+def test_a_deep_model_trains_and_predicts_from_an_ablated_start(switch, tmp_path):
+    result = pipeline.train(compose_config("train", [*TINY, "model.init=xd", switch], tmp_path))
+    start = result.module.fit_results["xd_fit"]
+    assert ("cmd_histogram" in start) is switch.startswith("model.xd.photometry")
+    table, _ = predict_catalog(load_clustering_module(result.checkpoint), result.datamodule.table)
+    assert table["member_prob"].notna().any()

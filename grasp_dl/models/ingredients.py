@@ -173,7 +173,8 @@ class HardFieldIngredients:
             mixture = xd_start_mixture(hp.n_clusters, hp.seed, options).fit(stars)
             self.xd_mixture_ = mixture
             self.fit_results["xd_fit"] = mixture.state_dict()
-            log.info("xd initial mixture: %s", mixture.state_dict())
+            logged = {key: value for key, value in mixture.state_dict().items() if key != "cmd_histogram"}
+            log.info("xd initial mixture: %s", logged)
             return mixture.predict_proba(stars)
         return initial_responsibilities(
             z,
