@@ -346,7 +346,7 @@ def method_xd(field: Field, options: dict[str, Any]) -> Scored:
         center = (float(row["ra"]), float(row["dec"]))
         options.setdefault("start_pm", [float(row["pmra"]), float(row["pmdec"]), float(row["plx"])])
         options.setdefault("sigma_prior", float(row["sigma"]) / float(row["dist"]) / 4.74)
-    stars = star_data(field.catalog, center, ("pmra", "pmdec", "parallax"))
+    stars = star_data(field.catalog, center, ("pmra", "pmdec", "parallax"), photometry=bool(options.get("photometry")))
     try:
         result = fit_membership(stars, **options)
     except ValueError as error:  # too few stars: the product names no cluster

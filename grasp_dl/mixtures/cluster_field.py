@@ -300,8 +300,9 @@ class ClusterFieldMixture:
         and keep ``log_likelihood_ratio_``, the log-likelihood the stars' positions add
         (:meth:`null_log_likelihood_ratio`).
     spatial : bool
-        The cluster's Plummer profile (else it is flat over the cone like the field: positions
-        carry no information, the dispersion is constant and the scale is not fitted).
+        The cluster's Plummer profile (else it is flat over the cone like the field: the model
+        ignores positions, the dispersion is constant and the scale is not fitted; the starts
+        still look for the cluster among the central stars).
     use_errors : bool
         Convolve every star's error covariance in (else they are taken as 0: a plain Gaussian
         mixture, with no crowding term).
