@@ -982,7 +982,8 @@ class ClusterFieldMixture:
         Raises
         ------
         ValueError
-            If fewer than 20 stars have astrometry.
+            If fewer than 20 stars have astrometry, or ``photometry`` is on and the stars have no
+            magnitudes and colours.
         """
         with single_cpu_thread("cpu"):  # starts and BIC on a subsample of a few thousand stars
             return self._explore(data)
@@ -1045,7 +1046,8 @@ class ClusterFieldMixture:
         Raises
         ------
         ValueError
-            If fewer than 20 stars have astrometry.
+            If fewer than 20 stars have astrometry, or ``photometry`` is on and the stars have no
+            magnitudes and colours.
         """
         self.explore(data)
         full = self.em_batch(data)
