@@ -444,7 +444,7 @@ class DeepClusteringModel(BaseEstimator):
         prep = hp.get("preprocessing") or {}
         self.module_ = module.eval()
         self.checkpoint_ = checkpoint
-        self.model_ = str(hp.get("variant", "vade"))
+        self.model_ = pipeline.module_model_name(module)
         self.n_clusters_ = int(hp.n_clusters)
         # a model without a network (model=xd) has neither
         self.latent_dim_ = int(hp.latent_dim) if "latent_dim" in hp else None

@@ -54,8 +54,8 @@ Ablation of the hard-field ingredients (``--ablation``)
 -----------------------------------------------------
 Each ingredient of :mod:`grasp_dl.models.ingredients` switched on and off, for DEC and VaDE
 from one shared autoencoder per field, and for the error-deconvolved mixture alone (``XD``,
-:mod:`grasp_dl.mixtures.deconvolution`, which is also what ``init=xd`` starts the deep models
-from). Rows: ``plain`` (init=gmm_features, nothing else), ``full`` (init=xd with its spatial
+:func:`grasp_dl.models.ingredients.xd_start_mixture`: model=xd's mixture with the ``model.xd``
+switches as options, which is also what ``init=xd`` starts the deep models from). Rows: ``plain`` (init=gmm_features, nothing else), ``full`` (init=xd with its spatial
 profile and error deconvolution, spatial_prior, noise_augmentation), ``full`` minus one
 ingredient (errors: no deconvolution and no noise augmentation; spatial: no Plummer profile
 and no radius-dependent weight; noise augmentation alone), ``full`` plus the photometric
@@ -668,13 +668,12 @@ def ablation_xd(
     seed: int,
 ) -> AblationRow:
     """The error-deconvolved spatial mixture alone, on the usable stars; component 0 is the cluster."""
-    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
-    from grasp_dl.models.ingredients import xd_options
+    from grasp_dl.models.ingredients import xd_options, xd_start_mixture
 
     start = time.perf_counter()
     opts = xd_options(options)
     stars = dm.star_data("all", opts["photometry"])
-    member_prob = SpatialDeconvolvedMixture(n_clusters, seed=seed, **opts).fit(stars).predict_proba(stars)[:, 0]
+    member_prob = xd_start_mixture(n_clusters, seed, opts).fit(stars).predict_proba(stars)[:, 0]
     return AblationRow(
         f1=_f1(truth, member_prob > MEMBER_THRESHOLD),
         dpm=_pm_error(dm, member_prob, truth_pm),

@@ -26,8 +26,6 @@ Methods (``--method``, repeatable)
 ----------------------------------
 * ``xd`` -- :func:`grasp_dl.mixtures.cluster_field.fit_membership`, the product's error-deconvolved
   spatial mixture (``model=xd``), fitted on every star of the cone;
-* ``xd-legacy`` -- the original ``SpatialDeconvolvedMixture(3)`` with its built-in start,
-  component 0 the cluster (what ``init=xd`` used to start from);
 * ``default`` / ``model:<name>`` -- ``DeepClusteringModel`` (the product's notebook facade, i.e.
   ``grasp-dl train``) with no model choice / ``model=<name>``; ``--set`` adds Hydra overrides.
   Slow (trains networks).
@@ -45,7 +43,6 @@ error is honest (the paper's mean has its own, and Gaia EDR3 a systematic floor 
 Run
 ---
     python scripts/benchmark_real_fields.py                          # xd on the seven fields
-    python scripts/benchmark_real_fields.py --method xd-legacy --method xd
     python scripts/benchmark_real_fields.py --simulated --method xd
     python scripts/benchmark_real_fields.py --method default --fields ngc6522 --set trainer.max_epochs=5
     python scripts/benchmark_real_fields.py --variants full half_cone sample30 sample10 faint
@@ -349,7 +346,7 @@ def method_xd(field: Field, options: dict[str, Any]) -> Scored:
         center = (float(row["ra"]), float(row["dec"]))
         options.setdefault("start_pm", [float(row["pmra"]), float(row["pmdec"]), float(row["plx"])])
         options.setdefault("sigma_prior", float(row["sigma"]) / float(row["dist"]) / 4.74)
-    stars = star_data(field.catalog, center, ("pmra", "pmdec", "parallax"))
+    stars = star_data(field.catalog, center, ("pmra", "pmdec", "parallax"), photometry=bool(options.get("photometry")))
     try:
         result = fit_membership(stars, **options)
     except ValueError as error:  # too few stars: the product names no cluster
@@ -382,15 +379,6 @@ def method_xd(field: Field, options: dict[str, Any]) -> Scored:
     )
 
 
-def method_xd_legacy(field: Field, options: dict[str, Any]) -> Scored:
-    """SpatialDeconvolvedMixture(3) with its built-in start; component 0 is the cluster."""
-    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
-
-    stars = star_data(field.catalog, field.center, ("pmra", "pmdec", "parallax"))
-    mixture = SpatialDeconvolvedMixture(3, **options).fit(stars)
-    return Scored(mixture.predict_proba(stars)[:, 0], tuple(mixture.means_[0, :2]))
-
-
 def api_method(model: str | None) -> Callable[[Field, dict[str, Any]], Scored]:
     """``DeepClusteringModel`` with ``model`` (None: the product default) and the ``--set`` overrides."""
 
@@ -421,13 +409,11 @@ def method_for(name: str) -> Callable[[Field, dict[str, Any]], Scored]:
     """The scoring function of a ``--method`` name."""
     if name == "xd":
         return method_xd
-    if name == "xd-legacy":
-        return method_xd_legacy
     if name == "default":
         return api_method(None)
     if name.startswith("model:"):
         return api_method(name.split(":", 1)[1])
-    raise SystemExit(f"unknown --method {name!r}: use xd, xd-legacy, default or model:<name>")
+    raise SystemExit(f"unknown --method {name!r}: use xd, default or model:<name>")
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -584,7 +570,7 @@ def sky_summary(rows: Sequence[Row], method: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", action="append", help="xd (default), xd-legacy, default, model:<name>")
+    parser.add_argument("--method", action="append", help="xd (default), default, model:<name>")
     parser.add_argument("--fields", nargs="*", help=f"real fields (default: all of {', '.join(vb21_names())})")
     parser.add_argument(
         "--sky", action="store_true", help=f"the shipped fields and every field of {', '.join(map(str, MORE_DIRS))}"

@@ -24,7 +24,7 @@ the factorial. ``--cells`` picks cells by name (``share0.02_n10000_off1_compact_
 Methods
 -------
 * ``xd``       the error-deconvolved spatial mixture, ``model=xd`` through the product path
-               (conf/model/xd.yaml; only a tree without it calls :class:`SpatialDeconvolvedMixture`
+               (conf/model/xd.yaml; only a tree without it fits the ``init=xd`` start mixture
                directly, component 0 the cluster);
 * ``vade_hard`` ``model=vade experiment=hard_field``;
 * ``dec_hard``  ``model=dec experiment=hard_field``;
@@ -368,14 +368,13 @@ def run_xd_direct(cell: dict[str, Any], dm: Any, truth_pm: np.ndarray) -> Row:
     import pandas as pd
 
     from grasp_dl.membership.rules import cluster_summary
-    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
-    from grasp_dl.models.ingredients import xd_options
+    from grasp_dl.models.ingredients import xd_options, xd_start_mixture
 
     row = Row(cell_name(cell), "xd", **cell)
     start = time.perf_counter()
     opts = xd_options(None)
     stars = dm.star_data("all", opts["photometry"])
-    member_prob = SpatialDeconvolvedMixture(3, seed=cell["seed"], **opts).fit(stars).predict_proba(stars)[:, 0]
+    member_prob = xd_start_mixture(3, cell["seed"], opts).fit(stars).predict_proba(stars)[:, 0]
     row.seconds = time.perf_counter() - start
     truth = dm.table["truth"].to_numpy()[dm.prepared.mask].astype(str) == "cluster"
     _scores(row, member_prob, truth)

@@ -158,6 +158,17 @@ class _ToyModule(StartAnchor, _Base, nn.Module):
     def predict_proba(self, catalog: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits, dim=1)
 
+    def network_proba(self, catalog: torch.Tensor) -> torch.Tensor:
+        return self.predict_proba(catalog)
+
+
+def test_network_proba_has_one_definition_the_anchor_uses() -> None:
+    from grasp_dl.models.base import ClusteringModule
+    from grasp_dl.models.deep import DeepClusteringModule
+
+    assert "network_proba" not in vars(StartAnchor)  # the host's, not a second copy in the mixin
+    assert DeepClusteringModule.network_proba is ClusteringModule.network_proba
+
 
 def test_guard_falls_back_to_the_weights_that_agreed_with_the_start() -> None:
     x, truth = _field_and_cluster()

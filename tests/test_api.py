@@ -401,3 +401,20 @@ def test_plotting_functions_return_figures(field):
         plot_training_history(pd.DataFrame())
     with pytest.raises(ConfigError, match="frame"):
         plot_sky([0.0], [0.0], frame="galactic")
+
+
+def test_the_estimator_names_the_model_it_holds() -> None:
+    from grasp_dl.models.dec import DECModule
+    from grasp_dl.models.vade import VaDEModule
+    from grasp_dl.models.xd import XDModule
+
+    cases = [
+        (XDModule(5, n_clusters=3), "xd"),
+        (DECModule(5), "dec"),
+        (DECModule(5, variant="idec"), "idec"),
+        (VaDEModule(5), "vade"),
+    ]
+    for module, name in cases:
+        estimator = DeepClusteringModel()
+        estimator._set_module(module, None)
+        assert estimator.model_ == name, type(module).__name__

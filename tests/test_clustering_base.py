@@ -388,6 +388,41 @@ def test_capabilities_are_protocols_not_attribute_names():
     for module in (xd, dec, vade):
         assert isinstance(module, capabilities.ScoresPositions) and isinstance(module, capabilities.ErrorAwareScoring)
     assert xd.scores_with_errors and not dec.scores_with_errors  # no start kept yet
+    assert isinstance(xd, capabilities.ComparesWithNull) and not isinstance(dec, capabilities.ComparesWithNull)
+    assert isinstance(xd, capabilities.TakesPublishedCluster) and not isinstance(
+        vade, capabilities.TakesPublishedCluster
+    )
+    assert isinstance(xd, capabilities.ViewsAtLastEpochOnly) and not isinstance(dec, capabilities.ViewsAtLastEpochOnly)
+    assert isinstance(dec, capabilities.LogsEpochMeans) and not isinstance(xd, capabilities.LogsEpochMeans)
+    autoencoder = AutoencoderModule(4, hidden_dims=[4], latent_dim=2)
+    for module in (xd, dec, vade):
+        assert isinstance(module, capabilities.KeepsFitResults) and isinstance(module, capabilities.FitsPositionModel)
+    assert not isinstance(autoencoder, capabilities.KeepsFitResults)  # a checkpoint of another phase
+
+
+def test_no_capability_is_asked_for_by_its_attribute_name():
+    """hasattr/getattr on a protocol member's name would be a second, silent declaration of the capability."""
+    import ast
+    from pathlib import Path
+    from typing import Protocol
+
+    import grasp_dl
+
+    members = {
+        name
+        for protocol in vars(capabilities).values()
+        if isinstance(protocol, type) and Protocol in protocol.__bases__
+        for name in {*vars(protocol).get("__annotations__", {}), *vars(protocol)}
+        if not name.startswith("_")
+    }
+    found = []
+    for path in Path(grasp_dl.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("hasattr", "getattr"):
+                name = node.args[1] if len(node.args) > 1 else None
+                if isinstance(name, ast.Constant) and name.value in members:
+                    found.append(f"{path.name}:{node.lineno} {name.value}")
+    assert len(members) > 10 and not found
 
 
 def test_a_model_without_a_network_written_before_the_split_still_loads(tmp_path):

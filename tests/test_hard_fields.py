@@ -19,7 +19,8 @@ from grasp_dl.data.simulate import load_simulation_config, simulate_field
 from grasp_dl.inference.no_astrometry import FLAG_NO_ASTROMETRY, no_astrometry_rows
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 from grasp_dl.jobs import train as pipeline
-from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture, plummer_log_density
+from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
+from grasp_dl.mixtures.profile import plummer_log_density
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.dec import DECModule
 from grasp_dl.models.model_selection import choose_n_clusters
@@ -120,31 +121,10 @@ def test_noise_augmentation_perturbs_the_astrometry_by_each_stars_errors():
 
 
 # ----------------------------------------------------------------------------- the deconvolved mixture
+# (its ablation switches: tests/test_mixture_options.py)
 
-
-def test_deconvolution_recovers_the_intrinsic_dispersion_the_plain_mixture_inflates():
-    stars, truth = _toy_stars()
-    deconvolved = SpatialDeconvolvedMixture(2, seed=0).fit(stars)
-    plain = SpatialDeconvolvedMixture(2, use_errors=False, seed=0).fit(stars)
-    sigma = lambda m: math.sqrt(np.trace(m.covariances_[0]) / 2)  # noqa: E731
-    assert abs(sigma(deconvolved) - 0.2) < 0.1
-    assert sigma(plain) > 0.4
-    np.testing.assert_allclose(deconvolved.means_[0], [1.0, -2.0], atol=0.1)
-    member = deconvolved.predict_proba(stars)[:, 0] > 0.5
-    assert (member & truth).sum() / truth.sum() > 0.85 and (member & ~truth).sum() < 0.2 * truth.sum()
-
-
-def test_spatial_profile_makes_the_cluster_weight_fall_with_radius():
-    stars, _ = _toy_stars()
-    spatial = SpatialDeconvolvedMixture(2, seed=0).fit(stars)
-    flat = SpatialDeconvolvedMixture(2, spatial=False, seed=0).fit(stars)
-    probe = StarData(
-        np.array([[1.0, -2.0], [1.0, -2.0]]), error_covariances(np.ones(2), np.ones(2)), np.array([0.005, 0.25])
-    )
-    p_spatial, p_flat = spatial.predict_proba(probe)[:, 0], flat.predict_proba(probe)[:, 0]
-    assert p_spatial[0] > p_spatial[1] + 0.3
-    assert p_flat[0] == pytest.approx(p_flat[1])
-    assert 0.005 < math.exp(spatial.log_scale_) < 0.1
+#: A small fit of the one mixture: one start.
+SMALL_FIT = {"n_starts": 1, "max_iter": 60, "seed": 0}
 
 
 def test_plummer_density_is_normalised_over_the_cone():
@@ -153,26 +133,9 @@ def test_plummer_density_is_normalised_over_the_cone():
     assert np.trapezoid(2 * np.pi * r * density, r) == pytest.approx(1.0, rel=1e-3)
 
 
-def test_photometry_term_penalises_stars_off_the_cluster_sequence():
-    stars, truth = _toy_stars()
-    rng = np.random.default_rng(1)
-    g = rng.uniform(14, 20, len(truth))
-    colour = np.where(truth, 0.8 + 0.02 * rng.standard_normal(len(truth)), rng.uniform(0.5, 2.5, len(truth)))
-    stars.cmd = np.column_stack([g, colour])
-    with_cmd = SpatialDeconvolvedMixture(2, photometry=True, seed=0).fit(stars)
-    probe = StarData(
-        np.array([[1.0, -2.0], [1.0, -2.0]]),
-        error_covariances(np.full(2, 0.8), np.full(2, 0.8)),
-        np.array([0.05, 0.05]),
-        np.array([[17.0, 0.8], [17.0, 2.2]]),
-    )
-    on_sequence, off_sequence = with_cmd.predict_proba(probe)[:, 0]
-    assert on_sequence > off_sequence + 0.3
-
-
 def test_stars_without_astrometry_are_scored_from_position_alone():
     stars, _ = _toy_stars()
-    mixture = SpatialDeconvolvedMixture(2, seed=0).fit(stars)
+    mixture = ClusterFieldMixture(n_field=1, **SMALL_FIT).fit(stars)
     probe = StarData(np.full((2, 2), np.nan), np.full((2, 2, 2), np.nan), np.array([0.001, 0.28]))
     p = mixture.predict_proba(probe)[:, 0]
     assert np.isfinite(p).all() and p[0] > p[1] and 0 < p[1] < p[0] < 1
@@ -180,7 +143,7 @@ def test_stars_without_astrometry_are_scored_from_position_alone():
 
 def test_bic_prefers_the_true_number_of_components():
     stars, _ = _toy_stars()
-    bics = [SpatialDeconvolvedMixture(k, seed=0).fit(stars).bic() for k in (2, 3)]
+    bics = [ClusterFieldMixture(n_field=k, **SMALL_FIT).fit(stars).bic() for k in (1, 2)]
     assert bics[0] < bics[1]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grasp_dl.data.astrometry import StarData
-from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
+from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
 from grasp_dl.models.start_pool import (
     POOL_KEY,
     describe_pool,
@@ -42,10 +42,10 @@ def test_pool_groups_keep_the_other_groups_proportions() -> None:
     assert out[2, 0] == pytest.approx(out[2, 2])  # the network gave the others nothing: they share evenly
 
 
-def _fitted_start(seed: int = 0) -> tuple[SpatialDeconvolvedMixture, np.ndarray, np.ndarray]:
+def _fitted_start(seed: int = 0) -> tuple[ClusterFieldMixture, np.ndarray, np.ndarray]:
     x, truth = _field_and_cluster(seed=seed)
     stars = StarData(x[:, 2:4], np.zeros((len(x), 2, 2)), np.hypot(x[:, 0], x[:, 1]))
-    mixture = SpatialDeconvolvedMixture(2, use_errors=False, seed=seed).fit(stars)
+    mixture = ClusterFieldMixture(n_field=1, n_starts=1, use_errors=False, seed=seed).fit(stars)
     return mixture, x, truth
 
 
@@ -61,13 +61,11 @@ def test_the_kept_start_scores_stars_as_the_fitted_one_after_a_json_round_trip()
     assert "component 0" in describe_pool(state) and describe_pool(None) is None
     with pytest.raises(ValueError, match="unknown start mixture kind"):
         restore_start_mixture({**state, "kind": "nope"})
-    photometric = SpatialDeconvolvedMixture(2, photometry=True)
+    photometric = ClusterFieldMixture(photometry=True)
     assert start_pool_state(photometric, 0) is None
 
 
 def test_cluster_field_start_round_trips() -> None:
-    from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
-
     x, _ = _field_and_cluster(1500, 100)
     stars = StarData(x[:, 2:4], np.tile(np.eye(2) * 0.01, (len(x), 1, 1)), np.hypot(x[:, 0], x[:, 1]))
     mixture = ClusterFieldMixture(n_field=1, n_starts=1, max_iter=30).fit(stars)
@@ -107,7 +105,7 @@ def test_an_error_aware_start_is_pooled_with_each_stars_errors() -> None:
     observed[:, 2:4] += rng.normal(0, 1, (len(x), 2)) * error[:, None]
     covariances = np.einsum("n,ij->nij", error**2, np.eye(2))
     stars = StarData(observed[:, 2:4], covariances, np.hypot(x[:, 0], x[:, 1]))
-    mixture = SpatialDeconvolvedMixture(2, use_errors=True, seed=1).fit(stars)
+    mixture = ClusterFieldMixture(n_field=1, n_starts=1, seed=1).fit(stars)
     state = start_pool_state(mixture, 0)
     assert state["use_errors"] is True and start_pool_state(_fitted_start()[0], 0)["use_errors"] is False
     q = np.column_stack([np.full(len(x), 0.5), np.full(len(x), 0.5)])  # an undecided network

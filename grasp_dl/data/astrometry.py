@@ -2,7 +2,7 @@
 
 Gaia gives every star its own error ellipse: faint stars carry proper-motion errors of
 0.5-1.5 mas/yr, larger than a cluster's internal dispersion. :class:`StarData` holds what an
-error-deconvolved mixture (:mod:`grasp_dl.mixtures.deconvolution`) and the noise augmentation of
+error-deconvolved mixture (:mod:`grasp_dl.mixtures.cluster_field`) and the noise augmentation of
 the deep models need: the values, their error covariances, the radius from the centre and
 (optionally) magnitude and colour. Stars without astrometry (Gaia 2-parameter solutions) keep
 NaN values and are scored from position and photometry alone.

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from grasp_dl.figures import plotting
 from grasp_dl.membership.rules import entropy
-from grasp_dl.runtime.capabilities import ErrorAwareScoring, GroupProbabilities, HasLatentSpace
+from grasp_dl.runtime.capabilities import ErrorAwareScoring, GroupProbabilities, HasLatentSpace, ViewsAtLastEpochOnly
 from grasp_dl.runtime.stage_timer import mark
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class TensorBoardFigures(L.Callback):
         """
         if self._last_logged_step == trainer.global_step:
             return False
-        if getattr(pl_module, "views_at_last_epoch_only", False):
+        if isinstance(pl_module, ViewsAtLastEpochOnly) and pl_module.views_at_last_epoch_only:
             return self._last(trainer)
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or self._last(trainer)
 

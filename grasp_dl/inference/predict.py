@@ -35,6 +35,7 @@ from grasp_dl.membership.summary import ClusterSummary
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.vade import VaDEModule
 from grasp_dl.runtime.capabilities import (
+    ComparesWithNull,
     FitsClusterAstrometry,
     PoolsWithStart,
     SamplesMembership,
@@ -414,7 +415,7 @@ def with_model_astrometry(summary: ClusterSummary, module: Any) -> ClusterSummar
 
 def null_options(module: Any) -> dict[str, float]:
     """The model's comparison with its no-cluster null for the verdict (model=xd with ``null_test``), else empty."""
-    return module.null_options() if hasattr(module, "null_options") else {}
+    return module.null_options() if isinstance(module, ComparesWithNull) else {}
 
 
 def predict_catalog(

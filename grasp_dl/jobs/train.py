@@ -21,6 +21,7 @@ from grasp_dl.engine.block_settings import block_trainer_options
 from grasp_dl.models.autoencoder import AutoencoderModule
 from grasp_dl.models.base import ClusteringModule, checkpoint_class
 from grasp_dl.models.networks import compile_network
+from grasp_dl.runtime.capabilities import TakesPublishedCluster
 from grasp_dl.runtime.checkpoints import AUTOENCODER, check_state_fits, load_module, read_checkpoint
 from grasp_dl.runtime.errors import ConfigError, GraspDLError
 from grasp_dl.runtime.io_policy import written_checkpoint
@@ -331,7 +332,7 @@ def build_clustering_module(
         module.fit_results["n_clusters_curve"] = curve
     # The data module's preprocessing is the one the clustering phase saw; keep it current.
     module.hparams.preprocessing = datamodule.preprocessing_state()
-    if hasattr(module, "literature") and getattr(datamodule, "cluster", None):
+    if isinstance(module, TakesPublishedCluster) and getattr(datamodule, "cluster", None):
         # data.cluster=NAME: the published cluster starts model=xd's cluster component (a start and a prior)
         from grasp_dl.data.clusters import literature_cluster
 
@@ -404,8 +405,17 @@ def _check_phases(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) -
 
 def model_name(model_cfg: DictConfig) -> str:
     """The ``model=`` name of a model config (``dec``, ``idec``, ``vade``, ``xd``), from the class it builds."""
-    kind = str(model_cfg.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("Module").lower()
-    return "idec" if kind == "dec" and model_cfg.get("variant") == "idec" else kind
+    return _model_name(str(model_cfg.get("_target_", "?")).rsplit(".", 1)[-1], model_cfg.get("variant"))
+
+
+def module_model_name(module: L.LightningModule) -> str:
+    """The ``model=`` name of a built or loaded module, from its class (and DEC's variant)."""
+    return _model_name(type(module).__name__, module.hparams.get("variant"))
+
+
+def _model_name(class_name: str, variant: Any) -> str:
+    kind = class_name.removesuffix("Module").lower()
+    return "idec" if kind == "dec" and variant == "idec" else kind
 
 
 def compose_model(name: str) -> DictConfig:

@@ -1,36 +1,12 @@
-"""The cluster + field mixture of ``model=xd``: Vasiliev & Baumgardt's (2021) membership model, fitted by EM.
+"""The cluster + field mixture of ``model=xd`` (Vasiliev & Baumgardt 2021), fitted by EM.
 
-Every star i has observed astrometry v_i (pmra, pmdec[, parallax]) with its Gaia error
-covariance C_i (pmra_pmdec_corr included) and a radius r_i from the centre. The density is
-
-    p(v_i, r_i) = w_c Sigma_c(r_i) N(v_i; m_c, S_c(r_i) + eta_i^2 C_i)
-                + sum_j w_j Sigma_f N(v_i; m_j, S_j + eta_i^2 C_i)
-
-* **cluster**: a generalised Plummer surface density ``Sigma_c`` (1 + r^2/a^2)^(-gamma/2) with a
-  free scale a and slope gamma, normalised over the cone (:mod:`grasp_dl.mixtures.profile`); an
-  isotropic intrinsic proper-motion dispersion that falls with radius as a Plummer sphere's,
-  sigma^2(r) = sigma_0^2 (1 + r^2/a^2)^-1/2; one distance, so a small intrinsic parallax spread
-  tau. Its shape is fixed by physics: it cannot turn into a broad or elongated population.
-* **field**: ``n_field`` Gaussians with free means and full covariances, flat over the cone.
-  ``n_field=None`` chooses 1..4 by the BIC.
-* **crowding**: Gaia's formal errors are underestimated where the sources are dense (VB21: by
-  10-20 % in cluster cores). Each star's error covariance is scaled by
-  eta_i^2 = 1 + beta * Sigma(r_i) / Sigma_mean, the model's own source density at its radius
-  over the cone's mean, with beta >= 0 fitted (0 = the formal errors).
-* **membership** is the posterior of the cluster; stars without astrometry get it from their
-  radius alone.
-
-The fit has two stages. *Exploration*: several starts (the centre's densest proper motion, a
-Gaussian mixture's most concentrated component, ...) and the number of field components are
-tried on a seeded subsample of at most ``explore_size`` stars (:meth:`ClusterFieldMixture.explore`).
-*Refinement*: the winner is iterated on every star through the sufficient-statistics contract
-of :mod:`grasp_dl.mixtures.em`: the E-step (:meth:`ClusterFieldMixture.e_step`) sums, per batch,
-what the extreme-deconvolution updates need (Bovy et al. 2011), and for the parameters without a
-closed form (scale, slope, beta) the expected log-likelihood at a few candidate values around the
-current ones; the M-step interpolates those and minimises by L-BFGS. Sums add over batches and
-processes, so the same iteration runs in a plain loop (:meth:`ClusterFieldMixture.fit`) or as
-one Lightning epoch per iteration (``model=xd``). The E-step is torch float64 on the batch's
-device; everything is seeded.
+A Plummer-profile cluster with an isotropic, radius-dependent proper-motion dispersion against
+flat field Gaussians, every star's Gaia error covariance convolved in and scaled where the
+sources are crowded; the cluster's posterior is the membership. ``spatial``, ``use_errors`` and
+``photometry`` switch ingredients off or on (the deep models' ablations). The fit explores its
+starts on a subsample, then iterates on every star through the sufficient-statistics contract of
+:mod:`grasp_dl.mixtures.em`, so a plain loop and a Lightning epoch run the same iteration. The
+model and its fit in full: ``docs/src/models.md``.
 """
 
 from __future__ import annotations
@@ -48,6 +24,7 @@ from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 from grasp_dl.data.astrometry import StarData
+from grasp_dl.mixtures.cmd_histogram import CmdHistogram
 from grasp_dl.mixtures.em import Stats, minimise_bounded, new_optimizer, run_em
 from grasp_dl.mixtures.profile import (
     dispersion_profile,
@@ -190,19 +167,24 @@ class _Prepared:
     values: np.ndarray  # (d, n)
     errors: np.ndarray  # (m, n) packed error covariances
     radius: np.ndarray  # (n,) clipped at radius_max
+    cmd_bin: np.ndarray | None = None  # (n,) colour-magnitude bins (photometry), -1 without
 
     @property
     def d(self) -> int:
         return self.values.shape[0]
 
     def rows(self, index: np.ndarray) -> _Prepared:
-        return _Prepared(self.values[:, index], self.errors[:, index], self.radius[index])
+        cmd_bin = None if self.cmd_bin is None else self.cmd_bin[index]
+        return _Prepared(self.values[:, index], self.errors[:, index], self.radius[index], cmd_bin)
 
     def tensors(self, device: torch.device | str | None = None) -> EMBatch:
         """The same stars as an :class:`EMBatch` (float64) on ``device``."""
-        return EMBatch(
+        batch = EMBatch(
             *(torch.as_tensor(a, dtype=torch.float64, device=device) for a in (self.values, self.errors, self.radius))
         )
+        if self.cmd_bin is not None:
+            batch.cmd_bin = torch.as_tensor(self.cmd_bin, device=device)
+        return batch
 
 
 @dataclass
@@ -221,12 +203,16 @@ class EMBatch:
         Each star's log-density under each component in another modality (the colour-magnitude
         diagram of ``experiment=multimodal``), (n, k); added to the astrometric log joint, so the
         E-step's memberships use it while the astrometric M-step stays as it is. None: astrometry only.
+    cmd_bin : Tensor, optional
+        Each star's colour-magnitude bin (int64, -1 without photometry), (n,): what the mixture's own
+        photometric term (``photometry=True``) reads and re-estimates. None: no photometry.
     """
 
     values: Tensor
     errors: Tensor
     radius: Tensor
     log_extra: Tensor | None = None
+    cmd_bin: Tensor | None = None
 
     @property
     def d(self) -> int:
@@ -238,13 +224,14 @@ class EMBatch:
 
     def rows(self, index: Tensor | slice) -> EMBatch:
         """The batch of the stars at ``index``."""
-        extra = self.log_extra
+        extra, cmd_bin = self.log_extra, self.cmd_bin
         if isinstance(index, slice):
             return EMBatch(
                 self.values[:, index],
                 self.errors[:, index],
                 self.radius[index],
                 None if extra is None else extra[index],
+                None if cmd_bin is None else cmd_bin[index],
             )
         index = torch.as_tensor(index, device=self.radius.device)
         return EMBatch(
@@ -252,13 +239,14 @@ class EMBatch:
             self.errors.index_select(1, index),
             self.radius[index],
             None if extra is None else extra[index],
+            None if cmd_bin is None else cmd_bin[index],
         )
 
     def with_log_extra(self, log_extra: Tensor | None) -> EMBatch:
         """The same stars with ``log_extra`` (n, k) as their other modality's log-densities (None: none)."""
         if log_extra is not None and tuple(log_extra.shape[:1]) != (len(self),):
             raise ValueError(f"log_extra has {log_extra.shape[0]} rows for a batch of {len(self)} stars")
-        return EMBatch(self.values, self.errors, self.radius, log_extra)
+        return EMBatch(self.values, self.errors, self.radius, log_extra, self.cmd_bin)
 
     def chunks(self, size: int = CHUNK) -> Iterator[EMBatch]:
         """Consecutive batches of at most ``size`` stars."""
@@ -298,8 +286,7 @@ class ClusterFieldMixture:
     seed : int
         Seed of the subsample and the starts.
     eta_max : float or None
-        Cap of the crowding inflation eta_i (VB21 measured 1.1-1.2 in dense centres); None leaves
-        it as far as ``BETA_MAX`` takes it.
+        Cap of the crowding inflation eta_i; None leaves it as far as ``BETA_MAX`` takes it.
     scale_prior : bool
         The paper's soft prior -exp(5 (a / R - 0.75)) against a Plummer scale above 0.75 of the cone.
     sigma_prior : float or None
@@ -312,6 +299,16 @@ class ClusterFieldMixture:
         Also fit the no-cluster null (the same model on the stars with their positions shuffled)
         and keep ``log_likelihood_ratio_``, the log-likelihood the stars' positions add
         (:meth:`null_log_likelihood_ratio`).
+    spatial : bool
+        The cluster's Plummer profile (else it is flat over the cone like the field: the model
+        ignores positions, the dispersion is constant and the scale is not fitted; the starts
+        still look for the cluster among the central stars).
+    use_errors : bool
+        Convolve every star's error covariance in (else they are taken as 0: a plain Gaussian
+        mixture, with no crowding term).
+    photometry : bool
+        Each component's density in the colour-magnitude diagram (:mod:`grasp_dl.mixtures.cmd_histogram`),
+        re-estimated at every M-step; needs the stars' ``cmd``.
     """
 
     def __init__(
@@ -330,6 +327,9 @@ class ClusterFieldMixture:
         sigma_prior: float | None = None,
         start_pm: Sequence[float] | None = None,
         null_test: bool = False,
+        spatial: bool = True,
+        use_errors: bool = True,
+        photometry: bool = False,
     ) -> None:
         if n_field is not None and n_field < 1:
             raise ValueError(f"n_field must be at least 1 (or None for the BIC), got {n_field}")
@@ -347,6 +347,11 @@ class ClusterFieldMixture:
         self.sigma_prior = None if sigma_prior is None else float(sigma_prior)
         self.start_pm = None if start_pm is None else np.asarray(start_pm, float)
         self.null_test = bool(null_test)
+        self.spatial = bool(spatial)
+        self.use_errors = bool(use_errors)
+        self.photometry = bool(photometry)
+        #: the components' colour-magnitude densities (``photometry``), set by :meth:`explore`
+        self.cmd_histogram_: CmdHistogram | None = None
         self.log_likelihood_ratio_: float | None = None
         self.reset_progress()
 
@@ -380,11 +385,13 @@ class ClusterFieldMixture:
         self.__dict__["_param_cache"] = {}
 
     def _profile_t(self, radius: Tensor, log_scale: float | None = None) -> Tensor:
-        if not self.dispersion_profile:
+        if not (self.dispersion_profile and self.spatial):
             return torch.ones_like(radius)
         return dispersion_profile(radius, self.log_scale_ if log_scale is None else log_scale)
 
     def _cluster_log_density_t(self, radius: Tensor) -> Tensor:
+        if not self.spatial:  # flat over the cone, like the field
+            return torch.full_like(radius, -math.log(math.pi * self.radius_max_**2))
         ls = torch.tensor(self.log_scale_, dtype=torch.float64, device=radius.device)
         return profile_log_density_t(radius, ls, self.slope_, self.radius_max_)
 
@@ -440,14 +447,28 @@ class ClusterFieldMixture:
         columns = [packed_logpdf(batch.values - params["mean"][:, None], total, d)]
         columns += [lp for _, _, lp in self._field_logpdfs(batch, err, params)]
         joint = self._log_spatial_t(batch.radius, params["weights"]) + torch.stack(columns, 1)
-        return joint if batch.log_extra is None else joint + batch.log_extra
+        extra = self._log_extra_t(batch)
+        return joint if extra is None else joint + extra
+
+    def _log_extra_t(self, batch: EMBatch) -> Tensor | None:
+        """The per-star log-densities outside the astrometry: the batch's ``log_extra`` plus the photometry's."""
+        if not self.photometry:
+            return batch.log_extra
+        if batch.cmd_bin is None:
+            raise ValueError("photometry=True scores batches with colour-magnitude bins: make them with em_batch()")
+        cmd = self.cmd_histogram_.log_density_of_bins(batch.cmd_bin)
+        return cmd if batch.log_extra is None else batch.log_extra + cmd
 
     # ------------------------------------------------------------------ data
     def _prepare(self, data: StarData, rows: np.ndarray | None = None) -> _Prepared:
         has = data.has_astrometry if rows is None else rows
         radius = np.minimum(np.nan_to_num(data.radius[has], nan=self.radius_max_), self.radius_max_)
         values = np.ascontiguousarray(data.values[has].astype(float).T)
-        return _Prepared(values, np.ascontiguousarray(pack(data.covariances[has].astype(float))), radius)
+        errors = np.ascontiguousarray(pack(data.covariances[has].astype(float)))
+        if not self.use_errors:
+            errors = np.zeros_like(errors)
+        cmd_bin = self.cmd_histogram_.bin_index(_cmd_of(data)[has]) if self.photometry else None
+        return _Prepared(values, errors, radius, cmd_bin)
 
     def em_batch(self, data: StarData, device: torch.device | str | None = None) -> EMBatch:
         """The stars of ``data`` with astrometry as one :class:`EMBatch` on ``device`` (after :meth:`explore`).
@@ -538,6 +559,9 @@ class ClusterFieldMixture:
         self.field_covariances_ = np.stack(
             [np.cov(v.T, aweights=resp[:, j] + 1e-12).reshape(d, d) + COV_FLOOR * np.eye(d) for j in range(n_field)]
         )
+        if self.photometry:
+            weights = torch.as_tensor(np.column_stack([q, resp]))
+            self.cmd_histogram_.fit_counts(self.cmd_histogram_.counts(torch.as_tensor(p.cmd_bin), weights).numpy())
 
     # ------------------------------------------------------------------ EM (the contract of grasp_dl.mixtures.em)
     def reset_progress(self) -> None:
@@ -550,7 +574,7 @@ class ClusterFieldMixture:
         self._changed()
 
     def _updates_beta(self) -> bool:
-        return self.crowding and self.n_iter_ % BETA_EVERY == 1
+        return self.crowding and self.use_errors and self.n_iter_ % BETA_EVERY == 1
 
     def start_iteration(self) -> None:
         """Begin iteration ``n_iter_ + 1``: fix the candidate scales (and betas) its E-step scores."""
@@ -593,8 +617,9 @@ class ClusterFieldMixture:
         ratio = self._density_ratio_t(r)
         err = self._eta2_t(ratio) * batch.errors
         spatial = self._log_spatial_t(r, params["weights"])
-        if batch.log_extra is not None:  # another modality's densities weigh in on the memberships
-            spatial = spatial + batch.log_extra
+        extra = self._log_extra_t(batch)
+        if extra is not None:  # another modality's densities weigh in on the memberships
+            spatial = spatial + extra
         prior = self._cluster_prior_t(r, d)
         total = err.clone()
         total[diag] += prior
@@ -614,6 +639,8 @@ class ClusterFieldMixture:
             return stats
         q = torch.exp(joint - norm[:, None])
         stats["mass"] = q.sum(0)
+        if self.photometry:
+            stats["cmd_counts"] = self.cmd_histogram_.counts(batch.cmd_bin, q)
         # Field: extreme-deconvolution sums (Bovy et al. 2011): b_i = m + S T_i^-1 (v_i - m), and
         # sum_i q_i B_i = Q S - S (sum_i q_i T_i^-1) S from the summed inverses.
         bs, bbs, invs = [], [], []
@@ -645,7 +672,7 @@ class ClusterFieldMixture:
         a2 = torch.exp(2.0 * grid)[:, None]
         stats["scale_s"] = (torch.log1p(r[None, :] ** 2 / a2) * q0).sum(1)
         stats["scale_d"] = torch.zeros_like(grid)
-        if self.dispersion_profile:
+        if self.dispersion_profile and self.spatial:
             used = q0 > SCALE_MIN_WEIGHT
             ru, qu = r[used], q0[used]
             g = torch.rsqrt(1.0 + ru[None, :] ** 2 / a2) * self.sigma_**2  # (G, n_u)
@@ -734,6 +761,8 @@ class ClusterFieldMixture:
         if d == 3:
             tau2 = float(stats["c_ss2"]) / m0 - self.cluster_mean_[2] ** 2
             self.tau_ = float(np.clip(math.sqrt(max(tau2, 0.0)), *TAU_BOUNDS))
+        if "cmd_counts" in stats:
+            self.cmd_histogram_.fit_counts(stats["cmd_counts"].numpy())
         self._update_shape(stats, float(stats["mass"][0]), optimizer)
 
     def _update_shape(self, stats: Stats, mass0: float, optimizer: torch.optim.Optimizer | None) -> None:
@@ -743,7 +772,13 @@ class ClusterFieldMixture:
         the best, the objective is their parabola, exact in the slope (the profile's normalisation
         is analytic). A bounded search finds its minimum; with ``optimizer`` (L-BFGS over a leaf
         tensor of three values: a Lightning module's parameter) gradient steps then polish it.
+        Without ``spatial`` there is no profile to fit and only beta moves.
         """
+        if not self.spatial:
+            beta = self._beta_search(stats)
+            if beta is not None:
+                self.beta_ = beta[0]
+            return
         grid = np.asarray(self._scale_grid, float)
         s_sum, d_sum = stats["scale_s"].numpy(), stats["scale_d"].numpy()
         radius_max, norm = self.radius_max_, max(mass0, 1.0)
@@ -783,28 +818,36 @@ class ClusterFieldMixture:
                     options={"xatol": 1e-5},
                 ).x
             )
-        values = [ls, slope, self.beta_]
-        beta_fit = "beta_ll" in stats and self._beta_grid is not None
-        if beta_fit:
-            betas, ll = np.asarray(self._beta_grid, float), stats["beta_ll"].numpy()
-            b_index = list(_bracket(-ll))
-            b_nodes, l3 = betas[b_index], ll[b_index]
-            count = max(float(stats["count"]), 1.0)
-            values[2] = float(
-                minimize_scalar(
-                    lambda b: -_quadratic(b, b_nodes, l3) / count,
-                    bounds=(b_nodes[0], b_nodes[2]),
-                    method="bounded",
-                    options={"xatol": 1e-6},
-                ).x
-            )
+        beta = self._beta_search(stats)
+        values = [ls, slope, self.beta_ if beta is None else beta[0]]
         if optimizer is not None:
-            values = self._polish(values, (nodes, s3, d3), (b_nodes, l3, count) if beta_fit else None, mass0, optimizer)
+            values = self._polish(values, (nodes, s3, d3), None if beta is None else beta[1], mass0, optimizer)
         self.log_scale_ = float(values[0])
         if self.free_slope:
             self.slope_ = float(values[1])
-        if beta_fit:
+        if beta is not None:
             self.beta_ = float(values[2])
+
+    def _beta_search(self, stats: Stats) -> tuple[float, tuple[np.ndarray, np.ndarray, float]] | None:
+        """The best beta on the parabola through the three candidates around the best, and that parabola.
+
+        None in an iteration that does not update beta.
+        """
+        if "beta_ll" not in stats or self._beta_grid is None:
+            return None
+        betas, ll = np.asarray(self._beta_grid, float), stats["beta_ll"].numpy()
+        b_index = list(_bracket(-ll))
+        b_nodes, l3 = betas[b_index], ll[b_index]
+        count = max(float(stats["count"]), 1.0)
+        best = float(
+            minimize_scalar(
+                lambda b: -_quadratic(b, b_nodes, l3) / count,
+                bounds=(b_nodes[0], b_nodes[2]),
+                method="bounded",
+                options={"xatol": 1e-6},
+            ).x
+        )
+        return best, (b_nodes, l3, count)
 
     def _scale_penalty(self, log_scale: float) -> float:
         """The paper's soft prior exp(5 (a / R - 0.75)) on the Plummer scale (0 without ``scale_prior``)."""
@@ -912,12 +955,13 @@ class ClusterFieldMixture:
         return torch.exp(joint[:, 0] - torch.logsumexp(joint, 1)).cpu().numpy()
 
     def n_parameters(self) -> int:
-        """Free parameters: weights, cluster (mean, sigma, tau, scale), field means and covariances, beta."""
+        """Free parameters: weights, cluster (mean, sigma, tau, profile), field means and covariances, beta, histograms."""
         d = self.cluster_mean_.shape[0]
         k = self.n_field_
-        return (
-            k + d + (2 if d == 3 else 1) + 1 + int(self.free_slope) + k * d + k * d * (d + 1) // 2 + int(self.crowding)
-        )
+        profile = (1 + int(self.free_slope)) if self.spatial else 0
+        crowding = int(self.crowding and self.use_errors)
+        histograms = self.cmd_histogram_.n_parameters(1 + k) if self.photometry else 0
+        return k + d + (2 if d == 3 else 1) + profile + k * d + k * d * (d + 1) // 2 + crowding + histograms
 
     def explore(self, data: StarData) -> ClusterFieldMixture:
         """Stage 1: the starts and the number of field components, on a seeded subsample; returns self.
@@ -938,7 +982,8 @@ class ClusterFieldMixture:
         Raises
         ------
         ValueError
-            If fewer than 20 stars have astrometry.
+            If fewer than 20 stars have astrometry, or ``photometry`` is on and the stars have no
+            magnitudes and colours.
         """
         with single_cpu_thread("cpu"):  # starts and BIC on a subsample of a few thousand stars
             return self._explore(data)
@@ -949,6 +994,8 @@ class ClusterFieldMixture:
             raise ValueError(f"{int(has.sum())} stars with astrometry are too few for a cluster + field mixture")
         radius = np.nan_to_num(data.radius, nan=0.0)
         self.radius_max_ = float(radius.max()) if radius.max() > 0 else 1.0
+        if self.photometry:
+            self.cmd_histogram_ = CmdHistogram.spanning(_cmd_of(data))
         full = self._prepare(data)
         n = len(full.radius)
         rng = np.random.default_rng(self.seed)
@@ -999,7 +1046,8 @@ class ClusterFieldMixture:
         Raises
         ------
         ValueError
-            If fewer than 20 stars have astrometry.
+            If fewer than 20 stars have astrometry, or ``photometry`` is on and the stars have no
+            magnitudes and colours.
         """
         self.explore(data)
         full = self.em_batch(data)
@@ -1017,20 +1065,16 @@ class ClusterFieldMixture:
     def null_log_likelihood_ratio(self, batch: EMBatch) -> float:
         """log L(fit) - log L(the same model on the stars with their positions shuffled): what positions add.
 
-        The null is a permutation: the radii are shuffled among the stars (seeded), so the cone's
-        footprint, its radial distribution of all stars and every proper motion stay, and only the
-        link between a star's position and its astrometry is broken; the model is refitted by EM
-        (NULL_ITER iterations) from the fit's parameters. A group the spatial profile chose among
-        central stars, or the edge of a footprint off the assumed centre, gains as much on the
-        shuffled stars, so the ratio stays near 0 in a cone without a cluster; a cluster, even one
-        that fills its cone, loses its concentration against the field when shuffled.
+        The radii are shuffled among the stars (seeded) and the model refitted from the fit
+        (NULL_ITER iterations): only the link between position and astrometry is broken, so the
+        ratio stays near 0 in a cone without a cluster and is large for a real one.
         """
         fitted = self.get_state()
         with torch.no_grad():
             loglik = float(sum(self.e_step(chunk, loglik_only=True)["loglik"] for chunk in batch.chunks()))
             generator = torch.Generator().manual_seed(self.seed)
             order = torch.randperm(len(batch), generator=generator).to(batch.radius.device)
-            shuffled = EMBatch(batch.values, batch.errors, batch.radius[order], batch.log_extra)
+            shuffled = EMBatch(batch.values, batch.errors, batch.radius[order], batch.log_extra, batch.cmd_bin)
             try:
                 null = self._em(shuffled, NULL_ITER)
             finally:
@@ -1070,6 +1114,9 @@ class ClusterFieldMixture:
             r = torch.as_tensor(radius, dtype=torch.float64)
             joint = self._log_spatial_t(r, self._params(r)["weights"])
             has = data.has_astrometry
+            if self.photometry and not has.all():  # the rest are scored from their radius and photometry
+                cmd = torch.as_tensor(self.cmd_histogram_.log_density(_cmd_of(data)[~has]))
+                joint[torch.as_tensor(~has)] += cmd
             if has.any():
                 batch = self._prepare(data, has).tensors()
                 joint[torch.as_tensor(has)] = torch.cat([self._log_joint_t(chunk) for chunk in batch.chunks()])
@@ -1102,7 +1149,7 @@ class ClusterFieldMixture:
             "log_likelihood": float(getattr(self, "log_likelihood_", math.nan)),
             "cluster_mean_cov": None if cov is None else cov.tolist(),
             "log_likelihood_ratio": getattr(self, "log_likelihood_ratio_", None),
-        }
+        } | ({} if self.cmd_histogram_ is None else {"cmd_histogram": self.cmd_histogram_.state_dict()})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> ClusterFieldMixture:
         """Restore a fit from :meth:`state_dict` or :meth:`get_state` (no data needed); returns self."""
@@ -1129,8 +1176,22 @@ class ClusterFieldMixture:
             self.n_fit_ = int(state["n_fit"])
         if "selection" in state:
             self.selection_ = [dict(row) for row in state["selection"]]
+        if "cmd_histogram" in state:
+            self.cmd_histogram_ = CmdHistogram.from_state(state["cmd_histogram"])
+        elif self.photometry:
+            raise ValueError("this state has no colour-magnitude histogram: it was not fitted with photometry=True")
         self._changed()
         return self
+
+
+def _cmd_of(data: StarData) -> np.ndarray:
+    """The stars' (magnitude, colour), (n, 2); a clear error when ``photometry`` has none to read."""
+    if data.cmd is None:
+        raise ValueError(
+            "photometry=True needs each star's magnitude and colour (phot_g_mean_mag, bp_rp in the catalogue, "
+            "StarData.cmd): add them or switch photometry off"
+        )
+    return np.asarray(data.cmd, float)
 
 
 def _pm_mode(pm: np.ndarray, bins: int = 80) -> np.ndarray:

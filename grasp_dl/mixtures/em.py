@@ -1,19 +1,11 @@
 """The contract every mixture of :mod:`grasp_dl.mixtures` is fitted through, and its plain driver.
 
-One EM iteration is split the way scikit-learn's ``mixture/_base.py`` splits it, so that any
-loop can drive it:
-
-* :meth:`EMMixture.start_iteration` fixes what the coming pass needs (candidate values of the
-  parameters without a closed-form update);
-* :meth:`EMMixture.e_step` turns a batch of stars into *sufficient statistics*: a flat dict of
-  float64 tensors that are sums over the batch's stars, so the statistics of a whole catalogue
-  are the sum of its batches' (and of every process's, under DDP);
-* :meth:`EMMixture.end_iteration` takes the summed statistics, runs the M-step and the
-  convergence test (tolerance on the mean log-likelihood per star);
-* :meth:`EMMixture.get_state` / :meth:`EMMixture.set_state` hold everything needed to resume.
-
-:func:`run_em` is the plain driver (a loop over chunks, no Trainer); ``model=xd`` drives the
-same methods from a Lightning training loop, one epoch per iteration.
+One EM iteration is split as scikit-learn's ``mixture/_base.py`` splits it, so any loop can drive
+it: :meth:`EMMixture.start_iteration`; :meth:`EMMixture.e_step`, a batch's *sufficient
+statistics* (float64 sums that add over batches and processes); :meth:`EMMixture.end_iteration`,
+the M-step and the convergence test; :meth:`EMMixture.get_state` / :meth:`EMMixture.set_state` to
+resume. :func:`run_em` is the plain driver; ``model=xd`` drives the same methods one Lightning
+epoch per iteration.
 """
 
 from __future__ import annotations

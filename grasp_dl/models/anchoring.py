@@ -1,46 +1,12 @@
-"""A clustering phase that never ends with a cluster group worse than the start it was given.
+"""The anchor of a deep clustering phase to its start: it never ends with a cluster group worse than the start.
 
-DEC, IDEC and VaDE start from a mixture (``init=xd``, ``gmm_features``, ...) whose cluster
-group is often already right; their self-training can then drift away from it (VaDE turning
-a 2% cluster into a group of 95% of the stars). Guards, all without truth:
-
-* **only a plausible start** -- when the start's cluster group fails :func:`group_check` (not
-  concentrated on the sky, or not tighter in proper motion than the other stars), there is
-  nothing worth keeping: no anchor, and the report says so (``anchored: false``).
-* **anchor term** -- the start's cluster membership ``s_i`` (the initial mixture's
-  responsibility of its cluster group, per training star) is kept, and every training step
-  adds ``weight * BCE(q_i,g, s_i)``, the cross-entropy of the module's probability of that
-  group ``g`` towards the start's, so the group keeps the start's members while the rest of
-  the model trains.
-* **drift check** -- whenever the module decides which group is the cluster on its training
-  stars (DEC at every target update, VaDE at every epoch's end, before the checkpoint is written), :func:`detect_drift` compares the start's members
-  (``s > 0.5``) with the end's (the named group's probability > 0.5): their agreement F1, and
-  the plausibility check of :func:`group_check` (members more concentrated on the sky and
-  tighter in proper motion than the other stars). The cluster group has drifted when the
-  agreement falls below ``min_agreement`` or when the start passed the check and the end fails it.
-* **fallback** -- on a drift the module names the start's group again if that group still
-  agrees with the start; otherwise it restores the weights whose cluster group agreed best with
-  the start so far (the phase's own start at first; only when they agree better than the
-  drifted ones), stops training (the learning rates drop to 0 for the steps Lightning still
-  takes), and says so. A fall of the agreement by more than
-  ``max_drop`` below that best also counts as a drift.
-
-* **pooled membership** -- the anchor term and the drift check keep the start's group, but a
-  deep phase can still lose members the start was sure of (on the robustness grid hard-field
-  VaDE/DEC ended 0.00-0.09 in F1 below their start). The membership the model reports
-  (``predict_proba``) is therefore the logarithmic pool of its own cluster
-  probability (``network_proba``, what training and the drift check use) and the start mixture's
-  (:mod:`grasp_dl.models.start_pool`): the start decides where it is confident, the deep model
-  where the start is unsure; the deep model's weight shrinks with its agreement with the start
-  (:func:`~grasp_dl.models.start_pool.start_weight`). When a drift is found and no state of the deep model agrees with
-  the start (the fallback has nothing to restore), the membership is the start's alone
-  (``start_only`` in the kept record). ``model.anchor.pool=false`` reports the deep model's own.
-
-"Plausible" is the package's one test (:func:`group_check` =
-:func:`grasp_dl.membership.guards.check_features`, the guards that decide ``cluster_found``).
-The report (start against end: members, mean proper motion, the agreement, what was done, and
-whether the membership is pooled) is kept in ``fit_results['start_vs_end']``, so it travels with
-the checkpoint and reaches the summary.
+DEC, IDEC and VaDE start from a mixture whose cluster group is often already right, and their
+self-training can drift away from it. Without truth, :class:`StartAnchor` keeps only a plausible
+start (:func:`group_check`), pulls the start's group towards the start's members while training,
+checks for a drift at every group decision (:func:`detect_drift`) and falls back when it finds
+one; the membership it reports pools the deep model's with the start's
+(:mod:`grasp_dl.models.start_pool`). Its report travels in ``fit_results['start_vs_end']``. The
+guards in full: ``docs/src/models.md``.
 """
 
 from __future__ import annotations
@@ -67,6 +33,7 @@ from grasp_dl.models.start_pool import (
     start_pool_state,
     start_weight,
 )
+from grasp_dl.runtime.capabilities import FitsPositionModel, KeepsFitResults, LogsEpochMeans
 from grasp_dl.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -272,14 +239,10 @@ def detect_drift(
 class StartAnchor:
     """Mixin for clustering LightningModules: keep the start's cluster group (see the module doc).
 
-    Needs ``hparams.anchor`` (see :func:`anchor_options`), ``hparams.cluster_group`` (the user's
-    choice, which the anchor never overrides), ``predict_proba``, ``physical_features``,
-    ``cluster_group`` and a ``decided_group`` buffer. Cooperative hooks: :meth:`setup_ingredients`
-    (after the groups are initialised) remembers the start; the host adds :meth:`anchor_loss` to
-    each step's loss and calls :meth:`guard_start` whenever it decides the cluster group on the
-    training stars. The weights whose cluster group agreed best with the start so far (those of
-    the start itself at first) are kept in memory; a drift falls back to them. The report goes to
-    ``fit_results['start_vs_end']`` (saved with the checkpoint).
+    The host gives ``hparams.anchor`` (:func:`anchor_options`), ``hparams.cluster_group`` (the
+    user's choice, never overridden), ``network_proba``, ``physical_features``, ``cluster_group``
+    and a ``decided_group`` buffer. :meth:`setup_ingredients` remembers the start; the host adds
+    :meth:`anchor_loss` to each step's loss and calls :meth:`guard_start` at every group decision.
     """
 
     _anchor_prob: Tensor | None = None
@@ -332,21 +295,6 @@ class StartAnchor:
             self._best_state["initialized"].fill_(True)  # the start is an initialised module
         self._best_agreement = None
         self._fell_back = False
-
-    def network_proba(self, x: Tensor) -> Tensor:
-        """The model's own group probabilities, without the start's pool (hosts that pool override it).
-
-        Parameters
-        ----------
-        x : Tensor
-            Standardised features.
-
-        Returns
-        -------
-        Tensor
-            Shape (n, n_clusters).
-        """
-        return self.predict_proba(x)
 
     @torch.no_grad()
     def pooled_proba(self, x: Tensor, q: Tensor) -> Tensor:
@@ -482,8 +430,7 @@ class StartAnchor:
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
     def _results(self) -> dict[str, Any]:
-        results = getattr(self, "fit_results", None)
-        return results if results is not None else self.hparams
+        return self.fit_results if isinstance(self, KeepsFitResults) else self.hparams
 
     def _name_group(self, group: int) -> None:
         self.decided_group.fill_(int(group))
@@ -509,7 +456,7 @@ class StartAnchor:
         target = self._anchor_prob[index.to(self._anchor_prob.device)].to(q.device)
         p = q[:, self._anchor_group].float().clamp(1e-6, 1 - 1e-6)
         term = F.binary_cross_entropy(p, target.float())
-        if hasattr(self, "log_epoch_mean"):
+        if isinstance(self, LogsEpochMeans):
             self.log_epoch_mean("train/anchor", term, len(q))
         return weight * term
 
@@ -641,7 +588,7 @@ class StartAnchor:
         )
 
     def _refresh_position_model(self, catalog: Tensor) -> None:
-        if hasattr(self, "fit_position_model"):
+        if isinstance(self, FitsPositionModel):
             self.fit_position_model(catalog, self.network_proba(catalog))
 
 

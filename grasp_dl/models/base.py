@@ -1,48 +1,13 @@
 """ClusteringModule: the lean base of every clustering phase (DEC, IDEC, VaDE, and mixtures without a network).
 
-It owns only what every clustering model shares, with or without a network:
-
-* the shared hyper-parameters (``n_clusters``, ``init``, ``n_init``, ``preprocessing``, the
-  user's ``cluster_group``, ``seed``) and their checks, which raise
-  :class:`~grasp_dl.runtime.errors.ConfigError` at construction, before any training;
-* the shared buffers (``initialized``, the decided cluster group, ``position_model``, which
-  scores stars without astrometry);
-* the training catalogue (:meth:`attach_training_catalog`, else the data module's
-  :class:`~grasp_dl.data.training_catalog.TrainingCatalogSource`) and the start,
-  :meth:`initialise_from`, once, at the first ``fit`` (shared by every DDP rank);
-* which group is the globular cluster (:attr:`cluster_group`, :meth:`decide_cluster_group`);
-* the checkpoint contract: the writing class and the results computed while training
-  (:attr:`fit_results`) beside the weights, and the reading of older checkpoints.
-
-Networks, optimisers, the hard-field ingredients, the anchor to the start and the speed mixins
-are the deep models' (:class:`~grasp_dl.models.deep.DeepClusteringModule`). What a model can do
-beyond group probabilities is declared by the protocols of :mod:`grasp_dl.runtime.capabilities`.
-
-How to add a clustering model: one file + one config
------------------------------------------------------
-1. ``grasp_dl/models/<name>.py``: subclass :class:`ClusteringModule` (a model without a network,
-   e.g. one fitted by EM) or :class:`~grasp_dl.models.deep.DeepClusteringModule` (a network
-   trained by gradient, starting from an autoencoder). Its ``__init__`` takes
-   ``input_dim``, ``n_clusters``, its own options and ``**shared`` (passed on to
-   ``super().__init__``, which checks and saves them), checks its own options (raise
-   ``ConfigError``), saves them with ``self.save_hyperparameters({...})`` and builds its
-   parameters. Implement
-
-   - :meth:`predict_proba` (group probabilities of standardised features, rows sum to 1);
-   - :meth:`initialise_from` (start the groups from the training catalogue; called once, at
-     the start of the first fit: a model fitted by EM can do its whole fit here and override
-     ``training_step`` to return None), and :meth:`catalog_needs` if it needs more than the
-     features (e.g. ``CatalogNeeds(stars="model=xd")`` for astrometry and errors);
-   - :meth:`batch_loss` (the loss of one mini-batch) and ``validation_step`` (log a
-     ``val/<name>`` metric) when it trains by gradient;
-   - :meth:`load_autoencoder_weights` when it starts from a pretrained autoencoder
-     (:meth:`from_autoencoder`); a model without a network leaves it out.
-
-2. ``conf/model/<name>.yaml``: ``_target_`` the class, its options with one-line comments, and
-   ``monitor:`` the metric checkpoints and early stopping watch. A model that starts from an
-   autoencoder adds ``defaults: [autoencoder@pretrain, _self_]``, ``pretrain_epochs`` and
-   ``pretrained_ckpt``; ``pipeline.train`` then runs the autoencoder phase first. Nothing else
-   changes: ``pipeline.train`` builds and checks it, prediction loads it from its checkpoint.
+It owns what every clustering model shares: the shared hyper-parameters and their checks (a
+:class:`~grasp_dl.runtime.errors.ConfigError` at construction), the shared buffers (the decided
+cluster group, the position model that scores stars without astrometry), the training catalogue
+and the start (:meth:`ClusteringModule.initialise_from`, once, at the first fit), which group is
+the cluster, and the checkpoint contract (the writing class and ``fit_results`` beside the
+weights). Networks, optimisers, ingredients and the anchor are the deep base's
+(:class:`~grasp_dl.models.deep.DeepClusteringModule`); capabilities are the protocols of
+:mod:`grasp_dl.runtime.capabilities`. How to add a model: ``docs/src/models.md``.
 """
 
 from __future__ import annotations
@@ -60,7 +25,7 @@ from torch import Tensor
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog, TrainingCatalogSource
 from grasp_dl.membership.rules import choose_cluster_group
-from grasp_dl.mixtures.deconvolution import plummer_log_density
+from grasp_dl.mixtures.profile import plummer_log_density
 from grasp_dl.models.clustering import INIT_METHODS
 from grasp_dl.models.ingredients import fit_plummer
 from grasp_dl.models.optim import plain_config
@@ -482,7 +447,7 @@ class ClusteringModule(L.LightningModule):
         checkpoint[FIT_RESULTS_KEY] = dict(self.fit_results)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the results computed while training; read checkpoints written before the base class and the split."""
+        """Restore the results computed while training, from older checkpoints too (their keys are mapped)."""
         super().on_load_checkpoint(checkpoint)
         self.fit_results.update(checkpoint.get(FIT_RESULTS_KEY) or {})
         state = checkpoint.get("state_dict", {})

@@ -14,7 +14,7 @@ from grasp_dl.runtime.errors import ConfigError
 
 #: kmeans: DEC's k-means in latent space; gmm: a Gaussian mixture in latent space;
 #: gmm_features: a Gaussian mixture on the standardised input features, carried into latent space;
-#: xd: the error-deconvolved, spatially aware cluster + field mixture of models/deconvolution.py
+#: xd: model=xd's cluster + field mixture (mixtures/cluster_field.py)
 #: (fitted on the catalogue's astrometry and errors, see models/ingredients.py), group 0 the cluster.
 INIT_METHODS = ("kmeans", "gmm", "gmm_features", "xd")
 #: dec: one Student-t kernel of unit scale for every group, equal weights (Xie et al. 2016);

@@ -1,20 +1,9 @@
 """DeepClusteringModule: the base of the clustering models with a network (DEC, IDEC, VaDE).
 
-On top of the lean :class:`~grasp_dl.models.base.ClusteringModule` it owns what a network
-trained by gradient needs:
-
-* the network's shape (``hidden_dims``, ``latent_dim``, ``dropout``, ``batch_norm``) and the
-  start from a pretrained autoencoder (:meth:`from_autoencoder`);
-* the optimiser and scheduler (:meth:`configure_optimizers`) and one eval-mode rule for
-  fine-tuning (:meth:`fine_tuning_mode`, at the start of every training batch);
-* the hard-field ingredients (:class:`~grasp_dl.models.ingredients.HardFieldIngredients`:
-  ``xd`` start, ``noise_augmentation``, ``spatial_prior`` and its
-  :class:`~grasp_dl.models.spatial.RadialPrior`);
-* the anchor to the start (:class:`~grasp_dl.models.anchoring.StartAnchor`), its guard at every
-  group decision, and the pooled membership it reports; all of it travels in the checkpoint;
-* the speed mixins it opts into: block training (:class:`~grasp_dl.engine.block_training.BlockTraining`)
-  and per-epoch means (:class:`~grasp_dl.engine.epoch_means.EpochMeanLogging`). Every hook of
-  these calls ``super()``, so no base order can drop another's hook.
+On top of :class:`~grasp_dl.models.base.ClusteringModule`: the network's shape and its start from
+a pretrained autoencoder, the optimiser and the fine-tuning mode, the hard-field ingredients, the
+anchor to the start with its pooled membership, and the opt-in speed mixins (block training,
+per-epoch means). Every hook of these calls ``super()``, so no base order can drop another's hook.
 """
 
 from __future__ import annotations

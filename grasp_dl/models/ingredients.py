@@ -1,14 +1,10 @@
-"""What DEC and VaDE share for hard fields: the error-deconvolved start, noise augmentation,
-and the radius-dependent mixture weight.
+"""What DEC and VaDE share for hard fields: the ``init=xd`` start, noise augmentation, the radial prior.
 
-* ``init='xd'``: the groups start from model=xd's mixture (:func:`xd_start_mixture`; cluster = Plummer
-  profile x narrow proper-motion Gaussian, field = flat x broad Gaussians, every Gaussian
-  convolved with each star's error covariance), fitted by EM on the training catalogue.
-  Group 0 is then the cluster. ``xd`` holds its switches (spatial, use_errors, photometry).
-* ``noise_augmentation``: each training batch is re-observed with every star's own errors,
-  ``x + L_i eps`` (L_i the Cholesky factor of its error covariance in standardised units), so
-  the network cannot rely on differences smaller than a star's errors.
-* ``spatial_prior``: :class:`RadialPrior` adds log Sigma_c(r) to the group logits.
+``init='xd'`` starts the groups from model=xd's mixture (:func:`xd_start_mixture`, with the
+``model.xd`` switches as its options; group 0 the cluster); ``noise_augmentation`` re-observes
+each batch with every star's own errors, so the network cannot rely on differences smaller than
+them; ``spatial_prior`` adds the cluster's profile to the group logits
+(:class:`~grasp_dl.models.spatial.RadialPrior`).
 """
 
 from __future__ import annotations
@@ -26,7 +22,7 @@ from torch import Tensor
 
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
 from grasp_dl.membership.rules import choose_cluster_group
-from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
+from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
 from grasp_dl.mixtures.profile import plummer_log_density
 from grasp_dl.models.clustering import initial_responsibilities
 from grasp_dl.runtime.errors import ConfigError
@@ -89,13 +85,11 @@ def fit_plummer(radius: np.ndarray, weights: np.ndarray, radius_max: float) -> f
     return float(result.x)
 
 
-def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> Any:
+def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> ClusterFieldMixture:
     """The mixture ``init='xd'`` starts from: group 0 the cluster, ``n_clusters - 1`` field groups.
 
-    With every physical ingredient on (spatial, use_errors, no photometry: the default) it is
-    model=xd's :class:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture` (Plummer cluster with an
-    isotropic dispersion, crowding-scaled errors, several starts); an ablation that switches an
-    ingredient off gets :class:`SpatialDeconvolvedMixture` with that switch.
+    model=xd's :class:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture`, with the ablation
+    switches of ``model.xd`` (spatial, use_errors, photometry) as its options.
 
     Parameters
     ----------
@@ -108,14 +102,17 @@ def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> 
 
     Returns
     -------
-    ClusterFieldMixture or SpatialDeconvolvedMixture
+    ClusterFieldMixture
         Unfitted.
     """
-    if options["spatial"] and options["use_errors"] and not options["photometry"]:
-        from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
-
-        return ClusterFieldMixture(n_field=int(n_clusters) - 1, max_iter=int(options["max_iter"]), seed=int(seed))
-    return SpatialDeconvolvedMixture(n_clusters, seed=seed, **options)
+    return ClusterFieldMixture(
+        n_field=int(n_clusters) - 1,
+        max_iter=int(options["max_iter"]),
+        seed=int(seed),
+        spatial=bool(options["spatial"]),
+        use_errors=bool(options["use_errors"]),
+        photometry=bool(options["photometry"]),
+    )
 
 
 class HardFieldIngredients:
@@ -176,7 +173,8 @@ class HardFieldIngredients:
             mixture = xd_start_mixture(hp.n_clusters, hp.seed, options).fit(stars)
             self.xd_mixture_ = mixture
             self.fit_results["xd_fit"] = mixture.state_dict()
-            log.info("xd initial mixture: %s", mixture.state_dict())
+            logged = {key: value for key, value in mixture.state_dict().items() if key != "cmd_histogram"}
+            log.info("xd initial mixture: %s", logged)
             return mixture.predict_proba(stars)
         return initial_responsibilities(
             z,

@@ -1,14 +1,8 @@
-"""``model.n_clusters=auto``: choose the number of groups by the BIC of a feature-space mixture.
+"""``model.n_clusters=auto``: the number of groups by the BIC of the start mixture.
 
-The criterion is the Bayesian information criterion, -2 log L + p log n (lower is better), of
-the mixture the clustering phase starts from, fitted for every k in ``model.n_clusters_range``:
-
-* with ``model.init=xd`` the error-deconvolved spatial mixture (its likelihood is that of the
-  observed astrometry given each star's errors, and of the positions);
-* otherwise a full-covariance Gaussian mixture on the standardised features.
-
-The chosen k and the whole curve go into the module's ``fit_results['n_clusters_curve']`` (so
-into every checkpoint, apart from the constructor's arguments) and into the training log.
+For every k of ``model.n_clusters_range``: the ``init=xd`` mixture (its likelihood includes each
+star's errors and position), else a full-covariance Gaussian mixture of the standardised
+features. The curve goes into ``fit_results['n_clusters_curve']`` and the log.
 """
 
 from __future__ import annotations

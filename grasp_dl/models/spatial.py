@@ -1,15 +1,9 @@
-"""A radius-dependent mixture weight for the deep models: the cluster is concentrated, the field flat.
+"""A radius-dependent group weight for the deep models: the cluster concentrated, the field flat.
 
-A globular cluster's surface density falls off from its centre (King / Plummer), while the
-field is flat across the cone. :class:`RadialPrior` adds to every star's group logits
-
-    log Sigma_c(r)   = log Plummer(r; a) normalised over the cone     for the cluster's group
-                     = log 1 / (pi R^2)                               for every other group
-
-so the prior weight of the cluster, ``pi_c Sigma_c(r) / sum_j pi_j Sigma_j(r)``, is high in
-the core and low in the outskirts, with the Plummer scale ``a`` learnt with the rest of the
-model. The radius is read back from the standardised features themselves (xi/eta, radius or
-log_radius and the stored scaler), so prediction on a new catalogue needs nothing else.
+:class:`RadialPrior` adds log Sigma_c(r) to every star's group logits: a Plummer profile of learnt
+scale, normalised over the cone, for the cluster's group and the flat 1 / (pi R^2) for the
+others, so the cluster's weight is high in the core and low in the outskirts. The radius is read
+back from the standardised features, so prediction needs nothing new.
 """
 
 from __future__ import annotations

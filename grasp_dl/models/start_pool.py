@@ -1,37 +1,11 @@
-"""The cluster membership of an anchored deep model: its own probability pooled with its start's.
+"""The membership of an anchored deep model: its own cluster probability pooled with its start's.
 
-A deep phase (DEC, IDEC, VaDE) started from a cluster + field mixture (``init=xd``) and anchored
-to it (:mod:`grasp_dl.models.anchoring`) has two opinions on each star's membership: the
-mixture's posterior ``s`` (a Plummer cluster and a flat field, Gaussian proper motions; a
-physical model that knows how confident it is) and the network's ``q``. Measured on the
-robustness grid, the start's opinion is as good as the deep model's or better, and the deep
-phase tends to lose members the start is sure of while keeping ones it is unsure of.
-
-The reported membership is their logarithmic opinion pool,
-
-    logit p = w logit s + (1 - w) logit q,    w = 1 - a / 2,
-
-a weighted geometric mean of the two opinions (renormalised over member / not member), where
-a is the F1 agreement of the deep model's members with the start's on the training stars
-(:func:`start_weight`): a deep model that kept the start's members gets an equal say (w = 1/2),
-one that lost them less. Weights summing to 1 do not double-count the evidence the two share
-(they saw the same features), and the pool is "externally Bayesian": updating both on new
-evidence and pooling equals pooling and updating.
-Where the start is confident (a bright star on the cluster's sequence of proper motion and close
-to the centre, or a field star far away in proper motion) its large log-odds decide; where it
-is unsure (log-odds near 0) the deep model decides. The other groups keep the deep model's
-proportions of what is left.
-
-The start is kept in the checkpoint (``fit_results['start_pool']``: the mixture's kind,
-settings, fitted parameters and cluster component), so a loaded model pools the same way. An
-error-aware start (the hard-field setting's) scores each star with its own Gaia errors wherever
-the catalogue rows are at hand (``grasp-dl predict``, the train summary:
-:meth:`~grasp_dl.models.anchoring.StartAnchor.pooled_proba_stars`): a faint star whose 1 mas/yr
-error covers the cluster's proper motion is not called a field star for lying 1 mas/yr away.
-From standardised features alone (``predict_proba``) an error-aware start cannot be scored as it
-was fitted, so there the model's own probabilities are reported; an error-blind start
-(``xd.use_errors=false``) is pooled from the features everywhere. Switch the pool off with
-``model.anchor.pool=false``.
+``logit p = w logit s + (1 - w) logit q`` with ``w = 1 - a / 2``: s the start mixture's
+probability, q the network's, a their F1 agreement on the training stars (:func:`start_weight`).
+A logarithmic opinion pool: the start decides where it is confident, the network where the start
+is unsure, and the evidence both saw is not counted twice. The start is kept in the checkpoint
+(``fit_results['start_pool']``); an error-aware start is scored with each star's own errors
+where the catalogue rows are at hand. Why and how: ``docs/src/models.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +21,8 @@ from grasp_dl.data.astrometry import StarData
 POOL_KEY = "start_pool"
 #: Probabilities are clipped to [EPS, 1 - EPS] before taking log-odds.
 EPS = 1e-9
+#: The kind of the kept start of the second mixture that the one mixture replaced.
+RETIRED_KIND = "spatial_deconvolved"
 
 
 def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
@@ -54,7 +30,7 @@ def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
 
     Parameters
     ----------
-    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+    mixture : ClusterFieldMixture
         The fitted start of ``init='xd'``.
     group : int
         Its cluster component.
@@ -64,34 +40,29 @@ def start_pool_state(mixture: Any, group: int) -> dict[str, Any] | None:
     dict or None
         ``kind``, ``settings``, ``state``, ``group`` and ``use_errors`` (whether the start scores
         stars with their errors, so a prediction should give them); None for a start that cannot score stars
-        from their features (one fitted with photometry) or an unknown kind.
+        from their features (one fitted with photometry) or another kind of object.
     """
     from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
-    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
 
-    if isinstance(mixture, ClusterFieldMixture):
-        settings = {
-            "crowding": mixture.crowding,
-            "dispersion_profile": mixture.dispersion_profile,
-            "free_slope": mixture.free_slope,
-        }
-        return {
-            "kind": "cluster_field",
-            "settings": settings,
-            "state": mixture.state_dict(),
-            "group": int(group),
-            "use_errors": True,
-        }
-    if isinstance(mixture, SpatialDeconvolvedMixture) and not mixture.photometry:
-        settings = {"n_components": mixture.n_components, "spatial": mixture.spatial, "use_errors": mixture.use_errors}
-        return {
-            "kind": "spatial_deconvolved",
-            "settings": settings,
-            "state": mixture.state_dict(),
-            "group": int(group),
-            "use_errors": bool(mixture.use_errors),
-        }
-    return None
+    if not isinstance(mixture, ClusterFieldMixture) or mixture.photometry:
+        return None
+    settings = {
+        "crowding": mixture.crowding,
+        "dispersion_profile": mixture.dispersion_profile,
+        "free_slope": mixture.free_slope,
+    }
+    # the ablation switches only when off, so a default start's record is what it always was
+    if not mixture.spatial:
+        settings["spatial"] = False
+    if not mixture.use_errors:
+        settings["use_errors"] = False
+    return {
+        "kind": "cluster_field",
+        "settings": settings,
+        "state": mixture.state_dict(),
+        "group": int(group),
+        "use_errors": mixture.use_errors,
+    }
 
 
 def restore_start_mixture(pool: Mapping[str, Any]) -> Any:
@@ -104,33 +75,30 @@ def restore_start_mixture(pool: Mapping[str, Any]) -> Any:
 
     Returns
     -------
-    SpatialDeconvolvedMixture or ClusterFieldMixture
+    ClusterFieldMixture
 
     Raises
     ------
     ValueError
-        For an unknown kind.
+        For an unknown kind, or a start of the retired second mixture (``spatial_deconvolved``):
+        its full-covariance cluster has no exact counterpart in the one mixture, so the message
+        says to retrain.
     """
     from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
-    from grasp_dl.mixtures.deconvolution import SpatialDeconvolvedMixture
 
-    state = pool["state"]
     if pool["kind"] == "cluster_field":
-        return ClusterFieldMixture(**pool["settings"]).load_state_dict(dict(state))
-    if pool["kind"] == "spatial_deconvolved":
-        mixture = SpatialDeconvolvedMixture(**pool["settings"])
-        mixture.weights_ = np.asarray(state["weights"], float)
-        mixture.means_ = np.asarray(state["means"], float)
-        mixture.covariances_ = np.asarray(state["covariances"], float)
-        mixture.log_scale_ = float(state["log_scale"])
-        mixture.radius_max_ = float(state["radius_max"])
-        return mixture
+        return ClusterFieldMixture(**pool["settings"]).load_state_dict(dict(pool["state"]))
+    if pool["kind"] == RETIRED_KIND:
+        raise ValueError(
+            f"this checkpoint's start mixture is of the retired kind {RETIRED_KIND!r} (an ablation start of "
+            "model.xd.spatial/use_errors/photometry from an older grasp-dl), which this version cannot score: "
+            "retrain the model with this version (grasp-dl train ...)"
+        )
     raise ValueError(f"unknown start mixture kind {pool['kind']!r}")
 
 
 def _astrometry_dim(mixture: Any) -> int:
-    means = getattr(mixture, "cluster_mean_", None)
-    return int(np.shape(means)[0]) if means is not None else int(np.shape(mixture.means_)[1])
+    return int(np.shape(mixture.cluster_mean_)[0])
 
 
 def start_cluster_probability(mixture: Any, group: int, values: np.ndarray, names: Sequence[str]) -> np.ndarray | None:
@@ -138,7 +106,7 @@ def start_cluster_probability(mixture: Any, group: int, values: np.ndarray, name
 
     Parameters
     ----------
-    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+    mixture : ClusterFieldMixture
         The fitted start.
     group : int
         Its cluster component.
@@ -169,7 +137,7 @@ def start_cluster_probability_stars(mixture: Any, group: int, stars: StarData) -
 
     Parameters
     ----------
-    mixture : SpatialDeconvolvedMixture or ClusterFieldMixture
+    mixture : ClusterFieldMixture
         The fitted start.
     group : int
         Its cluster component.

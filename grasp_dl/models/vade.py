@@ -1,16 +1,10 @@
 """VaDEModule: Variational Deep Embedding (Jiang et al. 2017) for probabilistic membership.
 
-A variational encoder maps each star to q(z|x) = N(mu(x), diag sigma^2(x)); the prior over the
-latent space is a Gaussian mixture with learnt weights, means and diagonal variances, one
-component per group. The posterior over groups, gamma_c = p(c | z), is the star's group
-probability; its spread over draws z ~ q(z|x) is the star's membership uncertainty.
-
-Loss (negative ELBO per star, the VaDE form, Jiang et al. eq. 12)::
+A variational encoder and a Gaussian-mixture prior in latent space: a star's posterior over the
+groups is its membership, the posterior's spread over latent draws its uncertainty. Loss (the
+negative ELBO per star, Jiang et al. eq. 12, ``beta`` warmed up over ``kl_warmup_epochs``)::
 
     -log p(x|z) + beta * ( sum_c gamma_c KL(q(z|x) || N(mu_c, sigma_c^2)) + KL(gamma || pi) )
-
-with gamma from a log-softmax (log-sum-exp over components), log-variances clamped to
-``[logvar_min, logvar_max]`` and ``beta`` warmed up from 0 to 1 over ``kl_warmup_epochs``.
 """
 
 from __future__ import annotations

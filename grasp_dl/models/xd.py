@@ -1,26 +1,12 @@
-"""XDModule (``model=xd``): the error-deconvolved spatial cluster + field mixture as a clustering model.
+"""XDModule (``model=xd``): the cluster + field mixture as a clustering model, one EM iteration per epoch.
 
-No network and no autoencoder phase: the fit is the EM of
-:class:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture` (Vasiliev & Baumgardt's 2021 model:
-a Plummer cluster with an isotropic, radius-dependent proper-motion dispersion, a BIC-chosen
-number of flat field Gaussians, every star's Gaia error covariance convolved in and scaled where
-the sources are crowded) on the training stars' astrometry and errors. At the first fit's start
-the mixture explores its starts and number of field components on a seeded subsample
-(identical on every process); then every training epoch is one EM iteration on every training
-star: each batch adds its E-step's sufficient statistics, the epoch's sums are reduced across
-processes, and the M-step runs at the epoch's end. Training ends when the mean log-likelihood
-per star has converged (``tol``) or after ``max_iter`` iterations (or ``trainer.max_epochs``).
-The scale, slope and crowding coefficient have no closed-form update: they are the module's
-parameter (:attr:`XDModule.em_shape`), moved by L-BFGS steps at each M-step, so DDP has a
-trainable parameter to wrap. Group 0 is the cluster by construction; groups 1.. are the field
-components. The EM's state is in every checkpoint, so an interrupted fit resumes where it was.
-
-The fitted mixture is saved in the checkpoint (``fit_results['xd_mixture']``), so
-``XDModule.load_from_checkpoint`` and ``grasp-dl predict`` need nothing else. Prediction is
-error-aware: :meth:`XDModule.predict_proba_stars` scores :class:`~grasp_dl.data.astrometry.StarData`
-(astrometry, error covariances, radius), which the predict path builds from the catalogue's
-``*_error`` columns. :meth:`XDModule.predict_proba` on standardised features alone has no errors
-to deconvolve and scores the stars as if they were exact (a fallback for feature-only callers).
+No network and no autoencoder phase. At the first fit's start the mixture explores its starts and
+number of field components (alike on every process); then each training epoch is one EM
+iteration on every training star: batches add their E-step's sufficient statistics, the epoch's
+last step reduces them across processes and runs the M-step. The scale, slope and crowding
+coefficient are the module's parameter (:attr:`XDModule.em_shape`), moved by L-BFGS steps, so DDP
+has a parameter to wrap. Group 0 is the cluster. The fitted mixture and its EM progress are in
+every checkpoint; prediction scores stars with their own errors (:meth:`XDModule.predict_proba_stars`).
 """
 
 from __future__ import annotations
@@ -75,7 +61,7 @@ class XDModule(ClusteringModule):
     tol : float
         Convergence: the change of the mean log-likelihood per star that ends training.
     eta_max : float or None
-        Cap of the crowding inflation of Gaia's errors (VB21 measured 1.1-1.2); None: uncapped.
+        Cap of the crowding inflation of Gaia's errors; None: uncapped.
     scale_prior : bool
         VB21's soft prior against a Plummer scale above 0.75 of the cone.
     null_test : bool
@@ -339,7 +325,7 @@ class XDModule(ClusteringModule):
             self.hparams["n_clusters"] = 1 + int(state[MIXTURE_KEY]["n_field"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the mixture's state; checkpoints written before :attr:`em_shape` and the extra state existed get them from ``fit_results``."""
+        """Restore the mixture's state; older checkpoints without :attr:`em_shape` and the extra state get them from ``fit_results``."""
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
         mixture_state = self.fit_results.get(MIXTURE_KEY)
@@ -456,8 +442,8 @@ class XDModule(ClusteringModule):
         -------
         dict
             ``xd_mean_pmra``, ``xd_mean_pmdec`` (and ``xd_mean_parallax``), their standard errors
-            ``xd_mean_<name>_error`` (robust, with the membership uncertainty; absent from checkpoints
-            written before they were kept), ``xd_pm_dispersion``,
+            ``xd_mean_<name>_error`` (robust, with the membership uncertainty; absent from older
+            checkpoints), ``xd_pm_dispersion``,
             ``xd_plummer_scale_deg``, ``xd_crowding_beta``, ``xd_n_field``.
         """
         m = self.fitted_mixture()

@@ -79,3 +79,48 @@ class ErrorAwareScoring(Protocol):
 
     def proba_with_errors(self, x: Any, stars: Any) -> Any:
         """Group probabilities of stars scored with their errors."""
+
+
+@runtime_checkable
+class ComparesWithNull(Protocol):
+    """Compares its fit with a no-cluster null for the verdict (``model=xd`` with ``null_test``)."""
+
+    def null_options(self) -> dict[str, float]:
+        """What the verdict's spatial test needs of that comparison (empty when not run)."""
+
+
+@runtime_checkable
+class TakesPublishedCluster(Protocol):
+    """Takes a published cluster (``data.cluster=NAME``) as a start and a prior (``model=xd``)."""
+
+    literature: Any
+
+
+@runtime_checkable
+class KeepsFitResults(Protocol):
+    """Keeps what training computed beside its weights, in its checkpoints (every clustering module)."""
+
+    fit_results: dict[str, Any]
+
+
+@runtime_checkable
+class FitsPositionModel(Protocol):
+    """Refits the position model that scores stars without astrometry from its group probabilities."""
+
+    def fit_position_model(self, x: Any, q: Any) -> None:
+        """Fit the cluster's share and scale to the probabilities ``q`` of the features ``x``."""
+
+
+@runtime_checkable
+class LogsEpochMeans(Protocol):
+    """Logs a value as its mean over the epoch's batches (the deep models' speed mixin)."""
+
+    def log_epoch_mean(self, name: str, value: Any, batch_size: int, prog_bar: bool = False) -> None:
+        """Add ``value`` of a batch of ``batch_size`` to the epoch's mean of ``name``."""
+
+
+@runtime_checkable
+class ViewsAtLastEpochOnly(Protocol):
+    """Says whether its TensorBoard views are drawn only after the last epoch (epochs that are many cheap EM steps)."""
+
+    views_at_last_epoch_only: bool

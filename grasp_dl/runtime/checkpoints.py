@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import lightning as L
 import torch
 
+from grasp_dl.runtime.capabilities import KeepsFitResults
 from grasp_dl.runtime.errors import CheckpointError
 
 #: Checkpoint key of the clustering class that wrote it (written by every ClusteringModule).
@@ -251,7 +252,9 @@ def check_state_fits(module: L.LightningModule, path: str | Path, *, option: str
     stored = content["state_dict"]
     own = module.state_dict()
     # A clustering module names its class in its checkpoints (it keeps fit_results beside the weights).
-    written_by = f"{type(module).__module__}.{type(module).__qualname__}" if hasattr(module, "fit_results") else None
+    written_by = (
+        f"{type(module).__module__}.{type(module).__qualname__}" if isinstance(module, KeepsFitResults) else None
+    )
     kind, wanted = checkpoint_kind(content), checkpoint_kind({"state_dict": own, CLASS_KEY: written_by})
     if kind != wanted:
         raise CheckpointError(
