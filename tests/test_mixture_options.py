@@ -56,11 +56,28 @@ def _probe(radius: list[float], cmd: list[list[float]] | None = None) -> StarDat
 # ----------------------------------------------------------------------------- the default path
 
 
-def test_the_default_path_is_bit_for_bit_the_recorded_fit():
+def _assert_same_numbers(got: object, want: object, path: str = "state") -> None:
+    """Nested dicts / lists of the same keys and lengths, numbers equal to 1e-10 (relative): the last bits may
+    differ between CPUs and BLAS builds, a changed fit does not."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), path
+        for key in want:
+            _assert_same_numbers(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _assert_same_numbers(g, w, f"{path}[{i}]")
+    elif isinstance(want, (int, float)) and not isinstance(want, bool):
+        assert got == pytest.approx(want, rel=1e-10, abs=1e-12), path
+    else:
+        assert got == want, path
+
+
+def test_the_default_path_is_the_recorded_fit():
     record = json.loads(RECORD.read_text())
     state, proba = reference_fit()
-    assert json.loads(json.dumps(state)) == record["state"]
-    np.testing.assert_array_equal(proba, np.asarray(record["proba"]))
+    _assert_same_numbers(json.loads(json.dumps(state)), record["state"])
+    np.testing.assert_allclose(proba, np.asarray(record["proba"]), rtol=1e-10, atol=1e-12)
     # the switches named at their defaults are the same path
     same_state, same_proba = reference_fit(spatial=True, use_errors=True, photometry=False)
     assert same_state == state and np.array_equal(same_proba, proba)
