@@ -20,7 +20,8 @@ Four modes, each a table per field and method and a summary per method; any meth
   against ``position`` (the product's current answer for them, model=xd's position-alone
   score, :mod:`grasp_dl.inference.no_astrometry`), and F1 / ECE on every star. A 2-parameter
   star a method leaves unscored counts as a non-member; the ``flag`` column says how they were
-  scored.
+  scored. ``--score-no-astrometry`` gives every product method's unscored 2-parameter stars the
+  position-alone score (predict's ``score_no_astrometry``).
 * **Timing** (``--timing``): wall time of the fit alone on a simulated 10^4-star bulge-like cone,
   per method, one after another, with the thread count the caller sets (OMP_NUM_THREADS); the
   ratio to the baseline.
@@ -146,12 +147,17 @@ def check_available(methods: Sequence[Method], sets: Sequence[str]) -> None:
                 )
 
 
-def run_method(method: Method, field: real.Field, sets: Sequence[str]) -> tuple[real.Scored, float]:
-    """Score ``field`` with ``method``; the result and the wall time of fit + predict."""
+def run_method(
+    method: Method, field: real.Field, sets: Sequence[str], score_no_astrometry: bool = False
+) -> tuple[real.Scored, float]:
+    """Score ``field`` with ``method``; the result and the wall time of fit + predict.
+
+    ``score_no_astrometry``: a product method's 2-parameter stars get the position-alone score
+    where it leaves them unscored (``position`` always does).
+    """
     product = method.through_product or method.name == POSITION
-    options: dict[str, Any] = (
-        {"set": [*sets, *method.overrides], "score_no_astrometry": method.name == POSITION} if product else {}
-    )
+    positions = score_no_astrometry or method.name == POSITION
+    options: dict[str, Any] = {"set": [*sets, *method.overrides], "score_no_astrometry": positions} if product else {}
     start = time.perf_counter()
     scored = real.method_for("model:xd" if method.name == POSITION else method.name)(field, options)
     return scored, time.perf_counter() - start
@@ -401,15 +407,17 @@ def two_parameter_rows(catalog: pd.DataFrame) -> np.ndarray:
     return np.isnan(astrometry).all(axis=1) & catalog[["ra", "dec"]].notna().all(axis=1).to_numpy()
 
 
-def simulated_rows(methods: Sequence[Method], sets: Sequence[str], seeds: Sequence[int]) -> list[SimulatedRow]:
-    """Every method on every simulated cone (:func:`simulated_kinds`) and seed."""
+def simulated_rows(
+    methods: Sequence[Method], sets: Sequence[str], seeds: Sequence[int], score_no_astrometry: bool = False
+) -> list[SimulatedRow]:
+    """Every method on every simulated cone (:func:`simulated_kinds`) and seed (``score_no_astrometry``: run_method's)."""
     rows = []
     for seed in seeds:
         for label, base, overrides in simulated_kinds():
             fld = real.simulated_field(label, base, overrides, seed)
             two = two_parameter_rows(fld.catalog)
             for method in methods:
-                scored, seconds = run_method(method, fld, sets)
+                scored, seconds = run_method(method, fld, sets, score_no_astrometry)
                 prob = np.asarray(scored.member_prob, float)
                 flags = scored.flags[two] if scored.flags is not None else np.full(two.sum(), "-")
                 rows.append(
@@ -571,6 +579,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--min-members", type=int, default=10, help="degraded members a field needs to count")
     parser.add_argument("--simulated", action="store_true", help="simulated cones with 2-parameter stars")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="simulation seeds (--simulated)")
+    parser.add_argument(
+        "--score-no-astrometry",
+        action="store_true",
+        help="--simulated: product methods score the 2-parameter stars they leave out from their position",
+    )
     parser.add_argument("--timing", action="store_true", help="fit time on a 10^4-star cone")
     parser.add_argument("--repeats", type=int, default=1, help="fits per method (--timing; the fastest counts)")
     parser.add_argument("--baseline", default="xd", help="the method the others are compared with")
@@ -590,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if POSITION not in [m.name for m in methods]:
             methods.append(parse_method(POSITION))
             labels.append(POSITION)
-        rows: list[Any] = simulated_rows(methods, args.set, args.seeds)
+        rows: list[Any] = simulated_rows(methods, args.set, args.seeds, args.score_no_astrometry)
     elif args.timing:
         mode = "timing"
         rows = timing_rows(methods, args.set, args.baseline, args.repeats)

@@ -145,6 +145,25 @@ def test_methods_parse_and_a_missing_model_or_config_stops_in_one_line(bench) ->
     bench.check_available([bench.parse_method("model:vade experiment=hard_field"), bench.parse_method("xd")], [])
 
 
+def test_each_method_gets_its_overrides_and_position_scores_the_two_parameter_stars(bench, monkeypatch) -> None:
+    calls = []
+
+    def method_for(name):
+        return lambda field, options: calls.append((name, options)) or bench.real.Scored(np.zeros(1))
+
+    monkeypatch.setattr(bench.real, "method_for", method_for)
+    field = SimpleNamespace(name="f")
+    for text in ("xd", "position", "model:vade experiment=hard_field"):
+        bench.run_method(bench.parse_method(text), field, ["trainer.max_epochs=2"])
+    bench.run_method(bench.parse_method("model:vade"), field, [], score_no_astrometry=True)
+    assert calls == [
+        ("xd", {}),
+        ("model:xd", {"set": ["trainer.max_epochs=2"], "score_no_astrometry": True}),
+        ("model:vade", {"set": ["trainer.max_epochs=2", "experiment=hard_field"], "score_no_astrometry": False}),
+        ("model:vade", {"set": [], "score_no_astrometry": True}),
+    ]
+
+
 def test_two_parameter_rows_are_those_without_any_astrometry(bench) -> None:
     catalog, _ = _catalog(6)
     catalog.iloc[0, catalog.columns.get_indexer(["pmra", "pmdec", "parallax"])] = np.nan
