@@ -78,11 +78,12 @@ THRESHOLD = real.THRESHOLD
 ECE_BINS = 10
 #: A field this far below the baseline's F1 on the degraded stars counts as worse.
 WORSE_BY = 0.02
-#: Simulated cones: label, bundled simulation config, overrides of simulate_field (10^4 stars each).
-SIMULATED_KINDS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+#: Simulated cones: label, bundled simulation config, overrides of simulate_field (10^4 stars each;
+#: None: the robustness grid's faint, compact cell, filled in by :func:`simulated_kinds`).
+SIMULATED_KINDS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
     ("M4-like", "m4", {"n_stars": 10000}),
     ("bulge-like", "ngc6558", {"n_stars": 10000}),
-    ("faint members", "ngc6558", {}),  # filled by simulated_kinds(): the robustness grid's faint, compact cell
+    ("faint members", "ngc6558", None),
 )
 #: The cone of the timing mode: a simulated bulge-like field of this many stars.
 TIMING_STARS = 10000
@@ -243,9 +244,9 @@ def expected_calibration_error(member_prob: np.ndarray, truth: np.ndarray, bins:
     if prob.size == 0:
         return float("nan")
     which = np.minimum((prob * bins).astype(int), bins - 1)
-    count = np.bincount(which, minlength=bins)
+    # per bin: |sum of probabilities - number of members| = count x |mean prob - share of members|
     gap = np.abs(np.bincount(which, prob, bins) - np.bincount(which, truth, bins))
-    return float(gap.sum() / prob.size) if count.sum() else float("nan")
+    return float(gap.sum() / prob.size)
 
 
 @dataclass
@@ -398,7 +399,7 @@ def simulated_kinds() -> list[tuple[str, str, dict[str, Any]]]:
 
     faint = robustness_field_config(0.05, 10000, 1.0, "compact", "faint")
     faint = {k: v for k, v in faint.items() if k not in ("seed", "name")}
-    return [(label, base, overrides or faint) for label, base, overrides in SIMULATED_KINDS]
+    return [(label, base, faint if overrides is None else overrides) for label, base, overrides in SIMULATED_KINDS]
 
 
 def two_parameter_rows(catalog: pd.DataFrame) -> np.ndarray:

@@ -187,3 +187,46 @@ def test_a_small_degraded_run_prints_its_tables_and_writes_json(bench, tmp_path,
     assert 0.0 < row["f1_degraded"] < row["f1_all"] <= 1.0  # the degraded stars are harder than the rest
     summary = saved["summaries"][0]
     assert summary["method"] == "xd" and summary["fields"] == 1 and summary["median_gain"] == 0.0
+
+
+def test_the_simulated_kinds_include_a_faint_member_cone(bench) -> None:
+    kinds = bench.simulated_kinds()
+    assert [label for label, _, _ in kinds] == ["M4-like", "bulge-like", "faint members"]
+    _, base, faint = kinds[2]
+    assert base == "ngc6558" and faint["n_stars"] == 10000 and "seed" not in faint
+    assert faint["cluster"]["fraction"] == 0.05 and faint["cluster"]["distance_kpc"] > 10
+
+
+def test_simulated_rows_score_the_two_parameter_stars_by_their_truth(bench, monkeypatch) -> None:
+    from grasp_dl.data.simulate import simulate_field
+
+    catalog = simulate_field("m4", n_stars=600, seed=2)
+    truth = (catalog["truth"] == "cluster").to_numpy()
+    field = bench.real.Field("tiny", catalog.drop(columns="truth"), truth, (0.0, 0.0), (0.0, 0.0))
+    two = bench.two_parameter_rows(field.catalog)
+    assert two.sum() > 10 and (truth & two).any()
+    monkeypatch.setattr(bench.real, "simulated_field", lambda *args: field)
+    monkeypatch.setattr(bench, "SIMULATED_KINDS", bench.SIMULATED_KINDS[:1])
+
+    def knows_the_truth_but_skips_the_two_parameter_stars(field, options):
+        flags = np.where(two, "missing:pmra+pmdec+parallax", "")
+        return bench.real.Scored(np.where(two, np.nan, truth.astype(float)), flags=flags)
+
+    monkeypatch.setattr(bench.real, "method_for", lambda name: knows_the_truth_but_skips_the_two_parameter_stars)
+    (row,) = bench.simulated_rows([bench.parse_method("model:vade")], [], [0])
+    assert row.two_parameter == two.sum() and row.members == (truth & two).sum() and row.scored == 0
+    assert row.flags == {"missing:pmra+pmdec+parallax": int(two.sum())}
+    assert row.f1_two_parameter == 0.0 and row.ece_all == pytest.approx((truth & two).sum() / len(truth))
+    assert row.f1_all == pytest.approx(2 * (truth & ~two).sum() / ((truth & ~two).sum() + truth.sum()))
+
+
+def test_timing_reports_the_fit_against_the_baseline(bench, monkeypatch) -> None:
+    monkeypatch.setattr(bench.real, "simulated_field", lambda *args: SimpleNamespace(name="cone"))
+    fits = {"xd": 2.0, "model:vade": 5.0}
+    monkeypatch.setattr(
+        bench.real,
+        "method_for",
+        lambda name: lambda field, options: bench.real.Scored(np.zeros(1), fit_seconds=fits[name]),
+    )
+    rows = bench.timing_rows([bench.parse_method("xd"), bench.parse_method("model:vade")], [], "xd", repeats=2)
+    assert [(r.method, r.fit_seconds, r.ratio) for r in rows] == [("xd", 2.0, 1.0), ("model:vade", 5.0, 2.5)]
