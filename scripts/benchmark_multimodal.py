@@ -599,6 +599,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     methods = [parse_method(text) for text in args.method or ["xd"]]
     check_available(methods, args.set)
     labels = [m.label for m in methods]
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
+    if not args.simulated and args.baseline not in labels:
+        print(
+            f"note: --baseline {args.baseline!r} is not among the methods, so no gains or ratios "
+            f"(add --method {args.baseline!r})",
+            file=sys.stderr,
+        )
     if args.simulated:
         mode = "simulated"
         if POSITION not in [m.name for m in methods]:

@@ -230,3 +230,17 @@ def test_timing_reports_the_fit_against_the_baseline(bench, monkeypatch) -> None
     )
     rows = bench.timing_rows([bench.parse_method("xd"), bench.parse_method("model:vade")], [], "xd", repeats=2)
     assert [(r.method, r.fit_seconds, r.ratio) for r in rows] == [("xd", 2.0, 1.0), ("model:vade", 5.0, 2.5)]
+
+
+def test_a_baseline_not_run_is_named_and_bad_repeats_stop(bench, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(bench.real, "simulated_field", lambda *args: SimpleNamespace(name="cone"))
+    monkeypatch.setattr(
+        bench.real, "method_for", lambda name: lambda field, options: bench.real.Scored(np.zeros(1), fit_seconds=3.0)
+    )
+    result = bench.main(["--timing", "--method", "model:vade"])
+    assert "--baseline 'xd' is not among the methods" in capsys.readouterr().err
+    assert np.isnan(result["rows"][0]["ratio"])
+    with pytest.raises(SystemExit, match="--repeats must be at least 1"):
+        bench.main(["--timing", "--repeats", "0"])
+    with pytest.raises(SystemExit, match="choose one of"):
+        bench.main(["--timing", "--simulated"])
