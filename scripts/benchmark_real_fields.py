@@ -331,6 +331,10 @@ class Scored:
     #: the method's own verdict (None: the guards on the catalogue judge) and its reason
     found: bool | None = None
     reason: str = ""
+    #: the product table's ``flag`` per row (methods run through the product; None otherwise)
+    flags: np.ndarray | None = None
+    #: wall time of the fit alone, without predicting (NaN: not measured apart)
+    fit_seconds: float = float("nan")
 
 
 def method_xd(field: Field, options: dict[str, Any]) -> Scored:
@@ -380,7 +384,10 @@ def method_xd(field: Field, options: dict[str, Any]) -> Scored:
 
 
 def api_method(model: str | None) -> Callable[[Field, dict[str, Any]], Scored]:
-    """``DeepClusteringModel`` with ``model`` (None: the product default) and the ``--set`` overrides."""
+    """``DeepClusteringModel`` with ``model`` (None: the product default) and the ``--set`` overrides.
+
+    ``options``: ``set`` (Hydra overrides) and ``score_no_astrometry`` (predict's option of that name).
+    """
 
     def run(field: Field, options: dict[str, Any]) -> Scored:
         import tempfile
@@ -391,8 +398,12 @@ def api_method(model: str | None) -> Callable[[Field, dict[str, Any]], Scored]:
         if model is not None:
             params["model"] = model
         with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
             estimator = DeepClusteringModel(output_dir=tmp, **params).fit(field.catalog)
-            table, summary = estimator.predict_table(field.catalog)
+            fit_seconds = time.perf_counter() - start
+            table, summary = estimator.predict_table(
+                field.catalog, score_no_astrometry=bool(options.get("score_no_astrometry", False))
+            )
         group = summary.get("cluster_group")
         # dPM(fit) of a product run is the mean the product's summary reports
         reported = (summary.get("mean_pmra"), summary.get("mean_pmdec"))
@@ -400,7 +411,15 @@ def api_method(model: str | None) -> Callable[[Field, dict[str, Any]], Scored]:
         info = f"group {group}, mean from the {summary.get('mean_source', 'members')}"
         se = float(np.hypot(summary.get("mean_pmra_error", np.nan), summary.get("mean_pmdec_error", np.nan)))
         member_prob = np.nan_to_num(table["member_prob"].to_numpy(float))
-        return Scored(member_prob, fitted, info, reported_pm=fitted, reported_pm_se=se)
+        return Scored(
+            member_prob,
+            fitted,
+            info,
+            reported_pm=fitted,
+            reported_pm_se=se,
+            flags=table["flag"].to_numpy(str),
+            fit_seconds=fit_seconds,
+        )
 
     return run
 
