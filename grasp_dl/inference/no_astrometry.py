@@ -1,4 +1,4 @@
-"""Score stars without astrometry (Gaia 2-parameter solutions) from their position alone.
+"""Score stars without astrometry (Gaia 2-parameter solutions) from their position (and photometry).
 
 With no proper motion or parallax the deep models cannot place such a star, but its position
 still says something: the cluster dominates near the centre, the field in the outskirts. The

@@ -111,13 +111,15 @@ class CMDDensityEnsemble(nn.Module):
             bias[m, :, 3:5] = math.log(0.3)
             bias[m, :, 5] = 0.0
 
-    def mixtures(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Every member's mixture at each context.
+    def mixtures(self, context: Tensor, members: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Every member's mixture at each context (the first ``members`` members only, when given).
 
         Parameters
         ----------
         context : Tensor
             (n, context_dim).
+        members : int, optional
+            Evaluate members 0..members-1 only (None: all).
 
         Returns
         -------
@@ -130,19 +132,22 @@ class CMDDensityEnsemble(nn.Module):
         correlation : Tensor
             (members, n, K).
         """
-        h = context.to(self.weights[0].dtype).unsqueeze(0).expand(self.n_members, -1, -1)
+        e = self.n_members if members is None else int(members)
+        h = context.to(self.weights[0].dtype).unsqueeze(0).expand(e, -1, -1)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = torch.baddbmm(b.unsqueeze(1), h, w)
+            h = torch.baddbmm(b[:e].unsqueeze(1), h, w[:e])
             if i < last:
                 h = torch.tanh(h)
-        out = h.view(self.n_members, len(context), self.n_components, PER_COMPONENT)
+        out = h.view(e, len(context), self.n_components, PER_COMPONENT)
         log_weights = torch.log_softmax(out[..., 0], -1)
         widths = self.width_floor + torch.exp(out[..., 3:5].clamp(-7.0, 3.0))
         return log_weights, out[..., 1:3], widths, MAX_CORRELATION * torch.tanh(out[..., 5])
 
-    def log_prob(self, points: Tensor, context: Tensor, noise_var: Tensor | None = None) -> Tensor:
-        """log density of each point under every member, its error variance convolved in.
+    def log_prob(
+        self, points: Tensor, context: Tensor, noise_var: Tensor | None = None, members: int | None = None
+    ) -> Tensor:
+        """log density of each point under every member (the first ``members``), its error variance convolved in.
 
         Parameters
         ----------
@@ -153,13 +158,15 @@ class CMDDensityEnsemble(nn.Module):
         noise_var : Tensor, optional
             (n, 2) error variances of the points' two coordinates (same units), added to every
             component's covariance; None: exact points.
+        members : int, optional
+            Evaluate members 0..members-1 only (None: all).
 
         Returns
         -------
         Tensor
             (members, n).
         """
-        log_w, mean, width, rho = self.mixtures(context)
+        log_w, mean, width, rho = self.mixtures(context, members)
         x = points.to(mean.dtype)[None, :, None, :]
         a, c = width[..., 0] ** 2, width[..., 1] ** 2
         b = rho * width[..., 0] * width[..., 1]

@@ -6,9 +6,11 @@ Each star's likelihood is
 
 the error-deconvolved cluster + field mixture of :class:`~grasp_dl.models.xd.XDModule`, times the
 density of the star's colour-magnitude diagram (CMD) under the cluster (j = 0) and under the field
-(j >= 1, one density shared by the field's components). The CMD densities are mixture density
-networks conditioned on the star's position in the cone (:mod:`grasp_dl.models.cmd_density`), each
-star's photometric errors (Gaia DR3's as a function of G) convolved in.
+(j >= 1, one density per field component: in a bulge cone one field component is the bulge, whose
+old stars share much of the cluster's CMD, another the foreground disc, and one field CMD for both
+would call the bulge's giants cluster-like). The CMD densities are mixture density networks
+conditioned on the star's position in the cone (:mod:`grasp_dl.models.cmd_density`), each star's
+photometric errors (Gaia DR3's as a function of G) convolved in.
 
 The fit is a generalised EM in the Lightning loop of ``model=xd`` (one epoch, one iteration):
 
@@ -16,7 +18,7 @@ The fit is a generalised EM in the Lightning loop of ``model=xd`` (one epoch, on
    converged or ``max_iter`` iterations). The CMD is not informative yet: every component shares
    one CMD density (a Gaussian of all stars), which leaves the memberships as ``model=xd``'s;
 2. the CMD densities are fitted to the warm-up's memberships (``cmd_start_steps`` Adam steps of
-   the weighted likelihood sum_i q_i log h_0 + (1 - q_i) log h_f);
+   the weighted likelihood sum_ij q_ij log h_j);
 3. *joint phase*, each epoch: the CMD densities' log-densities of every training star enter the
    E-step (:class:`~grasp_dl.mixtures.cluster_field.EMBatch` ``log_extra``), whose memberships
    are kept per star; the M-step is the astrometric closed form plus ``cmd_steps`` Adam steps of
@@ -27,10 +29,10 @@ Every process holds all training stars, so under DDP the memberships of each pro
 are summed over processes and every process takes the same CMD steps (seeded subsamples): the
 networks stay identical without gradient all-reduce.
 
-Uncertainty: the CMD densities are an ensemble of ``ensemble_size`` (cluster, field) pairs, each
-with its own start and its own Bayesian-bootstrap weights of the stars. The E-step uses the
-ensemble's mean densities; a star's reported membership is the mean of the memberships each pair
-gives and ``member_prob_std`` their spread.
+Uncertainty: the CMD densities are an ensemble of ``ensemble_size`` sets (one density per
+component), each with its own start and its own Bayesian-bootstrap weights of the stars. The E-step
+uses the ensemble's mean densities; a star's reported membership is the mean of the memberships each
+set gives and ``member_prob_std`` their spread.
 
 A small share of any cluster's members sits off its sequence (blends and BP/RP contamination in
 crowded fields, variables, photometric outliers): the cluster's density is floored by
@@ -52,7 +54,7 @@ from torch import Tensor
 from grasp_dl.data.astrometry import StarData
 from grasp_dl.data.loader import is_block
 from grasp_dl.data.training_catalog import CatalogNeeds, TrainingCatalog
-from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
+from grasp_dl.mixtures.cluster_field import FIELD_RANGE, ClusterFieldMixture
 from grasp_dl.mixtures.em import add_stats, new_optimizer
 from grasp_dl.models.cmd_density import WIDTH_FLOOR, CMDDensityEnsemble, gaia_photometric_variance
 from grasp_dl.models.xd import XDModule
@@ -79,7 +81,7 @@ class MultiModalModule(XDModule):
     n_clusters : int or None
         Groups = 1 + field components of the astrometric mixture; None lets the BIC choose.
     ensemble_size : int
-        (cluster, field) pairs of CMD densities; their spread is ``member_prob_std``.
+        Sets of CMD densities (one density per mixture component); their spread is ``member_prob_std``.
     n_components : int
         Gaussian components of each CMD density.
     hidden : int
@@ -101,6 +103,10 @@ class MultiModalModule(XDModule):
         Stars of each Adam step (a seeded subsample of the training stars).
     outlier_fraction : float
         Share of the cluster's CMD density given to the field's shape (members off the sequence), in [0, 1).
+    cmd_groups : int or None
+        CMD densities per set: one per mixture component the fit may have (``n_clusters``, or
+        1 + the most field components the BIC may choose when it is None). Kept in the checkpoint
+        so the networks load before the chosen number is known; leave it None.
     **options : Any
         The astrometric mixture's options and the shared ones (:class:`~grasp_dl.models.xd.XDModule`);
         its ``max_iter`` caps the warm-up.
@@ -126,6 +132,7 @@ class MultiModalModule(XDModule):
         cmd_lr: float = 0.01,
         cmd_batch: int = 4096,
         outlier_fraction: float = 0.05,
+        cmd_groups: int | None = None,
         **options: Any,
     ) -> None:
         counts = {
@@ -147,6 +154,8 @@ class MultiModalModule(XDModule):
         if not 0.0 <= float(outlier_fraction) < 1.0:
             raise ConfigError(f"{WHAT}: outlier_fraction must be in [0, 1), got {outlier_fraction}")
         super().__init__(input_dim, n_clusters, **options)
+        if cmd_groups is None:
+            cmd_groups = 1 + FIELD_RANGE[1] if n_clusters is None else int(n_clusters)
         self.save_hyperparameters(
             {
                 "ensemble_size": int(ensemble_size),
@@ -160,11 +169,12 @@ class MultiModalModule(XDModule):
                 "cmd_lr": float(cmd_lr),
                 "cmd_batch": int(cmd_batch),
                 "outlier_fraction": float(outlier_fraction),
+                "cmd_groups": int(cmd_groups),
             }
         )
         floor = tuple(WIDTH_FLOOR / s for s in CMD_SCALE)
-        #: the CMD densities: members 0..M-1 the cluster's, M..2M-1 the field's (pair m: m and M + m)
-        self.cmd = CMDDensityEnsemble(2 * int(ensemble_size), int(n_components), int(hidden), 2, floor)
+        #: the CMD densities: member j M + m is component j's density in set m (j = 0 the cluster)
+        self.cmd = CMDDensityEnsemble(int(cmd_groups) * int(ensemble_size), int(n_components), int(hidden), 2, floor)
         self.register_buffer("cmd_centre", torch.zeros(2))
         self.register_buffer("cmd_scale", torch.tensor(CMD_SCALE))
         self.register_buffer("position_scale", torch.tensor(1.0))
@@ -231,9 +241,18 @@ class MultiModalModule(XDModule):
         self._cmd_rows = self.cmd_inputs(stars.subset(has))
         n = int(has.sum())
         generator = torch.Generator().manual_seed(int(self.hparams.seed) + 1)
-        boot = torch.empty(self.cmd.n_members, n).exponential_(generator=generator)  # Bayesian bootstrap
+        m = self.hparams.ensemble_size
+        boot = torch.empty(m, n).exponential_(generator=generator)  # Bayesian bootstrap
+        # cross-fitting: set m never learns from the stars of fold m, whose E-step it alone scores
+        fold = torch.randperm(n, generator=generator) % m
+        if m > 1:
+            boot = boot * (fold[None, :] != torch.arange(m)[:, None])
         self._cmd_rows["boot"] = boot.to(self.device)
-        self._q_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
+        self._cmd_rows["fold"] = fold.to(self.device)
+        k = self.fitted_mixture().n_components
+        if k > self.hparams.cmd_groups:
+            raise ConfigError(f"{WHAT}: the mixture has {k} components, the CMD densities {self.hparams.cmd_groups}")
+        self._q_sum = torch.zeros(n, k, dtype=torch.float64, device=self.device)
         self._q_count = torch.zeros(n, dtype=torch.float64, device=self.device)
         total = int(self.hparams.max_iter) + int(self.hparams.cmd_iter)
         if self.trainer.max_epochs is not None and 0 <= self.trainer.max_epochs < total:
@@ -291,56 +310,67 @@ class MultiModalModule(XDModule):
             context = torch.zeros(len(cmd), 2, device=device)
         return {"points": (cmd - self.cmd_centre) / self.cmd_scale, "noise": noise, "context": context, "valid": valid}
 
-    def member_log_densities(self, inputs: dict[str, Tensor]) -> Tensor:
-        """log CMD density (mag^-2) of each star under every network, no gradient, in chunks.
+    def member_log_densities(self, inputs: dict[str, Tensor], k: int) -> Tensor:
+        """log CMD density (mag^-2) of each star under the first ``k`` components' networks of every set, no gradient.
 
         Parameters
         ----------
         inputs : dict
             :meth:`cmd_inputs`.
+        k : int
+            The mixture's components.
 
         Returns
         -------
         Tensor
-            (2 M, n) float64; 0 for stars without photometry.
+            (k, M, n) float64, M the ensemble's sets; 0 for stars without photometry.
         """
-        n = len(inputs["points"])
-        out = torch.zeros(self.cmd.n_members, n, dtype=torch.float64, device=inputs["points"].device)
+        n, m = len(inputs["points"]), self.hparams.ensemble_size
+        out = torch.zeros(k * m, n, dtype=torch.float64, device=inputs["points"].device)
         jacobian = float(torch.log(self.cmd_scale.double()).sum())
         with torch.no_grad():
             for start in range(0, n, CHUNK):
                 part = slice(start, start + CHUNK)
-                lp = self.cmd.log_prob(inputs["points"][part], inputs["context"][part], inputs["noise"][part])
-                out[:, part] = lp.double() - jacobian
-        return torch.where(inputs["valid"][None, :], out, torch.zeros_like(out))
+                points, context, noise = (inputs[key][part] for key in ("points", "context", "noise"))
+                out[:, part] = self.cmd.log_prob(points, context, noise, members=k * m).double() - jacobian
+        out = torch.where(inputs["valid"][None, :], out, torch.zeros_like(out))
+        return out.view(k, m, n)
 
-    def log_extra_of(self, cluster: Tensor, field: Tensor, n_components: int) -> Tensor:
-        """The (n, k) log CMD densities of the mixture's components: the cluster's floored by the field's.
+    def floored(self, log_h: Tensor) -> Tensor:
+        """Component log CMD densities (k, ..., n) with the cluster's floored by the field's (``outlier_fraction``).
+
+        The field's shape there is its components' densities weighted by the mixture's field weights.
 
         Parameters
         ----------
-        cluster, field : Tensor
-            (..., n) log densities under the cluster's and the field's CMD density.
-        n_components : int
-            k, the mixture's components (1 cluster + field components sharing the field's density).
+        log_h : Tensor
+            (k, ..., n) log densities, row 0 the cluster's.
 
         Returns
         -------
         Tensor
-            (..., n, k).
+            The same shape.
         """
         eps = float(self.hparams.outlier_fraction)
-        if eps > 0:
-            cluster = torch.logaddexp(cluster + math.log1p(-eps), field + math.log(eps))
-        return torch.stack([cluster] + [field] * (n_components - 1), -1)
+        if eps == 0 or len(log_h) < 2:
+            return log_h
+        weights = torch.as_tensor(self.fitted_mixture().weights_[1:], dtype=log_h.dtype, device=log_h.device)
+        log_w = torch.log(weights / weights.sum()).view(-1, *([1] * (log_h.dim() - 1)))
+        field = torch.logsumexp(log_h[1:] + log_w, 0)
+        cluster = torch.logaddexp(log_h[0] + math.log1p(-eps), field + math.log(eps))
+        return torch.cat([cluster[None], log_h[1:]])
 
-    def ensemble_log_extra(self, inputs: dict[str, Tensor], n_components: int) -> Tensor:
-        """The E-step's (n, k) log CMD densities: the ensemble's mean cluster and field densities.
+    def training_log_extra(self, n_components: int) -> Tensor:
+        """The E-step's (n, k) log CMD densities of the training stars, each from the set that never learnt it.
+
+        A density scores the stars it was fitted to too well (most of all the few hundred
+        members of the cluster's), and in EM that optimism feeds on itself: a field star near the
+        cluster's sequence raises the density that raises its membership. Cross-fitting keeps the
+        E-step honest: the training stars are split into ``ensemble_size`` folds and set m, fitted
+        without fold m, alone scores it (with one set, every star is scored in-sample).
 
         Parameters
         ----------
-        inputs : dict
-            :meth:`cmd_inputs`.
         n_components : int
             The mixture's components.
 
@@ -349,42 +379,43 @@ class MultiModalModule(XDModule):
         Tensor
             (n, k) float64; 0 for stars without photometry.
         """
-        lp = self.member_log_densities(inputs)
-        m = self.hparams.ensemble_size
-        mean = lambda x: torch.logsumexp(x, 0) - math.log(m)  # noqa: E731
-        extra = self.log_extra_of(mean(lp[:m]), mean(lp[m:]), n_components)
+        inputs = self._cmd_rows
+        lp = self.member_log_densities(inputs, n_components)  # (k, M, n)
+        fold = inputs["fold"] if self.hparams.ensemble_size > 1 else torch.zeros_like(inputs["fold"])
+        own = lp.gather(1, fold.view(1, 1, -1).expand(lp.shape[0], 1, -1)).squeeze(1)  # (k, n)
+        extra = self.floored(own).T
         return torch.where(inputs["valid"][:, None], extra, torch.zeros_like(extra))
 
-    def cmd_step_loss(self, rows: Tensor, q: Tensor, member_weights: Tensor) -> Tensor:
+    def cmd_step_loss(self, rows: Tensor, q: Tensor, set_weights: Tensor) -> Tensor:
         """Weighted negative log-likelihood of the CMD networks on training rows ``rows``.
 
-        Member m of the cluster's densities weighs star i by b_mi q_i, member m of the field's by
-        b_mi (1 - q_i), b the members' bootstrap weights; each member's loss is its weighted mean.
+        Component j's density in set m weighs star i by b_mi q_ij, b the sets' bootstrap weights;
+        each network's loss is its weighted mean.
 
         Parameters
         ----------
         rows : Tensor
             Indices of training stars with photometry.
         q : Tensor
-            Their cluster memberships.
-        member_weights : Tensor
-            (2 M, len(rows)) bootstrap weights.
+            (len(rows), k) their component memberships.
+        set_weights : Tensor
+            (M, len(rows)) bootstrap weights.
 
         Returns
         -------
         Tensor
-            A scalar: the members' losses summed.
+            A scalar: the networks' losses summed.
         """
         inputs = self._cmd_rows
-        lp = self.cmd.log_prob(inputs["points"][rows], inputs["context"][rows], inputs["noise"][rows])
-        q = q.to(lp.dtype)
-        m = self.hparams.ensemble_size
-        share = torch.cat([q.expand(m, -1), (1.0 - q).expand(m, -1)])
-        w = member_weights * share
-        return -((w * lp).sum(1) / w.sum(1).clamp_min(1e-6)).sum()
+        k, m = q.shape[1], self.hparams.ensemble_size
+        lp = self.cmd.log_prob(
+            inputs["points"][rows], inputs["context"][rows], inputs["noise"][rows], members=k * m
+        ).view(k, m, -1)
+        w = set_weights[None, :, :] * q.T.to(lp.dtype)[:, None, :]  # (k, M, b)
+        return -((w * lp).sum(-1) / w.sum(-1).clamp_min(1e-6)).sum()
 
     def fit_cmd(self, q: Tensor, steps: int, salt: int) -> float:
-        """``steps`` Adam steps of the CMD networks on the training stars' cluster memberships ``q``.
+        """``steps`` Adam steps of the CMD networks on the training stars' component memberships ``q`` (n, k).
 
         Each step takes a subsample of ``cmd_batch`` stars drawn from a generator seeded by the
         seed, ``salt`` (the iteration) and the step, so every process takes the same steps.
@@ -392,7 +423,7 @@ class MultiModalModule(XDModule):
         Parameters
         ----------
         q : Tensor
-            (n,) cluster memberships of the training stars with astrometry.
+            (n, k) component memberships of the training stars with astrometry.
         steps : int
             Adam steps.
         salt : int
@@ -443,7 +474,7 @@ class MultiModalModule(XDModule):
         """Fit the CMD densities to the warm-up's memberships and restart the convergence test on the joint likelihood."""
         mixture = self.fitted_mixture()
         with torch.no_grad():
-            q = torch.cat([mixture.e_step_memberships(chunk)[1][:, 0] for chunk in self._em_data.chunks()])
+            q = torch.cat([mixture.e_step_memberships(chunk)[1] for chunk in self._em_data.chunks()])
         loss = self.fit_cmd(q, int(self.hparams.cmd_start_steps), salt=mixture.n_iter_)
         self.cmd_phase_start.fill_(int(mixture.n_iter_))
         mixture.tol = float(self.hparams.cmd_tol)
@@ -457,7 +488,7 @@ class MultiModalModule(XDModule):
         if self._em_data is not None and not self.joint_phase and self.warmup_done():
             self.start_joint_phase()
         if self._em_data is not None and self.joint_phase:
-            extra = self.ensemble_log_extra(self._cmd_rows, self.fitted_mixture().n_components)
+            extra = self.training_log_extra(self.fitted_mixture().n_components)
             self._em_data = self._em_data.with_log_extra(extra)
         if self._q_sum is not None:
             self._q_sum.zero_()
@@ -473,7 +504,7 @@ class MultiModalModule(XDModule):
             stats, q = self.fitted_mixture().e_step_memberships(self._em_data.rows(index))
         self._em_stats = add_stats(self._em_stats, stats)
         if self.joint_phase:
-            self._q_sum.index_add_(0, index, q[:, 0])
+            self._q_sum.index_add_(0, index, q)
             self._q_count.index_add_(0, index, torch.ones_like(q[:, 0]))
         if batch_idx + 1 >= self.trainer.num_training_batches:
             self.em_m_step()
@@ -485,7 +516,7 @@ class MultiModalModule(XDModule):
         strategy = self.trainer.strategy
         q_sum = strategy.reduce(self._q_sum.clone(), reduce_op="sum")
         count = strategy.reduce(self._q_count.clone(), reduce_op="sum")
-        q = torch.where(count > 0, q_sum / count.clamp_min(1.0), torch.zeros_like(q_sum))
+        q = torch.where(count[:, None] > 0, q_sum / count.clamp_min(1.0)[:, None], torch.zeros_like(q_sum))
         self.fit_cmd(q, int(self.hparams.cmd_steps), salt=self.fitted_mixture().n_iter_)
 
     def on_train_epoch_end(self) -> None:
@@ -507,7 +538,7 @@ class MultiModalModule(XDModule):
     def predict_proba_spread(self, stars: StarData) -> tuple[np.ndarray, np.ndarray]:
         """Group probabilities from astrometry, position and CMD: the ensemble's mean and its spread.
 
-        Each (cluster, field) pair of CMD densities gives every star its posterior with the
+        Each set of CMD densities gives every star its posterior with the
         astrometric mixture; stars without astrometry get theirs from the radius and the CMD,
         stars without photometry from the astrometry alone. Before the CMD densities are fitted
         (the warm-up), the astrometric mixture's probabilities with a NaN spread.
@@ -527,9 +558,8 @@ class MultiModalModule(XDModule):
         if not self.joint_phase:  # in the warm-up (e.g. a figure drawn while training): the astrometry alone
             return astro.numpy(), np.full(tuple(astro.shape), np.nan)
         inputs = self.cmd_inputs(stars)
-        lp = self.member_log_densities(inputs).cpu()
-        m = self.hparams.ensemble_size
-        extra = self.log_extra_of(lp[:m], lp[m:], astro.shape[1])  # (M, n, k)
+        lp = self.member_log_densities(inputs, astro.shape[1]).cpu()
+        extra = self.floored(lp).permute(1, 2, 0)  # (M, n, k)
         extra = torch.where(inputs["valid"].cpu()[None, :, None], extra, torch.zeros_like(extra))
         post = torch.softmax(torch.log(astro.clamp_min(1e-300))[None] + extra, -1)
         return post.mean(0).numpy(), post.std(0, unbiased=False).numpy()
