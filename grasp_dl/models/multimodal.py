@@ -31,7 +31,8 @@ networks stay identical without gradient all-reduce.
 
 Uncertainty: the CMD densities are an ensemble of ``ensemble_size`` sets (one density per
 component), each with its own start and its own Bayesian-bootstrap weights of the stars. The E-step
-uses the ensemble's mean densities; a star's reported membership is the mean of the memberships each
+is cross-fitted (:meth:`MultiModalModule.training_log_extra`): set m never learns from fold m of the
+training stars and alone scores it. A star's reported membership is the mean of the memberships each
 set gives and ``member_prob_std`` their spread.
 
 A small share of any cluster's members sits off its sequence (blends and BP/RP contamination in
@@ -128,9 +129,9 @@ class MultiModalModule(XDModule):
         cmd_iter: int = 20,
         cmd_tol: float = 1e-3,
         cmd_steps: int = 10,
-        cmd_start_steps: int = 150,
+        cmd_start_steps: int = 100,
         cmd_lr: float = 0.01,
-        cmd_batch: int = 4096,
+        cmd_batch: int = 2048,
         outlier_fraction: float = 0.05,
         cmd_groups: int | None = None,
         **options: Any,
@@ -177,6 +178,8 @@ class MultiModalModule(XDModule):
         self.cmd = CMDDensityEnsemble(int(cmd_groups) * int(ensemble_size), int(n_components), int(hidden), 2, floor)
         self.register_buffer("cmd_centre", torch.zeros(2))
         self.register_buffer("cmd_scale", torch.tensor(CMD_SCALE))
+        #: the training stars' G range: the densities know nothing of fainter or brighter stars
+        self.register_buffer("magnitude_range", torch.tensor([-math.inf, math.inf]))
         self.register_buffer("position_scale", torch.tensor(1.0))
         #: the EM iteration after which the joint phase began (-1: still in the warm-up)
         self.register_buffer("cmd_phase_start", torch.tensor(-1))
@@ -225,6 +228,8 @@ class MultiModalModule(XDModule):
             )
         with torch.no_grad():
             self.cmd_centre.copy_(torch.as_tensor(np.median(cmd[finite], axis=0), dtype=self.cmd_centre.dtype))
+            g = cmd[finite, 0]
+            self.magnitude_range.copy_(torch.tensor([float(g.min()), float(g.max())]))
             self.position_scale.fill_(float(self.fitted_mixture().radius_max_))
             points = (torch.as_tensor(cmd[finite], dtype=torch.float32) - self.cmd_centre.cpu()) / self.cmd_scale.cpu()
             self.cmd.start_at(points, torch.Generator().manual_seed(int(self.hparams.seed)))
@@ -284,7 +289,10 @@ class MultiModalModule(XDModule):
         Returns
         -------
         dict
-            ``points`` (n, 2), ``noise`` (n, 2), ``context`` (n, 2), ``valid`` (n,) tensors on the module's device.
+            ``points`` (n, 2), ``noise`` (n, 2), ``context`` (n, 2), ``valid`` (n,) tensors on the module's device;
+            ``valid`` is false for stars without photometry or outside the training stars' G range (the
+            densities were never fitted there: 2-parameter sources are mostly fainter than any star with
+            astrometry), whose CMD term is left out.
 
         Raises
         ------
@@ -296,8 +304,9 @@ class MultiModalModule(XDModule):
                 f"{WHAT} scores stars with their photometry: give StarData with cmd (phot_g_mean_mag, bp_rp)"
             )
         device = self.cmd_centre.device
-        cmd = torch.as_tensor(np.asarray(stars.cmd, float), dtype=torch.float32, device=device)
-        valid = torch.isfinite(cmd).all(1)
+        cmd = torch.as_tensor(np.array(stars.cmd, float), dtype=torch.float32, device=device)
+        low, high = self.magnitude_range
+        valid = torch.isfinite(cmd).all(1) & (cmd[:, 0] >= low) & (cmd[:, 0] <= high)
         cmd = torch.where(valid[:, None], cmd, self.cmd_centre)
         var_g, var_c = gaia_photometric_variance(cmd[:, 0])
         noise = torch.stack([var_g, var_c], 1) / self.cmd_scale**2
