@@ -216,7 +216,7 @@ def test_train_and_predict_through_the_hydra_entry_keep_everything_in_the_checkp
 def test_a_killed_fit_resumed_from_last_ends_where_the_uninterrupted_fit_does(tmp_path):
     from hydra_configs import CrashAtEpochStart  # noqa: F401  (the callback the config names)
 
-    catalog = simulate_field("m4", n_stars=2500, seed=3)
+    catalog = simulate_field("m4", n_stars=1500, seed=3)
     path = tmp_path / "cone.csv"
     catalog.to_csv(path, index=False)
     run = ["model=multimodal", "data=catalog", f"data.path={path}", *SHORT, "model.max_iter=3"]
@@ -260,7 +260,7 @@ def test_bad_options_raise_config_errors_naming_them():
 
 @pytest.mark.slow
 def test_two_ddp_processes_give_the_members_one_process_gives(tmp_path):
-    catalog = simulate_field("m4", n_stars=2500, seed=4)
+    catalog = simulate_field("m4", n_stars=1500, seed=4)
     path = tmp_path / "cone.csv"
     catalog.to_csv(path, index=False)
     run = ["model=multimodal", "data=catalog", f"data.path={path}", *SHORT, "model.max_iter=4", "model.cmd_iter=3"]
