@@ -52,9 +52,9 @@ from grasp_dl.runtime.run_dir import AUTOENCODER_PHASE, CLUSTERING_PHASE, CSV, R
 __all__ = ["DeepClusteringModel", "NotFittedError"]
 
 #: Clustering model configs of conf/model/ the facade trains (each with an autoencoder phase).
-MODELS = ("auto", "dec", "idec", "vade", "xd")
+MODELS = ("auto", "dec", "idec", "vade", "xd", "multimodal")
 #: Models without an autoencoder phase (no network options, no pretraining).
-SINGLE_PHASE_MODELS = ("auto", "xd")
+SINGLE_PHASE_MODELS = ("auto", "xd", "multimodal")
 #: What model="auto" trains when the deep phases are asked for one by one (pretrain_autoencoder, ...).
 AUTO_DEEP_MODEL = "dec"
 #: Features computed from ra/dec around a centre: an array cannot provide them.
@@ -106,7 +106,8 @@ class DeepClusteringModel(BaseEstimator):
     model : str, default 'auto'
         'auto' (the default setting of ``grasp-dl train``: ``xd`` where the catalogue has the
         proper-motion errors, else ``dec``; the step-by-step ``pretrain_autoencoder`` /
-        ``train_deep_clustering`` train ``dec``), 'xd', 'dec', 'idec' or 'vade'.
+        ``train_deep_clustering`` train ``dec``), 'xd', 'multimodal' (astrometry and the
+        colour-magnitude diagram), 'dec', 'idec' or 'vade'.
     features : sequence of str
         Catalogue columns (or derived ones: xi, eta, radius, colours) the model learns from.
     center : [ra, dec], optional

@@ -42,12 +42,16 @@ class StarData:
         (n,) tangent-plane distance from the centre in degrees.
     cmd : numpy.ndarray, optional
         (n, 2) magnitude and colour, or None when the photometry terms are off.
+    position : numpy.ndarray, optional
+        (n, 2) tangent-plane offsets (xi, eta) from the centre in degrees, for terms that vary
+        across the cone (differential reddening); None when not collected.
     """
 
     values: np.ndarray
     covariances: np.ndarray
     radius: np.ndarray
     cmd: np.ndarray | None = None
+    position: np.ndarray | None = None
 
     @property
     def has_astrometry(self) -> np.ndarray:
@@ -74,7 +78,11 @@ class StarData:
             Those stars only, every array indexed alike.
         """
         return StarData(
-            self.values[rows], self.covariances[rows], self.radius[rows], None if self.cmd is None else self.cmd[rows]
+            self.values[rows],
+            self.covariances[rows],
+            self.radius[rows],
+            None if self.cmd is None else self.cmd[rows],
+            None if self.position is None else self.position[rows],
         )
 
 
@@ -215,8 +223,10 @@ def star_data(
             table = table.assign(bp_rp=col("phot_bp_mean_mag") - col("phot_rp_mean_mag"))
         elif missing:
             raise CatalogError(
-                f"photometry terms need the column(s) {', '.join(map(repr, missing))}: add them to the catalogue "
-                "or switch the photometry option off"
+                f"{what} needs the photometry column(s) {', '.join(map(repr, missing))}, which the catalogue lacks: "
+                "export phot_g_mean_mag and bp_rp (or phot_bp_mean_mag and phot_rp_mean_mag) from gaia_source, map "
+                f"your names with data.columns='{{yourname: {missing[0]}}}', or choose a setting without photometry "
+                "(model=xd)"
             )
         cmd = np.column_stack([table[c].to_numpy(dtype=float, na_value=np.nan) for c in CMD_COLUMNS])
-    return StarData(values, cov, np.hypot(xi, eta), cmd)
+    return StarData(values, cov, np.hypot(xi, eta), cmd, np.column_stack([xi, eta]))

@@ -155,7 +155,9 @@ class TensorBoardFigures(L.Callback):
         stars = None
         error_aware = isinstance(pl_module, ErrorAwareScoring) and pl_module.scores_with_errors
         if error_aware and hasattr(datamodule, "star_data"):
-            stars = datamodule.star_data(sample.split).subset(sample.rows)  # scored as predict scores them
+            needs = pl_module.catalog_needs() if hasattr(pl_module, "catalog_needs") else None
+            photometry = bool(getattr(needs, "photometry", False))  # model=multimodal scores the CMD too
+            stars = datamodule.star_data(sample.split, photometry).subset(sample.rows)  # scored as predict scores them
         view = self.view(pl_module, sample.scaled, stars)
         for writer in writers:
             self.write(writer, sample, view, trainer.global_step, embedding=self._last(trainer))

@@ -14,11 +14,19 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from grasp_dl.data.astrometry import CORRELATION_COLUMN, ERROR_COLUMNS, StarData, astrometry_columns, star_data
+from grasp_dl.data.astrometry import (
+    CMD_COLUMNS,
+    CORRELATION_COLUMN,
+    ERROR_COLUMNS,
+    StarData,
+    astrometry_columns,
+    star_data,
+)
 from grasp_dl.data.catalog import CatalogChunkWriter, iter_catalog, read_catalog, require_columns
 from grasp_dl.data.prepare import PreparedCatalog, estimate_center, prepare_stellar_data
 from grasp_dl.data.scaling import FeatureScaler
 from grasp_dl.data.sky import angular_separation
+from grasp_dl.data.training_catalog import CatalogNeeds
 from grasp_dl.data.validation import FLAG_DUPLICATE_ID, flag_duplicate_ids, flag_nonfinite_probabilities
 from grasp_dl.inference.no_astrometry import score_without_astrometry
 from grasp_dl.inference.outputs import prediction_output, summary_json
@@ -40,6 +48,7 @@ from grasp_dl.runtime.capabilities import (
     PoolsWithStart,
     SamplesMembership,
     ScoresStarsWithErrors,
+    SpreadsMembershipOfStars,
 )
 from grasp_dl.runtime.checkpoints import CLASS_KEY, checkpoint_kind, load_module, read_checkpoint
 from grasp_dl.runtime.devices import inference_device
@@ -308,17 +317,21 @@ def prepared_star_data(module: Any, ready: PreparedForModule) -> StarData:
     ConfigError
         When there is no centre to measure the radius from.
     """
+    needs = module.catalog_needs() if hasattr(module, "catalog_needs") else CatalogNeeds()
+    what = needs.stars or "model=xd"
     if ready.center is None:
-        raise ConfigError("model=xd needs the cluster centre: train with ra and dec among data.features")
+        raise ConfigError(f"{what} needs the cluster centre: train with ra and dec among data.features")
     features = list(_preprocessing(module)["features"])
     quantities = astrometry_columns(features)
     table = ready.table
     # Copy only the columns star_data reads (all of them when one is missing, for its message).
     needed = ["ra", "dec", *quantities, *(ERROR_COLUMNS[q] for q in quantities)]
+    if needs.photometry:
+        needed += [c for c in (*CMD_COLUMNS, "phot_bp_mean_mag", "phot_rp_mean_mag") if c in table.columns]
     if set(needed) <= set(table.columns):
         table = table[needed + [CORRELATION_COLUMN] * (CORRELATION_COLUMN in table.columns)]
     rows = table.iloc[np.flatnonzero(ready.prepared.mask)]
-    return star_data(rows, ready.center, quantities, what="model=xd")
+    return star_data(rows, ready.center, quantities, photometry=needs.photometry, what=what)
 
 
 def score_prepared(
@@ -340,7 +353,11 @@ def score_prepared(
     k = module.hparams.n_clusters
     prob = np.empty((0, k))
     stars = prepared_star_data(module, ready) if len(scaled) and module.scores_with_errors else None
-    if stars is not None:
+    spread = None
+    if stars is not None and isinstance(module, SpreadsMembershipOfStars):
+        # model=multimodal: an ensemble's mean membership and its spread, from each star's errors and photometry
+        prob, spread = module.predict_proba_spread(stars)
+    elif stars is not None:
         # model=xd, or an anchored deep model pooled with its error-aware start: each star's own errors.
         prob = module.proba_with_errors(torch.from_numpy(scaled), stars).cpu().numpy()
     elif len(scaled):
@@ -368,7 +385,11 @@ def score_prepared(
     ent = np.full(n, np.nan)
     ent[mask] = entropy(prob)
     columns["entropy"] = ent
-    if isinstance(module, SamplesMembership):
+    if spread is not None:
+        std = np.full(n, np.nan)
+        std[mask] = spread[:, group]
+        columns["member_prob_std"] = std
+    elif isinstance(module, SamplesMembership):
         std = np.full(n, np.nan)
         rows = first_row + np.flatnonzero(mask)
         pool = _reported_pool(module, scaled, stars)

@@ -522,7 +522,7 @@ def train(
         check_phases(cfg, datamodule)
     two_phase = "pretrain" in cfg.model
     resume = resume_point(cfg.get("ckpt_path"), run_dir, two_phase)
-    mixture = model_name(cfg.model) == "xd" or cfg.model.get("init") == "xd"
+    mixture = model_name(cfg.model) in ("xd", "multimodal") or cfg.model.get("init") == "xd"
     check_trainable(
         datamodule.prepared.n_usable, len(datamodule.train_index), cfg.model.get("n_clusters"), mixture=mixture
     )
@@ -617,7 +617,9 @@ def catalogue_probabilities(module: L.LightningModule, datamodule: StellarCatalo
         Shape (usable stars, n_clusters), in ``datamodule.data`` order.
     """
     if isinstance(module, ClusteringModule) and module.scores_with_errors:
-        return module.proba_with_errors(datamodule.data, datamodule.star_data("all", what=type(module).__name__))
+        needs = module.catalog_needs()
+        stars = datamodule.star_data("all", needs.photometry, what=needs.stars or type(module).__name__)
+        return module.proba_with_errors(datamodule.data, stars)
     return module.predict_proba(datamodule.data)
 
 

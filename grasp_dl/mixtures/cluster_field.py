@@ -608,9 +608,30 @@ class ClusterFieldMixture:
             iteration that updates beta, the candidate betas' ``beta_ll``.
         """
         with single_cpu_thread(batch.values.device):
-            return self._e_step(batch, loglik_only)
+            return self._e_step(batch, loglik_only)[0]
 
-    def _e_step(self, batch: EMBatch, loglik_only: bool = False) -> Stats:
+    def e_step_memberships(self, batch: EMBatch) -> tuple[Stats, Tensor]:
+        """:meth:`e_step`'s statistics and each star's component probabilities, from one pass.
+
+        A model that learns another modality from the memberships (``log_extra``) keeps them per
+        star; the statistics stay sums, so they reduce over batches and processes as before.
+
+        Parameters
+        ----------
+        batch : EMBatch
+            Stars with astrometry (float64 tensors, any device).
+
+        Returns
+        -------
+        stats : dict
+            As :meth:`e_step`.
+        memberships : Tensor
+            (n, k) component probabilities of the batch's stars (rows sum to 1), column 0 the cluster.
+        """
+        with single_cpu_thread(batch.values.device):
+            return self._e_step(batch)
+
+    def _e_step(self, batch: EMBatch, loglik_only: bool = False) -> tuple[Stats, Tensor]:
         params = self._params(batch.values)
         d, v, r = batch.d, batch.values, batch.radius
         diag = list(_DIAG[d])
@@ -635,9 +656,9 @@ class ClusterFieldMixture:
             "loglik": norm.sum(),
             "count": torch.tensor(float(len(batch)), dtype=torch.float64, device=v.device),
         }
-        if loglik_only:
-            return stats
         q = torch.exp(joint - norm[:, None])
+        if loglik_only:
+            return stats, q
         stats["mass"] = q.sum(0)
         if self.photometry:
             stats["cmd_counts"] = self.cmd_histogram_.counts(batch.cmd_bin, q)
@@ -694,7 +715,7 @@ class ClusterFieldMixture:
                 cols.append(packed_logpdf(diff, errs + params["field_packed"][:, j, None, None], d))
             joint_b = torch.stack(cols, -1) + spatial[None]  # (B, n, k)
             stats["beta_ll"] = torch.logsumexp(joint_b, -1).sum(1)
-        return stats
+        return stats, q
 
     def end_iteration(self, stats: Stats, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """The M-step from the summed statistics of every star, then the convergence test.

@@ -239,9 +239,32 @@ class XDModule(ClusteringModule):
         super().on_train_epoch_start()
         self._em_stats = None
         mixture = self.fitted_mixture()
-        self._iterating = not (mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter)
+        self._iterating = not self.em_fit_done()
         if self._iterating:
             mixture.start_iteration()
+
+    def em_fit_done(self) -> bool:
+        """Whether the EM has ended: converged, or ``max_iter`` iterations run.
+
+        Returns
+        -------
+        bool
+        """
+        mixture = self.fitted_mixture()
+        return bool(mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter)
+
+    def shape_optimizer(self) -> Any:
+        """The optimizer of the M-step's scale, slope and beta (the first when the module has several).
+
+        Returns
+        -------
+        LightningOptimizer
+        """
+        optimizers = self.optimizers()
+        return optimizers[0] if isinstance(optimizers, list) else optimizers
+
+    def after_m_step(self) -> None:
+        """What a model adds after each M-step (nothing here; the multi-modal model fits its CMD densities)."""
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """Add the batch's E-step sufficient statistics to the epoch's; after the epoch's last batch, the M-step.
@@ -268,11 +291,12 @@ class XDModule(ClusteringModule):
             stats = {key: torch.zeros_like(value) for key, value in stats.items()}
         flat, layout = flatten_stats(stats)
         flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
-        mixture.end_iteration(unflatten_stats(flat, layout), self.optimizers())
+        mixture.end_iteration(unflatten_stats(flat, layout), self.shape_optimizer())
         self.adopt(mixture)
         self._em_stats = None
         self._iterating = False
-        if mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter:
+        self.after_m_step()
+        if self.em_fit_done():
             self.trainer.should_stop = True
             self._null_test()
             mixture.log_summary()

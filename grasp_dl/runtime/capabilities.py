@@ -38,6 +38,14 @@ class SamplesMembership(Protocol):
 
 
 @runtime_checkable
+class SpreadsMembershipOfStars(Protocol):
+    """Scores stars (astrometry, errors, photometry) with an ensemble: its mean and spread (``model=multimodal``)."""
+
+    def predict_proba_spread(self, stars: Any) -> tuple[Any, Any]:
+        """Mean and standard deviation over the ensemble of the group probabilities of a ``StarData``."""
+
+
+@runtime_checkable
 class FitsClusterAstrometry(Protocol):
     """Fits the cluster's own mean astrometry (``model=xd``: the deconvolved mean and dispersion)."""
 
