@@ -65,6 +65,8 @@ BETA_COARSE = np.array([0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0,
 BETA_LOCAL = np.array([0.005, 0.02, 0.06])
 #: beta is updated in iterations 1, 1 + BETA_EVERY, ... (it moves slowly; each update costs a pass per candidate).
 BETA_EVERY = 10
+#: Candidate floors eta_0 of the inflation (``fit_eta_floor``), clipped to [eta_min, eta_max].
+ETA_FLOOR_CANDIDATES = np.array([1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.3, 2.6, 3.0])
 #: Stars per E-step chunk of the plain driver.
 CHUNK = 65_536
 #: Cluster memberships below this add nothing worth computing to the scale's dispersion term.
@@ -286,7 +288,22 @@ class ClusterFieldMixture:
     seed : int
         Seed of the subsample and the starts.
     eta_max : float or None
-        Cap of the crowding inflation eta_i; None leaves it as far as ``BETA_MAX`` takes it.
+        Cap of the crowding inflation eta_i; None leaves it as far as ``BETA_MAX`` takes it (an
+        eta of several at a dense centre, which lets in field stars 3-5 of their errors away).
+    eta_min : float
+        The inflation of every star's errors where the sources are sparsest (GaiaTools' run_fit.py
+        scales all of them by 1.1): eta_i^2 = eta_0^2 + beta * density ratio, eta_0 = eta_min.
+    fit_eta_floor : bool
+        Fit eta_0 in [eta_min, eta_max] instead (every star of a crowded bulge cone has
+        underestimated errors, not only the cluster's centre; without it a capped density term
+        cannot give the outer stars what the same model on shuffled positions gives all of them).
+    hold_crowding_in_null : bool
+        The no-cluster null (``null_test``) keeps the fit's crowding coefficients instead of
+        refitting them on the shuffled positions.
+    field_min_sd : float
+        Floor (mas/yr) of every field component's proper-motion dispersion along each axis of its
+        ellipse: no Galactic population is as tight as a cluster, and a tight flat component at the
+        cluster's proper motion takes the scattered members of its centre away from it.
     scale_prior : bool
         The paper's soft prior -exp(5 (a / R - 0.75)) against a Plummer scale above 0.75 of the cone.
     sigma_prior : float or None
@@ -322,7 +339,11 @@ class ClusterFieldMixture:
         tol: float = 1e-5,
         explore_size: int = 5_000,
         seed: int = 0,
-        eta_max: float | None = None,
+        eta_max: float | None = 2.0,
+        eta_min: float = 1.0,
+        fit_eta_floor: bool = False,
+        hold_crowding_in_null: bool = True,
+        field_min_sd: float = 1.0,
         scale_prior: bool = False,
         sigma_prior: float | None = None,
         start_pm: Sequence[float] | None = None,
@@ -343,6 +364,13 @@ class ClusterFieldMixture:
         self.explore_size = int(explore_size)
         self.seed = int(seed)
         self.eta_max = None if eta_max is None else float(eta_max)
+        self.eta_min = float(eta_min)
+        self.fit_eta_floor = bool(fit_eta_floor)
+        self.hold_crowding_in_null = bool(hold_crowding_in_null)
+        self.eta0_ = self.eta_min
+        self.field_min_sd = float(field_min_sd)
+        if self.eta_min < 1.0 or (self.eta_max is not None and self.eta_max < self.eta_min):
+            raise ValueError(f"need 1 <= eta_min <= eta_max, got eta_min={eta_min}, eta_max={eta_max}")
         self.scale_prior = bool(scale_prior)
         self.sigma_prior = None if sigma_prior is None else float(sigma_prior)
         self.start_pm = None if start_pm is None else np.asarray(start_pm, float)
@@ -402,8 +430,8 @@ class ClusterFieldMixture:
         return w0 * torch.exp(self._cluster_log_density_t(radius)) * area + (1.0 - w0)
 
     def _eta2_t(self, ratio: Tensor, beta: float | Tensor | None = None) -> Tensor:
-        """The crowding inflation eta^2 = 1 + beta * density ratio, capped at ``eta_max``^2."""
-        eta2 = 1.0 + (self.beta_ if beta is None else beta) * ratio
+        """The crowding inflation eta^2 = eta_0^2 + beta * density ratio, capped at ``eta_max``^2."""
+        eta2 = self.eta0_**2 + (self.beta_ if beta is None else beta) * ratio
         return eta2 if self.eta_max is None else eta2.clamp(max=self.eta_max**2)
 
     def _beta_max(self) -> float:
@@ -411,7 +439,16 @@ class ClusterFieldMixture:
         if self.eta_max is None:
             return BETA_MAX
         peak = float(self._density_ratio_t(torch.zeros(1, dtype=torch.float64))[0])
-        return min(BETA_MAX, (self.eta_max**2 - 1.0) / max(peak, 1.0))
+        return min(BETA_MAX, max(self.eta_max**2 - self.eta0_**2, 0.0) / max(peak, 1.0))
+
+    def _field_floor(self, cov: np.ndarray) -> np.ndarray:
+        """``cov`` with its proper-motion block's ellipse widened to at least ``field_min_sd`` on each axis."""
+        if self.field_min_sd <= 0.0:
+            return cov
+        values, vectors = np.linalg.eigh(cov[:2, :2])
+        out = cov.copy()
+        out[:2, :2] += (vectors * np.maximum(self.field_min_sd**2 - values, 0.0)) @ vectors.T
+        return out
 
     def _cluster_prior_t(self, radius: Tensor, d: int) -> Tensor:
         """Diagonal of the cluster's intrinsic covariance at each radius, (d, n)."""
@@ -544,6 +581,7 @@ class ClusterFieldMixture:
         self.log_scale_ = math.log(max(float(np.average(p.radius, weights=q)), self.radius_max_ * 1e-3))
         self.slope_ = 4.0
         self.beta_ = 0.0
+        self.eta0_ = self.eta_min
         field_w = 1.0 - q
         if n_field == 1:
             resp = np.ones((len(v), 1))
@@ -557,7 +595,10 @@ class ClusterFieldMixture:
         self.weights_[1:] = (1.0 - self.weights_[0]) * mass / mass.sum()
         self.field_means_ = (resp.T @ v) / mass[:, None]
         self.field_covariances_ = np.stack(
-            [np.cov(v.T, aweights=resp[:, j] + 1e-12).reshape(d, d) + COV_FLOOR * np.eye(d) for j in range(n_field)]
+            [
+                self._field_floor(np.cov(v.T, aweights=resp[:, j] + 1e-12).reshape(d, d) + COV_FLOOR * np.eye(d))
+                for j in range(n_field)
+            ]
         )
         if self.photometry:
             weights = torch.as_tensor(np.column_stack([q, resp]))
@@ -715,7 +756,31 @@ class ClusterFieldMixture:
                 cols.append(packed_logpdf(diff, errs + params["field_packed"][:, j, None, None], d))
             joint_b = torch.stack(cols, -1) + spatial[None]  # (B, n, k)
             stats["beta_ll"] = torch.logsumexp(joint_b, -1).sum(1)
+        if self.fit_eta_floor and self.n_iter_ % BETA_EVERY == 1:
+            stats["eta0_ll"] = self._eta_floor_log_likelihoods(batch, ratio, spatial, prior)
         return stats, q
+
+    def _eta_floor_candidates(self) -> np.ndarray:
+        hi = ETA_FLOOR_CANDIDATES.max() if self.eta_max is None else self.eta_max
+        return np.unique(np.clip(ETA_FLOOR_CANDIDATES, self.eta_min, hi))
+
+    def _eta_floor_log_likelihoods(self, batch: EMBatch, ratio: Tensor, spatial: Tensor, prior: Tensor) -> Tensor:
+        """The batch's log-likelihood with each candidate floor eta_0 (the other parameters as they are), (K,)."""
+        params = self._params(batch.values)
+        d, v = batch.d, batch.values
+        cand = torch.as_tensor(self._eta_floor_candidates(), dtype=ratio.dtype, device=ratio.device)
+        eta2 = cand[:, None] ** 2 + self.beta_ * ratio[None, :]
+        if self.eta_max is not None:
+            eta2 = eta2.clamp(max=self.eta_max**2)
+        errs = eta2 * batch.errors[:, None, :]  # (m, K, n)
+        total = errs.clone()
+        for k, row in enumerate(_DIAG[d]):
+            total[row] += prior[k]
+        cols = [packed_logpdf((v - params["mean"][:, None])[:, None, :], total, d)]
+        for j in range(self.n_field_):
+            diff = (v - params["field_means"][j][:, None])[:, None, :]
+            cols.append(packed_logpdf(diff, errs + params["field_packed"][:, j, None, None], d))
+        return torch.logsumexp(torch.stack(cols, -1) + spatial[None], -1).sum(1)
 
     def end_iteration(self, stats: Stats, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """The M-step from the summed statistics of every star, then the convergence test.
@@ -758,7 +823,7 @@ class ClusterFieldMixture:
             sum_b = mass[j + 1] * s - s @ unpack(stats["field_inv"][j].numpy(), d) @ s
             cov = (stats["field_bb"][j].numpy() - mass[j + 1] * np.outer(mean, mean) + sum_b) / mass[j + 1]
             self.field_means_[j] = mean
-            self.field_covariances_[j] = 0.5 * (cov + cov.T) + COV_FLOOR * np.eye(d)
+            self.field_covariances_[j] = self._field_floor(0.5 * (cov + cov.T) + COV_FLOOR * np.eye(d))
         m0 = mass[0]
         self.cluster_mean_ = stats["c_b"].numpy() / m0
         mu = self.cluster_mean_[:2]
@@ -848,14 +913,27 @@ class ClusterFieldMixture:
             self.slope_ = float(values[1])
         if beta is not None:
             self.beta_ = float(values[2])
+        if "eta0_ll" in stats:
+            cand, ll = self._eta_floor_candidates(), stats["eta0_ll"].numpy()
+            if len(cand) >= 3:
+                index = list(_bracket(-ll))
+                nodes, l3 = (torch.as_tensor(a, dtype=torch.float64) for a in (cand[index], ll[index]))
+                self.eta0_ = float(
+                    minimize_scalar(
+                        lambda x: -float(_quadratic(torch.tensor(x, dtype=torch.float64), nodes, l3)),
+                        bounds=(float(nodes[0]), float(nodes[2])),
+                        method="bounded",
+                        options={"xatol": 1e-4},
+                    ).x
+                )
 
     def _beta_search(self, stats: Stats) -> tuple[float, tuple[np.ndarray, np.ndarray, float]] | None:
         """The best beta on the parabola through the three candidates around the best, and that parabola.
 
         None in an iteration that does not update beta.
         """
-        if "beta_ll" not in stats or self._beta_grid is None:
-            return None
+        if "beta_ll" not in stats or self._beta_grid is None or len(self._beta_grid) < 3:
+            return None  # fewer than three distinct candidates (beta's range shrunk to ~0): nothing to interpolate
         betas, ll = np.asarray(self._beta_grid, float), stats["beta_ll"].numpy()
         b_index = list(_bracket(-ll))
         b_nodes, l3 = betas[b_index], ll[b_index]
@@ -1096,9 +1174,15 @@ class ClusterFieldMixture:
             generator = torch.Generator().manual_seed(self.seed)
             order = torch.randperm(len(batch), generator=generator).to(batch.radius.device)
             shuffled = EMBatch(batch.values, batch.errors, batch.radius[order], batch.log_extra, batch.cmd_bin)
+            # hold_crowding_in_null: the crowding's strength (beta, eta_0) stays the fit's; under a cap, a
+            # flat null profile would otherwise buy every star the inflation that the fit gives the centre
+            crowding, fit_floor = self.crowding, self.fit_eta_floor
+            if self.hold_crowding_in_null:
+                self.crowding = self.fit_eta_floor = False
             try:
                 null = self._em(shuffled, NULL_ITER)
             finally:
+                self.crowding, self.fit_eta_floor = crowding, fit_floor
                 self.set_state(fitted)
         return float(loglik - null)
 
@@ -1166,6 +1250,7 @@ class ClusterFieldMixture:
             "field_means": self.field_means_.tolist(),
             "field_covariances": self.field_covariances_.tolist(),
             "beta": float(self.beta_),
+            "eta0": float(getattr(self, "eta0_", self.eta_min)),
             "radius_max": float(self.radius_max_),
             "log_likelihood": float(getattr(self, "log_likelihood_", math.nan)),
             "cluster_mean_cov": None if cov is None else cov.tolist(),
@@ -1184,6 +1269,7 @@ class ClusterFieldMixture:
         d = self.field_means_.shape[1]
         self.field_covariances_ = np.asarray(state["field_covariances"], float).reshape(self.n_field_, d, d)
         self.beta_ = float(state["beta"])
+        self.eta0_ = float(state.get("eta0", self.eta_min))
         self.radius_max_ = float(state["radius_max"])
         self.log_likelihood_ = float(state["log_likelihood"])
         cov = state.get("cluster_mean_cov")  # absent from checkpoints written before it was kept
@@ -1249,6 +1335,7 @@ class MembershipResult:
         return (
             f"K_f={m.n_field_} w_c={m.weights_[0]:.3f} sigma={m.sigma_:.3f} "
             f"a={math.exp(m.log_scale_) * 60:.2f}' gamma={m.slope_:.2f} beta={m.beta_:.2f}"
+            + ("" if not m.fit_eta_floor else f" eta0={m.eta0_:.2f}")
             + ("" if getattr(m, "log_likelihood_ratio_", None) is None else f" lnLR={m.log_likelihood_ratio_:.1f}")
         )
 

@@ -62,6 +62,13 @@ class XDModule(ClusteringModule):
         Convergence: the change of the mean log-likelihood per star that ends training.
     eta_max : float or None
         Cap of the crowding inflation of Gaia's errors; None: uncapped.
+    eta_min : float
+        The inflation of every star's errors where the sources are sparsest (GaiaTools: 1.1).
+    field_min_sd : float
+        Floor (mas/yr) of each field component's proper-motion dispersion, so that no flat field
+        component can sit on the cluster's proper motion and take its scattered central members.
+    hold_crowding_in_null : bool
+        The no-cluster null keeps the fit's crowding coefficient instead of refitting it.
     scale_prior : bool
         VB21's soft prior against a Plummer scale above 0.75 of the cone.
     null_test : bool
@@ -89,7 +96,10 @@ class XDModule(ClusteringModule):
         n_starts: int = 3,
         max_iter: int = 100,
         tol: float = 1e-5,
-        eta_max: float | None = None,
+        eta_max: float | None = 2.0,
+        eta_min: float = 1.0,
+        field_min_sd: float = 1.0,
+        hold_crowding_in_null: bool = True,
         scale_prior: bool = False,
         null_test: bool = False,
         **shared: Any,
@@ -98,6 +108,11 @@ class XDModule(ClusteringModule):
             raise ConfigError(f"model=xd: n_clusters must be null (BIC) or an integer >= 2, got {n_clusters!r}")
         if int(n_starts) < 1 or int(max_iter) < 1:
             raise ConfigError(f"model=xd: n_starts and max_iter must be >= 1, got {n_starts} and {max_iter}")
+        if float(eta_min) < 1.0 or (eta_max is not None and float(eta_max) < float(eta_min)) or field_min_sd < 0:
+            raise ConfigError(
+                f"model=xd: need 1 <= eta_min <= eta_max and field_min_sd >= 0, got eta_min={eta_min}, "
+                f"eta_max={eta_max}, field_min_sd={field_min_sd}"
+            )
         shared.setdefault("init", "xd")
         super().__init__(input_dim, 1 + FIELD_RANGE[1] if n_clusters is None else int(n_clusters), **shared)
         prep = self.hparams.preprocessing
@@ -111,6 +126,9 @@ class XDModule(ClusteringModule):
                 "n_starts": int(n_starts),
                 "max_iter": int(max_iter),
                 "eta_max": None if eta_max is None else float(eta_max),
+                "eta_min": float(eta_min),
+                "field_min_sd": float(field_min_sd),
+                "hold_crowding_in_null": bool(hold_crowding_in_null),
                 "scale_prior": bool(scale_prior),
                 "null_test": bool(null_test),
                 "tol": float(tol),
@@ -158,6 +176,9 @@ class XDModule(ClusteringModule):
             tol=float(hp.get("tol", 1e-5)),
             seed=hp.seed,
             eta_max=hp.get("eta_max"),
+            eta_min=float(hp.get("eta_min", 1.0)),
+            field_min_sd=float(hp.get("field_min_sd", 0.0)),
+            hold_crowding_in_null=bool(hp.get("hold_crowding_in_null", False)),
             scale_prior=bool(hp.get("scale_prior", False)),
             null_test=bool(hp.get("null_test", False)),
             **named_cluster_options(self.literature),
