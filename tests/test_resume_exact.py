@@ -3,6 +3,10 @@
 Each run is a real ``grasp-dl train`` subprocess; the killed one dies mid-epoch
 (:class:`hydra_configs.KillAt`), nothing flushed. The predictions compared are those of each run's
 final ``last.ckpt``, scored as the train summary and ``grasp-dl predict`` score them.
+
+The uninterrupted run and the three killed-and-resumed runs of a setting are independent (each its
+own run directory, one thread each: ``OMP_NUM_THREADS=1``), so they run two at a time: a run is
+mostly the start-up of a Python process, and the machine that runs the suite has two cores.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +86,6 @@ def killed_and_resumed(tmp_path: Path, name: str, overrides: list[str], kill: tu
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_sigkill_in_any_phase_then_resume_predicts_as_the_uninterrupted_run(tmp_path, setting):
     overrides, phase = SETTINGS[setting]
-    whole = train_cli(tmp_path / "whole", overrides)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    expected, labels = member_prob(tmp_path / "whole", overrides)
     # mid-pretraining; in the clustering phase's first epoch (before its first checkpoint: the run goes
     # on from the autoencoder's); mid-clustering
     kills = {
@@ -91,10 +93,15 @@ def test_sigkill_in_any_phase_then_resume_predicts_as_the_uninterrupted_run(tmp_
         "at_clustering_start": (phase, 0),
         "in_clustering": (phase, 2),
     }
-    for name, kill in kills.items():
-        run_dir = killed_and_resumed(tmp_path, name, overrides, kill)
-        got, got_labels = member_prob(run_dir, overrides)
-        delta = float(np.max(np.abs(got - expected)))
-        print(f"{setting} killed {name}: max |delta member_prob| = {delta:.3g}")
-        assert delta < 1e-5, f"{setting} killed {name}: max |delta member_prob| {delta}"
-        np.testing.assert_array_equal(got_labels, labels)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        whole = pool.submit(train_cli, tmp_path / "whole", overrides)
+        runs = {name: pool.submit(killed_and_resumed, tmp_path, name, overrides, kill) for name, kill in kills.items()}
+        whole = whole.result()
+        assert whole.returncode == 0, whole.stderr[-3000:]
+        expected, labels = member_prob(tmp_path / "whole", overrides)
+        for name, run in runs.items():
+            got, got_labels = member_prob(run.result(), overrides)
+            delta = float(np.max(np.abs(got - expected)))
+            print(f"{setting} killed {name}: max |delta member_prob| = {delta:.3g}")
+            assert delta < 1e-5, f"{setting} killed {name}: max |delta member_prob| {delta}"
+            np.testing.assert_array_equal(got_labels, labels)
