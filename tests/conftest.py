@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,3 +32,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pal13_path() -> Path:
     """The real Gaia DR3 archive export around Palomar 13, shipped inside the package."""
     return examples.pal13_path()
+
+
+@pytest.fixture
+def run_main(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[[list[str], Path], subprocess.CompletedProcess]:
+    """``grasp-dl ARGS`` run by the console script's entry point, ``grasp_dl.cli.main``, in this process.
+
+    ``run_main(args, cwd)`` returns the exit status, stdout and stderr as ``subprocess.run`` would,
+    without a new interpreter's start-up (seconds of imports); an exception that escapes ``main`` (a
+    traceback) fails the test. For what only a real process shows (its exit, the console's lines, a
+    signal), tests still start one (test_console, test_hardening, test_train's usage).
+    """
+    from grasp_dl.cli import main
+
+    def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", list(sys.argv))  # main sets it for Hydra
+        sigterm = signal.getsignal(signal.SIGTERM)  # main installs its clean-up on SIGTERM
+        capsys.readouterr()
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = 0 if exc.code is None else exc.code
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run

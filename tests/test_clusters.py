@@ -1,8 +1,6 @@
 """Globular clusters by name (forgiving spelling) and the recovered astrometry against the literature."""
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -161,15 +159,12 @@ def test_deep_clustering_model_passes_the_resolved_name():
 
 
 @pytest.mark.slow
-def test_cli_train_and_predict_on_a_real_field_report_the_literature(tmp_path):
+def test_cli_train_and_predict_on_a_real_field_report_the_literature(tmp_path, run_main):
     """grasp-dl train/predict on the shipped NGC 6624 field with data.cluster: the centre and the comparison."""
     run = tmp_path / "run"
     common = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=csv"]
-    train = subprocess.run(
+    train = run_main(
         [
-            sys.executable,
-            "-m",
-            "grasp_dl.cli",
             "train",
             "data=catalog",
             f"data.path={vb21_field_path('ngc6624')}",
@@ -180,28 +175,21 @@ def test_cli_train_and_predict_on_a_real_field_report_the_literature(tmp_path):
             f"hydra.run.dir={run}",
             *common,
         ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+        tmp_path,
     )
     assert train.returncode == 0, train.stderr[-3000:]
     assert "cluster check: share" in train.stdout
     assert "vs NGC_6624 (Vasiliev & Baumgardt 2021)" in train.stdout or "warning: no cluster found" in train.stdout
     output = tmp_path / "members.parquet"
-    predict = subprocess.run(
+    predict = run_main(
         [
-            sys.executable,
-            "-m",
-            "grasp_dl.cli",
             "predict",
             f"ckpt_path={run}/checkpoints/last.ckpt",
             f"data.path={vb21_field_path('ngc6624')}",
             f"output={output}",
             f"hydra.run.dir={tmp_path / 'p'}",
         ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        tmp_path,
     )
     assert predict.returncode == 0, predict.stderr[-3000:]
     summary = pd.read_json(output.with_name("members.summary.json"), typ="series")

@@ -36,12 +36,14 @@ def _repeated_lines(text):
 
 @pytest.mark.slow
 def test_default_run_is_quiet_and_prints_each_line_once(tmp_path):
+    """The console script end to end: it trains, exits 0, says where its final model is, and says it quietly."""
     out = _train(tmp_path)
     assert TIP not in out
     assert NO_OPTIMIZER not in out
     assert "is deprecated" not in out
     assert _repeated_lines(out) == []
-    assert "final model:" in out
+    final = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert f"final model: {final}" in out and final.is_file()
 
 
 @pytest.mark.slow

@@ -1,8 +1,6 @@
 """grasp-dl predict and evaluate: one row per input row, flags, summary, metrics, errors."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,17 +116,11 @@ def test_another_fields_catalogue_with_auto_centre(trained, pal13_path):
     assert (out["label"] >= 0).sum() > 50
 
 
-def _cli(args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "grasp_dl.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
-def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
+def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path, run_main):
     ckpt, _ = trained
     df, path = catalogue_with_gaps
     output = tmp_path / "members.parquet"
-    proc = _cli(
+    proc = run_main(
         ["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={output}", f"hydra.run.dir={tmp_path}/p"],
         tmp_path,
     )
@@ -145,14 +137,14 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
 
     csv_output = tmp_path / "members.csv"
-    proc = _cli(
+    proc = run_main(
         ["predict", f"ckpt_path={ckpt}", f"data.path={path}", f"output={csv_output}", f"hydra.run.dir={tmp_path}/p2"],
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     pd.testing.assert_frame_equal(read_catalog(csv_output)[["source_id", "label"]], table[["source_id", "label"]])
 
-    proc = _cli(["evaluate", f"predictions={output}", f"truth={path}", f"hydra.run.dir={tmp_path}/e"], tmp_path)
+    proc = run_main(["evaluate", f"predictions={output}", f"truth={path}", f"hydra.run.dir={tmp_path}/e"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "members.metrics.json").read_text())
     assert metrics["member_f1"] > 0.8 and metrics["ari"] > 0.5 and 0 <= metrics["brier"] < 0.1
@@ -162,7 +154,7 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     # the cluster's group chosen on the command line, under the one name it has everywhere
     other = (summary["cluster_group"] + 1) % 3
     dotted = tmp_path / "members.other.parquet"
-    proc = _cli(
+    proc = run_main(
         [
             "predict",
             f"ckpt_path={ckpt}",
@@ -176,7 +168,7 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "members.other.summary.json").read_text())["cluster_group"] == other
     # truth_member_label names the truth value of members: a value no star has skips the member scores
-    proc = _cli(
+    proc = run_main(
         [
             "evaluate",
             f"predictions={output}",
@@ -191,17 +183,17 @@ def test_predict_and_evaluate_commands(trained, catalogue_with_gaps, tmp_path):
     assert "member_f1" not in json.loads((tmp_path / "nobody.json").read_text())
 
 
-def test_predict_command_errors_are_readable(trained, tmp_path):
+def test_predict_command_errors_are_readable(trained, tmp_path, run_main):
     ckpt, _ = trained
-    proc = _cli(["predict", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}"], tmp_path)
+    proc = run_main(["predict", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode != 0 and "data.path" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _cli(
+    proc = run_main(
         ["predict", f"ckpt_path={tmp_path}/nope.ckpt", "data.path=x.csv", f"hydra.run.dir={tmp_path}"], tmp_path
     )
     assert proc.returncode == 2 and "nope.ckpt not found" in proc.stderr
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"ra": [1.0], "dec": [2.0]}).to_csv(bad, index=False)
-    proc = _cli(
+    proc = run_main(
         ["predict", f"ckpt_path={ckpt}", f"data.path={bad}", f"output={tmp_path}/o.txt", f"hydra.run.dir={tmp_path}"],
         tmp_path,
     )

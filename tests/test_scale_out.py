@@ -14,6 +14,7 @@ from omegaconf import open_dict
 from sklearn.metrics import adjusted_rand_score
 
 from grasp_dl import optimize_hyperparameters
+from grasp_dl.inference.predict import load_clustering_module
 from grasp_dl.jobs import train as pipeline
 
 from hydra_configs import TINY, compose_config
@@ -28,12 +29,22 @@ def _labels(result):
 
 
 def test_ddp_on_cpu_agrees_with_a_single_process(tmp_path):
+    """DEC under DDP finds the single process's partition and returns its final checkpoint (the other
+    deep models under DDP: test_deep_ddp.py)."""
     # two groups (cluster and field): a partition both runs must find, whatever the batch split
     overrides = SMALL + ["model.n_clusters=2"]
     single = pipeline.train(compose_config("train", overrides, tmp_path / "single"))
     ddp = pipeline.train(compose_config("train", overrides + ["trainer=ddp_cpu"], tmp_path / "ddp"))
-    assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
+    assert ddp.checkpoint == tmp_path / "ddp" / "checkpoints" / "last.ckpt" and ddp.checkpoint.is_file()
     assert adjusted_rand_score(_labels(single), _labels(ddp)) > 0.9
+    # what the spawned workers computed over the whole catalogue comes back as the checkpoint has it
+    assert np.isfinite(ddp.metrics["train/loss"])
+    stored = load_clustering_module(ddp.checkpoint)
+    module = ddp.module.eval()
+    assert module.fit_results.keys() == stored.fit_results.keys() and "start_vs_end" in module.fit_results
+    assert module.cluster_group == stored.cluster_group
+    mine = pipeline.catalogue_probabilities(module, ddp.datamodule)
+    torch.testing.assert_close(mine, pipeline.catalogue_probabilities(stored, ddp.datamodule), rtol=0, atol=1e-6)
 
 
 def result_monitor(model: str) -> str:
@@ -90,28 +101,31 @@ def _cli(args, cwd):
     )
 
 
-@pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
-def test_multirun_gives_each_job_its_own_directory(tmp_path, trainer):
+def test_multirun_gives_each_job_its_own_directory(tmp_path):
+    """One sweep over the trainer: a one-process job and a DDP job (two spawned workers), each its own
+    directory, each trained as its trainer says (the DDP rank that checkpoints saw half the batches)."""
     sweep_dir = tmp_path / "sweep"
     args = [
         "train",
         "-m",
         "model=dec",
-        "model.n_clusters=2,3",
+        "trainer=cpu,ddp_cpu",
         "trainer.max_epochs=1",
         "model.pretrain_epochs=1",
         "data.simulate.n_stars=2000",
         "trainer.enable_progress_bar=false",
-        f"trainer={trainer}",
         f"hydra.sweep.dir={sweep_dir}",
     ]
     proc = _cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for job, k in (("0", 2), ("1", 3)):
+    steps = {}
+    for job, trainer in (("0", "cpu"), ("1", "ddp_cpu")):
         ckpt = sweep_dir / job / "checkpoints" / "last.ckpt"
         assert ckpt.is_file(), sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.ckpt"))
-        assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["n_clusters"] == k
+        assert f"trainer={trainer}" in (sweep_dir / job / ".hydra" / "overrides.yaml").read_text()
+        steps[trainer] = torch.load(ckpt, weights_only=True)["global_step"]
         assert list((sweep_dir / job / "tensorboard").glob("events.out.tfevents.*"))
+    assert 0 < steps["ddp_cpu"] < steps["cpu"], steps
     # nothing scattered outside the jobs' directories
     assert {p.name for p in tmp_path.iterdir()} == {"sweep"}
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]

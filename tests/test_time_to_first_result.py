@@ -178,39 +178,45 @@ def _count_inference(monkeypatch) -> list[int]:
 
 
 @pytest.mark.slow
-def test_end_of_run_inference_runs_once_for_scores_and_summary(tmp_path, monkeypatch):
-    calls = _count_inference(monkeypatch)
-    cfg = compose_config("train", TINY_XD, tmp_path / "scored")
-    result = pipeline.train(cfg)
-    text = pipeline.summarise(result, cfg)
-    assert calls[0] == 1
-    assert "clustering/silhouette" in result.metrics
-    assert "cluster check:" in text and "cluster: group 0" in text
-    # without the scores: still one inference, the same summary
-    calls[0] = 0
-    cfg = compose_config("train", TINY_XD, tmp_path / "unscored")
-    quiet = pipeline.train(cfg, score_clusters=False)
-    assert calls[0] == 0 and not any(key.startswith("clustering/") for key in quiet.metrics)
-    assert pipeline.summarise(quiet, cfg).replace("unscored", "scored") == text
-    assert calls[0] == 1
-    assert (quiet.probabilities == result.probabilities).all()
-
-
-@pytest.mark.slow
-def test_train_command_scores_clusters_only_for_optimized_metric(tmp_path, monkeypatch, capsys):
+def test_end_of_run_inference_runs_once_and_clusters_are_scored_only_for_optimized_metric(
+    tmp_path, monkeypatch, capsys
+):
+    """grasp-dl train without optimized_metric computes no clustering scores and infers once, for the
+    summary; with it, the scores and the summary share that one inference; the summaries agree."""
     from grasp_dl import cli
+
+    calls = _count_inference(monkeypatch)
+    runs = []  # (result, inferences when pipeline.train returned)
+    train = pipeline.train
+
+    def recorded(*args, **kwargs):
+        runs.append((train(*args, **kwargs), calls[0]))
+        return runs[-1][0]
 
     def no_scores(*args, **kwargs):
         raise AssertionError("clustering scores computed although nothing shows them")
 
+    monkeypatch.setattr(pipeline, "train", recorded)
+    scores = pipeline.clustering_scores
     monkeypatch.setattr(pipeline, "clustering_scores", no_scores)
-    assert cli.train_task(compose_config("train", TINY_XD, tmp_path / "plain")) is None
-    assert "cluster: group 0" in capsys.readouterr().out
-    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli.train_task(compose_config("train", TINY_XD, tmp_path / "unscored")) is None
+    plain = capsys.readouterr().out
+    quiet, inferred = runs[-1]
+    assert inferred == 0 and not any(key.startswith("clustering/") for key in quiet.metrics)
+    assert calls[0] == 1 and "cluster: group 0" in plain  # the summary's inference
+    monkeypatch.setattr(pipeline, "clustering_scores", scores)
+    calls[0] = 0
     value = cli.train_task(
-        compose_config("train", [*TINY_XD, "optimized_metric=clustering/silhouette"], tmp_path / "swept")
+        compose_config("train", [*TINY_XD, "optimized_metric=clustering/silhouette"], tmp_path / "scored")
     )
-    assert -1.0 <= value <= 1.0
+    text = capsys.readouterr().out
+    result, _ = runs[-1]
+    assert -1.0 <= value <= 1.0 and "clustering/silhouette" in result.metrics
+    assert calls[0] == 1
+    assert "cluster check:" in text and "cluster: group 0" in text
+    assert plain.replace("unscored", "scored") == text
+    assert (quiet.probabilities == result.probabilities).all()
 
 
 # ----------------------------------------------------------------------------- the breakdown script

@@ -64,23 +64,15 @@ def test_checkpoints_go_where_the_callback_says_and_resume_finds_them(tmp_path):
     assert torch.load(more.checkpoint, weights_only=True)["epoch"] == 2  # continued the final phase
 
 
-def test_console_script_end_to_end(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = _cli(["train", *TINY, f"hydra.run.dir={run_dir}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert f"final model: {run_dir / 'checkpoints' / 'last.ckpt'}" in proc.stdout
-
-
 @pytest.mark.slow
-def test_wrong_override_and_bad_value_end_cleanly(tmp_path):
-    proc = _cli(["train", "data.no_such_option=3", f"hydra.run.dir={tmp_path}"], tmp_path)
+def test_wrong_override_and_bad_value_end_cleanly(tmp_path, run_main):
+    proc = run_main(["train", "data.no_such_option=3", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode != 0
     assert "no_such_option" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _cli(["train", *TINY, "data.batch_size=0", f"hydra.run.dir={tmp_path}"], tmp_path)
+    proc = run_main(["train", *TINY, "data.batch_size=0", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode == 2
     assert "data.batch_size must be a positive integer" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _cli(["train", "data=catalog", "data.path=nowhere.csv", f"hydra.run.dir={tmp_path}"], tmp_path)
+    proc = run_main(["train", "data=catalog", "data.path=nowhere.csv", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode == 2
     assert "nowhere.csv" in proc.stderr and "Traceback" not in proc.stderr
 
