@@ -463,9 +463,8 @@ class MultiModalModule(XDModule):
 
     # ------------------------------------------------------------------ the generalised EM
     def warmup_done(self) -> bool:
-        """Whether the astrometric warm-up has ended (converged, or ``max_iter`` iterations run)."""
-        mixture = self.fitted_mixture()
-        return bool(mixture.converged_ or mixture.n_iter_ >= self.hparams.max_iter)
+        """Whether the astrometric warm-up has ended: ``model=xd``'s own end (converged, or ``max_iter`` iterations)."""
+        return XDModule.em_fit_done(self)
 
     def em_fit_done(self) -> bool:
         """The joint phase has converged (``cmd_tol``) or run ``cmd_iter`` iterations.
