@@ -271,3 +271,25 @@ def test_two_ddp_processes_give_the_members_one_process_gives(tmp_path):
     assert 2 * ((a > 0.5) & (b > 0.5)).sum() / ((a > 0.5).sum() + (b > 0.5).sum()) >= 0.99
     assert np.abs(a - b).max() < 0.05
     assert int(ddp.module.cmd_phase_start) == int(single.module.cmd_phase_start) >= 1
+
+
+def test_early_stopping_never_cuts_an_em_model_short(tmp_path):
+    """The EM models stop on their own tolerance: early stopping's patience is their whole run."""
+    for model, overrides in (("xd", ["model=xd"]), ("multimodal", ["experiment=multimodal"])):
+        cfg = compose_config("train", overrides, tmp_path / model)
+        assert cfg.callbacks.early_stopping.patience == cfg.model.max_epochs, model
+    assert compose_config("train", ["model=dec"], tmp_path / "dec").callbacks.early_stopping.patience == 10
+
+
+@pytest.mark.slow
+def test_a_fit_stopped_in_the_warm_up_predicts_every_row_from_its_astrometry(tmp_path):
+    catalog = simulate_field("m4", n_stars=1500, seed=2)
+    path = tmp_path / "cone.csv"
+    catalog.drop(columns=["truth"]).to_csv(path, index=False)
+    run = ["experiment=multimodal", "data=catalog", f"data.path={path}", *SHORT, "trainer.max_epochs=2"]
+    result = pipeline.train(compose_config("train", run, tmp_path / "run"))
+    assert not result.module.joint_phase  # two epochs: still in model=xd's warm-up
+    table, _ = predict_catalog(result.module, catalog.drop(columns=["truth"]))
+    scored = table["label"].to_numpy() >= 0
+    assert scored.mean() > 0.9 and np.isfinite(table.loc[scored, "member_prob"]).all()
+    assert "member_prob_std" not in table.columns  # no ensemble yet: no spread is claimed

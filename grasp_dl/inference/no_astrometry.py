@@ -85,7 +85,7 @@ def score_without_astrometry(
             what=module.catalog_needs().stars,
         )
         prob, spread = module.predict_proba_spread(stars)
-        p, std = prob[:, group], spread[:, group]
+        p, std = prob[:, group], None if spread is None else spread[:, group]
     else:
         xi, eta = gnomonic_project(ra[rows], dec[rows], float(center[0]), float(center[1]))
         p = module.position_member_prob(np.hypot(xi, eta))

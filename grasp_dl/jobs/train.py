@@ -112,6 +112,7 @@ PHASE_KEYS = (
     "monitor",
     "fallback_model",
     "max_epochs",
+    "patience",
 )
 
 

@@ -543,13 +543,13 @@ class MultiModalModule(XDModule):
         self.log("multimodal/nll", nll if math.isfinite(nll) else math.inf, on_epoch=True, sync_dist=True)
 
     # ------------------------------------------------------------------ inference
-    def predict_proba_spread(self, stars: StarData) -> tuple[np.ndarray, np.ndarray]:
+    def predict_proba_spread(self, stars: StarData) -> tuple[np.ndarray, np.ndarray | None]:
         """Group probabilities from astrometry, position and CMD: the ensemble's mean and its spread.
 
         Each set of CMD densities gives every star its posterior with the
         astrometric mixture; stars without astrometry get theirs from the radius and the CMD,
         stars without photometry from the astrometry alone. Before the CMD densities are fitted
-        (the warm-up), the astrometric mixture's probabilities with a NaN spread.
+        (the warm-up), the astrometric mixture's probabilities and no spread (None).
 
         Parameters
         ----------
@@ -558,13 +558,15 @@ class MultiModalModule(XDModule):
 
         Returns
         -------
-        mean, std : numpy.ndarray
-            (n, n_clusters) each, column 0 the cluster; the mean's rows sum to 1.
+        mean : numpy.ndarray
+            (n, n_clusters), column 0 the cluster; rows sum to 1.
+        std : numpy.ndarray or None
+            (n, n_clusters), the ensemble's spread; None before the CMD densities are fitted.
         """
         mixture = self.fitted_mixture()
         astro = torch.as_tensor(mixture.predict_proba(stars), dtype=torch.float64)
-        if not self.joint_phase:  # in the warm-up (e.g. a figure drawn while training): the astrometry alone
-            return astro.numpy(), np.full(tuple(astro.shape), np.nan)
+        if not self.joint_phase:  # stopped in the warm-up (or a figure drawn while training): the astrometry alone
+            return astro.numpy(), None
         inputs = self.cmd_inputs(stars)
         lp = self.member_log_densities(inputs, astro.shape[1]).cpu()
         extra = self.floored(lp).permute(1, 2, 0)  # (M, n, k)

@@ -42,7 +42,7 @@ class SpreadsMembershipOfStars(Protocol):
     """Scores stars (astrometry, errors, photometry) with an ensemble: its mean and spread (``model=multimodal``)."""
 
     def predict_proba_spread(self, stars: Any) -> tuple[Any, Any]:
-        """Mean and standard deviation over the ensemble of the group probabilities of a ``StarData``."""
+        """Mean and standard deviation (None where there is no ensemble yet) of the group probabilities of a ``StarData``."""
 
 
 @runtime_checkable
