@@ -84,7 +84,7 @@ def test_usage_and_unknown_command(tmp_path):
     assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr
     proc = _cli(["train", "--help"], tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith("grasp-dl-train is powered by Hydra")
-    assert "model: auto, autoencoder, dec, idec, vade, xd" in proc.stdout
+    assert "model: auto, autoencoder, dec, idec, multimodal, vade, xd" in proc.stdout
 
 
 @pytest.mark.slow
