@@ -121,6 +121,23 @@ def test_one_epoch_is_one_em_iteration_and_the_trainer_fits_what_the_plain_loop_
 
 
 @pytest.mark.slow
+def test_validation_scores_its_stars_at_the_sanity_check_and_the_last_epoch_only(tmp_path, monkeypatch):
+    scored = []  # (sanity check?, epoch) of every validation batch scored
+    mean_entropy = XDModule.mean_entropy
+
+    def spy(self, q):
+        scored.append((self.trainer.sanity_checking, self.current_epoch))
+        return mean_entropy(q)
+
+    monkeypatch.setattr(XDModule, "mean_entropy", spy)
+    result = pipeline.train(compose_config("train", [*XD, "model.max_iter=3"], tmp_path))
+    assert result.module.fitted_mixture().n_iter_ == 3
+    assert any(sanity for sanity, _ in scored)
+    assert {epoch for sanity, epoch in scored if not sanity} == {2}  # the third epoch, where the EM ends
+    assert math.isfinite(float(result.metrics["val/entropy"]))
+
+
+@pytest.mark.slow
 def test_a_killed_fit_resumed_from_last_ends_where_the_uninterrupted_fit_does(tmp_path):
     whole = pipeline.train(compose_config("train", XD, tmp_path / "whole"))
     epochs = whole.module.fitted_mixture().n_iter_

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -156,3 +157,26 @@ def test_a_model_without_a_latent_space_gets_its_figures_at_its_one_epoch(tmp_pa
     np.testing.assert_allclose(view.member_prob, expected, rtol=1e-5, atol=1e-6)
     histogram = events.Histograms("assignments/prob_0")[0].histogram_value
     assert histogram.num == len(sample.rows) and histogram.sum == pytest.approx(float(expected.sum()), rel=1e-4)
+
+
+def test_the_views_draw_without_a_layout_engine_and_nothing_falls_off_their_canvas():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from grasp_dl.figures.tensorboard import StarSample, StarView
+
+    rng = np.random.default_rng(0)
+    n = 300
+    pm = rng.normal(-40.0, 30.0, size=(n, 2))  # wide tick labels: three digits and a sign
+    sky = rng.normal(0.0, 0.3, size=(n, 2))
+    catalog = pd.DataFrame({"bp_rp": rng.normal(1.0, 0.5, n), "phot_g_mean_mag": rng.normal(17.0, 2.0, n)})
+    sample = StarSample(None, np.hstack([sky, pm]), ["xi", "eta", "pmra", "pmdec"], catalog, None)
+    prob = rng.uniform(size=n)
+    for view in (StarView(rng.normal(size=(n, 4)), np.stack([prob, 1 - prob], 1), 0), StarView(None, None, None)):
+        figures = TensorBoardFigures.make_figures(sample, view)
+        assert {"proper_motions", "sky", "cmd"} <= set(figures)
+        for tag, fig in figures.items():
+            assert fig.get_layout_engine() is None, tag  # constrained layout is half of the drawing time
+            renderer = FigureCanvasAgg(fig).get_renderer()
+            drawn = fig.get_tightbbox(renderer)  # inches: every label, tick and the colour bar
+            width, height = fig.get_size_inches()
+            assert drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= width and drawn.y1 <= height, (tag, drawn)

@@ -77,6 +77,18 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def fixed_margin_axes(figsize: tuple[float, float] = (5.5, 4.5)) -> Any:
+    """One Axes on a Figure with fixed margins, for the views TensorBoard shows.
+
+    Constrained layout takes half of a small figure's drawing time; these views are redrawn during
+    training, where that time is the user's wait.
+    """
+    width, height = figsize
+    fig = Figure(figsize=figsize)  # margins in inches: tick labels and axis titles, the colour bar's label
+    fig.subplots_adjust(left=0.8 / width, right=1.0 - 0.45 / width, bottom=0.55 / height, top=1.0 - 0.35 / height)
+    return fig.subplots()
+
+
 def _tensorboard_writers(trainer: L.Trainer) -> list[Any]:
     """The SummaryWriter of every TensorBoard logger of the trainer."""
     return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
@@ -243,17 +255,23 @@ class TensorBoardFigures(L.Callback):
         colour_by = {"member_prob": prob} if prob is not None else {"labels": labels}
         figures = {}
         if view.latent is not None:
-            figures["latent_space"] = plotting.plot_latent_space(view.latent, labels=labels, member_prob=prob)
+            figures["latent_space"] = plotting.plot_latent_space(
+                view.latent, labels=labels, member_prob=prob, ax=fixed_margin_axes()
+            )
         values = dict(zip(sample.feature_names, sample.features.T, strict=False))
         catalog = sample.catalog
         if "pmra" in values and "pmdec" in values:
-            figures["proper_motions"] = plotting.plot_proper_motions(values["pmra"], values["pmdec"], **colour_by)
+            figures["proper_motions"] = plotting.plot_proper_motions(
+                values["pmra"], values["pmdec"], **colour_by, ax=fixed_margin_axes()
+            )
         if "xi" in values and "eta" in values:
-            figures["sky"] = plotting.plot_sky(values["xi"], values["eta"], **colour_by)
+            figures["sky"] = plotting.plot_sky(values["xi"], values["eta"], **colour_by, ax=fixed_margin_axes())
         if catalog is not None and "phot_g_mean_mag" in catalog.columns:
             color = plotting.catalog_color(catalog)
             if color is not None:
-                figures["cmd"] = plotting.plot_cmd(color, catalog["phot_g_mean_mag"], **colour_by)
+                figures["cmd"] = plotting.plot_cmd(
+                    color, catalog["phot_g_mean_mag"], **colour_by, ax=fixed_margin_axes((4.5, 5.5))
+                )
         if prob is not None and sample.truth is not None and (sample.truth == MEMBER_TRUTH).any():
             figures["reliability"] = plotting.reliability_diagram(prob, sample.truth == MEMBER_TRUTH)
         return figures

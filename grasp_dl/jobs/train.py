@@ -113,6 +113,7 @@ PHASE_KEYS = (
     "fallback_model",
     "max_epochs",
     "patience",
+    "batch_size",
 )
 
 

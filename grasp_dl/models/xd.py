@@ -302,6 +302,18 @@ class XDModule(ClusteringModule):
         if batch_idx + 1 >= self.trainer.num_training_batches:
             self.em_m_step()
 
+    def last_epoch(self) -> bool:
+        """Whether the running epoch is the fit's last: the EM has ended, or ``trainer.max_epochs`` is reached.
+
+        Returns
+        -------
+        bool
+        """
+        trainer = self.trainer
+        max_epochs = trainer.max_epochs
+        reached = max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1
+        return bool(trainer.should_stop or reached or self.em_fit_done())
+
     def em_m_step(self) -> None:
         """Reduce the epoch's statistics over processes, run the M-step and the convergence test."""
         mixture = self.fitted_mixture()
@@ -383,7 +395,13 @@ class XDModule(ClusteringModule):
         state.setdefault(EXTRA_STATE_KEY, self.get_extra_state())
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Log the mean entropy of the validation stars' groups (from their features, without errors)."""
+        """Log the mean entropy of the validation stars' groups (from their features, without errors).
+
+        At the sanity check and the fit's last epoch only: an EM iteration costs less than scoring
+        the validation stars, and checkpoints and early stopping watch ``xd/nll``, not this.
+        """
+        if not (self.trainer.sanity_checking or self.last_epoch()):
+            return
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         self.log("val/entropy", self.mean_entropy(self.predict_proba(x)), on_epoch=True, sync_dist=True)
 
