@@ -117,8 +117,9 @@ class DeepClusteringModel(BaseEstimator):
     epochs : int or None, default None
         Epochs of the clustering phase; None takes the model's own (``model=xd``: one per EM
         iteration, up to ``model.max_iter``), else 20.
-    batch_size : int, default 256
-        Stars per mini-batch.
+    batch_size : int or None, default None
+        Stars per mini-batch; None takes the model's own (``model=xd``: E-step batches of 65,536
+        stars), else 256.
     val_fraction : float, default 0.1
         Share of the stars held out for validation.
     dropout : float, default 0.1
@@ -177,7 +178,7 @@ class DeepClusteringModel(BaseEstimator):
         cluster: str | None = None,
         pretrain_epochs: int = 20,
         epochs: int | None = None,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         val_fraction: float = 0.1,
         dropout: float = 0.1,
         seed: int | None = 42,
@@ -242,7 +243,7 @@ class DeepClusteringModel(BaseEstimator):
             *([] if self.epochs is None else [f"trainer.max_epochs={int(self.epochs)}"]),
             f"trainer.enable_progress_bar={str(bool(self.progress_bar)).lower()}",
             f"data.features={_hydra_list(self.features)}",
-            f"data.batch_size={int(self.batch_size)}",
+            *([] if self.batch_size is None else [f"data.batch_size={int(self.batch_size)}"]),
             f"data.val_fraction={float(self.val_fraction)}",
             f"seed={'null' if self.seed is None else int(self.seed)}",
             *trainer_overrides(self.device),

@@ -89,6 +89,9 @@ def test_init_does_no_work_and_composes_the_cli_config(tmp_path):
     # the default is the CLI's default setting; its step-by-step deep phases train DEC
     default = DeepClusteringModel(output_dir=tmp_path)
     assert default.compose_config().model._target_.endswith("XDModule")
+    # the batch size is the model's own unless given: model=xd's E-step batches, a network's 256
+    assert default.compose_config().data.batch_size == 65536 and model.compose_config().data.batch_size == 256
+    assert DeepClusteringModel(batch_size=128, output_dir=tmp_path).compose_config().data.batch_size == 128
     # its fallback is DEC with this estimator's network sizes
     fallback = (
         DeepClusteringModel(n_clusters=2, latent_dim=4, output_dir=tmp_path).compose_config().model.fallback_model

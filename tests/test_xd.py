@@ -263,3 +263,23 @@ def test_a_cluster_without_weight_has_no_mean_error_and_no_crash():
     module.mixture = mixture
     astrometry = XDModule.cluster_astrometry(module)
     assert "xd_mean_pmra" in astrometry and "xd_mean_pmra_error" not in astrometry
+
+
+def test_model_xd_takes_large_e_step_batches_and_its_fallback_trains_a_network_on_small_ones(tmp_path):
+    assert compose_config("train", ["model=xd"], tmp_path).data.batch_size == 65536
+    assert compose_config("train", ["model=dec"], tmp_path).data.batch_size == 256
+    assert compose_config("train", ["model=xd", "data.batch_size=512"], tmp_path).data.batch_size == 512
+    catalog = simulate_field("m4", n_stars=600, seed=0).drop(columns=["pmra_error"])
+    path = tmp_path / "cone.csv"
+    catalog.to_csv(path, index=False)
+    for overrides, expected in (([], 256), (["data.batch_size=100"], 100)):
+        cfg = compose_config(
+            "train",
+            ["data=catalog", f"data.path={path}", "trainer.accelerator=cpu", *overrides],
+            tmp_path / str(expected),
+        )
+        datamodule = pipeline.instantiate_datamodule(cfg)
+        assert datamodule.batch_size == (65536 if not overrides else 100)  # model=auto is model=xd until it checks
+        datamodule.setup("fit")  # the catalogue has no pmra_error: model=xd cannot run
+        assert "fell back to model=dec" in pipeline._check_or_fall_back(cfg, datamodule)
+        assert datamodule.batch_size == expected

@@ -455,6 +455,10 @@ def _check_or_fall_back(cfg: DictConfig, datamodule: StellarCatalogDataModule) -
         fallback_cfg = fallback if isinstance(fallback, DictConfig) else compose_model(str(fallback))
         with open_dict(cfg):
             cfg.model = copy.deepcopy(fallback_cfg)
+        if "data" in cfg and hasattr(datamodule, "batch_size"):
+            # data.batch_size follows the model's own size unless the user set it (model=xd's E-step
+            # batches are no size to train a network with)
+            datamodule.batch_size = int(cfg.data.batch_size)
         check_phases(cfg, datamodule)
         line = (
             f"setting: model=auto fell back to model={model_name(cfg.model)}: "
