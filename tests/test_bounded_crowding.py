@@ -77,3 +77,81 @@ def test_the_bounded_inflation_keeps_far_bulge_stars_out_and_a_dense_cluster_kee
     new, _, _ = _fit_against_the_paper("ngc6652")
     assert (capped & published).sum() < 0.9 * published.sum()
     assert (new & published).sum() > 0.97 * published.sum()
+
+
+# ----------------------------------------------------------------------------- outliers on the cluster's profile
+
+#: Small fits: one field component, one start.
+SMALL = {"n_field": 1, "n_starts": 1, "max_iter": 80, "seed": 0}
+
+
+def _cluster_with_blends(n_field: int = 3000, n_core: int = 400, n_blend: int = 100, seed: int = 0):
+    """A concentrated cluster (pm dispersion 0.2 mas/yr, precise stars) whose centre also holds stars with
+    corrupted astrometry (the same profile, pm scattered by 1.5 mas/yr), in a flat field (pm dispersion 4)."""
+    from grasp_dl.data.astrometry import StarData, error_covariances
+
+    rng = np.random.default_rng(seed)
+    n = n_field + n_core + n_blend
+    kind = np.repeat([0, 1, 2], [n_core, n_blend, n_field])  # core, blend, field
+    plummer = 0.02 * np.sqrt(rng.random(n) ** -1.0 - 1.0)
+    radius = np.minimum(np.where(kind < 2, plummer, 0.3 * np.sqrt(rng.random(n))), 0.3)
+    spread = np.choose(kind, [0.2, 1.5, 4.0])[:, None]
+    values = np.array([1.0, -2.0]) + spread * rng.standard_normal((n, 2))
+    values[kind == 2] -= [1.0, -2.0]
+    err = rng.uniform(0.03, 0.3, n)
+    values += err[:, None] * rng.standard_normal((n, 2))
+    return StarData(values, error_covariances(err, err), radius), kind
+
+
+def test_an_outlier_component_on_the_profile_keeps_the_dispersion_off_the_tails_and_names_no_blend():
+    stars, kind = _cluster_with_blends()
+    plain = ClusterFieldMixture(**SMALL).fit(stars)
+    robust = ClusterFieldMixture(cluster_outliers=True, **SMALL).fit(stars)
+    # without it the blends at the centre widen the cluster's Gaussian; with it the core keeps the 0.2 mas/yr
+    assert plain.sigma_ > 0.24, plain.sigma_
+    assert abs(robust.sigma_ - 0.2) < 0.03, robust.sigma_
+    assert robust.n_components == plain.n_components + 1 and 1.2 < robust.outlier_sd_ < 1.8  # the blends' 1.5
+    assert 0.1 < robust.weights_[-1] / (robust.weights_[0] + robust.weights_[-1]) < 0.35  # 100 of 500
+    proba = robust.predict_proba(stars)
+    assert ((proba[:, 0] > 0.5) & (kind == 0)).sum() > 0.93 * (kind == 0).sum()
+    # the blends far from the cluster's motion are the component's (the last column), not the field's
+    far = (kind == 1) & (np.hypot(*(stars.values - robust.cluster_mean_).T) > 1.0)
+    assert proba.shape[1] == robust.n_components and proba[far, -1].mean() > 0.6
+    assert (proba[far, 0] > 0.5).mean() < 0.1
+    # with outliers_predicted off every star is scored as if its astrometry were sound
+    robust.outliers_predicted = False
+    clean = robust.predict_proba(stars)
+    assert (clean[:, -1] == 0).all() and np.allclose(clean.sum(1), 1.0)
+    assert (clean[:, 0] >= proba[:, 0] - 1e-12).all()
+
+
+def test_the_outlier_statistics_add_up_and_the_state_restores_the_component():
+    import json
+
+    from grasp_dl.mixtures.em import add_stats
+
+    stars, _ = _cluster_with_blends(n_field=1200, n_core=200, n_blend=50)
+    mixture = ClusterFieldMixture(cluster_outliers=True, **{**SMALL, "max_iter": 3}).fit(stars)
+    mixture.start_iteration()  # iteration 4: no beta candidates; the first iteration's are checked below
+    batch = mixture.em_batch(stars)
+    for iteration in (mixture.n_iter_, 1):
+        mixture.n_iter_ = iteration - 1
+        mixture.start_iteration()
+        whole = mixture.e_step(batch)
+        assert {"o_b", "o_ss"} <= set(whole) and whole["mass"].shape == (mixture.n_components,)
+        half = len(batch) // 2
+        parts = add_stats(mixture.e_step(batch.rows(slice(0, half))), mixture.e_step(batch.rows(slice(half, None))))
+        for key, value in whole.items():
+            torch.testing.assert_close(parts[key], value, rtol=1e-10, atol=1e-8, msg=key)
+    state = json.loads(json.dumps(mixture.get_state()))
+    restored = ClusterFieldMixture().set_state(state)  # the state says it has the component
+    assert restored.cluster_outliers and restored.outlier_sd_ == mixture.outlier_sd_
+    np.testing.assert_array_equal(restored.predict_proba(stars), mixture.predict_proba(stars))
+    assert np.isfinite(mixture.null_log_likelihood_ratio(batch))
+    # the Lightning module passes the options on and counts the component among its groups
+    module = XDModule(5, cluster_outliers=True, outlier_min_sd=0.5, outliers_predicted=False, n_clusters=4)
+    built = module.new_mixture()
+    assert built.cluster_outliers and built.outlier_min_sd == 0.5 and not built.outliers_predicted
+    assert built.n_field == 2  # four groups: the cluster, two field components, the outliers
+    with pytest.raises(ConfigError, match="cluster_outliers"):
+        XDModule(5, cluster_outliers=True, n_clusters=2)

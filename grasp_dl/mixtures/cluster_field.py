@@ -67,6 +67,12 @@ BETA_LOCAL = np.array([0.005, 0.02, 0.06])
 BETA_EVERY = 10
 #: Candidate floors eta_0 of the inflation (``fit_eta_floor``), clipped to [eta_min, eta_max].
 ETA_FLOOR_CANDIDATES = np.array([1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.3, 2.6, 3.0])
+#: The cluster's outlier component (``cluster_outliers``): its proper-motion spread is at least this many
+#: times the core's central dispersion (so the two never swap) and at most SIGMA_BOUNDS' top; its start's
+#: spread (mas/yr) and share of the cluster's profile.
+OUTLIER_SD_RATIO = 2.0
+OUTLIER_SD_START = 1.0
+OUTLIER_START_SHARE = 0.1
 #: Stars per E-step chunk of the plain driver.
 CHUNK = 65_536
 #: Cluster memberships below this add nothing worth computing to the scale's dispersion term.
@@ -326,6 +332,24 @@ class ClusterFieldMixture:
     photometry : bool
         Each component's density in the colour-magnitude diagram (:mod:`grasp_dl.mixtures.cmd_histogram`),
         re-estimated at every M-step; needs the stars' ``cmd``.
+    cluster_outliers : bool
+        One more component, last: stars on the cluster's spatial profile (same scale and slope)
+        around its mean with a broad proper-motion (and parallax) spread of their own, fitted
+        (``outlier_sd_``, ``outlier_tau_``; at least OUTLIER_SD_RATIO times the core's dispersion).
+        It stands for the sources at the cluster's position whose astrometry is corrupted (blends
+        in a crowded core, the stars the paper's RUWE and excess-noise cuts remove): they are not
+        members, so column 0 (the core) stays the membership, and the core's dispersion no longer
+        follows their tails.
+    outlier_min_sd : float
+        Floor (mas/yr) of the outliers' proper-motion spread (``cluster_outliers``): corrupted
+        astrometry scatters more than any cluster's dispersion; a narrower outlier component takes
+        the faint members whose errors Gaia underestimates.
+    outliers_predicted : bool
+        :meth:`predict_proba` gives the outlier component its posterior (a star of the cluster's
+        profile with corrupted astrometry is no member); False scores every star as if its
+        astrometry were as good as stated (the outlier column 0, the others renormalised), as the
+        paper's membership does for the stars its quality cuts keep: the outliers then only keep
+        the cluster's dispersion from following their tails.
     """
 
     def __init__(
@@ -351,6 +375,9 @@ class ClusterFieldMixture:
         spatial: bool = True,
         use_errors: bool = True,
         photometry: bool = False,
+        cluster_outliers: bool = False,
+        outlier_min_sd: float = 1.0,
+        outliers_predicted: bool = True,
     ) -> None:
         if n_field is not None and n_field < 1:
             raise ValueError(f"n_field must be at least 1 (or None for the BIC), got {n_field}")
@@ -378,6 +405,10 @@ class ClusterFieldMixture:
         self.spatial = bool(spatial)
         self.use_errors = bool(use_errors)
         self.photometry = bool(photometry)
+        self.cluster_outliers = bool(cluster_outliers)
+        self.outlier_min_sd = float(outlier_min_sd)
+        self.outliers_predicted = bool(outliers_predicted)
+        self.outlier_sd_, self.outlier_tau_ = OUTLIER_SD_START, TAU_BOUNDS[1]
         #: the components' colour-magnitude densities (``photometry``), set by :meth:`explore`
         self.cmd_histogram_: CmdHistogram | None = None
         self.log_likelihood_ratio_: float | None = None
@@ -386,12 +417,23 @@ class ClusterFieldMixture:
     # ------------------------------------------------------------------ model pieces
     @property
     def n_components(self) -> int:
-        """Cluster plus field components."""
-        return 1 + self.n_field_
+        """Cluster plus field components (plus the cluster's outliers, last, with ``cluster_outliers``)."""
+        return 1 + self.n_field_ + int(self.cluster_outliers)
+
+    @property
+    def _on_profile(self) -> list[int]:
+        """The components that follow the cluster's spatial profile: the core, and its outliers."""
+        return [0, 1 + self.n_field_] if self.cluster_outliers else [0]
+
+    def _outlier_prior_t(self, like: Tensor, d: int) -> Tensor:
+        """Diagonal of the outlier component's intrinsic covariance, (d, 1)."""
+        rows = [self.outlier_sd_**2] * 2 + ([self.outlier_tau_**2] if d == 3 else [])
+        return torch.tensor(rows, dtype=like.dtype, device=like.device)[:, None]
 
     def _params(self, like: Tensor) -> dict[str, Tensor]:
         """The parameters as float64 tensors on ``like``'s device (remade when a parameter or device changes)."""
         arrays = (self.weights_, self.cluster_mean_, self.field_means_, self.field_covariances_)
+        arrays = (*arrays, [self.outlier_sd_, self.outlier_tau_])
         grids = tuple(None if g is None else g.tobytes() for g in (self._scale_grid, self._beta_grid))
         key = (str(like.device), b"".join(np.asarray(a, float).tobytes() for a in arrays), grids)
         cache = self.__dict__.setdefault("_param_cache", {})
@@ -426,7 +468,7 @@ class ClusterFieldMixture:
     def _density_ratio_t(self, radius: Tensor) -> Tensor:
         """The model's source density at each radius over the cone's mean density."""
         area = math.pi * self.radius_max_**2
-        w0 = float(self.weights_[0])
+        w0 = float(sum(self.weights_[j] for j in self._on_profile))
         return w0 * torch.exp(self._cluster_log_density_t(radius)) * area + (1.0 - w0)
 
     def _eta2_t(self, ratio: Tensor, beta: float | Tensor | None = None) -> Tensor:
@@ -459,9 +501,21 @@ class ClusterFieldMixture:
     def _log_spatial_t(self, radius: Tensor, weights: Tensor) -> Tensor:
         """log w_j + log Sigma_j(r) for every star and component, (n, k)."""
         out = torch.log(weights).expand(len(radius), -1).clone()
-        out[:, 0] += self._cluster_log_density_t(radius)
-        out[:, 1:] -= math.log(math.pi * self.radius_max_**2)
+        cluster, flat = self._cluster_log_density_t(radius), math.log(math.pi * self.radius_max_**2)
+        for j in range(out.shape[1]):
+            if j in self._on_profile:
+                out[:, j] += cluster
+            else:
+                out[:, j] -= flat
         return out
+
+    def _outlier_logpdf(self, diff0: Tensor, err: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The outlier component's (T^-1 packed, T^-1 (v - m), log N), T = its spread + eta^2 C."""
+        total = err.clone()
+        total[list(_DIAG[d])] += self._outlier_prior_t(err, d)
+        inv, logdet = packed_inverse(total, d)
+        u = packed_matvec(inv, diff0, d)
+        return inv, u, -0.5 * ((diff0 * u).sum(0) + logdet + d * math.log(2.0 * math.pi))
 
     def _field_logpdfs(self, batch: EMBatch, err: Tensor, params: dict[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
         """(T_j^-1 packed, T_j^-1 (v - m_j)) and log N for every field component, T_j = S_j + eta^2 C."""
@@ -483,6 +537,8 @@ class ClusterFieldMixture:
         total[list(_DIAG[d])] += self._cluster_prior_t(batch.radius, d)
         columns = [packed_logpdf(batch.values - params["mean"][:, None], total, d)]
         columns += [lp for _, _, lp in self._field_logpdfs(batch, err, params)]
+        if self.cluster_outliers:
+            columns.append(self._outlier_logpdf(batch.values - params["mean"][:, None], err, d)[2])
         joint = self._log_spatial_t(batch.radius, params["weights"]) + torch.stack(columns, 1)
         extra = self._log_extra_t(batch)
         return joint if extra is None else joint + extra
@@ -574,8 +630,13 @@ class ClusterFieldMixture:
         d = p.d
         q = np.clip(cluster_resp, 1e-6, 1 - 1e-6)
         self.n_field_ = int(n_field)
-        self.weights_ = np.empty(1 + n_field)
+        self.weights_ = np.empty(self.n_components)
         self.weights_[0] = q.mean()
+        if self.cluster_outliers:
+            self.weights_[0] *= 1.0 - OUTLIER_START_SHARE
+            self.weights_[-1] = q.mean() * OUTLIER_START_SHARE
+            self.outlier_sd_ = max(OUTLIER_SD_START, self.outlier_min_sd)
+            self.outlier_tau_ = TAU_BOUNDS[1]
         self.cluster_mean_ = (q[:, None] * v).sum(0) / q.sum()
         self.sigma_, self.tau_ = 0.1, 0.02
         self.log_scale_ = math.log(max(float(np.average(p.radius, weights=q)), self.radius_max_ * 1e-3))
@@ -592,7 +653,7 @@ class ClusterFieldMixture:
             resp = gmm.predict_proba(v)
         resp = resp * field_w[:, None]
         mass = resp.sum(0) + 1e-12
-        self.weights_[1:] = (1.0 - self.weights_[0]) * mass / mass.sum()
+        self.weights_[1 : 1 + n_field] = (1.0 - q.mean()) * mass / mass.sum()
         self.field_means_ = (resp.T @ v) / mass[:, None]
         self.field_covariances_ = np.stack(
             [
@@ -601,7 +662,8 @@ class ClusterFieldMixture:
             ]
         )
         if self.photometry:
-            weights = torch.as_tensor(np.column_stack([q, resp]))
+            columns = [q, resp] + ([q * OUTLIER_START_SHARE] if self.cluster_outliers else [])
+            weights = torch.as_tensor(np.column_stack(columns))
             self.cmd_histogram_.fit_counts(self.cmd_histogram_.counts(torch.as_tensor(p.cmd_bin), weights).numpy())
 
     # ------------------------------------------------------------------ EM (the contract of grasp_dl.mixtures.em)
@@ -691,6 +753,9 @@ class ClusterFieldMixture:
         log2pi = d * math.log(2.0 * math.pi)
         field = self._field_logpdfs(batch, err, params)
         columns = [-0.5 * ((diff0 * u0).sum(0) + logdet0 + log2pi)] + [lp for _, _, lp in field]
+        outlier = self._outlier_logpdf(diff0, err, d) if self.cluster_outliers else None
+        if outlier is not None:
+            columns.append(outlier[2])
         joint = spatial + torch.stack(columns, 1)
         norm = torch.logsumexp(joint, 1)
         stats: Stats = {
@@ -728,11 +793,22 @@ class ClusterFieldMixture:
         stats["mc_complete"] = (inv0 * q0).sum(1)
         stats["mc_loss"] = (u0 * (q0 * (1.0 - q0))) @ u0.T
         stats["mc_meat"] = (u0 * q0**2) @ u0.T
+        on_profile = q0
+        if outlier is not None:
+            # The outliers: the same deconvolution sums with their spread diag(s_o^2, s_o^2, t_o^2) about the
+            # cluster's mean; they follow its profile, so their memberships weigh in on its scale.
+            qo = q[:, -1]
+            o_prior = self._outlier_prior_t(v, d)
+            bo = params["mean"][:, None] + o_prior * outlier[1]
+            o_big = o_prior - o_prior**2 * outlier[0][diag]
+            stats["o_b"] = (bo * qo).sum(1)
+            stats["o_ss"] = (qo * (bo * bo + o_big)).sum(1)
+            on_profile = q0 + qo
         # Candidate scales: the spatial term's sum_i q_i log(1 + r_i^2/a^2) and, with a dispersion
         # profile, the cluster's expected log-density at each candidate.
         grid = params["scale_grid"]
         a2 = torch.exp(2.0 * grid)[:, None]
-        stats["scale_s"] = (torch.log1p(r[None, :] ** 2 / a2) * q0).sum(1)
+        stats["scale_s"] = (torch.log1p(r[None, :] ** 2 / a2) * on_profile).sum(1)
         stats["scale_d"] = torch.zeros_like(grid)
         if self.dispersion_profile and self.spatial:
             used = q0 > SCALE_MIN_WEIGHT
@@ -754,6 +830,8 @@ class ClusterFieldMixture:
             for j in range(self.n_field_):
                 diff = (v - params["field_means"][j][:, None])[:, None, :]
                 cols.append(packed_logpdf(diff, errs + params["field_packed"][:, j, None, None], d))
+            if outlier is not None:
+                cols.append(self._outlier_candidates(diff0, errs, d))
             joint_b = torch.stack(cols, -1) + spatial[None]  # (B, n, k)
             stats["beta_ll"] = torch.logsumexp(joint_b, -1).sum(1)
         if self.fit_eta_floor and self.n_iter_ % BETA_EVERY == 1:
@@ -780,7 +858,16 @@ class ClusterFieldMixture:
         for j in range(self.n_field_):
             diff = (v - params["field_means"][j][:, None])[:, None, :]
             cols.append(packed_logpdf(diff, errs + params["field_packed"][:, j, None, None], d))
+        if self.cluster_outliers:
+            cols.append(self._outlier_candidates(v - params["mean"][:, None], errs, d))
         return torch.logsumexp(torch.stack(cols, -1) + spatial[None], -1).sum(1)
+
+    def _outlier_candidates(self, diff0: Tensor, errs: Tensor, d: int) -> Tensor:
+        """The outlier component's log N of every star under candidate error scalings ``errs`` (m, B, n)."""
+        total = errs.clone()
+        for k, row in enumerate(_DIAG[d]):
+            total[row] += self._outlier_prior_t(errs, d)[k, 0]
+        return packed_logpdf(diff0[:, None, :], total, d)
 
     def end_iteration(self, stats: Stats, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """The M-step from the summed statistics of every star, then the convergence test.
@@ -847,9 +934,23 @@ class ClusterFieldMixture:
         if d == 3:
             tau2 = float(stats["c_ss2"]) / m0 - self.cluster_mean_[2] ** 2
             self.tau_ = float(np.clip(math.sqrt(max(tau2, 0.0)), *TAU_BOUNDS))
+        if "o_ss" in stats:
+            self._outlier_m_step(stats, float(mass[-1]))
         if "cmd_counts" in stats:
             self.cmd_histogram_.fit_counts(stats["cmd_counts"].numpy())
-        self._update_shape(stats, float(stats["mass"][0]), optimizer)
+        self._update_shape(stats, float(sum(stats["mass"][j] for j in self._on_profile)), optimizer)
+
+    def _outlier_m_step(self, stats: Stats, mass: float) -> None:
+        """The outliers' spread about the cluster's (new) mean: pm (both axes) and parallax."""
+        mu, d = self.cluster_mean_, len(self.cluster_mean_)
+        ob, oss = stats["o_b"].numpy(), stats["o_ss"].numpy()
+        spread = oss - 2.0 * mu * ob + mu**2 * mass  # sum_i q_i E[(b_i - mu)^2], per axis
+        sd = math.sqrt(max(float(spread[:2].sum()) / (2.0 * max(mass, 1e-12)), 0.0))
+        lower = max(OUTLIER_SD_RATIO * self.sigma_, self.outlier_min_sd)
+        self.outlier_sd_ = float(np.clip(sd, lower, max(lower, SIGMA_BOUNDS[1])))
+        if d == 3:
+            tau = math.sqrt(max(float(spread[2]) / max(mass, 1e-12), 0.0))
+            self.outlier_tau_ = float(np.clip(tau, self.tau_, max(self.tau_, TAU_BOUNDS[1])))
 
     def _update_shape(self, stats: Stats, mass0: float, optimizer: torch.optim.Optimizer | None) -> None:
         """Scale and slope (and beta) maximising the expected log-likelihood, interpolated between candidates.
@@ -1059,8 +1160,9 @@ class ClusterFieldMixture:
         k = self.n_field_
         profile = (1 + int(self.free_slope)) if self.spatial else 0
         crowding = int(self.crowding and self.use_errors)
-        histograms = self.cmd_histogram_.n_parameters(1 + k) if self.photometry else 0
-        return k + d + (2 if d == 3 else 1) + profile + k * d + k * d * (d + 1) // 2 + crowding + histograms
+        histograms = self.cmd_histogram_.n_parameters(self.n_components) if self.photometry else 0
+        outliers = (1 + (2 if d == 3 else 1)) if self.cluster_outliers else 0  # weight, spreads
+        return k + d + (2 if d == 3 else 1) + profile + k * d + k * d * (d + 1) // 2 + crowding + histograms + outliers
 
     def explore(self, data: StarData) -> ClusterFieldMixture:
         """Stage 1: the starts and the number of field components, on a seeded subsample; returns self.
@@ -1230,6 +1332,8 @@ class ClusterFieldMixture:
                 if extra.shape != joint.shape:
                     raise ValueError(f"log_extra has shape {tuple(extra.shape)}, the stars need {tuple(joint.shape)}")
                 joint = joint + torch.nan_to_num(extra, nan=0.0)
+            if self.cluster_outliers and not self.outliers_predicted:  # as if every star's astrometry were sound
+                joint[:, -1] = -math.inf
             return torch.exp(joint - torch.logsumexp(joint, 1, keepdim=True)).numpy()
 
     def bic(self) -> float:
@@ -1239,28 +1343,40 @@ class ClusterFieldMixture:
     def state_dict(self) -> dict[str, Any]:
         """The fitted parameters as plain types (for checkpoints and JSON)."""
         cov = getattr(self, "cluster_mean_cov_", None)
-        return {
-            "n_field": int(self.n_field_),
-            "weights": self.weights_.tolist(),
-            "cluster_mean": self.cluster_mean_.tolist(),
-            "sigma": float(self.sigma_),
-            "tau": float(self.tau_),
-            "log_scale": float(self.log_scale_),
-            "slope": float(self.slope_),
-            "field_means": self.field_means_.tolist(),
-            "field_covariances": self.field_covariances_.tolist(),
-            "beta": float(self.beta_),
-            "eta0": float(getattr(self, "eta0_", self.eta_min)),
-            "radius_max": float(self.radius_max_),
-            "log_likelihood": float(getattr(self, "log_likelihood_", math.nan)),
-            "cluster_mean_cov": None if cov is None else cov.tolist(),
-            "log_likelihood_ratio": getattr(self, "log_likelihood_ratio_", None),
-        } | ({} if self.cmd_histogram_ is None else {"cmd_histogram": self.cmd_histogram_.state_dict()})
+        return (
+            {
+                "n_field": int(self.n_field_),
+                "weights": self.weights_.tolist(),
+                "cluster_mean": self.cluster_mean_.tolist(),
+                "sigma": float(self.sigma_),
+                "tau": float(self.tau_),
+                "log_scale": float(self.log_scale_),
+                "slope": float(self.slope_),
+                "field_means": self.field_means_.tolist(),
+                "field_covariances": self.field_covariances_.tolist(),
+                "beta": float(self.beta_),
+                "eta0": float(getattr(self, "eta0_", self.eta_min)),
+                "radius_max": float(self.radius_max_),
+                "log_likelihood": float(getattr(self, "log_likelihood_", math.nan)),
+                "cluster_mean_cov": None if cov is None else cov.tolist(),
+                "log_likelihood_ratio": getattr(self, "log_likelihood_ratio_", None),
+            }
+            | (
+                {"outlier_sd": float(self.outlier_sd_), "outlier_tau": float(self.outlier_tau_)}
+                if self.cluster_outliers
+                else {}
+            )
+            | ({} if self.cmd_histogram_ is None else {"cmd_histogram": self.cmd_histogram_.state_dict()})
+        )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> ClusterFieldMixture:
         """Restore a fit from :meth:`state_dict` or :meth:`get_state` (no data needed); returns self."""
         self.n_field_ = int(state["n_field"])
         self.weights_ = np.asarray(state["weights"], float)
+        # a fit with the cluster's outliers has their component (and its spreads), whatever this one's setting
+        self.cluster_outliers = "outlier_sd" in state
+        self.outlier_sd_ = float(state.get("outlier_sd", OUTLIER_SD_START))
+        self.outlier_tau_ = float(state.get("outlier_tau", TAU_BOUNDS[1]))
         self.cluster_mean_ = np.asarray(state["cluster_mean"], float)
         self.sigma_, self.tau_ = float(state["sigma"]), float(state["tau"])
         self.log_scale_ = float(state["log_scale"])
@@ -1336,6 +1452,7 @@ class MembershipResult:
             f"K_f={m.n_field_} w_c={m.weights_[0]:.3f} sigma={m.sigma_:.3f} "
             f"a={math.exp(m.log_scale_) * 60:.2f}' gamma={m.slope_:.2f} beta={m.beta_:.2f}"
             + ("" if not m.fit_eta_floor else f" eta0={m.eta0_:.2f}")
+            + ("" if not m.cluster_outliers else f" w_o={m.weights_[-1]:.3f} s_o={m.outlier_sd_:.2f}")
             + ("" if getattr(m, "log_likelihood_ratio_", None) is None else f" lnLR={m.log_likelihood_ratio_:.1f}")
         )
 

@@ -71,6 +71,15 @@ class XDModule(ClusteringModule):
         The no-cluster null keeps the fit's crowding coefficient instead of refitting it.
     scale_prior : bool
         VB21's soft prior against a Plummer scale above 0.75 of the cone.
+    cluster_outliers : bool
+        One more group, last: stars on the cluster's profile with a broad proper-motion spread of
+        their own (corrupted astrometry in a crowded core), not members; the cluster's dispersion
+        no longer follows their tails.
+    outlier_min_sd : float
+        Floor (mas/yr) of that group's proper-motion spread.
+    outliers_predicted : bool
+        Prediction gives that group its posterior; False scores every star as if its astrometry
+        were sound (the group then only shapes the fit).
     null_test : bool
         Judge the cluster against the same model refitted to the stars with shuffled positions
         (the verdict's spatial test, :mod:`grasp_dl.membership.guards`) instead of the members'
@@ -102,19 +111,27 @@ class XDModule(ClusteringModule):
         hold_crowding_in_null: bool = True,
         scale_prior: bool = False,
         null_test: bool = False,
+        cluster_outliers: bool = False,
+        outlier_min_sd: float = 1.0,
+        outliers_predicted: bool = True,
         **shared: Any,
     ) -> None:
         if n_clusters is not None and (isinstance(n_clusters, str) or int(n_clusters) < 2):
             raise ConfigError(f"model=xd: n_clusters must be null (BIC) or an integer >= 2, got {n_clusters!r}")
         if int(n_starts) < 1 or int(max_iter) < 1:
             raise ConfigError(f"model=xd: n_starts and max_iter must be >= 1, got {n_starts} and {max_iter}")
+        if n_clusters is not None and cluster_outliers and int(n_clusters) < 3:
+            raise ConfigError(
+                f"model=xd: cluster_outliers needs n_clusters null or >= 3 (cluster, field, outliers), got {n_clusters}"
+            )
         if float(eta_min) < 1.0 or (eta_max is not None and float(eta_max) < float(eta_min)) or field_min_sd < 0:
             raise ConfigError(
                 f"model=xd: need 1 <= eta_min <= eta_max and field_min_sd >= 0, got eta_min={eta_min}, "
                 f"eta_max={eta_max}, field_min_sd={field_min_sd}"
             )
         shared.setdefault("init", "xd")
-        super().__init__(input_dim, 1 + FIELD_RANGE[1] if n_clusters is None else int(n_clusters), **shared)
+        groups = 1 + FIELD_RANGE[1] + int(bool(cluster_outliers)) if n_clusters is None else int(n_clusters)
+        super().__init__(input_dim, groups, **shared)
         prep = self.hparams.preprocessing
         if prep and not {"pmra", "pmdec"} <= set(prep.get("feature_names", [])):
             raise ConfigError("model=xd needs pmra and pmdec among data.features (and ra, dec for the radius)")
@@ -131,6 +148,9 @@ class XDModule(ClusteringModule):
                 "hold_crowding_in_null": bool(hold_crowding_in_null),
                 "scale_prior": bool(scale_prior),
                 "null_test": bool(null_test),
+                "cluster_outliers": bool(cluster_outliers),
+                "outlier_min_sd": float(outlier_min_sd),
+                "outliers_predicted": bool(outliers_predicted),
                 "tol": float(tol),
             }
         )
@@ -168,7 +188,7 @@ class XDModule(ClusteringModule):
         """
         hp = self.hparams
         return ClusterFieldMixture(
-            n_field=None if hp.n_clusters is None else int(hp.n_clusters) - 1,
+            n_field=None if hp.n_clusters is None else int(hp.n_clusters) - 1 - int(hp.get("cluster_outliers", False)),
             crowding=hp.crowding,
             dispersion_profile=hp.dispersion_profile,
             n_starts=hp.n_starts,
@@ -181,6 +201,9 @@ class XDModule(ClusteringModule):
             hold_crowding_in_null=bool(hp.get("hold_crowding_in_null", False)),
             scale_prior=bool(hp.get("scale_prior", False)),
             null_test=bool(hp.get("null_test", False)),
+            cluster_outliers=bool(hp.get("cluster_outliers", False)),
+            outlier_min_sd=float(hp.get("outlier_min_sd", 1.0)),
+            outliers_predicted=bool(hp.get("outliers_predicted", True)),
             **named_cluster_options(self.literature),
         )
 
