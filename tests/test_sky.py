@@ -138,3 +138,18 @@ def test_the_null_threshold_grows_with_the_square_root_of_the_group():
         assert check["cluster_found"] is found, check["cluster_reason"]
         needed = max(MIN_LOG_LIKELIHOOD_RATIO, NULL_RATIO_PER_SQRT_MEMBER * np.sqrt(members))
         assert check["diagnostics"]["min_log_likelihood_ratio"] == pytest.approx(needed)
+
+
+def test_data_cluster_reaches_the_default_single_phase_model(tmp_path, pal13_path):
+    from grasp_dl.data.clusters import literature_cluster
+    from grasp_dl.jobs import train as pipeline
+
+    from hydra_configs import compose_config
+
+    overrides = ["data=catalog", f"data.path={pal13_path}", "data.cluster=Pal_13", "trainer.enable_progress_bar=false"]
+    result = pipeline.train(compose_config("train", overrides, tmp_path))
+    published = literature_cluster("Pal_13")
+    assert result.module.literature == published
+    mixture = result.module.fitted_mixture()
+    assert list(mixture.start_pm) == [published.pmra, published.pmdec, published.parallax]
+    assert mixture.sigma_prior == pytest.approx(published.pm_dispersion)
