@@ -73,8 +73,9 @@ MAX_PM_DISPERSION_RATIO = 0.5
 #: log L(fit) - mean log L(fits to shuffled positions) a cluster must reach (calibrated on cluster-free cones).
 MIN_LOG_LIKELIHOOD_RATIO = 10.0
 #: ... and at least this times sqrt(members): the null's ratio is a sum over the group's stars, so its
-#: spread grows as their square root (a broad 1,600-star group of a cluster-free cone reached 16.7).
-NULL_RATIO_PER_SQRT_MEMBER = 0.5
+#: spread grows as their square root (about twice the largest of cluster-free cones' broad chance groups
+#: against the averaged null; docs/src/trust.md, "Named clusters that fill a small cone").
+NULL_RATIO_PER_SQRT_MEMBER = 1.0
 #: Fewer stars with member_prob > 0.5 than this cannot be judged (medians and dispersions of noise).
 MIN_MEMBERS = 10
 #: The other stars must weigh at least this much (sum of 1 - member_prob) to compare against.
