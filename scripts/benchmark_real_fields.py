@@ -369,6 +369,7 @@ def method_xd(field: Field, options: dict[str, Any]) -> Scored:
             field.catalog,
             center,
             log_likelihood_ratio=result.mixture.log_likelihood_ratio_,
+            null_permutations=result.mixture.null_permutations_,
             **kwargs,
         )
         found, reason = bool(check["cluster_found"]), str(check["cluster_reason"])

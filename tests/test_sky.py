@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -129,7 +131,9 @@ def test_the_null_threshold_grows_with_the_square_root_of_the_group():
     n = 4000
     radius = 0.1 * np.sqrt(rng.random(n))
     pm = rng.normal(0.0, 3.0, (n, 2))
-    for members, ratio, found in ((40, 14.0, True), (1600, 16.7, False), (1600, 40.0, True)):
+    # 409 members at 10.9: a broad chance group of a cluster-free bulge cone (NGC 6316's) against the averaged null
+    cases = ((40, 14.0, True), (409, 10.9, False), (1600, 16.7, False), (1600, 40.0, True))
+    for members, ratio, found in cases:
         prob = np.zeros(n)
         prob[:members] = 1.0
         pm_group = pm.copy()
@@ -138,3 +142,91 @@ def test_the_null_threshold_grows_with_the_square_root_of_the_group():
         assert check["cluster_found"] is found, check["cluster_reason"]
         needed = max(MIN_LOG_LIKELIHOOD_RATIO, NULL_RATIO_PER_SQRT_MEMBER * np.sqrt(members))
         assert check["diagnostics"]["min_log_likelihood_ratio"] == pytest.approx(needed)
+
+
+def test_the_null_is_the_mean_of_several_shuffles_in_a_small_cone():
+    from grasp_dl.mixtures.cluster_field import NULL_PERMUTATIONS, ClusterFieldMixture
+
+    # a cluster filling three quarters of a small cone: the contrast rests on a handful of field stars
+    catalog = simulate_field(
+        "m4", seed=0, n_stars=120, radius_deg=0.05, cluster={"fraction": 0.6, "core_radius_arcmin": 0.5}
+    ).drop(columns="truth")
+    center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
+    stars = star_data(catalog, center, ("pmra", "pmdec", "parallax"))
+    mixture = fit_membership(stars, null_test=True).mixture
+    ratios = np.asarray(mixture.null_ratios_)
+    assert mixture.null_permutations_ == NULL_PERMUTATIONS == len(ratios)
+    assert mixture.log_likelihood_ratio_ == pytest.approx(ratios.mean())
+    # one shuffle is a random draw: the shuffles disagree by several units of log-likelihood
+    assert ratios.std() > 0.5
+    # the first shuffle is the single shuffle of before; the mixture is left as fitted
+    state = mixture.get_state()
+    single = mixture.null_log_likelihood_ratio(mixture.em_batch(stars), permutations=1)
+    assert single == pytest.approx(ratios[0])
+    assert mixture.get_state()["log_likelihood"] == state["log_likelihood"]
+    # the shuffles kept survive a checkpoint's state
+    restored = ClusterFieldMixture().load_state_dict(mixture.state_dict())
+    assert restored.null_permutations_ == 1 and len(restored.null_ratios_) == 1
+
+
+def test_the_null_shuffles_fewer_times_in_larger_cones():
+    from grasp_dl.mixtures.cluster_field import NULL_PERMUTATIONS, NULL_STAR_BUDGET, ClusterFieldMixture
+
+    m = ClusterFieldMixture()
+    assert m.null_permutations(55) == m.null_permutations(NULL_STAR_BUDGET // NULL_PERMUTATIONS) == NULL_PERMUTATIONS
+    assert m.null_permutations(NULL_STAR_BUDGET // 4) == 4
+    assert m.null_permutations(NULL_STAR_BUDGET) == m.null_permutations(10**6) == 1
+
+
+def test_the_verdict_says_how_many_shuffles_the_null_averaged():
+    from grasp_dl.membership.guards import check_plausibility
+
+    rng = np.random.default_rng(0)
+    radius = 0.1 * np.sqrt(rng.random(200))
+    pm = rng.normal(0.0, 3.0, (200, 2))
+    prob = np.zeros(200)
+    prob[:40] = 1.0
+    pm[:40] = rng.normal(0.0, 0.1, (40, 2))
+    check = check_plausibility(prob, radius, pm, log_likelihood_ratio=4.0, null_permutations=16)
+    assert not check["cluster_found"] and "the mean over 16 shuffles" in check["cluster_reason"]
+    assert check["diagnostics"]["null_permutations"] == 16
+
+
+def test_data_cluster_reaches_the_default_single_phase_model(tmp_path, pal13_path):
+    from grasp_dl.data.clusters import literature_cluster
+    from grasp_dl.jobs import train as pipeline
+
+    from hydra_configs import compose_config
+
+    overrides = ["data=catalog", f"data.path={pal13_path}", "data.cluster=Pal_13", "trainer.enable_progress_bar=false"]
+    result = pipeline.train(compose_config("train", overrides, tmp_path))
+    published = literature_cluster("Pal_13")
+    assert result.module.literature == published
+    mixture = result.module.fitted_mixture()
+    assert list(mixture.start_pm) == [published.pmra, published.pmdec, published.parallax]
+    assert mixture.sigma_prior == pytest.approx(published.pm_dispersion)
+
+
+WHITING_1 = Path("/work/shared/data/vb21_more/Whiting_1.csv")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not WHITING_1.is_file(), reason="the Whiting 1 cone of the sky benchmark is not on this machine")
+def test_whiting_1_named_through_the_cli_is_found(tmp_path):
+    # 55 stars, 41 published members filling the cone: one shuffle's null gave 7.0 (refused)
+    from grasp_dl.jobs import train as pipeline
+
+    from hydra_configs import compose_config
+
+    overrides = [
+        "data=catalog",
+        f"data.path={WHITING_1}",
+        "data.cluster=Whiting_1",
+        "trainer.enable_progress_bar=false",
+    ]
+    cfg = compose_config("train", overrides, tmp_path)
+    result = pipeline.train(cfg)
+    text = pipeline.summarise(result, cfg)
+    assert "no cluster found" not in text, text
+    mixture = result.module.fitted_mixture()
+    assert mixture.log_likelihood_ratio_ >= MIN_LOG_LIKELIHOOD_RATIO and mixture.null_permutations_ > 1

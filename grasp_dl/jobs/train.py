@@ -163,7 +163,34 @@ def build_module(model_cfg: DictConfig, datamodule: StellarCatalogDataModule) ->
         For a bad option (the module's own checks).
     """
     module_class, options = _module_options(model_cfg)
-    return module_class(input_dim=datamodule.input_dim, preprocessing=datamodule.preprocessing_state(), **options)
+    module = module_class(input_dim=datamodule.input_dim, preprocessing=datamodule.preprocessing_state(), **options)
+    return take_published_cluster(module, datamodule)
+
+
+def take_published_cluster(module: L.LightningModule, datamodule: StellarCatalogDataModule) -> L.LightningModule:
+    """``data.cluster=NAME``: the published cluster starts the module's cluster component (``model=xd``).
+
+    A start at the published mean and a prior on the dispersion (:func:`grasp_dl.models.xd.named_cluster_options`),
+    for a single-phase module (``model=xd``, the default) as for a clustering phase; other modules are
+    returned as they are.
+
+    Parameters
+    ----------
+    module : LightningModule
+        The module, before training.
+    datamodule : StellarCatalogDataModule
+        The data module (its ``cluster``, when the catalogue's cluster is named).
+
+    Returns
+    -------
+    LightningModule
+        ``module``.
+    """
+    if isinstance(module, TakesPublishedCluster) and getattr(datamodule, "cluster", None):
+        from grasp_dl.data.clusters import literature_cluster
+
+        module.literature = literature_cluster(datamodule.cluster)
+    return module
 
 
 def build_trainer(cfg: DictConfig, has_validation: bool = True, batches_per_step: int | None = None) -> L.Trainer:
@@ -334,12 +361,7 @@ def build_clustering_module(
         module.fit_results["n_clusters_curve"] = curve
     # The data module's preprocessing is the one the clustering phase saw; keep it current.
     module.hparams.preprocessing = datamodule.preprocessing_state()
-    if isinstance(module, TakesPublishedCluster) and getattr(datamodule, "cluster", None):
-        # data.cluster=NAME: the published cluster starts model=xd's cluster component (a start and a prior)
-        from grasp_dl.data.clusters import literature_cluster
-
-        module.literature = literature_cluster(datamodule.cluster)
-    return module
+    return take_published_cluster(module, datamodule)
 
 
 def _range(model_cfg: DictConfig) -> dict[str, Any]:

@@ -55,6 +55,13 @@ EXPLORE_ITER = 60
 MIN_MEMBERS_FOR_ERROR = 2.0
 #: EM iterations of the no-cluster null (the same model on the stars with shuffled positions), from the fit.
 NULL_ITER = 30
+#: Shuffles of the no-cluster null whose log-likelihoods are averaged, at most: one shuffle's null is a
+#: random draw, as noisy as the few stars that carry the contrast (docs/src/trust.md, "Named clusters that
+#: fill a small cone").
+NULL_PERMUTATIONS = 16
+#: ... and at most this many shuffled stars in all (a large cone's ratio barely depends on the shuffle,
+#: and each shuffle costs NULL_ITER EM iterations): 16 shuffles up to 2,048 stars, one from 32,768.
+NULL_STAR_BUDGET = 32_768
 #: Steepness of the paper's soft priors, -exp(STEEP (sigma/sigma_0 - 1)) - exp(STEEP (a/R - SCALE_PRIOR_AT)).
 PRIOR_STEEPNESS = 5.0
 SCALE_PRIOR_AT = 0.75
@@ -412,6 +419,9 @@ class ClusterFieldMixture:
         #: the components' colour-magnitude densities (``photometry``), set by :meth:`explore`
         self.cmd_histogram_: CmdHistogram | None = None
         self.log_likelihood_ratio_: float | None = None
+        #: how many shuffles the null averaged, and each shuffle's ratio
+        self.null_permutations_: int | None = None
+        self.null_ratios_: list[float] | None = None
         self.reset_progress()
 
     # ------------------------------------------------------------------ model pieces
@@ -1263,30 +1273,47 @@ class ClusterFieldMixture:
         self.log_likelihood_ratio_ = self.null_log_likelihood_ratio(batch)
         return self.log_likelihood_ratio_
 
-    def null_log_likelihood_ratio(self, batch: EMBatch) -> float:
-        """log L(fit) - log L(the same model on the stars with their positions shuffled): what positions add.
+    def null_permutations(self, n_stars: int) -> int:
+        """Shuffles the null averages for ``n_stars`` stars: NULL_PERMUTATIONS within NULL_STAR_BUDGET, at least 1."""
+        return int(min(NULL_PERMUTATIONS, max(1, NULL_STAR_BUDGET // max(int(n_stars), 1))))
+
+    def null_log_likelihood_ratio(self, batch: EMBatch, permutations: int | None = None) -> float:
+        """log L(fit) - the mean log L of the same model on the stars with their positions shuffled.
 
         The radii are shuffled among the stars (seeded) and the model refitted from the fit
         (NULL_ITER iterations): only the link between position and astrometry is broken, so the
-        ratio stays near 0 in a cone without a cluster and is large for a real one.
+        ratio stays near 0 in a cone without a cluster and is large for a real one. One shuffle's
+        null log-likelihood is a random draw, as noisy as the few stars that carry the contrast
+        (where a cluster fills a small cone, the handful of field stars); the ratio is taken
+        against its average over ``permutations`` shuffles (:meth:`null_permutations` by default;
+        the first shuffle is the one a single-shuffle null used). ``null_ratios_`` keeps each
+        shuffle's ratio (their spread is one shuffle's noise).
         """
+        permutations = self.null_permutations(len(batch)) if permutations is None else max(1, int(permutations))
         fitted = self.get_state()
         with torch.no_grad():
             loglik = float(sum(self.e_step(chunk, loglik_only=True)["loglik"] for chunk in batch.chunks()))
             generator = torch.Generator().manual_seed(self.seed)
-            order = torch.randperm(len(batch), generator=generator).to(batch.radius.device)
-            shuffled = EMBatch(batch.values, batch.errors, batch.radius[order], batch.log_extra, batch.cmd_bin)
             # hold_crowding_in_null: the crowding's strength (beta, eta_0) stays the fit's; under a cap, a
             # flat null profile would otherwise buy every star the inflation that the fit gives the centre
             crowding, fit_floor = self.crowding, self.fit_eta_floor
-            if self.hold_crowding_in_null:
-                self.crowding = self.fit_eta_floor = False
+            nulls = []
             try:
-                null = self._em(shuffled, NULL_ITER)
+                for _ in range(permutations):
+                    order = torch.randperm(len(batch), generator=generator).to(batch.radius.device)
+                    shuffled = EMBatch(batch.values, batch.errors, batch.radius[order], batch.log_extra, batch.cmd_bin)
+                    self.set_state(fitted)
+                    if self.hold_crowding_in_null:
+                        self.crowding = self.fit_eta_floor = False
+                    nulls.append(self._em(shuffled, NULL_ITER))
+                    self.crowding, self.fit_eta_floor = crowding, fit_floor
             finally:
                 self.crowding, self.fit_eta_floor = crowding, fit_floor
                 self.set_state(fitted)
-        return float(loglik - null)
+        ratios = loglik - np.asarray(nulls, float)
+        self.null_permutations_ = permutations
+        self.null_ratios_ = [float(r) for r in ratios]
+        return float(ratios.mean())
 
     def log_summary(self) -> None:
         """Log the fitted mixture in one line."""
@@ -1366,8 +1393,15 @@ class ClusterFieldMixture:
                 if self.cluster_outliers
                 else {}
             )
+            | self._null_state()
             | ({} if self.cmd_histogram_ is None else {"cmd_histogram": self.cmd_histogram_.state_dict()})
         )
+
+    def _null_state(self) -> dict[str, Any]:
+        """The null's shuffles for :meth:`state_dict`: their number and ratios, once the null test ran."""
+        if getattr(self, "null_permutations_", None) is None:
+            return {}
+        return {"null_permutations": int(self.null_permutations_), "null_ratios": list(self.null_ratios_ or [])}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> ClusterFieldMixture:
         """Restore a fit from :meth:`state_dict` or :meth:`get_state` (no data needed); returns self."""
@@ -1391,6 +1425,8 @@ class ClusterFieldMixture:
         cov = state.get("cluster_mean_cov")  # absent from checkpoints written before it was kept
         self.cluster_mean_cov_ = None if cov is None else np.asarray(cov, float)
         self.log_likelihood_ratio_ = state.get("log_likelihood_ratio")
+        self.null_permutations_ = state.get("null_permutations")  # absent from checkpoints before the averaged null
+        self.null_ratios_ = state.get("null_ratios")
         # The iteration's progress (get_state); absent from a plain state_dict.
         self.n_iter_ = int(state.get("n_iter", 0))
         self.previous_ = float(state.get("previous_log_likelihood", -math.inf))

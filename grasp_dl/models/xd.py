@@ -516,10 +516,17 @@ class XDModule(ClusteringModule):
         Returns
         -------
         dict
-            ``log_likelihood_ratio`` when the fit ran the null test (``null_test``), else empty.
+            ``log_likelihood_ratio`` (and ``null_permutations``, the shuffles its null is the mean of)
+            when the fit ran the null test (``null_test``), else empty.
         """
-        ratio = getattr(self.fitted_mixture(), "log_likelihood_ratio_", None)
-        return {} if ratio is None else {"log_likelihood_ratio": float(ratio)}
+        mixture = self.fitted_mixture()
+        ratio = getattr(mixture, "log_likelihood_ratio_", None)
+        if ratio is None:
+            return {}
+        shuffles = getattr(mixture, "null_permutations_", None)
+        return {"log_likelihood_ratio": float(ratio)} | (
+            {} if shuffles is None else {"null_permutations": int(shuffles)}
+        )
 
     def cluster_astrometry(self) -> dict[str, float]:
         """The cluster's deconvolved mean astrometry and dispersion (mas/yr, mas), for summaries.
