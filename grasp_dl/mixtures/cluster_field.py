@@ -60,8 +60,8 @@ NULL_ITER = 30
 #: fill a small cone").
 NULL_PERMUTATIONS = 16
 #: ... and at most this many shuffled stars in all (a large cone's ratio barely depends on the shuffle,
-#: and each shuffle costs NULL_ITER EM iterations): 16 shuffles up to 2,048 stars, one from 32,768.
-NULL_STAR_BUDGET = 32_768
+#: and each shuffle costs NULL_ITER EM iterations): 16 shuffles up to 512 stars, 4 at 2,048, one from 8,192.
+NULL_STAR_BUDGET = 8_192
 #: Steepness of the paper's soft priors, -exp(STEEP (sigma/sigma_0 - 1)) - exp(STEEP (a/R - SCALE_PRIOR_AT)).
 PRIOR_STEEPNESS = 5.0
 SCALE_PRIOR_AT = 0.75
