@@ -511,12 +511,11 @@ class ClusterFieldMixture:
     def _log_spatial_t(self, radius: Tensor, weights: Tensor) -> Tensor:
         """log w_j + log Sigma_j(r) for every star and component, (n, k)."""
         out = torch.log(weights).expand(len(radius), -1).clone()
-        cluster, flat = self._cluster_log_density_t(radius), math.log(math.pi * self.radius_max_**2)
-        for j in range(out.shape[1]):
-            if j in self._on_profile:
-                out[:, j] += cluster
-            else:
-                out[:, j] -= flat
+        cluster = self._cluster_log_density_t(radius)
+        out[:, 0] += cluster
+        out[:, 1 : 1 + self.n_field_] -= math.log(math.pi * self.radius_max_**2)
+        if self.cluster_outliers:  # the last column, on the cluster's profile too
+            out[:, -1] += cluster
         return out
 
     def _outlier_logpdf(self, diff0: Tensor, err: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor]:
