@@ -14,6 +14,7 @@ from grasp_dl.data.simulate import simulate_field
 from grasp_dl.inference.no_astrometry import FLAG_NO_ASTROMETRY
 from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 from grasp_dl.jobs import train as pipeline
+from grasp_dl.mixtures.cluster_field import FIELD_RANGE, ClusterFieldMixture
 from grasp_dl.models.cmd_density import CMDDensityEnsemble, gaia_photometric_variance
 from grasp_dl.models.multimodal import MultiModalModule
 from grasp_dl.models.xd import XDModule
@@ -256,6 +257,21 @@ def test_bad_options_raise_config_errors_naming_them():
         MultiModalModule(5, outlier_fraction=1.0)
     with pytest.raises(ConfigError, match="cmd_lr"):
         MultiModalModule(5, cmd_lr=0.0)
+
+
+def test_the_cluster_outliers_get_their_own_cmd_density_and_stay_out_of_the_fields_shape():
+    """model.cluster_outliers adds a component the CMD densities must count, and it is not field."""
+    module = MultiModalModule(5, cluster_outliers=True, outlier_fraction=0.1)
+    # the BIC may choose the most field components: the cluster, FIELD_RANGE[1] fields and the outliers
+    assert module.hparams.cmd_groups == 1 + FIELD_RANGE[1] + 1
+    assert MultiModalModule(5).hparams.cmd_groups == 1 + FIELD_RANGE[1]
+    mixture = ClusterFieldMixture(cluster_outliers=True)
+    mixture.n_field_, mixture.weights_ = 2, np.array([0.5, 0.2, 0.2, 0.1])
+    module.mixture = mixture
+    log_h = torch.tensor([[-50.0], [-2.0], [-2.0], [5.0]], dtype=torch.float64)  # the outliers' density is high
+    cluster = float(module.floored(log_h)[0, 0])
+    # the cluster's floor is 10 % of the two field components' density, whatever the outliers' is
+    assert cluster == pytest.approx(math.log(0.1) - 2.0, abs=1e-9)
 
 
 @pytest.mark.slow

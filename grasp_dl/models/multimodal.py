@@ -106,7 +106,8 @@ class MultiModalModule(XDModule):
         Share of the cluster's CMD density given to the field's shape (members off the sequence), in [0, 1).
     cmd_groups : int or None
         CMD densities per set: one per mixture component the fit may have (``n_clusters``, or
-        1 + the most field components the BIC may choose when it is None). Kept in the checkpoint
+        1 + the most field components the BIC may choose when it is None, + 1 for the cluster's
+        outliers with ``cluster_outliers``). Kept in the checkpoint
         so the networks load before the chosen number is known; leave it None.
     **options : Any
         The astrometric mixture's options and the shared ones (:class:`~grasp_dl.models.xd.XDModule`);
@@ -155,8 +156,9 @@ class MultiModalModule(XDModule):
         if not 0.0 <= float(outlier_fraction) < 1.0:
             raise ConfigError(f"{WHAT}: outlier_fraction must be in [0, 1), got {outlier_fraction}")
         super().__init__(input_dim, n_clusters, **options)
-        if cmd_groups is None:
-            cmd_groups = 1 + FIELD_RANGE[1] if n_clusters is None else int(n_clusters)
+        if cmd_groups is None:  # one density per component the fit may have, the cluster's outliers included
+            outliers = int(bool(options.get("cluster_outliers", False)))
+            cmd_groups = 1 + FIELD_RANGE[1] + outliers if n_clusters is None else int(n_clusters)
         self.save_hyperparameters(
             {
                 "ensemble_size": int(ensemble_size),
@@ -348,7 +350,8 @@ class MultiModalModule(XDModule):
     def floored(self, log_h: Tensor) -> Tensor:
         """Component log CMD densities (k, ..., n) with the cluster's floored by the field's (``outlier_fraction``).
 
-        The field's shape there is its components' densities weighted by the mixture's field weights.
+        The field's shape there is its field components' densities weighted by the mixture's field
+        weights (the cluster's outlier component, last with ``cluster_outliers``, is not field).
 
         Parameters
         ----------
@@ -363,9 +366,11 @@ class MultiModalModule(XDModule):
         eps = float(self.hparams.outlier_fraction)
         if eps == 0 or len(log_h) < 2:
             return log_h
-        weights = torch.as_tensor(self.fitted_mixture().weights_[1:], dtype=log_h.dtype, device=log_h.device)
+        mixture = self.fitted_mixture()
+        fields = slice(1, 1 + int(mixture.n_field_))
+        weights = torch.as_tensor(mixture.weights_[fields], dtype=log_h.dtype, device=log_h.device)
         log_w = torch.log(weights / weights.sum()).view(-1, *([1] * (log_h.dim() - 1)))
-        field = torch.logsumexp(log_h[1:] + log_w, 0)
+        field = torch.logsumexp(log_h[fields] + log_w, 0)
         cluster = torch.logaddexp(log_h[0] + math.log1p(-eps), field + math.log(eps))
         return torch.cat([cluster[None], log_h[1:]])
 
