@@ -103,6 +103,16 @@ def test_f1_and_ece_on_known_inputs(bench) -> None:
     assert np.isnan(bench.f1_score(member_prob, np.zeros(6, bool)))
 
 
+def test_outside_the_core_is_beyond_the_published_members_median_radius(bench) -> None:
+    # members at 1'-4' from the centre (median 2.5'), non-members spread to 6'
+    radius = np.r_[np.linspace(1, 4, 7), np.linspace(0.5, 6, 12)] / 60
+    catalog = pd.DataFrame({"ra": 10 + radius / np.cos(np.radians(-30)), "dec": np.full(len(radius), -30.0)})
+    memberprob = np.r_[np.full(7, 0.99), np.zeros(12)]
+    outside = bench.outside_core(catalog, memberprob, (10.0, -30.0))
+    assert np.array_equal(outside, radius >= 2.5 / 60 - 1e-9)
+    assert bench.outside_core(catalog, np.zeros(len(radius)), (10.0, -30.0)).all()  # no member: every row
+
+
 def test_the_summary_pairs_fields_with_the_baseline(bench) -> None:
     def row(field, method, value, members=50, ece=0.1):
         return SimpleNamespace(field=field, method=method, f1=value, members=members, ece=ece)
@@ -183,10 +193,12 @@ def test_a_small_degraded_run_prints_its_tables_and_writes_json(bench, tmp_path,
     assert saved["mode"] == "degraded" and len(saved["rows"]) == 1 == len(result["rows"])
     row = saved["rows"][0]
     assert row["degraded"] == chosen.sum() and row["members"] == members >= 10
-    assert 0.0 <= row["ece_degraded"] <= 1.0
+    assert 0.0 <= row["ece_degraded"] <= 1.0 and 0.0 <= row["ece_outside_core"] <= 1.0
+    assert "| ECE outside core |" in printed and "median ECE outside core" in printed
     assert 0.0 < row["f1_degraded"] < row["f1_all"] <= 1.0  # the degraded stars are harder than the rest
     summary = saved["summaries"][0]
     assert summary["method"] == "xd" and summary["fields"] == 1 and summary["median_gain"] == 0.0
+    assert summary["median_ece_outside"] == row["ece_outside_core"]
 
 
 def test_the_simulated_kinds_include_a_faint_member_cone(bench) -> None:
