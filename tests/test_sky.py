@@ -230,3 +230,58 @@ def test_whiting_1_named_through_the_cli_is_found(tmp_path):
     assert "no cluster found" not in text, text
     mixture = result.module.fitted_mixture()
     assert mixture.log_likelihood_ratio_ >= MIN_LOG_LIKELIHOOD_RATIO and mixture.null_permutations_ > 1
+
+
+def _faint_cluster_cone(seed: int, n_field: int = 2000, n_cluster: int = 80) -> tuple[pd.DataFrame, np.ndarray]:
+    """A compact cluster whose members are all imprecise (a reddened bulge cluster), in a precise field.
+
+    The field outnumbers the cluster even at the centre, so the precise central stars' proper-motion
+    mode is the field's (Liller 1 in Gaia).
+    """
+    rng = np.random.default_rng(seed)
+    ra0, dec0, cone = 263.35, -33.39, 0.1
+    radius = np.r_[cone * np.sqrt(rng.random(n_field)), np.zeros(n_cluster)]
+    u = rng.random(n_cluster) ** (2 / 3)
+    radius[n_field:] = np.minimum(0.2 / 60 * np.sqrt(u / (1 - u)), 0.99 * cone)  # Plummer, a = 0.2'
+    phi = 2 * np.pi * rng.random(n_field + n_cluster)
+    dec = dec0 + radius * np.sin(phi)
+    ra = ra0 + radius * np.cos(phi) / np.cos(np.radians(dec0))
+    error = np.r_[rng.uniform(0.05, 0.4, n_field), rng.uniform(0.6, 1.0, n_cluster)]
+    pm = np.r_[rng.normal([-1.0, -3.0], 2.5, (n_field, 2)), rng.normal([-5.5, -7.5], 0.1, (n_cluster, 2))]
+    pm += error[:, None] * rng.standard_normal(pm.shape)
+    parallax = np.r_[rng.normal(0.3, 0.3, n_field), np.full(n_cluster, 0.12)] + error * rng.standard_normal(len(error))
+    catalog = pd.DataFrame(
+        {"ra": ra, "dec": dec, "pmra": pm[:, 0], "pmdec": pm[:, 1], "parallax": parallax}
+        | {f"{c}_error": error for c in ("pmra", "pmdec", "parallax")}
+        | {"pmra_pmdec_corr": 0.0}
+    )
+    return catalog, np.r_[np.zeros(n_field, bool), np.ones(n_cluster, bool)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_cluster_whose_members_are_all_faint_is_found_without_its_name(seed):
+    catalog, truth = _faint_cluster_cone(seed)
+    result, check = _fit(catalog, (263.35, -33.39), null_test=True)
+    predicted = result.member_prob > 0.5
+    assert (predicted & truth).sum() >= 0.9 * truth.sum() and (predicted & ~truth).sum() <= 5
+    assert np.hypot(*(result.cluster_mean[:2] - [-5.5, -7.5])) < 0.3
+    assert check["cluster_found"], check["cluster_reason"]
+
+
+def test_the_all_central_stars_start_is_added_only_where_their_mode_leaves_the_precise_ones():
+    from grasp_dl.mixtures.cluster_field import ClusterFieldMixture
+
+    def starts(catalog, center):
+        stars = star_data(catalog, center, ("pmra", "pmdec", "parallax"))
+        mixture = ClusterFieldMixture()
+        mixture.radius_max_ = float(np.nanmax(stars.radius))
+        return mixture._starts(mixture._prepare(stars), np.random.default_rng(0)), mixture.n_starts
+
+    faint, truth = _faint_cluster_cone(0)
+    found, n_starts = starts(faint, (263.35, -33.39))
+    added = found[n_starts:]  # one per central radius (10 and 30 per cent) whose two modes disagree
+    assert 1 <= len(added) <= 2
+    assert any(start[truth].mean() > 20 * start[~truth].mean() for start in added)  # one is the cluster's
+    catalog = simulate_field("m4", seed=0, n_stars=2500).drop(columns="truth")
+    center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
+    assert len(starts(catalog, center)[0]) == n_starts  # a bright cluster's cone: the starts as before

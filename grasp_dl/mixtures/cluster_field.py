@@ -49,6 +49,8 @@ SLOPE_BOUNDS = (1.5, 8.0)
 #: Field components tried when ``n_field`` is None (all starts are tried with FIELD_START of them).
 FIELD_RANGE = (1, 4)
 FIELD_START = 2
+#: A start is added at all central stars' proper-motion mode when it is this far (mas/yr) from the precise ones'.
+MODES_APART = 1.0
 #: EM iterations of each exploratory fit on the subsample.
 EXPLORE_ITER = 60
 #: Fewest stars (summed memberships) whose scatter gives the fitted mean a standard error.
@@ -597,17 +599,18 @@ class ClusterFieldMixture:
         precise = err <= np.percentile(err, 50)
         starts: list[np.ndarray] = []
         # (1)-(2) The densest proper motion among the central (precise) stars, for two central radii.
+        # (1b)-(2b) Where all central stars' mode is elsewhere, a start there too: a cluster whose members
+        # are all faint (reddened, distant) has few precise stars, and their mode is the field's.
+        extra: list[np.ndarray] = []
         for quantile in (10, 30):
-            inner = (r <= np.percentile(r, quantile)) & precise
-            if inner.sum() < 5:
-                inner = r <= np.percentile(r, quantile)
+            central = r <= np.percentile(r, quantile)
+            inner = central & precise if (central & precise).sum() >= 5 else central
             centre = _pm_mode(v[inner])
-            # The cluster's own width: the spread of the central stars close to the mode (not of the field's).
-            close = np.hypot(*(v[inner] - centre).T)
-            spread = float(np.clip(np.median(close[close < 1.0]) if (close < 1.0).any() else 0.3, 0.05, 0.5))
-            dist2 = ((v - centre) ** 2).sum(1) / (spread**2 + err**2)
-            near = np.exp(-r / max(np.percentile(r, quantile), 1e-6))
-            starts.append(np.clip(np.exp(-0.5 * dist2) * near, 1e-6, 0.95))
+            starts.append(self._central_start(v, r, err, inner, centre, quantile))
+            if inner is not central:
+                everyone = _pm_mode(v[central])
+                if np.hypot(*(everyone - centre)) > MODES_APART:
+                    extra.append(self._central_start(v, r, err, central, everyone, quantile))
         if self.start_pm is not None:
             # (0) A named cluster: its published mean (and parallax), the central stars near it.
             known = self.start_pm[:d]
@@ -631,7 +634,19 @@ class ClusterFieldMixture:
             centre = v[rng.choice(inner)]
             dist2 = ((v - centre) ** 2).sum(1) / (0.3**2 + err**2)
             starts.append(np.clip(np.exp(-0.5 * dist2), 1e-6, 0.95))
-        return starts[: self.n_starts + int(self.start_pm is not None)]
+        return starts[: self.n_starts + int(self.start_pm is not None)] + extra
+
+    @staticmethod
+    def _central_start(
+        v: np.ndarray, r: np.ndarray, err: np.ndarray, inner: np.ndarray, centre: np.ndarray, quantile: float
+    ) -> np.ndarray:
+        """Starting memberships of the stars near ``centre`` in proper motion, weighted to the centre of the cone."""
+        # The cluster's own width: the spread of the central stars close to the mode (not of the field's).
+        close = np.hypot(*(v[inner] - centre).T)
+        spread = float(np.clip(np.median(close[close < 1.0]) if (close < 1.0).any() else 0.3, 0.05, 0.5))
+        dist2 = ((v - centre) ** 2).sum(1) / (spread**2 + err**2)
+        near = np.exp(-r / max(np.percentile(r, quantile), 1e-6))
+        return np.clip(np.exp(-0.5 * dist2) * near, 1e-6, 0.95)
 
     def _initialise(self, p: _Prepared, cluster_resp: np.ndarray, n_field: int, seed: int) -> None:
         """Parameters from starting cluster memberships and a Gaussian mixture of the rest."""
