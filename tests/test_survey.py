@@ -292,3 +292,45 @@ def test_survey_on_the_default_joblib_launcher(tmp_path):
     table = pd.read_csv(out / survey.TABLE).set_index("name")
     assert pd.isna(table.loc["Djorg_1", "error"]) and table.loc["Djorg_1", "stars"] == 400
     assert isinstance(table.loc["NGC_6624", "error"], str)
+
+
+def run_one_cluster(folder, survey_dir, name, *extra):
+    """One cluster of a survey through :func:`survey.survey_task`, in this process (a worker's job)."""
+    from omegaconf import open_dict
+
+    cfg = survey.compose_survey([f"survey.cones={folder}", f"survey.dir={survey_dir}", *extra])
+    with open_dict(cfg):
+        cfg.cluster = name
+        cfg.paths.output_dir = str(survey_dir / "runs" / name)
+    return survey.survey_task(cfg)
+
+
+def test_a_survey_job_writes_its_checkpoint_once_and_it_predicts_as_the_row(tmp_path, monkeypatch):
+    """No checkpoint per EM iteration (the survey never resumes one): one last.ckpt, the module the row came from."""
+    import lightning as L
+
+    from grasp_dl.inference.predict import load_clustering_module, predict_catalog
+
+    folder = tmp_path / "cones"
+    folder.mkdir()
+    small_cone("ngc6652", 500).to_csv(folder / "NGC_6652.csv", index=False)
+    writes = []
+    save = L.Trainer.save_checkpoint
+
+    def counted(self, path, *args, **kwargs):
+        writes.append(path)
+        return save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", counted)
+    out = tmp_path / "survey"
+    row = run_one_cluster(folder, out, "NGC_6652", "model.n_starts=1", "model.max_iter=20")
+    assert row["error"] is None and row["members"] > 0
+    checkpoints = out / "runs" / "NGC_6652" / "checkpoints"
+    assert [p.name for p in sorted(checkpoints.iterdir())] == ["last.ckpt"]
+    assert len(writes) == 1, writes
+    written = pd.read_parquet(out / "runs" / "NGC_6652" / "predictions.parquet")
+    table, summary = predict_catalog(
+        load_clustering_module(checkpoints / "last.ckpt"), str(folder / "NGC_6652.csv"), cluster="NGC_6652"
+    )
+    assert np.array_equal(written["member_prob"].to_numpy(), table["member_prob"].to_numpy())
+    assert summary.n_members == row["members"]
