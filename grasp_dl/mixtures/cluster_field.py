@@ -142,6 +142,27 @@ def packed_logpdf(diff: np.ndarray | Tensor, cov: np.ndarray | Tensor, d: int) -
     return -0.5 * (maha + logdet + d * math.log(2.0 * math.pi))
 
 
+def packed_logpdf_rows(diff: Tensor, rows: Sequence[Tensor], d: int) -> Tensor:
+    """:func:`packed_logpdf` of covariances given as their packed rows, each broadcastable to the others.
+
+    A row the same for every candidate (shape (1, n) beside (G, n)) is multiplied once, not once per
+    candidate; every element is the same floating-point expression as in :func:`packed_logpdf`, so the
+    result is bit for bit the same as that of the rows broadcast and stacked.
+    """
+    log2pi = d * math.log(2.0 * math.pi)
+    if d == 2:
+        a, b, c = rows
+        det = a * c - b * b
+        cof = [c, -b, a]
+    else:
+        a, b, c, e, f, i = rows
+        cof = [e * i - f * f, c * f - b * i, b * f - c * e, a * i - c * c, b * c - a * f, a * e - b * b]
+        det = a * cof[0] + b * cof[1] + c * cof[2]
+    inv = [value / det for value in cof]
+    maha = (diff * packed_matvec(inv, diff, d)).sum(0)
+    return -0.5 * (maha + torch.log(det) + log2pi)
+
+
 def _quadratic(x: Tensor, nodes: Tensor, values: Tensor) -> Tensor:
     """The parabola through (nodes[i], values[i]), i = 0, 1, 2, at ``x`` (Lagrange form, differentiable)."""
     x0, x1, x2 = nodes
@@ -823,12 +844,13 @@ class ClusterFieldMixture:
             used = q0 > SCALE_MIN_WEIGHT
             ru, qu = r[used], q0[used]
             g = torch.rsqrt(1.0 + ru[None, :] ** 2 / a2) * self.sigma_**2  # (G, n_u)
-            cand = err[:, used][:, None, :].expand(-1, len(grid), -1).clone()
-            cand[diag[0]] += g
-            cand[diag[1]] += g
+            # each candidate's packed covariance: only the proper-motion diagonal depends on the candidate
+            cand = list(err[:, used][:, None, :].unbind(0))  # (1, n_u) each
+            cand[diag[0]] = cand[diag[0]] + g
+            cand[diag[1]] = cand[diag[1]] + g
             if d == 3:
-                cand[diag[2]] += self.tau_**2
-            stats["scale_d"] = (packed_logpdf(diff0[:, used][:, None, :], cand, d) * qu).sum(1)
+                cand[diag[2]] = cand[diag[2]] + self.tau_**2
+            stats["scale_d"] = (packed_logpdf_rows(diff0[:, used][:, None, :], cand, d) * qu).sum(1)
         if self._beta_grid is not None:
             betas = params["beta_grid"][:, None]
             errs = self._eta2_t(ratio[None, :], betas) * batch.errors[:, None, :]  # (m, B, n)
