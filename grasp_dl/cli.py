@@ -209,13 +209,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if entry_point:
         pause_collector()  # until the command's modules are imported
     try:
-        if command == "survey":
-            from grasp_dl.jobs.survey import sweep_validated_once
-
-            with sweep_validated_once():
-                app(_report_errors(task))()
-        else:
-            app(_report_errors(task))()
+        app(_report_errors(task))()
     finally:
         resume_collector()
     mark("process exit (interpreter teardown)")

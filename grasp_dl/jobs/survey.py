@@ -20,8 +20,6 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -240,39 +238,6 @@ def multirun_overrides(overrides: list[str]) -> list[str] | None:
             rest = [o for o in rest if not o.startswith(f"survey.{key}=")]
             rest.append(f"survey.{key}={_sweep_value(str(Path(str(value)).expanduser().resolve()))}")
     return ["--multirun", *rest, f"cluster={','.join(_sweep_value(n) for n in todo)}"]
-
-
-@contextmanager
-def sweep_validated_once() -> Iterator[None]:
-    """Hydra's basic sweeper checks the first job of each batch only, not every job, while the survey launches.
-
-    Before launching a batch, Hydra composes every job's config in the launching process to catch
-    a bad override early (``Sweeper.validate_batch_is_legal``), about 0.25 s a job: 7 s of the
-    31-field survey during which no job runs, and each job composes its config again where it
-    runs. The survey's jobs differ only in ``cluster=NAME`` (a free string), so the first job's
-    composition checks them all.
-
-    Yields
-    ------
-    None
-        With the check limited; Hydra's own is restored on the way out.
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    own = "validate_batch_is_legal" in BasicSweeper.__dict__
-    original = BasicSweeper.validate_batch_is_legal
-
-    def validate_first(self: BasicSweeper, batch: Sequence[Sequence[str]]) -> None:
-        original(self, list(batch)[:1])
-
-    BasicSweeper.validate_batch_is_legal = validate_first
-    try:
-        yield
-    finally:
-        if own:
-            BasicSweeper.validate_batch_is_legal = original
-        else:
-            del BasicSweeper.validate_batch_is_legal
 
 
 # ----------------------------------------------------------------------------- one cluster
