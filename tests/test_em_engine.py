@@ -18,7 +18,7 @@ from test_xd import _model_field
 from grasp_dl.data.examples import vb21_field_path
 from grasp_dl.jobs import train as pipeline
 from grasp_dl.mixtures.cluster_field import ClusterFieldMixture, shape_parameter
-from grasp_dl.mixtures.em import add_stats, flatten_stats, new_optimizer, run_em, unflatten_stats
+from grasp_dl.mixtures.em import add_stats, bounded_minimum, flatten_stats, new_optimizer, run_em, unflatten_stats
 from grasp_dl.mixtures.profile import plummer_log_density, plummer_log_density_t, profile_log_density
 from grasp_dl.models.xd import XDModule
 
@@ -176,3 +176,36 @@ def test_two_ddp_processes_fit_a_real_field_as_one_does(tmp_path):
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.99
     error = np.sqrt(np.diag(one.cluster_mean_cov_))
     assert (np.abs(one.cluster_mean_ - two.cluster_mean_) < error).all()
+
+
+def test_the_m_steps_bounded_search_is_scipys_bit_for_bit():
+    """The M-step's scalar searches (scale, slope, beta, sigma's prior, eta_0): scipy's bounded Brent search step
+    for step in Python floats, so the fit is the same to the last bit."""
+    from scipy.optimize import minimize_scalar
+
+    from grasp_dl.mixtures.cluster_field import _quadratic
+
+    rng = np.random.default_rng(3)
+    objectives = []
+    for _ in range(300):  # parabolas through three candidates, as the scale and beta searches have them
+        nodes = np.sort(rng.uniform(-3, 3, size=3))
+        values = rng.normal(scale=10.0 ** rng.uniform(-3, 4), size=3)
+        objectives.append((lambda x, n=nodes, v=values: float(_quadratic(x, n, v)), nodes[0], nodes[2]))
+    m0, sigma2 = 250.0, 0.03
+    objectives += [
+        (lambda x: m0 * (2.0 * math.log(x) + sigma2 / x**2) + math.exp(5.0 * (x / 0.1 - 1.0)), 0.005, 0.5),
+        (lambda x: abs(x - 0.3), 0.0, 1.0),  # a kink
+        (lambda x: 1.0, -1.0, 1.0),  # flat
+        (lambda x: -x, 1.5, 8.0),  # the minimum on a bound
+        (lambda x: math.cos(3.0 * x) + 0.1 * x, -4.0, 4.0),  # several minima
+    ]
+    for xatol in (1e-4, 1e-5, 1e-6):
+        for func, lower, upper in objectives:
+            expected = minimize_scalar(func, bounds=(lower, upper), method="bounded", options={"xatol": xatol}).x
+            assert bounded_minimum(func, lower, upper, xatol=xatol) == float(expected)
+    # a search cut short by maxiter ends where scipy's does
+    func = objectives[-1][0]
+    cut = minimize_scalar(func, bounds=(-4.0, 4.0), method="bounded", options={"xatol": 1e-9, "maxiter": 5}).x
+    assert bounded_minimum(func, -4.0, 4.0, xatol=1e-9, maxiter=5) == float(cut)
+    with pytest.raises(ValueError):
+        bounded_minimum(func, 1.0, -1.0)

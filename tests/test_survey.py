@@ -292,3 +292,67 @@ def test_survey_on_the_default_joblib_launcher(tmp_path):
     table = pd.read_csv(out / survey.TABLE).set_index("name")
     assert pd.isna(table.loc["Djorg_1", "error"]) and table.loc["Djorg_1", "stars"] == 400
     assert isinstance(table.loc["NGC_6624", "error"], str)
+
+
+def run_one_cluster(folder, survey_dir, name, *extra):
+    """One cluster of a survey through :func:`survey.survey_task`, in this process (a worker's job)."""
+    from omegaconf import open_dict
+
+    cfg = survey.compose_survey([f"survey.cones={folder}", f"survey.dir={survey_dir}", *extra])
+    with open_dict(cfg):
+        cfg.cluster = name
+        cfg.paths.output_dir = str(survey_dir / "runs" / name)
+    return survey.survey_task(cfg)
+
+
+def test_a_survey_job_writes_its_checkpoint_once_and_it_predicts_as_the_row(tmp_path, monkeypatch):
+    """No checkpoint per EM iteration (the survey never resumes one): one last.ckpt, the module the row came from."""
+    import lightning as L
+
+    from grasp_dl.inference.predict import load_clustering_module, predict_catalog
+
+    folder = tmp_path / "cones"
+    folder.mkdir()
+    small_cone("ngc6652", 500).to_csv(folder / "NGC_6652.csv", index=False)
+    writes = []
+    save = L.Trainer.save_checkpoint
+
+    def counted(self, path, *args, **kwargs):
+        writes.append(path)
+        return save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", counted)
+    out = tmp_path / "survey"
+    row = run_one_cluster(folder, out, "NGC_6652", "model.n_starts=1", "model.max_iter=20")
+    assert row["error"] is None and row["members"] > 0
+    checkpoints = out / "runs" / "NGC_6652" / "checkpoints"
+    assert [p.name for p in sorted(checkpoints.iterdir())] == ["last.ckpt"]
+    assert len(writes) == 1, writes
+    written = pd.read_parquet(out / "runs" / "NGC_6652" / "predictions.parquet")
+    table, summary = predict_catalog(
+        load_clustering_module(checkpoints / "last.ckpt"), str(folder / "NGC_6652.csv"), cluster="NGC_6652"
+    )
+    assert np.array_equal(written["member_prob"].to_numpy(), table["member_prob"].to_numpy())
+    assert summary.n_members == row["members"]
+
+
+def test_the_launching_process_composes_one_jobs_config_to_check_the_sweep_not_every_one(cones, tmp_path, monkeypatch):
+    """Hydra's sweeper composed every job's config before launching (0.25 s each, none running meanwhile);
+    the survey's jobs differ only in cluster=NAME, so the first one is checked and each job composes its own."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    composed = []
+    load = ConfigLoaderImpl.load_sweep_config
+
+    def counted(self, master_config, sweep_overrides):
+        composed.append([o for o in sweep_overrides if o.startswith("cluster=")])
+        return load(self, master_config, sweep_overrides)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counted)
+    monkeypatch.setattr(survey, "run_cluster", lambda cfg, name: {"name": name, "members": 1})
+    run_survey(cones, tmp_path / "survey")
+    # the check (the first job), then each of the three jobs as the (basic) launcher runs it
+    assert len(composed) == 4 and composed[0] == composed[1]
+    assert sorted(composed[1:]) == [["cluster=Djorg_1"], ["cluster=NGC_6624"], ["cluster=NGC_6652"]]
+    assert "validate_batch_is_legal" not in BasicSweeper.__dict__  # Hydra's own sweeper is left as it is

@@ -21,6 +21,7 @@ from grasp_dl.mixtures.cluster_field import (
     pack,
     packed_inverse,
     packed_logpdf,
+    packed_logpdf_rows,
     unpack,
 )
 from grasp_dl.models.xd import XDModule
@@ -64,6 +65,29 @@ def test_closed_form_inverse_and_density_match_numpy(d):
 
     expected = [multivariate_normal(np.zeros(d), c).logpdf(x) for x, c in zip(diff, cov, strict=False)]
     np.testing.assert_allclose(packed_logpdf(diff.T, pack(cov), d), expected, rtol=1e-8)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_candidate_densities_from_broadcast_rows_are_bit_for_bit_those_of_the_stacked_covariances(d):
+    """The E-step's candidate scales change only the proper-motion diagonal: the other packed rows are
+    passed once, (1, n), and broadcast; every value is the same floating-point expression as before."""
+    rng = np.random.default_rng(1)
+    n, candidates = 257, 13
+    a = rng.normal(size=(n, d, d))
+    err = torch.as_tensor(pack(a @ a.transpose(0, 2, 1) + 0.1 * np.eye(d)))  # (m, n)
+    g = torch.as_tensor(rng.uniform(0.01, 0.5, size=(candidates, n)))
+    diff = torch.as_tensor(rng.normal(size=(d, 1, n)))
+    diag = (0, 2) if d == 2 else (0, 3, 5)
+    stacked = err[:, None, :].expand(-1, candidates, -1).clone()
+    rows = list(err[:, None, :].unbind(0))
+    for k in diag[:2]:
+        stacked[k] += g
+        rows[k] = rows[k] + g
+    if d == 3:
+        stacked[diag[2]] += 0.04**2
+        rows[diag[2]] = rows[diag[2]] + 0.04**2
+    assert rows[1].shape == (1, n)
+    assert torch.equal(packed_logpdf_rows(diff, rows, d), packed_logpdf(diff, stacked, d))
 
 
 # ----------------------------------------------------------------------------- science

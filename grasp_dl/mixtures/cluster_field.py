@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 from grasp_dl.data.astrometry import StarData
 from grasp_dl.mixtures.cmd_histogram import CmdHistogram
-from grasp_dl.mixtures.em import Stats, minimise_bounded, new_optimizer, run_em
+from grasp_dl.mixtures.em import Stats, bounded_minimum, minimise_bounded, new_optimizer, run_em
 from grasp_dl.mixtures.profile import (
     dispersion_profile,
     log_profile_norm,
@@ -142,6 +141,27 @@ def packed_logpdf(diff: np.ndarray | Tensor, cov: np.ndarray | Tensor, d: int) -
     inv, logdet = packed_inverse(cov, d)
     maha = (diff * packed_matvec(inv, diff, d)).sum(0)
     return -0.5 * (maha + logdet + d * math.log(2.0 * math.pi))
+
+
+def packed_logpdf_rows(diff: Tensor, rows: Sequence[Tensor], d: int) -> Tensor:
+    """:func:`packed_logpdf` of covariances given as their packed rows, each broadcastable to the others.
+
+    A row the same for every candidate (shape (1, n) beside (G, n)) is multiplied once, not once per
+    candidate; every element is the same floating-point expression as in :func:`packed_logpdf`, so the
+    result is bit for bit the same as that of the rows broadcast and stacked.
+    """
+    log2pi = d * math.log(2.0 * math.pi)
+    if d == 2:
+        a, b, c = rows
+        det = a * c - b * b
+        cof = [c, -b, a]
+    else:
+        a, b, c, e, f, i = rows
+        cof = [e * i - f * f, c * f - b * i, b * f - c * e, a * i - c * c, b * c - a * f, a * e - b * b]
+        det = a * cof[0] + b * cof[1] + c * cof[2]
+    inv = [value / det for value in cof]
+    maha = (diff * packed_matvec(inv, diff, d)).sum(0)
+    return -0.5 * (maha + torch.log(det) + log2pi)
 
 
 def _quadratic(x: Tensor, nodes: Tensor, values: Tensor) -> Tensor:
@@ -838,12 +858,13 @@ class ClusterFieldMixture:
             used = q0 > SCALE_MIN_WEIGHT
             ru, qu = r[used], q0[used]
             g = torch.rsqrt(1.0 + ru[None, :] ** 2 / a2) * self.sigma_**2  # (G, n_u)
-            cand = err[:, used][:, None, :].expand(-1, len(grid), -1).clone()
-            cand[diag[0]] += g
-            cand[diag[1]] += g
+            # each candidate's packed covariance: only the proper-motion diagonal depends on the candidate
+            cand = list(err[:, used][:, None, :].unbind(0))  # (1, n_u) each
+            cand[diag[0]] = cand[diag[0]] + g
+            cand[diag[1]] = cand[diag[1]] + g
             if d == 3:
-                cand[diag[2]] += self.tau_**2
-            stats["scale_d"] = (packed_logpdf(diff0[:, used][:, None, :], cand, d) * qu).sum(1)
+                cand[diag[2]] = cand[diag[2]] + self.tau_**2
+            stats["scale_d"] = (packed_logpdf_rows(diff0[:, used][:, None, :], cand, d) * qu).sum(1)
         if self._beta_grid is not None:
             betas = params["beta_grid"][:, None]
             errs = self._eta2_t(ratio[None, :], betas) * batch.errors[:, None, :]  # (m, B, n)
@@ -947,13 +968,11 @@ class ClusterFieldMixture:
             # searched up to where the prior reaches e^20 (beyond, it swamps the likelihood's precision)
             sigma0 = self.sigma_prior
             upper = min(SIGMA_BOUNDS[1], max(sigma0 * (1.0 + 20.0 / PRIOR_STEEPNESS), 2.0 * SIGMA_BOUNDS[0]))
-            self.sigma_ = float(
-                minimize_scalar(
-                    lambda x: m0 * (2.0 * math.log(x) + sigma2 / x**2) + math.exp(PRIOR_STEEPNESS * (x / sigma0 - 1.0)),
-                    bounds=(SIGMA_BOUNDS[0], upper),
-                    method="bounded",
-                    options={"xatol": 1e-5},
-                ).x
+            self.sigma_ = bounded_minimum(
+                lambda x: m0 * (2.0 * math.log(x) + sigma2 / x**2) + math.exp(PRIOR_STEEPNESS * (x / sigma0 - 1.0)),
+                SIGMA_BOUNDS[0],
+                upper,
+                xatol=1e-5,
             )
         if d == 3:
             tau2 = float(stats["c_ss2"]) / m0 - self.cluster_mean_[2] ** 2
@@ -994,7 +1013,9 @@ class ClusterFieldMixture:
         s_sum, d_sum = stats["scale_s"].numpy(), stats["scale_d"].numpy()
         radius_max, norm = self.radius_max_, max(mass0, 1.0)
 
-        def scale_nll(ls: float, slope: float, nodes: np.ndarray, s3: np.ndarray, d3: np.ndarray) -> float:
+        def scale_nll(
+            ls: float, slope: float, nodes: Sequence[float], s3: Sequence[float], d3: Sequence[float]
+        ) -> float:
             s, dd = _quadratic(ls, nodes, s3), _quadratic(ls, nodes, d3)
             value = 0.5 * slope * s + mass0 * log_profile_norm(ls, slope, radius_max) - dd
             return (value + self._scale_penalty(ls)) / norm
@@ -1007,28 +1028,18 @@ class ClusterFieldMixture:
         )
         index = list(_bracket(nll))
         nodes, s3, d3 = grid[index], s_sum[index], d_sum[index]
+        # the searches' parabolas in Python floats (the same values as numpy's, a fraction of the cost)
+        f_nodes, f_s3, f_d3 = nodes.tolist(), s3.tolist(), d3.tolist()
 
         # Two rounds of coordinate search (scale, then slope); the gradient steps below are joint.
         ls, slope = float(nodes[1]), self.slope_
         for _ in range(2):
-            ls = float(
-                minimize_scalar(
-                    lambda x, g=slope: scale_nll(x, g, nodes, s3, d3),
-                    bounds=(nodes[0], nodes[2]),
-                    method="bounded",
-                    options={"xatol": 1e-6},
-                ).x
+            ls = bounded_minimum(
+                lambda x, g=slope: scale_nll(x, g, f_nodes, f_s3, f_d3), f_nodes[0], f_nodes[2], xatol=1e-6
             )
             if not self.free_slope:
                 break
-            slope = float(
-                minimize_scalar(
-                    lambda g, x=ls: scale_nll(x, g, nodes, s3, d3),
-                    bounds=SLOPE_BOUNDS,
-                    method="bounded",
-                    options={"xatol": 1e-5},
-                ).x
-            )
+            slope = bounded_minimum(lambda g, x=ls: scale_nll(x, g, f_nodes, f_s3, f_d3), *SLOPE_BOUNDS, xatol=1e-5)
         beta = self._beta_search(stats)
         values = [ls, slope, self.beta_ if beta is None else beta[0]]
         if optimizer is not None:
@@ -1043,13 +1054,11 @@ class ClusterFieldMixture:
             if len(cand) >= 3:
                 index = list(_bracket(-ll))
                 nodes, l3 = (torch.as_tensor(a, dtype=torch.float64) for a in (cand[index], ll[index]))
-                self.eta0_ = float(
-                    minimize_scalar(
-                        lambda x: -float(_quadratic(torch.tensor(x, dtype=torch.float64), nodes, l3)),
-                        bounds=(float(nodes[0]), float(nodes[2])),
-                        method="bounded",
-                        options={"xatol": 1e-4},
-                    ).x
+                self.eta0_ = bounded_minimum(
+                    lambda x: -float(_quadratic(torch.tensor(x, dtype=torch.float64), nodes, l3)),
+                    float(nodes[0]),
+                    float(nodes[2]),
+                    xatol=1e-4,
                 )
 
     def _beta_search(self, stats: Stats) -> tuple[float, tuple[np.ndarray, np.ndarray, float]] | None:
@@ -1063,14 +1072,8 @@ class ClusterFieldMixture:
         b_index = list(_bracket(-ll))
         b_nodes, l3 = betas[b_index], ll[b_index]
         count = max(float(stats["count"]), 1.0)
-        best = float(
-            minimize_scalar(
-                lambda b: -_quadratic(b, b_nodes, l3) / count,
-                bounds=(b_nodes[0], b_nodes[2]),
-                method="bounded",
-                options={"xatol": 1e-6},
-            ).x
-        )
+        f_nodes, f_l3 = b_nodes.tolist(), l3.tolist()
+        best = bounded_minimum(lambda b: -_quadratic(b, f_nodes, f_l3) / count, f_nodes[0], f_nodes[2], xatol=1e-6)
         return best, (b_nodes, l3, count)
 
     def _scale_penalty(self, log_scale: float) -> float:
