@@ -200,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             if overrides is None:  # every cluster of the survey was finished already
                 return
+            if command == "survey":
+                survey.register_sweeper()
     except GraspDLError as exc:
         print(f"grasp-dl: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -356,3 +356,16 @@ def test_the_launching_process_composes_one_jobs_config_to_check_the_sweep_not_e
     assert len(composed) == 4 and composed[0] == composed[1]
     assert sorted(composed[1:]) == [["cluster=Djorg_1"], ["cluster=NGC_6624"], ["cluster=NGC_6652"]]
     assert "validate_batch_is_legal" not in BasicSweeper.__dict__  # Hydra's own sweeper is left as it is
+
+
+def test_the_survey_registers_its_sweeper_where_hydras_scan_does_not_find_it(cones, tmp_path, monkeypatch):
+    """An editable install hides hydra_plugins.grasp_dl_survey from Hydra's walk of the namespace."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()
+    name = "hydra_plugins.grasp_dl_survey.SurveySweeper"
+    monkeypatch.delitem(plugins.class_name_to_class, name, raising=False)
+    monkeypatch.setattr(survey, "run_cluster", lambda cfg, name: {"name": name, "members": 1})
+    run_survey(cones, tmp_path / "survey")
+    assert name in plugins.class_name_to_class
+    assert sorted(pd.read_csv(tmp_path / "survey" / survey.TABLE)["name"]) == ["Djorg_1", "NGC_6624", "NGC_6652"]

@@ -240,6 +240,20 @@ def multirun_overrides(overrides: list[str]) -> list[str] | None:
     return ["--multirun", *rest, f"cluster={','.join(_sweep_value(n) for n in todo)}"]
 
 
+def register_sweeper() -> None:
+    """Register the survey's sweeper (``hydra/sweeper=survey``) with Hydra by hand.
+
+    Hydra finds plugins by walking the ``hydra_plugins`` namespace package's folders; an editable
+    install serves ``hydra_plugins.grasp_dl_survey`` through an import hook, which that walk does
+    not see, and the survey would stop with "Unknown plugin class".
+    """
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.grasp_dl_survey import SurveySweeper
+
+    Plugins.instance().register(SurveySweeper)
+
+
 # ----------------------------------------------------------------------------- one cluster
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
