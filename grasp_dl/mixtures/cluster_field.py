@@ -116,14 +116,18 @@ def packed_inverse(packed: np.ndarray | Tensor, d: int) -> tuple[Any, Any]:
     matrices this small.
     """
     stack, logf = (torch.stack, torch.log) if isinstance(packed, Tensor) else (np.stack, np.log)
+    cof, det = _packed_cofactors(packed, d)
+    return stack(cof) / det, logf(det)
+
+
+def _packed_cofactors(rows: Sequence[Any], d: int) -> tuple[list[Any], Any]:
+    """The packed cofactor rows and the determinant of packed symmetric 2x2 or 3x3 matrices given by their rows."""
     if d == 2:
-        a, b, c = packed
-        det = a * c - b * b
-        return stack([c, -b, a]) / det, logf(det)
-    a, b, c, e, f, i = packed
-    cof = stack([e * i - f * f, c * f - b * i, b * f - c * e, a * i - c * c, b * c - a * f, a * e - b * b])
-    det = a * cof[0] + b * cof[1] + c * cof[2]
-    return cof / det, logf(det)
+        a, b, c = rows
+        return [c, -b, a], a * c - b * b
+    a, b, c, e, f, i = rows
+    cof = [e * i - f * f, c * f - b * i, b * f - c * e, a * i - c * c, b * c - a * f, a * e - b * b]
+    return cof, a * cof[0] + b * cof[1] + c * cof[2]
 
 
 def packed_matvec(packed: np.ndarray | Tensor, x: np.ndarray | Tensor, d: int) -> np.ndarray | Tensor:
@@ -150,18 +154,10 @@ def packed_logpdf_rows(diff: Tensor, rows: Sequence[Tensor], d: int) -> Tensor:
     candidate; every element is the same floating-point expression as in :func:`packed_logpdf`, so the
     result is bit for bit the same as that of the rows broadcast and stacked.
     """
-    log2pi = d * math.log(2.0 * math.pi)
-    if d == 2:
-        a, b, c = rows
-        det = a * c - b * b
-        cof = [c, -b, a]
-    else:
-        a, b, c, e, f, i = rows
-        cof = [e * i - f * f, c * f - b * i, b * f - c * e, a * i - c * c, b * c - a * f, a * e - b * b]
-        det = a * cof[0] + b * cof[1] + c * cof[2]
+    cof, det = _packed_cofactors(rows, d)
     inv = [value / det for value in cof]
     maha = (diff * packed_matvec(inv, diff, d)).sum(0)
-    return -0.5 * (maha + torch.log(det) + log2pi)
+    return -0.5 * (maha + torch.log(det) + d * math.log(2.0 * math.pi))
 
 
 def _quadratic(x: Tensor, nodes: Tensor, values: Tensor) -> Tensor:
@@ -909,9 +905,9 @@ class ClusterFieldMixture:
 
     def _outlier_candidates(self, diff0: Tensor, errs: Tensor, d: int) -> Tensor:
         """The outlier component's log N of every star under candidate error scalings ``errs`` (m, B, n)."""
-        total = errs.clone()
+        total, prior = errs.clone(), self._outlier_prior_t(errs, d)
         for k, row in enumerate(_DIAG[d]):
-            total[row] += self._outlier_prior_t(errs, d)[k, 0]
+            total[row] += prior[k, 0]
         return packed_logpdf(diff0[:, None, :], total, d)
 
     def end_iteration(self, stats: Stats, optimizer: torch.optim.Optimizer | None = None) -> bool:
