@@ -369,3 +369,19 @@ def test_the_survey_registers_its_sweeper_where_hydras_scan_does_not_find_it(con
     run_survey(cones, tmp_path / "survey")
     assert name in plugins.class_name_to_class
     assert sorted(pd.read_csv(tmp_path / "survey" / survey.TABLE)["name"]) == ["Djorg_1", "NGC_6624", "NGC_6652"]
+
+
+def test_the_survey_composes_with_the_launcher_chosen_on_the_command_line(cones, tmp_path, monkeypatch):
+    """A wheel without the sweep extra: the default launcher's config cannot load, hydra/launcher=basic must."""
+    import shutil
+
+    import grasp_dl.runtime.config as config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(config.conf_dir(), conf)
+    (conf / "hydra" / "launcher" / "local_parallel.yaml").write_text("defaults:\n  - not_installed\n")
+    monkeypatch.setattr(config, "conf_dir", lambda: conf)
+    with pytest.raises(survey.ConfigError, match="not_installed"):
+        survey.compose_survey([f"survey.cones={cones}"])
+    cfg = survey.compose_survey([f"survey.cones={cones}", "hydra/launcher=basic", "hydra.launcher.n_jobs=3"])
+    assert cfg.survey.cones == str(cones)

@@ -143,14 +143,19 @@ def _sweep_value(name: str) -> str:
 
 
 def compose_survey(overrides: list[str]) -> DictConfig:
-    """The ``survey`` config composed with the command line's overrides (outside a Hydra app)."""
+    """The ``survey`` config composed with the command line's overrides (outside a Hydra app).
+
+    Hydra's config-group choices (``hydra/launcher=basic``) are kept: they decide which launcher
+    config is loaded, and the default one (joblib's) does not load without its plugin. Its
+    settings (``hydra.launcher.n_jobs=4``) do not change the survey's own node and are left out.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from grasp_dl.runtime.config import conf_dir
 
-    plain = [o for o in overrides if not o.startswith("-") and not o.startswith("hydra/") and "hydra." not in o]
+    plain = [o for o in overrides if not o.startswith("-") and "hydra." not in o]
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return compose("survey", overrides=plain)
