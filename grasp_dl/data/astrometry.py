@@ -24,6 +24,8 @@ from grasp_dl.runtime.errors import CatalogError, ConfigError
 ASTROMETRY = ("pmra", "pmdec", "parallax")
 ERROR_COLUMNS = {"pmra": "pmra_error", "pmdec": "pmdec_error", "parallax": "parallax_error"}
 CORRELATION_COLUMN = "pmra_pmdec_corr"
+#: Features whose absence makes a row a "no astrometry" row (and nothing else missing).
+_ASTROMETRIC_FEATURES = set(ASTROMETRY) | set(ERROR_COLUMNS.values()) | {CORRELATION_COLUMN}
 #: Photometry the colour-magnitude terms use: magnitude, colour.
 CMD_COLUMNS = ("phot_g_mean_mag", "bp_rp")
 
@@ -85,6 +87,26 @@ class StarData:
             None if self.position is None else self.position[rows],
         )
 
+    @staticmethod
+    def concatenate(parts: Sequence[StarData]) -> StarData:
+        """The stars of ``parts``, one after another (photometry and positions kept where every part has them).
+
+        Parameters
+        ----------
+        parts : sequence of StarData
+            With the same astrometric dimensions.
+
+        Returns
+        -------
+        StarData
+        """
+
+        def joined(name: str) -> np.ndarray | None:
+            arrays = [getattr(part, name) for part in parts]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+        return StarData(*(joined(name) for name in ("values", "covariances", "radius", "cmd", "position")))
+
 
 def error_covariances(
     pmra_error: np.ndarray,
@@ -138,6 +160,34 @@ def astrometry_columns(features: Sequence[str]) -> list[str]:
         ``["pmra", "pmdec"]``, plus ``"parallax"`` when it is among ``features``.
     """
     return ["pmra", "pmdec"] + (["parallax"] if "parallax" in features else [])
+
+
+def no_astrometry_rows(flags: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+    """Rows left out only because *all* their astrometric features are missing (a 2-parameter solution).
+
+    A row missing only some of them (say pmra alone) is a damaged record, not a 2-parameter
+    solution, and stays unscored.
+
+    Parameters
+    ----------
+    flags : numpy.ndarray
+        Why each row was left out (:class:`~grasp_dl.data.prepare.PreparedCatalog`'s ``flags``).
+    feature_names : sequence of str
+        The features asked for.
+
+    Returns
+    -------
+    numpy.ndarray
+        One boolean per row.
+    """
+    astrometric = set(feature_names) & _ASTROMETRIC_FEATURES
+    out = np.zeros(len(flags), dtype=bool)
+    if not {"pmra", "pmdec"} <= astrometric:
+        return out
+    for i, flag in enumerate(flags):
+        if isinstance(flag, str) and flag.startswith("missing:"):
+            out[i] = set(flag[len("missing:") :].split("+")) == astrometric
+    return out
 
 
 def require_error_columns(table: pd.DataFrame, quantities: Sequence[str], what: str) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from grasp_dl.data.astrometry import StarData, astrometry_columns, star_data
+from grasp_dl.data.astrometry import StarData, astrometry_columns, no_astrometry_rows, star_data
 from grasp_dl.data.catalog import read_catalog
 from grasp_dl.data.loader import TensorBatchLoader, is_block, train_batch_limit
 from grasp_dl.data.prepare import DEFAULT_FEATURES, PreparedCatalog, prepare_stellar_data
@@ -223,6 +223,26 @@ class StellarCatalogDataModule(L.LightningDataModule):
             self._star_cache[key] = stars if index is None else stars.subset(index.numpy())
         return self._star_cache[key]
 
+    def stars_without_astrometry(self, what: str | None = "the error-aware model") -> StarData:
+        """The rows left out only for lacking astrometry (2-parameter sources) with a position: radius, position, photometry.
+
+        Every process gets all of them (they are not split); their astrometry is NaN.
+        """
+        self._require_setup()
+        if self.prepared.center is None:
+            raise ConfigError(
+                f"{what} needs the cluster centre: include ra and dec in data.features or give data.center"
+            )
+        key = ("without_astrometry",)
+        if key not in self._star_cache:
+            rows = no_astrometry_rows(self.prepared.flags, self.prepared.feature_names)
+            for column in ("ra", "dec"):
+                rows &= np.isfinite(self.table[column].to_numpy(dtype=float, na_value=np.nan))
+            quantities = astrometry_columns(self.features)
+            table = self.table.iloc[np.flatnonzero(rows)]
+            self._star_cache[key] = star_data(table, self.prepared.center, quantities, True, what or "")
+        return self._star_cache[key]
+
     def radius(self, split: str = "train") -> np.ndarray:
         """Distance from the centre (degrees) of a split's rows, in ``data`` order."""
         self._require_setup()
@@ -286,6 +306,7 @@ class StellarCatalogDataModule(L.LightningDataModule):
             stars=self.star_data("train", needs.photometry, what=needs.stars) if needs.stars else None,
             radius=self.radius("train") if needs.radius else None,
             noise_factors=self.noise_factors("train") if needs.noise_factors else None,
+            without_astrometry=self.stars_without_astrometry(needs.stars) if needs.no_astrometry else None,
         )
         return catalog if device is None else catalog.to(device)
 

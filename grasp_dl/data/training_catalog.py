@@ -36,12 +36,16 @@ class CatalogNeeds:
     noise_factors : str or None
         The setting that needs each star's map from unit normal draws to noise in the
         standardised features (noise augmentation).
+    no_astrometry : bool
+        Whether the module also fits the stars left out for lacking astrometry (Gaia's 2-parameter
+        sources: position and photometry only), as :class:`StarData` beside the training rows.
     """
 
     stars: str | None = None
     photometry: bool = False
     radius: str | None = None
     noise_factors: str | None = None
+    no_astrometry: bool = False
 
 
 @dataclass
@@ -60,12 +64,16 @@ class TrainingCatalog:
         Distance from the cluster centre in degrees, shape (n,).
     noise_factors : Tensor or None
         Per-star maps from unit normal draws to noise in the standardised features, (n, input_dim, d).
+    without_astrometry : StarData or None
+        The catalogue's stars without astrometry (2-parameter sources) with their radius, position
+        and photometry: not training rows (no features), for a module that fits them too.
     """
 
     features: Tensor
     stars: StarData | None = None
     radius: np.ndarray | None = None
     noise_factors: Tensor | None = None
+    without_astrometry: StarData | None = None
 
     def __post_init__(self) -> None:
         n = len(self.features)

@@ -24,31 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grasp_dl.data.astrometry import ASTROMETRY, CORRELATION_COLUMN, ERROR_COLUMNS, astrometry_columns, star_data
+from grasp_dl.data.astrometry import astrometry_columns, no_astrometry_rows, star_data
 from grasp_dl.data.prepare import PreparedCatalog
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.membership.rules import entropy
 from grasp_dl.runtime.capabilities import ScoresPositions, SpreadsMembershipOfStars
 
 FLAG_NO_ASTROMETRY = "scored:no_astrometry"
-#: Features whose absence makes a row a "no astrometry" row (and nothing else missing).
-_ASTROMETRIC_FEATURES = set(ASTROMETRY) | set(ERROR_COLUMNS.values()) | {CORRELATION_COLUMN}
-
-
-def no_astrometry_rows(flags: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
-    """Rows left out only because *all* their astrometric features are missing (a 2-parameter solution).
-
-    A row missing only some of them (say pmra alone) is a damaged record, not a 2-parameter
-    solution, and stays unscored.
-    """
-    astrometric = set(feature_names) & _ASTROMETRIC_FEATURES
-    out = np.zeros(len(flags), dtype=bool)
-    if not {"pmra", "pmdec"} <= astrometric:
-        return out
-    for i, flag in enumerate(flags):
-        if isinstance(flag, str) and flag.startswith("missing:"):
-            out[i] = set(flag[len("missing:") :].split("+")) == astrometric
-    return out
 
 
 def score_without_astrometry(

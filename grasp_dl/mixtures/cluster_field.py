@@ -879,6 +879,50 @@ class ClusterFieldMixture:
             stats["eta0_ll"] = self._eta_floor_log_likelihoods(batch, ratio, spatial, prior)
         return stats, q
 
+    def e_step_positional(self, radius: Tensor, log_extra: Tensor) -> tuple[Stats, Tensor]:
+        """Statistics and memberships of stars without astrometry, from their radius and another modality.
+
+        Their likelihood is sum_j w_j Sigma_j(r) h_j, h_j the other modality's density (the
+        colour-magnitude diagram of ``model=multimodal``): the astrometry is integrated out, so they
+        weigh in on the weights and the spatial profile only. Where that modality holds the
+        magnitude, which with the crowding decides whether a star has astrometry, the selection
+        multiplies every component's density alike and cancels: the weights and the profile are
+        then those of all stars, not of the ones with astrometry.
+
+        Parameters
+        ----------
+        radius : Tensor
+            (n,) radii, clipped at the cone's radius (float64, any device).
+        log_extra : Tensor
+            (n, k) their log-densities under each component in the other modality.
+
+        Returns
+        -------
+        stats : dict
+            ``loglik``, ``count``, ``position_mass`` (k: their memberships' sums, added to the
+            weights' and the profile's masses in the M-step) and, inside an iteration, ``scale_s``
+            (their share of the candidate scales' sums); add them to :meth:`e_step`'s before
+            :meth:`end_iteration`.
+        memberships : Tensor
+            (n, k) component probabilities, column 0 the cluster.
+        """
+        with single_cpu_thread(radius.device):
+            params = self._params(radius)
+            joint = self._log_spatial_t(radius, params["weights"]) + log_extra.to(radius.dtype)
+            norm = torch.logsumexp(joint, 1)
+            q = torch.exp(joint - norm[:, None])
+            on_profile = q[:, self._on_profile].sum(1)
+            stats: Stats = {
+                "loglik": norm.sum(),
+                "count": torch.tensor(float(len(radius)), dtype=torch.float64, device=radius.device),
+                "position_mass": q.sum(0),
+            }
+            grid = params["scale_grid"]
+            if grid is not None:  # inside an iteration (start_iteration fixed its candidate scales)
+                a2 = torch.exp(2.0 * grid)[:, None]
+                stats["scale_s"] = (torch.log1p(radius[None, :] ** 2 / a2) * on_profile).sum(1)
+            return stats, q
+
     def _eta_floor_candidates(self) -> np.ndarray:
         hi = ETA_FLOOR_CANDIDATES.max() if self.eta_max is None else self.eta_max
         return np.unique(np.clip(ETA_FLOOR_CANDIDATES, self.eta_min, hi))
@@ -943,8 +987,12 @@ class ClusterFieldMixture:
 
     def _m_step(self, stats: Stats, optimizer: torch.optim.Optimizer | None) -> None:
         d = stats["c_b"].shape[0]
-        mass = stats["mass"].numpy() + 1e-12
-        self.weights_ = mass / mass.sum()
+        mass = stats["mass"].numpy() + 1e-12  # the stars with astrometry: the astrometric parameters' mass
+        # the weights and the profile: every star, those without astrometry included (e_step_positional)
+        everyone = stats["mass"].numpy()
+        if "position_mass" in stats:
+            everyone = everyone + stats["position_mass"].numpy()
+        self.weights_ = (everyone + 1e-12) / (everyone + 1e-12).sum()
         for j in range(self.n_field_):
             s = self.field_covariances_[j]
             mean = stats["field_b"][j].numpy() / mass[j + 1]
@@ -977,7 +1025,7 @@ class ClusterFieldMixture:
             self._outlier_m_step(stats, float(mass[-1]))
         if "cmd_counts" in stats:
             self.cmd_histogram_.fit_counts(stats["cmd_counts"].numpy())
-        self._update_shape(stats, float(sum(stats["mass"][j] for j in self._on_profile)), optimizer)
+        self._update_shape(stats, float(sum(everyone[j] for j in self._on_profile)), optimizer)
 
     def _outlier_m_step(self, stats: Stats, mass: float) -> None:
         """The outliers' spread about the cluster's (new) mean: pm (both axes) and parallax."""
@@ -1281,16 +1329,16 @@ class ClusterFieldMixture:
         self.log_summary()
         return self
 
-    def run_null_test(self, batch: EMBatch) -> float:
+    def run_null_test(self, batch: EMBatch, refit: bool = False) -> float:
         """Keep :meth:`null_log_likelihood_ratio` of ``batch`` as ``log_likelihood_ratio_``; returns it."""
-        self.log_likelihood_ratio_ = self.null_log_likelihood_ratio(batch)
+        self.log_likelihood_ratio_ = self.null_log_likelihood_ratio(batch, refit=refit)
         return self.log_likelihood_ratio_
 
     def null_permutations(self, n_stars: int) -> int:
         """Shuffles the null averages for ``n_stars`` stars: NULL_PERMUTATIONS within NULL_STAR_BUDGET, at least 1."""
         return int(min(NULL_PERMUTATIONS, max(1, NULL_STAR_BUDGET // max(int(n_stars), 1))))
 
-    def null_log_likelihood_ratio(self, batch: EMBatch, permutations: int | None = None) -> float:
+    def null_log_likelihood_ratio(self, batch: EMBatch, permutations: int | None = None, refit: bool = False) -> float:
         """log L(fit) - the mean log L of the same model on the stars with their positions shuffled.
 
         The radii are shuffled among the stars (seeded) and the model refitted from the fit
@@ -1301,6 +1349,10 @@ class ClusterFieldMixture:
         against its average over ``permutations`` shuffles (:meth:`null_permutations` by default;
         the first shuffle is the one a single-shuffle null used). ``null_ratios_`` keeps each
         shuffle's ratio (their spread is one shuffle's noise).
+
+        With ``refit`` the fit's side is refitted to ``batch`` as each shuffle is (NULL_ITER
+        iterations from the fit): for a fit whose weights other stars shaped too (the stars without
+        astrometry of ``model=multimodal``), which ``batch`` alone would otherwise hold against it.
         """
         permutations = self.null_permutations(len(batch)) if permutations is None else max(1, int(permutations))
         fitted = self.get_state()
@@ -1312,6 +1364,11 @@ class ClusterFieldMixture:
             crowding, fit_floor = self.crowding, self.fit_eta_floor
             nulls = []
             try:
+                if refit:  # on the same terms as the shuffles
+                    if self.hold_crowding_in_null:
+                        self.crowding = self.fit_eta_floor = False
+                    loglik = self._em(batch, NULL_ITER)
+                    self.crowding, self.fit_eta_floor = crowding, fit_floor
                 for _ in range(permutations):
                     order = torch.randperm(len(batch), generator=generator).to(batch.radius.device)
                     shuffled = EMBatch(batch.values, batch.errors, batch.radius[order], batch.log_extra, batch.cmd_bin)

@@ -57,7 +57,7 @@ def add_stats(total: Stats | None, stats: Stats) -> Stats:
     total : dict or None
         Statistics summed so far.
     stats : dict
-        One batch's statistics (same keys and shapes).
+        One batch's statistics (the same shapes; a key ``total`` lacks is added).
 
     Returns
     -------
@@ -66,7 +66,7 @@ def add_stats(total: Stats | None, stats: Stats) -> Stats:
     if total is None:
         return {key: value.clone() for key, value in stats.items()}
     for key, value in stats.items():
-        total[key] += value
+        total[key] = total[key] + value if key in total else value.clone()
     return total
 
 

@@ -39,7 +39,13 @@ A small share of any cluster's members sits off its sequence (blends and BP/RP c
 crowded fields, variables, photometric outliers): the cluster's density is floored by
 ``outlier_fraction`` of the field's, so one bad colour cannot veto an astrometric member.
 
-Stars without astrometry (Gaia 2-parameter sources) are scored from their radius and their CMD.
+Stars without astrometry (Gaia 2-parameter sources) are scored from their radius and their CMD. With
+``fit_no_astrometry`` (the default) they are in the joint phase's fit too, their astrometry integrated
+out (:meth:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture.e_step_positional`): whether a star
+has astrometry depends on its magnitude and the crowding, which the cluster's faint members in a dense
+core feel most, so densities and weights fitted to the stars with astrometry alone would under-count
+the cluster exactly where those stars are. With the magnitude in the model that selection is the same
+for every component and cancels.
 """
 
 from __future__ import annotations
@@ -104,6 +110,10 @@ class MultiModalModule(XDModule):
         Stars of each Adam step (a seeded subsample of the training stars).
     outlier_fraction : float
         Share of the cluster's CMD density given to the field's shape (members off the sequence), in [0, 1).
+    fit_no_astrometry : bool
+        Fit the joint phase to the stars without astrometry too (their radius and CMD): the weights,
+        the spatial profile and the CMD densities are then those of all stars; else those of the stars
+        with astrometry, and the others are only scored.
     cmd_groups : int or None
         CMD densities per set: one per mixture component the fit may have (``n_clusters``, or
         1 + the most field components the BIC may choose when it is None, + 1 for the cluster's
@@ -134,6 +144,7 @@ class MultiModalModule(XDModule):
         cmd_lr: float = 0.01,
         cmd_batch: int = 2048,
         outlier_fraction: float = 0.05,
+        fit_no_astrometry: bool = True,
         cmd_groups: int | None = None,
         **options: Any,
     ) -> None:
@@ -172,6 +183,7 @@ class MultiModalModule(XDModule):
                 "cmd_lr": float(cmd_lr),
                 "cmd_batch": int(cmd_batch),
                 "outlier_fraction": float(outlier_fraction),
+                "fit_no_astrometry": bool(fit_no_astrometry),
                 "cmd_groups": int(cmd_groups),
             }
         )
@@ -187,7 +199,12 @@ class MultiModalModule(XDModule):
         self.register_buffer("cmd_phase_start", torch.tensor(-1))
         #: mean -log density of the training stars' CMD under one Gaussian of all of them (the warm-up's CMD term)
         self.register_buffer("reference_nll", torch.tensor(0.0, dtype=torch.float64))
+        #: the CMD rows of the training stars: those with astrometry (in the EM's order), then, with
+        #: fit_no_astrometry, those without it that have photometry (the positional rows)
         self._cmd_rows: dict[str, Tensor] = {}
+        self._n_astrometric = 0
+        self._position_radius: Tensor | None = None
+        self._position_extra: Tensor | None = None
         self._q_sum: Tensor | None = None
         self._q_count: Tensor | None = None
 
@@ -199,7 +216,7 @@ class MultiModalModule(XDModule):
         -------
         CatalogNeeds
         """
-        return CatalogNeeds(stars=WHAT, photometry=True)
+        return CatalogNeeds(stars=WHAT, photometry=True, no_astrometry=bool(self.hparams.fit_no_astrometry))
 
     @property
     def joint_phase(self) -> bool:
@@ -228,6 +245,10 @@ class MultiModalModule(XDModule):
                 f"{WHAT} needs the photometry (phot_g_mean_mag, bp_rp) of at least 20 training stars with "
                 f"astrometry; {int(finite.sum())} have it: choose model=xd for this catalogue"
             )
+        without = self.without_astrometry(catalog)
+        if len(without):  # the densities learn the stars without astrometry too
+            cmd = np.concatenate([cmd[finite], without])
+            finite = np.ones(len(cmd), dtype=bool)
         with torch.no_grad():
             self.cmd_centre.copy_(torch.as_tensor(np.median(cmd[finite], axis=0), dtype=self.cmd_centre.dtype))
             g = cmd[finite, 0]
@@ -240,13 +261,39 @@ class MultiModalModule(XDModule):
             scale = float(torch.log(self.cmd_scale.double()).sum())
             self.reference_nll.fill_(float(-reference.log_prob(points.double()).mean()) + scale)
 
+    def without_astrometry(self, catalog: TrainingCatalog) -> np.ndarray:
+        """The (G, BP-RP) of the catalogue's stars without astrometry that the joint phase fits (``fit_no_astrometry``).
+
+        Parameters
+        ----------
+        catalog : TrainingCatalog
+
+        Returns
+        -------
+        numpy.ndarray
+            (n, 2); empty without ``fit_no_astrometry`` or such stars.
+        """
+        stars = catalog.without_astrometry
+        if not self.hparams.fit_no_astrometry or stars is None or stars.cmd is None:
+            return np.zeros((0, 2))
+        cmd = np.asarray(stars.cmd, float)
+        return cmd[np.isfinite(cmd).all(1) & np.isfinite(stars.radius)]
+
     def on_fit_start(self) -> None:
         """As :meth:`XDModule.on_fit_start`, plus the training stars' standardised CMD, errors and positions on the device."""
         super().on_fit_start()
-        stars = self.train_catalog.stars
-        has = np.asarray(stars.has_astrometry)
-        self._cmd_rows = self.cmd_inputs(stars.subset(has))
-        n = int(has.sum())
+        stars = self.train_catalog.stars.subset(np.asarray(self.train_catalog.stars.has_astrometry))
+        self._n_astrometric = len(stars.radius)
+        positional = self.train_catalog.without_astrometry if self.hparams.fit_no_astrometry else None
+        if positional is not None:
+            positional = positional.subset(np.isfinite(positional.cmd).all(1) & np.isfinite(positional.radius))
+            stars = StarData.concatenate([stars, positional])
+        self._cmd_rows = self.cmd_inputs(stars)
+        radius_max = self.fitted_mixture().radius_max_
+        radius = np.minimum(stars.radius[self._n_astrometric :], radius_max)
+        self._position_radius = torch.as_tensor(radius, dtype=torch.float64, device=self.device)
+        self._position_extra = None
+        n = len(stars.radius)
         generator = torch.Generator().manual_seed(int(self.hparams.seed) + 1)
         m = self.hparams.ensemble_size
         boot = torch.empty(m, n).exponential_(generator=generator)  # Bayesian bootstrap
@@ -488,6 +535,9 @@ class MultiModalModule(XDModule):
         mixture = self.fitted_mixture()
         with torch.no_grad():
             q = torch.cat([mixture.e_step_memberships(chunk)[1] for chunk in self._em_data.chunks()])
+            if self._position_radius is not None and len(self._position_radius):  # from their radius alone
+                flat = torch.zeros(len(self._position_radius), q.shape[1], dtype=q.dtype, device=q.device)
+                q = torch.cat([q, mixture.e_step_positional(self._position_radius.to(q.device), flat)[1]])
         loss = self.fit_cmd(q, int(self.hparams.cmd_start_steps), salt=mixture.n_iter_)
         self.cmd_phase_start.fill_(int(mixture.n_iter_))
         mixture.tol = float(self.hparams.cmd_tol)
@@ -502,7 +552,8 @@ class MultiModalModule(XDModule):
             self.start_joint_phase()
         if self._em_data is not None and self.joint_phase:
             extra = self.training_log_extra(self.fitted_mixture().n_components)
-            self._em_data = self._em_data.with_log_extra(extra)
+            self._em_data = self._em_data.with_log_extra(extra[: self._n_astrometric])
+            self._position_extra = extra[self._n_astrometric :]
         if self._q_sum is not None:
             self._q_sum.zero_()
             self._q_count.zero_()
@@ -521,6 +572,42 @@ class MultiModalModule(XDModule):
             self._q_count.index_add_(0, index, torch.ones_like(q[:, 0]))
         if batch_idx + 1 >= self.trainer.num_training_batches:
             self.em_m_step()
+
+    def epoch_stats(self) -> dict[str, Tensor]:
+        """The epoch's statistics, in the joint phase with the stars without astrometry (:meth:`positional_e_step`)."""
+        stats = super().epoch_stats()
+        if self.joint_phase and self._position_extra is not None and len(self._position_extra):
+            stats = add_stats(stats, self.positional_e_step())
+        return stats
+
+    def positional_e_step(self) -> dict[str, Tensor]:
+        """The stars without astrometry: their statistics and memberships (kept for the CMD steps), from radius and CMD.
+
+        Every process holds them all; rank 0 alone counts them (the others add zeros), so the
+        sums over processes count each star once.
+
+        Returns
+        -------
+        dict
+            :meth:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture.e_step_positional`'s statistics.
+        """
+        with torch.no_grad():
+            stats, q = self.fitted_mixture().e_step_positional(self._position_radius, self._position_extra)
+        if self.global_rank != 0:
+            return {key: torch.zeros_like(value) for key, value in stats.items()}
+        rows = torch.arange(self._n_astrometric, self._n_astrometric + len(q), device=self._q_sum.device)
+        self._q_sum.index_add_(0, rows, q.to(self._q_sum.dtype))
+        self._q_count.index_add_(0, rows, torch.ones_like(q[:, 0]))
+        return stats
+
+    def _null_test(self) -> None:
+        """:meth:`XDModule._null_test`; where stars without astrometry shaped the weights, the fit is refitted to the others as each shuffle is."""
+        mixture = self.fitted_mixture()
+        if mixture.null_test and mixture.log_likelihood_ratio_ is None and self._em_data is not None:
+            mixture.run_null_test(
+                self._em_data, refit=self._position_radius is not None and len(self._position_radius) > 0
+            )
+            self.adopt(mixture)
 
     def after_m_step(self) -> None:
         """The joint phase's CMD steps on the memberships of this iteration's E-step (summed over processes)."""
@@ -543,7 +630,7 @@ class MultiModalModule(XDModule):
         n = max(getattr(mixture, "n_fit_", 1), 1)
         nll = -mixture.log_likelihood_ / n
         if not self.joint_phase and self._cmd_rows:
-            share = float(self._cmd_rows["valid"].double().mean())
+            share = float(self._cmd_rows["valid"][: self._n_astrometric].double().mean())
             nll += float(self.reference_nll) * share
         self.log("multimodal/nll", nll if math.isfinite(nll) else math.inf, on_epoch=True, sync_dist=True)
 

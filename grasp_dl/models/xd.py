@@ -337,15 +337,26 @@ class XDModule(ClusteringModule):
         reached = max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1
         return bool(trainer.should_stop or reached or self.em_fit_done())
 
+    def epoch_stats(self) -> Stats:
+        """This process's E-step statistics of the epoch (zeros for a process without batches, which still joins the reduction).
+
+        Returns
+        -------
+        dict
+            Sums over the stars of this process's batches.
+        """
+        if self._em_stats is not None:
+            return self._em_stats
+        with torch.no_grad():
+            stats = self.fitted_mixture().e_step(
+                self._em_data.rows(torch.zeros(0, dtype=torch.long, device=self.device))
+            )
+        return {key: torch.zeros_like(value) for key, value in stats.items()}
+
     def em_m_step(self) -> None:
         """Reduce the epoch's statistics over processes, run the M-step and the convergence test."""
         mixture = self.fitted_mixture()
-        stats = self._em_stats
-        if stats is None:  # a process without batches still joins the reduction
-            with torch.no_grad():
-                stats = mixture.e_step(self._em_data.rows(torch.zeros(0, dtype=torch.long, device=self.device)))
-            stats = {key: torch.zeros_like(value) for key, value in stats.items()}
-        flat, layout = flatten_stats(stats)
+        flat, layout = flatten_stats(self.epoch_stats())
         flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
         mixture.end_iteration(unflatten_stats(flat, layout), self.shape_optimizer())
         self.adopt(mixture)
