@@ -22,7 +22,7 @@ def test_readme_stays_short_and_opens_with_the_two_commands():
     blocks = re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
     assert blocks[0].endswith("pip install -e '.[dev]' && grasp-dl train")
     # .ci/run runs exactly this command
-    assert blocks[1] == ". .venv/bin/activate && python -m pytest"
+    assert blocks[1] == ". .venv/bin/activate && python -m pytest -n auto --dist loadfile"
     assert blocks[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
