@@ -285,7 +285,7 @@ class MultiModalModule(XDModule):
         stars = self.train_catalog.stars.subset(np.asarray(self.train_catalog.stars.has_astrometry))
         self._n_astrometric = len(stars.radius)
         positional = self.train_catalog.without_astrometry if self.hparams.fit_no_astrometry else None
-        if positional is not None:
+        if positional is not None and positional.cmd is not None:
             positional = positional.subset(np.isfinite(positional.cmd).all(1) & np.isfinite(positional.radius))
             stars = StarData.concatenate([stars, positional])
         self._cmd_rows = self.cmd_inputs(stars)
@@ -602,14 +602,14 @@ class MultiModalModule(XDModule):
         self._q_count.index_add_(0, rows, torch.ones_like(q[:, 0]))
         return stats
 
-    def _null_test(self) -> None:
-        """:meth:`XDModule._null_test`; where stars without astrometry shaped the weights, the fit is refitted to the others as each shuffle is."""
-        mixture = self.fitted_mixture()
-        if mixture.null_test and mixture.log_likelihood_ratio_ is None and self._em_data is not None:
-            mixture.run_null_test(
-                self._em_data, refit=self._position_radius is not None and len(self._position_radius) > 0
-            )
-            self.adopt(mixture)
+    def null_refits_the_fit(self) -> bool:
+        """Yes where stars without astrometry shaped the weights: the fit is then refitted to the others as each shuffle is.
+
+        Returns
+        -------
+        bool
+        """
+        return self._position_radius is not None and len(self._position_radius) > 0
 
     def after_m_step(self) -> None:
         """The joint phase's CMD steps on the memberships of this iteration's E-step (summed over processes)."""

@@ -385,8 +385,17 @@ class XDModule(ClusteringModule):
         """
         mixture = self.fitted_mixture()
         if mixture.null_test and mixture.log_likelihood_ratio_ is None and self._em_data is not None:
-            mixture.run_null_test(self._em_data)
+            mixture.run_null_test(self._em_data, refit=self.null_refits_the_fit())
             self.adopt(mixture)
+
+    def null_refits_the_fit(self) -> bool:
+        """Whether the null test refits the fit to the EM's stars as it refits each shuffle (no: the fit is theirs).
+
+        Returns
+        -------
+        bool
+        """
+        return False
 
     def on_fit_end(self) -> None:
         """Run the null test when training stopped before the EM finished (``trainer.max_epochs``)."""
