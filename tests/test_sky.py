@@ -192,6 +192,25 @@ def test_the_verdict_says_how_many_shuffles_the_null_averaged():
     assert check["diagnostics"]["null_permutations"] == 16
 
 
+def test_the_check_line_shows_the_null_ratio_that_decides_and_only_reports_the_radius_ratio():
+    from grasp_dl.membership.guards import check_plausibility, diagnostics_line
+    from grasp_dl.membership.summary import ClusterSummary
+
+    rng = np.random.default_rng(1)
+    radius = 0.1 * np.sqrt(rng.random(300))
+    pm = rng.normal(0.0, 3.0, (300, 2))
+    prob = np.zeros(300)
+    prob[:60] = 1.0
+    pm[:60] = rng.normal(0.0, 0.1, (60, 2))
+    with_null = check_plausibility(prob, radius, pm, log_likelihood_ratio=42.5, null_permutations=16)
+    line = diagnostics_line(ClusterSummary(0, diagnostics=with_null["diagnostics"]))
+    assert "positions add 42.5 to the log-likelihood over shuffled ones (mean of 16 shuffles) (>= 10.0 needed)" in line
+    assert "reported)" in line and "< 0.7 needed" not in line
+    without = check_plausibility(prob, radius, pm)  # no null: the radius ratio decides, and says its bound
+    line = diagnostics_line(ClusterSummary(0, diagnostics=without["diagnostics"]))
+    assert "< 0.7 needed" in line and "shuffled" not in line
+
+
 def test_data_cluster_reaches_the_default_single_phase_model(tmp_path, pal13_path):
     from grasp_dl.data.clusters import literature_cluster
     from grasp_dl.jobs import train as pipeline

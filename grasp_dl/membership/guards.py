@@ -613,7 +613,7 @@ def astrometry_line(summary: ClusterSummary) -> str | None:
 
 
 def diagnostics_line(summary: ClusterSummary) -> str | None:
-    """One line of the numbers behind the verdict (share, radius ratio, pm dispersion ratio).
+    """One line of the numbers behind the verdict (share, the null's log-likelihood ratio, radius ratio, pm dispersion ratio).
 
     Parameters
     ----------
@@ -631,10 +631,19 @@ def diagnostics_line(summary: ClusterSummary) -> str | None:
     parts = []
     if d.get("cluster_share") is not None:
         parts.append(f"share {d['cluster_share']:.3f}")
+    null = d.get("log_likelihood_ratio")
+    if null is not None:  # the spatial test compares with the no-cluster null; the radius ratio is only reported
+        shuffles = d.get("null_permutations")
+        over = f" (mean of {shuffles} shuffles)" if shuffles and shuffles > 1 else ""
+        parts.append(
+            f"positions add {null:.1f} to the log-likelihood over shuffled ones{over} "
+            f"(>= {d['min_log_likelihood_ratio']:.1f} needed)"
+        )
     if d.get("radius_ratio") is not None:
+        needed = "reported" if null is not None else f"< {MAX_RADIUS_RATIO} needed"
         parts.append(
             f"median radius {d['member_median_radius_arcmin']:.2f}' vs others' {d['other_median_radius_arcmin']:.2f}' "
-            f"(ratio {d['radius_ratio']:.2f}, < {MAX_RADIUS_RATIO} needed)"
+            f"(ratio {d['radius_ratio']:.2f}, {needed})"
         )
     if d.get("pm_dispersion_ratio") is not None:
         kind = "deconvolved " if d.get("pm_dispersion_deconvolved") else ""
