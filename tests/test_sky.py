@@ -178,15 +178,21 @@ def test_the_null_shuffles_fewer_times_in_larger_cones():
     assert m.null_permutations(NULL_STAR_BUDGET) == m.null_permutations(10**6) == 1
 
 
+def _tight_group(n: int, members: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``members`` stars of probability 1 tight in pm (0.1 mas/yr) among ``n`` spread evenly over a cone; (prob, radius, pm)."""
+    rng = np.random.default_rng(seed)
+    radius = 0.1 * np.sqrt(rng.random(n))
+    pm = rng.normal(0.0, 3.0, (n, 2))
+    prob = np.zeros(n)
+    prob[:members] = 1.0
+    pm[:members] = rng.normal(0.0, 0.1, (members, 2))
+    return prob, radius, pm
+
+
 def test_the_verdict_says_how_many_shuffles_the_null_averaged():
     from grasp_dl.membership.guards import check_plausibility
 
-    rng = np.random.default_rng(0)
-    radius = 0.1 * np.sqrt(rng.random(200))
-    pm = rng.normal(0.0, 3.0, (200, 2))
-    prob = np.zeros(200)
-    prob[:40] = 1.0
-    pm[:40] = rng.normal(0.0, 0.1, (40, 2))
+    prob, radius, pm = _tight_group(200, 40, seed=0)
     check = check_plausibility(prob, radius, pm, log_likelihood_ratio=4.0, null_permutations=16)
     assert not check["cluster_found"] and "the mean over 16 shuffles" in check["cluster_reason"]
     assert check["diagnostics"]["null_permutations"] == 16
@@ -196,12 +202,7 @@ def test_the_check_line_shows_the_null_ratio_that_decides_and_only_reports_the_r
     from grasp_dl.membership.guards import check_plausibility, diagnostics_line
     from grasp_dl.membership.summary import ClusterSummary
 
-    rng = np.random.default_rng(1)
-    radius = 0.1 * np.sqrt(rng.random(300))
-    pm = rng.normal(0.0, 3.0, (300, 2))
-    prob = np.zeros(300)
-    prob[:60] = 1.0
-    pm[:60] = rng.normal(0.0, 0.1, (60, 2))
+    prob, radius, pm = _tight_group(300, 60, seed=1)
     with_null = check_plausibility(prob, radius, pm, log_likelihood_ratio=42.5, null_permutations=16)
     line = diagnostics_line(ClusterSummary(0, diagnostics=with_null["diagnostics"]))
     assert "positions add 42.5 to the log-likelihood over shuffled ones (mean of 16 shuffles) (>= 10.0 needed)" in line

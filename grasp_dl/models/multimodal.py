@@ -246,8 +246,8 @@ class MultiModalModule(XDModule):
                 f"astrometry; {int(finite.sum())} have it: choose model=xd for this catalogue"
             )
         without = self.without_astrometry(catalog)
-        if len(without):  # the densities learn the stars without astrometry too
-            cmd = np.concatenate([cmd[finite], without])
+        if without is not None:  # the densities learn the stars without astrometry too
+            cmd = np.concatenate([cmd[finite], without.cmd])
             finite = np.ones(len(cmd), dtype=bool)
         with torch.no_grad():
             self.cmd_centre.copy_(torch.as_tensor(np.median(cmd[finite], axis=0), dtype=self.cmd_centre.dtype))
@@ -261,8 +261,8 @@ class MultiModalModule(XDModule):
             scale = float(torch.log(self.cmd_scale.double()).sum())
             self.reference_nll.fill_(float(-reference.log_prob(points.double()).mean()) + scale)
 
-    def without_astrometry(self, catalog: TrainingCatalog) -> np.ndarray:
-        """The (G, BP-RP) of the catalogue's stars without astrometry that the joint phase fits (``fit_no_astrometry``).
+    def without_astrometry(self, catalog: TrainingCatalog) -> StarData | None:
+        """The catalogue's stars without astrometry that the joint phase fits (``fit_no_astrometry``): finite CMD and radius.
 
         Parameters
         ----------
@@ -270,23 +270,22 @@ class MultiModalModule(XDModule):
 
         Returns
         -------
-        numpy.ndarray
-            (n, 2); empty without ``fit_no_astrometry`` or such stars.
+        StarData or None
+            None without ``fit_no_astrometry``, without such stars or without their photometry.
         """
         stars = catalog.without_astrometry
         if not self.hparams.fit_no_astrometry or stars is None or stars.cmd is None:
-            return np.zeros((0, 2))
-        cmd = np.asarray(stars.cmd, float)
-        return cmd[np.isfinite(cmd).all(1) & np.isfinite(stars.radius)]
+            return None
+        stars = stars.subset(np.isfinite(np.asarray(stars.cmd, float)).all(1) & np.isfinite(stars.radius))
+        return stars if len(stars.radius) else None
 
     def on_fit_start(self) -> None:
         """As :meth:`XDModule.on_fit_start`, plus the training stars' standardised CMD, errors and positions on the device."""
         super().on_fit_start()
         stars = self.train_catalog.stars.subset(np.asarray(self.train_catalog.stars.has_astrometry))
         self._n_astrometric = len(stars.radius)
-        positional = self.train_catalog.without_astrometry if self.hparams.fit_no_astrometry else None
-        if positional is not None and positional.cmd is not None:
-            positional = positional.subset(np.isfinite(positional.cmd).all(1) & np.isfinite(positional.radius))
+        positional = self.without_astrometry(self.train_catalog)
+        if positional is not None:
             stars = StarData.concatenate([stars, positional])
         self._cmd_rows = self.cmd_inputs(stars)
         radius_max = self.fitted_mixture().radius_max_
