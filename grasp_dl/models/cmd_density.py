@@ -145,7 +145,12 @@ class CMDDensityEnsemble(nn.Module):
         return log_weights, out[..., 1:3], widths, MAX_CORRELATION * torch.tanh(out[..., 5])
 
     def log_prob(
-        self, points: Tensor, context: Tensor, noise_var: Tensor | None = None, members: int | None = None
+        self,
+        points: Tensor,
+        context: Tensor,
+        noise_var: Tensor | None = None,
+        members: int | None = None,
+        conditional: bool = False,
     ) -> Tensor:
         """log density of each point under every member (the first ``members``), its error variance convolved in.
 
@@ -160,6 +165,9 @@ class CMDDensityEnsemble(nn.Module):
             component's covariance; None: exact points.
         members : int, optional
             Evaluate members 0..members-1 only (None: all).
+        conditional : bool, default False
+            The density of the second coordinate given the first (the joint density over the
+            mixture's marginal of the first coordinate), instead of the joint density.
 
         Returns
         -------
@@ -177,7 +185,11 @@ class CMDDensityEnsemble(nn.Module):
         d0, d1 = x[..., 0] - mean[..., 0], x[..., 1] - mean[..., 1]
         maha = (c * d0 * d0 - 2.0 * b * d0 * d1 + a * d1 * d1) / det
         log_n = -0.5 * (maha + torch.log(det)) - math.log(2.0 * math.pi)
-        return torch.logsumexp(log_w + log_n, -1)
+        joint = torch.logsumexp(log_w + log_n, -1)
+        if not conditional:
+            return joint
+        marginal = -0.5 * (d0 * d0 / a + torch.log(a)) - 0.5 * math.log(2.0 * math.pi)
+        return joint - torch.logsumexp(log_w + marginal, -1)
 
 
 __all__ = ["CMDDensityEnsemble", "gaia_photometric_variance"]

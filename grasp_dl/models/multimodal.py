@@ -2,15 +2,20 @@
 
 Each star's likelihood is
 
-    p(star) = sum_j  w_j Sigma_j(r) N(v; m_j, S_j + C_i)  x  h_j(G, BP-RP | position)
+    p(star) = sum_j  w_j Sigma_j(r) N(v; m_j, S_j + C_i)  x  h_j(BP-RP | G)
 
 the error-deconvolved cluster + field mixture of :class:`~grasp_dl.models.xd.XDModule`, times the
 density of the star's colour-magnitude diagram (CMD) under the cluster (j = 0) and under the field
 (j >= 1, one density per field component: in a bulge cone one field component is the bulge, whose
 old stars share much of the cluster's CMD, another the foreground disc, and one field CMD for both
 would call the bulge's giants cluster-like). The CMD densities are mixture density networks
-conditioned on the star's position in the cone (:mod:`grasp_dl.models.cmd_density`), each star's
-photometric errors (Gaia DR3's as a function of G) convolved in.
+(:mod:`grasp_dl.models.cmd_density`), each star's photometric errors (Gaia DR3's as a function of G)
+convolved in. By default each is the density of the colour given the magnitude
+(``colour_given_magnitude``): which faint stars a field component takes is set by their astrometric
+errors, so a group's luminosity function is not the physics' and must not earn it members. With
+``position_conditioning`` they are conditioned on the position in the cone (differential
+reddening); off by default, as a field density conditioned on the position learns the cluster's
+faint members near the centre, which its flat profile cannot.
 
 The fit is a generalised EM in the Lightning loop of ``model=xd`` (one epoch, one iteration):
 
@@ -44,8 +49,8 @@ Stars without astrometry (Gaia 2-parameter sources) are scored from their radius
 out (:meth:`~grasp_dl.mixtures.cluster_field.ClusterFieldMixture.e_step_positional`): whether a star
 has astrometry depends on its magnitude and the crowding, which the cluster's faint members in a dense
 core feel most, so densities and weights fitted to the stars with astrometry alone would under-count
-the cluster exactly where those stars are. With the magnitude in the model that selection is the same
-for every component and cancels.
+the cluster exactly where those stars are. That selection depends on the magnitude and the position,
+which the model conditions on, so it is the same for every component and cancels.
 """
 
 from __future__ import annotations
@@ -95,7 +100,8 @@ class MultiModalModule(XDModule):
         Width of the CMD networks' two hidden layers.
     position_conditioning : bool
         Condition the CMD densities on the position in the cone (differential reddening); else
-        one CMD density per group for the whole cone.
+        (the default) one CMD density per group for the whole cone, as a group's flat or
+        concentrated profile says where its stars are, not its CMD.
     cmd_iter : int
         Iterations (epochs) of the joint phase at most.
     cmd_tol : float
@@ -136,7 +142,7 @@ class MultiModalModule(XDModule):
         ensemble_size: int = 5,
         n_components: int = 8,
         hidden: int = 16,
-        position_conditioning: bool = True,
+        position_conditioning: bool = False,
         cmd_iter: int = 20,
         cmd_tol: float = 1e-3,
         cmd_steps: int = 10,
@@ -145,6 +151,7 @@ class MultiModalModule(XDModule):
         cmd_batch: int = 2048,
         outlier_fraction: float = 0.05,
         fit_no_astrometry: bool = True,
+        colour_given_magnitude: bool = True,
         cmd_groups: int | None = None,
         **options: Any,
     ) -> None:
@@ -184,6 +191,7 @@ class MultiModalModule(XDModule):
                 "cmd_batch": int(cmd_batch),
                 "outlier_fraction": float(outlier_fraction),
                 "fit_no_astrometry": bool(fit_no_astrometry),
+                "colour_given_magnitude": bool(colour_given_magnitude),
                 "cmd_groups": int(cmd_groups),
             }
         )
@@ -316,6 +324,13 @@ class MultiModalModule(XDModule):
                 total,
             )
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """As :meth:`XDModule.on_load_checkpoint`; a checkpoint written before ``colour_given_magnitude`` scores the joint CMD it learnt."""
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("hyper_parameters")
+        if saved is not None and "colour_given_magnitude" not in saved:
+            self.hparams.colour_given_magnitude = False
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """L-BFGS over :attr:`em_shape` (the astrometric M-step) and Adam over the CMD networks.
 
@@ -384,12 +399,15 @@ class MultiModalModule(XDModule):
         """
         n, m = len(inputs["points"]), self.hparams.ensemble_size
         out = torch.zeros(k * m, n, dtype=torch.float64, device=inputs["points"].device)
-        jacobian = float(torch.log(self.cmd_scale.double()).sum())
+        conditional = bool(self.hparams.colour_given_magnitude)
+        scales = torch.log(self.cmd_scale.double())
+        jacobian = float(scales[1] if conditional else scales.sum())
         with torch.no_grad():
             for start in range(0, n, CHUNK):
                 part = slice(start, start + CHUNK)
                 points, context, noise = (inputs[key][part] for key in ("points", "context", "noise"))
-                out[:, part] = self.cmd.log_prob(points, context, noise, members=k * m).double() - jacobian
+                lp = self.cmd.log_prob(points, context, noise, members=k * m, conditional=conditional)
+                out[:, part] = lp.double() - jacobian
         out = torch.where(inputs["valid"][None, :], out, torch.zeros_like(out))
         return out.view(k, m, n)
 
@@ -469,7 +487,11 @@ class MultiModalModule(XDModule):
         inputs = self._cmd_rows
         k, m = q.shape[1], self.hparams.ensemble_size
         lp = self.cmd.log_prob(
-            inputs["points"][rows], inputs["context"][rows], inputs["noise"][rows], members=k * m
+            inputs["points"][rows],
+            inputs["context"][rows],
+            inputs["noise"][rows],
+            members=k * m,
+            conditional=bool(self.hparams.colour_given_magnitude),
         ).view(k, m, -1)
         w = set_weights[None, :, :] * q.T.to(lp.dtype)[:, None, :]  # (k, M, b)
         return -((w * lp).sum(-1) / w.sum(-1).clamp_min(1e-6)).sum()
