@@ -398,9 +398,14 @@ def api_method(model: str | None) -> Callable[[Field, dict[str, Any]], Scored]:
         params: dict[str, Any] = {"progress_bar": False, "overrides": list(options.get("set", ()))}
         if model is not None:
             params["model"] = model
+        from grasp_dl.runtime.errors import CatalogError
+
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            estimator = DeepClusteringModel(output_dir=tmp, **params).fit(field.catalog)
+            try:
+                estimator = DeepClusteringModel(output_dir=tmp, **params).fit(field.catalog)
+            except CatalogError as error:  # too few stars: the product refuses the cone, it names no cluster
+                return Scored(np.zeros(len(field.catalog)), None, str(error), found=False, reason=str(error))
             fit_seconds = time.perf_counter() - start
             table, summary = estimator.predict_table(
                 field.catalog, score_no_astrometry=bool(options.get("score_no_astrometry", False))

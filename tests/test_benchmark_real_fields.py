@@ -72,3 +72,17 @@ def test_a_benchmark_field_outside_the_package_reads_its_table_row(tmp_path, mon
     field = bench.real_field("NGC_6652", "literature")
     assert field.table_name == "NGC_6652" and field.bulge and field.member.sum() > 1000
     assert 0.05 <= field.pm_tolerance < 0.1 and 0.1 < field.sigma_pm < 0.4
+
+
+def test_a_cone_the_product_refuses_is_a_row_with_no_cluster_not_a_stopped_benchmark() -> None:
+    """A cone of 21 stars (19 to fit, 2 held out), as a cluster-free Munoz 1 cone is: refused in one line."""
+    from grasp_dl.data.simulate import simulate_field
+
+    bench = _script()
+    stars = simulate_field("m4", n_stars=400, seed=3)
+    stars = stars[stars["pmra"].notna() & stars["parallax"].notna()].head(21).reset_index(drop=True)
+    member = (stars.pop("truth") == "cluster").to_numpy()
+    field = bench.Field("tiny", stars, member, (0.0, 0.0), (float(stars["ra"].mean()), float(stars["dec"].mean())))
+    scored = bench.api_method("xd")(field, {"set": []})
+    assert scored.found is False and "too few stars: 19 with astrometry to fit" in scored.reason
+    assert not scored.member_prob.any() and len(scored.member_prob) == 21

@@ -483,6 +483,17 @@ def test_a_cone_too_small_for_a_mixture_is_one_line(capsys, tmp_path, cone):
     assert_one_line_error(result, "too few stars", "at least 20")
 
 
+@pytest.mark.parametrize("model", ["model=xd", "experiment=multimodal"])
+def test_a_cone_of_21_stars_with_2_held_out_for_validation_is_one_line(capsys, tmp_path, cone, model):
+    """21 stars with astrometry, 2 of them the validation split: the mixture would be fitted to 19 (was a traceback)."""
+    df, _ = cone
+    path = tmp_path / "twenty.csv"
+    write_catalog(df[df["pmra"].notna() & df["parallax"].notna()].head(21), path)
+    args = ["train", "data=catalog", f"data.path={path}", model, "data.val_fraction=0.1", "logger=csv"]
+    result = run_cli(capsys, *args, f"hydra.run.dir={tmp_path}/r")
+    assert_one_line_error(result, "with astrometry to fit (2 more held out for validation", "val_fraction=0")
+
+
 # =========================================================================== resources
 
 

@@ -224,11 +224,14 @@ def check_trainable(n_usable: int, n_train: int, n_clusters: Any, *, mixture: bo
     ------
     CatalogError
         With fewer than 2 training stars (batch normalisation needs 2 per batch), fewer usable
-        stars than groups, or fewer than :data:`MIN_MIXTURE_STARS` for a mixture.
+        stars than groups, or fewer than :data:`MIN_MIXTURE_STARS` training stars for a mixture
+        (it is fitted to the training split, not to the stars held out for validation).
     """
-    if mixture and n_usable < MIN_MIXTURE_STARS:
+    if mixture and n_train < MIN_MIXTURE_STARS:
+        held_out = n_usable - n_train
+        held = f" ({held_out} more held out for validation: data.val_fraction=0 fits every star)" if held_out else ""
         raise CatalogError(
-            f"too few stars: {n_usable} with astrometry, a cluster + field mixture needs at least "
+            f"too few stars: {n_train} with astrometry to fit{held}, a cluster + field mixture needs at least "
             f"{MIN_MIXTURE_STARS}: give a larger cone or relax the quality cuts"
         )
     if n_train < 2:
