@@ -73,14 +73,21 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict:
 # ----------------------------------------------------------------------------- the CMD densities
 
 
-def test_the_photometric_errors_widen_a_faint_stars_density():
-    torch.manual_seed(0)
-    ensemble = CMDDensityEnsemble(1, n_components=1, hidden=4)
-    with torch.no_grad():  # one narrow component at the origin, whatever the position
+def _one_gaussian_ensemble(means: list[tuple[float, float]], widths: list[tuple[float, float]]) -> CMDDensityEnsemble:
+    """Members of one Gaussian each, the same at every position: member m at ``means[m]``, ``widths[m]``."""
+    ensemble = CMDDensityEnsemble(len(means), n_components=1, hidden=4)
+    with torch.no_grad():
         for weight in ensemble.weights:
             weight.zero_()
-        bias = ensemble.biases[-1].view(1, 1, 6)
-        bias[0, 0, 3:5] = math.log(0.01)
+        bias = ensemble.biases[-1].view(len(means), 1, 6)
+        for m, ((g, colour), (wg, wc)) in enumerate(zip(means, widths, strict=True)):
+            bias[m, 0, 1:3] = torch.tensor([g, colour])
+            bias[m, 0, 3:5] = torch.log(torch.tensor([wg, wc]))
+    return ensemble
+
+
+def test_the_photometric_errors_widen_a_faint_stars_density():
+    ensemble = _one_gaussian_ensemble([(0.0, 0.0)], [(0.01, 0.01)])  # one narrow component at the origin
     context = torch.zeros(3, 2)
     points = torch.tensor([[0.0, 0.0], [0.0, 0.1], [0.0, 0.3]])
     bright = torch.stack(gaia_photometric_variance(torch.full((3,), 15.0)), 1)
@@ -93,19 +100,6 @@ def test_the_photometric_errors_widen_a_faint_stars_density():
     var_g, var_colour = gaia_photometric_variance(np.array([15.0, 20.5]))
     assert np.sqrt(var_colour[0]) < 0.01 and 0.08 < np.sqrt(var_colour[1]) < 0.15
     assert np.sqrt(var_g).max() < 0.01
-
-
-def _one_gaussian_ensemble(means: list[tuple[float, float]], widths: list[tuple[float, float]]) -> CMDDensityEnsemble:
-    """Members of one Gaussian each, the same at every position: member m at ``means[m]``, ``widths[m]``."""
-    ensemble = CMDDensityEnsemble(len(means), n_components=1, hidden=4)
-    with torch.no_grad():
-        for weight in ensemble.weights:
-            weight.zero_()
-        bias = ensemble.biases[-1].view(len(means), 1, 6)
-        for m, ((g, colour), (wg, wc)) in enumerate(zip(means, widths, strict=True)):
-            bias[m, 0, 1:3] = torch.tensor([g, colour])
-            bias[m, 0, 3:5] = torch.log(torch.tensor([wg, wc]))
-    return ensemble
 
 
 def test_the_colour_given_magnitude_density_is_the_joint_over_the_magnitudes_marginal():
