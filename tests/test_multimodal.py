@@ -16,7 +16,7 @@ from grasp_dl.inference.predict import load_clustering_module, predict_catalog
 from grasp_dl.jobs import train as pipeline
 from grasp_dl.mixtures.cluster_field import FIELD_RANGE, ClusterFieldMixture
 from grasp_dl.models.cmd_density import CMDDensityEnsemble, gaia_photometric_variance
-from grasp_dl.models.multimodal import MultiModalModule
+from grasp_dl.models.multimodal import MultiModalModule, gaussian_cmd_nll
 from grasp_dl.models.xd import XDModule
 from grasp_dl.runtime.errors import CatalogError, ConfigError
 
@@ -147,6 +147,18 @@ def test_the_module_scores_the_colour_given_the_magnitude_by_default():
     joint = module.cmd.log_prob(points, context, noise, members=2).double() - log_scale.sum()
     assert torch.allclose(module.member_log_densities(inputs, 2).view(2, -1), joint)
     assert not torch.allclose(joint, conditional)
+
+
+def test_the_warm_ups_cmd_term_is_the_same_kind_of_density_as_the_joint_phases():
+    """multimodal/nll (the checkpoint's monitor) adds a Gaussian's CMD term in the warm-up: of BP-RP given G
+    when the joint phase scores the colour given G, so the two phases' values compare."""
+    rng = np.random.default_rng(0)
+    g = rng.normal(0.0, 1.5, 5000)
+    points = torch.as_tensor(np.stack([g, 0.3 * g + rng.normal(0.0, 0.2, 5000)], 1))
+    joint, conditional = gaussian_cmd_nll(points, False), gaussian_cmd_nll(points, True)
+    # the colour given G is a Gaussian of sd 0.2 about the line; G's own density (sd 1.5) is what the joint adds
+    assert conditional == pytest.approx(0.5 * math.log(2 * math.pi * 0.2**2) + 0.5, abs=0.03)
+    assert joint - conditional == pytest.approx(0.5 * math.log(2 * math.pi * 1.5**2) + 0.5, abs=0.03)
 
 
 def test_a_checkpoint_from_before_the_option_keeps_scoring_the_joint_cmd_it_learnt():

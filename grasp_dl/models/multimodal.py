@@ -83,6 +83,29 @@ CMD_SCALE = (2.0, 0.5)
 CHUNK = 65_536
 
 
+def gaussian_cmd_nll(points: Tensor, conditional: bool) -> float:
+    """Mean negative log-density of standardised CMD points under one Gaussian of them all (the warm-up's CMD term).
+
+    Parameters
+    ----------
+    points : Tensor
+        (n, 2) standardised (G, BP-RP).
+    conditional : bool
+        The density of BP-RP given G (as the joint phase scores with ``colour_given_magnitude``),
+        else of both, so that the warm-up's ``multimodal/nll`` is comparable with the joint phase's.
+
+    Returns
+    -------
+    float
+    """
+    x = points.double()
+    mean, cov = x.mean(0), torch.cov(x.T) + 1e-9 * torch.eye(2, dtype=torch.float64)
+    log_p = torch.distributions.MultivariateNormal(mean, cov).log_prob(x)
+    if conditional:
+        log_p = log_p - torch.distributions.Normal(mean[0], cov[0, 0].sqrt()).log_prob(x[:, 0])
+    return float(-log_p.mean())
+
+
 class MultiModalModule(XDModule):
     """Cluster + field membership from astrometry and the colour-magnitude diagram, fitted by generalised EM.
 
@@ -264,10 +287,9 @@ class MultiModalModule(XDModule):
             self.position_scale.fill_(float(self.fitted_mixture().radius_max_))
             points = (torch.as_tensor(cmd[finite], dtype=torch.float32) - self.cmd_centre.cpu()) / self.cmd_scale.cpu()
             self.cmd.start_at(points, torch.Generator().manual_seed(int(self.hparams.seed)))
-            mean, cov = points.double().mean(0), torch.cov(points.double().T)
-            reference = torch.distributions.MultivariateNormal(mean, cov + 1e-9 * torch.eye(2, dtype=torch.float64))
-            scale = float(torch.log(self.cmd_scale.double()).sum())
-            self.reference_nll.fill_(float(-reference.log_prob(points.double()).mean()) + scale)
+            nll = gaussian_cmd_nll(points, bool(self.hparams.colour_given_magnitude))
+            scales = torch.log(self.cmd_scale.double())
+            self.reference_nll.fill_(nll + float(scales[1] if self.hparams.colour_given_magnitude else scales.sum()))
 
     def without_astrometry(self, catalog: TrainingCatalog) -> StarData | None:
         """The catalogue's stars without astrometry that the joint phase fits (``fit_no_astrometry``): finite CMD and radius.
@@ -723,4 +745,4 @@ class MultiModalModule(XDModule):
         return torch.as_tensor(prob, dtype=torch.float32, device=x.device)
 
 
-__all__ = ["MultiModalModule"]
+__all__ = ["MultiModalModule", "gaussian_cmd_nll"]
