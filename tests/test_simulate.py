@@ -95,6 +95,12 @@ def test_columns_and_dtypes(m4):
     assert m4["ra"].between(0.0, 360.0, inclusive="left").all()
     assert m4["dec"].between(-90.0, 90.0).all()
     np.testing.assert_allclose(m4["bp_rp"], m4["phot_bp_mean_mag"] - m4["phot_rp_mean_mag"])
+    # photometric errors stated as Gaia states them: flux signal-to-noise, falling with G (BP at G = 20: 0.063 mag)
+    sigma_bp = 1.0857 / m4["phot_bp_mean_flux_over_error"]
+    order = np.argsort(m4["phot_g_mean_mag"].to_numpy())
+    assert (np.diff(sigma_bp.to_numpy()[order]) >= 0).all()
+    at_20 = np.abs(m4["phot_g_mean_mag"] - 20.0) < 0.01
+    np.testing.assert_allclose(sigma_bp[at_20], 0.063, rtol=0.03)
     five_six = m4["astrometric_params_solved"] != 3
     np.testing.assert_allclose(
         m4.loc[five_six, "parallax_over_error"], m4.loc[five_six, "parallax"] / m4.loc[five_six, "parallax_error"]

@@ -28,6 +28,20 @@ CORRELATION_COLUMN = "pmra_pmdec_corr"
 _ASTROMETRIC_FEATURES = set(ASTROMETRY) | set(ERROR_COLUMNS.values()) | {CORRELATION_COLUMN}
 #: Photometry the colour-magnitude terms use: magnitude, colour.
 CMD_COLUMNS = ("phot_g_mean_mag", "bp_rp")
+#: The magnitude error of a flux measured with signal-to-noise s is MAG_PER_SNR / s (2.5 / ln 10).
+MAG_PER_SNR = 2.5 / np.log(10.0)
+#: Photometric error columns a catalogue may carry, by what they give: each CMD axis's error (mag) directly,
+#: else from its bands' errors, else from the bands' flux signal-to-noise (Gaia's ``*_flux_over_error``).
+PHOTOMETRIC_ERROR_COLUMNS = {
+    "phot_g_mean_mag": (("phot_g_mean_mag_error",), ("phot_g_mean_flux_over_error",)),
+    "bp_rp": (
+        ("bp_rp_error",),
+        ("phot_bp_mean_mag_error", "phot_rp_mean_mag_error"),
+        ("phot_bp_mean_flux_over_error", "phot_rp_mean_flux_over_error"),
+    ),
+}
+#: Every column :data:`PHOTOMETRIC_ERROR_COLUMNS` names, flat.
+PHOTOMETRIC_ERROR_COLUMN_NAMES = tuple(c for choices in PHOTOMETRIC_ERROR_COLUMNS.values() for g in choices for c in g)
 
 
 @dataclass
@@ -47,6 +61,9 @@ class StarData:
     position : numpy.ndarray, optional
         (n, 2) tangent-plane offsets (xi, eta) from the centre in degrees, for terms that vary
         across the cone (differential reddening); None when not collected.
+    cmd_variance : numpy.ndarray, optional
+        (n, 2) error variances (mag^2) of ``cmd`` as the catalogue states them, NaN where it does not
+        (the models then use Gaia's typical errors at the star's magnitude); None: stated nowhere.
     """
 
     values: np.ndarray
@@ -54,6 +71,7 @@ class StarData:
     radius: np.ndarray
     cmd: np.ndarray | None = None
     position: np.ndarray | None = None
+    cmd_variance: np.ndarray | None = None
 
     @property
     def has_astrometry(self) -> np.ndarray:
@@ -85,11 +103,14 @@ class StarData:
             self.radius[rows],
             None if self.cmd is None else self.cmd[rows],
             None if self.position is None else self.position[rows],
+            None if self.cmd_variance is None else self.cmd_variance[rows],
         )
 
     @staticmethod
     def concatenate(parts: Sequence[StarData]) -> StarData:
         """The stars of ``parts``, one after another (photometry and positions kept where every part has them).
+
+        Stated photometric errors are kept where any part has them (NaN for the others' stars).
 
         Parameters
         ----------
@@ -105,7 +126,47 @@ class StarData:
             arrays = [getattr(part, name) for part in parts]
             return None if any(a is None for a in arrays) else np.concatenate(arrays)
 
-        return StarData(*(joined(name) for name in ("values", "covariances", "radius", "cmd", "position")))
+        variances = [part.cmd_variance for part in parts]
+        if any(v is not None for v in variances) and all(part.cmd is not None for part in parts):
+            stated = np.concatenate(
+                [np.full((len(p.radius), 2), np.nan) if v is None else v for p, v in zip(parts, variances, strict=True)]
+            )
+        else:
+            stated = None
+        return StarData(*(joined(name) for name in ("values", "covariances", "radius", "cmd", "position")), stated)
+
+
+def photometric_variances(table: pd.DataFrame) -> np.ndarray | None:
+    """Error variances (mag^2) of G and BP-RP as ``table`` states them (:data:`PHOTOMETRIC_ERROR_COLUMNS`).
+
+    A magnitude error column is used where present, else the bands' flux signal-to-noise (Gaia's
+    ``phot_*_mean_flux_over_error``; BP-RP's error is its two bands' in quadrature, their correlation
+    unknown). A star whose columns are missing, non-finite or not positive gets NaN.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The catalogue.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        (n, 2), or None when the catalogue states no photometric error at all.
+    """
+    col = lambda name: table[name].to_numpy(dtype=float, na_value=np.nan)  # noqa: E731
+    out = np.full((len(table), 2), np.nan)
+    found = False
+    for axis, choices in enumerate(PHOTOMETRIC_ERROR_COLUMNS.values()):
+        for columns in choices:
+            if not set(columns) <= set(table.columns):
+                continue
+            found = True
+            parts = [col(c) for c in columns]
+            if columns[0].endswith("_flux_over_error"):
+                parts = [MAG_PER_SNR / np.where(p > 0, p, np.nan) for p in parts]
+            variance = sum(np.where(p > 0, p, np.nan) ** 2 for p in parts)
+            out[:, axis] = np.where(np.isfinite(out[:, axis]), out[:, axis], variance)
+    return out if found else None
 
 
 def error_covariances(
@@ -238,7 +299,8 @@ def star_data(
     quantities : sequence of str, default ("pmra", "pmdec", "parallax")
         The astrometric columns, pmra and pmdec first, parallax optional.
     photometry : bool, default False
-        Also collect G magnitude and BP-RP colour (computed from BP and RP when missing).
+        Also collect G magnitude and BP-RP colour (computed from BP and RP when missing), and their
+        errors where the catalogue states them (:func:`photometric_variances`).
     what : str, default "the error-aware model"
         The setting that needs the error columns, named in error messages.
 
@@ -279,4 +341,5 @@ def star_data(
                 "(model=xd)"
             )
         cmd = np.column_stack([table[c].to_numpy(dtype=float, na_value=np.nan) for c in CMD_COLUMNS])
-    return StarData(values, cov, np.hypot(xi, eta), cmd, np.column_stack([xi, eta]))
+    stated = photometric_variances(table) if photometry else None
+    return StarData(values, cov, np.hypot(xi, eta), cmd, np.column_stack([xi, eta]), stated)

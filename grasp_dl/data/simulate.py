@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from grasp_dl.data.astrometry import MAG_PER_SNR
 from grasp_dl.data.sky import angular_separation, gnomonic_deproject
 from grasp_dl.runtime.config import conf_dir
 from grasp_dl.runtime.errors import ConfigError
@@ -75,6 +76,9 @@ COLUMNS = (
     "phot_bp_mean_mag",
     "phot_rp_mean_mag",
     "bp_rp",
+    "phot_g_mean_flux_over_error",
+    "phot_bp_mean_flux_over_error",
+    "phot_rp_mean_flux_over_error",
     "truth",
 )
 
@@ -527,6 +531,12 @@ def _draw_distances(rng: np.random.Generator, m: int, spec: Mapping[str, Any]) -
     return np.maximum(d, float(spec["min_kpc"]))
 
 
+def _photometric_errors(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Errors (mag) of G, BP and RP at magnitude G: a calibration floor, then background-limited (10^(0.4 G))."""
+    z = 10.0 ** (0.4 * (np.minimum(g, 23.0) - 17.0))
+    return np.hypot(0.0003, 0.0004 * z), np.hypot(0.002, 0.004 * z), np.hypot(0.002, 0.003 * z)
+
+
 def _photometry(
     rng: np.random.Generator, g_true: np.ndarray, c_true: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -534,10 +544,7 @@ def _photometry(
     g_rp = 0.682 * c_true - 0.1036 * c_true**2  # G - RP as a function of BP - RP (Gaia-like)
     rp_true = g_true - g_rp
     bp_true = rp_true + c_true
-    z = 10.0 ** (0.4 * (np.minimum(g_true, 23.0) - 17.0))
-    sig_g = np.hypot(0.0003, 0.0004 * z)
-    sig_bp = np.hypot(0.002, 0.004 * z)
-    sig_rp = np.hypot(0.002, 0.003 * z)
+    sig_g, sig_bp, sig_rp = _photometric_errors(g_true)
     g = g_true + sig_g * rng.standard_normal(g_true.size)
     bp = bp_true + sig_bp * rng.standard_normal(g_true.size)
     rp = rp_true + sig_rp * rng.standard_normal(g_true.size)
@@ -1019,6 +1026,11 @@ def _observe(
             "phot_bp_mean_mag": cat["BP"],
             "phot_rp_mean_mag": cat["RP"],
             "bp_rp": cat["BP"] - cat["RP"],
+            # the errors stated as Gaia states them, from the observed G (their flux signal-to-noise)
+            **{
+                f"phot_{band}_mean_flux_over_error": MAG_PER_SNR / sigma
+                for band, sigma in zip(("g", "bp", "rp"), _photometric_errors(g), strict=True)
+            },
             "truth": truth,
         },
         columns=list(COLUMNS),

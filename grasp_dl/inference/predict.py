@@ -18,6 +18,7 @@ from grasp_dl.data.astrometry import (
     CMD_COLUMNS,
     CORRELATION_COLUMN,
     ERROR_COLUMNS,
+    PHOTOMETRIC_ERROR_COLUMN_NAMES,
     StarData,
     astrometry_columns,
     star_data,
@@ -327,7 +328,8 @@ def prepared_star_data(module: Any, ready: PreparedForModule) -> StarData:
     # Copy only the columns star_data reads (all of them when one is missing, for its message).
     needed = ["ra", "dec", *quantities, *(ERROR_COLUMNS[q] for q in quantities)]
     if needs.photometry:
-        needed += [c for c in (*CMD_COLUMNS, "phot_bp_mean_mag", "phot_rp_mean_mag") if c in table.columns]
+        photometry = (*CMD_COLUMNS, "phot_bp_mean_mag", "phot_rp_mean_mag", *PHOTOMETRIC_ERROR_COLUMN_NAMES)
+        needed += [c for c in photometry if c in table.columns]
     if set(needed) <= set(table.columns):
         table = table[needed + [CORRELATION_COLUMN] * (CORRELATION_COLUMN in table.columns)]
     rows = table.iloc[np.flatnonzero(ready.prepared.mask)]
@@ -504,6 +506,9 @@ PREDICTION_COLUMNS = (
     "bp_rp",
     "bp_g",
     "g_rp",
+    "phot_g_mean_flux_over_error",
+    "phot_bp_mean_flux_over_error",
+    "phot_rp_mean_flux_over_error",
 )
 
 
@@ -538,7 +543,7 @@ def predict_to_file(
     literature, center = _literature_cluster(module, cluster, center)
     prep = _preprocessing(module)
     columns = {**(prep.get("columns") or {}), **(columns or {})} or None
-    keep = set(PREDICTION_COLUMNS) | set(prep["features"])
+    keep = set(PREDICTION_COLUMNS) | set(PHOTOMETRIC_ERROR_COLUMN_NAMES) | set(prep["features"])
     chunks = iter_catalog(catalog, columns, chunk_size=chunk_size, keep=keep)
     first = next(chunks)
     if isinstance(center, str) and center == "auto":

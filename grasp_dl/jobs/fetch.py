@@ -47,6 +47,9 @@ FETCH_COLUMNS = (
     "phot_bp_mean_mag",
     "phot_rp_mean_mag",
     "bp_rp",
+    "phot_g_mean_flux_over_error",
+    "phot_bp_mean_flux_over_error",
+    "phot_rp_mean_flux_over_error",
 )
 #: Rows asked for in one archive job (anonymous asynchronous jobs may return up to 3 million).
 PAGE_ROWS = 500_000

@@ -9,8 +9,8 @@ density of the star's colour-magnitude diagram (CMD) under the cluster (j = 0) a
 (j >= 1, one density per field component: in a bulge cone one field component is the bulge, whose
 old stars share much of the cluster's CMD, another the foreground disc, and one field CMD for both
 would call the bulge's giants cluster-like). The CMD densities are mixture density networks
-(:mod:`grasp_dl.models.cmd_density`), each star's photometric errors (Gaia DR3's as a function of G)
-convolved in. By default each is the density of the colour given the magnitude
+(:mod:`grasp_dl.models.cmd_density`), each star's photometric errors convolved in (the catalogue's where it states
+them, :func:`~grasp_dl.data.astrometry.photometric_variances`, else Gaia DR3's typical ones at its G). By default each is the density of the colour given the magnitude
 (``colour_given_magnitude``): which faint stars a field component takes is set by their astrometric
 errors, so a group's luminosity function is not the physics' and must not earn it members. With
 ``position_conditioning`` they are conditioned on the position in the cone (differential
@@ -394,7 +394,11 @@ class MultiModalModule(XDModule):
         valid = torch.isfinite(cmd).all(1) & (cmd[:, 0] >= low) & (cmd[:, 0] <= high)
         cmd = torch.where(valid[:, None], cmd, self.cmd_centre)
         var_g, var_c = gaia_photometric_variance(cmd[:, 0])
-        noise = torch.stack([var_g, var_c], 1) / self.cmd_scale**2
+        noise = torch.stack([var_g, var_c], 1)
+        if stars.cmd_variance is not None:  # the catalogue's own errors where it states them
+            stated = torch.as_tensor(np.asarray(stars.cmd_variance, float), dtype=noise.dtype, device=device)
+            noise = torch.where(torch.isfinite(stated) & valid[:, None], stated, noise)
+        noise = noise / self.cmd_scale**2
         if self.hparams.position_conditioning:
             if stars.position is None:
                 raise ConfigError(f"{WHAT} conditions the CMD on the position: give StarData with position (xi, eta)")
