@@ -10,7 +10,8 @@ Four modes, each a table per field and method and a summary per method; any meth
 * **Degraded-bright** (``--degrade LEVEL ...``): in each real field the stars with G < 17.5 whose
   published membership is certain (memberprob < 0.02 or > 0.98) get their proper motions and
   parallax re-drawn with errors of LEVEL (mas/yr, mas) and their BP-RP perturbed by 0.03 mag
-  (:func:`degrade_bright`); the faint stars stay as they are. Truth for the degraded stars:
+  (:func:`degrade_bright`), their error columns set to match (and, with ``--state-colour-error``,
+  a ``bp_rp_error`` column that says which colours were perturbed); the faint stars stay as they are. Truth for the degraded stars:
   memberprob > 0.98. Per field: F1 and ECE (:func:`expected_calibration_error`) on the degraded
   stars, F1 on every star against memberprob > 0.5, and the ECE of the degraded stars outside
   the core (:func:`outside_core`: beyond the published members' median radius; inside it, the
@@ -33,7 +34,9 @@ Methods (``--method``, repeatable)
 ----------------------------------
 Those of ``scripts/benchmark_real_fields.py`` (``xd``: the mixture fitted directly; ``default``;
 ``model:<name>``: ``DeepClusteringModel(model=<name>)``, the product's notebook facade) and
-``position`` (``model:xd`` whose 2-parameter stars are scored from their position alone).
+``position`` (``model:xd`` whose 2-parameter stars are scored from their position alone), and
+``oracle-cmd``, a reference: ``xd`` with a CMD density ratio fitted to the reference's own
+memberships (:func:`oracle_cmd`), the most a CMD could add to the astrometry.
 Hydra overrides: ``--set K=V`` for every product method, or after the method's name for one,
 e.g. ``--method "model:vade experiment=hard_field"``. A model or config option this checkout
 does not have stops the run with one line before any field is loaded.
@@ -92,6 +95,11 @@ SIMULATED_KINDS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
 TIMING_STARS = 10000
 #: The method whose 2-parameter stars are scored from their position alone.
 POSITION = "position"
+#: A reference, not a model: ``xd``'s memberships with a CMD density ratio fitted to the reference's
+#: own memberships (:func:`oracle_cmd`): what a perfectly learnt CMD could add to the astrometry.
+ORACLE = "oracle-cmd"
+#: Gaussian components of each of the oracle's two CMD densities.
+ORACLE_COMPONENTS = 8
 
 
 # ----------------------------------------------------------------------------- methods
@@ -118,12 +126,14 @@ def parse_method(text: str) -> Method:
         For a method name the real-field benchmark does not know, or overrides on a method that takes none.
     """
     name, *overrides = text.split() or [""]
-    scoring = "model:xd" if name == POSITION else name
+    scoring = {POSITION: "model:xd", ORACLE: "xd"}.get(name, name)
     try:
         real.method_for(scoring)
     except SystemExit:
-        raise SystemExit(f"unknown --method {name!r}: use xd, xd-legacy, default, {POSITION} or model:<name>") from None
-    method = Method(text.strip(), scoring if name != POSITION else POSITION, tuple(overrides))
+        raise SystemExit(
+            f"unknown --method {name!r}: use xd, xd-legacy, default, {POSITION}, {ORACLE} or model:<name>"
+        ) from None
+    method = Method(text.strip(), name if name in (POSITION, ORACLE) else scoring, tuple(overrides))
     if overrides and not (method.through_product or name == POSITION):
         raise SystemExit(f"--method {text!r}: only default, position and model:<name> take Hydra overrides")
     return method
@@ -162,9 +172,53 @@ def run_method(
     product = method.through_product or method.name == POSITION
     positions = score_no_astrometry or method.name == POSITION
     options: dict[str, Any] = {"set": [*sets, *method.overrides], "score_no_astrometry": positions} if product else {}
+    if method.name == ORACLE and two_parameter_rows(field.catalog).any():  # astrometry, or the position alone
+        options = {"set": [], "score_no_astrometry": True}
     start = time.perf_counter()
-    scored = real.method_for("model:xd" if method.name == POSITION else method.name)(field, options)
+    scoring = {POSITION: "model:xd", ORACLE: "model:xd" if options else "xd"}.get(method.name, method.name)
+    scored = real.method_for(scoring)(field, options)
+    if method.name == ORACLE:
+        scored = replace(scored, member_prob=oracle_cmd(field, np.asarray(scored.member_prob, float)))
     return scored, time.perf_counter() - start
+
+
+def oracle_cmd(field: real.Field, member_prob: np.ndarray) -> np.ndarray:
+    """``member_prob`` with its odds times a CMD density ratio fitted to ``field``'s reference memberships.
+
+    :func:`run_method` gives it ``xd``'s memberships, or ``position``'s on a cone with 2-parameter
+    stars (``xd``'s own score of those uses a CMD already).
+
+    The densities of BP-RP given G of the reference's members and of its other stars
+    (Gaussian mixtures of (G, BP-RP) of up to :data:`ORACLE_COMPONENTS` components, at least 5 stars
+    each, divided by their marginal in G; a group of fewer than 2 stars leaves ``member_prob``) are fitted to every star with photometry, the scored ones included: a ceiling on what a
+    CMD learnt without labels can add to the astrometric memberships, not a method. Stars without
+    photometry keep ``member_prob``, unscored ones (NaN) stay unscored.
+    """
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+    from sklearn.mixture import GaussianMixture
+
+    cmd = field.catalog[["phot_g_mean_mag", "bp_rp"]].to_numpy(float)
+    labels = field.member if field.memberprob is None else np.asarray(field.memberprob, float) > THRESHOLD
+    ok = np.isfinite(cmd).all(1)
+
+    if min((ok & labels).sum(), (ok & ~labels).sum()) < 2:  # nothing to fit one density to
+        return np.array(member_prob, float)
+
+    def log_density(rows: np.ndarray) -> np.ndarray:
+        components = int(np.clip(rows.sum() // 5, 1, ORACLE_COMPONENTS))  # at least 5 stars a component
+        mixture = GaussianMixture(components, random_state=0).fit(cmd[rows])
+        mean, sd = mixture.means_[:, 0], np.sqrt(mixture.covariances_[:, 0, 0])
+        marginal = logsumexp(np.log(mixture.weights_) + norm.logpdf(cmd[ok, :1], mean, sd), axis=1)
+        return mixture.score_samples(cmd[ok]) - marginal
+
+    cluster, others = log_density(ok & labels), log_density(ok & ~labels)
+    out = np.array(member_prob, float)
+    scored = np.isfinite(out[ok])
+    p = np.clip(out[ok][scored], 1e-12, 1.0 - 1e-12)
+    log_odds = np.log(p / (1.0 - p)) + (cluster - others)[scored]
+    out[np.flatnonzero(ok)[scored]] = 1.0 / (1.0 + np.exp(-log_odds))
+    return out
 
 
 # ----------------------------------------------------------------------------- degradation
@@ -176,7 +230,7 @@ def degradable(catalog: pd.DataFrame, memberprob: np.ndarray) -> np.ndarray:
 
 
 def degrade_bright(
-    catalog: pd.DataFrame, memberprob: np.ndarray, level: float, seed: int = 0
+    catalog: pd.DataFrame, memberprob: np.ndarray, level: float, seed: int = 0, colour_error: bool = False
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """A copy of ``catalog`` whose bright, certain stars look like faint ones; and which rows those are.
 
@@ -184,7 +238,10 @@ def degrade_bright(
     ``level`` gets N(0, level^2 - error^2) added and its error set to ``level`` (one at or above
     ``level`` is left as it is), the pmra/pmdec correlation becomes 0, and BP-RP gets
     N(0, :data:`COLOUR_SCATTER`^2) (BP too where the catalogue has it, so that BP - RP agrees).
-    The same ``seed`` gives the same catalogue; ``catalog`` is not changed.
+    With ``colour_error`` the colour's error is stated as the astrometry's is: ``bp_rp_error`` is
+    Gaia's typical error at the star's G and the added scatter in quadrature (NaN on the other rows,
+    whose errors the catalogue does not state). The same ``seed`` gives the same catalogue;
+    ``catalog`` is not changed.
 
     Raises
     ------
@@ -222,6 +279,16 @@ def degrade_bright(
             values = out[column].to_numpy(float, copy=True)
             values[rows] += shift
             out[column] = values
+    if colour_error:
+        from grasp_dl.models.cmd_density import gaia_photometric_variance
+
+        stated = (
+            out["bp_rp_error"].to_numpy(float, copy=True) if "bp_rp_error" in out.columns else np.full(len(out), np.nan)
+        )
+        _, typical = gaia_photometric_variance(out["phot_g_mean_mag"].to_numpy(float)[rows])
+        before = np.where(np.isfinite(stated[rows]), stated[rows] ** 2, typical)
+        stated[rows] = np.sqrt(before + COLOUR_SCATTER**2)
+        out["bp_rp_error"] = stated
     return out, chosen
 
 
@@ -391,13 +458,18 @@ def agreement_rows(fields: Sequence[real.Field], methods: Sequence[Method], sets
 
 
 def degraded_rows(
-    fields: Sequence[real.Field], methods: Sequence[Method], levels: Sequence[float], sets: Sequence[str], seed: int
+    fields: Sequence[real.Field],
+    methods: Sequence[Method],
+    levels: Sequence[float],
+    sets: Sequence[str],
+    seed: int,
+    colour_error: bool = False,
 ) -> list[DegradedRow]:
     """Every method on every field degraded at each level (:func:`degrade_bright`)."""
     rows = []
     for fld in fields:
         for level in levels:
-            catalog, chosen = degrade_bright(fld.catalog, fld.memberprob, level, seed)
+            catalog, chosen = degrade_bright(fld.catalog, fld.memberprob, level, seed, colour_error)
             degraded = replace(fld, catalog=catalog)
             truth = fld.memberprob[chosen] > CERTAIN[1]
             outside = outside_core(fld.catalog, fld.memberprob, fld.center)[chosen]
@@ -622,6 +694,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fields", nargs="*", help="real fields (default: the 31 of the real-field benchmark)")
     parser.add_argument("--degrade", type=float, nargs="+", help="error levels (mas/yr, mas) of the bright stars")
     parser.add_argument("--seed", type=int, default=0, help="seed of the degradation")
+    parser.add_argument(
+        "--state-colour-error",
+        action="store_true",
+        help="--degrade: a bp_rp_error column states the degraded stars' colour errors (the scatter added)",
+    )
     parser.add_argument("--min-members", type=int, default=10, help="degraded members a field needs to count")
     parser.add_argument("--simulated", action="store_true", help="simulated cones with 2-parameter stars")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="simulation seeds (--simulated)")
@@ -663,7 +740,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rows = timing_rows(methods, args.set, args.baseline, args.repeats)
     elif args.degrade:
         mode = "degraded"
-        rows = degraded_rows(real_fields(args.fields), methods, args.degrade, args.set, args.seed)
+        rows = degraded_rows(
+            real_fields(args.fields), methods, args.degrade, args.set, args.seed, args.state_colour_error
+        )
     else:
         mode = "agreement"
         rows = agreement_rows(real_fields(args.fields), methods, args.set)

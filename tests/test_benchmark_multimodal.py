@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from grasp_dl.models.cmd_density import gaia_photometric_variance
+
 from scripts_loader import load_script
 
 
@@ -47,14 +49,15 @@ def test_degradation_redraws_the_bright_certain_stars_only(bench) -> None:
     catalog, memberprob = _catalog()
     before = catalog.copy()
     level = 1.0
-    out, chosen = bench.degrade_bright(catalog, memberprob, level, seed=3)
+    out, chosen = bench.degrade_bright(catalog, memberprob, level, seed=3, colour_error=True)
     pd.testing.assert_frame_equal(catalog, before)  # the input is not changed
     bright = catalog["phot_g_mean_mag"].to_numpy() < 17.5
     certain = (memberprob < 0.02) | (memberprob > 0.98)
     np.testing.assert_array_equal(chosen, bright & certain)
     assert 0 < chosen.sum() < (bright).sum()
-    # faint stars and uncertain bright ones: every column as it was
-    pd.testing.assert_frame_equal(out[~chosen], catalog[~chosen])
+    # faint stars and uncertain bright ones: every column as it was, their colour error not stated
+    pd.testing.assert_frame_equal(out.loc[~chosen, catalog.columns], catalog[~chosen])
+    assert out.loc[~chosen, "bp_rp_error"].isna().all()
     for quantity in ("pmra", "pmdec", "parallax"):
         error = catalog[f"{quantity}_error"].to_numpy()
         worse = chosen & (error < level)
@@ -70,10 +73,17 @@ def test_degradation_redraws_the_bright_certain_stars_only(bench) -> None:
     assert (out.loc[chosen, "pmra_pmdec_corr"] == 0).all()
     colour = (out["bp_rp"] - catalog["bp_rp"]).to_numpy()[chosen]
     assert abs(colour.std() - 0.03) < 0.005 and abs(colour.mean()) < 0.005
+    # the colour's error is stated like the astrometry's: Gaia's typical error and the scatter in quadrature
+    _, typical = gaia_photometric_variance(catalog["phot_g_mean_mag"].to_numpy()[chosen])
+    np.testing.assert_allclose(out.loc[chosen, "bp_rp_error"], np.sqrt(typical + 0.03**2))
+    assert (out.loc[chosen, "bp_rp_error"] > 0.03).all()
+    # not stated (the default): the same catalogue without the column
+    hidden, _ = bench.degrade_bright(catalog, memberprob, level, seed=3)
+    pd.testing.assert_frame_equal(hidden, out.drop(columns="bp_rp_error"))
     # the same seed gives the same field, another seed another
-    again, _ = bench.degrade_bright(catalog, memberprob, level, seed=3)
+    again, _ = bench.degrade_bright(catalog, memberprob, level, seed=3, colour_error=True)
     pd.testing.assert_frame_equal(again, out)
-    other, _ = bench.degrade_bright(catalog, memberprob, level, seed=4)
+    other, _ = bench.degrade_bright(catalog, memberprob, level, seed=4, colour_error=True)
     assert not np.allclose(other.loc[chosen, "pmra"], out.loc[chosen, "pmra"])
 
 
@@ -183,15 +193,19 @@ def test_two_parameter_rows_are_those_without_any_astrometry(bench) -> None:
 
 def test_a_small_degraded_run_prints_its_tables_and_writes_json(bench, tmp_path, capsys) -> None:
     out = tmp_path / "run.json"
-    result = bench.main(["--degrade", "1.0", "--fields", "djorg1", "--method", "xd", "--json", str(out)])
+    result = bench.main(
+        ["--degrade", "1.0", "--fields", "djorg1", "--method", "xd", "--method", "oracle-cmd", "--json", str(out)]
+    )
     printed = capsys.readouterr().out
     field = bench.real.real_field("djorg1", "auto")
     chosen = bench.degradable(field.catalog, field.memberprob)
     members = int((field.memberprob[chosen] > 0.98).sum())
     assert "Degraded bright stars at 1 mas" in printed and f"| djorg1 | xd | {chosen.sum()} | {members} |" in printed
     saved = json.loads(out.read_text())
-    assert saved["mode"] == "degraded" and len(saved["rows"]) == 1 == len(result["rows"])
-    row = saved["rows"][0]
+    assert saved["mode"] == "degraded" and len(saved["rows"]) == 2 == len(result["rows"])
+    row, oracle = saved["rows"]
+    # the CMD fitted to the paper's own memberships adds to the astrometry (djorg1: 0.632 -> 0.700)
+    assert oracle["method"] == "oracle-cmd" and oracle["f1_degraded"] > row["f1_degraded"]
     assert row["degraded"] == chosen.sum() and row["members"] == members >= 10
     assert 0.0 <= row["ece_degraded"] <= 1.0 and 0.0 <= row["ece_outside_core"] <= 1.0
     assert "| ECE outside core |" in printed and "median ECE outside core" in printed
@@ -256,3 +270,32 @@ def test_a_baseline_not_run_is_named_and_bad_repeats_stop(bench, monkeypatch, ca
         bench.main(["--timing", "--repeats", "0"])
     with pytest.raises(SystemExit, match="choose one of"):
         bench.main(["--timing", "--simulated"])
+
+
+def test_the_oracle_multiplies_the_odds_by_the_cmd_ratio_of_the_reference_members(bench) -> None:
+    from benchmark_real_fields import Field
+
+    rng = np.random.default_rng(0)
+    n = 600
+    member = np.arange(n) < 200
+    g = rng.uniform(14, 19, n)
+    colour = np.where(member, 0.8, 1.6) + 0.05 * rng.standard_normal(n)  # two sequences, 0.8 mag apart
+    catalog = pd.DataFrame({"phot_g_mean_mag": g, "bp_rp": colour})
+    catalog.loc[:4, "bp_rp"] = np.nan  # no photometry: kept as scored
+    field = Field("two sequences", catalog, member, (0.0, 0.0), (0.0, 0.0), memberprob=np.where(member, 0.99, 0.01))
+    astrometry = np.full(n, 0.5)  # the astrometry cannot tell them apart
+    astrometry[10] = np.nan  # unscored: stays unscored
+    got = bench.oracle_cmd(field, astrometry)
+    np.testing.assert_array_equal(got[:5], 0.5)
+    assert np.isnan(got[10])
+    rows = np.isfinite(got) & np.isfinite(catalog["bp_rp"].to_numpy())
+    assert (got[rows & member] > 0.99).all() and (got[rows & ~member] < 0.01).all()
+    # a handful of members: fewer components; none: nothing to learn
+    few = Field("few", catalog, np.arange(n) < 12, (0.0, 0.0), (0.0, 0.0), memberprob=(np.arange(n) < 12) * 1.0)
+    got = bench.oracle_cmd(few, np.full(n, 0.5))  # 7 members with photometry: one component
+    assert np.isfinite(got).all() and (got[5:12] > 0.5).all() and (got[200:] < 0.5).all()
+    none = Field("none", catalog, np.zeros(n, bool), (0.0, 0.0), (0.0, 0.0), memberprob=np.zeros(n))
+    np.testing.assert_array_equal(bench.oracle_cmd(none, astrometry), astrometry)
+    assert bench.parse_method("oracle-cmd").name == "oracle-cmd"
+    with pytest.raises(SystemExit, match="Hydra overrides"):
+        bench.parse_method("oracle-cmd model.cmd_iter=3")
