@@ -71,3 +71,13 @@ def test_the_stars_carry_their_stated_errors_through_subsets_and_concatenation()
     assert StarData.concatenate([unstated, unstated]).cmd_variance is None
     # without photometry nothing photometric is collected
     assert star_data(_cone(bp_rp_error=[0.1] * 5), (10, -20)).cmd_variance is None
+
+
+def test_a_photometric_error_column_of_text_is_one_line_naming_it_and_the_fix():
+    from grasp_dl.runtime.errors import CatalogError
+
+    table = _cone(bp_rp_error=["0.1", "n/a", "0.2", "x", "0.3"])
+    with pytest.raises(CatalogError, match=r"'bp_rp_error'.*not numeric.*'n/a'.*drop it \(the model then uses Gaia"):
+        photometric_variances(table)
+    with pytest.raises(CatalogError, match="phot_g_mean_flux_over_error.*True/False"):
+        photometric_variances(_cone(phot_g_mean_flux_over_error=[True] * 5))

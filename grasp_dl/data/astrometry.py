@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from grasp_dl.data.catalog import require_columns
+from grasp_dl.data.catalog import require_columns, require_numeric
 from grasp_dl.data.sky import gnomonic_project
 from grasp_dl.runtime.errors import CatalogError, ConfigError
 
@@ -152,8 +152,21 @@ def photometric_variances(table: pd.DataFrame) -> np.ndarray | None:
     -------
     numpy.ndarray or None
         (n, 2), or None when the catalogue states no photometric error at all.
+
+    Raises
+    ------
+    CatalogError
+        When one of those columns holds text or True/False flags (named, with the fix).
     """
     col = lambda name: table[name].to_numpy(dtype=float, na_value=np.nan)  # noqa: E731
+    present = [c for c in PHOTOMETRIC_ERROR_COLUMN_NAMES if c in table.columns]
+    try:
+        require_numeric(table, present)
+    except CatalogError as exc:
+        raise CatalogError(
+            f"{str(exc).removesuffix(': fix the column or choose other features.')}: fix the photometric error "
+            "column or drop it (the model then uses Gaia's typical errors at each star's G)"
+        ) from None
     out = np.full((len(table), 2), np.nan)
     found = False
     for axis, choices in enumerate(PHOTOMETRIC_ERROR_COLUMNS.values()):
