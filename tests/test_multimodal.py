@@ -12,7 +12,7 @@ from omegaconf import open_dict
 
 from grasp_dl.data.simulate import simulate_field
 from grasp_dl.inference.no_astrometry import FLAG_NO_ASTROMETRY
-from grasp_dl.inference.predict import load_clustering_module, predict_catalog
+from grasp_dl.inference.predict import load_clustering_module, predict_catalog, predict_to_file
 from grasp_dl.jobs import train as pipeline
 from grasp_dl.mixtures.cluster_field import FIELD_RANGE, ClusterFieldMixture
 from grasp_dl.models.cmd_density import CMDDensityEnsemble, gaia_photometric_variance
@@ -221,6 +221,12 @@ def test_predict_reads_the_catalogues_colour_errors(fitted):
     blurred, _ = predict_catalog(module, catalog.assign(bp_rp_error=1.0))  # every colour uninformative
     moved = np.abs(blurred["member_prob"].to_numpy() - plain["member_prob"].to_numpy())
     assert np.nanmax(moved) > 0.1
+    # grasp-dl predict reads a file chunk by chunk, only the columns it uses: the colour errors among them
+    path = fitted["root"] / "blurred.csv"
+    catalog.assign(bp_rp_error=1.0).to_csv(path, index=False)
+    predict_to_file(module, path, fitted["root"] / "blurred_out.csv", chunk_size=2500)
+    streamed = pd.read_csv(fitted["root"] / "blurred_out.csv")
+    np.testing.assert_allclose(streamed["member_prob"], blurred["member_prob"], atol=1e-6)
 
 
 def _stars(cmd: np.ndarray, position: np.ndarray):
