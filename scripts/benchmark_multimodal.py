@@ -11,8 +11,8 @@ Four modes, each a table per field and method and a summary per method; any meth
   published membership is certain (memberprob < 0.02 or > 0.98) get their proper motions and
   parallax re-drawn with errors of LEVEL (mas/yr, mas) and their BP-RP perturbed by 0.03 mag
   (:func:`degrade_bright`), their error columns set to match (and, with ``--state-colour-error``,
-  a ``bp_rp_error`` column that says which colours were perturbed); the faint stars stay as they are. Truth for the degraded stars:
-  memberprob > 0.98. Per field: F1 and ECE (:func:`expected_calibration_error`) on the degraded
+  a ``bp_rp_error`` column that says which colours were perturbed); the faint stars stay as they
+  are. Truth for the degraded stars: memberprob > 0.98. Per field: F1 and ECE (:func:`expected_calibration_error`) on the degraded
   stars, F1 on every star against memberprob > 0.5, and the ECE of the degraded stars outside
   the core (:func:`outside_core`: beyond the published members' median radius; inside it, the
   paper's certain non-members include crowded stars whose astrometry it judged corrupted, which
@@ -172,10 +172,11 @@ def run_method(
     product = method.through_product or method.name == POSITION
     positions = score_no_astrometry or method.name == POSITION
     options: dict[str, Any] = {"set": [*sets, *method.overrides], "score_no_astrometry": positions} if product else {}
-    if method.name == ORACLE and two_parameter_rows(field.catalog).any():  # astrometry, or the position alone
-        options = {"set": [], "score_no_astrometry": True}
+    scoring = "model:xd" if method.name == POSITION else method.name
+    if method.name == ORACLE:  # built on xd, or on position where the cone has 2-parameter stars
+        two_parameter = two_parameter_rows(field.catalog).any()
+        scoring, options = ("model:xd", {"set": [], "score_no_astrometry": True}) if two_parameter else ("xd", {})
     start = time.perf_counter()
-    scoring = {POSITION: "model:xd", ORACLE: "model:xd" if options else "xd"}.get(method.name, method.name)
     scored = real.method_for(scoring)(field, options)
     if method.name == ORACLE:
         scored = replace(scored, member_prob=oracle_cmd(field, np.asarray(scored.member_prob, float)))
@@ -186,12 +187,13 @@ def oracle_cmd(field: real.Field, member_prob: np.ndarray) -> np.ndarray:
     """``member_prob`` with its odds times a CMD density ratio fitted to ``field``'s reference memberships.
 
     :func:`run_method` gives it ``xd``'s memberships, or ``position``'s on a cone with 2-parameter
-    stars (``xd``'s own score of those uses a CMD already).
+    stars (the product's answer for those, which the simulated mode compares against).
 
-    The densities of BP-RP given G of the reference's members and of its other stars
-    (Gaussian mixtures of (G, BP-RP) of up to :data:`ORACLE_COMPONENTS` components, at least 5 stars
-    each, divided by their marginal in G; a group of fewer than 2 stars leaves ``member_prob``) are fitted to every star with photometry, the scored ones included: a ceiling on what a
-    CMD learnt without labels can add to the astrometric memberships, not a method. Stars without
+    The densities of BP-RP given G of the reference's members and of its other stars are Gaussian
+    mixtures of (G, BP-RP) of up to :data:`ORACLE_COMPONENTS` components (at least 5 stars each),
+    divided by their marginal in G, fitted to every star with photometry, the scored ones included:
+    what a CMD could add to the astrometric memberships with labels no unsupervised model has, not
+    a method. A group of fewer than 2 such stars leaves ``member_prob`` as it is; stars without
     photometry keep ``member_prob``, unscored ones (NaN) stay unscored.
     """
     from scipy.special import logsumexp
