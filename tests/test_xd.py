@@ -307,3 +307,27 @@ def test_model_xd_takes_large_e_step_batches_and_its_fallback_trains_a_network_o
         datamodule.setup("fit")  # the catalogue has no pmra_error: model=xd cannot run
         assert "fell back to model=dec" in pipeline._check_or_fall_back(cfg, datamodule)
         assert datamodule.batch_size == expected
+
+
+def test_model_xd_scores_2_parameter_stars_with_its_own_spatial_profile(tmp_path):
+    from grasp_dl.models.base import ClusteringModule
+
+    catalog = simulate_field("ngc6558", n_stars=10000, seed=0)  # bulge-like: 2-parameter stars in the crowded core
+    estimator = DeepClusteringModel(model="xd", output_dir=tmp_path, progress_bar=False).fit(catalog)
+    module = estimator.module_
+    table, _ = estimator.predict_table(catalog, score_no_astrometry=True)
+    two = (catalog[["pmra", "pmdec", "parallax"]].isna().all(axis=1)).to_numpy()
+    assert two.sum() > 500 and (table.loc[two, "flag"] == "scored:no_astrometry").all()
+    truth = (catalog["truth"] == "cluster").to_numpy()[two]
+    center = module.hparams.preprocessing["center"]
+    stars = star_data(catalog[two], center, ("pmra", "pmdec", "parallax"))
+    # the mixture's own score of a star without astrometry: its profile (fitted slope) against the field's
+    own = module.fitted_mixture().predict_proba(stars)[:, module.cluster_group]
+    np.testing.assert_allclose(module.position_member_prob(stars.radius), own, rtol=1e-6)
+    np.testing.assert_allclose(table.loc[two, "member_prob"], own, rtol=1e-5)
+    # better than the generic Plummer fit to the memberships that scored them before: F1 0.732 against 0.656
+    generic = ClusteringModule.position_member_prob(module, stars.radius)
+    assert _f1(own, truth) > _f1(generic, truth) + 0.03
+    # reloaded from its checkpoint it scores them alike
+    reloaded = load_clustering_module(estimator.checkpoint_)
+    np.testing.assert_allclose(reloaded.position_member_prob(stars.radius), own, rtol=1e-6)

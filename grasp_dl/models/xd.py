@@ -485,6 +485,33 @@ class XDModule(ClusteringModule):
         """
         return self.fitted_mixture().predict_proba(stars)
 
+    def position_member_prob(self, radius: np.ndarray) -> np.ndarray:
+        """Member probability from the radius alone, with the fitted mixture's own spatial profiles and weights.
+
+        A star without astrometry (a 2-parameter source) is scored as the mixture scores it: the
+        cluster's profile (its fitted scale and slope) against the field's, not the generic Plummer fit
+        of :meth:`ClusteringModule.position_member_prob`, which stays the answer before the mixture is
+        fitted or where the mixture also scores photometry (it needs the stars' colours).
+
+        Parameters
+        ----------
+        radius : numpy.ndarray
+            Radii in degrees.
+
+        Returns
+        -------
+        numpy.ndarray
+        """
+        if self.mixture is None and not self.fit_results.get(MIXTURE_KEY):
+            return super().position_member_prob(radius)
+        mixture = self.fitted_mixture()
+        if mixture.photometry:
+            return super().position_member_prob(radius)
+        r = np.asarray(radius, float)
+        d = mixture.cluster_mean_.shape[0]
+        stars = StarData(np.full((len(r), d), np.nan), np.full((len(r), d, d), np.nan), r)
+        return mixture.predict_proba(stars)[:, self.cluster_group]
+
     def stars_from_features(self, x: Tensor) -> StarData:
         """StarData of standardised feature rows, with zero errors (the features carry none).
 
