@@ -48,6 +48,7 @@ Run
     python scripts/benchmark_real_fields.py --variants full half_cone sample30 sample10 faint
     python scripts/benchmark_real_fields.py --sky --empty 0 --option null_test=true   # 31 fields + cluster-free
     python scripts/benchmark_real_fields.py --simulated --no-real --empty 0 1 --option null_test=true
+    python scripts/benchmark_real_fields.py --sky --label-noise    # how sure the paper's own labels are
 
 The whole sky (``--sky``): the seven shipped fields and every field of :data:`MORE_DIRS` (24 more,
 not shipped), each matched to its row of the VB21 table by name. The summary gives, on fields of
@@ -538,6 +539,32 @@ def verdict(field: Field, scored: Scored) -> tuple[bool, str]:
     return bool(check["cluster_found"]), str(check["cluster_reason"])
 
 
+def paper_expected_f1(memberprob: np.ndarray) -> float:
+    """F1 of the paper's own members (memberprob > 0.5) against the truth, were its probabilities calibrated.
+
+    Expected true positives sum p over its members, false positives 1 - p over them, false
+    negatives p over the others: what its labels' own uncertainty allows any method that agrees with
+    the truth to score against them (NaN without a member).
+    """
+    p = np.clip(np.nan_to_num(np.asarray(memberprob, float)), 0.0, 1.0)
+    member = p > THRESHOLD
+    tp, fp, fn = p[member].sum(), (1.0 - p[member]).sum(), p[~member].sum()
+    return float(2.0 * tp / (2.0 * tp + fp + fn)) if member.any() else float("nan")
+
+
+def print_label_noise(names: Sequence[str], min_members: int = 50) -> None:
+    """Per real field of >= ``min_members`` published members: the paper's expected F1, its 0.2 < p < 0.8 per member."""
+    print(f"{'field':18s} {'members':>8s} {'expected F1':>12s} {'unsure/members':>14s}")
+    for name in names:
+        field = real_field(name, "auto")
+        if field.member.sum() < min_members:
+            continue
+        p = field.memberprob
+        unsure = float(((p > 0.2) & (p < 0.8)).sum() / field.member.sum())
+        bulge = " (b)" if field.bulge else ""
+        print(f"{name + bulge:18s} {int(field.member.sum()):8d} {paper_expected_f1(p):12.3f} {unsure:14.2f}")
+
+
 def print_table(rows: Sequence[Row]) -> None:
     """A fixed-width table, one line per field and method, then each method's summary."""
     print(
@@ -612,11 +639,19 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     parser.add_argument("--set", action="append", default=[], help="Hydra override for default / model:<name>")
     parser.add_argument("--output", type=Path, help="write the rows as JSON here")
     parser.add_argument(
+        "--label-noise",
+        action="store_true",
+        help="print the paper's own expected F1 on each real field (its memberprob read as calibrated) and stop",
+    )
+    parser.add_argument(
         "--variants", nargs="+", default=["full"], help=f"real fields cut these ways too: {', '.join(VARIANTS)}"
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
+    if args.label_noise:
+        print_label_noise(args.fields or (vb21_names() + more_names() if args.sky else vb21_names()))
+        return []
     methods = args.method or ["xd"]
     xd_options = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.option)}
     if args.simulated:

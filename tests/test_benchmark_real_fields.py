@@ -86,3 +86,16 @@ def test_a_cone_the_product_refuses_is_a_row_with_no_cluster_not_a_stopped_bench
     scored = bench.api_method("xd")(field, {"set": []})
     assert scored.found is False and "too few stars: 19 with astrometry to fit" in scored.reason
     assert not scored.member_prob.any() and len(scored.member_prob) == 21
+
+
+def test_the_papers_expected_f1_reads_its_probabilities_as_calibrated(capsys) -> None:
+    bench = _script()
+    assert bench.paper_expected_f1(np.array([1.0, 1.0, 0.0, 0.0])) == 1.0  # sure labels: nothing to lose
+    # members at 0.6 and 0.9, a non-member at 0.3: tp 1.5, fp 0.5, fn 0.3
+    assert bench.paper_expected_f1(np.array([0.6, 0.9, 0.3, 0.0])) == pytest.approx(3.0 / 3.8)
+    assert np.isnan(bench.paper_expected_f1(np.array([0.1, 0.2])))
+    bench.main(["--label-noise", "--fields", "djorg1", "ngc6723"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["field", "members"] and len(lines) == 3
+    djorg1 = lines[1].split()
+    assert djorg1[:2] == ["djorg1", "(b)"] and 0.5 < float(djorg1[3]) < 0.95  # most of its members are unsure
