@@ -371,6 +371,7 @@ def method_xd(field: Field, options: dict[str, Any]) -> Scored:
             center,
             log_likelihood_ratio=result.mixture.log_likelihood_ratio_,
             null_permutations=result.mixture.null_permutations_,
+            outlier_stars=result.mixture.outlier_stars(),
             **kwargs,
         )
         found, reason = bool(check["cluster_found"]), str(check["cluster_reason"])

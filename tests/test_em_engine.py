@@ -110,7 +110,8 @@ def test_one_epoch_is_one_em_iteration_and_the_trainer_fits_what_the_plain_loop_
     assert fitted.n_iter_ == 3 and module.current_epoch == 3
     stars = module.train_catalog.stars
     plain = module.new_mixture()
-    plain.n_field = None  # the module's n_clusters is now the chosen number; the plain fit chooses again
+    plain.n_field = None  # the module's n_clusters is now the chosen number; the plain fit chooses again,
+    plain.outliers_auto = module.hparams.cluster_outliers == "auto"  # the outlier group too
     plain.fit(stars)
     assert plain.n_iter_ == 3
     np.testing.assert_allclose(fitted.predict_proba(stars), plain.predict_proba(stars), atol=1e-5)

@@ -248,6 +248,7 @@ def check_plausibility(
     log_likelihood_ratio: float | None = None,
     min_log_likelihood_ratio: float = MIN_LOG_LIKELIHOOD_RATIO,
     null_permutations: int | None = None,
+    outlier_stars: float = 0.0,
 ) -> dict[str, Any]:
     """Judge whether the stars weighted by ``member_prob`` form a cluster, and say why.
 
@@ -271,6 +272,9 @@ def check_plausibility(
         Threshold of that test (raised to ``NULL_RATIO_PER_SQRT_MEMBER`` sqrt(members) for large groups).
     null_permutations : int, optional
         How many shuffles the null's log-likelihood is the mean of (reported with the ratio).
+    outlier_stars : float
+        Stars of the model's outlier component on the cluster's profile (``model.cluster_outliers``):
+        the ratio sums over them as over the members, so the sqrt rule counts them too.
 
     Returns
     -------
@@ -320,7 +324,8 @@ def check_plausibility(
             if null_permutations is not None:
                 diagnostics["null_permutations"] = int(null_permutations)
                 shuffles = f", the mean over {int(null_permutations)} shuffles" if null_permutations > 1 else ""
-            needed = max(float(min_log_likelihood_ratio), NULL_RATIO_PER_SQRT_MEMBER * float(np.sqrt(n_members)))
+            on_profile = n_members + max(float(outlier_stars), 0.0)
+            needed = max(float(min_log_likelihood_ratio), NULL_RATIO_PER_SQRT_MEMBER * float(np.sqrt(on_profile)))
             diagnostics["min_log_likelihood_ratio"] = needed
             if not log_likelihood_ratio >= needed:
                 failures.append(

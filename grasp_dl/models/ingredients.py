@@ -112,6 +112,7 @@ def xd_start_mixture(n_clusters: int, seed: int, options: Mapping[str, Any]) -> 
         spatial=bool(options["spatial"]),
         use_errors=bool(options["use_errors"]),
         photometry=bool(options["photometry"]),
+        cluster_outliers=False,  # n_clusters groups exactly: the deep model's groups are the mixture's
     )
 
 

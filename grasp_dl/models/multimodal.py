@@ -196,6 +196,10 @@ class MultiModalModule(XDModule):
             )
         if not 0.0 <= float(outlier_fraction) < 1.0:
             raise ConfigError(f"{WHAT}: outlier_fraction must be in [0, 1), got {outlier_fraction}")
+        # the astrometric mixture as measured with the CMD (docs/src/multimodal-benchmarks.md): no outlier group
+        # unless asked for, whatever model=xd's default
+        options.setdefault("cluster_outliers", False)
+        options.setdefault("outliers_predicted", True)
         super().__init__(input_dim, n_clusters, **options)
         if cmd_groups is None:  # one density per component the fit may have, the cluster's outliers included
             outliers = int(bool(options.get("cluster_outliers", False)))

@@ -71,15 +71,16 @@ class XDModule(ClusteringModule):
         The no-cluster null keeps the fit's crowding coefficient instead of refitting it.
     scale_prior : bool
         VB21's soft prior against a Plummer scale above 0.75 of the cone.
-    cluster_outliers : bool
+    cluster_outliers : bool or "auto"
         One more group, last: stars on the cluster's profile with a broad proper-motion spread of
         their own (corrupted astrometry in a crowded core), not members; the cluster's dispersion
-        no longer follows their tails.
+        no longer follows their tails. ``"auto"`` (default): where the BIC prefers it, with
+        ``n_clusters`` null (a fixed ``n_clusters`` fixes the groups: none).
     outlier_min_sd : float
         Floor (mas/yr) of that group's proper-motion spread.
     outliers_predicted : bool
-        Prediction gives that group its posterior; False scores every star as if its astrometry
-        were sound (the group then only shapes the fit).
+        Prediction gives that group its posterior; False (default) scores every star as if its
+        astrometry were sound (the group then only shapes the fit).
     null_test : bool
         Judge the cluster against the same model refitted to the stars with shuffled positions
         (the verdict's spatial test, :mod:`grasp_dl.membership.guards`) instead of the members'
@@ -111,16 +112,18 @@ class XDModule(ClusteringModule):
         hold_crowding_in_null: bool = True,
         scale_prior: bool = False,
         null_test: bool = False,
-        cluster_outliers: bool = False,
+        cluster_outliers: bool | str = "auto",
         outlier_min_sd: float = 1.0,
-        outliers_predicted: bool = True,
+        outliers_predicted: bool = False,
         **shared: Any,
     ) -> None:
         if n_clusters is not None and (isinstance(n_clusters, str) or int(n_clusters) < 2):
             raise ConfigError(f"model=xd: n_clusters must be null (BIC) or an integer >= 2, got {n_clusters!r}")
         if int(n_starts) < 1 or int(max_iter) < 1:
             raise ConfigError(f"model=xd: n_starts and max_iter must be >= 1, got {n_starts} and {max_iter}")
-        if n_clusters is not None and cluster_outliers and int(n_clusters) < 3:
+        if isinstance(cluster_outliers, str) and cluster_outliers != "auto":
+            raise ConfigError(f"model=xd: cluster_outliers must be true, false or auto, got {cluster_outliers!r}")
+        if n_clusters is not None and cluster_outliers is True and int(n_clusters) < 3:
             raise ConfigError(
                 f"model=xd: cluster_outliers needs n_clusters null or >= 3 (cluster, field, outliers), got {n_clusters}"
             )
@@ -130,7 +133,7 @@ class XDModule(ClusteringModule):
                 f"eta_max={eta_max}, field_min_sd={field_min_sd}"
             )
         shared.setdefault("init", "xd")
-        groups = 1 + FIELD_RANGE[1] + int(bool(cluster_outliers)) if n_clusters is None else int(n_clusters)
+        groups = 1 + FIELD_RANGE[1] + int(cluster_outliers is not False) if n_clusters is None else int(n_clusters)
         super().__init__(input_dim, groups, **shared)
         prep = self.hparams.preprocessing
         if prep and not {"pmra", "pmdec"} <= set(prep.get("feature_names", [])):
@@ -148,7 +151,7 @@ class XDModule(ClusteringModule):
                 "hold_crowding_in_null": bool(hold_crowding_in_null),
                 "scale_prior": bool(scale_prior),
                 "null_test": bool(null_test),
-                "cluster_outliers": bool(cluster_outliers),
+                "cluster_outliers": cluster_outliers if cluster_outliers == "auto" else bool(cluster_outliers),
                 "outlier_min_sd": float(outlier_min_sd),
                 "outliers_predicted": bool(outliers_predicted),
                 "tol": float(tol),
@@ -187,8 +190,11 @@ class XDModule(ClusteringModule):
         ClusterFieldMixture
         """
         hp = self.hparams
+        outliers = _outlier_setting(hp.get("cluster_outliers", False))  # absent: an older checkpoint
+        if hp.n_clusters is not None and outliers == "auto":
+            outliers = False  # n_clusters fixes the groups: the cluster and n_clusters - 1 field components
         return ClusterFieldMixture(
-            n_field=None if hp.n_clusters is None else int(hp.n_clusters) - 1 - int(hp.get("cluster_outliers", False)),
+            n_field=None if hp.n_clusters is None else int(hp.n_clusters) - 1 - int(outliers),
             crowding=hp.crowding,
             dispersion_profile=hp.dispersion_profile,
             n_starts=hp.n_starts,
@@ -201,9 +207,9 @@ class XDModule(ClusteringModule):
             hold_crowding_in_null=bool(hp.get("hold_crowding_in_null", False)),
             scale_prior=bool(hp.get("scale_prior", False)),
             null_test=bool(hp.get("null_test", False)),
-            cluster_outliers=bool(hp.get("cluster_outliers", False)),
+            cluster_outliers=outliers,
             outlier_min_sd=float(hp.get("outlier_min_sd", 1.0)),
-            outliers_predicted=bool(hp.get("outliers_predicted", True)),
+            outliers_predicted=bool(hp.get("outliers_predicted", True)),  # absent: an older checkpoint
             **named_cluster_options(self.literature),
         )
 
@@ -421,8 +427,9 @@ class XDModule(ClusteringModule):
             return
         self.fit_results.update(state)
         self.mixture = None
-        if MIXTURE_KEY in state:
-            self.hparams["n_clusters"] = 1 + int(state[MIXTURE_KEY]["n_field"])
+        if MIXTURE_KEY in state:  # the fitted components: the cluster, the field's and its outliers where it has them
+            fitted = state[MIXTURE_KEY]
+            self.hparams["n_clusters"] = 1 + int(fitted["n_field"]) + int("outlier_sd" in fitted)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the mixture's state; older checkpoints without :attr:`em_shape` and the extra state get them from ``fit_results``."""
@@ -563,16 +570,20 @@ class XDModule(ClusteringModule):
         Returns
         -------
         dict
-            ``log_likelihood_ratio`` (and ``null_permutations``, the shuffles its null is the mean of)
-            when the fit ran the null test (``null_test``), else empty.
+            ``log_likelihood_ratio`` (and ``null_permutations``, the shuffles its null is the mean of,
+            and ``outlier_stars``, the stars of the cluster's outlier component) when the fit ran the
+            null test (``null_test``), else empty.
         """
         mixture = self.fitted_mixture()
         ratio = getattr(mixture, "log_likelihood_ratio_", None)
         if ratio is None:
             return {}
         shuffles = getattr(mixture, "null_permutations_", None)
-        return {"log_likelihood_ratio": float(ratio)} | (
-            {} if shuffles is None else {"null_permutations": int(shuffles)}
+        outliers = mixture.outlier_stars()
+        return (
+            {"log_likelihood_ratio": float(ratio)}
+            | ({} if shuffles is None else {"null_permutations": int(shuffles)})
+            | ({"outlier_stars": outliers} if outliers > 0 else {})
         )
 
     def cluster_astrometry(self) -> dict[str, float]:
@@ -631,3 +642,8 @@ def named_cluster_options(literature: Any) -> dict[str, Any]:
     if sigma is not None and math.isfinite(sigma) and sigma > 0:
         out["sigma_prior"] = float(sigma)
     return out
+
+
+def _outlier_setting(value: Any) -> bool | str:
+    """``model.cluster_outliers`` as the mixture takes it: true, false or ``"auto"`` (the BIC decides)."""
+    return "auto" if value == "auto" else bool(value)
