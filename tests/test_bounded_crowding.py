@@ -53,9 +53,10 @@ def test_eta_min_scales_every_error_and_eta_max_bounds_the_density_term_above_it
 def _fit_against_the_paper(name: str, **options):
     """Member probabilities of the mixture on a shipped bulge field, and the paper's membership and errors.
 
-    Without the outlier group unless ``options`` ask for it: the bounded crowding as it was measured.
+    The bounded crowding as it was measured (the field's floor at 1.0 mas/yr, no outlier group) unless
+    ``options`` say otherwise.
     """
-    options = {"cluster_outliers": False, "outliers_predicted": True, **options}
+    options = {"cluster_outliers": False, "outliers_predicted": True, "field_min_sd": 1.0, **options}
     catalog, reference = vb21_field(name)
     published = catalog[["source_id"]].merge(reference, how="left")["memberprob"].fillna(0).to_numpy() > 0.5
     center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
@@ -88,7 +89,8 @@ def test_the_default_outlier_group_lifts_baades_window_precision_and_keeps_its_m
     # NGC 6522: the BIC keeps the outlier group, the cluster's dispersion leaves the tails, and the extra
     # members far from the cluster's motion go (precision 0.845 without it, docs/src/trust.md)
     plain, published, far = _fit_against_the_paper("ngc6522")
-    auto, _, _ = _fit_against_the_paper("ngc6522", cluster_outliers="auto", outliers_predicted=False)
+    default = {"cluster_outliers": "auto", "outliers_predicted": False, "field_min_sd": 1.0}  # the defaults
+    auto, _, _ = _fit_against_the_paper("ngc6522", **default)
     precision = lambda m: (m & published).sum() / m.sum()  # noqa: E731
     assert precision(auto) > max(0.88, precision(plain) + 0.03), (precision(plain), precision(auto))
     assert (auto & published).sum() > 0.95 * published.sum()
@@ -223,3 +225,23 @@ def test_the_null_verdict_counts_the_outlier_stars_in_its_sqrt_rule():
     assert not with_outliers["cluster_found"]
     assert "needs >= 26.5" in with_outliers["cluster_reason"]
     assert with_outliers["diagnostics"]["min_log_likelihood_ratio"] == pytest.approx(np.sqrt(700.0))
+
+
+@pytest.mark.slow
+def test_a_background_galaxy_as_tight_as_a_cluster_stays_in_the_field(monkeypatch):
+    """The SMC behind 47 Tuc (simulated, pm dispersion 0.1 mas/yr, flat over the cone, 4.7 mas/yr from the
+    cluster's motion): a floor of 1.0 mas/yr on every field component's width leaves none that can hold it, so
+    the cluster's takes it; the floor on the components near the cluster's motion alone leaves it to the field."""
+    from grasp_dl.data.simulate import simulate_field
+    from grasp_dl.mixtures import cluster_field
+
+    catalog = simulate_field("47tuc_smc", n_stars=10000, seed=0)
+    center = estimate_center(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float))
+    stars = star_data(catalog.drop(columns="truth"), center, ("pmra", "pmdec", "parallax"))
+    truth = catalog["truth"].to_numpy() == "cluster"
+    f1 = lambda m: 2 * (m & truth).sum() / (m.sum() + truth.sum())  # noqa: E731
+    default = fit_membership(stars)
+    assert f1(default.member_prob > 0.5) > 0.9 and np.hypot(*(default.cluster_mean[:2] - [5.25, -2.53])) < 0.1
+    monkeypatch.setattr(cluster_field, "FIELD_FLOOR_REACH", np.inf)  # the floor on every field component
+    floored = fit_membership(stars)
+    assert f1(floored.member_prob > 0.5) < 0.2  # the SMC named the cluster

@@ -48,6 +48,9 @@ SLOPE_BOUNDS = (1.5, 8.0)
 #: Field components tried when ``n_field`` is None (all starts are tried with FIELD_START of them).
 FIELD_RANGE = (1, 4)
 FIELD_START = 2
+#: The field's floor (``field_min_sd``) holds for a component whose mean is within this many floors of the
+#: cluster's proper motion: the tight flat component that takes the cluster's scattered centre sits on it.
+FIELD_FLOOR_REACH = 2.0
 #: A start is added at all central stars' proper-motion mode when it is this far (mas/yr) from the precise ones'.
 MODES_APART = 1.0
 #: EM iterations of each exploratory fit on the subsample.
@@ -332,9 +335,11 @@ class ClusterFieldMixture:
         The no-cluster null (``null_test``) keeps the fit's crowding coefficients instead of
         refitting them on the shuffled positions.
     field_min_sd : float
-        Floor (mas/yr) of every field component's proper-motion dispersion along each axis of its
-        ellipse: no Galactic population is as tight as a cluster, and a tight flat component at the
-        cluster's proper motion takes the scattered members of its centre away from it.
+        Floor (mas/yr) of the proper-motion dispersion, along each axis of its ellipse, of every
+        field component whose mean lies within FIELD_FLOOR_REACH floors of the cluster's: a tight
+        flat component on the cluster's proper motion takes the scattered members of its centre
+        away from it. One elsewhere is left as tight as it is: a satellite galaxy behind the
+        cluster (the SMC behind 47 Tuc) is a flat population as tight as a cluster.
     scale_prior : bool
         The paper's soft prior -exp(5 (a / R - 0.75)) against a Plummer scale above 0.75 of the cone.
     sigma_prior : float or None
@@ -517,10 +522,18 @@ class ClusterFieldMixture:
         peak = float(self._density_ratio_t(torch.zeros(1, dtype=torch.float64))[0])
         return min(BETA_MAX, max(self.eta_max**2 - self.eta0_**2, 0.0) / max(peak, 1.0))
 
-    def _field_floor(self, cov: np.ndarray) -> np.ndarray:
-        """``cov`` with its proper-motion block's ellipse widened to at least ``field_min_sd`` on each axis."""
+    def _field_floor(self, cov: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+        """``cov`` with its proper-motion block's ellipse widened to at least ``field_min_sd`` on each axis.
+
+        Only for a component whose ``mean`` is within FIELD_FLOOR_REACH floors of the cluster's proper
+        motion (every component when ``mean`` is None).
+        """
         if self.field_min_sd <= 0.0:
             return cov
+        if mean is not None:
+            offset = float(np.hypot(*(np.asarray(mean)[:2] - self.cluster_mean_[:2])))
+            if offset > FIELD_FLOOR_REACH * self.field_min_sd:
+                return cov
         values, vectors = np.linalg.eigh(cov[:2, :2])
         out = cov.copy()
         out[:2, :2] += (vectors * np.maximum(self.field_min_sd**2 - values, 0.0)) @ vectors.T
@@ -700,7 +713,9 @@ class ClusterFieldMixture:
         self.field_means_ = (resp.T @ v) / mass[:, None]
         self.field_covariances_ = np.stack(
             [
-                self._field_floor(np.cov(v.T, aweights=resp[:, j] + 1e-12).reshape(d, d) + COV_FLOOR * np.eye(d))
+                self._field_floor(
+                    np.cov(v.T, aweights=resp[:, j] + 1e-12).reshape(d, d) + COV_FLOOR * np.eye(d), self.field_means_[j]
+                )
                 for j in range(n_field)
             ]
         )
@@ -1009,7 +1024,7 @@ class ClusterFieldMixture:
             sum_b = mass[j + 1] * s - s @ unpack(stats["field_inv"][j].numpy(), d) @ s
             cov = (stats["field_bb"][j].numpy() - mass[j + 1] * np.outer(mean, mean) + sum_b) / mass[j + 1]
             self.field_means_[j] = mean
-            self.field_covariances_[j] = self._field_floor(0.5 * (cov + cov.T) + COV_FLOOR * np.eye(d))
+            self.field_covariances_[j] = self._field_floor(0.5 * (cov + cov.T) + COV_FLOOR * np.eye(d), mean)
         m0 = mass[0]
         self.cluster_mean_ = stats["c_b"].numpy() / m0
         mu = self.cluster_mean_[:2]

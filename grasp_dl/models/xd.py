@@ -65,8 +65,9 @@ class XDModule(ClusteringModule):
     eta_min : float
         The inflation of every star's errors where the sources are sparsest (GaiaTools: 1.1).
     field_min_sd : float
-        Floor (mas/yr) of each field component's proper-motion dispersion, so that no flat field
-        component can sit on the cluster's proper motion and take its scattered central members.
+        Floor (mas/yr) of the proper-motion dispersion of each field component on the cluster's
+        proper motion (within two floors of it), so that no flat field component can sit there and
+        take its scattered central members; a background galaxy elsewhere stays as tight as it is.
     hold_crowding_in_null : bool
         The no-cluster null keeps the fit's crowding coefficient instead of refitting it.
     scale_prior : bool
