@@ -650,8 +650,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
+    names = args.fields or (vb21_names() + more_names() if args.sky else vb21_names())
     if args.label_noise:
-        print_label_noise(args.fields or (vb21_names() + more_names() if args.sky else vb21_names()))
+        print_label_noise(names)
         return []
     methods = args.method or ["xd"]
     xd_options = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.option)}
@@ -665,7 +666,6 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             + [cluster_free_field(sim, empty, args.center) for empty in args.empty]
         )
     else:
-        names = args.fields or (vb21_names() + more_names() if args.sky else vb21_names())
         fields = (
             field
             for name in names

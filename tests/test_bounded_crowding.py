@@ -23,15 +23,22 @@ def test_the_field_floor_widens_a_tight_ellipse_along_its_tight_axis_only():
     cov = np.eye(3) * 0.04
     cov[:2, :2] = rot @ np.diag([0.3**2, 2.0**2]) @ rot.T  # a flat "field" as tight as a cluster on one axis
     cov[0, 2] = cov[2, 0] = 0.01
-    widened = ClusterFieldMixture(field_min_sd=1.0)._field_floor(cov)
+    at_cluster = np.zeros(3)  # a component on the cluster's proper motion (the floor's reach)
+
+    def floored(floor: float) -> np.ndarray:
+        mixture = ClusterFieldMixture(field_min_sd=floor)
+        mixture.cluster_mean_ = at_cluster
+        return mixture._field_floor(cov, at_cluster)
+
+    widened = floored(1.0)
     values, vectors = np.linalg.eigh(widened[:2, :2])
     np.testing.assert_allclose(values, [1.0, 4.0], rtol=1e-10)  # the tight axis at the floor, the wide one kept
     np.testing.assert_allclose(np.abs(vectors.T @ rot), np.eye(2), atol=1e-10)  # same orientation
     np.testing.assert_array_equal(widened[2], cov[2])  # the parallax's row untouched
     assert np.all(np.linalg.eigvalsh(widened) > 0)
     # a component already wider than the floor, or no floor, is left as it is
-    np.testing.assert_array_equal(ClusterFieldMixture(field_min_sd=0.2)._field_floor(cov), cov)
-    np.testing.assert_array_equal(ClusterFieldMixture(field_min_sd=0.0)._field_floor(cov), cov)
+    np.testing.assert_array_equal(floored(0.2), cov)
+    np.testing.assert_array_equal(floored(0.0), cov)
 
 
 def test_eta_min_scales_every_error_and_eta_max_bounds_the_density_term_above_it():

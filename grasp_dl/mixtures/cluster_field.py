@@ -522,18 +522,15 @@ class ClusterFieldMixture:
         peak = float(self._density_ratio_t(torch.zeros(1, dtype=torch.float64))[0])
         return min(BETA_MAX, max(self.eta_max**2 - self.eta0_**2, 0.0) / max(peak, 1.0))
 
-    def _field_floor(self, cov: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+    def _field_floor(self, cov: np.ndarray, mean: np.ndarray) -> np.ndarray:
         """``cov`` with its proper-motion block's ellipse widened to at least ``field_min_sd`` on each axis.
 
-        Only for a component whose ``mean`` is within FIELD_FLOOR_REACH floors of the cluster's proper
-        motion (every component when ``mean`` is None).
+        Only for a component whose ``mean`` is within FIELD_FLOOR_REACH floors of the cluster's proper motion.
         """
         if self.field_min_sd <= 0.0:
             return cov
-        if mean is not None:
-            offset = float(np.hypot(*(np.asarray(mean)[:2] - self.cluster_mean_[:2])))
-            if offset > FIELD_FLOOR_REACH * self.field_min_sd:
-                return cov
+        if float(np.hypot(*(np.asarray(mean)[:2] - self.cluster_mean_[:2]))) > FIELD_FLOOR_REACH * self.field_min_sd:
+            return cov
         values, vectors = np.linalg.eigh(cov[:2, :2])
         out = cov.copy()
         out[:2, :2] += (vectors * np.maximum(self.field_min_sd**2 - values, 0.0)) @ vectors.T

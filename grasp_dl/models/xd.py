@@ -152,7 +152,7 @@ class XDModule(ClusteringModule):
                 "hold_crowding_in_null": bool(hold_crowding_in_null),
                 "scale_prior": bool(scale_prior),
                 "null_test": bool(null_test),
-                "cluster_outliers": cluster_outliers if cluster_outliers == "auto" else bool(cluster_outliers),
+                "cluster_outliers": _outlier_setting(cluster_outliers),
                 "outlier_min_sd": float(outlier_min_sd),
                 "outliers_predicted": bool(outliers_predicted),
                 "tol": float(tol),
